@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, unit and integration tests. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+# Integration tests run the real binary; build it first so every test uses the same one.
+cargo build --locked
+cargo test --locked -- --test-threads="${GEOREP_TEST_THREADS:-2}"

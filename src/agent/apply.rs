@@ -1,0 +1,510 @@
+//! Confined, idempotent application of ops beneath the slave root.
+//!
+//! Invariant: every write happens through a directory fd obtained with `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS` from the root fd, and the final component is handled with `*at` calls
+//! that do not follow symlinks, so no op can touch anything outside the root. New content is
+//! written under `.georep/tmp/<brick>/` and renamed into place: readers never see a partial file.
+
+use crate::fsutil::{self, errno_of};
+use crate::protocol::{FileBegin, Meta, Op, RelPath, SpecialKind};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::io::{self, Write};
+
+/// An error applying one op: the path, what failed, and the errno.
+#[derive(Debug)]
+pub struct ApplyError {
+    pub path: RelPath,
+    pub errno: i32,
+    pub message: String,
+}
+
+impl ApplyError {
+    fn new(path: &RelPath, what: &str, e: io::Error) -> Self {
+        let errno = errno_of(&e);
+        let hint = match errno {
+            libc::ENOSPC | libc::EDQUOT => ": free space on the DR volume, then georep retries",
+            libc::ELOOP | libc::EXDEV => {
+                ": a parent directory on the slave is a symlink or leaves the slave root; georep never writes through it (remove it on the slave)"
+            }
+            libc::EACCES | libc::EPERM => ": check permissions of the slave root and that the agent runs as the owner or root",
+            libc::EROFS => ": the slave volume is read-only",
+            _ => "",
+        };
+        ApplyError {
+            path: path.clone(),
+            errno,
+            message: format!("{what} {path}: {e}{hint}"),
+        }
+    }
+}
+
+type ApplyResult<T = ()> = Result<T, ApplyError>;
+
+struct OpenFile {
+    path: RelPath,
+    meta: Meta,
+    size: u64,
+    written: u64,
+    hasher: blake3::Hasher,
+    /// `None` when creating the temp file failed: the content is read and dropped.
+    fd: Option<std::fs::File>,
+    tmpname: String,
+}
+
+/// The slave root and a one-entry cache of the last parent directory opened beneath it.
+struct Parents {
+    root: OwnedFd,
+    cache: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl Parents {
+    /// Runs `f` with the parent directory of `path` and its final component.
+    fn with_parent<T>(
+        &mut self,
+        path: &RelPath,
+        what: &str,
+        f: impl FnOnce(BorrowedFd<'_>, &[u8]) -> io::Result<T>,
+    ) -> ApplyResult<T> {
+        let (parent, name) = path.split().ok_or_else(|| ApplyError {
+            path: path.clone(),
+            errno: libc::EINVAL,
+            message: format!("{what}: the slave root itself cannot be the target"),
+        })?;
+        if parent.is_empty() {
+            return f(self.root.as_fd(), name).map_err(|e| ApplyError::new(path, what, e));
+        }
+        let hit = matches!(&self.cache, Some((p, _)) if p == parent);
+        if !hit {
+            let fd = fsutil::open_dir_beneath(self.root.as_fd(), parent)
+                .map_err(|e| ApplyError::new(path, &format!("{what} (opening parent)"), e))?;
+            self.cache = Some((parent.to_vec(), fd));
+        }
+        let fd = &self.cache.as_ref().unwrap().1;
+        f(fd.as_fd(), name).map_err(|e| ApplyError::new(path, what, e))
+    }
+
+    /// Directory structure may have moved: a cached fd could point into the stash.
+    fn invalidate(&mut self) {
+        self.cache = None;
+    }
+}
+
+pub struct Applier {
+    parents: Parents,
+    tmp: OwnedFd,
+    as_root: bool,
+    counter: u64,
+    file: Option<OpenFile>,
+}
+
+fn omit() -> Timespec {
+    Timespec {
+        tv_sec: 0,
+        tv_nsec: rfs::UTIME_OMIT,
+    }
+}
+
+fn times(meta: &Meta) -> Timestamps {
+    Timestamps {
+        last_access: omit(),
+        last_modification: Timespec {
+            tv_sec: meta.mtime_sec,
+            tv_nsec: meta.mtime_nsec as _,
+        },
+    }
+}
+
+fn mode(meta: &Meta) -> Mode {
+    Mode::from_raw_mode(meta.mode & 0o7777)
+}
+
+impl Applier {
+    /// `root` is the slave root, `tmp` this brick's private temp directory (emptied by the caller).
+    pub fn new(root: OwnedFd, tmp: OwnedFd) -> Self {
+        Applier {
+            parents: Parents { root, cache: None },
+            tmp,
+            as_root: rustix::process::geteuid().is_root(),
+            counter: 0,
+            file: None,
+        }
+    }
+
+    fn tmpname(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}{}", self.counter)
+    }
+
+    fn set_owner_mode_fd(&self, fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {
+        if self.as_root {
+            rfs::fchown(
+                fd,
+                Some(rfs::Uid::from_raw(meta.uid)),
+                Some(rfs::Gid::from_raw(meta.gid)),
+            )?;
+        }
+        // After chown, which clears setuid/setgid bits.
+        rfs::fchmod(fd, mode(meta))?;
+        Ok(())
+    }
+
+    /// Moves `tmp/<tmpname>` to `name` in `parent`, replacing whatever is there (a directory
+    /// of another kind included: the master said this path is now this entry).
+    fn replace_into(&mut self, path: &RelPath, tmpname: &str, what: &str) -> ApplyResult {
+        let tmp = self.tmp.as_fd();
+        let mut replaced_dir = false;
+        let r = self.parents.with_parent(path, what, |parent, name| {
+            match rfs::renameat(tmp, tmpname, parent, name) {
+                Ok(()) => Ok(()),
+                Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
+                    replaced_dir = true;
+                    fsutil::remove_tree(parent, name)?;
+                    rfs::renameat(tmp, tmpname, parent, name)?;
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        });
+        if replaced_dir {
+            self.parents.invalidate();
+        }
+        if r.is_err() {
+            let _ = fsutil::remove_tree(self.tmp.as_fd(), tmpname.as_bytes());
+        }
+        r
+    }
+
+    pub fn apply(&mut self, op: &Op) -> ApplyResult {
+        match op {
+            Op::Mkdir { path, meta } => self.mkdir(path, meta),
+            Op::Symlink { path, target, meta } => {
+                let t = self.tmpname("l");
+                let tmp = self.tmp.as_fd();
+                let as_root = self.as_root;
+                (|| -> io::Result<()> {
+                    rfs::symlinkat(&target[..], tmp, t.as_str())?;
+                    if as_root {
+                        rfs::chownat(
+                            tmp,
+                            t.as_str(),
+                            Some(rfs::Uid::from_raw(meta.uid)),
+                            Some(rfs::Gid::from_raw(meta.gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )?;
+                    }
+                    rfs::utimensat(tmp, t.as_str(), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+                    Ok(())
+                })()
+                .map_err(|e| {
+                    let _ = rfs::unlinkat(tmp, t.as_str(), AtFlags::empty());
+                    ApplyError::new(path, "creating symlink", e)
+                })?;
+                self.replace_into(path, &t, "creating symlink")
+            }
+            Op::Special {
+                path,
+                kind,
+                rdev,
+                meta,
+            } => {
+                let t = self.tmpname("n");
+                let tmp = self.tmp.as_fd();
+                let ft = match kind {
+                    SpecialKind::Fifo => rfs::FileType::Fifo,
+                    SpecialKind::Char => rfs::FileType::CharacterDevice,
+                    SpecialKind::Block => rfs::FileType::BlockDevice,
+                };
+                let as_root = self.as_root;
+                (|| -> io::Result<()> {
+                    rfs::mknodat(tmp, t.as_str(), ft, mode(meta), *rdev)?;
+                    if as_root {
+                        rfs::chownat(
+                            tmp,
+                            t.as_str(),
+                            Some(rfs::Uid::from_raw(meta.uid)),
+                            Some(rfs::Gid::from_raw(meta.gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )?;
+                    }
+                    // The node was just made in our private temp dir: nothing can swap it.
+                    rfs::chmodat(tmp, t.as_str(), mode(meta), AtFlags::empty())?;
+                    rfs::utimensat(tmp, t.as_str(), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+                    Ok(())
+                })()
+                .map_err(|e| {
+                    let _ = rfs::unlinkat(tmp, t.as_str(), AtFlags::empty());
+                    ApplyError::new(path, "creating special file", e)
+                })?;
+                self.replace_into(path, &t, "creating special file")
+            }
+            Op::Link { path, target } => {
+                let t = self.tmpname("h");
+                let tmp = self.tmp.as_fd();
+                self.parents
+                    .with_parent(target, "hard-linking to", |tparent, tname| {
+                        rfs::linkat(tparent, tname, tmp, t.as_str(), AtFlags::empty())?;
+                        Ok(())
+                    })
+                    .map_err(|mut e| {
+                        e.path = path.clone();
+                        e.message = format!("hard-linking {path} to {target}: {}", e.message);
+                        e
+                    })?;
+                self.replace_into(path, &t, "hard-linking")
+            }
+            Op::Delete { path } => {
+                self.parents.invalidate();
+                let r = self.parents.with_parent(path, "deleting", |parent, name| {
+                    fsutil::remove_tree(parent, name)
+                });
+                match r {
+                    // The parent is already gone: so is the entry.
+                    Err(e) if e.errno == libc::ENOENT => Ok(()),
+                    r => r,
+                }
+            }
+            Op::Stash { from, slot } => {
+                self.parents.invalidate();
+                let tmp = self.tmp.as_fd();
+                let s = format!("stash-{slot}");
+                let r =
+                    self.parents
+                        .with_parent(from, "moving aside for rename", |parent, name| {
+                            match rfs::renameat(parent, name, tmp, s.as_str()) {
+                                Ok(()) => Ok(()),
+                                Err(
+                                    Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR,
+                                ) => {
+                                    fsutil::remove_tree(tmp, s.as_bytes())?;
+                                    Ok(rfs::renameat(parent, name, tmp, s.as_str())?)
+                                }
+                                Err(e) => Err(e.into()),
+                            }
+                        });
+                match r {
+                    // Nothing to move (a replay): the matching Unstash reports it if it matters.
+                    Err(e) if e.errno == libc::ENOENT => Ok(()),
+                    r => r,
+                }
+            }
+            Op::Unstash { slot, to } => {
+                self.parents.invalidate();
+                let s = format!("stash-{slot}");
+                self.replace_into(to, &s, "renaming into place").map_err(|mut e| {
+                    if e.errno == libc::ENOENT {
+                        e.message = format!(
+                            "renaming into place {to}: the rename source is missing on the slave (georep re-sends it)"
+                        );
+                    }
+                    e
+                })
+            }
+            Op::SetAttr { path, meta } => self.setattr(path, meta),
+        }
+    }
+
+    fn mkdir(&mut self, path: &RelPath, meta: &Meta) -> ApplyResult {
+        if path.is_root() {
+            let root = self.parents.root.as_fd();
+            return self
+                .set_owner_mode_fd(root, meta)
+                .map_err(|e| ApplyError::new(path, "setting attributes of", e));
+        }
+        let as_root = self.as_root;
+        let mut replaced = false;
+        self.parents
+            .with_parent(path, "creating directory", |parent, name| {
+                match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        let st = fsutil::lstat_at(parent, name)?;
+                        if !st.is_some_and(|s| fsutil::is_dir_mode(s.stx_mode as u32)) {
+                            replaced = true;
+                            fsutil::remove_tree(parent, name)?;
+                            rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                let fd = rfs::openat(
+                    parent,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                if as_root {
+                    rfs::fchown(
+                        &fd,
+                        Some(rfs::Uid::from_raw(meta.uid)),
+                        Some(rfs::Gid::from_raw(meta.gid)),
+                    )?;
+                }
+                rfs::fchmod(&fd, mode(meta))?;
+                Ok(())
+            })?;
+        if replaced {
+            self.parents.invalidate();
+        }
+        Ok(())
+    }
+
+    fn setattr(&mut self, path: &RelPath, meta: &Meta) -> ApplyResult {
+        if path.is_root() {
+            let root = self.parents.root.as_fd();
+            return self
+                .set_owner_mode_fd(root, meta)
+                .and_then(|()| rfs::futimens(root, &times(meta)).map_err(Into::into))
+                .map_err(|e| ApplyError::new(path, "setting attributes of", e));
+        }
+        let as_root = self.as_root;
+        self.parents
+            .with_parent(path, "setting attributes of", |parent, name| {
+                let st = fsutil::lstat_at(parent, name)?
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+                let fmt = st.stx_mode as u32 & libc::S_IFMT;
+                if fmt == libc::S_IFREG || fmt == libc::S_IFDIR {
+                    let fd = rfs::openat(
+                        parent,
+                        name,
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                        Mode::empty(),
+                    )?;
+                    if as_root {
+                        rfs::fchown(
+                            &fd,
+                            Some(rfs::Uid::from_raw(meta.uid)),
+                            Some(rfs::Gid::from_raw(meta.gid)),
+                        )?;
+                    }
+                    rfs::fchmod(&fd, mode(meta))?;
+                    rfs::futimens(&fd, &times(meta))?;
+                } else {
+                    if as_root {
+                        rfs::chownat(
+                            parent,
+                            name,
+                            Some(rfs::Uid::from_raw(meta.uid)),
+                            Some(rfs::Gid::from_raw(meta.gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )?;
+                    }
+                    if fmt != libc::S_IFLNK {
+                        rfs::chmodat(parent, name, mode(meta), AtFlags::empty())?;
+                    }
+                    rfs::utimensat(parent, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+                }
+                Ok(())
+            })
+    }
+
+    pub fn file_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Starts receiving a file. An error is reported once; its content is still consumed.
+    pub fn begin_file(&mut self, fb: &FileBegin) -> ApplyResult {
+        let tmpname = self.tmpname("f");
+        let fd = rfs::openat(
+            self.tmp.as_fd(),
+            tmpname.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        );
+        let (fd, err) = match fd {
+            Ok(fd) => (Some(std::fs::File::from(fd)), None),
+            Err(e) => (
+                None,
+                Some(ApplyError::new(&fb.path, "creating file", e.into())),
+            ),
+        };
+        self.file = Some(OpenFile {
+            path: fb.path.clone(),
+            meta: fb.meta,
+            size: fb.size,
+            written: 0,
+            hasher: blake3::Hasher::new(),
+            fd,
+            tmpname,
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends content. `Err(Ok(e))` is a per-file failure (reported, stream continues);
+    /// `Err(Err(msg))` a protocol violation.
+    pub fn chunk(&mut self, data: &[u8]) -> Result<(), Result<ApplyError, String>> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Err("file content outside a file".to_string()))?;
+        f.written += data.len() as u64;
+        if f.written > f.size {
+            return Err(Err(format!(
+                "file {} sends more than its declared {} bytes",
+                f.path, f.size
+            )));
+        }
+        f.hasher.update(data);
+        if let Some(fd) = f.fd.as_mut() {
+            if let Err(e) = fd.write_all(data) {
+                let err = ApplyError::new(&f.path, "writing file", e);
+                f.fd = None;
+                let _ = rfs::unlinkat(self.tmp.as_fd(), f.tmpname.as_str(), AtFlags::empty());
+                return Err(Ok(err));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes a file: verifies size and hash, sets metadata, renames into place.
+    /// Same error convention as `chunk`; `Ok(false)` means the file was already reported failed.
+    pub fn end_file(
+        &mut self,
+        hash: &[u8; 32],
+        commit: bool,
+    ) -> Result<bool, Result<ApplyError, String>> {
+        let f = self
+            .file
+            .take()
+            .ok_or_else(|| Err("FileEnd outside a file".to_string()))?;
+        if f.written != f.size {
+            return Err(Err(format!(
+                "file {} ended after {} of its declared {} bytes",
+                f.path, f.written, f.size
+            )));
+        }
+        if f.hasher.finalize().as_bytes() != hash {
+            return Err(Err(format!(
+                "content hash of {} does not match what the master sent: the stream is corrupt",
+                f.path
+            )));
+        }
+        let Some(fd) = f.fd else { return Ok(false) };
+        if !commit {
+            drop(fd);
+            let _ = rfs::unlinkat(self.tmp.as_fd(), f.tmpname.as_str(), AtFlags::empty());
+            return Ok(false);
+        }
+        let r = self
+            .set_owner_mode_fd(fd.as_fd(), &f.meta)
+            .and_then(|()| rfs::futimens(&fd, &times(&f.meta)).map_err(Into::into));
+        drop(fd);
+        if let Err(e) = r {
+            let _ = rfs::unlinkat(self.tmp.as_fd(), f.tmpname.as_str(), AtFlags::empty());
+            return Err(Ok(ApplyError::new(&f.path, "setting attributes of", e)));
+        }
+        self.replace_into(&f.path, &f.tmpname, "renaming into place")
+            .map_err(Ok)?;
+        Ok(true)
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        rfs::syncfs(&self.parents.root)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! The slave agent (`georep agent --volume V`): speaks the protocol on a byte stream (stdin/stdout
+//! under sshd or the local transport), applies batches beneath the slave root, and acks each
+//! batch only after it is durable.
+//!
+//! Invariant: `Ack{id}` is sent only after every op of batch `id` was applied or reported
+//! `Failed`, the filesystem was synced, and `agent.db` recorded the batch.
+
+pub mod apply;
+pub mod state;
+
+use crate::fsutil;
+use crate::protocol::{self, Message, Welcome, PROTOCOL_VERSION};
+use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter};
+use anyhow::{anyhow, bail, Context, Result};
+use apply::{Applier, ApplyError};
+use rustix::fd::AsFd;
+use state::AgentState;
+use std::path::{Path, PathBuf};
+
+struct BatchState {
+    id: u64,
+    /// Upper bound announced in `BatchBegin` (the master may skip a file it cannot read).
+    declared: u32,
+    seen: u32,
+}
+
+/// Serves one master connection until it says `Bye` or closes.
+pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
+    let mut w = FrameWriter::new(output);
+    w.send_preamble().context("writing to the master")?;
+    let r = FrameReader::new(input);
+    match serve_inner(root, r, &mut w) {
+        Ok(()) => {
+            let _ = w.close();
+            Ok(())
+        }
+        Err(e) => {
+            // Tell the master why we stop; it prints this instead of "connection closed".
+            let _ = w.send(&Message::Error(protocol::ErrorMsg {
+                message: format!("{e:#}"),
+            }));
+            let _ = w.flush();
+            Err(e)
+        }
+    }
+}
+
+fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<()> {
+    r.expect_preamble()?;
+    let hello = match r.read()? {
+        Some(Message::Hello(h)) => h,
+        Some(m) => bail!("expected Hello, got {}", m.name()),
+        None => return Ok(()),
+    };
+    let host = crate::config::node_name();
+    if hello.protocol != PROTOCOL_VERSION {
+        bail!(
+            "master speaks protocol version {}, this agent on {host} speaks {PROTOCOL_VERSION}: install the same georep version on both sites",
+            hello.protocol
+        );
+    }
+    let meta = std::fs::symlink_metadata(root).map_err(|e| {
+        anyhow!(
+            "slave root {} on {host} is not usable ({e}): create it there (mkdir -p {}) or name an existing volume",
+            root.display(),
+            root.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!("slave root {} on {host} is not a directory", root.display());
+    }
+    let state_dir = root.join(".georep");
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {} on {host}", state_dir.display()))?;
+    let state = AgentState::open(&state_dir)?;
+    if hello.epoch < state.epoch {
+        bail!(
+            "slave volume {} on {host} is at epoch {} but the master is at epoch {}: this master was fenced by a failover; run `georep resync --reverse` before replicating again",
+            root.display(),
+            state.epoch,
+            hello.epoch
+        );
+    }
+    let brick_key = format!("{}:{}", hello.master_node, hello.brick);
+    let (tmp, _lock) = brick_tmp(&state_dir, &brick_key)?;
+    let root_fd = fsutil::open_root(root)
+        .with_context(|| format!("opening slave root {} on {host}", root.display()))?;
+    let tmp_fd = fsutil::open_root(&tmp)?;
+    let mut applier = Applier::new(root_fd, tmp_fd);
+    w.send(&Message::Welcome(Welcome {
+        protocol: PROTOCOL_VERSION,
+        georep_version: env!("CARGO_PKG_VERSION").to_string(),
+        volume_id: state.volume_id.clone(),
+        epoch: state.epoch,
+        last_batch: state.last_batch(&brick_key)?,
+        slave_host: host.clone(),
+    }))?;
+    w.flush()?;
+    if hello.compression != 0 {
+        r = r.into_decompressed()?;
+    }
+    tracing::info!(brick = %brick_key, root = %root.display(), "master connected");
+
+    let mut batch: Option<BatchState> = None;
+    let mut skipping_file = false;
+    let failed = |w: &mut FrameWriter, b: &BatchState, op: u32, e: ApplyError| -> Result<()> {
+        tracing::warn!(batch = b.id, path = %e.path, "{}", e.message);
+        w.send(&Message::Failed(protocol::Failed {
+            batch: b.id,
+            op,
+            path: e.path,
+            errno: e.errno,
+            message: e.message,
+        }))?;
+        Ok(())
+    };
+    loop {
+        let msg = match r.read() {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                if let Some(b) = batch {
+                    bail!(
+                        "master closed the connection in the middle of batch {}",
+                        b.id
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let in_file = applier.file_open();
+        match msg {
+            Message::BatchBegin(b) => {
+                if batch.is_some() {
+                    bail!("BatchBegin {} inside another batch", b.id);
+                }
+                if b.ops > protocol::MAX_BATCH_OPS
+                    || (b.ops > 1 && b.bytes > protocol::MAX_BATCH_BYTES)
+                {
+                    bail!(
+                        "batch {} declares {} ops and {} bytes, over the limits of {} ops and {} bytes",
+                        b.id,
+                        b.ops,
+                        b.bytes,
+                        protocol::MAX_BATCH_OPS,
+                        protocol::MAX_BATCH_BYTES
+                    );
+                }
+                batch = Some(BatchState {
+                    id: b.id,
+                    declared: b.ops,
+                    seen: 0,
+                });
+            }
+            Message::Op(op) => {
+                let b = batch
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("op outside a batch"))?;
+                if in_file {
+                    bail!("op inside a file's content");
+                }
+                let idx = next_op(b)?;
+                if let Err(e) = applier.apply(&op) {
+                    failed(w, b, idx, e)?;
+                }
+            }
+            Message::FileBegin(fb) => {
+                let b = batch
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("file outside a batch"))?;
+                if in_file {
+                    bail!("FileBegin inside another file");
+                }
+                if fb.path.is_root() {
+                    bail!("FileBegin for the slave root itself");
+                }
+                let idx = next_op(b)?;
+                skipping_file = false;
+                if let Err(e) = applier.begin_file(&fb) {
+                    skipping_file = true;
+                    failed(w, b, idx, e)?;
+                }
+            }
+            Message::Chunk(data) => {
+                let b = batch
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("content outside a batch"))?;
+                match applier.chunk(&data) {
+                    Ok(()) => {}
+                    Err(Ok(e)) => {
+                        if !skipping_file {
+                            skipping_file = true;
+                            failed(w, b, b.seen - 1, e)?;
+                        }
+                    }
+                    Err(Err(msg)) => bail!(msg),
+                }
+            }
+            Message::FileEnd(fe) => {
+                let b = batch
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("FileEnd outside a batch"))?;
+                match applier.end_file(&fe.hash, fe.commit) {
+                    Ok(_) => {}
+                    Err(Ok(e)) => {
+                        if !skipping_file {
+                            failed(w, b, b.seen - 1, e)?;
+                        }
+                    }
+                    Err(Err(msg)) => bail!(msg),
+                }
+                skipping_file = false;
+            }
+            Message::BatchEnd(end) => {
+                let b = batch
+                    .take()
+                    .ok_or_else(|| anyhow!("BatchEnd outside a batch"))?;
+                if in_file {
+                    bail!("BatchEnd inside a file's content");
+                }
+                if end.id != b.id || end.ops != b.seen {
+                    bail!(
+                        "batch {} ended as batch {} claiming {} ops, but {} ops arrived",
+                        b.id,
+                        end.id,
+                        end.ops,
+                        b.seen
+                    );
+                }
+                applier.sync().with_context(|| {
+                    format!("syncing slave volume {} on {host}", root.display())
+                })?;
+                state.record_batch(&brick_key, &hello.session, b.id)?;
+                w.send(&Message::Ack(protocol::Ack { id: b.id }))?;
+                w.flush()?;
+            }
+            Message::Heartbeat => {
+                w.send(&Message::Heartbeat)?;
+                w.flush()?;
+            }
+            Message::Bye => {
+                if batch.is_some() {
+                    bail!("Bye inside a batch");
+                }
+                return Ok(());
+            }
+            m => bail!("unexpected {} from the master", m.name()),
+        }
+    }
+}
+
+fn next_op(b: &mut BatchState) -> Result<u32> {
+    if b.seen >= b.declared {
+        bail!(
+            "batch {} carries more than its declared {} ops",
+            b.id,
+            b.declared
+        );
+    }
+    b.seen += 1;
+    Ok(b.seen - 1)
+}
+
+/// This brick's private temp directory, emptied of what a previous connection left, and the
+/// lock that keeps a second connection from the same brick out while we run.
+fn brick_tmp(state_dir: &Path, brick_key: &str) -> Result<(PathBuf, std::fs::File)> {
+    let h = blake3::hash(brick_key.as_bytes()).to_hex();
+    let base = state_dir.join("tmp");
+    std::fs::create_dir_all(&base)?;
+    let lock_path = base.join(format!("{}.lock", &h[..16]));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            anyhow!(
+                "another georep connection from brick {brick_key} is already applying to this volume (lock {})",
+                lock_path.display()
+            )
+        },
+    )?;
+    let dir = base.join(&h[..16]);
+    std::fs::create_dir_all(&dir)?;
+    let fd = fsutil::open_root(&dir)?;
+    fsutil::empty_dir(fd.as_fd()).with_context(|| format!("cleaning {}", dir.display()))?;
+    Ok((dir, lock))
+}

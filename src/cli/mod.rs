@@ -1,0 +1,199 @@
+//! Command-line definitions (raw arguments) and dispatch; each subcommand is one call into a
+//! domain module.
+
+use crate::config::{Home, SyncOptions};
+use crate::volume::{self, Volume};
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "georep",
+    version,
+    about = "Asynchronous geo-replication of directory trees for disaster recovery",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Manage volumes (named sets of bricks)
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Replicate a master volume or path to a slave until they are equal
+    Sync(SyncArgs),
+    /// Slave side: apply a master's stream from stdin, answer on stdout (run by sshd or georep)
+    Agent(AgentArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume: `georep volume create NAME [replica N] [node:]/path...`
+    Create {
+        name: String,
+        #[arg(required = true, num_args = 1.., value_name = "[replica N] BRICK")]
+        args: Vec<String>,
+    },
+    /// List volumes
+    List,
+    /// Show a volume's bricks
+    Info { name: String },
+    /// Delete a volume definition (brick data is not touched)
+    Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Master volume name or absolute path
+    pub master: String,
+    /// Slave: absolute path, local volume name, or [user@]host[:port]::volume
+    pub slave: String,
+    /// Crawl, ship and apply until the slave equals the master, then exit
+    /// (continuous replication is a session: `georep create` + `georep start`)
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Exclude entries matching this glob (name, or brick-relative path if it has a '/')
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// zstd level of the stream, 0 = off
+    #[arg(long, value_name = "LEVEL")]
+    pub compression: Option<i32>,
+    /// Batches in flight without an acknowledgement
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Seal a batch at this many ops
+    #[arg(long)]
+    pub batch_ops: Option<u32>,
+    /// Seal a batch at this many content bytes
+    #[arg(long)]
+    pub batch_bytes: Option<u64>,
+}
+
+impl TryFrom<&SyncArgs> for SyncOptions {
+    type Error = anyhow::Error;
+    fn try_from(a: &SyncArgs) -> Result<SyncOptions> {
+        let d = SyncOptions::default();
+        SyncOptions {
+            compression: a.compression.unwrap_or(d.compression),
+            window: a.window.unwrap_or(d.window),
+            batch_ops: a.batch_ops.unwrap_or(d.batch_ops),
+            batch_bytes: a.batch_bytes.unwrap_or(d.batch_bytes),
+            excludes: a.exclude.clone(),
+            ..d
+        }
+        .validate()
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Slave volume name registered on this host, or an absolute path
+    #[arg(long)]
+    pub volume: String,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let home = Home::from_env();
+    match cli.cmd {
+        Cmd::Volume(v) => volume_cmd(&home, v),
+        Cmd::Sync(a) => {
+            let opts: SyncOptions = (&a).try_into()?;
+            let report = crate::ship::sync_once(&home, &a.master, &a.slave, &opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.summary());
+                for f in &report.failures {
+                    eprintln!("failed ({}): {}", f.side, f.message);
+                }
+            }
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Agent(a) => {
+            let root = if a.volume.starts_with('/') {
+                std::path::PathBuf::from(&a.volume)
+            } else {
+                Volume::load(&home, &a.volume)?.slave_root()?
+            };
+            crate::agent::serve(
+                &root,
+                Box::new(std::io::stdin()),
+                Box::new(std::io::stdout()),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn volume_cmd(home: &Home, cmd: VolumeCmd) -> Result<ExitCode> {
+    match cmd {
+        VolumeCmd::Create { name, args } => {
+            let (replica, bricks) = volume::parse_create_args(&args)?;
+            if Volume::load(home, &name).is_ok() {
+                bail!("volume {name} already exists: delete it first or pick another name");
+            }
+            let v = Volume::new(&name, replica, bricks)?;
+            for b in v.bricks.iter().filter(|b| b.is_local()) {
+                std::fs::create_dir_all(&b.path).map_err(|e| {
+                    anyhow::anyhow!("creating brick directory {}: {e}", b.path.display())
+                })?;
+            }
+            v.save(home)?;
+            println!("volume create: {name}: success");
+        }
+        VolumeCmd::List => {
+            let vols = Volume::list(home)?;
+            if vols.is_empty() {
+                println!("No volumes present");
+            }
+            for v in vols {
+                println!("{}", v.name);
+            }
+        }
+        VolumeCmd::Info { name } => {
+            let v = Volume::load(home, &name)?;
+            println!("Volume Name: {}", v.name);
+            println!(
+                "Type: {}",
+                if v.replica > 1 {
+                    "Replicate"
+                } else {
+                    "Distribute"
+                }
+            );
+            println!(
+                "Number of Bricks: {}",
+                if v.replica > 1 {
+                    format!(
+                        "{} x {} = {}",
+                        v.bricks.len() / v.replica as usize,
+                        v.replica,
+                        v.bricks.len()
+                    )
+                } else {
+                    v.bricks.len().to_string()
+                }
+            );
+            println!("Bricks:");
+            for (i, b) in v.bricks.iter().enumerate() {
+                println!("Brick{}: {}", i + 1, b);
+            }
+        }
+        VolumeCmd::Delete { name } => {
+            Volume::delete(home, &name)?;
+            println!("volume delete: {name}: success");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

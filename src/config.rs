@@ -1,0 +1,110 @@
+//! Where georep keeps things (`$GEOREP_HOME`), who this node is, and the validated options of a
+//! replication run.
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// State, configuration and log directories.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub state: PathBuf,
+    pub etc: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Home {
+    /// `$GEOREP_HOME/{state,etc,log}` when set (tests, unprivileged use), else the FHS locations.
+    pub fn from_env() -> Home {
+        match std::env::var_os("GEOREP_HOME") {
+            Some(h) if !h.is_empty() => {
+                let h = PathBuf::from(h);
+                Home {
+                    state: h.join("state"),
+                    etc: h.join("etc"),
+                    log: h.join("log"),
+                }
+            }
+            _ => Home {
+                state: "/var/lib/georep".into(),
+                etc: "/etc/georep".into(),
+                log: "/var/log/georep".into(),
+            },
+        }
+    }
+}
+
+/// This node's name: `$GEOREP_NODE`, else the hostname.
+pub fn node_name() -> String {
+    match std::env::var("GEOREP_NODE") {
+        Ok(n) if !n.is_empty() => n,
+        _ => rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+    }
+}
+
+/// Options of one replication run, validated.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// zstd level of the stream, 0 = off.
+    pub compression: i32,
+    /// Batches in flight without an ack.
+    pub window: usize,
+    /// A batch is sealed at this many ops…
+    pub batch_ops: u32,
+    /// …or this many content bytes.
+    pub batch_bytes: u64,
+    /// Exclude globs, matched against brick-relative paths.
+    pub excludes: Vec<String>,
+    /// Content bytes per Chunk frame.
+    pub chunk_size: usize,
+    /// Crawl passes before giving up on a tree that keeps changing or failing.
+    pub max_passes: u32,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            compression: 1,
+            window: 4,
+            batch_ops: 8192,
+            batch_bytes: 64 << 20,
+            excludes: Vec::new(),
+            chunk_size: 1 << 20,
+            max_passes: 5,
+        }
+    }
+}
+
+impl SyncOptions {
+    pub fn validate(self) -> Result<Self> {
+        if !(0..=19).contains(&self.compression) {
+            bail!(
+                "compression level {} is out of range: use 0 (off) to 19",
+                self.compression
+            );
+        }
+        if self.window == 0 || self.window > 1024 {
+            bail!("window {} is out of range: use 1 to 1024", self.window);
+        }
+        if self.batch_ops == 0 || self.batch_ops > crate::protocol::MAX_BATCH_OPS {
+            bail!(
+                "batch-ops {} is out of range: use 1 to {}",
+                self.batch_ops,
+                crate::protocol::MAX_BATCH_OPS
+            );
+        }
+        if self.batch_bytes == 0 || self.batch_bytes > crate::protocol::MAX_BATCH_BYTES {
+            bail!(
+                "batch-bytes {} is out of range: use 1 to {}",
+                self.batch_bytes,
+                crate::protocol::MAX_BATCH_BYTES
+            );
+        }
+        for g in &self.excludes {
+            globset::Glob::new(g).map_err(|e| anyhow::anyhow!("exclude pattern {g:?}: {e}"))?;
+        }
+        Ok(self)
+    }
+}

@@ -1,0 +1,276 @@
+//! The index: the master's record, per brick, of what the slave holds (SQLite on disk).
+//!
+//! Rows are keyed `(dir, name)` in a WITHOUT ROWID table, so a directory's children are one
+//! range scan and a subtree is two. The root is the row `("", "")`.
+//!
+//! Invariant: a row changes only when the slave acknowledged the op that produced it; a failed
+//! op *poisons* its rows (inode 0, size -1) so the next crawl resends or re-deletes them.
+
+use super::entry::{Entry, Kind};
+use crate::protocol::RelPath;
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+
+const FORMAT_VERSION: &str = "1";
+
+/// An index change, applied when the op carrying it is acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    Upsert(RelPath, Entry),
+    /// Removes the path and everything beneath it.
+    Remove(RelPath),
+    /// Moves the path and its subtree, replacing what was at the destination.
+    Move(RelPath, RelPath),
+    /// Marks the path and its subtree as unknown on the slave.
+    Poison(RelPath),
+}
+
+pub struct Index {
+    db: Connection,
+}
+
+fn key(p: &RelPath) -> (&[u8], &[u8]) {
+    p.split().unwrap_or((&[], &[]))
+}
+
+/// Upper bound of the range of paths strictly beneath `p` (`p/` … `p0`).
+fn below(p: &RelPath) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = p.as_bytes().to_vec();
+    lo.push(b'/');
+    let mut hi = p.as_bytes().to_vec();
+    hi.push(b'/' + 1);
+    (lo, hi)
+}
+
+const COLS: &str = "kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev, target";
+
+fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        kind: Kind::from_u8(r.get::<_, i64>(off)? as u8),
+        ino: r.get::<_, i64>(off + 1)? as u64,
+        size: r.get::<_, i64>(off + 2)? as u64,
+        mtime_sec: r.get(off + 3)?,
+        mtime_nsec: r.get(off + 4)?,
+        ctime_sec: r.get(off + 5)?,
+        ctime_nsec: r.get(off + 6)?,
+        mode: r.get(off + 7)?,
+        uid: r.get(off + 8)?,
+        gid: r.get(off + 9)?,
+        nlink: r.get(off + 10)?,
+        rdev: r.get::<_, i64>(off + 11)? as u64,
+        target: r.get(off + 12)?,
+    })
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let db =
+            Connection::open(path).with_context(|| format!("opening index {}", path.display()))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        // The index trails the slave: losing the last commits only makes the next crawl resend.
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
+                PRIMARY KEY(dir, name)) WITHOUT ROWID;"
+        ))?;
+        let idx = Index { db };
+        match idx.get_meta("format")? {
+            None => idx.set_meta("format", FORMAT_VERSION)?,
+            Some(v) if v == FORMAT_VERSION => {}
+            Some(v) => bail!(
+                "index {} has format {v}, this georep understands {FORMAT_VERSION}: upgrade georep or delete the session",
+                path.display()
+            ),
+        }
+        Ok(idx)
+    }
+
+    pub fn get_meta(&self, k: &str) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, k: &str, v: &str) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+            params![k, v],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets everything: the next crawl ships the whole brick.
+    pub fn clear(&self) -> Result<()> {
+        self.db.execute("DELETE FROM entries", [])?;
+        Ok(())
+    }
+
+    pub fn get(&self, p: &RelPath) -> Result<Option<Entry>> {
+        let (d, n) = key(p);
+        let mut st = self.db.prepare_cached(&format!(
+            "SELECT {COLS} FROM entries WHERE dir = ?1 AND name = ?2"
+        ))?;
+        Ok(st
+            .query_row(params![d, n], |r| entry_from(r, 0))
+            .optional()?)
+    }
+
+    /// Direct children of `dir` as (name, entry).
+    pub fn children(&self, dir: &RelPath) -> Result<Vec<(Vec<u8>, Entry)>> {
+        let mut st = self.db.prepare_cached(&format!(
+            "SELECT name, {COLS} FROM entries WHERE dir = ?1 AND name <> x''"
+        ))?;
+        let rows = st.query_map(params![dir.as_bytes()], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, entry_from(r, 1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every row strictly beneath `p`.
+    pub fn subtree(&self, p: &RelPath) -> Result<Vec<(RelPath, Entry)>> {
+        let mut out = Vec::new();
+        let (lo, hi) = below(p);
+        let mut st = self.db.prepare_cached(&format!(
+            "SELECT dir, name, {COLS} FROM entries
+             WHERE name <> x'' AND (dir = ?1 OR (dir >= ?2 AND dir < ?3))"
+        ))?;
+        let all = p.is_root();
+        let mut rows = if all {
+            st.query(params![&b""[..], &b""[..], &[0xffu8; 1][..]])?
+        } else {
+            st.query(params![p.as_bytes(), lo, hi])?
+        };
+        while let Some(r) = rows.next()? {
+            let d: Vec<u8> = r.get(0)?;
+            let n: Vec<u8> = r.get(1)?;
+            let mut full = d;
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&n);
+            let path = RelPath::new(full).context("index holds an invalid path")?;
+            out.push((path, entry_from(r, 2)?));
+        }
+        Ok(out)
+    }
+
+    fn upsert(&self, p: &RelPath, e: &Entry) -> Result<()> {
+        let (d, n) = key(p);
+        let mut st = self.db.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO entries(dir, name, {COLS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ))?;
+        st.execute(params![
+            d,
+            n,
+            e.kind as u8 as i64,
+            e.ino as i64,
+            e.size as i64,
+            e.mtime_sec,
+            e.mtime_nsec,
+            e.ctime_sec,
+            e.ctime_nsec,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.nlink,
+            e.rdev as i64,
+            e.target
+        ])?;
+        Ok(())
+    }
+
+    fn remove(&self, p: &RelPath) -> Result<()> {
+        if p.is_root() {
+            return self.clear();
+        }
+        let (d, n) = key(p);
+        self.db
+            .prepare_cached("DELETE FROM entries WHERE dir = ?1 AND name = ?2")?
+            .execute(params![d, n])?;
+        let (lo, hi) = below(p);
+        self.db
+            .prepare_cached("DELETE FROM entries WHERE dir = ?1 OR (dir >= ?2 AND dir < ?3)")?
+            .execute(params![p.as_bytes(), lo, hi])?;
+        Ok(())
+    }
+
+    fn poison(&self, p: &RelPath) -> Result<()> {
+        let mut rows = self.subtree(p)?;
+        match self.get(p)? {
+            Some(e) => rows.push((p.clone(), e)),
+            None => rows.push((
+                p.clone(),
+                Entry {
+                    kind: Kind::Unknown,
+                    ino: 0,
+                    size: 0,
+                    mtime_sec: 0,
+                    mtime_nsec: 0,
+                    ctime_sec: 0,
+                    ctime_nsec: 0,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    nlink: 0,
+                    rdev: 0,
+                    target: None,
+                },
+            )),
+        }
+        for (path, mut e) in rows {
+            e.ino = 0;
+            e.size = u64::MAX;
+            e.mtime_sec = i64::MIN;
+            self.upsert(&path, &e)?;
+        }
+        Ok(())
+    }
+
+    fn mv(&self, from: &RelPath, to: &RelPath) -> Result<()> {
+        let mut rows = self.subtree(from)?;
+        if let Some(e) = self.get(from)? {
+            rows.push((from.clone(), e));
+        }
+        self.remove(from)?;
+        self.remove(to)?;
+        for (p, e) in rows {
+            self.upsert(&p.rebase(from, to), &e)?;
+        }
+        Ok(())
+    }
+
+    /// Applies mutations in order, in one transaction.
+    pub fn apply(&self, muts: &[Mutation]) -> Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        for m in muts {
+            match m {
+                Mutation::Upsert(p, e) => self.upsert(p, e)?,
+                Mutation::Remove(p) => self.remove(p)?,
+                Mutation::Move(f, t) => self.mv(f, t)?,
+                Mutation::Poison(p) => self.poison(p)?,
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Number of rows (entries the slave is known to hold, root included).
+    pub fn len(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}

@@ -1,0 +1,535 @@
+//! Hybrid crawl: walk a brick, compare every entry with the index (what the slave holds) and
+//! plan the ops that make the slave equal the brick, with renames detected by inode.
+//!
+//! Invariant: the plan's ops, applied in order, are valid whatever the renames: every rename is
+//! a `Stash` (all sources moved aside first, deepest first) then an `Unstash` in destination
+//! order, so swaps and cycles need no special case; creations run in path order (parents
+//! first), hard links after all creations, deletes after that (at their post-rename location),
+//! and directory attributes last, deepest first, so children's changes do not disturb them.
+
+pub mod entry;
+pub mod index;
+pub mod walk;
+
+use crate::fsutil;
+use crate::protocol::{Op, RelPath};
+use anyhow::{Context, Result};
+use entry::{Change, Entry, Kind};
+use index::{Index, Mutation};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use walk::Excludes;
+
+/// What the shipper does for one planned step.
+#[derive(Debug, Clone)]
+pub enum PlanOp {
+    Op(Op),
+    /// Ship the file's content, read at ship time.
+    File {
+        path: RelPath,
+        entry: Entry,
+    },
+    /// Nothing goes to the slave; only the index changes once the batch is acknowledged.
+    IndexOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedOp {
+    pub op: PlanOp,
+    /// Index mutations applied when the slave acknowledges the op.
+    pub ok: Vec<Mutation>,
+    /// Index mutations applied instead when the slave reports the op failed.
+    pub fail: Vec<Mutation>,
+}
+
+impl PlannedOp {
+    fn new(op: Op, ok: Vec<Mutation>, fail: Vec<Mutation>) -> Self {
+        PlannedOp {
+            op: PlanOp::Op(op),
+            ok,
+            fail,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        match &self.op {
+            PlanOp::File { entry, .. } => entry.size,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PlanStats {
+    pub scanned: u64,
+    pub new: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub renamed: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub ops: Vec<PlannedOp>,
+    pub stats: PlanStats,
+    /// Directories that could not be read on the master (path, message).
+    pub errors: Vec<(RelPath, String)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Number of walker threads: directory reads block on I/O, so more than the core count helps.
+const WALK_THREADS: usize = 4;
+
+/// Crawls `root` against `index`. `slot` numbers stash slots (unique per connection);
+/// `progress` is called with the number of entries scanned so far.
+pub fn crawl(
+    root: &Path,
+    index: &Index,
+    excludes: &Excludes,
+    slot: &mut u64,
+    progress: &dyn Fn(u64),
+) -> Result<Plan> {
+    let root_fd = fsutil::open_root(root)
+        .with_context(|| format!("opening brick {} on the master", root.display()))?;
+    let (root_entry, _) = walk::root_entry(&root_fd)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ex = excludes.clone();
+    let walker = std::thread::spawn(move || walk::walk(root_fd, ex, WALK_THREADS, tx));
+
+    let mut d = Diff::default();
+    let root_path = RelPath::root();
+    match index.get(&root_path)? {
+        Some(old) if old.kind == Kind::Dir => match old.change_to(&root_entry, false) {
+            Change::None => {}
+            c => d.updates.push((root_path, old, root_entry, c)),
+        },
+        _ => d.new_root = Some(root_entry),
+    }
+    for listing in rx {
+        let dir = listing.dir;
+        let entries = match listing.entries {
+            Ok(e) => e,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                d.errors.push((
+                    dir.clone(),
+                    format!(
+                        "reading directory {dir} under {} on the master: {e}",
+                        root.display()
+                    ),
+                ));
+                continue;
+            }
+        };
+        d.scanned += entries.len() as u64;
+        progress(d.scanned);
+        let mut idx: HashMap<Vec<u8>, Entry> = index.children(&dir)?.into_iter().collect();
+        for (name, e) in entries {
+            let path = dir.join(&name)?;
+            if e.kind == Kind::File && e.nlink > 1 {
+                d.links.entry(e.ino).or_default().push(path.clone());
+            }
+            match idx.remove(&name) {
+                None => {
+                    d.new.insert(path, e);
+                }
+                Some(old) if old.kind == Kind::Dir && e.kind == Kind::Dir => {
+                    // A directory that is still a directory is the same directory, whatever
+                    // its inode: its children are compared one by one.
+                    match old.change_to(&e, false) {
+                        Change::None => {}
+                        c => d.updates.push((path, old, e, c)),
+                    }
+                }
+                Some(old) if old.kind != e.kind || old.ino != e.ino => {
+                    if old.kind == Kind::Dir {
+                        d.gone.extend(index.subtree(&path)?);
+                    }
+                    d.gone.insert(path.clone(), old);
+                    d.new.insert(path, e);
+                }
+                Some(old) => match old.change_to(&e, false) {
+                    Change::None => {
+                        if e.kind == Kind::File && e.nlink > 1 {
+                            d.stable_link
+                                .entry(e.ino)
+                                .and_modify(|p| {
+                                    if path < *p {
+                                        *p = path.clone()
+                                    }
+                                })
+                                .or_insert(path);
+                        }
+                    }
+                    c => d.updates.push((path, old, e, c)),
+                },
+            }
+        }
+        for (name, old) in idx {
+            let path = dir.join(&name)?;
+            if excludes.is_excluded(&path) {
+                continue;
+            }
+            if old.kind == Kind::Dir {
+                d.gone.extend(index.subtree(&path)?);
+            }
+            d.gone.insert(path, old);
+        }
+    }
+    walker
+        .join()
+        .map_err(|_| anyhow::anyhow!("directory walker panicked"))?
+        .with_context(|| format!("walking brick {}", root.display()))?;
+    Ok(d.plan(slot))
+}
+
+#[derive(Default)]
+struct Diff {
+    scanned: u64,
+    new_root: Option<Entry>,
+    /// On disk, not in the index at that path.
+    new: BTreeMap<RelPath, Entry>,
+    /// In the index, not on disk at that path (subtrees included).
+    gone: BTreeMap<RelPath, Entry>,
+    /// Same path, same kind, something changed: (path, index entry, disk entry, change).
+    updates: Vec<(RelPath, Entry, Entry, Change)>,
+    /// Every multiply-linked file on disk, by inode.
+    links: HashMap<u64, Vec<RelPath>>,
+    /// An unchanged path per multiply-linked inode (already correct on the slave).
+    stable_link: HashMap<u64, RelPath>,
+    errors: Vec<(RelPath, String)>,
+}
+
+#[derive(Default)]
+struct Builder {
+    stashes: Vec<(RelPath, u64)>,
+    /// (path, order within a path, op)
+    creates: Vec<(RelPath, u8, PlannedOp)>,
+    links: Vec<(RelPath, PlannedOp)>,
+    deletes: Vec<(RelPath, PlannedOp)>,
+    dir_attrs: Vec<(RelPath, PlannedOp)>,
+    /// Paths whose previous slave entry is replaced by an op of this plan.
+    created: HashSet<RelPath>,
+    stats: PlanStats,
+}
+
+impl Builder {
+    fn upsert(p: &RelPath, e: &Entry) -> Vec<Mutation> {
+        vec![Mutation::Upsert(p.clone(), e.clone())]
+    }
+
+    fn poison(p: &RelPath) -> Vec<Mutation> {
+        vec![Mutation::Poison(p.clone())]
+    }
+
+    fn set_attr(&mut self, path: &RelPath, e: &Entry) {
+        let op = PlannedOp::new(
+            Op::SetAttr {
+                path: path.clone(),
+                meta: e.meta(),
+            },
+            Self::upsert(path, e),
+            Self::poison(path),
+        );
+        if e.kind == Kind::Dir {
+            self.dir_attrs.push((path.clone(), op));
+        } else {
+            self.creates.push((path.clone(), 2, op));
+        }
+    }
+
+    /// The op that (re)creates a non-directory entry with its content.
+    fn content(&mut self, path: &RelPath, e: &Entry, leader: Option<&RelPath>) {
+        let ok = Self::upsert(path, e);
+        let fail = Self::poison(path);
+        let op = match e.kind {
+            Kind::File => {
+                if let Some(target) = leader.filter(|l| *l != path) {
+                    let op = Op::Link {
+                        path: path.clone(),
+                        target: target.clone(),
+                    };
+                    self.links
+                        .push((path.clone(), PlannedOp::new(op, ok, fail)));
+                    return;
+                }
+                self.stats.files += 1;
+                self.stats.bytes += e.size;
+                PlannedOp {
+                    op: PlanOp::File {
+                        path: path.clone(),
+                        entry: e.clone(),
+                    },
+                    ok,
+                    fail,
+                }
+            }
+            Kind::Symlink => PlannedOp::new(
+                Op::Symlink {
+                    path: path.clone(),
+                    target: e.target.clone().unwrap_or_default(),
+                    meta: e.meta(),
+                },
+                ok,
+                fail,
+            ),
+            Kind::Fifo | Kind::Char | Kind::Block => PlannedOp::new(
+                Op::Special {
+                    path: path.clone(),
+                    kind: e.kind.special().unwrap(),
+                    rdev: e.rdev,
+                    meta: e.meta(),
+                },
+                ok,
+                fail,
+            ),
+            Kind::Dir | Kind::Unknown => unreachable!("content() of a directory"),
+        };
+        self.creates.push((path.clone(), 1, op));
+    }
+
+    fn index_only(&mut self, path: &RelPath, e: &Entry) {
+        self.creates.push((
+            path.clone(),
+            3,
+            PlannedOp {
+                op: PlanOp::IndexOnly,
+                ok: Self::upsert(path, e),
+                fail: vec![],
+            },
+        ));
+    }
+
+    /// Ships what changed between `old` and `e` at `path` (which already holds `old`).
+    fn update(&mut self, path: &RelPath, e: &Entry, c: Change, leader: Option<&RelPath>) {
+        match c {
+            Change::None => {}
+            Change::IndexOnly => self.index_only(path, e),
+            Change::Meta => {
+                self.stats.changed += 1;
+                self.set_attr(path, e)
+            }
+            Change::Data => {
+                self.stats.changed += 1;
+                self.content(path, e, leader)
+            }
+        }
+    }
+}
+
+impl Diff {
+    fn leader(&self, e: &Entry) -> Option<&RelPath> {
+        if e.kind != Kind::File || e.nlink < 2 {
+            return None;
+        }
+        self.stable_link
+            .get(&e.ino)
+            .or_else(|| self.links.get(&e.ino).and_then(|v| v.iter().min()))
+    }
+
+    fn plan(mut self, slot: &mut u64) -> Plan {
+        let mut b = Builder::default();
+        if let Some(e) = self.new_root.take() {
+            b.set_attr(&RelPath::root(), &e);
+        }
+        let updates = std::mem::take(&mut self.updates);
+        for (path, _old, e, c) in &updates {
+            let leader = self.leader(e).cloned();
+            b.update(path, e, *c, leader.as_ref());
+        }
+
+        // Rename candidates: gone entries by inode. A multiply-linked file is not a rename
+        // candidate (its other names keep the inode); it is re-linked instead.
+        let mut by_ino: HashMap<u64, RelPath> = HashMap::new();
+        for (p, g) in &self.gone {
+            if g.kind != Kind::Unknown && g.ino != 0 && !(g.kind == Kind::File && g.nlink > 1) {
+                by_ino.insert(g.ino, p.clone());
+            }
+        }
+        // new path -> old path, for directories that moved (explicitly or with a parent).
+        let mut dir_origin: HashMap<RelPath, RelPath> = HashMap::new();
+        let new = std::mem::take(&mut self.new);
+        for (path, e) in &new {
+            // Moved along with a renamed parent directory?
+            let along = path
+                .parent()
+                .and_then(|p| dir_origin.get(&p))
+                .and_then(|op| op.join(path.name()).ok());
+            if let Some(origin) = along {
+                if let Some(old) = self
+                    .gone
+                    .get(&origin)
+                    .filter(|o| o.kind == e.kind && o.ino == e.ino)
+                    .cloned()
+                {
+                    self.gone.remove(&origin);
+                    if e.kind == Kind::Dir {
+                        dir_origin.insert(path.clone(), origin);
+                    }
+                    let leader = self.leader(e).cloned();
+                    b.update(path, e, old.change_to(e, false), leader.as_ref());
+                    continue;
+                }
+            }
+            let renamed_from = (!(e.kind == Kind::File && e.nlink > 1))
+                .then(|| by_ino.get(&e.ino))
+                .flatten()
+                .filter(|o| {
+                    self.gone.get(*o).is_some_and(|g| {
+                        g.kind == e.kind
+                            && (e.kind == Kind::Dir
+                                || (g.size == e.size
+                                    && g.mtime_sec == e.mtime_sec
+                                    && g.mtime_nsec == e.mtime_nsec))
+                    })
+                })
+                .cloned();
+            if let Some(from) = renamed_from {
+                let old = self.gone.remove(&from).unwrap();
+                *slot += 1;
+                b.stashes.push((from.clone(), *slot));
+                let change = old.change_to(e, true);
+                let mut ok = vec![Mutation::Move(from.clone(), path.clone())];
+                if matches!(change, Change::None | Change::IndexOnly) {
+                    ok.push(Mutation::Upsert(path.clone(), e.clone()));
+                }
+                b.creates.push((
+                    path.clone(),
+                    0,
+                    PlannedOp::new(
+                        Op::Unstash {
+                            slot: *slot,
+                            to: path.clone(),
+                        },
+                        ok,
+                        vec![
+                            Mutation::Poison(from.clone()),
+                            Mutation::Poison(path.clone()),
+                        ],
+                    ),
+                ));
+                b.created.insert(path.clone());
+                b.stats.renamed += 1;
+                if e.kind == Kind::Dir {
+                    dir_origin.insert(path.clone(), from);
+                }
+                if !matches!(change, Change::None | Change::IndexOnly) {
+                    let leader = self.leader(e).cloned();
+                    b.update(path, e, change, leader.as_ref());
+                }
+                continue;
+            }
+            // A new entry.
+            b.stats.new += 1;
+            b.created.insert(path.clone());
+            if e.kind == Kind::Dir {
+                b.creates.push((
+                    path.clone(),
+                    0,
+                    PlannedOp::new(
+                        Op::Mkdir {
+                            path: path.clone(),
+                            meta: e.meta(),
+                        },
+                        vec![],
+                        Builder::poison(path),
+                    ),
+                ));
+                b.set_attr(path, e);
+            } else {
+                let leader = self.leader(e).cloned();
+                b.content(path, e, leader.as_ref());
+            }
+        }
+
+        // Deletes, at the location the entry has once renames are done.
+        let moved_to: HashMap<&RelPath, &RelPath> =
+            dir_origin.iter().map(|(n, o)| (o, n)).collect();
+        for (p, _) in &self.gone {
+            if p.parent().is_some_and(|par| ancestor_in(&par, &self.gone)) {
+                continue; // a deleted ancestor takes it along
+            }
+            let mut moved_root: Option<RelPath> = None;
+            let mut target = p.clone();
+            let mut a = p.parent();
+            while let Some(anc) = a {
+                if let Some(n) = moved_to.get(&anc) {
+                    target = p.rebase(&anc, n);
+                    moved_root = Some((*n).clone());
+                    break;
+                }
+                a = anc.parent();
+            }
+            // Replaced by an op of this plan (same path, new kind or a rename onto it)?
+            let mut replaced = false;
+            let mut c = Some(target.clone());
+            while let Some(x) = c {
+                if Some(&x) == moved_root.as_ref() {
+                    break;
+                }
+                if b.created.contains(&x) {
+                    replaced = true;
+                    break;
+                }
+                c = x.parent();
+            }
+            if replaced {
+                continue;
+            }
+            b.stats.deleted += 1;
+            b.deletes.push((
+                target.clone(),
+                PlannedOp::new(
+                    Op::Delete {
+                        path: target.clone(),
+                    },
+                    vec![Mutation::Remove(target.clone())],
+                    Builder::poison(&target),
+                ),
+            ));
+        }
+
+        let mut ops = Vec::new();
+        b.stashes.sort_by(|x, y| y.0.cmp(&x.0));
+        for (from, s) in b.stashes {
+            ops.push(PlannedOp::new(Op::Stash { from, slot: s }, vec![], vec![]));
+        }
+        b.creates.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        ops.extend(b.creates.into_iter().map(|c| c.2));
+        b.links.sort_by(|x, y| x.0.cmp(&y.0));
+        ops.extend(b.links.into_iter().map(|c| c.1));
+        b.deletes.sort_by(|x, y| x.0.cmp(&y.0));
+        ops.extend(b.deletes.into_iter().map(|c| c.1));
+        b.dir_attrs.sort_by(|x, y| y.0.cmp(&x.0));
+        ops.extend(b.dir_attrs.into_iter().map(|c| c.1));
+        b.stats.scanned = self.scanned;
+        Plan {
+            ops,
+            stats: b.stats,
+            errors: self.errors,
+        }
+    }
+}
+
+/// True when `p` or one of its ancestors (not the root) is a key of `gone`.
+fn ancestor_in(p: &RelPath, gone: &BTreeMap<RelPath, Entry>) -> bool {
+    let mut c = Some(p.clone());
+    while let Some(x) = c {
+        if x.is_root() {
+            return false;
+        }
+        if gone.contains_key(&x) {
+            return true;
+        }
+        c = x.parent();
+    }
+    false
+}

@@ -1,0 +1,217 @@
+//! Parallel directory walk of a brick with `statx`, emitting one listing per directory.
+//!
+//! Invariant: the walk never leaves the brick: directories are opened beneath the brick root
+//! without following symlinks, other filesystems are not entered, and `.georep` and excluded
+//! names are never listed.
+
+use super::entry::Entry;
+use crate::fsutil;
+use crate::protocol::RelPath;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{self as rfs, AtFlags, StatxFlags};
+use std::io;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Exclude globs: a pattern without `/` matches a name at any depth, one with `/` the whole
+/// brick-relative path.
+#[derive(Clone, Default)]
+pub struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+    any: bool,
+}
+
+impl Excludes {
+    pub fn new(patterns: &[String]) -> anyhow::Result<Excludes> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for p in patterns {
+            let g = GlobBuilder::new(p.trim_start_matches('/'))
+                .literal_separator(true)
+                .build()?;
+            if p.contains('/') {
+                paths.add(g);
+            } else {
+                names.add(g);
+            }
+        }
+        Ok(Excludes {
+            names: names.build()?,
+            paths: paths.build()?,
+            any: !patterns.is_empty(),
+        })
+    }
+
+    pub fn is_excluded(&self, path: &RelPath) -> bool {
+        if !self.any {
+            return false;
+        }
+        let name: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(path.name());
+        self.names.is_match(name) || self.paths.is_match(path.as_path())
+    }
+}
+
+/// One directory's entries (name, entry), or why it could not be read.
+pub struct Listing {
+    pub dir: RelPath,
+    pub entries: Result<Vec<(Vec<u8>, Entry)>, io::Error>,
+}
+
+struct Queue {
+    dirs: Vec<RelPath>,
+    active: usize,
+}
+
+struct Shared {
+    root: OwnedFd,
+    dev: (u32, u32),
+    excludes: Excludes,
+    q: Mutex<Queue>,
+    cv: Condvar,
+}
+
+/// Statx of the brick root itself.
+pub fn root_entry(root: &OwnedFd) -> io::Result<(Entry, (u32, u32))> {
+    let st = rfs::statx(root, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
+    let e = Entry::from_statx(&st, None).expect("the root is a directory");
+    Ok((e, (st.stx_dev_major, st.stx_dev_minor)))
+}
+
+/// Walks the tree beneath `root` with `threads` workers, sending each directory's listing.
+/// Returns when every directory was listed (or the receiver went away).
+pub fn walk(
+    root: OwnedFd,
+    excludes: Excludes,
+    threads: usize,
+    tx: Sender<Listing>,
+) -> io::Result<()> {
+    let (_, dev) = root_entry(&root)?;
+    let shared = Arc::new(Shared {
+        root,
+        dev,
+        excludes,
+        q: Mutex::new(Queue {
+            dirs: vec![RelPath::root()],
+            active: 0,
+        }),
+        cv: Condvar::new(),
+    });
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let s = shared.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || worker(&s, &tx))
+        })
+        .collect();
+    drop(tx);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn worker(s: &Shared, tx: &Sender<Listing>) {
+    loop {
+        let dir = {
+            let mut q = s.q.lock().unwrap();
+            loop {
+                if let Some(d) = q.dirs.pop() {
+                    q.active += 1;
+                    break d;
+                }
+                if q.active == 0 {
+                    s.cv.notify_all();
+                    return;
+                }
+                q = s.cv.wait(q).unwrap();
+            }
+        };
+        let (listing, subdirs) = list_dir(s, &dir);
+        let stop = tx.send(listing).is_err();
+        let mut q = s.q.lock().unwrap();
+        q.dirs.extend(subdirs);
+        q.active -= 1;
+        if stop {
+            q.dirs.clear();
+        }
+        s.cv.notify_all();
+        if stop {
+            return;
+        }
+    }
+}
+
+fn list_dir(s: &Shared, dir: &RelPath) -> (Listing, Vec<RelPath>) {
+    let mut subdirs = Vec::new();
+    let r = (|| -> io::Result<Vec<(Vec<u8>, Entry)>> {
+        let fd = fsutil::open_dir_beneath(s.root.as_fd(), dir.as_bytes())?;
+        let mut out = Vec::new();
+        for de in rfs::Dir::read_from(&fd)? {
+            let de = de?;
+            let name = de.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let path = match dir.join(name) {
+                Ok(p) => p,
+                // `.georep` at the root, or a name the protocol cannot carry.
+                Err(e) => {
+                    if !(dir.is_root() && name == crate::protocol::path::STATE_DIR) {
+                        tracing::warn!("skipping {}: {e}", String::from_utf8_lossy(name));
+                    }
+                    continue;
+                }
+            };
+            if s.excludes.is_excluded(&path) {
+                continue;
+            }
+            let st = match rfs::statx(
+                &fd,
+                name,
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::BASIC_STATS,
+            ) {
+                Ok(st) => st,
+                // Deleted since readdir: the next crawl or the journal sees the delete.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let target = if st.stx_mode as u32 & libc::S_IFMT == libc::S_IFLNK {
+                match rfs::readlinkat(&fd, name, Vec::new()) {
+                    Ok(t) => Some(t.into_bytes()),
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                None
+            };
+            let Some(entry) = Entry::from_statx(&st, target) else {
+                tracing::warn!("skipping socket {path}: sockets cannot be replicated");
+                continue;
+            };
+            if entry.kind == super::entry::Kind::Dir {
+                if (st.stx_dev_major, st.stx_dev_minor) == s.dev {
+                    subdirs.push(path);
+                } else {
+                    tracing::warn!(
+                        "not descending into {path}: another filesystem is mounted there"
+                    );
+                }
+            }
+            out.push((name.to_vec(), entry));
+        }
+        Ok(out)
+    })();
+    if r.is_err() {
+        subdirs.clear();
+    }
+    (
+        Listing {
+            dir: dir.clone(),
+            entries: r,
+        },
+        subdirs,
+    )
+}

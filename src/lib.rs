@@ -1,0 +1,31 @@
+//! georep: asynchronous master → slave geo-replication of directory trees, for disaster recovery.
+//!
+//! Code map:
+//! - `cli`       — clap definitions and dispatch; each subcommand calls one domain function.
+//! - `config`    — `$GEOREP_HOME` layout, node name, validated run options.
+//! - `volume`    — named volumes of bricks (`georep volume …`), plain paths as implicit volumes.
+//! - `session`   — slave syntax, session naming, per-brick state directories.
+//! - `crawl`     — hybrid crawl: parallel statx walk, index compare, rename detection, the plan.
+//! - `ship`      — batches, the windowed send/ack pipeline, `sync --once`.
+//! - `protocol`  — wire types and codec, no I/O (spec: docs/protocol.md).
+//! - `transport` — framed connection, the transport seam, the local (child process) transport.
+//! - `agent`     — slave side: confined idempotent apply, durability before ack, agent.db.
+//! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
+//! - `logging`   — tracing setup.
+//!
+//! Global invariants:
+//! - The slave is written only beneath its root, never through a symlink.
+//! - Slave durable → ack → master index: the index never claims what the slave has not synced.
+//! - Nothing makes a network round trip per file: batches stream, acks come back in order.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod crawl;
+pub mod fsutil;
+pub mod logging;
+pub mod protocol;
+pub mod session;
+pub mod ship;
+pub mod transport;
+pub mod volume;

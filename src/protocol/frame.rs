@@ -1,0 +1,158 @@
+//! Framing: `len:u32le | crc32:u32le | kind:u8 | body`, where `len` counts kind and body and the
+//! CRC covers them. Kind 0 is a postcard-encoded `Message`, kind 1 raw file content (`Chunk`).
+//!
+//! Decoding is pure: `decode` says `NeedMore` until a whole frame is buffered and never allocates
+//! more than the frame limit, so malformed or hostile input is an error, never a panic.
+
+use super::message::Message;
+
+/// Largest frame body accepted (kind byte included).
+pub const MAX_FRAME: usize = 16 << 20;
+/// Size of the frame header.
+pub const HEADER: usize = 8;
+const KIND_MSG: u8 = 0;
+const KIND_CHUNK: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("frame checksum mismatch (expected {expected:08x}, got {actual:08x}): the stream is corrupt")]
+    Checksum { expected: u32, actual: u32 },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    /// A whole frame: the message and how many bytes it took.
+    Frame(Message, usize),
+    /// At least this many more bytes are needed.
+    NeedMore(usize),
+}
+
+pub fn decode(buf: &[u8]) -> Result<Decoded, FrameError> {
+    if buf.len() < HEADER {
+        return Ok(Decoded::NeedMore(HEADER - buf.len()));
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if buf.len() < HEADER + len {
+        return Ok(Decoded::NeedMore(HEADER + len - buf.len()));
+    }
+    let body = &buf[HEADER..HEADER + len];
+    let actual = crc32fast::hash(body);
+    if actual != crc {
+        return Err(FrameError::Checksum {
+            expected: crc,
+            actual,
+        });
+    }
+    let msg = match body[0] {
+        KIND_MSG => {
+            postcard::from_bytes(&body[1..]).map_err(|e| FrameError::Malformed(e.to_string()))?
+        }
+        KIND_CHUNK => Message::Chunk(body[1..].to_vec()),
+        k => return Err(FrameError::UnknownKind(k)),
+    };
+    Ok(Decoded::Frame(msg, HEADER + len))
+}
+
+/// Appends one encoded frame to `out`.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) {
+    if let Message::Chunk(data) = msg {
+        return encode_chunk(data, out);
+    }
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER]);
+    out.push(KIND_MSG);
+    // Serializing into a Vec cannot fail for these types.
+    let body = postcard::to_extend(msg, Vec::new()).expect("postcard encoding");
+    out.extend_from_slice(&body);
+    finish(out, start);
+}
+
+/// Appends a `Chunk` frame without copying `data` through serde.
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER]);
+    out.push(KIND_CHUNK);
+    out.extend_from_slice(data);
+    finish(out, start);
+}
+
+fn finish(out: &mut [u8], start: usize) {
+    let len = out.len() - start - HEADER;
+    assert!(len <= MAX_FRAME, "frame of {len} bytes over limit");
+    let crc = crc32fast::hash(&out[start + HEADER..]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::*;
+    use crate::protocol::path::RelPath;
+
+    fn roundtrip(m: Message) {
+        let mut buf = Vec::new();
+        encode(&m, &mut buf);
+        for cut in 0..buf.len() {
+            assert!(matches!(decode(&buf[..cut]), Ok(Decoded::NeedMore(_))));
+        }
+        assert_eq!(decode(&buf).unwrap(), Decoded::Frame(m, buf.len()));
+    }
+
+    #[test]
+    fn roundtrips() {
+        roundtrip(Message::Chunk(vec![1, 2, 3]));
+        roundtrip(Message::Ack(Ack { id: 7 }));
+        roundtrip(Message::Op(Op::Delete {
+            path: RelPath::new(b"a/b".to_vec()).unwrap(),
+        }));
+        roundtrip(Message::Bye);
+    }
+
+    #[test]
+    fn corrupt_frames_are_errors() {
+        let mut buf = Vec::new();
+        encode(&Message::Ack(Ack { id: 7 }), &mut buf);
+        let mut bad = buf.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(matches!(decode(&bad), Err(FrameError::Checksum { .. })));
+        let mut huge = buf.clone();
+        huge[0..4].copy_from_slice(&(u32::MAX).to_le_bytes());
+        assert!(matches!(decode(&huge), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn hostile_path_is_malformed() {
+        // Hand-encode an Op::Delete whose path is "../x": the decoder must refuse it.
+        let mut body = postcard::to_extend(
+            &Message::Op(Op::Delete {
+                path: RelPath::new(b"aa/x".to_vec()).unwrap(),
+            }),
+            Vec::new(),
+        )
+        .unwrap();
+        let pos = body.windows(4).position(|w| w == b"aa/x").unwrap();
+        body[pos..pos + 2].copy_from_slice(b"..");
+        let mut buf = vec![0u8; HEADER];
+        buf.push(0);
+        buf.extend_from_slice(&body);
+        finish(&mut buf, 0);
+        let err = decode(&buf).unwrap_err();
+        assert!(err.to_string().contains("'..'"), "{err}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The protocol's messages: one type per message, one enum over them. No I/O here.
+
+use super::path::RelPath;
+use serde::{Deserialize, Serialize};
+
+/// Metadata carried with every entry the slave creates or updates.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+}
+
+/// Kinds of special files the slave can create with mknod.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialKind {
+    Fifo,
+    Char,
+    Block,
+}
+
+/// Master → agent, first frame: who is connecting and how.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Hello {
+    pub protocol: u32,
+    pub georep_version: String,
+    pub session: String,
+    pub master_node: String,
+    pub brick: String,
+    pub slave_volume: String,
+    pub epoch: u64,
+    /// zstd level of the master → agent stream after the handshake; 0 = uncompressed.
+    pub compression: i32,
+}
+
+/// Agent → master answer to `Hello`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub georep_version: String,
+    pub volume_id: String,
+    pub epoch: u64,
+    /// Highest batch id this agent has made durable for the connecting brick (0 = none).
+    pub last_batch: u64,
+    pub slave_host: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BatchBegin {
+    pub id: u64,
+    /// Journal sequence range covered (0, 0 for crawl batches).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Newest change time covered, ns since the epoch (stime candidate).
+    pub max_ts_ns: i64,
+    /// Number of ops (`Op` messages and whole files) that follow before `BatchEnd`.
+    pub ops: u32,
+    /// Total file content bytes that follow.
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BatchEnd {
+    pub id: u64,
+    pub ops: u32,
+}
+
+/// Entry operations. Each is idempotent on the slave.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Make `path` a directory (replacing a non-directory there) with this owner and mode.
+    Mkdir { path: RelPath, meta: Meta },
+    /// Make `path` a symlink to `target` (never followed by the agent).
+    Symlink {
+        path: RelPath,
+        target: Vec<u8>,
+        meta: Meta,
+    },
+    /// Make `path` a hard link to the existing `target`.
+    Link { path: RelPath, target: RelPath },
+    /// Make `path` a FIFO or device node.
+    Special {
+        path: RelPath,
+        kind: SpecialKind,
+        rdev: u64,
+        meta: Meta,
+    },
+    /// Remove `path` and everything beneath it; absent is fine.
+    Delete { path: RelPath },
+    /// Move `from` aside into the agent's stash as `slot` (first half of a rename).
+    Stash { from: RelPath, slot: u64 },
+    /// Move stash `slot` to `to`, replacing what is there (second half of a rename).
+    Unstash { slot: u64, to: RelPath },
+    /// Set owner, mode (not on symlinks) and mtime of an existing entry.
+    SetAttr { path: RelPath, meta: Meta },
+}
+
+impl Op {
+    /// The path this op leaves in a new state on the slave.
+    pub fn target(&self) -> &RelPath {
+        match self {
+            Op::Mkdir { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::Link { path, .. }
+            | Op::Special { path, .. }
+            | Op::Delete { path }
+            | Op::SetAttr { path, .. } => path,
+            Op::Stash { from, .. } => from,
+            Op::Unstash { to, .. } => to,
+        }
+    }
+}
+
+/// Start of a regular file's content; `Chunk`s of exactly `size` bytes follow, then `FileEnd`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FileBegin {
+    pub path: RelPath,
+    pub meta: Meta,
+    pub size: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FileEnd {
+    /// blake3 of the content.
+    pub hash: [u8; 32],
+    /// False when the file changed while the master read it: the agent discards the copy.
+    pub commit: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Ack {
+    pub id: u64,
+}
+
+/// One op of a batch could not be applied; the rest of the batch was.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub batch: u64,
+    /// Index of the op within its batch (0-based, files count as one op).
+    pub op: u32,
+    pub path: RelPath,
+    pub errno: i32,
+    pub message: String,
+}
+
+/// Fatal error: the sender closes the connection after it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ErrorMsg {
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    BatchBegin(BatchBegin),
+    Op(Op),
+    FileBegin(FileBegin),
+    /// File content; encoded as a raw frame, not through serde.
+    Chunk(Vec<u8>),
+    FileEnd(FileEnd),
+    BatchEnd(BatchEnd),
+    Ack(Ack),
+    Failed(Failed),
+    Error(ErrorMsg),
+    Heartbeat,
+    Bye,
+}
+
+impl Message {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::BatchBegin(_) => "BatchBegin",
+            Message::Op(_) => "Op",
+            Message::FileBegin(_) => "FileBegin",
+            Message::Chunk(_) => "Chunk",
+            Message::FileEnd(_) => "FileEnd",
+            Message::BatchEnd(_) => "BatchEnd",
+            Message::Ack(_) => "Ack",
+            Message::Failed(_) => "Failed",
+            Message::Error(_) => "Error",
+            Message::Heartbeat => "Heartbeat",
+            Message::Bye => "Bye",
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The georep wire protocol, version 1: pure types and codec, no I/O (spec: docs/protocol.md).
+//!
+//! Invariant: every byte sequence either decodes into a valid message (paths already validated)
+//! or yields a typed error; nothing here panics on input.
+
+pub mod frame;
+pub mod message;
+pub mod path;
+
+pub use frame::{Decoded, FrameError};
+pub use message::*;
+pub use path::RelPath;
+
+/// Sent by both sides before their first frame; catches a peer that is not georep at all
+/// (a shell banner, a `.bashrc` that prints) before any frame is parsed.
+pub const PREAMBLE: &[u8; 8] = b"GEOREP\0\x01";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest number of ops one batch may declare.
+pub const MAX_BATCH_OPS: u32 = 1 << 20;
+/// Largest content a batch holding more than one op may declare.
+pub const MAX_BATCH_BYTES: u64 = 4 << 30;

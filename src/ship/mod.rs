@@ -1,0 +1,316 @@
+//! The per-brick shipper: crawl → plan → batches → agent, and `georep sync --once`.
+//!
+//! Invariant: every pass ships a plan computed against the index, and the index only learns
+//! what the slave acknowledged; a pass that saw failures or files changing under it is followed
+//! by another pass, so `--once` ends with the slave equal to the brick as crawled, or says
+//! exactly which paths are not.
+
+pub mod batch;
+pub mod pipeline;
+
+use crate::config::{Home, SyncOptions};
+use crate::crawl::{self, index::Index, walk::Excludes};
+use crate::fsutil;
+use crate::protocol::{Hello, Message, PROTOCOL_VERSION};
+use crate::session::{self, SlaveSpec};
+use crate::transport::conn::{FrameReader, FrameWriter};
+use crate::transport::{local::LocalTransport, Transport};
+use crate::volume::{Brick, Volume};
+use anyhow::{anyhow, bail, Context, Result};
+use pipeline::{Failure, Shipper};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+/// What `sync --once` did, printed as one line or as JSON.
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    pub master: String,
+    pub slave: String,
+    pub bricks: usize,
+    pub passes: u32,
+    pub scanned: u64,
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    pub wire_bytes: u64,
+    pub entries_applied: u64,
+    pub deleted: u64,
+    pub renamed: u64,
+    pub failures: Vec<Failure>,
+    pub elapsed_ms: u64,
+    pub master_peak_rss_kb: Option<u64>,
+    pub agent_peak_rss_kb: Option<u64>,
+}
+
+impl SyncReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} -> {}: {} files ({}) sent, {} entries applied, {} deleted, {} renamed, {} failures, {} scanned in {:.2} s",
+            self.master,
+            self.slave,
+            self.files_sent,
+            human_bytes(self.bytes_sent),
+            self.entries_applied,
+            self.deleted,
+            self.renamed,
+            self.failures.len(),
+            self.scanned,
+            self.elapsed_ms as f64 / 1000.0
+        )
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn transport_for(slave: &SlaveSpec) -> Result<Box<dyn Transport>> {
+    if slave.is_local() {
+        return Ok(Box::new(LocalTransport::new(&slave.volume)?));
+    }
+    bail!(
+        "slave {}::{} is remote: SSH slaves need a session created with `georep create <mastervol> {}::{} push-pem`, and the SSH transport is not part of this build yet; use a local path or volume",
+        slave.host.as_deref().unwrap_or(""),
+        slave.volume,
+        slave.host.as_deref().unwrap_or(""),
+        slave.volume
+    )
+}
+
+/// `georep sync MASTER SLAVE --once`.
+pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> Result<SyncReport> {
+    let started = Instant::now();
+    let vol = Volume::resolve(home, master)?;
+    let spec = SlaveSpec::parse(slave)?;
+    if spec.is_local() && spec.volume.starts_with('/') {
+        for b in vol.local_active_bricks() {
+            let s = std::path::Path::new(&spec.volume);
+            if s.starts_with(&b.path) || b.path.starts_with(s) {
+                bail!(
+                    "slave {} and master brick {} overlap: replicating a tree into itself would loop",
+                    s.display(),
+                    b.path.display()
+                );
+            }
+        }
+    }
+    let transport = transport_for(&spec)?;
+    let excludes = Excludes::new(&opts.excludes)?;
+    let session = session::session_name(&vol, &spec);
+    let bricks = vol.local_active_bricks();
+    if bricks.is_empty() {
+        bail!(
+            "volume {} has no brick on this node ({}): run sync on a node that holds one",
+            vol.name,
+            crate::config::node_name()
+        );
+    }
+    let mut report = SyncReport {
+        master: vol.name.clone(),
+        slave: slave.to_string(),
+        bricks: bricks.len(),
+        ..Default::default()
+    };
+    for brick in bricks {
+        sync_brick(
+            home,
+            &vol,
+            &spec,
+            &session,
+            brick,
+            transport.as_ref(),
+            &excludes,
+            opts,
+            &mut report,
+        )?;
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.master_peak_rss_kb = crate::transport::local::self_peak_rss_kb();
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sync_brick(
+    home: &Home,
+    vol: &Volume,
+    spec: &SlaveSpec,
+    session: &str,
+    brick: &Brick,
+    transport: &dyn Transport,
+    excludes: &Excludes,
+    opts: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let state_dir = session::brick_state_dir(home, session, brick);
+    let index = Index::open(&state_dir.join("index.db"))?;
+    let brick_fd = fsutil::open_root(&brick.path).with_context(|| {
+        format!(
+            "opening brick {} on the master: does it exist and is it readable?",
+            brick.path.display()
+        )
+    })?;
+    let peer = transport.describe();
+    let link = transport.connect()?;
+    let mut w = FrameWriter::new(link.writer);
+    let mut r = FrameReader::new(link.reader);
+    let epoch: u64 = index
+        .get_meta("epoch")?
+        .map(|e| e.parse())
+        .transpose()?
+        .unwrap_or(0);
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        georep_version: env!("CARGO_PKG_VERSION").to_string(),
+        session: session.to_string(),
+        master_node: brick.node.clone(),
+        brick: brick.path.display().to_string(),
+        slave_volume: spec.volume.clone(),
+        epoch,
+        compression: opts.compression,
+    };
+    let handshake = (|| -> Result<crate::protocol::Welcome> {
+        w.send_preamble()?;
+        w.send(&Message::Hello(hello))?;
+        w.flush()?;
+        r.expect_preamble()?;
+        match r.read()? {
+            Some(Message::Welcome(wl)) => Ok(wl),
+            Some(Message::Error(e)) => Err(anyhow!("{}", e.message)),
+            Some(m) => Err(anyhow!("expected Welcome, got {}", m.name())),
+            None => Err(anyhow!(
+                "the agent closed the connection during the handshake"
+            )),
+        }
+    })();
+    let welcome = match handshake {
+        Ok(wl) => wl,
+        Err(e) => {
+            // The agent usually said why; make sure it is gone before we report.
+            let mut h = link.handle;
+            h.abort();
+            return Err(e.context(format!("connecting to {peer}")));
+        }
+    };
+    pipeline::check_welcome(&welcome, &peer)?;
+    match index.get_meta("slave_volume_id")? {
+        Some(id) if id == welcome.volume_id => {}
+        Some(id) => {
+            tracing::warn!(
+                "slave volume id changed ({id} -> {}): the slave was recreated, sending everything again",
+                welcome.volume_id
+            );
+            index.clear()?;
+        }
+        None => index.clear()?,
+    }
+    index.set_meta("slave_volume_id", &welcome.volume_id)?;
+    w.compress(opts.compression)?;
+    let next_batch = index
+        .get_meta("last_batch")?
+        .map(|b| b.parse::<u64>())
+        .transpose()?
+        .unwrap_or(0)
+        .max(welcome.last_batch)
+        + 1;
+    let mut shipper = Shipper::new(
+        w,
+        r,
+        link.handle,
+        brick_fd,
+        next_batch,
+        opts.window,
+        opts.chunk_size,
+        format!("{peer} on {}", welcome.slave_host),
+    );
+    let tty = std::io::stderr().is_terminal();
+    let mut slot = 0u64;
+    let mut pass = 0;
+    loop {
+        pass += 1;
+        report.passes = report.passes.max(pass);
+        let spinner = tty.then(|| {
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_message(format!("crawling {}", brick.path.display()));
+            pb.enable_steady_tick(Duration::from_millis(100));
+            pb
+        });
+        let plan = crawl::crawl(&brick.path, &index, excludes, &mut slot, &|n| {
+            if let Some(pb) = &spinner {
+                pb.set_message(format!("crawling {}: {n} entries", brick.path.display()));
+            }
+        })?;
+        if let Some(pb) = spinner {
+            pb.finish_and_clear();
+        }
+        report.scanned = report.scanned.max(plan.stats.scanned);
+        let master_errors: Vec<Failure> = plan
+            .errors
+            .iter()
+            .map(|(p, m)| Failure {
+                path: p.display(),
+                side: "master",
+                errno: 0,
+                message: m.clone(),
+            })
+            .collect();
+        tracing::info!(pass, brick = %brick, stats = ?plan.stats, "crawl done");
+        if plan.is_empty() {
+            shipper.failures = master_errors;
+            break;
+        }
+        shipper.failures.clear();
+        shipper.stats.requeued = 0;
+        if tty {
+            let pb = indicatif::ProgressBar::new(plan.stats.bytes);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            pb.set_message(format!(
+                "{}: {} files, {} ops",
+                brick.path.display(),
+                plan.stats.files,
+                plan.ops.len()
+            ));
+            shipper.progress = Some(pb);
+        }
+        shipper.ship(plan.ops, &index, opts.batch_ops, opts.batch_bytes)?;
+        if let Some(pb) = shipper.progress.take() {
+            pb.finish_and_clear();
+        }
+        shipper.failures.extend(master_errors);
+        let again = shipper.stats.requeued > 0 || !shipper.failures.is_empty();
+        if !again || pass >= opts.max_passes {
+            break;
+        }
+        // Back off a little: a file being written or a transient slave error may settle.
+        std::thread::sleep(Duration::from_millis(50 << pass.min(5)));
+    }
+    report.wire_bytes += shipper.wire_bytes();
+    let stats = shipper.stats.clone();
+    let failures = std::mem::take(&mut shipper.failures);
+    let agent_rss = shipper.close()?;
+    report.files_sent += stats.files_sent;
+    report.bytes_sent += stats.bytes_sent;
+    report.entries_applied += stats.entries_applied;
+    report.deleted += stats.deleted;
+    report.renamed += stats.renamed;
+    report.failures.extend(failures);
+    report.agent_peak_rss_kb = report.agent_peak_rss_kb.max(agent_rss);
+    let _ = vol;
+    Ok(())
+}

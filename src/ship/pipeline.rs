@@ -1,0 +1,546 @@
+//! The shipping pipeline of one connection: sends batches (reading file content at ship time),
+//! keeps up to `window` batches unacknowledged, and on each ack commits the batch's index
+//! mutations.
+//!
+//! Invariant: the index changes only on `Ack`, in batch order, and a failed op commits its
+//! `fail` mutations (poison) instead of its `ok` ones, so nothing is ever recorded as on the
+//! slave that the slave did not confirm.
+
+use crate::crawl::entry::Entry;
+use crate::crawl::index::{Index, Mutation};
+use crate::crawl::{PlanOp, PlannedOp};
+use crate::fsutil;
+use crate::protocol::{self, BatchBegin, BatchEnd, FileBegin, FileEnd, Message, Op, RelPath};
+use crate::transport::conn::{FrameReader, FrameWriter};
+use crate::transport::LinkHandle;
+use anyhow::{anyhow, bail, Context, Result};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, OFlags, StatxFlags};
+use serde::Serialize;
+use std::collections::{HashSet, VecDeque};
+use std::io::Read;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+/// What comes back from the agent, read on its own thread.
+pub enum Event {
+    Msg(Message),
+    Closed(Option<String>),
+}
+
+/// A failed path, for the summary and (later) `georep failures`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub path: String,
+    pub side: &'static str,
+    pub errno: i32,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ShipStats {
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    pub entries_applied: u64,
+    pub deleted: u64,
+    pub renamed: u64,
+    pub batches: u64,
+    /// Files that changed while being read; the next pass sends them again.
+    pub requeued: u64,
+}
+
+enum SentKind {
+    File(u64),
+    Delete,
+    Rename,
+    Other,
+    Nothing,
+}
+
+struct Sent {
+    ok: Vec<Mutation>,
+    fail: Vec<Mutation>,
+    wire: Option<u32>,
+    /// Failed on the master side (file changed while read): commit `fail`.
+    force_fail: bool,
+    kind: SentKind,
+}
+
+struct InFlight {
+    id: u64,
+    sent: Vec<Sent>,
+    failed: HashSet<u32>,
+}
+
+pub struct Shipper {
+    w: Option<FrameWriter>,
+    events: Receiver<Event>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    handle: Box<dyn LinkHandle>,
+    brick: OwnedFd,
+    inflight: VecDeque<InFlight>,
+    next_batch: u64,
+    window: usize,
+    chunk_size: usize,
+    buf: Vec<u8>,
+    peer: String,
+    pub stats: ShipStats,
+    pub failures: Vec<Failure>,
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+enum FileOutcome {
+    Sent { entry: Entry, committed: bool },
+    Vanished,
+    Unreadable(std::io::Error),
+}
+
+impl Shipper {
+    /// Takes over a handshaken connection: `r` is read on a thread of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        w: FrameWriter,
+        mut r: FrameReader,
+        handle: Box<dyn LinkHandle>,
+        brick: OwnedFd,
+        next_batch: u64,
+        window: usize,
+        chunk_size: usize,
+        peer: String,
+    ) -> Shipper {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || loop {
+            match r.read() {
+                Ok(Some(m)) => {
+                    if tx.send(Event::Msg(m)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(Event::Closed(None));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::Closed(Some(e.to_string())));
+                    return;
+                }
+            }
+        });
+        Shipper {
+            w: Some(w),
+            events: rx,
+            reader: Some(reader),
+            handle,
+            brick,
+            inflight: VecDeque::new(),
+            next_batch,
+            window,
+            chunk_size,
+            buf: vec![0; chunk_size],
+            peer,
+            stats: ShipStats::default(),
+            failures: Vec::new(),
+            progress: None,
+        }
+    }
+
+    pub fn next_batch(&self) -> u64 {
+        self.next_batch
+    }
+
+    pub fn wire_bytes(&self) -> u64 {
+        self.w.as_ref().map(|w| w.wire_bytes()).unwrap_or(0)
+    }
+
+    fn writer(&mut self) -> &mut FrameWriter {
+        self.w.as_mut().expect("shipper used after close")
+    }
+
+    /// A write to the agent failed: the agent has most likely said why before it went away.
+    fn write_failed(&mut self, e: std::io::Error) -> anyhow::Error {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(Event::Msg(Message::Error(m))) => {
+                    return anyhow!("slave agent ({}) stopped: {}", self.peer, m.message)
+                }
+                Ok(Event::Closed(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        anyhow!(
+            "sending to {} failed: {e}; the agent exited or the link broke, run again to resume",
+            self.peer
+        )
+    }
+
+    fn handle(&mut self, ev: Event, index: &Index) -> Result<()> {
+        match ev {
+            Event::Msg(Message::Ack(a)) => {
+                let f = self.inflight.pop_front().ok_or_else(|| {
+                    anyhow!("agent acknowledged batch {} that was never sent", a.id)
+                })?;
+                if f.id != a.id {
+                    bail!(
+                        "agent acknowledged batch {} but batch {} was next: protocol violation",
+                        a.id,
+                        f.id
+                    );
+                }
+                let mut muts = Vec::new();
+                for s in f.sent {
+                    let failed = s.force_fail || s.wire.is_some_and(|w| f.failed.contains(&w));
+                    if failed {
+                        muts.extend(s.fail);
+                        continue;
+                    }
+                    if s.wire.is_some() {
+                        self.stats.entries_applied += 1;
+                    }
+                    match s.kind {
+                        SentKind::File(b) => {
+                            self.stats.files_sent += 1;
+                            self.stats.bytes_sent += b;
+                        }
+                        SentKind::Delete => self.stats.deleted += 1,
+                        SentKind::Rename => self.stats.renamed += 1,
+                        SentKind::Other | SentKind::Nothing => {}
+                    }
+                    muts.extend(s.ok);
+                }
+                index
+                    .apply(&muts)
+                    .context("recording acknowledged changes in the index")?;
+                index.set_meta("last_batch", &a.id.to_string())?;
+                self.stats.batches += 1;
+            }
+            Event::Msg(Message::Failed(fm)) => {
+                let f = self
+                    .inflight
+                    .iter_mut()
+                    .find(|f| f.id == fm.batch)
+                    .ok_or_else(|| {
+                        anyhow!("agent reported a failure in unknown batch {}", fm.batch)
+                    })?;
+                f.failed.insert(fm.op);
+                self.failures.push(Failure {
+                    path: fm.path.display(),
+                    side: "slave",
+                    errno: fm.errno,
+                    message: format!("{} (on {})", fm.message, self.peer),
+                });
+            }
+            Event::Msg(Message::Error(m)) => {
+                bail!("slave agent ({}) stopped: {}", self.peer, m.message)
+            }
+            Event::Msg(Message::Heartbeat) => {}
+            Event::Msg(m) => bail!("unexpected {} from the agent", m.name()),
+            Event::Closed(why) => bail!(
+                "connection to {} closed{}; run again to resume",
+                self.peer,
+                why.map(|w| format!(": {w}")).unwrap_or_default()
+            ),
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, index: &Index) -> Result<()> {
+        while let Ok(ev) = self.events.try_recv() {
+            self.handle(ev, index)?;
+        }
+        Ok(())
+    }
+
+    fn wait_one(&mut self, index: &Index) -> Result<()> {
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(600)) {
+                Ok(ev) => return self.handle(ev, index),
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("no answer from {} for 10 minutes", self.peer)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("connection to {} lost", self.peer)
+                }
+            }
+        }
+    }
+
+    /// Sends `ops` as batches and waits until all of them are acknowledged.
+    pub fn ship(
+        &mut self,
+        ops: Vec<PlannedOp>,
+        index: &Index,
+        max_ops: u32,
+        max_bytes: u64,
+    ) -> Result<()> {
+        let ranges = super::batch::cut(&ops, max_ops, max_bytes);
+        let mut ops = ops.into_iter();
+        for range in ranges {
+            while self.inflight.len() >= self.window {
+                self.wait_one(index)?;
+            }
+            let batch: Vec<PlannedOp> = ops.by_ref().take(range.len()).collect();
+            self.send_batch(batch, index)?;
+        }
+        if let Err(e) = self.writer().flush() {
+            return Err(self.write_failed(e));
+        }
+        while !self.inflight.is_empty() {
+            self.wait_one(index)?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self, batch: Vec<PlannedOp>, index: &Index) -> Result<()> {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let declared = batch
+            .iter()
+            .filter(|p| !matches!(p.op, PlanOp::IndexOnly))
+            .count() as u32;
+        let bytes = batch.iter().map(PlannedOp::bytes).sum();
+        let begin = Message::BatchBegin(BatchBegin {
+            id,
+            first_seq: 0,
+            last_seq: 0,
+            max_ts_ns: 0,
+            ops: declared,
+            bytes,
+        });
+        if let Err(e) = self.writer().send(&begin) {
+            return Err(self.write_failed(e));
+        }
+        let mut sent = Vec::with_capacity(batch.len());
+        let mut wire = 0u32;
+        for p in batch {
+            let s = match self.send_op(p, &mut wire) {
+                Ok(s) => s,
+                Err(e) => return Err(self.write_failed(e)),
+            };
+            sent.push(s);
+            self.poll(index)?;
+        }
+        let end = Message::BatchEnd(BatchEnd { id, ops: wire });
+        if let Err(e) = self
+            .writer()
+            .send(&end)
+            .and_then(|()| self.writer().flush())
+        {
+            return Err(self.write_failed(e));
+        }
+        self.inflight.push_back(InFlight {
+            id,
+            sent,
+            failed: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    fn send_op(&mut self, p: PlannedOp, wire: &mut u32) -> std::io::Result<Sent> {
+        let PlannedOp { op, ok, fail } = p;
+        let mut next_wire = || {
+            *wire += 1;
+            Some(*wire - 1)
+        };
+        Ok(match op {
+            PlanOp::IndexOnly => Sent {
+                ok,
+                fail,
+                wire: None,
+                force_fail: false,
+                kind: SentKind::Nothing,
+            },
+            PlanOp::Op(op) => {
+                let kind = match &op {
+                    Op::Delete { .. } => SentKind::Delete,
+                    Op::Unstash { .. } => SentKind::Rename,
+                    _ => SentKind::Other,
+                };
+                self.writer().send(&Message::Op(op))?;
+                Sent {
+                    ok,
+                    fail,
+                    wire: next_wire(),
+                    force_fail: false,
+                    kind,
+                }
+            }
+            PlanOp::File { path, entry } => match self.send_file(&path)? {
+                FileOutcome::Sent { entry, committed } => {
+                    if !committed {
+                        self.stats.requeued += 1;
+                        self.failures.push(Failure {
+                            path: path.display(),
+                            side: "master",
+                            errno: 0,
+                            message: format!(
+                                "{path} changed while it was being read; it is sent again on the next pass"
+                            ),
+                        });
+                    }
+                    Sent {
+                        ok: vec![Mutation::Upsert(path, entry.clone())],
+                        fail,
+                        wire: next_wire(),
+                        force_fail: !committed,
+                        kind: SentKind::File(entry.size),
+                    }
+                }
+                FileOutcome::Vanished => {
+                    // Gone or no longer a file since the crawl: make sure the slave does not
+                    // keep an old version; the next crawl sends whatever is there now.
+                    self.writer()
+                        .send(&Message::Op(Op::Delete { path: path.clone() }))?;
+                    Sent {
+                        ok: vec![Mutation::Remove(path)],
+                        fail,
+                        wire: next_wire(),
+                        force_fail: false,
+                        kind: SentKind::Other,
+                    }
+                }
+                FileOutcome::Unreadable(e) => {
+                    let _ = entry;
+                    self.failures.push(Failure {
+                        path: path.display(),
+                        side: "master",
+                        errno: fsutil::errno_of(&e),
+                        message: format!("reading {path} on the master: {e}"),
+                    });
+                    Sent {
+                        ok: vec![],
+                        fail: vec![],
+                        wire: None,
+                        force_fail: false,
+                        kind: SentKind::Nothing,
+                    }
+                }
+            },
+        })
+    }
+
+    fn send_file(&mut self, path: &RelPath) -> std::io::Result<FileOutcome> {
+        let open = |flags| fsutil::open_beneath(self.brick.as_fd(), path.as_bytes(), flags);
+        let fd = match open(OFlags::RDONLY | OFlags::NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(OFlags::RDONLY),
+            r => r,
+        };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => {
+                return Ok(match e.raw_os_error() {
+                    Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV) => {
+                        FileOutcome::Vanished
+                    }
+                    _ => FileOutcome::Unreadable(e),
+                })
+            }
+        };
+        let stat = |fd: &OwnedFd| {
+            rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+                .ok()
+                .and_then(|st| Entry::from_statx(&st, None))
+        };
+        let Some(entry) = stat(&fd).filter(|e| e.kind == crate::crawl::entry::Kind::File) else {
+            return Ok(FileOutcome::Vanished);
+        };
+        self.writer().send(&Message::FileBegin(FileBegin {
+            path: path.clone(),
+            meta: entry.meta(),
+            size: entry.size,
+        }))?;
+        let mut file = std::fs::File::from(fd);
+        let mut hasher = blake3::Hasher::new();
+        let mut left = entry.size;
+        let mut intact = true;
+        let mut buf = std::mem::take(&mut self.buf);
+        while left > 0 {
+            let want = (left as usize).min(self.chunk_size);
+            let n = if intact {
+                match file.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        intact = false; // shrank while we read
+                        0
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!("reading {path}: {e}; sending it again later");
+                        intact = false;
+                        0
+                    }
+                }
+            } else {
+                0
+            };
+            let n = if n == 0 {
+                // Keep the declared size so the stream stays in step; the copy is discarded.
+                buf[..want].fill(0);
+                want
+            } else {
+                n
+            };
+            hasher.update(&buf[..n]);
+            if let Err(e) = self.writer().send_chunk(&buf[..n]) {
+                self.buf = buf;
+                return Err(e);
+            }
+            if let Some(pb) = &self.progress {
+                pb.inc(n as u64);
+            }
+            left -= n as u64;
+        }
+        self.buf = buf;
+        let after = stat(&file.into());
+        let unchanged = after.as_ref().is_some_and(|a| {
+            a.size == entry.size
+                && (a.mtime_sec, a.mtime_nsec) == (entry.mtime_sec, entry.mtime_nsec)
+                && (a.ctime_sec, a.ctime_nsec) == (entry.ctime_sec, entry.ctime_nsec)
+        });
+        let committed = intact && unchanged;
+        self.writer().send(&Message::FileEnd(FileEnd {
+            hash: *hasher.finalize().as_bytes(),
+            commit: committed,
+        }))?;
+        Ok(FileOutcome::Sent { entry, committed })
+    }
+
+    /// Says goodbye, waits for the agent to finish and returns its peak memory.
+    pub fn close(mut self) -> Result<Option<u64>> {
+        if let Some(mut w) = self.w.take() {
+            w.send(&Message::Bye)?;
+            w.close().context("closing the stream to the agent")?;
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        for ev in self.events.try_iter() {
+            if let Event::Msg(Message::Error(m)) = ev {
+                bail!("slave agent ({}) stopped: {}", self.peer, m.message);
+            }
+        }
+        self.handle.close()?;
+        Ok(self.handle.peak_rss_kb())
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        if self.w.is_some() {
+            self.handle.abort();
+        }
+    }
+}
+
+/// Protocol sanity for the master side of the handshake.
+pub fn check_welcome(w: &protocol::Welcome, peer: &str) -> Result<()> {
+    if w.protocol != protocol::PROTOCOL_VERSION {
+        bail!(
+            "{peer} speaks georep protocol {} (georep {}), this master speaks {}: install the same georep version on both sites",
+            w.protocol,
+            w.georep_version,
+            protocol::PROTOCOL_VERSION
+        );
+    }
+    Ok(())
+}

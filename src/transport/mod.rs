@@ -1,0 +1,36 @@
+//! Transports: how the master reaches an agent. Every transport yields the same pair of byte
+//! streams; nothing above this layer knows which one is in use.
+//!
+//! Invariant: a `Link`'s reader and writer are used from different threads, so a peer that is
+//! slow to read can never stall the acks coming back (the deadlock DEPENDENCIES.md warns of).
+
+pub mod conn;
+pub mod local;
+
+use anyhow::Result;
+use conn::{BoxRead, BoxWrite};
+
+/// An open connection to an agent.
+pub struct Link {
+    pub reader: BoxRead,
+    pub writer: BoxWrite,
+    pub handle: Box<dyn LinkHandle>,
+}
+
+/// Lifecycle of the thing behind a link (a child process, an SSH channel).
+pub trait LinkHandle: Send {
+    /// Waits for the peer to finish after the writer was closed; errors if it failed.
+    fn close(&mut self) -> Result<()>;
+    /// Ends the peer at once.
+    fn abort(&mut self);
+    /// Peak resident memory of the peer in KiB, when known.
+    fn peak_rss_kb(&self) -> Option<u64> {
+        None
+    }
+}
+
+pub trait Transport: Send + Sync {
+    fn connect(&self) -> Result<Link>;
+    /// Where this transport leads, for messages (`local agent for /data/dr`, `dr1:22`).
+    fn describe(&self) -> String;
+}
