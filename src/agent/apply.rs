@@ -77,8 +77,15 @@ impl Parents {
         }
         let hit = matches!(&self.cache, Some((p, _)) if p == parent);
         if !hit {
-            let fd = fsutil::open_dir_beneath(self.root.as_fd(), parent)
-                .map_err(|e| ApplyError::new(path, &format!("{what} (opening parent)"), e))?;
+            let fd = fsutil::open_dir_beneath(self.root.as_fd(), parent).map_err(|e| {
+                let mut err = ApplyError::new(path, what, e);
+                if matches!(err.errno, libc::ENOTDIR | libc::ELOOP | libc::EXDEV) {
+                    err.message = format!(
+                        "{what} {path}: a parent directory on the slave is a symlink or not a directory, and georep never writes through one (the next crawl replaces it; remove it on the slave if it was made there)"
+                    );
+                }
+                err
+            })?;
             self.cache = Some((parent.to_vec(), fd));
         }
         let fd = &self.cache.as_ref().unwrap().1;

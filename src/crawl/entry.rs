@@ -68,6 +68,8 @@ pub struct Entry {
     pub rdev: u64,
     /// Symlink target.
     pub target: Option<Vec<u8>>,
+    /// blake3 of the content as shipped (index rows of regular files only).
+    pub hash: Option<[u8; 32]>,
 }
 
 /// What changed between the index's view of an entry and the disk.
@@ -99,6 +101,7 @@ impl Entry {
             nlink: st.stx_nlink,
             rdev: rustix::fs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
             target,
+            hash: None,
         })
     }
 

@@ -14,6 +14,12 @@ use std::path::Path;
 
 const FORMAT_VERSION: &str = "1";
 
+/// Where the index keeps the rows of an entry the slave has moved aside into stash `slot`
+/// (between a `Stash` and its `Unstash`). Never a real path: `.georep` is not crawled.
+pub fn stash_path(slot: u64) -> RelPath {
+    RelPath::internal(format!(".georep/stash/{slot}")).expect("valid stash path")
+}
+
 /// An index change, applied when the op carrying it is acknowledged.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
@@ -43,7 +49,7 @@ fn below(p: &RelPath) -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
-const COLS: &str = "kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev, target";
+const COLS: &str = "kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev, target, hash";
 
 fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -60,6 +66,9 @@ fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
         nlink: r.get(off + 10)?,
         rdev: r.get::<_, i64>(off + 11)? as u64,
         target: r.get(off + 12)?,
+        hash: r
+            .get::<_, Option<Vec<u8>>>(off + 13)?
+            .and_then(|h| <[u8; 32]>::try_from(h).ok()),
     })
 }
 
@@ -77,7 +86,8 @@ impl Index {
         db.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
-                PRIMARY KEY(dir, name)) WITHOUT ROWID;"
+                PRIMARY KEY(dir, name)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS dir_inodes ON entries(ino) WHERE kind = 2;"
         ))?;
         let idx = Index { db };
         match idx.get_meta("format")? {
@@ -106,6 +116,12 @@ impl Index {
         Ok(())
     }
 
+    /// Drops rows left in the stash by a connection that ended between a `Stash` and its
+    /// `Unstash`: the agent empties its stash when the next connection starts.
+    pub fn clear_stash(&self) -> Result<()> {
+        self.remove(&RelPath::internal(".georep/stash").expect("valid path"))
+    }
+
     /// Forgets everything: the next crawl ships the whole brick.
     pub fn clear(&self) -> Result<()> {
         self.db.execute("DELETE FROM entries", [])?;
@@ -120,6 +136,26 @@ impl Index {
         Ok(st
             .query_row(params![d, n], |r| entry_from(r, 0))
             .optional()?)
+    }
+
+    /// Paths of indexed directories with inode `ino` (a partial index covers directories only).
+    pub fn dirs_with_ino(&self, ino: u64) -> Result<Vec<RelPath>> {
+        let mut st = self
+            .db
+            .prepare_cached("SELECT dir, name FROM entries WHERE kind = 2 AND ino = ?1")?;
+        let rows = st.query_map(params![ino as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut d, n) = row?;
+            if !d.is_empty() {
+                d.push(b'/');
+            }
+            d.extend_from_slice(&n);
+            out.push(RelPath::internal(d).context("index holds an invalid path")?);
+        }
+        Ok(out)
     }
 
     /// Direct children of `dir` as (name, entry).
@@ -155,7 +191,7 @@ impl Index {
                 full.push(b'/');
             }
             full.extend_from_slice(&n);
-            let path = RelPath::new(full).context("index holds an invalid path")?;
+            let path = RelPath::internal(full).context("index holds an invalid path")?;
             out.push((path, entry_from(r, 2)?));
         }
         Ok(out)
@@ -165,7 +201,7 @@ impl Index {
         let (d, n) = key(p);
         let mut st = self.db.prepare_cached(&format!(
             "INSERT OR REPLACE INTO entries(dir, name, {COLS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ))?;
         st.execute(params![
             d,
@@ -182,7 +218,8 @@ impl Index {
             e.gid,
             e.nlink,
             e.rdev as i64,
-            e.target
+            e.target,
+            e.hash.as_ref().map(|h| &h[..])
         ])?;
         Ok(())
     }
@@ -222,6 +259,7 @@ impl Index {
                     nlink: 0,
                     rdev: 0,
                     target: None,
+                    hash: None,
                 },
             )),
         }

@@ -25,10 +25,13 @@ use walk::Excludes;
 #[derive(Debug, Clone)]
 pub enum PlanOp {
     Op(Op),
-    /// Ship the file's content, read at ship time.
+    /// Ship the file's content, read at ship time. With `known_hash` (same size, the slave's
+    /// content hash known), the shipper first hashes the file locally and sends only its
+    /// attributes when the content is the same (a `touch`, a `cp -p` of identical data).
     File {
         path: RelPath,
         entry: Entry,
+        known_hash: Option<[u8; 32]>,
     },
     /// Nothing goes to the slave; only the index changes once the batch is acknowledged.
     IndexOnly,
@@ -106,6 +109,7 @@ pub fn crawl(
 
     let mut d = Diff::default();
     let root_path = RelPath::root();
+    d.dirs.insert(root_path.clone(), root_entry.clone());
     match index.get(&root_path)? {
         Some(old) if old.kind == Kind::Dir => match old.change_to(&root_entry, false) {
             Change::None => {}
@@ -131,14 +135,36 @@ pub fn crawl(
         };
         d.scanned += entries.len() as u64;
         progress(d.scanned);
-        let mut idx: HashMap<Vec<u8>, Entry> = index.children(&dir)?.into_iter().collect();
+        // Beneath a replaced directory everything on disk is new: the index rows there
+        // describe the old directory, which is gone (or moved) as a whole.
+        let mut idx: HashMap<Vec<u8>, Entry> = if d.under_replaced(&dir) {
+            HashMap::new()
+        } else {
+            index.children(&dir)?.into_iter().collect()
+        };
         for (name, e) in entries {
             let path = dir.join(&name)?;
             if e.kind == Kind::File && e.nlink > 1 {
                 d.links.entry(e.ino).or_default().push(path.clone());
             }
+            if e.kind == Kind::Dir {
+                d.dirs.insert(path.clone(), e.clone());
+            }
             match idx.remove(&name) {
                 None => {
+                    d.new.insert(path, e);
+                }
+                Some(old)
+                    if old.kind == Kind::Dir
+                        && e.kind == Kind::Dir
+                        && old.ino != e.ino
+                        && index.dirs_with_ino(e.ino)?.iter().any(|q| *q != path) =>
+                {
+                    // Another directory was moved onto this name (swap, or rm -r + mv):
+                    // the old one is gone here, the new one is a rename candidate.
+                    d.gone.extend(index.subtree(&path)?);
+                    d.gone.insert(path.clone(), old);
+                    d.replaced.insert(path.clone());
                     d.new.insert(path, e);
                 }
                 Some(old) if old.kind == Kind::Dir && e.kind == Kind::Dir => {
@@ -157,7 +183,11 @@ pub fn crawl(
                     d.new.insert(path, e);
                 }
                 Some(old) => match old.change_to(&e, false) {
-                    Change::None => {
+                    c @ (Change::None | Change::IndexOnly) => {
+                        if c == Change::IndexOnly {
+                            d.updates.push((path.clone(), old, e.clone(), c));
+                        }
+                        // Content on the slave is current: a good target for new links.
                         if e.kind == Kind::File && e.nlink > 1 {
                             d.stable_link
                                 .entry(e.ino)
@@ -203,9 +233,13 @@ struct Diff {
     updates: Vec<(RelPath, Entry, Entry, Change)>,
     /// Every multiply-linked file on disk, by inode.
     links: HashMap<u64, Vec<RelPath>>,
-    /// An unchanged path per multiply-linked inode (already correct on the slave).
+    /// A path per multiply-linked inode whose content on the slave is current.
     stable_link: HashMap<u64, RelPath>,
     errors: Vec<(RelPath, String)>,
+    /// Every directory on disk (root included), for restoring parents' attributes.
+    dirs: HashMap<RelPath, Entry>,
+    /// Directories whose index rows belong to a directory that is no longer at that path.
+    replaced: HashSet<RelPath>,
 }
 
 #[derive(Default)]
@@ -246,8 +280,15 @@ impl Builder {
         }
     }
 
-    /// The op that (re)creates a non-directory entry with its content.
-    fn content(&mut self, path: &RelPath, e: &Entry, leader: Option<&RelPath>) {
+    /// The op that (re)creates a non-directory entry with its content. `old` is what the slave
+    /// holds at `path` when it is the same kind of entry.
+    fn content(
+        &mut self,
+        path: &RelPath,
+        e: &Entry,
+        old: Option<&Entry>,
+        leader: Option<&RelPath>,
+    ) {
         let ok = Self::upsert(path, e);
         let fail = Self::poison(path);
         let op = match e.kind {
@@ -263,10 +304,12 @@ impl Builder {
                 }
                 self.stats.files += 1;
                 self.stats.bytes += e.size;
+                let known_hash = old.filter(|o| o.size == e.size).and_then(|o| o.hash);
                 PlannedOp {
                     op: PlanOp::File {
                         path: path.clone(),
                         entry: e.clone(),
+                        known_hash,
                     },
                     ok,
                     fail,
@@ -309,23 +352,49 @@ impl Builder {
     }
 
     /// Ships what changed between `old` and `e` at `path` (which already holds `old`).
-    fn update(&mut self, path: &RelPath, e: &Entry, c: Change, leader: Option<&RelPath>) {
+    fn update(
+        &mut self,
+        path: &RelPath,
+        old: &Entry,
+        e: &Entry,
+        c: Change,
+        leader: Option<&RelPath>,
+    ) {
+        // Content is unchanged by a metadata change: the slave's content hash still holds.
+        let kept = Entry {
+            hash: old.hash,
+            ..e.clone()
+        };
         match c {
             Change::None => {}
-            Change::IndexOnly => self.index_only(path, e),
+            Change::IndexOnly => self.index_only(path, &kept),
             Change::Meta => {
                 self.stats.changed += 1;
-                self.set_attr(path, e)
+                self.set_attr(path, &kept)
             }
             Change::Data => {
                 self.stats.changed += 1;
-                self.content(path, e, leader)
+                self.content(path, e, Some(old), leader)
             }
         }
     }
 }
 
 impl Diff {
+    fn under_replaced(&self, dir: &RelPath) -> bool {
+        if self.replaced.is_empty() {
+            return false;
+        }
+        let mut c = Some(dir.clone());
+        while let Some(x) = c {
+            if self.replaced.contains(&x) {
+                return true;
+            }
+            c = x.parent();
+        }
+        false
+    }
+
     fn leader(&self, e: &Entry) -> Option<&RelPath> {
         if e.kind != Kind::File || e.nlink < 2 {
             return None;
@@ -341,9 +410,9 @@ impl Diff {
             b.set_attr(&RelPath::root(), &e);
         }
         let updates = std::mem::take(&mut self.updates);
-        for (path, _old, e, c) in &updates {
+        for (path, old, e, c) in &updates {
             let leader = self.leader(e).cloned();
-            b.update(path, e, *c, leader.as_ref());
+            b.update(path, old, e, *c, leader.as_ref());
         }
 
         // Rename candidates: gone entries by inode. A multiply-linked file is not a rename
@@ -375,7 +444,7 @@ impl Diff {
                         dir_origin.insert(path.clone(), origin);
                     }
                     let leader = self.leader(e).cloned();
-                    b.update(path, e, old.change_to(e, false), leader.as_ref());
+                    b.update(path, &old, e, old.change_to(e, false), leader.as_ref());
                     continue;
                 }
             }
@@ -397,9 +466,15 @@ impl Diff {
                 *slot += 1;
                 b.stashes.push((from.clone(), *slot));
                 let change = old.change_to(e, true);
-                let mut ok = vec![Mutation::Move(from.clone(), path.clone())];
+                // The index mirrors the slave: rows go into the stash with `Stash` and come
+                // out at the destination with `Unstash`, so swaps and cycles stay consistent.
+                let mut ok = vec![Mutation::Move(index::stash_path(*slot), path.clone())];
                 if matches!(change, Change::None | Change::IndexOnly) {
-                    ok.push(Mutation::Upsert(path.clone(), e.clone()));
+                    let kept = Entry {
+                        hash: old.hash,
+                        ..e.clone()
+                    };
+                    ok.push(Mutation::Upsert(path.clone(), kept));
                 }
                 b.creates.push((
                     path.clone(),
@@ -411,6 +486,7 @@ impl Diff {
                         },
                         ok,
                         vec![
+                            Mutation::Remove(index::stash_path(*slot)),
                             Mutation::Poison(from.clone()),
                             Mutation::Poison(path.clone()),
                         ],
@@ -423,7 +499,7 @@ impl Diff {
                 }
                 if !matches!(change, Change::None | Change::IndexOnly) {
                     let leader = self.leader(e).cloned();
-                    b.update(path, e, change, leader.as_ref());
+                    b.update(path, &old, e, change, leader.as_ref());
                 }
                 continue;
             }
@@ -446,28 +522,18 @@ impl Diff {
                 b.set_attr(path, e);
             } else {
                 let leader = self.leader(e).cloned();
-                b.content(path, e, leader.as_ref());
+                b.content(path, e, None, leader.as_ref());
             }
         }
 
         // Deletes, at the location the entry has once renames are done.
         let moved_to: HashMap<&RelPath, &RelPath> =
             dir_origin.iter().map(|(n, o)| (o, n)).collect();
-        for (p, _) in &self.gone {
+        for p in self.gone.keys() {
             if p.parent().is_some_and(|par| ancestor_in(&par, &self.gone)) {
                 continue; // a deleted ancestor takes it along
             }
-            let mut moved_root: Option<RelPath> = None;
-            let mut target = p.clone();
-            let mut a = p.parent();
-            while let Some(anc) = a {
-                if let Some(n) = moved_to.get(&anc) {
-                    target = p.rebase(&anc, n);
-                    moved_root = Some((*n).clone());
-                    break;
-                }
-                a = anc.parent();
-            }
+            let (target, moved_root) = translate(&moved_to, p);
             // Replaced by an op of this plan (same path, new kind or a rename onto it)?
             let mut replaced = false;
             let mut c = Some(target.clone());
@@ -497,10 +563,51 @@ impl Diff {
             ));
         }
 
+        // Replacing, creating, renaming or deleting an entry changes its parent's mtime on the
+        // slave even where the master's parent is unchanged (a file rewritten in place is a
+        // rename on the slave; a rename goes through the stash): set every touched directory's
+        // attributes again, at the end, from the disk.
+        let mut touched: HashSet<RelPath> = HashSet::new();
+        for (from, _) in &b.stashes {
+            touched.extend(translate(&moved_to, from).0.parent());
+        }
+        for (path, _, op) in &b.creates {
+            match &op.op {
+                PlanOp::IndexOnly | PlanOp::Op(Op::SetAttr { .. }) => {}
+                PlanOp::Op(Op::Unstash { .. }) => {
+                    touched.extend(path.parent());
+                    touched.insert(path.clone());
+                }
+                _ => touched.extend(path.parent()),
+            }
+        }
+        for (path, _) in b.links.iter().chain(&b.deletes) {
+            touched.extend(path.parent());
+        }
+        let already: HashSet<RelPath> = b.dir_attrs.iter().map(|(p, _)| p.clone()).collect();
+        for t in touched {
+            if already.contains(&t) {
+                continue;
+            }
+            if let Some(e) = self.dirs.get(&t) {
+                let op = PlannedOp::new(
+                    Op::SetAttr {
+                        path: t.clone(),
+                        meta: e.meta(),
+                    },
+                    Builder::upsert(&t, e),
+                    Builder::poison(&t),
+                );
+                b.dir_attrs.push((t, op));
+            }
+        }
+
         let mut ops = Vec::new();
         b.stashes.sort_by(|x, y| y.0.cmp(&x.0));
         for (from, s) in b.stashes {
-            ops.push(PlannedOp::new(Op::Stash { from, slot: s }, vec![], vec![]));
+            let ok = vec![Mutation::Move(from.clone(), index::stash_path(s))];
+            let fail = Builder::poison(&from);
+            ops.push(PlannedOp::new(Op::Stash { from, slot: s }, ok, fail));
         }
         b.creates.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
         ops.extend(b.creates.into_iter().map(|c| c.2));
@@ -517,6 +624,19 @@ impl Diff {
             errors: self.errors,
         }
     }
+}
+
+/// Where the old path `p` is once the renames of the plan are done, and the new path of the
+/// moved directory it went along with (if any).
+fn translate(moved_to: &HashMap<&RelPath, &RelPath>, p: &RelPath) -> (RelPath, Option<RelPath>) {
+    let mut a = p.parent();
+    while let Some(anc) = a {
+        if let Some(n) = moved_to.get(&anc) {
+            return (p.rebase(&anc, n), Some((*n).clone()));
+        }
+        a = anc.parent();
+    }
+    (p.clone(), None)
 }
 
 /// True when `p` or one of its ancestors (not the root) is a key of `gone`.

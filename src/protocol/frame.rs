@@ -25,6 +25,8 @@ pub enum FrameError {
     UnknownKind(u8),
     #[error("malformed message: {0}")]
     Malformed(String),
+    #[error("refused path: {0}")]
+    Path(#[from] super::path::PathError),
 }
 
 #[derive(Debug, PartialEq)]
@@ -60,7 +62,13 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, FrameError> {
     }
     let msg = match body[0] {
         KIND_MSG => {
-            postcard::from_bytes(&body[1..]).map_err(|e| FrameError::Malformed(e.to_string()))?
+            super::path::take_decode_error();
+            postcard::from_bytes(&body[1..]).map_err(|e| {
+                match super::path::take_decode_error() {
+                    Some(pe) => FrameError::Path(pe),
+                    None => FrameError::Malformed(e.to_string()),
+                }
+            })?
         }
         KIND_CHUNK => Message::Chunk(body[1..].to_vec()),
         k => return Err(FrameError::UnknownKind(k)),

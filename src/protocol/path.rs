@@ -45,6 +45,23 @@ impl RelPath {
         Ok(RelPath(bytes))
     }
 
+    /// A path that may lie inside `.georep` (georep's own bookkeeping, never sent as an op
+    /// target by the crawl); every other rule still applies.
+    pub fn internal(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {
+        let bytes = bytes.into();
+        match validate(&bytes) {
+            Ok(()) | Err(PathError::StateDir(_)) => {
+                let mut probe = bytes.clone();
+                if probe.starts_with(STATE_DIR) {
+                    probe[0] = b'_';
+                }
+                validate(&probe)?;
+                Ok(RelPath(bytes))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
@@ -169,6 +186,15 @@ impl fmt::Display for RelPath {
     }
 }
 
+thread_local! {
+    static DECODE_ERROR: std::cell::RefCell<Option<PathError>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The path error behind the last failed decode on this thread, if a path caused it.
+pub fn take_decode_error() -> Option<PathError> {
+    DECODE_ERROR.with(|c| c.borrow_mut().take())
+}
+
 impl Serialize for RelPath {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&self.0)
@@ -184,7 +210,12 @@ impl<'de> Deserialize<'de> for RelPath {
                 f.write_str("a relative path as bytes")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RelPath, E> {
-                RelPath::new(v.to_vec()).map_err(E::custom)
+                RelPath::new(v.to_vec()).map_err(|e| {
+                    let msg = e.to_string();
+                    // postcard drops custom messages; the codec picks this up instead.
+                    DECODE_ERROR.with(|c| *c.borrow_mut() = Some(e));
+                    E::custom(msg)
+                })
             }
             fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<RelPath, E> {
                 self.visit_bytes(v)

@@ -215,6 +215,7 @@ fn sync_brick(
         None => index.clear()?,
     }
     index.set_meta("slave_volume_id", &welcome.volume_id)?;
+    index.clear_stash()?;
     w.compress(opts.compression)?;
     let next_batch = index
         .get_meta("last_batch")?

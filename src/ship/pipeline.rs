@@ -90,7 +90,12 @@ pub struct Shipper {
 }
 
 enum FileOutcome {
-    Sent { entry: Entry, committed: bool },
+    Sent {
+        entry: Entry,
+        committed: bool,
+    },
+    /// Same content as the slave already has (hash checked locally): attributes only.
+    SameContent(Entry),
     Vanished,
     Unreadable(std::io::Error),
 }
@@ -168,8 +173,13 @@ impl Shipper {
                 Ok(_) => {}
             }
         }
+        let said = self
+            .handle
+            .stderr_tail()
+            .map(|t| format!(" (agent said: {t})"))
+            .unwrap_or_default();
         anyhow!(
-            "sending to {} failed: {e}; the agent exited or the link broke, run again to resume",
+            "sending to {} failed: {e}{said}; the agent exited or the link broke, run again to resume",
             self.peer
         )
     }
@@ -236,9 +246,13 @@ impl Shipper {
             Event::Msg(Message::Heartbeat) => {}
             Event::Msg(m) => bail!("unexpected {} from the agent", m.name()),
             Event::Closed(why) => bail!(
-                "connection to {} closed{}; run again to resume",
+                "connection to {} closed{}{}; run again to resume",
                 self.peer,
-                why.map(|w| format!(": {w}")).unwrap_or_default()
+                why.map(|w| format!(": {w}")).unwrap_or_default(),
+                self.handle
+                    .stderr_tail()
+                    .map(|t| format!(" (agent said: {t})"))
+                    .unwrap_or_default()
             ),
         }
         Ok(())
@@ -252,16 +266,11 @@ impl Shipper {
     }
 
     fn wait_one(&mut self, index: &Index) -> Result<()> {
-        loop {
-            match self.events.recv_timeout(Duration::from_secs(600)) {
-                Ok(ev) => return self.handle(ev, index),
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!("no answer from {} for 10 minutes", self.peer)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!("connection to {} lost", self.peer)
-                }
-            }
+        // A dead peer surfaces as `Closed` (the reader sees EOF); this bounds a hung one.
+        match self.events.recv_timeout(Duration::from_secs(600)) {
+            Ok(ev) => self.handle(ev, index),
+            Err(RecvTimeoutError::Timeout) => bail!("no answer from {} for 10 minutes", self.peer),
+            Err(RecvTimeoutError::Disconnected) => bail!("connection to {} lost", self.peer),
         }
     }
 
@@ -365,7 +374,24 @@ impl Shipper {
                     kind,
                 }
             }
-            PlanOp::File { path, entry } => match self.send_file(&path)? {
+            PlanOp::File {
+                path,
+                entry,
+                known_hash,
+            } => match self.send_file(&path, known_hash)? {
+                FileOutcome::SameContent(entry) => {
+                    self.writer().send(&Message::Op(Op::SetAttr {
+                        path: path.clone(),
+                        meta: entry.meta(),
+                    }))?;
+                    Sent {
+                        ok: vec![Mutation::Upsert(path, entry)],
+                        fail,
+                        wire: next_wire(),
+                        force_fail: false,
+                        kind: SentKind::Other,
+                    }
+                }
                 FileOutcome::Sent { entry, committed } => {
                     if !committed {
                         self.stats.requeued += 1;
@@ -419,7 +445,11 @@ impl Shipper {
         })
     }
 
-    fn send_file(&mut self, path: &RelPath) -> std::io::Result<FileOutcome> {
+    fn send_file(
+        &mut self,
+        path: &RelPath,
+        known_hash: Option<[u8; 32]>,
+    ) -> std::io::Result<FileOutcome> {
         let open = |flags| fsutil::open_beneath(self.brick.as_fd(), path.as_bytes(), flags);
         let fd = match open(OFlags::RDONLY | OFlags::NOATIME) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(OFlags::RDONLY),
@@ -441,15 +471,35 @@ impl Shipper {
                 .ok()
                 .and_then(|st| Entry::from_statx(&st, None))
         };
-        let Some(entry) = stat(&fd).filter(|e| e.kind == crate::crawl::entry::Kind::File) else {
+        let Some(mut entry) = stat(&fd).filter(|e| e.kind == crate::crawl::entry::Kind::File)
+        else {
             return Ok(FileOutcome::Vanished);
         };
+        let same_stat = |a: &Option<Entry>, e: &Entry| {
+            a.as_ref().is_some_and(|a| {
+                a.size == e.size
+                    && (a.mtime_sec, a.mtime_nsec) == (e.mtime_sec, e.mtime_nsec)
+                    && (a.ctime_sec, a.ctime_nsec) == (e.ctime_sec, e.ctime_nsec)
+            })
+        };
+        let mut file = std::fs::File::from(fd);
+        if let Some(known) = known_hash {
+            // A local read is far cheaper than a send: check whether the content changed.
+            let mut h = blake3::Hasher::new();
+            let local = h.update_reader(&mut file).map(|h| *h.finalize().as_bytes());
+            let stable = same_stat(&stat(&OwnedFd::from(file.try_clone()?)), &entry);
+            if stable && local.as_ref().ok() == Some(&known) {
+                entry.hash = Some(known);
+                return Ok(FileOutcome::SameContent(entry));
+            }
+            use std::io::Seek;
+            file.rewind()?;
+        }
         self.writer().send(&Message::FileBegin(FileBegin {
             path: path.clone(),
             meta: entry.meta(),
             size: entry.size,
         }))?;
-        let mut file = std::fs::File::from(fd);
         let mut hasher = blake3::Hasher::new();
         let mut left = entry.size;
         let mut intact = true;
@@ -491,22 +541,21 @@ impl Shipper {
             left -= n as u64;
         }
         self.buf = buf;
-        let after = stat(&file.into());
-        let unchanged = after.as_ref().is_some_and(|a| {
-            a.size == entry.size
-                && (a.mtime_sec, a.mtime_nsec) == (entry.mtime_sec, entry.mtime_nsec)
-                && (a.ctime_sec, a.ctime_nsec) == (entry.ctime_sec, entry.ctime_nsec)
-        });
+        let unchanged = same_stat(&stat(&file.into()), &entry);
         let committed = intact && unchanged;
+        let hash = *hasher.finalize().as_bytes();
         self.writer().send(&Message::FileEnd(FileEnd {
-            hash: *hasher.finalize().as_bytes(),
+            hash,
             commit: committed,
         }))?;
+        entry.hash = Some(hash);
         Ok(FileOutcome::Sent { entry, committed })
     }
 
     /// Says goodbye, waits for the agent to finish and returns its peak memory.
     pub fn close(mut self) -> Result<Option<u64>> {
+        // The agent is idle now: its peak so far is its peak.
+        let rss = self.handle.peak_rss_kb();
         if let Some(mut w) = self.w.take() {
             w.send(&Message::Bye)?;
             w.close().context("closing the stream to the agent")?;
@@ -520,7 +569,7 @@ impl Shipper {
             }
         }
         self.handle.close()?;
-        Ok(self.handle.peak_rss_kb())
+        Ok(rss)
     }
 }
 

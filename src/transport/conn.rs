@@ -32,27 +32,36 @@ impl ConnError {
 
 pub struct FrameReader {
     inner: BoxRead,
+    /// Bytes `pos..end` are received and not yet decoded; the rest is scratch space.
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
     /// Total bytes taken from `inner` (after decompression when compressed).
     pub bytes_read: u64,
 }
+
+const READ_BUF: usize = 256 << 10;
 
 impl FrameReader {
     pub fn new(inner: BoxRead) -> Self {
         FrameReader {
             inner,
-            buf: Vec::with_capacity(256 << 10),
+            buf: vec![0; READ_BUF],
             pos: 0,
+            end: 0,
             bytes_read: 0,
         }
     }
 
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
     /// Reads and checks the peer's preamble.
     pub fn expect_preamble(&mut self) -> Result<(), ConnError> {
-        while self.buf.len() - self.pos < PREAMBLE.len() {
-            if self.fill()? == 0 {
-                let got = String::from_utf8_lossy(&self.buf[self.pos..]).into_owned();
+        while self.end - self.pos < PREAMBLE.len() {
+            if self.fill(PREAMBLE.len())? == 0 {
+                let got = String::from_utf8_lossy(self.pending()).into_owned();
                 return Err(if got.is_empty() {
                     ConnError::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -63,42 +72,39 @@ impl FrameReader {
                 });
             }
         }
-        let got = &self.buf[self.pos..self.pos + PREAMBLE.len()];
-        if got != PREAMBLE {
-            let end = self.buf.len().min(self.pos + 120);
+        if &self.pending()[..PREAMBLE.len()] != PREAMBLE {
+            let p = self.pending();
             return Err(ConnError::NotGeorep(
-                String::from_utf8_lossy(&self.buf[self.pos..end]).into_owned(),
+                String::from_utf8_lossy(&p[..p.len().min(120)]).into_owned(),
             ));
         }
         self.pos += PREAMBLE.len();
         Ok(())
     }
 
-    fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
+    /// Reads more bytes, making room for at least `need` pending bytes in total.
+    fn fill(&mut self, need: usize) -> io::Result<usize> {
+        if self.pos == self.end {
             self.pos = 0;
-        } else if self.pos > (1 << 20) {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+            self.end = 0;
         }
-        let len = self.buf.len();
-        let want = (256 << 10).max(self.buf.capacity() - len);
-        self.buf.resize(len + want, 0);
+        if self.end == self.buf.len() || self.pos + need > self.buf.len() {
+            // Move pending bytes to the front, then grow if a frame still does not fit.
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+            if need > self.buf.len() || self.end == self.buf.len() {
+                let want = need.max(self.buf.len() * 2);
+                self.buf.resize(want, 0);
+            }
+        }
         let n = loop {
-            match self.inner.read(&mut self.buf[len..]) {
+            match self.inner.read(&mut self.buf[self.end..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => break r,
+                r => break r?,
             }
         };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(len);
-                return Err(e);
-            }
-        };
-        self.buf.truncate(len + n);
+        self.end += n;
         self.bytes_read += n as u64;
         Ok(n)
     }
@@ -106,14 +112,15 @@ impl FrameReader {
     /// Next message; `Ok(None)` on a clean close.
     pub fn read(&mut self) -> Result<Option<Message>, ConnError> {
         loop {
-            match frame::decode(&self.buf[self.pos..])? {
+            match frame::decode(self.pending())? {
                 Decoded::Frame(msg, used) => {
                     self.pos += used;
                     return Ok(Some(msg));
                 }
-                Decoded::NeedMore(_) => {
-                    if self.fill()? == 0 {
-                        return if self.pos == self.buf.len() {
+                Decoded::NeedMore(more) => {
+                    let need = self.end - self.pos + more;
+                    if self.fill(need)? == 0 {
+                        return if self.pos == self.end {
                             Ok(None)
                         } else {
                             Err(ConnError::Truncated)
@@ -126,7 +133,7 @@ impl FrameReader {
 
     /// Switches to reading a zstd stream from here on (bytes already buffered included).
     pub fn into_decompressed(self) -> io::Result<FrameReader> {
-        let rest = self.buf[self.pos..].to_vec();
+        let rest = self.pending().to_vec();
         let chained: BoxRead = Box::new(io::Cursor::new(rest).chain(self.inner));
         let dec = zstd::stream::read::Decoder::new(chained)?;
         let mut r = FrameReader::new(Box::new(dec));

@@ -3,8 +3,11 @@
 
 use super::{Link, LinkHandle, Transport};
 use anyhow::{bail, Context, Result};
+use std::collections::VecDeque;
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct LocalTransport {
@@ -30,18 +33,32 @@ impl Transport for LocalTransport {
             .arg(&self.volume)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {} agent", self.exe.display()))?;
         let reader = Box::new(child.stdout.take().unwrap());
         let writer = Box::new(child.stdin.take().unwrap());
+        // The agent reports errors in-band; its stderr is kept for when it dies silently.
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let err = child.stderr.take().unwrap();
+        let t = tail.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                tracing::debug!(target: "georep::agent", "{line}");
+                let mut t = t.lock().unwrap();
+                if t.len() == 20 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
         Ok(Link {
             reader,
             writer,
             handle: Box::new(ChildHandle {
                 child,
                 what: self.describe(),
-                peak_rss_kb: None,
+                tail,
             }),
         })
     }
@@ -54,7 +71,7 @@ impl Transport for LocalTransport {
 struct ChildHandle {
     child: Child,
     what: String,
-    peak_rss_kb: Option<u64>,
+    tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl LinkHandle for ChildHandle {
@@ -62,9 +79,12 @@ impl LinkHandle for ChildHandle {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                self.peak_rss_kb = children_peak_rss_kb();
                 if !status.success() {
-                    bail!("{} exited with {status}", self.what);
+                    let said = self
+                        .stderr_tail()
+                        .map(|t| format!(": {t}"))
+                        .unwrap_or_default();
+                    bail!("{} exited with {status}{said}", self.what);
                 }
                 return Ok(());
             }
@@ -85,7 +105,12 @@ impl LinkHandle for ChildHandle {
     }
 
     fn peak_rss_kb(&self) -> Option<u64> {
-        self.peak_rss_kb
+        peak_rss_kb(&format!("/proc/{}/status", self.child.id()))
+    }
+
+    fn stderr_tail(&self) -> Option<String> {
+        let t = self.tail.lock().unwrap();
+        (!t.is_empty()).then(|| t.iter().cloned().collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -97,19 +122,14 @@ impl Drop for ChildHandle {
     }
 }
 
-/// Largest peak RSS among this process's waited-for children, in KiB.
-pub fn children_peak_rss_kb() -> Option<u64> {
-    rusage_max_kb(libc::RUSAGE_CHILDREN)
-}
-
-/// Peak RSS of this process, in KiB.
+/// Peak resident memory (`VmHWM`) of this process, in KiB. Unlike `getrusage`, it is not
+/// inherited across `execve`, so it measures georep and not whoever started it.
 pub fn self_peak_rss_kb() -> Option<u64> {
-    rusage_max_kb(libc::RUSAGE_SELF)
+    peak_rss_kb("/proc/self/status")
 }
 
-fn rusage_max_kb(who: libc::c_int) -> Option<u64> {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we pass and nothing else.
-    let rc = unsafe { libc::getrusage(who, &mut ru) };
-    (rc == 0).then_some(ru.ru_maxrss as u64)
+fn peak_rss_kb(status_file: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(status_file).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

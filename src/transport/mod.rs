@@ -23,8 +23,12 @@ pub trait LinkHandle: Send {
     fn close(&mut self) -> Result<()>;
     /// Ends the peer at once.
     fn abort(&mut self);
-    /// Peak resident memory of the peer in KiB, when known.
+    /// Peak resident memory of the peer so far in KiB, when known (call before `close`).
     fn peak_rss_kb(&self) -> Option<u64> {
+        None
+    }
+    /// The last lines the peer wrote to stderr, for errors where it said nothing in-band.
+    fn stderr_tail(&self) -> Option<String> {
         None
     }
 }

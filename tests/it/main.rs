@@ -1,1 +1,8 @@
-fn main() {}
+//! georep's integration tests: the real binary against real directories and processes.
+
+mod util;
+
+mod agent_hostile;
+mod errors;
+mod sync;
+mod volume;

@@ -1,0 +1,491 @@
+//! `georep agent` fed hostile and broken streams: each gives an error naming the problem,
+//! nothing outside the slave root changes, and the process never panics. Also: replaying a
+//! batch leaves the same tree.
+
+use crate::util::*;
+use georep::protocol::frame::{self, HEADER};
+use georep::protocol::*;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
+}
+
+fn meta(mode: u32) -> Meta {
+    Meta {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 7,
+    }
+}
+
+fn hello(protocol: u32) -> Message {
+    Message::Hello(Hello {
+        protocol,
+        georep_version: "test".into(),
+        session: "s".into(),
+        master_node: "tester".into(),
+        brick: "/brick".into(),
+        slave_volume: "v".into(),
+        epoch: 0,
+        compression: 0,
+    })
+}
+
+fn enc(m: &Message) -> Vec<u8> {
+    let mut v = Vec::new();
+    frame::encode(m, &mut v);
+    v
+}
+
+/// Preamble + hello + the given frames.
+fn stream(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = PREAMBLE.to_vec();
+    v.extend(enc(&hello(PROTOCOL_VERSION)));
+    for f in frames {
+        v.extend_from_slice(f);
+    }
+    v
+}
+
+fn begin(id: u64, ops: u32) -> Vec<u8> {
+    enc(&Message::BatchBegin(BatchBegin {
+        id,
+        first_seq: 0,
+        last_seq: 0,
+        max_ts_ns: 0,
+        ops,
+        bytes: 0,
+    }))
+}
+
+fn end(id: u64, ops: u32) -> Vec<u8> {
+    enc(&Message::BatchEnd(BatchEnd { id, ops }))
+}
+
+fn op(o: Op) -> Vec<u8> {
+    enc(&Message::Op(o))
+}
+
+fn file(path: &str, data: &[u8]) -> Vec<u8> {
+    let mut v = enc(&Message::FileBegin(FileBegin {
+        path: p(path),
+        meta: meta(0o644),
+        size: data.len() as u64,
+    }));
+    v.extend(enc(&Message::Chunk(data.to_vec())));
+    v.extend(enc(&Message::FileEnd(FileEnd {
+        hash: *blake3::hash(data).as_bytes(),
+        commit: true,
+    })));
+    v
+}
+
+/// Re-encodes `m` with the path bytes `placeholder` replaced by `replacement` (same length),
+/// bypassing RelPath validation as a hostile master would.
+fn with_raw_path(m: &Message, placeholder: &[u8], replacement: &[u8]) -> Vec<u8> {
+    assert_eq!(placeholder.len(), replacement.len());
+    let mut f = enc(m);
+    let body = &mut f[HEADER..];
+    let at = body
+        .windows(placeholder.len())
+        .position(|w| w == placeholder)
+        .expect("placeholder in frame");
+    body[at..at + placeholder.len()].copy_from_slice(replacement);
+    let crc = crc32fast::hash(body);
+    f[4..8].copy_from_slice(&crc.to_le_bytes());
+    f
+}
+
+struct Sandbox {
+    _g: Georep,
+    root: PathBuf,
+    outside: PathBuf,
+    before: std::collections::BTreeMap<PathBuf, Snap>,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let g = Georep::new();
+        let root = g.slave();
+        let outside = g.path("outside");
+        write(&outside.join("canary"), b"do not touch");
+        chmod(&outside.join("canary"), 0o640);
+        let before = snapshot(&outside);
+        Sandbox {
+            root,
+            outside,
+            before,
+            _g: g,
+        }
+    }
+
+    fn run(&self, input: &[u8]) -> (Output, Vec<Message>) {
+        let mut c = self
+            ._g
+            .cmd()
+            .args(["agent", "--volume", self.root.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        // The agent may stop reading early (that is the point); ignore EPIPE.
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        let out = c.wait_with_output().unwrap();
+        let msgs = decode_all(&out.stdout);
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "agent panicked: {err}");
+        self.assert_outside_untouched();
+        (out, msgs)
+    }
+
+    fn assert_outside_untouched(&self) {
+        assert_eq!(
+            snapshot(&self.outside),
+            self.before,
+            "something outside the slave root changed"
+        );
+        let parent = self.root.parent().unwrap();
+        for e in std::fs::read_dir(parent).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(
+                ["master", "slave", "outside", "home"].contains(&name.to_str().unwrap()),
+                "new entry next to the slave root: {name:?}"
+            );
+        }
+    }
+
+    /// Runs a stream that must be refused with an error mentioning `needle`.
+    fn refused(&self, input: &[u8], needle: &str) {
+        let (out, msgs) = self.run(input);
+        assert!(!out.status.success(), "agent accepted a bad stream");
+        let err = stderr(&out);
+        assert!(
+            err.contains(needle),
+            "stderr should mention {needle:?}: {err}"
+        );
+        let told = msgs
+            .iter()
+            .any(|m| matches!(m, Message::Error(e) if e.message.contains(needle)));
+        assert!(told, "agent should tell the master ({needle:?}): {msgs:?}");
+    }
+}
+
+fn decode_all(out: &[u8]) -> Vec<Message> {
+    assert!(out.starts_with(PREAMBLE), "agent output lacks the preamble");
+    let mut buf = &out[PREAMBLE.len()..];
+    let mut msgs = Vec::new();
+    while let Ok(Decoded::Frame(m, used)) = frame::decode(buf) {
+        msgs.push(m);
+        buf = &buf[used..];
+    }
+    msgs
+}
+
+#[test]
+fn dotdot_path_is_refused() {
+    let s = Sandbox::new();
+    let m = Message::Op(Op::Mkdir {
+        path: p("aa/escape"),
+        meta: meta(0o755),
+    });
+    let input = stream(&[
+        begin(1, 1),
+        with_raw_path(&m, b"aa/escape", b"../escape"),
+        end(1, 1),
+    ]);
+    s.refused(&input, "'..'");
+    assert!(!exists(&s.root.parent().unwrap().join("escape")));
+}
+
+#[test]
+fn absolute_path_is_refused() {
+    let s = Sandbox::new();
+    let target = s.outside.join("canary");
+    let t = target.to_str().unwrap().as_bytes();
+    let placeholder = vec![b'a'; t.len()];
+    let m = Message::Op(Op::Delete {
+        path: RelPath::new(placeholder.clone()).unwrap(),
+    });
+    let input = stream(&[begin(1, 1), with_raw_path(&m, &placeholder, t), end(1, 1)]);
+    s.refused(&input, "absolute");
+}
+
+#[test]
+fn nul_byte_in_path_is_refused() {
+    let s = Sandbox::new();
+    let m = Message::Op(Op::Mkdir {
+        path: p("aXb"),
+        meta: meta(0o755),
+    });
+    let input = stream(&[begin(1, 1), with_raw_path(&m, b"aXb", b"a\0b"), end(1, 1)]);
+    s.refused(&input, "NUL");
+}
+
+#[test]
+fn state_dir_path_is_refused() {
+    let s = Sandbox::new();
+    let m = Message::Op(Op::Delete { path: p("_georep") });
+    let input = stream(&[
+        begin(1, 1),
+        with_raw_path(&m, b"_georep", b".georep"),
+        end(1, 1),
+    ]);
+    s.refused(&input, ".georep");
+}
+
+#[test]
+fn symlink_inside_slave_pointing_outside_is_never_written_through() {
+    let s = Sandbox::new();
+    let out = s.outside.to_str().unwrap().as_bytes().to_vec();
+    let input = stream(&[
+        begin(1, 1),
+        op(Op::Symlink {
+            path: p("evil"),
+            target: out,
+            meta: meta(0o777),
+        }),
+        end(1, 1),
+        begin(2, 7),
+        file("evil/pwned", b"owned"),
+        op(Op::Mkdir {
+            path: p("evil/x"),
+            meta: meta(0o755),
+        }),
+        op(Op::Delete {
+            path: p("evil/canary"),
+        }),
+        op(Op::Link {
+            path: p("hl"),
+            target: p("evil/canary"),
+        }),
+        op(Op::SetAttr {
+            path: p("evil/canary"),
+            meta: meta(0o777),
+        }),
+        op(Op::Stash {
+            from: p("evil/canary"),
+            slot: 1,
+        }),
+        op(Op::Unstash {
+            slot: 1,
+            to: p("stolen"),
+        }),
+        end(2, 7),
+    ]);
+    let (o, msgs) = s.run(&input);
+    assert!(
+        o.status.success(),
+        "per-op failures are not fatal: {}",
+        stderr(&o)
+    );
+    let failed: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::Failed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        failed.len() >= 6,
+        "each op through the symlink fails: {failed:?}"
+    );
+    assert!(
+        failed.iter().any(|f| f.message.contains("symlink")),
+        "{failed:?}"
+    );
+    assert!(msgs.contains(&Message::Ack(Ack { id: 2 })), "{msgs:?}");
+    assert!(!exists(&s.root.join("hl")) && !exists(&s.root.join("stolen")));
+    assert!(std::fs::symlink_metadata(s.root.join("evil"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn truncated_frame_is_an_error() {
+    let s = Sandbox::new();
+    let b = begin(1, 1);
+    let input = stream(&[b[..b.len() / 2].to_vec()]);
+    let (o, _) = s.run(&input);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("middle of a frame"), "{}", stderr(&o));
+}
+
+#[test]
+fn master_closing_inside_a_batch_is_an_error_and_nothing_is_acked() {
+    let s = Sandbox::new();
+    let input = stream(&[begin(1, 2), file("a", b"aaa")]);
+    let (o, msgs) = s.run(&input);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("middle of batch 1"), "{}", stderr(&o));
+    assert!(!msgs.iter().any(|m| matches!(m, Message::Ack(_))));
+}
+
+#[test]
+fn bad_checksum_is_refused() {
+    let s = Sandbox::new();
+    let mut f = op(Op::Mkdir {
+        path: p("d"),
+        meta: meta(0o755),
+    });
+    let last = f.len() - 1;
+    f[last] ^= 0xff;
+    s.refused(&stream(&[begin(1, 1), f, end(1, 1)]), "checksum");
+    assert!(!exists(&s.root.join("d")));
+}
+
+#[test]
+fn unknown_protocol_version_is_refused() {
+    let s = Sandbox::new();
+    let mut input = PREAMBLE.to_vec();
+    input.extend(enc(&hello(99)));
+    s.refused(&input, "protocol version 99");
+}
+
+#[test]
+fn batch_over_the_limits_is_refused() {
+    let s = Sandbox::new();
+    s.refused(&stream(&[begin(1, MAX_BATCH_OPS + 1)]), "over the limits");
+}
+
+#[test]
+fn more_ops_than_declared_is_refused() {
+    let s = Sandbox::new();
+    let mk = |n: &str| {
+        op(Op::Mkdir {
+            path: p(n),
+            meta: meta(0o755),
+        })
+    };
+    s.refused(
+        &stream(&[begin(1, 1), mk("a"), mk("b"), end(1, 2)]),
+        "more than its declared",
+    );
+}
+
+#[test]
+fn oversized_frame_header_is_refused_without_allocating() {
+    let s = Sandbox::new();
+    let mut f = vec![0u8; 8];
+    f[0..4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    s.refused(&stream(&[f]), "exceeds");
+}
+
+#[test]
+fn unknown_frame_kind_is_refused() {
+    let s = Sandbox::new();
+    let mut f = vec![0u8; 8];
+    f.push(9);
+    f.extend_from_slice(b"junk");
+    let crc = crc32fast::hash(&f[8..]);
+    let len = (f.len() - 8) as u32;
+    f[0..4].copy_from_slice(&len.to_le_bytes());
+    f[4..8].copy_from_slice(&crc.to_le_bytes());
+    s.refused(&stream(&[f]), "unknown frame kind");
+}
+
+#[test]
+fn content_longer_than_declared_or_wrong_hash_is_refused() {
+    let s = Sandbox::new();
+    let mut f = enc(&Message::FileBegin(FileBegin {
+        path: p("f"),
+        meta: meta(0o644),
+        size: 2,
+    }));
+    f.extend(enc(&Message::Chunk(b"abc".to_vec())));
+    s.refused(&stream(&[begin(1, 1), f]), "more than its declared");
+
+    let s = Sandbox::new();
+    let mut f = enc(&Message::FileBegin(FileBegin {
+        path: p("f"),
+        meta: meta(0o644),
+        size: 3,
+    }));
+    f.extend(enc(&Message::Chunk(b"abc".to_vec())));
+    f.extend(enc(&Message::FileEnd(FileEnd {
+        hash: [0; 32],
+        commit: true,
+    })));
+    s.refused(&stream(&[begin(1, 1), f, end(1, 1)]), "does not match");
+    assert!(!exists(&s.root.join("f")));
+}
+
+#[test]
+fn not_georep_at_all_is_refused() {
+    let s = Sandbox::new();
+    s.refused(
+        b"SSH-2.0-OpenSSH_9.2\r\nWelcome to the machine\n",
+        "not speaking the georep protocol",
+    );
+}
+
+#[test]
+fn replaying_a_batch_twice_leaves_the_same_tree() {
+    let s = Sandbox::new();
+    let input = stream(&[
+        begin(1, 4),
+        op(Op::Mkdir {
+            path: p("d"),
+            meta: meta(0o750),
+        }),
+        file("d/f", b"content"),
+        file("old", b"to be renamed"),
+        op(Op::Symlink {
+            path: p("d/l"),
+            target: b"f".to_vec(),
+            meta: meta(0o777),
+        }),
+        end(1, 4),
+        begin(2, 6),
+        op(Op::Stash {
+            from: p("old"),
+            slot: 1,
+        }),
+        op(Op::Unstash {
+            slot: 1,
+            to: p("d/new"),
+        }),
+        op(Op::Link {
+            path: p("hard"),
+            target: p("d/f"),
+        }),
+        op(Op::Delete { path: p("gone") }),
+        op(Op::SetAttr {
+            path: p("d"),
+            meta: meta(0o755),
+        }),
+        op(Op::SetAttr {
+            path: RelPath::root(),
+            meta: meta(0o711),
+        }),
+        end(2, 6),
+        enc(&Message::Bye),
+    ]);
+    write(&s.root.join("gone/deep/file"), b"x");
+    let (o1, m1) = s.run(&input);
+    assert!(o1.status.success(), "{}", stderr(&o1));
+    assert!(m1.contains(&Message::Ack(Ack { id: 2 })), "{m1:?}");
+    let first = snapshot(&s.root);
+    assert!(!exists(&s.root.join("gone")) && exists(&s.root.join("d/new")));
+    let (o2, m2) = s.run(&input);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    assert!(m2.contains(&Message::Ack(Ack { id: 2 })), "{m2:?}");
+    assert_eq!(snapshot(&s.root), first, "replay changed the tree");
+    let welcome = m2.iter().find_map(|m| match m {
+        Message::Welcome(w) => Some(w.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        welcome.unwrap().last_batch,
+        2,
+        "agent.db remembers the last durable batch"
+    );
+}

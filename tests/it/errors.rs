@@ -1,0 +1,148 @@
+//! Clear errors, and nothing lost, when the master or the slave is not as expected.
+
+use crate::util::*;
+use std::fs;
+
+fn sync_raw(g: &Georep, master: &str, slave: &str) -> std::process::Output {
+    g.run(&["sync", master, slave, "--once"])
+}
+
+#[test]
+fn slave_root_that_does_not_exist_is_a_clear_error() {
+    let g = Georep::new();
+    write(&g.master().join("f"), b"x");
+    let missing = g.path("no/such/slave");
+    let o = sync_raw(&g, g.master().to_str().unwrap(), missing.to_str().unwrap());
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(missing.to_str().unwrap()) && e.contains("mkdir -p"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "one clear line: {e}");
+    assert!(!exists(&missing));
+}
+
+#[test]
+fn master_brick_that_does_not_exist_is_a_clear_error() {
+    let g = Georep::new();
+    let missing = g.path("no-master");
+    let o = sync_raw(&g, missing.to_str().unwrap(), g.slave().to_str().unwrap());
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains(missing.to_str().unwrap()), "{e}");
+}
+
+#[test]
+fn overlapping_master_and_slave_are_refused() {
+    let g = Georep::new();
+    let inner = g.master().join("inside");
+    fs::create_dir_all(&inner).unwrap();
+    let o = sync_raw(&g, g.master().to_str().unwrap(), inner.to_str().unwrap());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("overlap"), "{}", stderr(&o));
+}
+
+#[test]
+fn remote_slave_without_ssh_support_says_so() {
+    let g = Georep::new();
+    let o = sync_raw(&g, g.master().to_str().unwrap(), "dr1::gv1");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("push-pem"), "{}", stderr(&o));
+}
+
+/// Needs root (to switch to an unprivileged user); CI runs as root.
+#[test]
+fn unreadable_master_file_is_reported_and_the_rest_replicates() {
+    assert!(
+        is_root(),
+        "this test needs root to run georep as an unprivileged user"
+    );
+    let g = Georep::new();
+    let m = g.master();
+    write(&m.join("ok.txt"), b"fine");
+    write(&m.join("secret"), b"unreadable");
+    write(&m.join("d/also-ok"), b"fine too");
+    fs::create_dir_all(g.path("home")).unwrap();
+    for p in [
+        g.dir.path().to_path_buf(),
+        m.clone(),
+        g.slave(),
+        g.path("home"),
+        m.join("d"),
+    ] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    for f in ["ok.txt", "secret", "d/also-ok"] {
+        std::os::unix::fs::chown(m.join(f), Some(65534), Some(65534)).unwrap();
+    }
+    chmod(&m.join("secret"), 0o000);
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args([
+            "sync",
+            m.to_str().unwrap(),
+            g.slave().to_str().unwrap(),
+            "--once",
+        ])
+        .env("GEOREP_HOME", g.path("home"))
+        .env("GEOREP_NODE", "node1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("secret") && e.contains("ermission denied"),
+        "{e}"
+    );
+    assert_eq!(fs::read(g.slave().join("ok.txt")).unwrap(), b"fine");
+    assert_eq!(fs::read(g.slave().join("d/also-ok")).unwrap(), b"fine too");
+    assert!(!exists(&g.slave().join("secret")));
+    // The master's data is never touched.
+    chmod(&m.join("secret"), 0o600);
+    assert_eq!(fs::read(m.join("secret")).unwrap(), b"unreadable");
+}
+
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Needs root (to mount a small tmpfs as the slave); CI runs as root.
+#[test]
+fn full_slave_filesystem_is_reported_and_nothing_is_lost() {
+    assert!(is_root(), "this test needs root to mount a small tmpfs");
+    let g = Georep::new();
+    let m = g.master();
+    write(&m.join("small-1"), b"fits");
+    write_random(&m.join("huge.bin"), 3 << 20, 5);
+    write(&m.join("small-2"), b"fits too");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(g.slave())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs failed");
+    let _m = Mount(g.slave());
+    let o = sync_raw(&g, m.to_str().unwrap(), g.slave().to_str().unwrap());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("huge.bin") && e.contains("No space left") && e.contains("free space"),
+        "{e}"
+    );
+    assert_eq!(fs::read(g.slave().join("small-1")).unwrap(), b"fits");
+    assert_eq!(fs::read(g.slave().join("small-2")).unwrap(), b"fits too");
+    assert!(
+        !exists(&g.slave().join("huge.bin")),
+        "no partial file is left visible"
+    );
+    assert_eq!(fs::metadata(m.join("huge.bin")).unwrap().len(), 3 << 20);
+    // Once there is room, the next run sends what failed.
+    fs::remove_file(m.join("huge.bin")).unwrap();
+    write_random(&m.join("huge.bin"), 200 << 10, 5);
+    g.sync_equal();
+}

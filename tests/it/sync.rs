@@ -1,0 +1,401 @@
+//! `georep sync --once` over the local transport: convergence, incremental changes that ship
+//! only what changed, replays and a killed agent.
+
+use crate::util::*;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+#[test]
+fn varied_tree_converges_and_second_run_sends_nothing() {
+    let g = Georep::new();
+    make_varied_tree(&g.master(), 200 << 20);
+    let r = g.sync_equal();
+    assert!(n(&r, "files_sent") > 60, "{r}");
+    assert!(n(&r, "bytes_sent") >= 200 << 20, "{r}");
+    assert_eq!(r["failures"].as_array().unwrap().len(), 0, "{r}");
+    // Peak memory stays bounded with a 200 MiB file on both sides.
+    assert!(n(&r, "master_peak_rss_kb") < 64 << 10, "{r}");
+    assert!(n(&r, "agent_peak_rss_kb") < 64 << 10, "{r}");
+
+    let again = g.sync_equal();
+    assert_eq!(n(&again, "files_sent"), 0, "{again}");
+    assert_eq!(n(&again, "entries_applied"), 0, "{again}");
+    assert_eq!(
+        n(&again, "wire_bytes"),
+        n(&again, "wire_bytes").min(4096),
+        "{again}"
+    );
+}
+
+#[test]
+fn compression_off_and_small_batches_converge() {
+    let g = Georep::new();
+    make_varied_tree(&g.master(), 3 << 20);
+    let r = g.sync_args(&["--compression", "0", "--batch-ops", "7", "--window", "1"]);
+    assert_trees_equal(&g.master(), &g.slave());
+    assert!(n(&r, "wire_bytes") > 3 << 20, "{r}");
+}
+
+/// Applies `change` to the master, syncs, checks equality and returns the report.
+fn step(g: &Georep, what: &str, change: impl FnOnce(&std::path::Path)) -> serde_json::Value {
+    change(&g.master());
+    let r = g.sync();
+    let (m, s) = (g.master(), g.slave());
+    let res = std::panic::catch_unwind(|| assert_trees_equal(&m, &s));
+    if let Err(e) = res {
+        panic!(
+            "after {what}: {}",
+            e.downcast_ref::<String>().cloned().unwrap_or_default()
+        );
+    }
+    r
+}
+
+#[test]
+fn each_kind_of_change_ships_only_what_changed() {
+    let g = Georep::new();
+    let m = g.master();
+    write(&m.join("a.txt"), b"alpha");
+    write(&m.join("b.txt"), b"bravo");
+    write(&m.join("dir/c.txt"), b"charlie");
+    write(&m.join("tree/x/y/z.txt"), b"zulu");
+    write_random(&m.join("big.bin"), 5 << 20, 3);
+    g.sync_equal();
+
+    let r = step(&g, "create", |m| write(&m.join("new.txt"), b"new"));
+    assert_eq!((n(&r, "files_sent"), n(&r, "bytes_sent")), (1, 3), "{r}");
+
+    let r = step(&g, "modify", |m| write(&m.join("a.txt"), b"ALPHA"));
+    assert_eq!(n(&r, "files_sent"), 1, "{r}");
+
+    let r = step(&g, "append", |m| {
+        use std::io::Write;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("b.txt"))
+            .unwrap()
+            .write_all(b" more")
+            .unwrap();
+    });
+    assert_eq!(n(&r, "files_sent"), 1, "{r}");
+
+    let r = step(&g, "truncate", |m| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("big.bin"))
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+    });
+    assert_eq!((n(&r, "files_sent"), n(&r, "bytes_sent")), (1, 1000), "{r}");
+
+    let r = step(&g, "rename file", |m| {
+        fs::rename(m.join("dir/c.txt"), m.join("c-renamed.txt")).unwrap()
+    });
+    assert_eq!((n(&r, "renamed"), n(&r, "files_sent")), (1, 0), "{r}");
+
+    let r = step(&g, "swap two files", |m| {
+        fs::rename(m.join("a.txt"), m.join("tmp")).unwrap();
+        fs::rename(m.join("b.txt"), m.join("a.txt")).unwrap();
+        fs::rename(m.join("tmp"), m.join("b.txt")).unwrap();
+    });
+    assert_eq!((n(&r, "renamed"), n(&r, "files_sent")), (2, 0), "{r}");
+
+    let r = step(&g, "chmod", |m| chmod(&m.join("a.txt"), 0o600));
+    assert_eq!(
+        (n(&r, "files_sent"), n(&r, "entries_applied")),
+        (0, 1),
+        "{r}"
+    );
+
+    let r = step(&g, "touch", |m| {
+        set_mtime(&m.join("b.txt"), 1_600_000_000, 42)
+    });
+    assert_eq!(n(&r, "files_sent"), 0, "{r}");
+
+    let r = step(&g, "rewrite keeping size and mtime", |m| {
+        let p = m.join("b.txt");
+        let md = fs::metadata(&p).unwrap();
+        let old = fs::read(&p).unwrap();
+        let mut new = old.clone();
+        new[0] ^= 0x20;
+        fs::write(&p, &new).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        set_mtime(&p, md.mtime(), md.mtime_nsec() as u32);
+    });
+    assert_eq!(n(&r, "files_sent"), 1, "ctime reveals the rewrite: {r}");
+
+    let r = step(&g, "delete", |m| {
+        fs::remove_file(m.join("new.txt")).unwrap()
+    });
+    assert_eq!((n(&r, "deleted"), n(&r, "files_sent")), (1, 0), "{r}");
+
+    let r = step(&g, "rmdir of a tree", |m| {
+        fs::remove_dir_all(m.join("tree")).unwrap()
+    });
+    assert_eq!(n(&r, "deleted"), 1, "one recursive delete: {r}");
+
+    step(&g, "file -> dir", |m| {
+        fs::remove_file(m.join("a.txt")).unwrap();
+        write(&m.join("a.txt/inner"), b"now a dir");
+    });
+    step(&g, "dir -> symlink", |m| {
+        fs::remove_dir_all(m.join("a.txt")).unwrap();
+        symlink("b.txt", m.join("a.txt")).unwrap();
+    });
+    step(&g, "symlink -> file", |m| {
+        fs::remove_file(m.join("a.txt")).unwrap();
+        write(&m.join("a.txt"), b"a file again");
+    });
+    step(&g, "dir -> file", |m| {
+        fs::remove_dir_all(m.join("dir")).unwrap();
+        write(&m.join("dir"), b"was a dir");
+    });
+    step(&g, "symlink retarget", |m| {
+        symlink("c-renamed.txt", m.join("l")).unwrap();
+    });
+    step(&g, "symlink retarget 2", |m| {
+        fs::remove_file(m.join("l")).unwrap();
+        symlink("b.txt", m.join("l")).unwrap();
+    });
+    let r = step(&g, "new hard link", |m| {
+        fs::hard_link(m.join("b.txt"), m.join("b-link")).unwrap()
+    });
+    assert_eq!(
+        n(&r, "files_sent"),
+        0,
+        "a hard link is linked, not sent: {r}"
+    );
+    step(&g, "write through hard link", |m| {
+        write(&m.join("b-link"), b"shared content")
+    });
+    let r = g.sync();
+    assert_eq!(n(&r, "files_sent"), 0, "converged: {r}");
+}
+
+#[test]
+fn renamed_directory_of_10000_files_is_renamed_not_resent() {
+    let g = Georep::new();
+    let m = g.master();
+    for i in 0..10_000 {
+        write(
+            &m.join(format!("photos/2026/img{i:05}.jpg")),
+            format!("{i}").as_bytes(),
+        );
+    }
+    write(&m.join("photos/other/keep"), b"k");
+    g.sync_equal();
+
+    let r = step(&g, "rename dir", |m| {
+        fs::rename(m.join("photos/2026"), m.join("archive-2026")).unwrap()
+    });
+    assert_eq!((n(&r, "renamed"), n(&r, "files_sent")), (1, 0), "{r}");
+
+    // Rename, then change some of the moved contents and delete others.
+    let r = step(&g, "rename dir and edit inside", |m| {
+        fs::rename(m.join("archive-2026"), m.join("photos/back")).unwrap();
+        write(&m.join("photos/back/img00001.jpg"), b"edited");
+        fs::remove_file(m.join("photos/back/img00002.jpg")).unwrap();
+        fs::rename(m.join("photos/back/img00003.jpg"), m.join("moved-out.jpg")).unwrap();
+    });
+    assert_eq!(n(&r, "files_sent"), 1, "{r}");
+    assert_eq!(n(&r, "renamed"), 2, "{r}");
+    assert_eq!(n(&r, "deleted"), 1, "{r}");
+
+    // Swap two directories through a temporary name.
+    let r = step(&g, "swap dirs", |m| {
+        fs::rename(m.join("photos/back"), m.join("photos/t")).unwrap();
+        fs::rename(m.join("photos/other"), m.join("photos/back")).unwrap();
+        fs::rename(m.join("photos/t"), m.join("photos/other")).unwrap();
+    });
+    assert_eq!((n(&r, "renamed"), n(&r, "files_sent")), (2, 0), "{r}");
+
+    // Replace a directory by a renamed one: rm -r dst; mv src dst.
+    let r = step(&g, "replace dir by rename", |m| {
+        fs::remove_dir_all(m.join("photos/back")).unwrap();
+        fs::rename(m.join("photos/other"), m.join("photos/back")).unwrap();
+    });
+    assert_eq!(n(&r, "files_sent"), 0, "{r}");
+}
+
+#[test]
+fn agent_killed_mid_batch_then_rerun_converges() {
+    let g = Georep::new();
+    let m = g.master();
+    write_random(&m.join("a-huge-1.bin"), 300 << 20, 11);
+    write_random(&m.join("a-huge-2.bin"), 300 << 20, 12);
+    for i in 0..2000 {
+        write(&m.join(format!("small/{i}")), b"x");
+    }
+    let slave = g.slave();
+    let child = g
+        .cmd()
+        .args([
+            "sync",
+            m.to_str().unwrap(),
+            slave.to_str().unwrap(),
+            "--once",
+            "--compression",
+            "0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the agent is writing file content into its temp area, then kill it.
+    let tmp = slave.join(".georep/tmp");
+    let writing = wait_until(Duration::from_secs(30), || {
+        walk_files(&tmp).into_iter().any(|(_, size)| size > 1 << 20)
+    });
+    assert!(writing, "the agent never started writing");
+    let agents = pids_with_cmdline(&["agent", slave.to_str().unwrap()]);
+    assert_eq!(agents.len(), 1, "agent processes: {agents:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(agents[0]).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "sync should fail when its agent dies"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("local agent") && err.contains("run again"),
+        "error should name the agent and the fix: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // Nothing half-written is visible on the slave.
+    for (p, _) in walk_files(&slave) {
+        if !p.starts_with(slave.join(".georep")) {
+            let rel = p.strip_prefix(&slave).unwrap();
+            assert_eq!(
+                fs::metadata(&p).unwrap().len(),
+                fs::metadata(m.join(rel)).unwrap().len(),
+                "partial file visible on the slave: {rel:?}"
+            );
+        }
+    }
+    g.sync_equal();
+    let r = g.sync();
+    assert_eq!(n(&r, "files_sent"), 0, "{r}");
+}
+
+fn walk_files(root: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(md) = fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() {
+                out.push((e.path(), md.len()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn slave_recreated_gets_everything_again() {
+    let g = Georep::new();
+    write(&g.master().join("f"), b"data");
+    write(&g.master().join("d/g"), b"more");
+    g.sync_equal();
+    fs::remove_dir_all(g.slave()).unwrap();
+    fs::create_dir(g.slave()).unwrap();
+    let r = g.sync_equal();
+    assert_eq!(n(&r, "files_sent"), 2, "{r}");
+}
+
+#[test]
+fn excluded_names_are_not_shipped_and_not_deleted() {
+    let g = Georep::new();
+    let m = g.master();
+    write(&m.join("keep.txt"), b"k");
+    write(&m.join("skip.tmp"), b"s");
+    write(&m.join("cache/big"), b"c");
+    write(&m.join("sub/cache/other"), b"c2");
+    let ms = m.to_str().unwrap().to_string();
+    let ss = g.slave().to_str().unwrap().to_string();
+    let args = [
+        "sync",
+        &ms,
+        &ss,
+        "--once",
+        "--json",
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "/cache",
+    ];
+    g.ok(&args);
+    assert!(exists(&g.slave().join("keep.txt")));
+    assert!(!exists(&g.slave().join("skip.tmp")));
+    assert!(!exists(&g.slave().join("cache")));
+    assert!(
+        exists(&g.slave().join("sub/cache/other")),
+        "'/cache' anchors at the root"
+    );
+    // A slave-side file with an excluded name is left alone.
+    write(&g.slave().join("local.tmp"), b"slave only");
+    g.ok(&args);
+    assert!(exists(&g.slave().join("local.tmp")));
+}
+
+#[test]
+fn churn_during_sync_then_quiet_sync_converges() {
+    let g = Georep::new();
+    let m = g.master();
+    for i in 0..3000 {
+        write(&m.join(format!("d{}/f{i}", i % 30)), &[b'x'; 2000]);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let m = m.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng(99);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = rng.below(3000);
+                let p = m.join(format!("d{}/f{i}", i % 30));
+                match rng.below(4) {
+                    0 => {
+                        let _ = fs::remove_file(&p);
+                    }
+                    1 => write(&p, format!("{}", rng.next()).as_bytes()),
+                    2 => {
+                        let _ = fs::rename(&p, m.join(format!("d{}/r{i}", rng.below(30))));
+                    }
+                    _ => {
+                        let _ = fs::remove_dir_all(m.join(format!("d{}", rng.below(30))));
+                    }
+                }
+            }
+        })
+    };
+    for _ in 0..3 {
+        // May report files that changed under it; must not crash or corrupt.
+        let o = g.run(&[
+            "sync",
+            m.to_str().unwrap(),
+            g.slave().to_str().unwrap(),
+            "--once",
+        ]);
+        assert!(
+            o.status.code() == Some(0) || o.status.code() == Some(1),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    g.sync_equal();
+}

@@ -1,0 +1,150 @@
+//! Shared helpers: a `Georep` runner with its own `GEOREP_HOME`, tree builders and the tree
+//! comparison every replication test ends with.
+
+pub mod tree;
+
+pub use tree::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_georep"))
+}
+
+/// A scratch area: master, slave and `GEOREP_HOME` under one temp dir, removed on drop.
+pub struct Georep {
+    pub dir: tempfile::TempDir,
+    pub node: String,
+}
+
+impl Georep {
+    pub fn new() -> Georep {
+        let dir = tempfile::Builder::new()
+            .prefix("georep-it-")
+            .tempdir_in(std::env::var_os("GEOREP_TEST_TMP").unwrap_or_else(|| "/tmp".into()))
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("master")).unwrap();
+        std::fs::create_dir_all(dir.path().join("slave")).unwrap();
+        Georep {
+            dir,
+            node: "node1".into(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn master(&self) -> PathBuf {
+        self.path("master")
+    }
+
+    pub fn slave(&self) -> PathBuf {
+        self.path("slave")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("GEOREP_HOME", self.path("home"))
+            .env("GEOREP_NODE", &self.node)
+            .env_remove("GEOREP_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "georep {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// `sync --once --json` master → slave, asserting success; returns the report.
+    pub fn sync(&self) -> serde_json::Value {
+        self.sync_args(&[])
+    }
+
+    pub fn sync_args(&self, extra: &[&str]) -> serde_json::Value {
+        let m = self.master();
+        let s = self.slave();
+        let mut args = vec![
+            "sync",
+            m.to_str().unwrap(),
+            s.to_str().unwrap(),
+            "--once",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+    }
+
+    /// Syncs and asserts the slave now equals the master.
+    pub fn sync_equal(&self) -> serde_json::Value {
+        let r = self.sync();
+        assert_trees_equal(&self.master(), &self.slave());
+        r
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    f()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Pids of running processes whose command line contains every one of `words`.
+pub fn pids_with_cmdline(words: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if words.iter().all(|w| args.iter().any(|a| a == w)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+pub fn n(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("report has no number {k}: {v}"))
+}
+
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
