@@ -47,8 +47,9 @@ pub fn node_name() -> String {
 /// Options of one replication run, validated.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
-    /// zstd level of the stream, 0 = off.
-    pub compression: i32,
+    /// zstd level of the stream, 0 = off; `None` = the transport's default (off on the local
+    /// transport, where it only costs CPU; on for network transports).
+    pub compression: Option<i32>,
     /// Batches in flight without an ack.
     pub window: usize,
     /// A batch is sealed at this many ops…
@@ -66,7 +67,7 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
-            compression: 1,
+            compression: None,
             window: 4,
             batch_ops: 8192,
             batch_bytes: 64 << 20,
@@ -79,11 +80,8 @@ impl Default for SyncOptions {
 
 impl SyncOptions {
     pub fn validate(self) -> Result<Self> {
-        if !(0..=19).contains(&self.compression) {
-            bail!(
-                "compression level {} is out of range: use 0 (off) to 19",
-                self.compression
-            );
+        if let Some(c) = self.compression.filter(|c| !(0..=19).contains(c)) {
+            bail!("compression level {c} is out of range: use 0 (off) to 19");
         }
         if self.window == 0 || self.window > 1024 {
             bail!("window {} is out of range: use 1 to 1024", self.window);

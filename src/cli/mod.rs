@@ -62,7 +62,7 @@ pub struct SyncArgs {
     /// Exclude entries matching this glob (name, or brick-relative path if it has a '/')
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-    /// zstd level of the stream, 0 = off
+    /// zstd level of the stream, 0 = off (default: off to a local slave, 1 over a network)
     #[arg(long, value_name = "LEVEL")]
     pub compression: Option<i32>,
     /// Batches in flight without an acknowledgement
@@ -81,7 +81,7 @@ impl TryFrom<&SyncArgs> for SyncOptions {
     fn try_from(a: &SyncArgs) -> Result<SyncOptions> {
         let d = SyncOptions::default();
         SyncOptions {
-            compression: a.compression.unwrap_or(d.compression),
+            compression: a.compression.or(d.compression),
             window: a.window.unwrap_or(d.window),
             batch_ops: a.batch_ops.unwrap_or(d.batch_ops),
             batch_bytes: a.batch_bytes.unwrap_or(d.batch_bytes),

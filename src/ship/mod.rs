@@ -164,6 +164,9 @@ fn sync_brick(
     let link = transport.connect()?;
     let mut w = FrameWriter::new(link.writer);
     let mut r = FrameReader::new(link.reader);
+    let compression = opts
+        .compression
+        .unwrap_or(if spec.is_local() { 0 } else { 1 });
     let epoch: u64 = index
         .get_meta("epoch")?
         .map(|e| e.parse())
@@ -177,7 +180,7 @@ fn sync_brick(
         brick: brick.path.display().to_string(),
         slave_volume: spec.volume.clone(),
         epoch,
-        compression: opts.compression,
+        compression,
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;
@@ -216,7 +219,7 @@ fn sync_brick(
     }
     index.set_meta("slave_volume_id", &welcome.volume_id)?;
     index.clear_stash()?;
-    w.compress(opts.compression)?;
+    w.compress(compression)?;
     let next_batch = index
         .get_meta("last_batch")?
         .map(|b| b.parse::<u64>())

@@ -29,12 +29,22 @@ fn varied_tree_converges_and_second_run_sends_nothing() {
 }
 
 #[test]
-fn compression_off_and_small_batches_converge() {
+fn compressed_stream_and_small_batches_converge() {
     let g = Georep::new();
-    make_varied_tree(&g.master(), 3 << 20);
-    let r = g.sync_args(&["--compression", "0", "--batch-ops", "7", "--window", "1"]);
+    make_varied_tree(&g.master(), 1 << 20);
+    let text: Vec<u8> = b"georep replicates directory trees\n".repeat(200_000);
+    write(&g.master().join("log.txt"), &text);
+    let r = g.sync_args(&["--compression", "3", "--batch-ops", "7", "--window", "2"]);
     assert_trees_equal(&g.master(), &g.slave());
-    assert!(n(&r, "wire_bytes") > 3 << 20, "{r}");
+    assert!(
+        n(&r, "wire_bytes") < n(&r, "bytes_sent") / 2,
+        "zstd should shrink a text-heavy stream: {r}"
+    );
+    // Uncompressed, the stream carries at least the content.
+    write(&g.master().join("log2.txt"), &text);
+    let r = g.sync_args(&["--compression", "0", "--window", "1"]);
+    assert_trees_equal(&g.master(), &g.slave());
+    assert!(n(&r, "wire_bytes") >= text.len() as u64, "{r}");
 }
 
 /// Applies `change` to the master, syncs, checks equality and returns the report.
