@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod crawl;
 pub mod fsutil;
+pub mod journal;
 pub mod logging;
 pub mod protocol;
 pub mod session;

@@ -87,7 +87,7 @@ impl Index {
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
                 PRIMARY KEY(dir, name)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS dir_inodes ON entries(ino) WHERE kind = 2;"
+             CREATE INDEX IF NOT EXISTS entry_inodes ON entries(ino);"
         ))?;
         let idx = Index { db };
         match idx.get_meta("format")? {
@@ -138,12 +138,21 @@ impl Index {
             .optional()?)
     }
 
-    /// Paths of indexed directories with inode `ino` (a partial index covers directories only).
+    /// Paths of indexed directories with inode `ino`.
     pub fn dirs_with_ino(&self, ino: u64) -> Result<Vec<RelPath>> {
+        self.with_ino(ino, Kind::Dir)
+    }
+
+    /// Paths of indexed regular files with inode `ino` (hard links).
+    pub fn files_with_ino(&self, ino: u64) -> Result<Vec<RelPath>> {
+        self.with_ino(ino, Kind::File)
+    }
+
+    fn with_ino(&self, ino: u64, kind: Kind) -> Result<Vec<RelPath>> {
         let mut st = self
             .db
-            .prepare_cached("SELECT dir, name FROM entries WHERE kind = 2 AND ino = ?1")?;
-        let rows = st.query_map(params![ino as i64], |r| {
+            .prepare_cached("SELECT dir, name FROM entries WHERE ino = ?1 AND kind = ?2")?;
+        let rows = st.query_map(params![ino as i64, kind as u8 as i64], |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
         let mut out = Vec::new();

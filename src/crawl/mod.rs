@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use entry::{Change, Entry, Kind};
 use index::{Index, Mutation};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use walk::Excludes;
 
@@ -154,53 +154,7 @@ pub fn crawl(
                 None => {
                     d.new.insert(path, e);
                 }
-                Some(old)
-                    if old.kind == Kind::Dir
-                        && e.kind == Kind::Dir
-                        && old.ino != e.ino
-                        && index.dirs_with_ino(e.ino)?.iter().any(|q| *q != path) =>
-                {
-                    // Another directory was moved onto this name (swap, or rm -r + mv):
-                    // the old one is gone here, the new one is a rename candidate.
-                    d.gone.extend(index.subtree(&path)?);
-                    d.gone.insert(path.clone(), old);
-                    d.replaced.insert(path.clone());
-                    d.new.insert(path, e);
-                }
-                Some(old) if old.kind == Kind::Dir && e.kind == Kind::Dir => {
-                    // A directory that is still a directory is the same directory, whatever
-                    // its inode: its children are compared one by one.
-                    match old.change_to(&e, false) {
-                        Change::None => {}
-                        c => d.updates.push((path, old, e, c)),
-                    }
-                }
-                Some(old) if old.kind != e.kind || old.ino != e.ino => {
-                    if old.kind == Kind::Dir {
-                        d.gone.extend(index.subtree(&path)?);
-                    }
-                    d.gone.insert(path.clone(), old);
-                    d.new.insert(path, e);
-                }
-                Some(old) => match old.change_to(&e, false) {
-                    c @ (Change::None | Change::IndexOnly) => {
-                        if c == Change::IndexOnly {
-                            d.updates.push((path.clone(), old, e.clone(), c));
-                        }
-                        // Content on the slave is current: a good target for new links.
-                        if e.kind == Kind::File && e.nlink > 1 {
-                            d.stable_link
-                                .entry(e.ino)
-                                .and_modify(|p| {
-                                    if path < *p {
-                                        *p = path.clone()
-                                    }
-                                })
-                                .or_insert(path);
-                        }
-                    }
-                    c => d.updates.push((path, old, e, c)),
-                },
+                Some(old) => d.compare(index, path, old, e)?,
             }
         }
         for (name, old) in idx {
@@ -218,6 +172,84 @@ pub fn crawl(
         .join()
         .map_err(|_| anyhow::anyhow!("directory walker panicked"))?
         .with_context(|| format!("walking brick {}", root.display()))?;
+    Ok(d.plan(slot))
+}
+
+/// Plans the ops for a set of paths the journal reported as changed (final names, after the
+/// renames among the records were applied), comparing each with the index.
+pub fn plan_paths(
+    root: &Path,
+    index: &Index,
+    excludes: &Excludes,
+    dirty: BTreeSet<RelPath>,
+    slot: &mut u64,
+) -> Result<Plan> {
+    let root_fd = fsutil::open_root(root)
+        .with_context(|| format!("opening brick {} on the master", root.display()))?;
+    let mut d = Diff::default();
+    for p in &dirty {
+        if !p.is_root() && excludes.is_excluded(p) {
+            continue;
+        }
+        let disk = walk::lstat_beneath(&root_fd, p)
+            .with_context(|| format!("reading {p} under {} on the master", root.display()))?;
+        let old = index.get(p)?;
+        d.scanned += 1;
+        if let Some(e) = disk.as_ref().filter(|e| e.kind == Kind::Dir) {
+            d.dirs.insert(p.clone(), e.clone());
+        }
+        match (disk, old) {
+            (None, None) => {}
+            (Some(e), None) if p.is_root() => d.new_root = Some(e),
+            (Some(e), None) => {
+                d.new.insert(p.clone(), e);
+            }
+            (None, Some(o)) => {
+                if o.kind == Kind::Dir {
+                    d.gone.extend(index.subtree(p)?);
+                }
+                d.gone.insert(p.clone(), o);
+            }
+            (Some(e), Some(o)) if p.is_root() => match o.change_to(&e, false) {
+                Change::None => {}
+                c => d.updates.push((p.clone(), o, e, c)),
+            },
+            (Some(e), Some(o)) => d.compare(index, p.clone(), o, e)?,
+        }
+    }
+    // Hard links: other names of a changed multiply-linked file that the slave already has.
+    let mut inos: Vec<u64> = Vec::new();
+    for e in d.new.values().chain(d.updates.iter().map(|u| &u.2)) {
+        if e.kind == Kind::File && e.nlink > 1 {
+            inos.push(e.ino);
+        }
+    }
+    let changed: HashMap<RelPath, u64> = d
+        .new
+        .iter()
+        .map(|(p, e)| (p.clone(), e.ino))
+        .chain(d.updates.iter().map(|u| (u.0.clone(), u.2.ino)))
+        .collect();
+    for (p, ino) in &changed {
+        if inos.contains(ino) {
+            d.links.entry(*ino).or_default().push(p.clone());
+        }
+    }
+    for ino in inos {
+        if d.stable_link.contains_key(&ino) {
+            continue;
+        }
+        for q in index.files_with_ino(ino)? {
+            if dirty.contains(&q) {
+                continue;
+            }
+            if walk::lstat_beneath(&root_fd, &q)?.is_some_and(|e| e.ino == ino) {
+                d.stable_link.insert(ino, q);
+                break;
+            }
+        }
+    }
+    d.targeted = Some(dirty);
     Ok(d.plan(slot))
 }
 
@@ -240,6 +272,9 @@ struct Diff {
     dirs: HashMap<RelPath, Entry>,
     /// Directories whose index rows belong to a directory that is no longer at that path.
     replaced: HashSet<RelPath>,
+    /// Journal mode: only these paths were looked at. Index rows beneath a renamed directory
+    /// that are not among them moved along with it intact (any change would be journaled).
+    targeted: Option<BTreeSet<RelPath>>,
 }
 
 #[derive(Default)]
@@ -381,6 +416,59 @@ impl Builder {
 }
 
 impl Diff {
+    /// Classifies an entry that is both on disk (`e`) and in the index (`old`) at `path`.
+    fn compare(&mut self, index: &Index, path: RelPath, old: Entry, e: Entry) -> Result<()> {
+        match old {
+            old if old.kind == Kind::Dir
+                && e.kind == Kind::Dir
+                && old.ino != e.ino
+                && index.dirs_with_ino(e.ino)?.iter().any(|q| *q != path) =>
+            {
+                // Another directory was moved onto this name (swap, or rm -r + mv):
+                // the old one is gone here, the new one is a rename candidate.
+                self.gone.extend(index.subtree(&path)?);
+                self.gone.insert(path.clone(), old);
+                self.replaced.insert(path.clone());
+                self.new.insert(path, e);
+            }
+            old if old.kind == Kind::Dir && e.kind == Kind::Dir => {
+                // A directory that is still a directory is the same directory, whatever its
+                // inode: its children are compared one by one.
+                match old.change_to(&e, false) {
+                    Change::None => {}
+                    c => self.updates.push((path, old, e, c)),
+                }
+            }
+            old if old.kind != e.kind || old.ino != e.ino => {
+                if old.kind == Kind::Dir {
+                    self.gone.extend(index.subtree(&path)?);
+                }
+                self.gone.insert(path.clone(), old);
+                self.new.insert(path, e);
+            }
+            old => match old.change_to(&e, false) {
+                c @ (Change::None | Change::IndexOnly) => {
+                    if c == Change::IndexOnly {
+                        self.updates.push((path.clone(), old, e.clone(), c));
+                    }
+                    // Content on the slave is current: a good target for new links.
+                    if e.kind == Kind::File && e.nlink > 1 {
+                        self.stable_link
+                            .entry(e.ino)
+                            .and_modify(|p| {
+                                if path < *p {
+                                    *p = path.clone()
+                                }
+                            })
+                            .or_insert(path);
+                    }
+                }
+                c => self.updates.push((path, old, e, c)),
+            },
+        }
+        Ok(())
+    }
+
     fn under_replaced(&self, dir: &RelPath) -> bool {
         if self.replaced.is_empty() {
             return false;
@@ -534,6 +622,11 @@ impl Diff {
                 continue; // a deleted ancestor takes it along
             }
             let (target, moved_root) = translate(&moved_to, p);
+            if let (Some(dirty), Some(_)) = (&self.targeted, &moved_root) {
+                if !dirty.contains(&target) {
+                    continue; // moved along with its directory, unchanged
+                }
+            }
             // Replaced by an op of this plan (same path, new kind or a rename onto it)?
             let mut replaced = false;
             let mut c = Some(target.clone());

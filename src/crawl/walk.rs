@@ -72,6 +72,46 @@ struct Shared {
     cv: Condvar,
 }
 
+/// Entry at `path` beneath the brick root, not following symlinks; `None` when it (or a parent)
+/// does not exist, is no longer a directory, or is a socket.
+pub fn lstat_beneath(root: &OwnedFd, path: &RelPath) -> io::Result<Option<Entry>> {
+    let Some((parent, name)) = path.split() else {
+        return root_entry(root).map(|(e, _)| Some(e));
+    };
+    let dir = match fsutil::open_dir_beneath(root.as_fd(), parent) {
+        Ok(fd) => fd,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let st = match rfs::statx(
+        &dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let target = if st.stx_mode as u32 & libc::S_IFMT == libc::S_IFLNK {
+        match rfs::readlinkat(&dir, name, Vec::new()) {
+            Ok(t) => Some(t.into_bytes()),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    Ok(Entry::from_statx(&st, target))
+}
+
 /// Statx of the brick root itself.
 pub fn root_entry(root: &OwnedFd) -> io::Result<(Entry, (u32, u32))> {
     let st = rfs::statx(root, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;

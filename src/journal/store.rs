@@ -1,0 +1,155 @@
+//! journal.db: the append-only, ordered change log of one brick (SQLite, WAL).
+//!
+//! Invariant: `seq` is strictly increasing in append order; records are only ever removed from
+//! the front (trim), never rewritten.
+
+use super::record::{RecOp, Record};
+use crate::protocol::RelPath;
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+const FORMAT_VERSION: &str = "1";
+
+pub struct JournalStore {
+    db: Connection,
+}
+
+impl JournalStore {
+    pub fn open(path: &Path) -> Result<JournalStore> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let db = Connection::open(path)
+            .with_context(|| format!("opening journal {}", path.display()))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        // A lost tail implies the writer restarted, which records a gap: NORMAL is enough.
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                ts_ns INTEGER NOT NULL, op INTEGER NOT NULL, path BLOB NOT NULL,
+                path2 BLOB, note TEXT);",
+        )?;
+        let v: Option<String> = db
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match v {
+            None => {
+                db.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
+                    [FORMAT_VERSION],
+                )?;
+            }
+            Some(v) if v == FORMAT_VERSION => {}
+            Some(v) => bail!(
+                "journal {} has format {v}, this georep understands {FORMAT_VERSION}: upgrade georep",
+                path.display()
+            ),
+        }
+        Ok(JournalStore { db })
+    }
+
+    /// Appends `recs` in one transaction; returns the last seq assigned.
+    pub fn append(&self, recs: &[Record]) -> Result<u64> {
+        let tx = self.db.unchecked_transaction()?;
+        let mut last = 0;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO records(ts_ns, op, path, path2, note) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in recs {
+                st.execute(params![
+                    r.ts_ns,
+                    r.op as u8 as i64,
+                    r.path.as_bytes(),
+                    r.path2.as_ref().map(|p| p.as_bytes()),
+                    r.note
+                ])?;
+                last = tx.last_insert_rowid() as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(last)
+    }
+
+    /// Up to `limit` records with `seq > after`, in order.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>> {
+        let mut st = self.db.prepare_cached(
+            "SELECT seq, ts_ns, op, path, path2, note FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, ts_ns, op, path, path2, note) = row?;
+            let op = RecOp::from_u8(op as u8)
+                .with_context(|| format!("journal record {seq} has unknown op {op}"))?;
+            out.push(Record {
+                seq: seq as u64,
+                ts_ns,
+                op,
+                path: RelPath::new(path).context("journal holds an invalid path")?,
+                path2: path2
+                    .map(RelPath::new)
+                    .transpose()
+                    .context("journal holds an invalid path")?,
+                note,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Highest seq appended so far (0 when empty).
+    pub fn last_seq(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// The newest GAP with `seq > after`, if any.
+    pub fn last_gap_after(&self, after: u64) -> Result<Option<Record>> {
+        let seq: Option<i64> = self
+            .db
+            .query_row(
+                "SELECT MAX(seq) FROM records WHERE seq > ?1 AND op = ?2",
+                params![after as i64, RecOp::Gap as u8 as i64],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        match seq {
+            None => Ok(None),
+            Some(s) => Ok(self.read_after(s as u64 - 1, 1)?.pop()),
+        }
+    }
+
+    /// Number of records after `seq` (the backlog).
+    pub fn count_after(&self, after: u64) -> Result<u64> {
+        Ok(self.db.query_row(
+            "SELECT COUNT(*) FROM records WHERE seq > ?1",
+            [after as i64],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Removes records up to and including `seq` (they are on the slave).
+    pub fn trim(&self, upto: u64) -> Result<()> {
+        self.db
+            .execute("DELETE FROM records WHERE seq <= ?1", [upto as i64])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,391 @@
+//! The journal writer: recursive inotify on a brick, turned into ordered records in journal.db.
+//!
+//! Invariants:
+//! - Coverage starts with a GAP: the record committed once every directory has a watch. Any loss
+//!   of coverage afterwards (queue overflow, a watch that could not be added) is a GAP too.
+//! - A MARKER with time T is appended only after the marker file written at T came back through
+//!   the same inotify queue, so every change made before T is recorded before it.
+//! - A directory that appears (created, or moved in from outside the brick) is watched first and
+//!   scanned after, so entries made before its watch existed are recorded as well.
+
+use super::record::{now_ns, RecOp, Record};
+use super::store::JournalStore;
+use crate::protocol::path::STATE_DIR;
+use crate::protocol::RelPath;
+use anyhow::{bail, Context, Result};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const MASK: WatchFlags = WatchFlags::CREATE
+    .union(WatchFlags::DELETE)
+    .union(WatchFlags::MOVED_FROM)
+    .union(WatchFlags::MOVED_TO)
+    .union(WatchFlags::CLOSE_WRITE)
+    .union(WatchFlags::MODIFY)
+    .union(WatchFlags::ATTRIB)
+    .union(WatchFlags::DONT_FOLLOW)
+    .union(WatchFlags::ONLYDIR)
+    .union(WatchFlags::EXCL_UNLINK);
+
+/// Commit pending records after this long, or at `COMMIT_RECORDS`, whichever comes first.
+const COMMIT_AFTER: Duration = Duration::from_millis(2);
+const COMMIT_RECORDS: usize = 4096;
+/// How often a marker is written.
+const MARKER_EVERY: Duration = Duration::from_secs(1);
+const MARKER_NAME: &[u8] = b"marker";
+
+pub struct Writer {
+    root: PathBuf,
+    inotify: rustix::fd::OwnedFd,
+    /// Watch descriptor → directory (brick-relative).
+    wds: HashMap<i32, RelPath>,
+    state_wd: i32,
+    store: JournalStore,
+    pending: Vec<Record>,
+    first_pending: Option<Instant>,
+    /// A MOVED_FROM waiting for its MOVED_TO: (cookie, path, is_dir).
+    moved_from: Option<(u32, RelPath, bool)>,
+    marker_sent: Option<i64>,
+    last_marker: Instant,
+    watch_failures: u64,
+    pub last_seq: u64,
+}
+
+impl Writer {
+    /// Watches `root` recursively and records the starting GAP.
+    pub fn start(root: &Path, journal: &Path) -> Result<Writer> {
+        let store = JournalStore::open(journal)?;
+        let inotify = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
+            .context("creating an inotify instance (fs.inotify.max_user_instances reached?)")?;
+        let state = root.join(OsStr::from_bytes(STATE_DIR));
+        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        let state_wd = inotify::add_watch(&inotify, &state, WatchFlags::CLOSE_WRITE)
+            .with_context(|| format!("watching {}", state.display()))?;
+        let mut w = Writer {
+            root: root.to_path_buf(),
+            inotify,
+            wds: HashMap::new(),
+            state_wd,
+            store,
+            pending: Vec::new(),
+            first_pending: None,
+            moved_from: None,
+            marker_sent: None,
+            last_marker: Instant::now(),
+            watch_failures: 0,
+            last_seq: 0,
+        };
+        let t0 = Instant::now();
+        w.watch_tree(&RelPath::root(), false)?;
+        if w.watch_failures > 0 {
+            bail!(
+                "could not watch {} directories of {}: raise fs.inotify.max_user_watches (sysctl) and start again",
+                w.watch_failures,
+                root.display()
+            );
+        }
+        tracing::info!(brick = %root.display(), dirs = w.wds.len(), ms = t0.elapsed().as_millis() as u64, "watching");
+        w.push(Record::gap(
+            "journal writer started: changes before now are not recorded",
+        ));
+        w.commit()?;
+        Ok(w)
+    }
+
+    pub fn watched_dirs(&self) -> usize {
+        self.wds.len()
+    }
+
+    fn full(&self, rel: &RelPath) -> PathBuf {
+        if rel.is_root() {
+            self.root.clone()
+        } else {
+            self.root.join(rel.as_path())
+        }
+    }
+
+    fn push(&mut self, r: Record) {
+        if self.pending.is_empty() {
+            self.first_pending = Some(Instant::now());
+        }
+        self.pending.push(r);
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.last_seq = self.store.append(&self.pending)?;
+        self.pending.clear();
+        self.first_pending = None;
+        Ok(())
+    }
+
+    /// Adds watches on `dir` and every directory beneath it; with `record`, also records every
+    /// entry found (a directory that appeared: its contents may predate the watch).
+    fn watch_tree(&mut self, dir: &RelPath, record: bool) -> Result<()> {
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            let full = self.full(&d);
+            match inotify::add_watch(&self.inotify, &full, MASK) {
+                Ok(wd) => {
+                    self.wds.insert(wd, d.clone());
+                }
+                // Gone or replaced by a non-directory already: its own events said so.
+                Err(Errno::NOENT | Errno::NOTDIR) => continue,
+                Err(Errno::NOSPC) => {
+                    self.watch_failures += 1;
+                    tracing::warn!(
+                        "inotify watch limit reached at {}: raise fs.inotify.max_user_watches; changes there are covered by crawls only",
+                        full.display()
+                    );
+                    self.push(Record::gap(&format!(
+                        "no inotify watch for {d} (fs.inotify.max_user_watches)"
+                    )));
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("watching {}", full.display())),
+            }
+            let rd = match std::fs::read_dir(&full) {
+                Ok(rd) => rd,
+                Err(_) => continue,
+            };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let Ok(path) = d.join(name.as_bytes()) else {
+                    continue; // .georep at the root, or a name the protocol cannot carry
+                };
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(path.clone());
+                }
+                if record {
+                    let op = if ft.is_dir() {
+                        RecOp::Mkdir
+                    } else if ft.is_symlink() {
+                        RecOp::Symlink
+                    } else {
+                        RecOp::Create
+                    };
+                    self.push(Record::new(op, path));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unwatch_tree(&mut self, dir: &RelPath) {
+        let gone: Vec<i32> = self
+            .wds
+            .iter()
+            .filter(|(_, p)| p.starts_with(dir))
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in gone {
+            let _ = inotify::remove_watch(&self.inotify, wd);
+            self.wds.remove(&wd);
+        }
+    }
+
+    /// A MOVED_FROM without its MOVED_TO: the entry left the brick.
+    fn flush_moved_from(&mut self) {
+        if let Some((_, path, is_dir)) = self.moved_from.take() {
+            if is_dir {
+                self.unwatch_tree(&path);
+            }
+            let op = if is_dir { RecOp::Rmdir } else { RecOp::Unlink };
+            self.push(Record::new(op, path));
+        }
+    }
+
+    fn write_marker(&mut self) {
+        let t = now_ns();
+        let path = self
+            .root
+            .join(OsStr::from_bytes(STATE_DIR))
+            .join(OsStr::from_bytes(MARKER_NAME));
+        if std::fs::write(&path, t.to_string()).is_ok() {
+            self.marker_sent = Some(t);
+        }
+        self.last_marker = Instant::now();
+    }
+
+    fn event(&mut self, wd: i32, mask: ReadFlags, cookie: u32, name: Option<&[u8]>) -> Result<()> {
+        if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
+            tracing::warn!(
+                brick = %self.root.display(),
+                "inotify queue overflowed: events were lost, the shipper will crawl; raise fs.inotify.max_queued_events"
+            );
+            self.flush_moved_from();
+            self.push(Record::gap("inotify queue overflow"));
+            return Ok(());
+        }
+        if wd == self.state_wd {
+            if name == Some(MARKER_NAME) {
+                if let Some(t) = self.marker_sent.take() {
+                    let mut r = Record::new(RecOp::Marker, RelPath::root());
+                    r.ts_ns = t;
+                    self.push(r);
+                }
+            }
+            return Ok(());
+        }
+        if mask.contains(ReadFlags::IGNORED) {
+            self.wds.remove(&wd);
+            return Ok(());
+        }
+        let Some(dir) = self.wds.get(&wd).cloned() else {
+            return Ok(());
+        };
+        let Some(name) = name else {
+            // An event on the watched directory itself; its parent reports what matters.
+            return Ok(());
+        };
+        let Ok(path) = dir.join(name) else {
+            return Ok(()); // our own .georep
+        };
+        let is_dir = mask.contains(ReadFlags::ISDIR);
+        if let Some((c, _, _)) = &self.moved_from {
+            if !(mask.contains(ReadFlags::MOVED_TO) && *c == cookie) {
+                self.flush_moved_from();
+            }
+        }
+        if mask.contains(ReadFlags::MOVED_FROM) {
+            self.moved_from = Some((cookie, path, is_dir));
+        } else if mask.contains(ReadFlags::MOVED_TO) {
+            match self.moved_from.take() {
+                Some((c, from, _)) if c == cookie => {
+                    if is_dir {
+                        for p in self.wds.values_mut() {
+                            if p.starts_with(&from) {
+                                *p = p.rebase(&from, &path);
+                            }
+                        }
+                    }
+                    let mut r = Record::new(RecOp::Rename, from);
+                    r.path2 = Some(path);
+                    self.push(r);
+                }
+                other => {
+                    self.moved_from = other;
+                    // Moved in from outside the brick: a new subtree.
+                    if is_dir {
+                        self.push(Record::new(RecOp::Mkdir, path.clone()));
+                        self.watch_tree(&path, true)?;
+                    } else {
+                        self.push(Record::new(RecOp::Create, path));
+                    }
+                }
+            }
+        } else if mask.contains(ReadFlags::CREATE) {
+            if is_dir {
+                self.push(Record::new(RecOp::Mkdir, path.clone()));
+                self.watch_tree(&path, true)?;
+            } else {
+                let op = match std::fs::symlink_metadata(self.full(&path)) {
+                    Ok(m) if m.file_type().is_symlink() => RecOp::Symlink,
+                    Ok(m) if std::os::unix::fs::MetadataExt::nlink(&m) > 1 => RecOp::Link,
+                    _ => RecOp::Create,
+                };
+                self.push(Record::new(op, path));
+            }
+        } else if mask.contains(ReadFlags::DELETE) {
+            if is_dir {
+                self.unwatch_tree(&path);
+            }
+            self.push(Record::new(
+                if is_dir { RecOp::Rmdir } else { RecOp::Unlink },
+                path,
+            ));
+        } else if mask.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::MODIFY) {
+            // A file written in many small writes would flood the journal: one DATA per
+            // path per commit window says the same.
+            let dup = self
+                .pending
+                .last()
+                .is_some_and(|r| r.op == RecOp::Data && r.path == path);
+            if !dup {
+                self.push(Record::new(RecOp::Data, path));
+            }
+        } else if mask.contains(ReadFlags::ATTRIB) {
+            self.push(Record::new(RecOp::Meta, path));
+        }
+        Ok(())
+    }
+
+    /// Reads and records events until `stop` is set; records STOP on the way out.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<()> {
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 256 << 10];
+        while !stop.load(Ordering::Relaxed) {
+            let wait = match self.first_pending {
+                Some(t) => COMMIT_AFTER.saturating_sub(t.elapsed()),
+                None => Duration::from_millis(200),
+            }
+            .min(MARKER_EVERY.saturating_sub(self.last_marker.elapsed()));
+            let ts = Timespec {
+                tv_sec: wait.as_secs() as i64,
+                tv_nsec: wait.subsec_nanos() as i64,
+            };
+            let mut fds = [PollFd::new(&self.inotify, PollFlags::IN)];
+            match poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.drain(&mut buf)?;
+            if self.moved_from.is_some() {
+                // Its MOVED_TO is queued with it if it exists; give the kernel a moment.
+                std::thread::sleep(Duration::from_micros(200));
+                self.drain(&mut buf)?;
+                self.flush_moved_from();
+            }
+            let due = self
+                .first_pending
+                .is_some_and(|t| t.elapsed() >= COMMIT_AFTER);
+            if due || self.pending.len() >= COMMIT_RECORDS {
+                self.commit()?;
+            }
+            if self.last_marker.elapsed() >= MARKER_EVERY {
+                self.write_marker();
+            }
+        }
+        self.drain(&mut buf)?;
+        self.flush_moved_from();
+        self.push(Record::new(RecOp::Stop, RelPath::root()));
+        self.commit()
+    }
+
+    fn drain(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<()> {
+        // Everything queued now (bounded by fs.inotify.max_queued_events), then in order.
+        let mut events = Vec::new();
+        {
+            let mut reader = inotify::Reader::new(&self.inotify, buf);
+            loop {
+                match reader.next() {
+                    Ok(ev) => events.push((
+                        ev.wd(),
+                        ev.events(),
+                        ev.cookie(),
+                        ev.file_name().map(|n| n.to_bytes().to_vec()),
+                    )),
+                    Err(Errno::AGAIN) | Err(Errno::INTR) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        for (wd, mask, cookie, name) in events {
+            self.event(wd, mask, cookie, name.as_deref())?;
+            if self.pending.len() >= COMMIT_RECORDS {
+                self.commit()?;
+            }
+        }
+        Ok(())
+    }
+}
