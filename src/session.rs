@@ -131,3 +131,96 @@ mod tests {
         assert_eq!(slug("gv0"), "gv0");
     }
 }
+
+/// A session's stored definition: `$GEOREP_HOME/etc/sessions/<name>.toml`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionConfig {
+    pub format: u32,
+    pub name: String,
+    /// Master volume name or absolute path, as given to `create`.
+    pub master: String,
+    /// Slave as given to `create`.
+    pub slave: String,
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    pub created: String,
+}
+
+const SESSION_FORMAT: u32 = 1;
+
+impl SessionConfig {
+    fn file(home: &Home, name: &str) -> PathBuf {
+        home.etc.join("sessions").join(format!("{name}.toml"))
+    }
+
+    pub fn name_for(home: &Home, master: &str, slave: &str) -> Result<String> {
+        let vol = Volume::resolve(home, master)?;
+        let spec = SlaveSpec::parse(slave)?;
+        Ok(session_name(&vol, &spec))
+    }
+
+    pub fn exists(home: &Home, master: &str, slave: &str) -> Result<bool> {
+        Ok(Self::file(home, &Self::name_for(home, master, slave)?).exists())
+    }
+
+    pub fn new(home: &Home, master: &str, slave: &str) -> Result<SessionConfig> {
+        Ok(SessionConfig {
+            format: SESSION_FORMAT,
+            name: Self::name_for(home, master, slave)?,
+            master: master.to_string(),
+            slave: slave.to_string(),
+            excludes: Vec::new(),
+            created: chrono::Utc::now().to_rfc3339(),
+        })
+    }
+
+    pub fn save(&self, home: &Home) -> Result<()> {
+        let path = Self::file(home, &self.name);
+        crate::fsutil::atomic_write(&path, toml::to_string_pretty(self)?.as_bytes())
+            .map_err(|e| anyhow::anyhow!("writing session {}: {e}", path.display()))
+    }
+
+    pub fn load(home: &Home, master: &str, slave: &str) -> Result<SessionConfig> {
+        let name = Self::name_for(home, master, slave)?;
+        let path = Self::file(home, &name);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "no session {master} -> {slave} on this node: create it with `georep create {master} {slave}`"
+                )
+            } else {
+                anyhow::anyhow!("reading session {}: {e}", path.display())
+            }
+        })?;
+        let c: SessionConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
+        if c.format != SESSION_FORMAT {
+            bail!(
+                "{} has format {}, this georep understands {SESSION_FORMAT}: upgrade georep",
+                path.display(),
+                c.format
+            );
+        }
+        Ok(c)
+    }
+
+    pub fn remove(&self, home: &Home) -> Result<()> {
+        let path = Self::file(home, &self.name);
+        std::fs::remove_file(&path)
+            .map_err(|e| anyhow::anyhow!("removing session {}: {e}", path.display()))?;
+        let state = home.state.join("sessions").join(&self.name);
+        if state.exists() {
+            std::fs::remove_dir_all(&state)
+                .map_err(|e| anyhow::anyhow!("removing {}: {e}", state.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn volume(&self, home: &Home) -> Result<Volume> {
+        Volume::resolve(home, &self.master)
+    }
+
+    pub fn slave_spec(&self) -> Result<SlaveSpec> {
+        SlaveSpec::parse(&self.slave)
+    }
+}

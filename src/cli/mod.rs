@@ -28,6 +28,49 @@ pub enum Cmd {
     Sync(SyncArgs),
     /// Slave side: apply a master's stream from stdin, answer on stdout (run by sshd or georep)
     Agent(AgentArgs),
+    /// Register a session MASTER -> SLAVE and start journaling its bricks on this node
+    Create(CreateArgs),
+    /// Run the session's workers on this node (with --foreground: until SIGINT/SIGTERM)
+    Start(StartArgs),
+    /// Stop journaling and remove the session's state on this node
+    Delete(SessionArgs),
+    /// Journal writer of one brick (started by create/start)
+    #[command(hide = true)]
+    Journal(JournalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SessionArgs {
+    /// Master volume name or absolute path
+    pub master: String,
+    /// Slave: absolute path, local volume name, or [user@]host[:port]::volume
+    pub slave: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// `no-verify`: skip the handshake with the slave agent
+    #[arg(value_name = "OPTION")]
+    pub options: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Run in the foreground (for systemd and tests) until SIGINT/SIGTERM
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JournalArgs {
+    #[arg(long)]
+    pub session: String,
+    #[arg(long)]
+    pub brick: std::path::PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +162,52 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Cmd::Create(a) => {
+            let mut verify = true;
+            for o in &a.options {
+                match o.as_str() {
+                    "no-verify" => verify = false,
+                    "push-pem" => bail!(
+                        "push-pem sets up SSH keys for a remote slave; the SSH transport is not part of this build yet (local slaves need no keys)"
+                    ),
+                    other => bail!("unknown create option {other:?}: expected no-verify"),
+                }
+            }
+            let cfg = crate::daemon::create(&home, &a.session.master, &a.session.slave, verify)?;
+            println!(
+                "Creating geo-replication session between {} & {} has been successful ({})",
+                a.session.master, a.session.slave, cfg.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Start(a) => {
+            if !a.foreground {
+                bail!(
+                    "starting in the background needs the session monitor, which is not part of this build yet: run `georep start {} {} --foreground` (under systemd or a terminal)",
+                    a.session.master,
+                    a.session.slave
+                );
+            }
+            crate::daemon::start_foreground(
+                &home,
+                &a.session.master,
+                &a.session.slave,
+                SyncOptions::default(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Delete(a) => {
+            crate::daemon::delete(&home, &a.master, &a.slave)?;
+            println!(
+                "Deleting geo-replication session between {} & {} has been successful",
+                a.master, a.slave
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Journal(a) => {
+            crate::daemon::run_journal(&home, &a.session, &a.brick)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Agent(a) => {
             let root = if a.volume.starts_with('/') {

@@ -36,6 +36,16 @@ pub struct Index {
     db: Connection,
 }
 
+/// An unresolved failure kept in the index until the path goes through.
+#[derive(Debug, Clone)]
+pub struct FailureRow {
+    pub path: RelPath,
+    pub side: String,
+    pub errno: i32,
+    pub message: String,
+    pub attempts: u32,
+}
+
 fn key(p: &RelPath) -> (&[u8], &[u8]) {
     p.split().unwrap_or((&[], &[]))
 }
@@ -87,7 +97,10 @@ impl Index {
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
                 PRIMARY KEY(dir, name)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS entry_inodes ON entries(ino);"
+             CREATE INDEX IF NOT EXISTS entry_inodes ON entries(ino);
+             CREATE TABLE IF NOT EXISTS failures(path BLOB PRIMARY KEY, side TEXT NOT NULL,
+                errno INTEGER NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
+                first_ns INTEGER NOT NULL, next_retry_ns INTEGER NOT NULL);"
         ))?;
         let idx = Index { db };
         match idx.get_meta("format")? {
@@ -307,6 +320,96 @@ impl Index {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records (or updates) an unresolved failure; retries back off exponentially to 5 minutes.
+    pub fn record_failure(
+        &self,
+        path: &RelPath,
+        side: &str,
+        errno: i32,
+        message: &str,
+        now_ns: i64,
+    ) -> Result<()> {
+        let attempts: i64 = self
+            .db
+            .query_row(
+                "SELECT attempts FROM failures WHERE path = ?1",
+                [path.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let delay_ms = (500i64 << attempts.min(10)).min(300_000);
+        self.db.execute(
+            "INSERT INTO failures(path, side, errno, message, attempts, first_ns, next_retry_ns)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
+             ON CONFLICT(path) DO UPDATE SET side = ?2, errno = ?3, message = ?4,
+                attempts = attempts + 1, next_retry_ns = ?6",
+            params![
+                path.as_bytes(),
+                side,
+                errno,
+                message,
+                now_ns,
+                now_ns + delay_ms * 1_000_000
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_failure(&self, path: &RelPath) -> Result<()> {
+        self.db
+            .execute("DELETE FROM failures WHERE path = ?1", [path.as_bytes()])?;
+        Ok(())
+    }
+
+    /// Failed paths whose retry time has come.
+    pub fn due_failures(&self, now_ns: i64) -> Result<Vec<RelPath>> {
+        let mut st = self
+            .db
+            .prepare_cached("SELECT path FROM failures WHERE next_retry_ns <= ?1")?;
+        let rows = st.query_map([now_ns], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(RelPath::new(r?).context("failures table holds an invalid path")?);
+        }
+        Ok(out)
+    }
+
+    /// All unresolved failures, by path.
+    pub fn failures(&self) -> Result<Vec<FailureRow>> {
+        let mut st = self.db.prepare_cached(
+            "SELECT path, side, errno, message, attempts FROM failures ORDER BY path",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i32>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (p, side, errno, message, attempts) = r?;
+            out.push(FailureRow {
+                path: RelPath::new(p).context("failures table holds an invalid path")?,
+                side,
+                errno,
+                message,
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn failure_count(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .query_row("SELECT COUNT(*) FROM failures", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
     /// Number of rows (entries the slave is known to hold, root included).

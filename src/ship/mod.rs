@@ -6,7 +6,9 @@
 //! exactly which paths are not.
 
 pub mod batch;
+pub mod changes;
 pub mod pipeline;
+pub mod worker;
 
 use crate::config::{Home, SyncOptions};
 use crate::crawl::{self, index::Index, walk::Excludes};
@@ -75,7 +77,7 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn transport_for(slave: &SlaveSpec) -> Result<Box<dyn Transport>> {
+pub fn transport_for(slave: &SlaveSpec) -> Result<Box<dyn Transport>> {
     if slave.is_local() {
         return Ok(Box::new(LocalTransport::new(&slave.volume)?));
     }
@@ -152,8 +154,37 @@ fn sync_brick(
     opts: &SyncOptions,
     report: &mut SyncReport,
 ) -> Result<()> {
+    let _ = vol;
     let state_dir = session::brick_state_dir(home, session, brick);
     let index = Index::open(&state_dir.join("index.db"))?;
+    let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
+    let mut slot = 0u64;
+    let outcome = crawl_until_converged(&mut shipper, &index, brick, excludes, opts, &mut slot)?;
+    report.passes = report.passes.max(outcome.passes);
+    report.scanned = report.scanned.max(outcome.scanned);
+    report.wire_bytes += shipper.wire_bytes();
+    let stats = shipper.stats.clone();
+    let agent_rss = shipper.close()?;
+    report.files_sent += stats.files_sent;
+    report.bytes_sent += stats.bytes_sent;
+    report.entries_applied += stats.entries_applied;
+    report.deleted += stats.deleted;
+    report.renamed += stats.renamed;
+    report.failures.extend(outcome.failures);
+    report.agent_peak_rss_kb = report.agent_peak_rss_kb.max(agent_rss);
+    Ok(())
+}
+
+/// Connects to the slave agent for `brick`, checks the handshake and the slave volume's
+/// identity (a recreated slave empties the index), and returns a shipper ready for batches.
+pub fn connect(
+    transport: &dyn Transport,
+    index: &Index,
+    spec: &SlaveSpec,
+    session: &str,
+    brick: &Brick,
+    opts: &SyncOptions,
+) -> Result<Shipper> {
     let brick_fd = fsutil::open_root(&brick.path).with_context(|| {
         format!(
             "opening brick {} on the master: does it exist and is it readable?",
@@ -227,7 +258,7 @@ fn sync_brick(
         .unwrap_or(0)
         .max(welcome.last_batch)
         + 1;
-    let mut shipper = Shipper::new(
+    Ok(Shipper::new(
         w,
         r,
         link.handle,
@@ -236,20 +267,42 @@ fn sync_brick(
         opts.window,
         opts.chunk_size,
         format!("{peer} on {}", welcome.slave_host),
-    );
+    ))
+}
+
+/// What a series of crawl passes achieved.
+pub struct CrawlOutcome {
+    pub passes: u32,
+    pub scanned: u64,
+    /// Failures of the last pass (empty when the slave equals the brick as crawled).
+    pub failures: Vec<Failure>,
+}
+
+/// Hybrid crawl passes until a pass has nothing to do or nothing failed, at most
+/// `opts.max_passes`.
+pub fn crawl_until_converged(
+    shipper: &mut Shipper,
+    index: &Index,
+    brick: &Brick,
+    excludes: &Excludes,
+    opts: &SyncOptions,
+    slot: &mut u64,
+) -> Result<CrawlOutcome> {
     let tty = std::io::stderr().is_terminal();
-    let mut slot = 0u64;
-    let mut pass = 0;
+    let mut out = CrawlOutcome {
+        passes: 0,
+        scanned: 0,
+        failures: Vec::new(),
+    };
     loop {
-        pass += 1;
-        report.passes = report.passes.max(pass);
+        out.passes += 1;
         let spinner = tty.then(|| {
             let pb = indicatif::ProgressBar::new_spinner();
             pb.set_message(format!("crawling {}", brick.path.display()));
             pb.enable_steady_tick(Duration::from_millis(100));
             pb
         });
-        let plan = crawl::crawl(&brick.path, &index, excludes, &mut slot, &|n| {
+        let plan = crawl::crawl(&brick.path, index, excludes, slot, &|n| {
             if let Some(pb) = &spinner {
                 pb.set_message(format!("crawling {}: {n} entries", brick.path.display()));
             }
@@ -257,20 +310,21 @@ fn sync_brick(
         if let Some(pb) = spinner {
             pb.finish_and_clear();
         }
-        report.scanned = report.scanned.max(plan.stats.scanned);
+        out.scanned = out.scanned.max(plan.stats.scanned);
         let master_errors: Vec<Failure> = plan
             .errors
             .iter()
             .map(|(p, m)| Failure {
                 path: p.display(),
+                rel: Some(p.clone()),
                 side: "master",
                 errno: 0,
                 message: m.clone(),
             })
             .collect();
-        tracing::info!(pass, brick = %brick, stats = ?plan.stats, "crawl done");
+        tracing::info!(pass = out.passes, brick = %brick, stats = ?plan.stats, "crawl done");
         if plan.is_empty() {
-            shipper.failures = master_errors;
+            out.failures = master_errors;
             break;
         }
         shipper.failures.clear();
@@ -292,29 +346,18 @@ fn sync_brick(
             ));
             shipper.progress = Some(pb);
         }
-        shipper.ship(plan.ops, &index, opts.batch_ops, opts.batch_bytes)?;
+        shipper.ship(plan.ops, index, opts.batch_ops, opts.batch_bytes)?;
         if let Some(pb) = shipper.progress.take() {
             pb.finish_and_clear();
         }
         shipper.failures.extend(master_errors);
-        let again = shipper.stats.requeued > 0 || !shipper.failures.is_empty();
-        if !again || pass >= opts.max_passes {
+        out.failures = std::mem::take(&mut shipper.failures);
+        let again = shipper.stats.requeued > 0 || !out.failures.is_empty();
+        if !again || out.passes >= opts.max_passes {
             break;
         }
         // Back off a little: a file being written or a transient slave error may settle.
-        std::thread::sleep(Duration::from_millis(50 << pass.min(5)));
+        std::thread::sleep(Duration::from_millis(50 << out.passes.min(5)));
     }
-    report.wire_bytes += shipper.wire_bytes();
-    let stats = shipper.stats.clone();
-    let failures = std::mem::take(&mut shipper.failures);
-    let agent_rss = shipper.close()?;
-    report.files_sent += stats.files_sent;
-    report.bytes_sent += stats.bytes_sent;
-    report.entries_applied += stats.entries_applied;
-    report.deleted += stats.deleted;
-    report.renamed += stats.renamed;
-    report.failures.extend(failures);
-    report.agent_peak_rss_kb = report.agent_peak_rss_kb.max(agent_rss);
-    let _ = vol;
-    Ok(())
+    Ok(out)
 }

@@ -32,6 +32,9 @@ pub enum Event {
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
     pub path: String,
+    /// The path as the protocol carries it, for retries.
+    #[serde(skip)]
+    pub rel: Option<RelPath>,
     pub side: &'static str,
     pub errno: i32,
     pub message: String,
@@ -235,6 +238,7 @@ impl Shipper {
                 f.failed.insert(fm.op);
                 self.failures.push(Failure {
                     path: fm.path.display(),
+                    rel: Some(fm.path.clone()),
                     side: "slave",
                     errno: fm.errno,
                     message: format!("{} (on {})", fm.message, self.peer),
@@ -397,6 +401,7 @@ impl Shipper {
                         self.stats.requeued += 1;
                         self.failures.push(Failure {
                             path: path.display(),
+                            rel: Some(path.clone()),
                             side: "master",
                             errno: 0,
                             message: format!(
@@ -429,6 +434,7 @@ impl Shipper {
                     let _ = entry;
                     self.failures.push(Failure {
                         path: path.display(),
+                        rel: Some(path.clone()),
                         side: "master",
                         errno: fsutil::errno_of(&e),
                         message: format!("reading {path} on the master: {e}"),

@@ -1,0 +1,283 @@
+//! Session lifecycle on this node: `create` (register, verify, start journaling), the journal
+//! writer processes, `start --foreground` (one worker per local active brick until a signal),
+//! `delete`.
+//!
+//! Invariant: at most one journal writer runs per session brick (an flock on `writer.lock`), and
+//! it runs from `create` to `delete`, independent of shipping.
+
+use crate::config::{Home, SyncOptions};
+use crate::journal::writer::Writer;
+use crate::journal::JournalStore;
+use crate::session::{self, SessionConfig};
+use crate::ship::worker::Worker;
+use crate::volume::Brick;
+use anyhow::{anyhow, bail, Context, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn lock_file(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let p = dir.join("writer.lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))
+}
+
+fn try_lock(f: &File) -> bool {
+    rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+}
+
+fn log_dir(home: &Home, session: &str) -> PathBuf {
+    home.log.join(session)
+}
+
+/// Termination signals set `stop` (SIGINT, SIGTERM, SIGHUP).
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// `georep journal --session S --brick PATH`: the journal writer of one brick, until a signal.
+pub fn run_journal(home: &Home, session: &str, brick_path: &Path) -> Result<()> {
+    let brick = Brick {
+        node: crate::config::node_name(),
+        path: brick_path.to_path_buf(),
+    };
+    let dir = session::brick_state_dir(home, session, &brick);
+    let lock = lock_file(&dir)?;
+    if !try_lock(&lock) {
+        bail!(
+            "a journal writer for brick {} of session {session} is already running (pid {})",
+            brick_path.display(),
+            std::fs::read_to_string(dir.join("writer.pid"))
+                .unwrap_or_default()
+                .trim()
+        );
+    }
+    std::fs::write(dir.join("writer.pid"), std::process::id().to_string())?;
+    let stop = stop_on_signals()?;
+    let mut w = Writer::start(brick_path, &dir.join("journal.db"))?;
+    tracing::info!(brick = %brick_path.display(), dirs = w.watched_dirs(), "journal writer running");
+    w.run(&stop)?;
+    let _ = std::fs::remove_file(dir.join("writer.pid"));
+    Ok(())
+}
+
+/// Starts the journal writer of `brick` unless one is running, and waits until it covers the
+/// brick (its starting GAP is in the journal).
+pub fn ensure_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
+    let dir = session::brick_state_dir(home, session, brick);
+    let lock = lock_file(&dir)?;
+    if !try_lock(&lock) {
+        return Ok(()); // running
+    }
+    drop(lock);
+    let journal = JournalStore::open(&dir.join("journal.db"))?;
+    let before = journal.last_seq()?;
+    let logs = log_dir(home, session);
+    std::fs::create_dir_all(&logs)?;
+    let log_path = logs.join(format!(
+        "journal-{}.log",
+        session::slug(&brick.path.display().to_string())
+    ));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let exe = std::env::current_exe()?;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(exe)
+            .arg("journal")
+            .arg("--session")
+            .arg(session)
+            .arg("--brick")
+            .arg(&brick.path)
+            .env(
+                "GEOREP_LOG",
+                std::env::var("GEOREP_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C meant for `start` does not stop journaling.
+            .process_group(0)
+            .spawn()
+            .context("starting the journal writer")?
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if journal.last_gap_after(before)?.is_some() {
+            break;
+        }
+        if let Some(st) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+            bail!(
+                "journal writer for {} exited ({st}): {}",
+                brick.path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "journal writer for {} did not start watching within 120 s (see {})",
+                brick.path.display(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Reap it whenever it ends, so it never lingers as a zombie of ours.
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+/// Stops the journal writer of `brick` (SIGTERM, then waits for its lock to be released).
+pub fn stop_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
+    let dir = session::brick_state_dir(home, session, brick);
+    let Ok(pid) = std::fs::read_to_string(dir.join("writer.pid")) else {
+        return Ok(());
+    };
+    let lock = lock_file(&dir)?;
+    if try_lock(&lock) {
+        return Ok(()); // not running
+    }
+    if let Some(pid) = pid
+        .trim()
+        .parse()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !try_lock(&lock) {
+        if Instant::now() > deadline {
+            bail!(
+                "journal writer of {} did not stop within 10 s",
+                brick.path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// `georep create MASTER SLAVE [no-verify]`.
+pub fn create(home: &Home, master: &str, slave: &str, verify: bool) -> Result<SessionConfig> {
+    if SessionConfig::exists(home, master, slave)? {
+        bail!("session {master} -> {slave} already exists: `georep delete {master} {slave}` first");
+    }
+    let cfg = SessionConfig::new(home, master, slave)?;
+    let vol = cfg.volume(home)?;
+    let spec = cfg.slave_spec()?;
+    let bricks: Vec<Brick> = vol.local_active_bricks().into_iter().cloned().collect();
+    if bricks.is_empty() {
+        bail!(
+            "volume {} has no brick on this node ({})",
+            vol.name,
+            crate::config::node_name()
+        );
+    }
+    if verify {
+        // A real handshake with the slave agent, so a wrong slave fails now, not at start.
+        let transport = crate::ship::transport_for(&spec)?;
+        let dir = tempdir_in(&home.state)?;
+        let index = crate::crawl::index::Index::open(&dir.join("probe.db"))?;
+        let opts = SyncOptions::default();
+        let probe = crate::ship::connect(
+            transport.as_ref(),
+            &index,
+            &spec,
+            &cfg.name,
+            &bricks[0],
+            &opts,
+        )
+        .with_context(|| format!("verifying slave {slave} (use no-verify to skip)"))?;
+        probe.close()?;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    cfg.save(home)?;
+    for b in &bricks {
+        ensure_writer(home, &cfg.name, b)?;
+    }
+    Ok(cfg)
+}
+
+fn tempdir_in(base: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(base)?;
+    let d = base.join(format!(".probe-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// `georep start MASTER SLAVE --foreground`: runs the session's workers on this node until
+/// SIGINT/SIGTERM, then lets each finish its batch and records a clean stop.
+pub fn start_foreground(home: &Home, master: &str, slave: &str, opts: SyncOptions) -> Result<()> {
+    let cfg = SessionConfig::load(home, master, slave)?;
+    let vol = cfg.volume(home)?;
+    let stop = stop_on_signals()?;
+    let bricks: Vec<Brick> = vol.local_active_bricks().into_iter().cloned().collect();
+    if bricks.is_empty() {
+        bail!("volume {} has no brick on this node", vol.name);
+    }
+    let mut opts = opts;
+    opts.excludes.extend(cfg.excludes.iter().cloned());
+    let mut handles = Vec::new();
+    for b in bricks {
+        ensure_writer(home, &cfg.name, &b)?;
+        let worker = Worker::new(home, &cfg, &b, opts.clone(), stop.clone())?;
+        let name = format!("worker {}", b.path.display());
+        handles.push((
+            name.clone(),
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker.run())?,
+        ));
+    }
+    tracing::info!(session = %cfg.name, "started");
+    let mut first_err = None;
+    for (name, h) in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("{name}: {e:#}");
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert(anyhow!("{name} panicked"));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `georep delete MASTER SLAVE`: stops journaling and removes the session's state.
+pub fn delete(home: &Home, master: &str, slave: &str) -> Result<()> {
+    let cfg = SessionConfig::load(home, master, slave)?;
+    let vol = cfg.volume(home)?;
+    for b in vol.local_active_bricks() {
+        stop_writer(home, &cfg.name, b)?;
+    }
+    cfg.remove(home)
+}

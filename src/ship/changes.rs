@@ -1,0 +1,95 @@
+//! From journal records to the set of paths to compare with the index.
+//!
+//! Invariant: every path is given under its final name: a record made before a rename of one of
+//! its ancestors is moved to the new name, so the targeted diff looks where the entry is now.
+
+use crate::journal::{RecOp, Record};
+use crate::protocol::RelPath;
+use std::collections::BTreeSet;
+
+/// The dirty set of `records` (in order): each path changed, and its parent (whose entries and
+/// mtime changed with it).
+pub fn dirty_paths(records: &[Record]) -> BTreeSet<RelPath> {
+    let mut d = BTreeSet::new();
+    for r in records {
+        if !r.op.has_path() {
+            continue;
+        }
+        if r.op == RecOp::Rename {
+            if let Some(to) = &r.path2 {
+                rebase(&mut d, &r.path, to);
+                add(&mut d, to);
+            }
+        }
+        add(&mut d, &r.path);
+    }
+    d
+}
+
+pub fn add(d: &mut BTreeSet<RelPath>, p: &RelPath) {
+    d.insert(p.clone());
+    if let Some(parent) = p.parent() {
+        d.insert(parent);
+    }
+}
+
+/// Moves the dirty paths strictly beneath `from` to beneath `to`.
+fn rebase(d: &mut BTreeSet<RelPath>, from: &RelPath, to: &RelPath) {
+    let moved: Vec<RelPath> = d
+        .range(from.clone()..)
+        .skip(1)
+        .take_while(|p| p.as_bytes() < upper(from).as_slice())
+        .filter(|p| p.starts_with(from))
+        .cloned()
+        .collect();
+    for p in moved {
+        d.remove(&p);
+        d.insert(p.rebase(from, to));
+    }
+}
+
+/// The first byte string after every path beneath `p` (`p` followed by '0', which is '/' + 1).
+fn upper(p: &RelPath) -> Vec<u8> {
+    let mut v = p.as_bytes().to_vec();
+    v.push(b'/' + 1);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    fn rec(op: RecOp, a: &str, b: Option<&str>) -> Record {
+        let mut r = Record::new(op, p(a));
+        r.path2 = b.map(p);
+        r
+    }
+
+    #[test]
+    fn records_before_a_rename_follow_it() {
+        let recs = vec![
+            rec(RecOp::Create, "a/x/f", None),
+            rec(RecOp::Data, "a-sibling", None),
+            rec(RecOp::Rename, "a", Some("b/a2")),
+            rec(RecOp::Data, "b/a2/g", None),
+        ];
+        let d: Vec<String> = dirty_paths(&recs).iter().map(|p| p.display()).collect();
+        assert_eq!(
+            d,
+            vec![
+                ".",
+                "a",
+                "a-sibling",
+                "b",
+                "b/a2",
+                "b/a2/g",
+                "b/a2/x",
+                "b/a2/x/f"
+            ]
+        );
+    }
+}

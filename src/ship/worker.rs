@@ -1,0 +1,301 @@
+//! The per-brick worker of a session: reads the journal after the last sequence number the
+//! slave has, ships what it names, and falls back to a hybrid crawl whenever the journal has a
+//! gap. Crawl states: Hybrid (resolving a gap) → History (a backlog larger than one window) →
+//! Changelog (live).
+//!
+//! Invariants:
+//! - `journal_seq` (in the index) moves past a record only after the ops for it were
+//!   acknowledged; the journal is trimmed only up to `journal_seq`.
+//! - stime only moves forward, and never while a failure is unresolved: LAST_SYNCED is a
+//!   guarantee, not a hope.
+
+use super::changes;
+use super::pipeline::Shipper;
+use super::{connect, crawl_until_converged, transport_for};
+use crate::config::{Home, SyncOptions};
+use crate::crawl::{self, index::Index, walk::Excludes};
+use crate::journal::record::now_ns;
+use crate::journal::{JournalStore, RecOp};
+use crate::session::{self, SessionConfig, SlaveSpec};
+use crate::status::BrickStatus;
+use crate::volume::Brick;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Records read per round; a backlog larger than this is a History Crawl.
+const WINDOW_RECORDS: usize = 8192;
+/// Idle poll interval of the journal (the writer group-commits every 2 ms).
+const POLL: Duration = Duration::from_millis(2);
+
+pub struct Worker {
+    session: SessionConfig,
+    spec: SlaveSpec,
+    brick: Brick,
+    opts: SyncOptions,
+    excludes: Excludes,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    status: BrickStatus,
+    slot: u64,
+}
+
+impl Worker {
+    pub fn new(
+        home: &Home,
+        session: &SessionConfig,
+        brick: &Brick,
+        opts: SyncOptions,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Worker> {
+        let dir = session::brick_state_dir(home, &session.name, brick);
+        let mut status = BrickStatus::load(&dir).unwrap_or_default();
+        status.last_error = None;
+        Ok(Worker {
+            spec: session.slave_spec()?,
+            session: session.clone(),
+            brick: brick.clone(),
+            excludes: Excludes::new(&opts.excludes)?,
+            opts,
+            dir,
+            stop,
+            status,
+            slot: 0,
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.status.save(&self.dir) {
+            tracing::warn!("writing status in {}: {e:#}", self.dir.display());
+        }
+    }
+
+    /// Sleeps up to `d`, waking early when asked to stop.
+    fn nap(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stopping() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20).min(d));
+        }
+    }
+
+    /// Runs until asked to stop: connects, ships, reconnects with back-off after errors.
+    pub fn run(mut self) -> Result<()> {
+        let index = Index::open(&self.dir.join("index.db"))?;
+        let journal = JournalStore::open(&self.dir.join("journal.db"))?;
+        let transport = transport_for(&self.spec)?;
+        let mut backoff = Duration::from_millis(200);
+        while !self.stopping() {
+            self.status.status = "Initializing...".into();
+            self.save();
+            let shipper = connect(
+                transport.as_ref(),
+                &index,
+                &self.spec,
+                &self.session.name,
+                &self.brick,
+                &self.opts,
+            );
+            let mut shipper = match shipper {
+                Ok(s) => s,
+                Err(e) => {
+                    self.faulty(&e);
+                    self.nap(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            self.status.status = "Active".into();
+            self.save();
+            match self.serve(&mut shipper, &index, &journal) {
+                Ok(()) => {
+                    // Asked to stop: everything sent was acknowledged.
+                    let r = shipper.close();
+                    self.status.status = "Stopped".into();
+                    self.status.crawl = "N/A".into();
+                    self.save();
+                    index.set_meta("clean_stop_ns", &now_ns().to_string())?;
+                    return r.map(|_| ());
+                }
+                Err(e) => {
+                    drop(shipper);
+                    self.faulty(&e);
+                    self.nap(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.status.status = "Stopped".into();
+        self.status.crawl = "N/A".into();
+        self.save();
+        Ok(())
+    }
+
+    fn faulty(&mut self, e: &anyhow::Error) {
+        tracing::warn!(brick = %self.brick, "worker error: {e:#}");
+        self.status.status = "Faulty".into();
+        self.status.last_error = Some(format!("{e:#}"));
+        self.save();
+    }
+
+    fn serve(
+        &mut self,
+        shipper: &mut Shipper,
+        index: &Index,
+        journal: &JournalStore,
+    ) -> Result<()> {
+        let mut last_status = Instant::now();
+        loop {
+            if self.stopping() {
+                return Ok(());
+            }
+            let seq: u64 = index
+                .get_meta("journal_seq")?
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(0);
+            if let Some(gap) = journal.last_gap_after(seq)? {
+                self.hybrid(shipper, index, journal, gap.seq, gap.note.as_deref())?;
+                continue;
+            }
+            let records = journal.read_after(seq, WINDOW_RECORDS)?;
+            let now = now_ns();
+            let retry = index.due_failures(now)?;
+            if records.is_empty() && retry.is_empty() {
+                if last_status.elapsed() > Duration::from_secs(1) {
+                    self.status.backlog = 0;
+                    self.status.crawl = "Changelog Crawl".into();
+                    self.save();
+                    last_status = Instant::now();
+                }
+                std::thread::sleep(POLL);
+                continue;
+            }
+            let backlog = journal.count_after(seq)?;
+            self.status.backlog = backlog;
+            self.status.crawl = if backlog as usize > WINDOW_RECORDS {
+                "History Crawl".into()
+            } else {
+                "Changelog Crawl".into()
+            };
+            let mut dirty = changes::dirty_paths(&records);
+            for p in &retry {
+                changes::add(&mut dirty, p);
+            }
+            let last = records.last().map(|r| r.seq).unwrap_or(seq);
+            let max_ts = records.iter().map(|r| r.ts_ns).max();
+            let plan = crawl::plan_paths(
+                &self.brick.path,
+                index,
+                &self.excludes,
+                dirty,
+                &mut self.slot,
+            )?;
+            let (entries, data, meta) = (
+                plan.stats.new + plan.stats.deleted + plan.stats.renamed,
+                plan.stats.files,
+                plan.stats.changed,
+            );
+            if !plan.is_empty() {
+                shipper.failures.clear();
+                shipper.ship(plan.ops, index, self.opts.batch_ops, self.opts.batch_bytes)?;
+            }
+            self.settle_failures(shipper, index, &retry)?;
+            index.set_meta("journal_seq", &last.to_string())?;
+            journal.trim(last)?;
+            self.status.journal_seq = last;
+            self.status.entries += entries;
+            self.status.data += data;
+            self.status.meta += meta.saturating_sub(data);
+            self.advance_stime(index, max_ts)?;
+            self.status.backlog = journal.count_after(last)?;
+            self.save();
+            last_status = Instant::now();
+            if records.iter().any(|r| r.op == RecOp::Stop) {
+                tracing::info!(brick = %self.brick, "journal writer stopped; waiting for it to come back");
+            }
+        }
+    }
+
+    /// Resolves a gap: crawl until the slave equals the brick, then trust records after it.
+    fn hybrid(
+        &mut self,
+        shipper: &mut Shipper,
+        index: &Index,
+        journal: &JournalStore,
+        gap_seq: u64,
+        why: Option<&str>,
+    ) -> Result<()> {
+        tracing::info!(brick = %self.brick, "hybrid crawl: {}", why.unwrap_or("journal gap"));
+        self.status.crawl = "Hybrid Crawl".into();
+        self.status.hybrid_crawls += 1;
+        self.save();
+        // Everything changed before the crawl starts is seen by it.
+        let started = now_ns();
+        let before = shipper.stats.clone();
+        let out = crawl_until_converged(
+            shipper,
+            index,
+            &self.brick,
+            &self.excludes,
+            &self.opts,
+            &mut self.slot,
+        )
+        .context("hybrid crawl")?;
+        let after = &shipper.stats;
+        self.status.data += after.files_sent - before.files_sent;
+        self.status.entries += (after.deleted - before.deleted) + (after.renamed - before.renamed);
+        shipper.failures = out.failures;
+        self.settle_failures(shipper, index, &[])?;
+        index.set_meta("journal_seq", &gap_seq.to_string())?;
+        journal.trim(gap_seq)?;
+        self.status.journal_seq = gap_seq;
+        self.advance_stime(index, Some(started))?;
+        self.save();
+        Ok(())
+    }
+
+    /// Records this round's failures; clears retried paths that went through.
+    fn settle_failures(
+        &mut self,
+        shipper: &mut Shipper,
+        index: &Index,
+        retried: &[crate::protocol::RelPath],
+    ) -> Result<()> {
+        let now = now_ns();
+        let failed: Vec<_> = std::mem::take(&mut shipper.failures);
+        let mut still = std::collections::HashSet::new();
+        for f in &failed {
+            if let Some(p) = &f.rel {
+                index.record_failure(p, f.side, f.errno, &f.message, now)?;
+                still.insert(p.clone());
+            }
+        }
+        for p in retried {
+            if !still.contains(p) {
+                index.clear_failure(p)?;
+            }
+        }
+        self.status.failures = index.failure_count()?;
+        Ok(())
+    }
+
+    fn advance_stime(&mut self, index: &Index, ts: Option<i64>) -> Result<()> {
+        if self.status.failures > 0 {
+            return Ok(());
+        }
+        if let Some(ts) = ts {
+            if ts > self.status.stime_ns {
+                self.status.stime_ns = ts;
+                index.set_meta("stime_ns", &ts.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
