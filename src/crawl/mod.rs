@@ -186,6 +186,22 @@ pub fn plan_paths(
 ) -> Result<Plan> {
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
+    // Writing through one name of a hard-linked file changes every name, but only that name
+    // was journaled: compare all the names the index knows for a dirty multiply-linked inode.
+    let mut dirty = dirty;
+    let mut linked = Vec::new();
+    for p in &dirty {
+        // The inode the name has now, and the one the slave has for it (they differ when the
+        // name was deleted or replaced: its former partners may have changed through it).
+        let now = walk::lstat_beneath(&root_fd, p)?;
+        let was = index.get(p)?;
+        for e in now.iter().chain(was.iter()) {
+            if e.kind == Kind::File && e.nlink > 1 {
+                linked.extend(index.files_with_ino(e.ino)?);
+            }
+        }
+    }
+    dirty.extend(linked);
     let mut d = Diff::default();
     for p in &dirty {
         if !p.is_root() && excludes.is_excluded(p) {
@@ -215,6 +231,38 @@ pub fn plan_paths(
                 c => d.updates.push((p.clone(), o, e, c)),
             },
             (Some(e), Some(o)) => d.compare(index, p.clone(), o, e)?,
+        }
+    }
+    // The disk can be ahead of the records planned (a directory created and renamed between
+    // two windows): a new directory that is not a rename within this plan is listed whole, as
+    // its entries may never be journaled under its current name.
+    let mut expand = Vec::new();
+    for (p, e) in &d.new {
+        if e.kind != Kind::Dir {
+            continue;
+        }
+        let mut renamed_here = false;
+        for q in index.dirs_with_ino(e.ino)? {
+            if q != *p && dirty.contains(&q) {
+                renamed_here |= walk::lstat_beneath(&root_fd, &q)?.is_none_or(|x| x.ino != e.ino);
+            }
+        }
+        if !renamed_here {
+            expand.push(p.clone());
+        }
+    }
+    for p in expand {
+        for (q, e) in walk::list_subtree(&root_fd, &p, excludes)? {
+            if e.kind == Kind::Dir {
+                d.dirs.insert(q.clone(), e.clone());
+            }
+            d.scanned += 1;
+            match index.get(&q)? {
+                None => {
+                    d.new.insert(q, e);
+                }
+                Some(o) => d.compare(index, q, o, e)?,
+            }
         }
     }
     // Hard links: other names of a changed multiply-linked file that the slave already has.
@@ -285,8 +333,12 @@ struct Builder {
     links: Vec<(RelPath, PlannedOp)>,
     deletes: Vec<(RelPath, PlannedOp)>,
     dir_attrs: Vec<(RelPath, PlannedOp)>,
-    /// Paths whose previous slave entry is replaced by an op of this plan.
+    /// Paths that an op of this plan creates (a delete at the same path would undo it).
     created: HashSet<RelPath>,
+    /// Created paths whose op also removes whatever tree was there (a rename onto it, a
+    /// non-directory): deletes beneath them are moot. `Mkdir` over a directory keeps its
+    /// contents, so stale children there are deleted one by one.
+    replacing: HashSet<RelPath>,
     stats: PlanStats,
 }
 
@@ -334,7 +386,15 @@ impl Builder {
                         target: target.clone(),
                     };
                     self.links
-                        .push((path.clone(), PlannedOp::new(op, ok, fail)));
+                        .push((path.clone(), PlannedOp::new(op, vec![], fail.clone())));
+                    // A link carries no attributes: set the shared inode's, which the index
+                    // then records for this name.
+                    let attrs = Op::SetAttr {
+                        path: path.clone(),
+                        meta: e.meta(),
+                    };
+                    self.links
+                        .push((path.clone(), PlannedOp::new(attrs, ok, fail)));
                     return;
                 }
                 self.stats.files += 1;
@@ -419,25 +479,20 @@ impl Diff {
     /// Classifies an entry that is both on disk (`e`) and in the index (`old`) at `path`.
     fn compare(&mut self, index: &Index, path: RelPath, old: Entry, e: Entry) -> Result<()> {
         match old {
-            old if old.kind == Kind::Dir
-                && e.kind == Kind::Dir
-                && old.ino != e.ino
-                && index.dirs_with_ino(e.ino)?.iter().any(|q| *q != path) =>
-            {
-                // Another directory was moved onto this name (swap, or rm -r + mv):
-                // the old one is gone here, the new one is a rename candidate.
-                self.gone.extend(index.subtree(&path)?);
-                self.gone.insert(path.clone(), old);
-                self.replaced.insert(path.clone());
-                self.new.insert(path, e);
-            }
-            old if old.kind == Kind::Dir && e.kind == Kind::Dir => {
-                // A directory that is still a directory is the same directory, whatever its
-                // inode: its children are compared one by one.
+            old if old.kind == Kind::Dir && e.kind == Kind::Dir && old.ino == e.ino => {
                 match old.change_to(&e, false) {
                     Change::None => {}
                     c => self.updates.push((path, old, e, c)),
                 }
+            }
+            old if old.kind == Kind::Dir && e.kind == Kind::Dir => {
+                // A different directory under the same name (a swap, `rm -r x; mv y x`,
+                // `mv x y; mkdir x`): the old one is gone from here (or renamed, which the
+                // inode match finds), the new one is new or a rename candidate.
+                self.gone.extend(index.subtree(&path)?);
+                self.gone.insert(path.clone(), old);
+                self.replaced.insert(path.clone());
+                self.new.insert(path, e);
             }
             old if old.kind != e.kind || old.ino != e.ino => {
                 if old.kind == Kind::Dir {
@@ -446,25 +501,24 @@ impl Diff {
                 self.gone.insert(path.clone(), old);
                 self.new.insert(path, e);
             }
-            old => match old.change_to(&e, false) {
-                c @ (Change::None | Change::IndexOnly) => {
-                    if c == Change::IndexOnly {
-                        self.updates.push((path.clone(), old, e.clone(), c));
-                    }
-                    // Content on the slave is current: a good target for new links.
-                    if e.kind == Kind::File && e.nlink > 1 {
-                        self.stable_link
-                            .entry(e.ino)
-                            .and_modify(|p| {
-                                if path < *p {
-                                    *p = path.clone()
-                                }
-                            })
-                            .or_insert(path);
-                    }
+            old => {
+                let c = old.change_to(&e, false);
+                // Content on the slave is current (only attributes may differ): a good target
+                // for the inode's other names.
+                if c != Change::Data && e.kind == Kind::File && e.nlink > 1 {
+                    self.stable_link
+                        .entry(e.ino)
+                        .and_modify(|p| {
+                            if path < *p {
+                                *p = path.clone()
+                            }
+                        })
+                        .or_insert(path.clone());
                 }
-                c => self.updates.push((path, old, e, c)),
-            },
+                if c != Change::None {
+                    self.updates.push((path, old, e, c));
+                }
+            }
         }
         Ok(())
     }
@@ -581,6 +635,7 @@ impl Diff {
                     ),
                 ));
                 b.created.insert(path.clone());
+                b.replacing.insert(path.clone());
                 b.stats.renamed += 1;
                 if e.kind == Kind::Dir {
                     dir_origin.insert(path.clone(), from);
@@ -594,6 +649,9 @@ impl Diff {
             // A new entry.
             b.stats.new += 1;
             b.created.insert(path.clone());
+            if e.kind != Kind::Dir {
+                b.replacing.insert(path.clone());
+            }
             if e.kind == Kind::Dir {
                 b.creates.push((
                     path.clone(),
@@ -617,8 +675,11 @@ impl Diff {
         // Deletes, at the location the entry has once renames are done.
         let moved_to: HashMap<&RelPath, &RelPath> =
             dir_origin.iter().map(|(n, o)| (o, n)).collect();
-        for p in self.gone.keys() {
-            if p.parent().is_some_and(|par| ancestor_in(&par, &self.gone)) {
+        // Old paths whose Delete was emitted: their descendants go with them. (Parents come
+        // first in the map's order, so the check below sees every ancestor's outcome.)
+        let mut emitted: BTreeMap<RelPath, Entry> = BTreeMap::new();
+        for (p, g) in &self.gone {
+            if p.parent().is_some_and(|par| ancestor_in(&par, &emitted)) {
                 continue; // a deleted ancestor takes it along
             }
             let (target, moved_root) = translate(&moved_to, p);
@@ -627,23 +688,22 @@ impl Diff {
                     continue; // moved along with its directory, unchanged
                 }
             }
-            // Replaced by an op of this plan (same path, new kind or a rename onto it)?
-            let mut replaced = false;
-            let mut c = Some(target.clone());
+            // Replaced by an op of this plan: created at this very path, or beneath a path
+            // whose op removes the old tree (a rename onto it, a non-directory).
+            let mut replaced = b.created.contains(&target);
+            let mut c = target.parent();
             while let Some(x) = c {
-                if Some(&x) == moved_root.as_ref() {
+                if replaced || Some(&x) == moved_root.as_ref() {
                     break;
                 }
-                if b.created.contains(&x) {
-                    replaced = true;
-                    break;
-                }
+                replaced = b.replacing.contains(&x);
                 c = x.parent();
             }
             if replaced {
                 continue;
             }
             b.stats.deleted += 1;
+            emitted.insert(p.clone(), g.clone());
             b.deletes.push((
                 target.clone(),
                 PlannedOp::new(

@@ -184,9 +184,45 @@ fn worker(s: &Shared, tx: &Sender<Listing>) {
 }
 
 fn list_dir(s: &Shared, dir: &RelPath) -> (Listing, Vec<RelPath>) {
+    list_dir_in(&s.root, s.dev, &s.excludes, dir)
+}
+
+/// Every entry strictly beneath `dir` (on this filesystem, not excluded), parents first.
+pub fn list_subtree(
+    root: &OwnedFd,
+    dir: &RelPath,
+    excludes: &Excludes,
+) -> io::Result<Vec<(RelPath, Entry)>> {
+    let (_, dev) = root_entry(root)?;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        let (listing, subdirs) = list_dir_in(root, dev, excludes, &d);
+        match listing.entries {
+            Ok(entries) => {
+                for (name, e) in entries {
+                    out.push((d.join(&name).map_err(io::Error::other)?, e));
+                }
+            }
+            // Gone or changed meanwhile: the journal reports what happened to it.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+            Err(e) => return Err(e),
+        }
+        stack.extend(subdirs);
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn list_dir_in(
+    root: &OwnedFd,
+    dev: (u32, u32),
+    excludes: &Excludes,
+    dir: &RelPath,
+) -> (Listing, Vec<RelPath>) {
     let mut subdirs = Vec::new();
     let r = (|| -> io::Result<Vec<(Vec<u8>, Entry)>> {
-        let fd = fsutil::open_dir_beneath(s.root.as_fd(), dir.as_bytes())?;
+        let fd = fsutil::open_dir_beneath(root.as_fd(), dir.as_bytes())?;
         let mut out = Vec::new();
         for de in rfs::Dir::read_from(&fd)? {
             let de = de?;
@@ -204,7 +240,7 @@ fn list_dir(s: &Shared, dir: &RelPath) -> (Listing, Vec<RelPath>) {
                     continue;
                 }
             };
-            if s.excludes.is_excluded(&path) {
+            if excludes.is_excluded(&path) {
                 continue;
             }
             let st = match rfs::statx(
@@ -232,7 +268,7 @@ fn list_dir(s: &Shared, dir: &RelPath) -> (Listing, Vec<RelPath>) {
                 continue;
             };
             if entry.kind == super::entry::Kind::Dir {
-                if (st.stx_dev_major, st.stx_dev_minor) == s.dev {
+                if (st.stx_dev_major, st.stx_dev_minor) == dev {
                     subdirs.push(path);
                 } else {
                     tracing::warn!(

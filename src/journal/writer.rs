@@ -139,7 +139,8 @@ impl Writer {
                 Ok(wd) => {
                     self.wds.insert(wd, d.clone());
                 }
-                // Gone or replaced by a non-directory already: its own events said so.
+                // Gone, renamed or replaced already: a DELETE says so, or the MOVED_TO of its
+                // new name adds the watch there.
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
                 Err(Errno::NOSPC) => {
                     self.watch_failures += 1;
@@ -263,16 +264,23 @@ impl Writer {
         } else if mask.contains(ReadFlags::MOVED_TO) {
             match self.moved_from.take() {
                 Some((c, from, _)) if c == cookie => {
+                    let mut watched = false;
                     if is_dir {
                         for p in self.wds.values_mut() {
                             if p.starts_with(&from) {
                                 *p = p.rebase(&from, &path);
+                                watched |= *p == path;
                             }
                         }
                     }
                     let mut r = Record::new(RecOp::Rename, from);
-                    r.path2 = Some(path);
+                    r.path2 = Some(path.clone());
                     self.push(r);
+                    if is_dir && !watched {
+                        // Created and renamed before its watch could be added (add_watch of
+                        // the old name found nothing): watch it now, and record what it holds.
+                        self.watch_tree(&path, true)?;
+                    }
                 }
                 other => {
                     self.moved_from = other;

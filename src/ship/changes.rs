@@ -35,9 +35,10 @@ pub fn add(d: &mut BTreeSet<RelPath>, p: &RelPath) {
 
 /// Moves the dirty paths strictly beneath `from` to beneath `to`.
 fn rebase(d: &mut BTreeSet<RelPath>, from: &RelPath, to: &RelPath) {
+    use std::ops::Bound;
+    // `from` itself may or may not be in the set: exclude it by bound, never by position.
     let moved: Vec<RelPath> = d
-        .range(from.clone()..)
-        .skip(1)
+        .range((Bound::Excluded(from.clone()), Bound::Unbounded))
         .take_while(|p| p.as_bytes() < upper(from).as_slice())
         .filter(|p| p.starts_with(from))
         .cloned()
@@ -91,5 +92,15 @@ mod tests {
                 "b/a2/x/f"
             ]
         );
+    }
+
+    #[test]
+    fn regression_first_descendant_is_rebased_when_the_directory_itself_is_not_dirty() {
+        let recs = vec![
+            rec(RecOp::Unlink, "n35/n26/n36", None),
+            rec(RecOp::Rename, "n35", Some("n19")),
+        ];
+        let d: Vec<String> = dirty_paths(&recs).iter().map(|p| p.display()).collect();
+        assert_eq!(d, vec![".", "n19", "n19/n26", "n19/n26/n36", "n35"]);
     }
 }

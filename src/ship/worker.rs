@@ -202,6 +202,15 @@ impl Worker {
                 plan.stats.files,
                 plan.stats.changed,
             );
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for r in &records {
+                    tracing::debug!(brick = %self.brick, "record {} {} {} {:?}", r.seq, r.op.name(), r.path, r.path2);
+                }
+                let seqs = (records.first().map(|r| r.seq), last);
+                for op in &plan.ops {
+                    tracing::debug!(brick = %self.brick, ?seqs, "plan: {:?}", op.op);
+                }
+            }
             if !plan.is_empty() {
                 shipper.failures.clear();
                 shipper.ship(plan.ops, index, self.opts.batch_ops, self.opts.batch_bytes)?;

@@ -3,6 +3,7 @@
 mod util;
 
 mod agent_hostile;
+mod continuous;
 mod errors;
 mod sync;
 mod volume;

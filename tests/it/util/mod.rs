@@ -1,8 +1,10 @@
 //! Shared helpers: a `Georep` runner with its own `GEOREP_HOME`, tree builders and the tree
 //! comparison every replication test ends with.
 
+pub mod session;
 pub mod tree;
 
+pub use session::*;
 pub use tree::*;
 
 use std::path::{Path, PathBuf};

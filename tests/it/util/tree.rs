@@ -101,7 +101,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let full = root.join(&rel);
-        let md = fs::symlink_metadata(&full).unwrap();
+        // The tree may be changing (a running session): an entry that vanished is skipped,
+        // and the caller compares again.
+        let Ok(md) = fs::symlink_metadata(&full) else {
+            continue;
+        };
         let ft = md.file_type();
         let kind = if ft.is_dir() {
             "dir"
@@ -114,7 +118,9 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
         };
         let content = ft.is_file().then(|| {
             let mut h = blake3::Hasher::new();
-            h.update_reader(fs::File::open(&full).unwrap()).unwrap();
+            if let Ok(f) = fs::File::open(&full) {
+                let _ = h.update_reader(f);
+            }
             h.finalize()
         });
         if ft.is_file() && md.nlink() > 1 {
@@ -129,14 +135,15 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
                 gid: md.gid(),
                 mtime: (md.mtime(), md.mtime_nsec()),
                 content,
-                target: ft.is_symlink().then(|| fs::read_link(&full).unwrap()),
+                target: ft
+                    .is_symlink()
+                    .then(|| fs::read_link(&full).unwrap_or_default()),
                 link_leader: None,
                 rdev: md.rdev(),
             },
         );
         if ft.is_dir() {
-            for e in fs::read_dir(&full).unwrap() {
-                let e = e.unwrap();
+            for e in fs::read_dir(&full).into_iter().flatten().flatten() {
                 if rel.as_os_str().is_empty() && e.file_name() == ".georep" {
                     continue;
                 }

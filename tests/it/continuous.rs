@@ -1,0 +1,498 @@
+//! Continuous replication: the journal writer and the worker (`create` + `start --foreground`).
+
+use crate::util::*;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::time::Duration;
+
+#[test]
+fn each_op_kind_propagates_while_running() {
+    let g = Georep::new();
+    let m = g.master();
+    write(&m.join("seed.txt"), b"before create");
+    let s = Session::start(&g);
+    s.converge("initial hybrid crawl");
+    assert_eq!(s.status()["hybrid_crawls"], 1);
+
+    type Step = (&'static str, Box<dyn Fn(&std::path::Path)>);
+    let steps: Vec<Step> = vec![
+        ("create", Box::new(|m| write(&m.join("new.txt"), b"new"))),
+        (
+            "write",
+            Box::new(|m| write(&m.join("new.txt"), b"rewritten")),
+        ),
+        (
+            "append",
+            Box::new(|m| {
+                use std::io::Write;
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(m.join("new.txt"))
+                    .unwrap()
+                    .write_all(b"+")
+                    .unwrap()
+            }),
+        ),
+        (
+            "truncate",
+            Box::new(|m| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(m.join("new.txt"))
+                    .unwrap()
+                    .set_len(2)
+                    .unwrap()
+            }),
+        ),
+        (
+            "mkdir -p",
+            Box::new(|m| fs::create_dir_all(m.join("a/b/c")).unwrap()),
+        ),
+        (
+            "file in new dir",
+            Box::new(|m| write(&m.join("a/b/c/deep.txt"), b"deep")),
+        ),
+        (
+            "symlink",
+            Box::new(|m| symlink("../new.txt", m.join("a/link")).unwrap()),
+        ),
+        (
+            "hard link",
+            Box::new(|m| fs::hard_link(m.join("new.txt"), m.join("a/hard")).unwrap()),
+        ),
+        ("chmod", Box::new(|m| chmod(&m.join("new.txt"), 0o600))),
+        (
+            "touch",
+            Box::new(|m| set_mtime(&m.join("a/b/c/deep.txt"), 1_500_000_000, 7)),
+        ),
+        (
+            "rename file",
+            Box::new(|m| fs::rename(m.join("seed.txt"), m.join("a/seed-moved.txt")).unwrap()),
+        ),
+        (
+            "rename dir",
+            Box::new(|m| fs::rename(m.join("a/b"), m.join("b-moved")).unwrap()),
+        ),
+        (
+            "delete",
+            Box::new(|m| fs::remove_file(m.join("a/link")).unwrap()),
+        ),
+        (
+            "rmdir tree",
+            Box::new(|m| fs::remove_dir_all(m.join("b-moved")).unwrap()),
+        ),
+        (
+            "file -> dir",
+            Box::new(|m| {
+                fs::remove_file(m.join("new.txt")).unwrap();
+                write(&m.join("new.txt/inside"), b"x");
+            }),
+        ),
+        (
+            "moved in from outside",
+            Box::new(|m| {
+                let outside = m.parent().unwrap().join("outside-tree");
+                write(&outside.join("sub/f"), b"came from outside");
+                fs::rename(&outside, m.join("imported")).unwrap();
+            }),
+        ),
+        (
+            "moved out",
+            Box::new(|m| {
+                fs::rename(m.join("imported"), m.parent().unwrap().join("gone-out")).unwrap()
+            }),
+        ),
+    ];
+    for (what, f) in steps {
+        f(&m);
+        s.converge(what);
+    }
+    let st = s.status();
+    assert_eq!(st["hybrid_crawls"], 1, "no re-crawl while running: {st}");
+    assert_eq!(st["status"], "Active", "{st}");
+    assert_eq!(st["crawl"], "Changelog Crawl", "{st}");
+}
+
+#[test]
+fn renamed_large_directory_is_one_rename_on_the_slave() {
+    let g = Georep::new();
+    let s = Session::start(&g);
+    for i in 0..5000 {
+        write(&g.master().join(format!("big/f{i:04}")), b"x");
+    }
+    s.converge("5000 files");
+    let before = fs::metadata(g.slave().join("big/f0042")).unwrap().ino();
+    let data_before = s.status()["data"].as_u64().unwrap();
+    fs::rename(g.master().join("big"), g.master().join("renamed")).unwrap();
+    s.converge("rename");
+    assert_eq!(
+        fs::metadata(g.slave().join("renamed/f0042")).unwrap().ino(),
+        before,
+        "the slave renamed the directory instead of re-creating its files"
+    );
+    assert_eq!(
+        s.status()["data"].as_u64().unwrap(),
+        data_before,
+        "no content was sent"
+    );
+}
+
+#[test]
+fn short_lived_file_ships_nothing() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    s.converge("start");
+    s.stop();
+    let data = s.status()["data"].as_u64().unwrap();
+    // While shipping is stopped the journal records it all: one window, nothing to ship.
+    let m = g.master();
+    write(&m.join("tmp-file"), b"short-lived");
+    write(&m.join("tmp-file"), b"short-lived, written again");
+    fs::rename(m.join("tmp-file"), m.join("tmp-renamed")).unwrap();
+    fs::remove_file(m.join("tmp-renamed")).unwrap();
+    s.run();
+    s.converge("create-write-rename-delete");
+    assert!(wait_until(Duration::from_secs(10), || s.status()
+        ["journal_seq"]
+        .as_u64()
+        > Some(1)));
+    assert_eq!(
+        s.status()["data"].as_u64().unwrap(),
+        data,
+        "nothing shipped"
+    );
+    assert!(!exists(&g.slave().join("tmp-renamed")));
+}
+
+#[test]
+fn file_written_continuously_converges_once_quiet() {
+    let g = Georep::new();
+    let s = Session::start(&g);
+    let p = g.master().join("growing.log");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&p).unwrap();
+        let t = std::time::Instant::now();
+        let mut i = 0u64;
+        while t.elapsed() < Duration::from_millis(1500) {
+            writeln!(f, "line {i}").unwrap();
+            f.flush().unwrap();
+            i += 1;
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    s.converge("continuous writes");
+}
+
+#[test]
+fn stop_and_start_resumes_from_the_journal_without_recrawl() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    write(&g.master().join("a"), b"1");
+    s.converge("first");
+    s.stop();
+    assert_eq!(s.status()["status"], "Stopped");
+    for i in 0..200 {
+        write(&g.master().join(format!("while-stopped/{i}")), b"journaled");
+    }
+    fs::remove_file(g.master().join("a")).unwrap();
+    s.run();
+    s.converge("after restart");
+    assert_eq!(
+        s.status()["hybrid_crawls"],
+        1,
+        "History from the journal, not a crawl"
+    );
+}
+
+#[test]
+fn worker_killed_resumes_and_writer_killed_forces_a_hybrid_crawl() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    s.converge("start");
+    for i in 0..300 {
+        write_random(&g.master().join(format!("burst/{i}")), 64 << 10, i);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    s.kill9();
+    s.run();
+    s.converge("worker killed mid-burst");
+    assert_eq!(
+        s.status()["hybrid_crawls"],
+        1,
+        "the journal survived the worker"
+    );
+
+    // The journal writer dies: whatever happens until a new one runs is not journaled.
+    signal(s.writer_pid(), rustix::process::Signal::KILL);
+    s.kill9();
+    write(&g.master().join("unjournaled"), b"made while nothing ran");
+    fs::remove_dir_all(g.master().join("burst")).unwrap();
+    s.run();
+    s.converge("writer killed");
+    assert_eq!(s.status()["hybrid_crawls"], 2, "a gap means a hybrid crawl");
+}
+
+#[test]
+fn slave_unreachable_for_a_while_then_everything_arrives() {
+    let g = Georep::new();
+    let s = Session::start(&g);
+    s.converge("start");
+    // The DR host goes away: its volume is unavailable and the link is cut.
+    let away = g.path("slave-away");
+    fs::rename(g.slave(), &away).unwrap();
+    for pid in pids_with_cmdline(&["agent", g.slave().to_str().unwrap()]) {
+        signal(pid, rustix::process::Signal::KILL);
+    }
+    for i in 0..50 {
+        write(&g.master().join(format!("during-outage/{i}")), b"queued");
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || s.status()["status"] == "Faulty"),
+        "status should say Faulty while the slave is missing: {}",
+        s.status()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            s.status()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("slave root") && e.contains("mkdir -p"))
+        }),
+        "while it cannot reconnect, status says why and what to do: {}",
+        s.status()
+    );
+    fs::rename(&away, g.slave()).unwrap();
+    s.converge("after the outage");
+    assert!(wait_until(Duration::from_secs(15), || s.status()["status"] == "Active"));
+    assert_eq!(
+        s.status()["hybrid_crawls"],
+        1,
+        "the journal covered the outage"
+    );
+}
+
+struct QueueLimit(String);
+impl Drop for QueueLimit {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/fs/inotify/max_queued_events", &self.0);
+    }
+}
+
+/// Needs root (to lower fs.inotify.max_queued_events); CI runs as root.
+#[test]
+fn queue_overflow_records_a_gap_and_a_crawl_repairs_it() {
+    assert!(
+        is_root(),
+        "this test needs root to lower fs.inotify.max_queued_events"
+    );
+    let g = Georep::new();
+    let old = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events").unwrap();
+    let s = {
+        let _limit = QueueLimit(old.trim().to_string());
+        fs::write("/proc/sys/fs/inotify/max_queued_events", "16").unwrap();
+        // The writer's queue size is fixed when it starts.
+        Session::start(&g)
+    };
+    s.converge("start");
+    for i in 0..3000 {
+        write(&g.master().join(format!("flood/{}/{i}", i % 10)), b"f");
+    }
+    s.converge("flood");
+    assert!(
+        wait_until(Duration::from_secs(10), || s.status()["hybrid_crawls"]
+            .as_u64()
+            >= Some(2)),
+        "an overflow should have forced a hybrid crawl: {}",
+        s.status()
+    );
+    let logs = g.path("home/log");
+    let mut found = false;
+    for d in fs::read_dir(&logs).unwrap().flatten() {
+        for f in fs::read_dir(d.path()).unwrap().flatten() {
+            found |= fs::read_to_string(f.path())
+                .unwrap_or_default()
+                .contains("overflow");
+        }
+    }
+    assert!(found, "the writer warns about the overflow in its log");
+}
+
+/// Random operations on the master while the worker runs; after quiescence the slave equals
+/// the master. Seeds come from GEOREP_MODEL_SEEDS (default: 8 fixed seeds).
+#[test]
+fn randomized_model_converges() {
+    let seeds: Vec<u64> = std::env::var("GEOREP_MODEL_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| (1..=8).collect());
+    for seed in seeds {
+        let g = Georep::new();
+        let s = Session::start(&g);
+        s.converge("start");
+        let m = g.master();
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut log = Vec::new();
+        for step in 0..150 {
+            let op = random_op(&m, &mut rng);
+            log.push(format!("{step}: {op}"));
+            if rng.below(10) == 0 {
+                std::thread::sleep(Duration::from_millis(rng.below(5)));
+            }
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.converge("random ops")));
+        if let Err(e) = r {
+            panic!(
+                "model test failed for seed {seed} (rerun: GEOREP_MODEL_SEEDS={seed}):\n{}\nops:\n{}",
+                e.downcast_ref::<String>().cloned().unwrap_or_default(),
+                log.join("\n")
+            );
+        }
+    }
+}
+
+fn pick(rng: &mut Rng, m: &std::path::Path, dirs: bool) -> Option<std::path::PathBuf> {
+    let mut all = Vec::new();
+    let mut stack = vec![m.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if d == m && e.file_name() == ".georep" {
+                continue;
+            }
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+                if dirs {
+                    all.push(e.path());
+                }
+            } else if !dirs {
+                all.push(e.path());
+            }
+        }
+    }
+    all.sort();
+    (!all.is_empty()).then(|| all[rng.below(all.len() as u64) as usize].clone())
+}
+
+fn random_dir(rng: &mut Rng, m: &std::path::Path) -> std::path::PathBuf {
+    if rng.below(3) == 0 {
+        m.to_path_buf()
+    } else {
+        pick(rng, m, true).unwrap_or_else(|| m.to_path_buf())
+    }
+}
+
+fn random_op(m: &std::path::Path, rng: &mut Rng) -> String {
+    let name = format!("n{}", rng.below(40));
+    match rng.below(14) {
+        0 | 1 => {
+            let p = random_dir(rng, m).join(&name);
+            if fs::symlink_metadata(&p).is_err() {
+                let mut buf = vec![0u8; rng.below(20_000) as usize];
+                rng.fill(&mut buf);
+                write(&p, &buf);
+            }
+            format!("create {}", p.display())
+        }
+        2 => match pick(rng, m, false).filter(|p| fs::symlink_metadata(p).unwrap().is_file()) {
+            Some(p) => {
+                write(&p, format!("rewrite {}", rng.next()).as_bytes());
+                format!("write {}", p.display())
+            }
+            None => "noop".into(),
+        },
+        3 => match pick(rng, m, false).filter(|p| fs::symlink_metadata(p).unwrap().is_file()) {
+            Some(p) => {
+                use std::io::Write;
+                let _ = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .and_then(|mut f| f.write_all(b"appended"));
+                format!("append {}", p.display())
+            }
+            None => "noop".into(),
+        },
+        4 => match pick(rng, m, false).filter(|p| fs::symlink_metadata(p).unwrap().is_file()) {
+            Some(p) => {
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(rng.below(100)));
+                format!("truncate {}", p.display())
+            }
+            None => "noop".into(),
+        },
+        5 => match pick(rng, m, false) {
+            Some(p) => {
+                let to = random_dir(rng, m).join(&name);
+                let r = fs::rename(&p, &to);
+                format!("rename {} -> {} ({r:?})", p.display(), to.display())
+            }
+            None => "noop".into(),
+        },
+        6 => match pick(rng, m, true) {
+            Some(p) => {
+                let to = random_dir(rng, m).join(&name);
+                let r = fs::rename(&p, &to);
+                format!(
+                    "rename dir {} -> {} ({})",
+                    p.display(),
+                    to.display(),
+                    r.is_ok()
+                )
+            }
+            None => "noop".into(),
+        },
+        7 => match pick(rng, m, false) {
+            Some(p) => {
+                let _ = fs::remove_file(&p);
+                format!("delete {}", p.display())
+            }
+            None => "noop".into(),
+        },
+        8 => {
+            let p = random_dir(rng, m).join(&name);
+            let _ = fs::create_dir(&p);
+            format!("mkdir {}", p.display())
+        }
+        9 => match pick(rng, m, true) {
+            Some(p) => {
+                let _ = fs::remove_dir_all(&p);
+                format!("rm -r {}", p.display())
+            }
+            None => "noop".into(),
+        },
+        10 => {
+            let p = random_dir(rng, m).join(&name);
+            let _ = symlink(format!("target-{}", rng.below(5)), &p);
+            format!("symlink {}", p.display())
+        }
+        11 => match pick(rng, m, false).filter(|p| fs::symlink_metadata(p).unwrap().is_file()) {
+            Some(p) => {
+                let to = random_dir(rng, m).join(&name);
+                let _ = fs::hard_link(&p, &to);
+                format!("link {} -> {}", to.display(), p.display())
+            }
+            None => "noop".into(),
+        },
+        12 => match pick(rng, m, false).filter(|p| fs::symlink_metadata(p).unwrap().is_file()) {
+            Some(p) => {
+                chmod(&p, [0o600, 0o644, 0o755, 0o640][rng.below(4) as usize]);
+                format!("chmod {}", p.display())
+            }
+            None => "noop".into(),
+        },
+        _ => match pick(rng, m, false) {
+            Some(p) => {
+                set_mtime(
+                    &p,
+                    1_600_000_000 + rng.below(1000) as i64,
+                    rng.below(1_000_000_000) as u32,
+                );
+                format!("touch {}", p.display())
+            }
+            None => "noop".into(),
+        },
+    }
+}

@@ -1,0 +1,166 @@
+//! A running session for tests: `create` + `start --foreground` as a child process, the
+//! brick's status.json, waits on convergence. Drop stops everything it started.
+
+use super::*;
+use std::process::{Child, Stdio};
+
+pub struct Session<'a> {
+    pub g: &'a Georep,
+    pub child: Option<Child>,
+}
+
+impl<'a> Session<'a> {
+    /// `create` (verifying the slave) and `start --foreground`.
+    pub fn start(g: &'a Georep) -> Session<'a> {
+        let (m, s) = (g.master(), g.slave());
+        g.ok(&["create", m.to_str().unwrap(), s.to_str().unwrap()]);
+        let mut se = Session { g, child: None };
+        se.run();
+        se
+    }
+
+    pub fn run(&mut self) {
+        assert!(self.child.is_none());
+        let (m, s) = (self.g.master(), self.g.slave());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.g.path("start.log"))
+            .unwrap();
+        let child = self
+            .g
+            .cmd()
+            .env(
+                "GEOREP_LOG",
+                std::env::var("GEOREP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .args([
+                "start",
+                m.to_str().unwrap(),
+                s.to_str().unwrap(),
+                "--foreground",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGINT, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        let mut c = self.child.take().expect("running");
+        signal(c.id() as i32, rustix::process::Signal::INT);
+        let st = c.wait().unwrap();
+        assert!(
+            st.success(),
+            "start exited with {st} after SIGINT:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.g.path("start.log")).unwrap_or_default()
+    }
+
+    fn brick_dir(&self) -> PathBuf {
+        let base = self.g.path("home/state/sessions");
+        let s = std::fs::read_dir(&base)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::read_dir(s.join("bricks"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let p = self.brick_dir().join("status.json");
+        for _ in 0..50 {
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                if let Ok(v) = serde_json::from_str(&t) {
+                    return v;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no status at {}", p.display());
+    }
+
+    pub fn writer_pid(&self) -> i32 {
+        std::fs::read_to_string(self.brick_dir().join("writer.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until the slave equals the master (and the worker is idle), or panics with the
+    /// differences and the session log.
+    pub fn converge(&self, what: &str) {
+        let (m, s) = (self.g.master(), self.g.slave());
+        let ok = wait_until(Duration::from_secs(30), || {
+            let st = self.status();
+            st["crawl"] == "Changelog Crawl" && st["backlog"] == 0 && snapshot(&m) == snapshot(&s)
+        });
+        if !ok {
+            let r = std::panic::catch_unwind(|| assert_trees_equal(&m, &s));
+            let msg = r
+                .err()
+                .and_then(|e| e.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            // Keep the whole session log: the temp dir goes away with the test.
+            let kept = std::env::temp_dir().join(format!(
+                "georep-failed-{}-{}.log",
+                std::process::id(),
+                self.g.dir.path().file_name().unwrap().to_string_lossy()
+            ));
+            let _ = std::fs::write(&kept, self.log());
+            panic!(
+                "after {what}: slave did not converge within 30 s: {msg}\nstatus: {}\nfull log: {}\nlog tail:\n{}",
+                self.status(),
+                kept.display(),
+                tail(&self.log(), 30)
+            );
+        }
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn signal(pid: i32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let (m, s) = (self.g.master(), self.g.slave());
+        let _ = self
+            .g
+            .cmd()
+            .args(["delete", m.to_str().unwrap(), s.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
