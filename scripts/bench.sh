@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|all]   (BENCH_DIR=/path to choose where data goes)
+# Usage: scripts/bench.sh [small|big|latency|intake|all]   (BENCH_DIR=/path to choose where data goes)
 # Prints a table: median wall time of RUNS runs, ratio to cp -a, peak memory of both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +99,85 @@ if [ "$what" = big ] || [ "$what" = all ]; then
     row "georep sync --once, 1 GiB random" "$g_ms" "$(ratio "$g_ms" "$cp_big")" "${g_mrss} KiB" "${g_arss} KiB"
     time_georep "$src" --compression 0
     row "georep --compression 0, 1 GiB random" "$g_ms" "$(ratio "$g_ms" "$cp_big")" "${g_mrss} KiB" "${g_arss} KiB"
+fi
+
+# Continuous replication: write-close on the master -> new content readable on the slave.
+if [ "$what" = latency ] || [ "$what" = all ]; then
+    m=$BASE/lat-m s=$BASE/lat-s home=$BASE/lat-home
+    mkdir -p "$m" "$s"
+    GEOREP_HOME=$home "$BIN" create "$m" "$s" >/dev/null
+    GEOREP_HOME=$home "$BIN" start "$m" "$s" --foreground 2>"$BASE/lat.log" &
+    spid=$!
+    python3 - "$m" "$s" "$BASE/lat.txt" <<'PY'
+import os, sys, time
+m, s, out = sys.argv[1:4]
+os.makedirs(f"{m}/lat", exist_ok=True)
+deadline = time.time() + 30
+while not os.path.isdir(f"{s}/lat") and time.time() < deadline:
+    time.sleep(0.01)
+time.sleep(0.5)
+lat = []
+for i in range(200):
+    name = f"lat/f{i % 20}"
+    data = f"change {i}\n".encode()
+    with open(f"{m}/{name}", "wb") as f:
+        f.write(data)
+    t0 = time.perf_counter()
+    while True:
+        try:
+            with open(f"{s}/{name}", "rb") as f:
+                if f.read() == data:
+                    break
+        except FileNotFoundError:
+            pass
+        if time.perf_counter() - t0 > 10:
+            raise SystemExit(f"change {i} did not arrive within 10 s")
+        time.sleep(0.0002)
+    lat.append((time.perf_counter() - t0) * 1000)
+    time.sleep(0.02)
+lat.sort()
+p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+open(out, "w").write(f"{p(0.5):.1f} {p(0.99):.1f} {lat[-1]:.1f} {len(lat)}")
+PY
+    kill -INT $spid; wait $spid || true
+    GEOREP_HOME=$home "$BIN" delete "$m" "$s" >/dev/null
+    read -r p50 p99 pmax n < "$BASE/lat.txt"
+    row "latency p50 over $n single-file changes" "$p50" "-" "-" "-"
+    row "latency p99 over $n single-file changes" "$p99" "-" "-" "-"
+    row "latency max over $n single-file changes" "$pmax" "-" "-" "-"
+fi
+
+# Journal intake: files created as fast as one process can, all recorded without a gap.
+if [ "$what" = intake ] || [ "$what" = all ]; then
+    m=$BASE/in-m s=$BASE/in-s home=$BASE/in-home
+    mkdir -p "$m" "$s"
+    GEOREP_HOME=$home "$BIN" create "$m" "$s" >/dev/null
+    journal=$(ls "$home"/state/sessions/*/bricks/*/journal.db)
+    python3 - "$m" "$journal" "$BASE/intake.txt" <<'PY'
+import os, sqlite3, sys, time
+m, journal, out = sys.argv[1:4]
+N = 100_000
+db = sqlite3.connect(journal, timeout=30)
+start_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+os.makedirs(f"{m}/in")
+time.sleep(0.2)
+t0 = time.perf_counter()
+for i in range(N):
+    os.close(os.open(f"{m}/in/f{i:06}", os.O_CREAT | os.O_WRONLY, 0o644))
+t_made = time.perf_counter()
+while True:
+    n = db.execute("SELECT COUNT(*) FROM records WHERE seq > ? AND op = 1", (start_seq,)).fetchone()[0]
+    if n >= N or time.perf_counter() - t0 > 120:
+        break
+    time.sleep(0.005)
+t_rec = time.perf_counter()
+gaps = db.execute("SELECT COUNT(*) FROM records WHERE seq > ? AND op = 10", (start_seq,)).fetchone()[0]
+open(out, "w").write(f"{N/(t_made-t0):.0f} {n/(t_rec-t0):.0f} {n} {gaps}")
+PY
+    GEOREP_HOME=$home "$BIN" delete "$m" "$s" >/dev/null
+    read -r made recorded n gaps < "$BASE/intake.txt"
+    row "intake: creates/s made by one process" "-" "$made/s" "-" "-"
+    row "intake: creates/s recorded ($n, $gaps gaps)" "-" "$recorded/s" "-" "-"
 fi
 
 echo

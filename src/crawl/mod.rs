@@ -182,6 +182,7 @@ pub fn plan_paths(
     index: &Index,
     excludes: &Excludes,
     dirty: BTreeSet<RelPath>,
+    rename_targets: BTreeSet<RelPath>,
     slot: &mut u64,
 ) -> Result<Plan> {
     let root_fd = fsutil::open_root(root)
@@ -242,7 +243,11 @@ pub fn plan_paths(
             continue;
         }
         let mut renamed_here = false;
-        for q in index.dirs_with_ino(e.ino)? {
+        for q in index
+            .dirs_with_ino(e.ino)?
+            .into_iter()
+            .filter(|_| rename_targets.contains(p))
+        {
             if q != *p && dirty.contains(&q) {
                 renamed_here |= walk::lstat_beneath(&root_fd, &q)?.is_none_or(|x| x.ino != e.ino);
             }
@@ -298,6 +303,7 @@ pub fn plan_paths(
         }
     }
     d.targeted = Some(dirty);
+    d.rename_targets = Some(rename_targets);
     Ok(d.plan(slot))
 }
 
@@ -323,6 +329,8 @@ struct Diff {
     /// Journal mode: only these paths were looked at. Index rows beneath a renamed directory
     /// that are not among them moved along with it intact (any change would be journaled).
     targeted: Option<BTreeSet<RelPath>>,
+    /// Journal mode: the only new names that may be renames (matched to a gone entry by inode).
+    rename_targets: Option<BTreeSet<RelPath>>,
 }
 
 #[derive(Default)]
@@ -590,7 +598,12 @@ impl Diff {
                     continue;
                 }
             }
-            let renamed_from = (!(e.kind == Kind::File && e.nlink > 1))
+            let may_be_renamed = !(e.kind == Kind::File && e.nlink > 1)
+                && self
+                    .rename_targets
+                    .as_ref()
+                    .is_none_or(|t| t.contains(path));
+            let renamed_from = may_be_renamed
                 .then(|| by_ino.get(&e.ino))
                 .flatten()
                 .filter(|o| {

@@ -38,6 +38,8 @@ const MASK: WatchFlags = WatchFlags::CREATE
 /// Commit pending records after this long, or at `COMMIT_RECORDS`, whichever comes first.
 const COMMIT_AFTER: Duration = Duration::from_millis(2);
 const COMMIT_RECORDS: usize = 4096;
+/// While directories lack a watch, how often to try again (and record a new GAP if it fails).
+const REWATCH_EVERY: Duration = Duration::from_secs(30);
 /// How often a marker is written.
 const MARKER_EVERY: Duration = Duration::from_secs(1);
 const MARKER_NAME: &[u8] = b"marker";
@@ -56,6 +58,8 @@ pub struct Writer {
     marker_sent: Option<i64>,
     last_marker: Instant,
     watch_failures: u64,
+    /// Set while some directory has no watch (limit reached): retried every `REWATCH_EVERY`.
+    degraded_since: Option<Instant>,
     pub last_seq: u64,
 }
 
@@ -81,6 +85,7 @@ impl Writer {
             marker_sent: None,
             last_marker: Instant::now(),
             watch_failures: 0,
+            degraded_since: None,
             last_seq: 0,
         };
         let t0 = Instant::now();
@@ -144,6 +149,7 @@ impl Writer {
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
                 Err(Errno::NOSPC) => {
                     self.watch_failures += 1;
+                    self.degraded_since = Some(Instant::now());
                     tracing::warn!(
                         "inotify watch limit reached at {}: raise fs.inotify.max_user_watches; changes there are covered by crawls only",
                         full.display()
@@ -179,6 +185,44 @@ impl Writer {
                     self.push(Record::new(op, path));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Tries again to watch every directory that has no watch. Changes made there meanwhile
+    /// were not journaled: a failure records a GAP again (via `watch_tree`), so the worker
+    /// keeps crawling until the limit is raised; success ends the degraded state.
+    fn rewatch(&mut self) -> Result<()> {
+        self.degraded_since = None;
+        let before = self.watch_failures;
+        let watched: std::collections::HashSet<RelPath> = self.wds.values().cloned().collect();
+        let mut stack = vec![RelPath::root()];
+        let mut missing = Vec::new();
+        while let Some(d) = stack.pop() {
+            if !watched.contains(&d) {
+                missing.push(d.clone());
+                continue; // watch_tree covers everything beneath it
+            }
+            for e in std::fs::read_dir(self.full(&d))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Ok(p) = d.join(e.file_name().as_bytes()) {
+                        stack.push(p);
+                    }
+                }
+            }
+        }
+        for d in missing {
+            self.watch_tree(&d, false)?;
+        }
+        if self.watch_failures == before {
+            tracing::info!(brick = %self.root.display(), "every directory is watched again");
+            self.push(Record::gap(
+                "directories were unwatched until now (watch limit)",
+            ));
         }
         Ok(())
     }
@@ -362,6 +406,12 @@ impl Writer {
             }
             if self.last_marker.elapsed() >= MARKER_EVERY {
                 self.write_marker();
+            }
+            if self
+                .degraded_since
+                .is_some_and(|t| t.elapsed() >= REWATCH_EVERY)
+            {
+                self.rewatch()?;
             }
         }
         self.drain(&mut buf)?;

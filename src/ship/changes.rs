@@ -10,7 +10,14 @@ use std::collections::BTreeSet;
 /// The dirty set of `records` (in order): each path changed, and its parent (whose entries and
 /// mtime changed with it).
 pub fn dirty_paths(records: &[Record]) -> BTreeSet<RelPath> {
+    changes(records).0
+}
+
+/// The dirty set, and the final names that are the target of a rename in `records`: only those
+/// may be matched to a gone entry by inode (a new entry can reuse a deleted one's inode number).
+pub fn changes(records: &[Record]) -> (BTreeSet<RelPath>, BTreeSet<RelPath>) {
     let mut d = BTreeSet::new();
+    let mut targets = BTreeSet::new();
     for r in records {
         if !r.op.has_path() {
             continue;
@@ -18,12 +25,15 @@ pub fn dirty_paths(records: &[Record]) -> BTreeSet<RelPath> {
         if r.op == RecOp::Rename {
             if let Some(to) = &r.path2 {
                 rebase(&mut d, &r.path, to);
+                rebase(&mut targets, &r.path, to);
+                targets.remove(&r.path);
+                targets.insert(to.clone());
                 add(&mut d, to);
             }
         }
         add(&mut d, &r.path);
     }
-    d
+    (d, targets)
 }
 
 pub fn add(d: &mut BTreeSet<RelPath>, p: &RelPath) {

@@ -184,7 +184,7 @@ impl Worker {
             } else {
                 "Changelog Crawl".into()
             };
-            let mut dirty = changes::dirty_paths(&records);
+            let (mut dirty, rename_targets) = changes::changes(&records);
             for p in &retry {
                 changes::add(&mut dirty, p);
             }
@@ -195,6 +195,7 @@ impl Worker {
                 index,
                 &self.excludes,
                 dirty,
+                rename_targets,
                 &mut self.slot,
             )?;
             let (entries, data, meta) = (

@@ -496,3 +496,59 @@ fn random_op(m: &std::path::Path, rng: &mut Rng) -> String {
         },
     }
 }
+
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Needs root (to mount a small tmpfs as the slave); CI runs as root.
+#[test]
+fn failure_is_retried_and_stime_never_passes_it() {
+    assert!(is_root(), "this test needs root to mount a small tmpfs");
+    let g = Georep::new();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(g.slave())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _m = Mount(g.slave());
+    let s = Session::start(&g);
+    s.converge("start");
+    write_random(&g.master().join("too-big.bin"), 3 << 20, 1);
+    assert!(
+        wait_until(Duration::from_secs(15), || s.status()["failures"].as_u64()
+            >= Some(1)),
+        "the failed file is listed: {}",
+        s.status()
+    );
+    let frozen = s.status()["stime_ns"].as_i64().unwrap();
+    write(
+        &g.master().join("later.txt"),
+        b"arrives, but stime must not pass the failure",
+    );
+    assert!(wait_until(Duration::from_secs(10), || exists(
+        &g.slave().join("later.txt")
+    )));
+    std::thread::sleep(Duration::from_millis(1500)); // markers keep coming meanwhile
+    assert_eq!(
+        s.status()["stime_ns"].as_i64().unwrap(),
+        frozen,
+        "stime moved past a failure"
+    );
+    // The operator fixes the cause (here: the file shrinks); the retry goes through.
+    write(&g.master().join("too-big.bin"), b"small now");
+    s.converge("after the fix");
+    assert!(
+        wait_until(Duration::from_secs(15), || s.status()["failures"] == 0
+            && s.status()["stime_ns"].as_i64().unwrap() > frozen),
+        "failure cleared and stime moving again: {}",
+        s.status()
+    );
+}
