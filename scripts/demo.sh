@@ -45,6 +45,25 @@ echo "== second sync: only the changes travel (the directory is renamed, not re-
 echo "== third sync: nothing changed, nothing sent"
 "$GEOREP" sync gv0 gv0-dr --once
 
+echo "== continuous replication: a session with a journal writer, then a live change"
+"$GEOREP" create gv0 gv0-dr
+"$GEOREP" start gv0 gv0-dr --foreground 2> "$DEMO/start.log" &
+START=$!
+trap 'kill -INT $START 2>/dev/null; wait $START 2>/dev/null; "$GEOREP" delete gv0 gv0-dr >/dev/null 2>&1 || true' EXIT
+sleep 1
+echo "written at $(date +%T.%N | cut -c1-12)" > "$M/projects/apollo/live.txt"
+t0=$(date +%s%N)
+until [ "$(cat "$S/projects/apollo/live.txt" 2>/dev/null)" = "$(cat "$M/projects/apollo/live.txt")" ]; do
+    sleep 0.001
+    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 10 ] || { echo "live change did not arrive" >&2; exit 1; }
+done
+echo "live change visible on the DR site after $(( ($(date +%s%N) - t0) / 1000000 )) ms (polled from a shell)"
+cat "$(ls "$GEOREP_HOME"/state/sessions/*/bricks/*/status.json)"
+echo
+kill -INT $START; wait $START || true
+"$GEOREP" delete gv0 gv0-dr
+trap - EXIT
+
 echo "== the DR copy"
 ls -la "$S/projects/apollo" "$S/photos"
 if diff -r --no-dereference "$M" "$S" -x .georep >/dev/null; then
