@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod crawl;
 pub mod daemon;
+pub mod db;
 pub mod fsutil;
 pub mod journal;
 pub mod logging;

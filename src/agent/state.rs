@@ -4,7 +4,7 @@
 //! Invariant: `last_batch` for a brick is written only after the batch's data was synced, so a
 //! master that resumes from it never skips a change.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
@@ -21,14 +21,9 @@ pub struct AgentState {
 impl AgentState {
     pub fn open(state_dir: &Path) -> Result<Self> {
         let path = state_dir.join("agent.db");
-        let db = Connection::open(&path)
-            .with_context(|| format!("opening agent state {}", path.display()))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
-        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        let db = crate::db::open(&path, crate::db::Sync::Full, FORMAT_VERSION, "agent state")?;
         db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS bricks(
+            "CREATE TABLE IF NOT EXISTS bricks(
                 brick TEXT PRIMARY KEY, session TEXT NOT NULL,
                 last_batch INTEGER NOT NULL, updated_ns INTEGER NOT NULL);",
         )?;
@@ -37,22 +32,12 @@ impl AgentState {
                 .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
                 .optional()?)
         };
-        match get("format")? {
-            None => {
-                let id = new_volume_id()?;
-                db.execute_batch("BEGIN IMMEDIATE")?;
-                // Another agent may have initialised the volume between our read and the lock.
-                db.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1), ('volume_id', ?2), ('epoch', '0'), ('role', 'slave')",
-                    params![FORMAT_VERSION, id],
-                )?;
-                db.execute_batch("COMMIT")?;
-            }
-            Some(v) if v == FORMAT_VERSION => {}
-            Some(v) => bail!(
-                "{} has format version {v}, this georep understands {FORMAT_VERSION}: upgrade georep on this host",
-                path.display()
-            ),
+        if get("volume_id")?.is_none() {
+            // Another agent may initialise the volume at the same time: first writer wins.
+            db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('volume_id', ?1), ('epoch', '0'), ('role', 'slave')",
+                params![new_volume_id()?],
+            )?;
         }
         let volume_id = get("volume_id")?.context("agent.db has no volume_id")?;
         let epoch = get("epoch")?

@@ -8,7 +8,7 @@
 
 use super::entry::{Entry, Kind};
 use crate::protocol::RelPath;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 
@@ -84,34 +84,17 @@ fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
 
 impl Index {
     pub fn open(path: &Path) -> Result<Index> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        let db =
-            Connection::open(path).with_context(|| format!("opening index {}", path.display()))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
         // The index trails the slave: losing the last commits only makes the next crawl resend.
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        let db = crate::db::open(path, crate::db::Sync::Normal, FORMAT_VERSION, "index")?;
         db.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
+            "CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
                 PRIMARY KEY(dir, name)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS entry_inodes ON entries(ino);
              CREATE TABLE IF NOT EXISTS failures(path BLOB PRIMARY KEY, side TEXT NOT NULL,
                 errno INTEGER NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
                 first_ns INTEGER NOT NULL, next_retry_ns INTEGER NOT NULL);"
         ))?;
-        let idx = Index { db };
-        match idx.get_meta("format")? {
-            None => idx.set_meta("format", FORMAT_VERSION)?,
-            Some(v) if v == FORMAT_VERSION => {}
-            Some(v) => bail!(
-                "index {} has format {v}, this georep understands {FORMAT_VERSION}: upgrade georep or delete the session",
-                path.display()
-            ),
-        }
-        Ok(idx)
+        Ok(Index { db })
     }
 
     pub fn get_meta(&self, k: &str) -> Result<Option<String>> {

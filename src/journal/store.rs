@@ -5,7 +5,7 @@
 
 use super::record::{RecOp, Record};
 use crate::protocol::RelPath;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
@@ -17,39 +17,13 @@ pub struct JournalStore {
 
 impl JournalStore {
     pub fn open(path: &Path) -> Result<JournalStore> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let db = Connection::open(path)
-            .with_context(|| format!("opening journal {}", path.display()))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
         // A lost tail implies the writer restarted, which records a gap: NORMAL is enough.
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        let db = crate::db::open(path, crate::db::Sync::Normal, FORMAT_VERSION, "journal")?;
         db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            "CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY AUTOINCREMENT,
                 ts_ns INTEGER NOT NULL, op INTEGER NOT NULL, path BLOB NOT NULL,
                 path2 BLOB, note TEXT);",
         )?;
-        let v: Option<String> = db
-            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match v {
-            None => {
-                db.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
-                    [FORMAT_VERSION],
-                )?;
-            }
-            Some(v) if v == FORMAT_VERSION => {}
-            Some(v) => bail!(
-                "journal {} has format {v}, this georep understands {FORMAT_VERSION}: upgrade georep",
-                path.display()
-            ),
-        }
         Ok(JournalStore { db })
     }
 

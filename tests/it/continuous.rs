@@ -497,28 +497,12 @@ fn random_op(m: &std::path::Path, rng: &mut Rng) -> String {
     }
 }
 
-struct Mount(std::path::PathBuf);
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Needs root (to mount a small tmpfs as the slave); CI runs as root.
 #[test]
 fn failure_is_retried_and_stime_never_passes_it() {
     assert!(is_root(), "this test needs root to mount a small tmpfs");
     let g = Georep::new();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(g.slave())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let _m = Mount(g.slave());
+    let _m = Mount::tmpfs(&g.slave(), "1m");
     let s = Session::start(&g);
     s.converge("start");
     write_random(&g.master().join("too-big.bin"), 3 << 20, 1);

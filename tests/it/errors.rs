@@ -104,13 +104,6 @@ fn unreadable_master_file_is_reported_and_the_rest_replicates() {
     assert_eq!(fs::read(m.join("secret")).unwrap(), b"unreadable");
 }
 
-struct Mount(std::path::PathBuf);
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Needs root (to mount a small tmpfs as the slave); CI runs as root.
 #[test]
 fn full_slave_filesystem_is_reported_and_nothing_is_lost() {
@@ -120,13 +113,7 @@ fn full_slave_filesystem_is_reported_and_nothing_is_lost() {
     write(&m.join("small-1"), b"fits");
     write_random(&m.join("huge.bin"), 3 << 20, 5);
     write(&m.join("small-2"), b"fits too");
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(g.slave())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mounting a tmpfs failed");
-    let _m = Mount(g.slave());
+    let _m = Mount::tmpfs(&g.slave(), "1m");
     let o = sync_raw(&g, m.to_str().unwrap(), g.slave().to_str().unwrap());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = stderr(&o);
