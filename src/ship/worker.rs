@@ -27,8 +27,39 @@ use std::time::{Duration, Instant};
 
 /// Records read per round; a backlog larger than this is a History Crawl.
 const WINDOW_RECORDS: usize = 8192;
-/// Idle poll interval of the journal (the writer group-commits every 2 ms).
-const POLL: Duration = Duration::from_millis(2);
+/// Longest idle wait: retries, status and stop requests are looked at this often.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// Wakes the idle worker when the journal writer commits: each commit writes the journal's WAL
+/// file, whose inotify event ends the wait (no polling while idle).
+struct JournalWaker {
+    fd: rustix::fd::OwnedFd,
+}
+
+impl JournalWaker {
+    fn new(dir: &std::path::Path) -> Result<JournalWaker> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
+            .context("creating an inotify instance for the journal")?;
+        inotify::add_watch(&fd, dir, WatchFlags::MODIFY | WatchFlags::CLOSE_WRITE)
+            .with_context(|| format!("watching {}", dir.display()))?;
+        Ok(JournalWaker { fd })
+    }
+
+    /// Waits until the journal changes or `max` passes.
+    fn wait(&self, max: Duration) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let ts = Timespec {
+            tv_sec: max.as_secs() as i64,
+            tv_nsec: max.subsec_nanos() as i64,
+        };
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        let _ = poll(&mut fds, Some(&ts));
+        // Drain; which file changed does not matter (a spurious wake costs one query).
+        let mut buf = [0u8; 4096];
+        while matches!(rustix::io::read(&self.fd, &mut buf), Ok(n) if n > 0) {}
+    }
+}
 
 pub struct Worker {
     session: SessionConfig,
@@ -151,6 +182,7 @@ impl Worker {
         journal: &JournalStore,
     ) -> Result<()> {
         let mut last_status = Instant::now();
+        let waker = JournalWaker::new(&self.dir)?;
         loop {
             if self.stopping() {
                 return Ok(());
@@ -174,7 +206,7 @@ impl Worker {
                     self.save();
                     last_status = Instant::now();
                 }
-                std::thread::sleep(POLL);
+                waker.wait(IDLE_WAIT);
                 continue;
             }
             let backlog = journal.count_after(seq)?;
