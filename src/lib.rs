@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod db;
 pub mod fsutil;
 pub mod journal;
+pub mod keys;
 pub mod logging;
 pub mod protocol;
 pub mod session;

@@ -144,6 +144,12 @@ pub struct SessionConfig {
     #[serde(default)]
     pub excludes: Vec<String>,
     pub created: String,
+    /// SSH port of the slave (`ssh-port N` at create); the slave spec's own port wins.
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
+    /// Path of georep on the slave host (config `remote-georep`).
+    #[serde(default)]
+    pub remote_georep: Option<String>,
 }
 
 const SESSION_FORMAT: u32 = 1;
@@ -171,6 +177,8 @@ impl SessionConfig {
             slave: slave.to_string(),
             excludes: Vec::new(),
             created: chrono::Utc::now().to_rfc3339(),
+            ssh_port: None,
+            remote_georep: None,
         })
     }
 
@@ -182,7 +190,15 @@ impl SessionConfig {
 
     pub fn load(home: &Home, master: &str, slave: &str) -> Result<SessionConfig> {
         let name = Self::name_for(home, master, slave)?;
-        let path = Self::file(home, &name);
+        Self::load_named(home, &name, master, slave)
+    }
+
+    pub fn load_by_name(home: &Home, name: &str) -> Result<SessionConfig> {
+        Self::load_named(home, name, name, "")
+    }
+
+    fn load_named(home: &Home, name: &str, master: &str, slave: &str) -> Result<SessionConfig> {
+        let path = Self::file(home, name);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 anyhow::anyhow!(
@@ -222,5 +238,26 @@ impl SessionConfig {
 
     pub fn slave_spec(&self) -> Result<SlaveSpec> {
         SlaveSpec::parse(&self.slave)
+    }
+
+    pub fn remote_georep(&self) -> &str {
+        self.remote_georep.as_deref().unwrap_or("georep")
+    }
+
+    /// The SSH target of a remote slave (user default root, as with Gluster).
+    pub fn ssh_target(
+        &self,
+        host_key: crate::transport::ssh::HostKeyPolicy,
+    ) -> Result<crate::transport::ssh::SshTarget> {
+        let spec = self.slave_spec()?;
+        Ok(crate::transport::ssh::SshTarget {
+            user: spec.user.clone().unwrap_or_else(|| "root".into()),
+            host: spec
+                .host
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("slave {} is not remote", self.slave))?,
+            port: spec.port.or(self.ssh_port).unwrap_or(22),
+            host_key,
+        })
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::config::{Home, SyncOptions};
 use crate::volume::{self, Volume};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -37,6 +37,9 @@ pub enum Cmd {
     /// Journal writer of one brick (started by create/start)
     #[command(hide = true)]
     Journal(JournalArgs),
+    /// Slave side of push-pem: install a session key confined to one volume's agent
+    #[command(hide = true)]
+    AuthorizeKey(AuthorizeKeyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -51,9 +54,35 @@ pub struct SessionArgs {
 pub struct CreateArgs {
     #[command(flatten)]
     pub session: SessionArgs,
-    /// `no-verify`: skip the handshake with the slave agent
+    /// `push-pem`, `no-verify`, `ssh-port N`, `force`
     #[arg(value_name = "OPTION")]
     pub options: Vec<String>,
+    /// Your own SSH key for push-pem (default: ~/.ssh/id_ed25519, id_ecdsa, then ssh-agent)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+    /// Pin the slave's host key up front (SHA256:... as ssh-keygen -l prints it)
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub host_key: Option<String>,
+    /// Path of georep on the slave host (default: georep in its PATH)
+    #[arg(long, value_name = "PATH")]
+    pub remote_georep: Option<String>,
+    /// Create the slave volume root if it does not exist (push-pem)
+    #[arg(long)]
+    pub create_root: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizeKeyArgs {
+    #[arg(long)]
+    pub volume: String,
+    #[arg(long)]
+    pub key: String,
+    #[arg(long)]
+    pub comment: String,
+    #[arg(long, default_value = "georep")]
+    pub georep: String,
+    #[arg(long)]
+    pub create_root: bool,
 }
 
 #[derive(Args, Debug)]
@@ -138,8 +167,11 @@ impl TryFrom<&SyncArgs> for SyncOptions {
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     /// Slave volume name registered on this host, or an absolute path
+    #[arg(long, required_unless_present = "probe")]
+    pub volume: Option<String>,
+    /// Print this agent's version and protocol and exit (used by push-pem)
     #[arg(long)]
-    pub volume: String,
+    pub probe: bool,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -164,17 +196,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Create(a) => {
-            let mut verify = true;
-            for o in &a.options {
-                match o.as_str() {
-                    "no-verify" => verify = false,
-                    "push-pem" => bail!(
-                        "push-pem sets up SSH keys for a remote slave; the SSH transport is not part of this build yet (local slaves need no keys)"
-                    ),
-                    other => bail!("unknown create option {other:?}: expected no-verify"),
+            let mut o = crate::daemon::CreateOptions {
+                verify: true,
+                identity: a.identity.clone(),
+                host_key: a.host_key.clone(),
+                remote_georep: a.remote_georep.clone(),
+                create_root: a.create_root,
+                ..Default::default()
+            };
+            let mut words = a.options.iter();
+            while let Some(w) = words.next() {
+                match w.as_str() {
+                    "no-verify" => o.verify = false,
+                    "push-pem" => o.push_pem = true,
+                    "force" => o.force = true,
+                    "ssh-port" => {
+                        let p = words.next().context("ssh-port needs a number")?;
+                        o.ssh_port = Some(p.parse().with_context(|| format!("ssh-port {p:?} is not a port number"))?);
+                    }
+                    other => bail!("unknown create option {other:?}: expected push-pem, no-verify, ssh-port N or force"),
                 }
             }
-            let cfg = crate::daemon::create(&home, &a.session.master, &a.session.slave, verify)?;
+            let cfg = crate::daemon::create(&home, &a.session.master, &a.session.slave, &o)?;
             println!(
                 "Creating geo-replication session between {} & {} has been successful ({})",
                 a.session.master, a.session.slave, cfg.name
@@ -209,11 +252,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             crate::daemon::run_journal(&home, &a.session, &a.brick)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::AuthorizeKey(a) => {
+            if a.create_root && a.volume.starts_with('/') {
+                std::fs::create_dir_all(&a.volume)
+                    .with_context(|| format!("creating slave root {}", a.volume))?;
+            }
+            let line = crate::keys::authorized_line(&a.georep, &a.volume, &a.key, &a.comment)?;
+            let file = crate::keys::authorized_keys_file()?;
+            let changed = crate::keys::authorize(&file, &line)?;
+            println!(
+                "{} {} on {}",
+                if changed {
+                    "installed session key in"
+                } else {
+                    "session key already in"
+                },
+                file.display(),
+                crate::config::node_name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Agent(a) => {
-            let root = if a.volume.starts_with('/') {
-                std::path::PathBuf::from(&a.volume)
+            if a.probe {
+                println!(
+                    "georep-agent protocol={} version={}",
+                    crate::protocol::PROTOCOL_VERSION,
+                    env!("CARGO_PKG_VERSION")
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let volume = a.volume.unwrap_or_default();
+            let root = if volume.starts_with('/') {
+                std::path::PathBuf::from(&volume)
             } else {
-                Volume::load(&home, &a.volume)?.slave_root()?
+                Volume::load(&home, &volume)?.slave_root()?
             };
             crate::agent::serve(
                 &root,

@@ -179,12 +179,36 @@ pub fn stop_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
     Ok(())
 }
 
-/// `georep create MASTER SLAVE [no-verify]`.
-pub fn create(home: &Home, master: &str, slave: &str, verify: bool) -> Result<SessionConfig> {
-    if SessionConfig::exists(home, master, slave)? {
-        bail!("session {master} -> {slave} already exists: `georep delete {master} {slave}` first");
+/// Options of `georep create`.
+#[derive(Debug, Default, Clone)]
+pub struct CreateOptions {
+    pub verify: bool,
+    pub push_pem: bool,
+    pub force: bool,
+    pub ssh_port: Option<u16>,
+    pub identity: Option<PathBuf>,
+    pub host_key: Option<String>,
+    pub remote_georep: Option<String>,
+    pub create_root: bool,
+}
+
+/// `georep create MASTER SLAVE [push-pem] [no-verify] [ssh-port N] [force]`.
+pub fn create(home: &Home, master: &str, slave: &str, o: &CreateOptions) -> Result<SessionConfig> {
+    let exists = SessionConfig::exists(home, master, slave)?;
+    if exists && !o.force {
+        bail!("session {master} -> {slave} already exists: add `force` to update it, or `georep delete {master} {slave}` first");
     }
-    let cfg = SessionConfig::new(home, master, slave)?;
+    let mut cfg = if exists {
+        SessionConfig::load(home, master, slave)?
+    } else {
+        SessionConfig::new(home, master, slave)?
+    };
+    if o.ssh_port.is_some() {
+        cfg.ssh_port = o.ssh_port;
+    }
+    if o.remote_georep.is_some() {
+        cfg.remote_georep = o.remote_georep.clone();
+    }
     let vol = cfg.volume(home)?;
     let spec = cfg.slave_spec()?;
     let bricks: Vec<Brick> = vol.local_active_bricks().into_iter().cloned().collect();
@@ -195,9 +219,37 @@ pub fn create(home: &Home, master: &str, slave: &str, verify: bool) -> Result<Se
             crate::config::node_name()
         );
     }
-    if verify {
+    if !spec.is_local() {
+        if o.push_pem {
+            push_pem(home, &cfg, &vol.name, o)?;
+        } else if !o.verify {
+            // Keys managed by the operator: make the session key and say what to install.
+            let key = crate::keys::session_key(home, &cfg.name)?;
+            let public = key.public_key().to_openssh().map_err(|e| anyhow!("{e}"))?;
+            let line = crate::keys::authorized_line(
+                cfg.remote_georep(),
+                &spec.volume,
+                &public,
+                &format!("georep:{}@{}", vol.name, crate::config::node_name()),
+            )?;
+            let fp = o.host_key.as_deref().ok_or_else(|| {
+                anyhow!("no-verify on a remote slave needs --host-key SHA256:... (the slave's host key fingerprint, `ssh-keygen -lf` on its host key)")
+            })?;
+            crate::fsutil::atomic_write(
+                &crate::keys::ssh_dir(home, &cfg.name).join("host_key.fp"),
+                format!("{fp}\n").as_bytes(),
+            )?;
+            println!("install this line in the slave user's authorized_keys:\n{line}");
+        } else {
+            bail!(
+                "a remote slave needs `push-pem` (sets up the session key on {}) or `no-verify --host-key SHA256:...` (you install the key yourself)",
+                spec.host.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    if o.verify {
         // A real handshake with the slave agent, so a wrong slave fails now, not at start.
-        let transport = crate::ship::transport_for(&spec)?;
+        let transport = crate::ship::transport_for_config(home, &cfg, &spec)?;
         let dir = tempdir_in(&home.state)?;
         let index = crate::crawl::index::Index::open(&dir.join("probe.db"))?;
         let opts = SyncOptions::default();
@@ -209,15 +261,104 @@ pub fn create(home: &Home, master: &str, slave: &str, verify: bool) -> Result<Se
             &bricks[0],
             &opts,
         )
-        .with_context(|| format!("verifying slave {slave} (use no-verify to skip)"))?;
-        probe.close()?;
+        .with_context(|| format!("verifying slave {slave} (use no-verify to skip)"));
         let _ = std::fs::remove_dir_all(&dir);
+        probe?.close()?;
     }
     cfg.save(home)?;
     for b in &bricks {
         ensure_writer(home, &cfg.name, b)?;
     }
     Ok(cfg)
+}
+
+/// Sets up the session key on the slave with the operator's own credentials.
+fn push_pem(home: &Home, cfg: &SessionConfig, mastervol: &str, o: &CreateOptions) -> Result<()> {
+    use crate::transport::ssh::{self, HostKeyPolicy};
+    let spec = cfg.slave_spec()?;
+    let pinned = crate::keys::pinned_host_key(home, &cfg.name)?;
+    let policy = match (&o.host_key, pinned) {
+        (Some(fp), _) => HostKeyPolicy::Fingerprint(fp.clone()),
+        (None, Some(k)) if !o.force => HostKeyPolicy::Pinned(k),
+        _ => HostKeyPolicy::FirstUse,
+    };
+    let target = cfg.ssh_target(policy)?;
+    let creds = operator_credentials(o.identity.as_deref())?;
+    let georep = cfg.remote_georep();
+    let (code, out, err, shown) =
+        ssh::run_command(&target, &creds, &format!("{georep} agent --probe"))?;
+    let out = String::from_utf8_lossy(&out);
+    if code != 0 || !out.starts_with("georep-agent ") {
+        bail!(
+            "georep is not usable on {} as `{georep}` (exit {code}: {}): install it there or set its path with --remote-georep",
+            target.describe(),
+            err.trim().lines().last().unwrap_or(out.trim())
+        );
+    }
+    if !out.contains(&format!("protocol={}", crate::protocol::PROTOCOL_VERSION)) {
+        bail!(
+            "georep on {} speaks another protocol ({}): install the same version on both sites",
+            target.describe(),
+            out.trim()
+        );
+    }
+    let shown = shown.context("the server showed no host key")?;
+    crate::keys::pin_host_key(home, &cfg.name, &shown)?;
+    println!(
+        "slave host key {} pinned: {}",
+        target.describe(),
+        ssh::fingerprint(&shown)
+    );
+    let key = crate::keys::session_key(home, &cfg.name)?;
+    let public = key.public_key().to_openssh().map_err(|e| anyhow!("{e}"))?;
+    let comment = format!(
+        "georep:{}@{}",
+        crate::session::slug(mastervol),
+        crate::config::node_name()
+    );
+    let cmd = format!(
+        "{georep} authorize-key --volume {} --georep {georep} --key '{public}' --comment {comment}{}",
+        spec.volume,
+        if o.create_root { " --create-root" } else { "" }
+    );
+    let target = cfg.ssh_target(HostKeyPolicy::Pinned(shown))?;
+    let (code, out, err, _) = ssh::run_command(&target, &creds, &cmd)?;
+    if code != 0 {
+        bail!(
+            "installing the session key on {} failed (exit {code}): {}",
+            target.describe(),
+            err.trim()
+        );
+    }
+    print!("{}", String::from_utf8_lossy(&out));
+    Ok(())
+}
+
+/// `--identity FILE`, else ~/.ssh/id_ed25519 or id_ecdsa, else the ssh-agent.
+fn operator_credentials(identity: Option<&Path>) -> Result<crate::transport::ssh::Credentials> {
+    use crate::transport::ssh::Credentials;
+    let load = |p: &Path| {
+        russh::keys::load_secret_key(p, None)
+            .map(|k| Credentials::Key(Arc::new(k)))
+            .map_err(|e| {
+                anyhow!(
+                    "loading {}: {e} (only unencrypted ed25519/ecdsa keys, or an ssh-agent)",
+                    p.display()
+                )
+            })
+    };
+    if let Some(p) = identity {
+        return load(p);
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        for name in ["id_ed25519", "id_ecdsa"] {
+            let p = Path::new(&home).join(".ssh").join(name);
+            if p.exists() {
+                return load(&p);
+            }
+        }
+    }
+    Ok(Credentials::Agent)
 }
 
 fn tempdir_in(base: &Path) -> Result<PathBuf> {

@@ -77,17 +77,49 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-pub fn transport_for(slave: &SlaveSpec) -> Result<Box<dyn Transport>> {
+pub fn transport_for(home: &Home, session: &str, slave: &SlaveSpec) -> Result<Box<dyn Transport>> {
     if slave.is_local() {
         return Ok(Box::new(LocalTransport::new(&slave.volume)?));
     }
-    bail!(
-        "slave {}::{} is remote: SSH slaves need a session created with `georep create <mastervol> {}::{} push-pem`, and the SSH transport is not part of this build yet; use a local path or volume",
-        slave.host.as_deref().unwrap_or(""),
-        slave.volume,
-        slave.host.as_deref().unwrap_or(""),
-        slave.volume
-    )
+    let host = slave.host.as_deref().unwrap_or_default();
+    let cfg = crate::session::SessionConfig::load_by_name(home, session).map_err(|_| {
+        anyhow!(
+            "no session for slave {host}::{}: create it first with `georep create <mastervol> {host}::{} push-pem` (it sets up the session key and pins the host key)",
+            slave.volume,
+            slave.volume
+        )
+    })?;
+    transport_for_config(home, &cfg, slave)
+}
+
+/// The transport of a session whose config is at hand (also before it is saved).
+pub fn transport_for_config(
+    home: &Home,
+    cfg: &crate::session::SessionConfig,
+    slave: &SlaveSpec,
+) -> Result<Box<dyn Transport>> {
+    use crate::transport::ssh::HostKeyPolicy;
+    if slave.is_local() {
+        return Ok(Box::new(LocalTransport::new(&slave.volume)?));
+    }
+    let session = &cfg.name;
+    let host = slave.host.as_deref().unwrap_or_default();
+    let fp_file = crate::keys::ssh_dir(home, session).join("host_key.fp");
+    let policy = match crate::keys::pinned_host_key(home, session)? {
+        Some(k) => HostKeyPolicy::Pinned(k),
+        None => match std::fs::read_to_string(&fp_file) {
+            Ok(fp) => HostKeyPolicy::Fingerprint(fp.trim().to_string()),
+            Err(_) => bail!(
+                "session {session} has no pinned host key for {host}: run `georep create ... push-pem` (or no-verify --host-key SHA256:...)"
+            ),
+        },
+    };
+    let target = cfg.ssh_target(policy)?;
+    Ok(Box::new(crate::transport::ssh::SshTransport {
+        target,
+        key: crate::keys::key_path(home, session),
+        command: format!("{} agent --volume {}", cfg.remote_georep(), slave.volume),
+    }))
 }
 
 /// `georep sync MASTER SLAVE --once`.
@@ -107,9 +139,9 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
             }
         }
     }
-    let transport = transport_for(&spec)?;
-    let excludes = Excludes::new(&opts.excludes)?;
     let session = session::session_name(&vol, &spec);
+    let transport = transport_for(home, &session, &spec)?;
+    let excludes = Excludes::new(&opts.excludes)?;
     let bricks = vol.local_active_bricks();
     if bricks.is_empty() {
         bail!(

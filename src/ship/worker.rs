@@ -62,6 +62,7 @@ impl JournalWaker {
 }
 
 pub struct Worker {
+    home: Home,
     session: SessionConfig,
     spec: SlaveSpec,
     brick: Brick,
@@ -85,6 +86,7 @@ impl Worker {
         let mut status = BrickStatus::load(&dir).unwrap_or_default();
         status.last_error = None;
         Ok(Worker {
+            home: home.clone(),
             spec: session.slave_spec()?,
             session: session.clone(),
             brick: brick.clone(),
@@ -119,7 +121,7 @@ impl Worker {
     pub fn run(mut self) -> Result<()> {
         let index = Index::open(&self.dir.join("index.db"))?;
         let journal = JournalStore::open(&self.dir.join("journal.db"))?;
-        let transport = transport_for(&self.spec)?;
+        let transport = transport_for(&self.home, &self.session.name, &self.spec)?;
         let mut backoff = Duration::from_millis(200);
         while !self.stopping() {
             self.status.status = "Initializing...".into();

@@ -5,5 +5,6 @@ mod util;
 mod agent_hostile;
 mod continuous;
 mod errors;
+mod ssh;
 mod sync;
 mod volume;

@@ -2,9 +2,11 @@
 //! comparison every replication test ends with.
 
 pub mod session;
+pub mod sshd;
 pub mod tree;
 
 pub use session::*;
+pub use sshd::*;
 pub use tree::*;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,449 @@
+//! The SSH transport: a russh client that runs the remote agent in an exec channel.
+//!
+//! Invariants:
+//! - The server's host key is compared with the key pinned for the session on every connection;
+//!   a different key is refused with both fingerprints and the way to re-pin on purpose.
+//! - The channel's read half and write half are driven by separate tasks, bridged to the
+//!   synchronous `Read`/`Write` seam through bounded queues: a slow reader can never stall the
+//!   connection (the russh deadlock described in DEPENDENCIES.md), and memory stays bounded.
+
+use super::conn::{BoxRead, BoxWrite};
+use super::{Link, LinkHandle, Transport};
+use anyhow::{anyhow, bail, Context, Result};
+use russh::keys::ssh_key::{HashAlg, PublicKey};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{client, ChannelMsg, Disconnect};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How the server's host key is checked.
+#[derive(Clone, Debug)]
+pub enum HostKeyPolicy {
+    /// Must equal this key (the session's pinned key).
+    Pinned(PublicKey),
+    /// Must have this SHA256 fingerprint (`--host-key SHA256:…`).
+    Fingerprint(String),
+    /// Trust on first use: accept and report it (only `create push-pem` does this).
+    FirstUse,
+}
+
+/// Who to log in as and how.
+#[derive(Clone)]
+pub enum Credentials {
+    Key(Arc<PrivateKey>),
+    /// The operator's ssh-agent ($SSH_AUTH_SOCK), for `create push-pem`.
+    Agent,
+}
+
+#[derive(Clone)]
+pub struct SshTarget {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub host_key: HostKeyPolicy,
+}
+
+impl SshTarget {
+    pub fn describe(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+pub fn fingerprint(k: &PublicKey) -> String {
+    k.fingerprint(HashAlg::Sha256).to_string()
+}
+
+struct Checker {
+    policy: HostKeyPolicy,
+    /// The key the server showed (for TOFU and for messages).
+    seen: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for Checker {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false); // certificates are not configured for georep sessions
+        };
+        *self.seen.lock().unwrap() = Some(key.clone());
+        Ok(match &self.policy {
+            HostKeyPolicy::Pinned(p) => p.key_data() == key.key_data(),
+            HostKeyPolicy::Fingerprint(f) => fingerprint(key) == *f,
+            HostKeyPolicy::FirstUse => true,
+        })
+    }
+}
+
+fn config() -> Arc<client::Config> {
+    let mut c = client::Config {
+        // A dead link is noticed within about 15 s; an idle but healthy one is kept.
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        ..Default::default()
+    };
+    // AES-GCM ran 2-3x faster than chacha20-poly1305 here (DEPENDENCIES.md).
+    c.preferred.cipher = std::borrow::Cow::Owned(vec![
+        russh::cipher::AES_256_GCM,
+        russh::cipher::CHACHA20_POLY1305,
+        russh::cipher::AES_256_CTR,
+    ]);
+    Arc::new(c)
+}
+
+/// Connects and authenticates; the error names the host and what to do.
+async fn login(
+    target: &SshTarget,
+    creds: &Credentials,
+    seen: Arc<Mutex<Option<PublicKey>>>,
+) -> Result<client::Handle<Checker>> {
+    let checker = Checker {
+        policy: target.host_key.clone(),
+        seen: seen.clone(),
+    };
+    let addr = (target.host.as_str(), target.port);
+    let mut h = match tokio::time::timeout(
+        Duration::from_secs(20),
+        client::connect(config(), addr, checker),
+    )
+    .await
+    {
+        Err(_) => bail!(
+            "connecting to {}: no answer within 20 s (is the host reachable and sshd running?)",
+            target.describe()
+        ),
+        Ok(Err(russh::Error::UnknownKey)) => {
+            let shown = seen.lock().unwrap().clone();
+            let shown = shown
+                .as_ref()
+                .map(fingerprint)
+                .unwrap_or_else(|| "?".into());
+            let expected = match &target.host_key {
+                HostKeyPolicy::Pinned(p) => fingerprint(p),
+                HostKeyPolicy::Fingerprint(f) => f.clone(),
+                HostKeyPolicy::FirstUse => "-".into(),
+            };
+            bail!(
+                "host key of {} changed: pinned {expected}, offered {shown}; if the DR host was reinstalled on purpose, re-pin with `georep create <mastervol> <slave> push-pem force --host-key {shown}`",
+                target.describe()
+            )
+        }
+        Ok(Err(e)) => {
+            return Err(anyhow!(e)).with_context(|| {
+                format!(
+                    "connecting to {} (is sshd running and the port right?)",
+                    target.describe()
+                )
+            })
+        }
+        Ok(Ok(h)) => h,
+    };
+    let ok = match creds {
+        Credentials::Key(k) => {
+            let alg = h.best_supported_rsa_hash().await?.flatten();
+            h.authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(k.clone(), alg))
+                .await?
+                .success()
+        }
+        Credentials::Agent => {
+            let mut agent = russh::keys::agent::client::AgentClient::connect_env()
+                .await
+                .context("no ssh-agent ($SSH_AUTH_SOCK); pass --identity FILE")?;
+            let mut ok = false;
+            for k in agent.request_identities().await? {
+                if h.authenticate_publickey_with(
+                    &target.user,
+                    k.public_key().into_owned(),
+                    None,
+                    &mut agent,
+                )
+                .await
+                .is_ok_and(|r| r.success())
+                {
+                    ok = true;
+                    break;
+                }
+            }
+            ok
+        }
+    };
+    if !ok {
+        bail!(
+            "{} refused the key for user {}: check that it is in that user's authorized_keys (georep create ... push-pem puts it there)",
+            target.describe(),
+            target.user
+        );
+    }
+    Ok(h)
+}
+
+/// Runs `command` on the target and returns (exit status, stdout, stderr). For short commands
+/// (push-pem's checks), not for the replication stream.
+pub fn run_command(
+    target: &SshTarget,
+    creds: &Credentials,
+    command: &str,
+) -> Result<(u32, Vec<u8>, String, Option<PublicKey>)> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let seen = Arc::new(Mutex::new(None));
+        let h = login(target, creds, seen.clone()).await?;
+        let mut ch = h.channel_open_session().await?;
+        ch.exec(true, command).await?;
+        let (mut out, mut err, mut code) = (Vec::new(), String::new(), None);
+        while let Some(m) = ch.wait().await {
+            match m {
+                ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => {
+                    err.push_str(&String::from_utf8_lossy(&data))
+                }
+                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+                _ => {}
+            }
+        }
+        let _ = h.disconnect(Disconnect::ByApplication, "", "en").await;
+        let key = seen.lock().unwrap().clone();
+        Ok((code.unwrap_or(255), out, err, key))
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub struct SshTransport {
+    pub target: SshTarget,
+    pub key: PathBuf,
+    /// The remote command (the agent); a forced command in authorized_keys overrides it.
+    pub command: String,
+}
+
+#[derive(Default)]
+struct Shared {
+    exit_status: Option<u32>,
+    stderr: String,
+    error: Option<String>,
+}
+
+impl Transport for SshTransport {
+    fn connect(&self) -> Result<Link> {
+        let key = russh::keys::load_secret_key(&self.key, None).with_context(|| {
+            format!(
+                "loading the session key {} (recreate it with push-pem)",
+                self.key.display()
+            )
+        })?;
+        let creds = Credentials::Key(Arc::new(key));
+        let target = self.target.clone();
+        let command = self.command.clone();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (in_tx, in_rx) = mpsc::channel::<bytes_t::Chunk>(64);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(8);
+        let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ssh {}", target.describe()))
+            .spawn(move || {
+                let rt = match runtime() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let seen = Arc::new(Mutex::new(None));
+                    let opened = async {
+                        let h = login(&target, &creds, seen).await?;
+                        let ch = h.channel_open_session().await?;
+                        ch.exec(true, command.as_str()).await?;
+                        Ok::<_, anyhow::Error>((h, ch))
+                    }
+                    .await;
+                    let (h, ch) = match opened {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let (mut rd, wr) = ch.split();
+                    let sh2 = sh.clone();
+                    let writer = tokio::spawn(async move {
+                        while let Some(buf) = out_rx.recv().await {
+                            if let Err(e) = wr.data(&buf[..]).await {
+                                sh2.lock().unwrap().error.get_or_insert(e.to_string());
+                                return;
+                            }
+                        }
+                        let _ = wr.eof().await;
+                    });
+                    loop {
+                        let msg = tokio::select! {
+                            m = rd.wait() => m,
+                            _ = stop_rx.recv() => None,
+                        };
+                        match msg {
+                            Some(ChannelMsg::Data { data }) => {
+                                if in_tx.send(data.to_vec()).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Some(ChannelMsg::ExtendedData { data, .. }) => {
+                                let mut s = sh.lock().unwrap();
+                                if s.stderr.len() < 4096 {
+                                    s.stderr.push_str(&String::from_utf8_lossy(&data));
+                                }
+                            }
+                            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                                sh.lock().unwrap().exit_status = Some(exit_status)
+                            }
+                            Some(ChannelMsg::Close) | None => break,
+                            Some(_) => {}
+                        }
+                    }
+                    drop(in_tx);
+                    writer.abort();
+                    let _ = h.disconnect(Disconnect::ByApplication, "", "en").await;
+                });
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => bail!("ssh connection thread for {} died", self.target.describe()),
+        }
+        Ok(Link {
+            reader: Box::new(ChanReader {
+                rx: in_rx,
+                buf: Vec::new(),
+                pos: 0,
+            }) as BoxRead,
+            writer: Box::new(ChanWriter { tx: Some(out_tx) }) as BoxWrite,
+            handle: Box::new(SshHandle {
+                thread: Some(thread),
+                shared,
+                stop: stop_tx,
+                what: self.describe(),
+            }),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.target.describe()
+    }
+}
+
+mod bytes_t {
+    pub type Chunk = Vec<u8>;
+}
+
+struct ChanReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+struct ChanWriter {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let tx = self.tx.as_ref().ok_or(io::ErrorKind::BrokenPipe)?;
+        tx.blocking_send(buf.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "ssh channel closed"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct SshHandle {
+    thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Mutex<Shared>>,
+    stop: mpsc::Sender<()>,
+    what: String,
+}
+
+impl LinkHandle for SshHandle {
+    fn close(&mut self) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if std::time::Instant::now() > deadline {
+                self.abort();
+                bail!("{}: the remote agent did not finish within 30 s", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let s = self.shared.lock().unwrap();
+        match s.exit_status {
+            Some(0) => Ok(()),
+            Some(c) => bail!(
+                "remote agent on {} exited with {c}: {}",
+                self.what,
+                s.stderr.trim()
+            ),
+            None => match &s.error {
+                Some(e) => bail!("ssh channel to {} failed: {e}", self.what),
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn abort(&mut self) {
+        let _ = self.stop.try_send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn stderr_tail(&self) -> Option<String> {
+        let s = self.shared.lock().unwrap();
+        (!s.stderr.trim().is_empty()).then(|| s.stderr.trim().to_string())
+    }
+}
+
+impl Drop for SshHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.abort();
+        }
+    }
+}

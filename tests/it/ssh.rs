@@ -1,0 +1,230 @@
+//! The SSH transport against a real OpenSSH sshd: push-pem, replication, the confined key,
+//! pinned host keys and clear errors.
+
+use crate::util::*;
+use std::fs;
+use std::time::Duration;
+
+fn push_pem(g: &Georep, sshd: &Sshd, extra: &[&str]) -> std::process::Output {
+    let m = g.master();
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    let bin = bin();
+    let mut args = vec![
+        "create".to_string(),
+        m.to_str().unwrap().to_string(),
+        slave,
+        "push-pem".into(),
+        "--identity".into(),
+        sshd.operator_key.to_str().unwrap().to_string(),
+        "--remote-georep".into(),
+        bin.to_str().unwrap().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    g.cmd().args(&args).output().unwrap()
+}
+
+fn georep_lines(sshd: &Sshd) -> Vec<String> {
+    fs::read_to_string(&sshd.authorized_keys)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("georep:"))
+        .map(String::from)
+        .collect()
+}
+
+fn session_key(g: &Georep) -> std::path::PathBuf {
+    let base = g.path("home/state/sessions");
+    let s = fs::read_dir(base).unwrap().next().unwrap().unwrap().path();
+    s.join("ssh/id_ed25519")
+}
+
+#[test]
+fn push_pem_then_replicate_over_openssh() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    make_varied_tree(&g.master(), 20 << 20);
+    write(
+        &g.master().join("logs/app.log"),
+        &b"2026-11-21 replicated over ssh\n".repeat(300_000),
+    );
+    let o = push_pem(&g, &sshd, &[]);
+    assert!(o.status.success(), "push-pem failed: {}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("pinned: SHA256:"),
+        "prints the fingerprint: {out}"
+    );
+    let lines = georep_lines(&sshd);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("command=\"") && lines[0].contains(",restrict ssh-ed25519 "),
+        "{}",
+        lines[0]
+    );
+    let key = fs::metadata(session_key(&g)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+
+    // A second push-pem does not duplicate the line.
+    let o = push_pem(&g, &sshd, &["force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(georep_lines(&sshd).len(), 1);
+
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    let m = g.master();
+    let r: serde_json::Value =
+        serde_json::from_str(&g.ok(&["sync", m.to_str().unwrap(), &slave, "--once", "--json"]))
+            .unwrap();
+    assert_trees_equal(&g.master(), &g.slave());
+    assert!(n(&r, "files_sent") > 60, "{r}");
+    assert!(
+        n(&r, "wire_bytes") < n(&r, "bytes_sent"),
+        "compressed over the network: {r}"
+    );
+    write(&g.master().join("second.txt"), b"again");
+    let r: serde_json::Value =
+        serde_json::from_str(&g.ok(&["sync", m.to_str().unwrap(), &slave, "--once", "--json"]))
+            .unwrap();
+    assert_eq!(n(&r, "files_sent"), 1, "{r}");
+    assert_trees_equal(&g.master(), &g.slave());
+}
+
+#[test]
+fn pushed_key_cannot_run_a_shell_or_forward_ports() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let o = push_pem(&g, &sshd, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key = session_key(&g);
+    let o = sshd
+        .ssh(&key)
+        .arg("id")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !out.contains("uid="),
+        "the session key ran a command: {out}"
+    );
+    assert!(
+        out.starts_with("GEOREP"),
+        "the forced command is the agent: {out:?}"
+    );
+    // Port forwarding: the local end listens, but the server refuses the channel, so nothing
+    // comes through (a working forward to sshd's own port would show its SSH banner).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fwd = sshd
+        .ssh(&key)
+        .args(["-N", "-L"])
+        .arg(format!("{free}:127.0.0.1:{}", sshd.port))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", free)).is_ok()
+    }));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", free)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 64];
+    use std::io::Read;
+    let got = conn.read(&mut buf).unwrap_or(0);
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    assert!(
+        !String::from_utf8_lossy(&buf[..got]).starts_with("SSH-"),
+        "port forwarding went through"
+    );
+    // The operator key (unrestricted) still works: the test setup is sound.
+    let o = sshd.ssh(&sshd.operator_key).arg("id").output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("uid="));
+}
+
+#[test]
+fn changed_host_key_is_refused_with_both_fingerprints() {
+    let g = Georep::new();
+    let mut sshd = Sshd::start(&g);
+    write(&g.master().join("f"), b"x");
+    assert!(push_pem(&g, &sshd, &[]).status.success());
+    sshd.new_host_key();
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    let o = g.run(&["sync", g.master().to_str().unwrap(), &slave, "--once"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("host key") && e.matches("SHA256:").count() >= 2 && e.contains("push-pem force"),
+        "{e}"
+    );
+    assert!(
+        !exists(&g.slave().join("f")),
+        "nothing reached the impostor"
+    );
+}
+
+#[test]
+fn clear_errors_for_wrong_key_unreachable_host_and_missing_georep() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let m = g.master();
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    // A key the server does not know.
+    let stranger = g.path("stranger");
+    keygen(&stranger);
+    let o = g.run(&[
+        "create",
+        m.to_str().unwrap(),
+        &slave,
+        "push-pem",
+        "--identity",
+        stranger.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("refused the key") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+    // Nothing listening.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("root@127.0.0.1:{free}::/x");
+    let o = g.run(&[
+        "create",
+        m.to_str().unwrap(),
+        &nowhere,
+        "push-pem",
+        "--identity",
+        sshd.operator_key.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("127.0.0.1:{free}")) && e.trim().lines().count() == 1,
+        "{e}"
+    );
+    // No georep on the slave.
+    let o = g.run(&[
+        "create",
+        m.to_str().unwrap(),
+        &slave,
+        "push-pem",
+        "--identity",
+        sshd.operator_key.to_str().unwrap(),
+        "--remote-georep",
+        "/nonexistent/georep",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("georep is not usable") && e.contains("/nonexistent/georep"),
+        "{e}"
+    );
+}
