@@ -40,6 +40,8 @@ pub enum Cmd {
     /// Slave side of push-pem: install a session key confined to one volume's agent
     #[command(hide = true)]
     AuthorizeKey(AuthorizeKeyArgs),
+    /// Embedded SSH server that only runs the agent (DR hosts without OpenSSH)
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +71,19 @@ pub struct CreateArgs {
     /// Create the slave volume root if it does not exist (push-pem)
     #[arg(long)]
     pub create_root: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address and port to listen on, e.g. 0.0.0.0:2222
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Host key (OpenSSH format; made on first start if missing)
+    #[arg(long, value_name = "FILE")]
+    pub host_key: std::path::PathBuf,
+    /// Keys allowed to run the agent, one per line as in OpenSSH (command="..." honoured)
+    #[arg(long, value_name = "FILE")]
+    pub authorized_keys: std::path::PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +265,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Journal(a) => {
             crate::daemon::run_journal(&home, &a.session, &a.brick)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve(a) => {
+            crate::transport::serve::serve(&crate::transport::serve::ServeOptions {
+                listen: a.listen,
+                host_key: a.host_key,
+                authorized_keys: a.authorized_keys,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::AuthorizeKey(a) => {

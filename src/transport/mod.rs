@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod local;
+pub mod serve;
 pub mod ssh;
 
 use anyhow::Result;

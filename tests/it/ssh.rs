@@ -228,3 +228,135 @@ fn clear_errors_for_wrong_key_unreachable_host_and_missing_georep() {
         "{e}"
     );
 }
+
+/// `georep serve` as the DR host's SSH server (no OpenSSH there).
+struct Serve {
+    child: std::process::Child,
+    port: u16,
+    fingerprint: String,
+    authorized_keys: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(g: &Georep) -> Serve {
+        let dir = g.path("serve");
+        fs::create_dir_all(&dir).unwrap();
+        let authorized_keys = dir.join("authorized_keys");
+        fs::write(&authorized_keys, "").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = g
+            .cmd()
+            .env("GEOREP_NODE", "drnode")
+            .env("GEOREP_HOME", g.path("slave-home"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--host-key",
+            ])
+            .arg(dir.join("host_key"))
+            .arg("--authorized-keys")
+            .arg(&authorized_keys)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let fingerprint = first
+            .split_whitespace()
+            .find(|w| w.starts_with("SHA256:"))
+            .unwrap_or_else(|| panic!("serve printed no fingerprint: {first}"))
+            .to_string();
+        assert!(wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }));
+        Serve {
+            child,
+            port,
+            fingerprint,
+            authorized_keys,
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn replication_through_georep_serve_and_no_shell_there() {
+    let g = Georep::new();
+    let serve = Serve::start(&g);
+    make_varied_tree(&g.master(), 5 << 20);
+    let slave = format!("root@127.0.0.1:{}::{}", serve.port, g.slave().display());
+    let m = g.master();
+    // Keys managed by the operator: no-verify prints the line to install on the DR host.
+    let out = g.ok(&[
+        "create",
+        m.to_str().unwrap(),
+        &slave,
+        "no-verify",
+        "--host-key",
+        &serve.fingerprint,
+        "--remote-georep",
+        bin().to_str().unwrap(),
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("command="))
+        .unwrap_or_else(|| panic!("{out}"));
+    fs::write(&serve.authorized_keys, format!("{line}\n")).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&g.ok(&["sync", m.to_str().unwrap(), &slave, "--once", "--json"]))
+            .unwrap();
+    assert_trees_equal(&g.master(), &g.slave());
+    assert!(n(&r, "files_sent") > 60, "{r}");
+
+    // The OpenSSH client gets no shell and no other command from serve, even with a key
+    // that has no forced command.
+    let op = g.path("op");
+    keygen(&op);
+    let mut ak = fs::read_to_string(&serve.authorized_keys).unwrap();
+    ak.push_str(&fs::read_to_string(op.with_extension("pub")).unwrap());
+    fs::write(&serve.authorized_keys, ak).unwrap();
+    let ssh = |args: &[&str]| {
+        std::process::Command::new("ssh")
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-p",
+            ])
+            .arg(serve.port.to_string())
+            .arg("-i")
+            .arg(&op)
+            .arg("root@127.0.0.1")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = ssh(&["id"]);
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("uid="),
+        "serve ran a command"
+    );
+    assert!(!o.status.success());
+    let o = ssh(&["-T"]);
+    assert!(!o.status.success(), "serve gave a shell");
+}
