@@ -242,11 +242,7 @@ async fn run_agent(exe: &Path, volume: &str, channel: Channel<Msg>) -> Result<u3
     let input = tokio::spawn(async move {
         while let Some(msg) = rd.wait().await {
             match msg {
-                ChannelMsg::Data { data } => {
-                    if stdin.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                ChannelMsg::Data { data } if stdin.write_all(&data).await.is_err() => break,
                 ChannelMsg::Eof | ChannelMsg::Close => break,
                 _ => {}
             }
