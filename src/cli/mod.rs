@@ -42,6 +42,8 @@ pub enum Cmd {
     AuthorizeKey(AuthorizeKeyArgs),
     /// Embedded SSH server that only runs the agent (DR hosts without OpenSSH)
     Serve(ServeArgs),
+    /// Sessions on this node: one row per brick, with LAST_SYNCED
+    Status(StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +73,17 @@ pub struct CreateArgs {
     /// Create the slave volume root if it does not exist (push-pem)
     #[arg(long)]
     pub create_root: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Master volume name or path
+    pub master: Option<String>,
+    /// Slave
+    pub slave: Option<String>,
+    /// Print JSON (UTC timestamps, counters, last error)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -265,6 +278,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Journal(a) => {
             crate::daemon::run_journal(&home, &a.session, &a.brick)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status(a) => {
+            let rows = crate::status::rows(&home, a.master.as_deref(), a.slave.as_deref())?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("No active geo-replication sessions");
+            } else {
+                print!("{}", crate::status::table(&rows));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve(a) => {

@@ -536,3 +536,43 @@ fn failure_is_retried_and_stime_never_passes_it() {
         s.status()
     );
 }
+
+#[test]
+fn status_table_follows_the_session() {
+    let g = Georep::new();
+    let (m, sl) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), sl.to_str().unwrap());
+    g.ok(&["create", ms, ss]);
+    let t = g.ok(&["status"]);
+    let header = "MASTER NODE  MASTER VOL";
+    assert!(t.starts_with(header) && t.contains("LAST_SYNCED"), "{t}");
+    assert!(t.contains("Created") && t.contains("N/A"), "{t}");
+    let mut s = Session { g: &g, child: None };
+    s.run();
+    write(&m.join("f"), b"x");
+    s.converge("start");
+    assert!(wait_until(Duration::from_secs(5), || g
+        .ok(&["status"])
+        .contains("Changelog Crawl")));
+    let t = g.ok(&["status", ms, ss]);
+    let row = t.lines().nth(2).unwrap();
+    assert!(row.starts_with("node1 ") && row.contains("Active"), "{t}");
+    let synced = row.split_whitespace().rev().take(2).collect::<Vec<_>>();
+    assert!(
+        synced[1].len() == 10 && synced[1].starts_with("20"),
+        "LAST_SYNCED is a date: {row}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&g.ok(&["status", "--json"])).unwrap();
+    assert_eq!(j[0]["status"], "Active");
+    assert_eq!(j[0]["crawl_status"], "Changelog Crawl");
+    assert!(
+        j[0]["last_synced_utc"]
+            .as_str()
+            .unwrap()
+            .ends_with("+00:00"),
+        "{j}"
+    );
+    s.stop();
+    let t = g.ok(&["status"]);
+    assert!(t.contains("Stopped"), "{t}");
+}
