@@ -284,7 +284,13 @@ impl Writer {
             return Ok(());
         }
         if mask.contains(ReadFlags::IGNORED) {
-            self.wds.remove(&wd);
+            if self.wds.remove(&wd).is_some_and(|p| p.is_root()) {
+                // The brick itself was removed or unmounted: nothing left to journal.
+                bail!(
+                    "brick {} disappeared (deleted or unmounted); the journal writer stops",
+                    self.root.display()
+                );
+            }
             return Ok(());
         }
         let Some(dir) = self.wds.get(&wd).cloned() else {

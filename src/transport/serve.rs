@@ -233,9 +233,20 @@ async fn run_agent(exe: &Path, volume: &str, channel: Channel<Msg>) -> Result<u3
         .args(["agent", "--volume", volume])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
+    // The agent reports errors to the master in-band; its stderr goes to serve's log.
+    if let Some(err) = child.stderr.take() {
+        let volume = volume.to_string();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                tracing::info!(%volume, "agent: {l}");
+            }
+        });
+    }
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (mut rd, wr) = channel.split();

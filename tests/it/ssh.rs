@@ -5,6 +5,16 @@ use crate::util::*;
 use std::fs;
 use std::time::Duration;
 
+/// Deletes the session (stopping its journal writer) when the test ends.
+struct Cleanup<'a>(&'a Georep, String);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let m = self.0.master();
+        let _ = self.0.run(&["delete", m.to_str().unwrap(), &self.1]);
+    }
+}
+
 fn push_pem(g: &Georep, sshd: &Sshd, extra: &[&str]) -> std::process::Output {
     let m = g.master();
     let slave = sshd.slave(g.slave().to_str().unwrap());
@@ -42,6 +52,7 @@ fn session_key(g: &Georep) -> std::path::PathBuf {
 fn push_pem_then_replicate_over_openssh() {
     let g = Georep::new();
     let sshd = Sshd::start(&g);
+    let _c = Cleanup(&g, sshd.slave(g.slave().to_str().unwrap()));
     make_varied_tree(&g.master(), 20 << 20);
     write(
         &g.master().join("logs/app.log"),
@@ -93,6 +104,7 @@ fn push_pem_then_replicate_over_openssh() {
 fn pushed_key_cannot_run_a_shell_or_forward_ports() {
     let g = Georep::new();
     let sshd = Sshd::start(&g);
+    let _c = Cleanup(&g, sshd.slave(g.slave().to_str().unwrap()));
     let o = push_pem(&g, &sshd, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let key = session_key(&g);
@@ -149,6 +161,7 @@ fn pushed_key_cannot_run_a_shell_or_forward_ports() {
 fn changed_host_key_is_refused_with_both_fingerprints() {
     let g = Georep::new();
     let mut sshd = Sshd::start(&g);
+    let _c = Cleanup(&g, sshd.slave(g.slave().to_str().unwrap()));
     write(&g.master().join("f"), b"x");
     assert!(push_pem(&g, &sshd, &[]).status.success());
     sshd.new_host_key();
@@ -170,6 +183,7 @@ fn changed_host_key_is_refused_with_both_fingerprints() {
 fn clear_errors_for_wrong_key_unreachable_host_and_missing_georep() {
     let g = Georep::new();
     let sshd = Sshd::start(&g);
+    let _c = Cleanup(&g, sshd.slave(g.slave().to_str().unwrap()));
     let m = g.master();
     let slave = sshd.slave(g.slave().to_str().unwrap());
     // A key the server does not know.
@@ -299,6 +313,7 @@ fn replication_through_georep_serve_and_no_shell_there() {
     let serve = Serve::start(&g);
     make_varied_tree(&g.master(), 5 << 20);
     let slave = format!("root@127.0.0.1:{}::{}", serve.port, g.slave().display());
+    let _c = Cleanup(&g, slave.clone());
     let m = g.master();
     // Keys managed by the operator: no-verify prints the line to install on the DR host.
     let out = g.ok(&[
