@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|intake|all]   (BENCH_DIR=/path to choose where data goes)
+# Usage: scripts/bench.sh [small|big|latency|intake|ssh|all]   (BENCH_DIR=/path to choose where data goes)
 # Prints a table: median wall time of RUNS runs, ratio to cp -a, peak memory of both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -188,6 +188,71 @@ PY
     read -r made recorded n gaps < "$BASE/intake.txt"
     row "intake: creates/s made (${INTAKE_PROCS:-4} processes)" "-" "$made/s" "-" "-"
     row "intake: creates/s recorded ($n, $gaps gaps)" "-" "$recorded/s" "-" "-"
+fi
+
+# Over SSH (a private OpenSSH sshd on loopback): georep vs the cipher's limit and rsync -a.
+if [ "$what" = ssh ] || [ "$what" = all ]; then
+    command -v rsync >/dev/null || { apt-get install -y -qq rsync >/dev/null 2>&1 || true; }
+    # shellcheck source=scripts/private-sshd.sh
+    . scripts/private-sshd.sh
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    start_private_sshd "$BASE/sshd" "$port" "$BASE/dr-home"
+    trap 'kill $SSHD_PID 2>/dev/null; rm -rf "$BASE"' EXIT
+    user=$(id -un)
+    # One session per source tree: push-pem once, then timed sync --once into fresh slaves.
+    ssh_sync() { # src dst [args] -> prints ms
+        local src=$1 dst=$2; shift 2
+        local home=$BASE/h-$RANDOM
+        mkdir -p "$dst"
+        GEOREP_HOME=$home "$BIN" create "$src" "$user@127.0.0.1:$port::$dst" push-pem \
+            --identity "$OPERATOR_KEY" --remote-georep "$BIN" >/dev/null
+        local t0; t0=$(now)
+        GEOREP_HOME=$home "$BIN" sync "$src" "$user@127.0.0.1:$port::$dst" --once "$@" >/dev/null
+        local t1; t1=$(now)
+        GEOREP_HOME=$home "$BIN" delete "$src" "$user@127.0.0.1:$port::$dst" >/dev/null
+        ms "$t0" "$t1"
+    }
+    big=$BASE/ssh-big; mkdir -p "$big"; head -c 1G /dev/urandom > "$big/random.bin"
+    text=$BASE/ssh-text; mkdir -p "$text"
+    python3 -c "
+import sys
+line = b'2026-11-21T08:26:23Z node1 georep[1234]: batch 42 applied, 8192 ops, stime advanced\\n'
+with open(sys.argv[1], 'wb') as f:
+    for i in range((1 << 30) // len(line) + 1):
+        f.write(line)
+" "$text/app.log"
+    cat "$big/random.bin" "$text/app.log" > /dev/null
+    for c in aes256-gcm@openssh.com; do
+        t0=$(now); ssh "${SSH_OPTS[@]}" -c "$c" "$user@127.0.0.1" 'cat > /dev/null' < "$big/random.bin"; t1=$(now)
+        raw=$(ms "$t0" "$t1")
+        row "cat 1 GiB | ssh ($c) cat>/dev/null" "$raw" "1.00x" "-" "-"
+    done
+    g=$(ssh_sync "$big" "$BASE/ssh-d1")
+    row "georep over ssh, 1 GiB random (zstd 1)" "$g" "$(ratio "$g" "$raw")" "-" "-"
+    g=$(ssh_sync "$big" "$BASE/ssh-d2" --compression 0)
+    row "georep over ssh, 1 GiB random (zstd off)" "$g" "$(ratio "$g" "$raw")" "-" "-"
+    t0=$(now); ssh "${SSH_OPTS[@]}" "$user@127.0.0.1" 'cat > /dev/null' < "$text/app.log"; t1=$(now)
+    rawt=$(ms "$t0" "$t1")
+    row "cat 1 GiB text | ssh cat>/dev/null" "$rawt" "1.00x" "-" "-"
+    g=$(ssh_sync "$text" "$BASE/ssh-d3")
+    row "georep over ssh, 1 GiB text (zstd 1)" "$g" "$(ratio "$g" "$rawt")" "-" "-"
+    small=$BASE/ssh-small
+    python3 - "$small" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(100):
+    os.makedirs(f"{root}/d{d:02}", exist_ok=True)
+    for f in range(100):
+        with open(f"{root}/d{d:02}/f{f:03}", "wb") as fh:
+            fh.write(os.urandom(4096))
+PY
+    cat "$small"/*/* > /dev/null
+    mkdir -p "$BASE/rs-dst"
+    t0=$(now); rsync -a -e "ssh ${SSH_OPTS[*]}" "$small/" "$user@127.0.0.1:$BASE/rs-dst/"; t1=$(now)
+    rs=$(ms "$t0" "$t1")
+    row "rsync -a over ssh, 10,000 x 4 KiB" "$rs" "1.00x" "-" "-"
+    g=$(ssh_sync "$small" "$BASE/ssh-d4")
+    row "georep over ssh, 10,000 x 4 KiB" "$g" "$(ratio "$g" "$rs")" "-" "-"
 fi
 
 echo
