@@ -59,9 +59,9 @@ time_cp() {
 
 ratio() { python3 -c "print(f'{$1/max($2,1):.2f}x')"; }
 
-if [ "$what" = small ] || [ "$what" = all ]; then
-    src=$BASE/small
-    python3 - "$src" <<'PY'
+# 10,000 files of 4 KiB of random data in 100 directories.
+make_small_tree() {
+    python3 - "$1" <<'PY'
 import os, sys
 root = sys.argv[1]
 for d in range(100):
@@ -70,6 +70,11 @@ for d in range(100):
         with open(f"{root}/d{d:02}/f{f:03}", "wb") as fh:
             fh.write(os.urandom(4096))
 PY
+}
+
+if [ "$what" = small ] || [ "$what" = all ]; then
+    src=$BASE/small
+    make_small_tree "$src"
     cat "$src"/*/* > /dev/null   # warm the cache once, untimed
     time_cp "$src"; cp_small=$c_ms
     time_cp "$src" sync; cps_small=$c_ms
@@ -237,15 +242,7 @@ with open(sys.argv[1], 'wb') as f:
     g=$(ssh_sync "$text" "$BASE/ssh-d3")
     row "georep over ssh, 1 GiB text (zstd 1)" "$g" "$(ratio "$g" "$rawt")" "-" "-"
     small=$BASE/ssh-small
-    python3 - "$small" <<'PY'
-import os, sys
-root = sys.argv[1]
-for d in range(100):
-    os.makedirs(f"{root}/d{d:02}", exist_ok=True)
-    for f in range(100):
-        with open(f"{root}/d{d:02}/f{f:03}", "wb") as fh:
-            fh.write(os.urandom(4096))
-PY
+    make_small_tree "$small"
     cat "$small"/*/* > /dev/null
     mkdir -p "$BASE/rs-dst"
     t0=$(now); rsync -a -e "ssh ${SSH_OPTS[*]}" "$small/" "$user@127.0.0.1:$BASE/rs-dst/"; t1=$(now)

@@ -345,22 +345,7 @@ fn replication_through_georep_serve_and_no_shell_there() {
     ak.push_str(&fs::read_to_string(op.with_extension("pub")).unwrap());
     fs::write(&serve.authorized_keys, ak).unwrap();
     let ssh = |args: &[&str]| {
-        std::process::Command::new("ssh")
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-p",
-            ])
-            .arg(serve.port.to_string())
-            .arg("-i")
-            .arg(&op)
-            .arg("root@127.0.0.1")
+        ssh_client(serve.port, &op)
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()

@@ -123,25 +123,7 @@ impl Sshd {
 
     /// The OpenSSH client with this server's settings; `key` is the identity.
     pub fn ssh(&self, key: &Path) -> Command {
-        let mut c = Command::new("ssh");
-        c.args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-        ])
-        .arg(self.port.to_string())
-        .arg("-i")
-        .arg(key)
-        .arg("root@127.0.0.1");
-        c
+        ssh_client(self.port, key)
     }
 }
 
@@ -149,4 +131,24 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The OpenSSH client to root@127.0.0.1:`port` with `key`, no known_hosts, no prompts.
+pub fn ssh_client(port: u16, key: &Path) -> Command {
+    let mut c = Command::new("ssh");
+    for o in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "IdentitiesOnly=yes",
+        "LogLevel=ERROR",
+    ] {
+        c.arg("-o").arg(o);
+    }
+    c.arg("-p")
+        .arg(port.to_string())
+        .arg("-i")
+        .arg(key)
+        .arg("root@127.0.0.1");
+    c
 }
