@@ -177,8 +177,15 @@ impl Applier {
         if replaced_dir {
             self.parents.invalidate();
         }
-        if r.is_err() {
-            let _ = fsutil::remove_tree(self.tmp.as_fd(), tmpname.as_bytes());
+        match &r {
+            // rename() onto another link of the same inode succeeds without doing anything
+            // (POSIX): the temp name would stay as an extra link. Remove it if it is still there.
+            Ok(()) => {
+                let _ = rfs::unlinkat(self.tmp.as_fd(), tmpname, AtFlags::empty());
+            }
+            Err(_) => {
+                let _ = fsutil::remove_tree(self.tmp.as_fd(), tmpname.as_bytes());
+            }
         }
         r
     }

@@ -489,3 +489,30 @@ fn replaying_a_batch_twice_leaves_the_same_tree() {
         "agent.db remembers the last durable batch"
     );
 }
+
+#[test]
+fn regression_relinking_a_name_to_its_own_inode_leaves_no_extra_link() {
+    let s = Sandbox::new();
+    let input = stream(&[
+        begin(1, 3),
+        file("a", b"shared"),
+        op(Op::Link {
+            path: p("b"),
+            target: p("a"),
+        }),
+        // b already is a link of a's inode: rename() of the temp link onto it is a no-op.
+        op(Op::Link {
+            path: p("b"),
+            target: p("a"),
+        }),
+        end(1, 3),
+    ]);
+    let (o, _) = s.run(&input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(s.root.join("a")).unwrap().nlink(),
+        2,
+        "only a and b"
+    );
+}
