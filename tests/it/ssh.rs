@@ -360,3 +360,40 @@ fn replication_through_georep_serve_and_no_shell_there() {
     let o = ssh(&["-T"]);
     assert!(!o.status.success(), "serve gave a shell");
 }
+
+#[test]
+fn ssh_outage_shows_faulty_then_the_session_catches_up() {
+    let g = Georep::new();
+    let mut sshd = Sshd::start(&g);
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    let _c = Cleanup(&g, slave.clone());
+    write(&g.master().join("before"), b"1");
+    assert!(push_pem(&g, &sshd, &[]).status.success());
+    let mut s = Session { g: &g, child: None };
+    s.run_with_slave(&slave);
+    s.converge("start over ssh");
+    // The DR host goes down: sshd and its connections die.
+    sshd.stop();
+    for i in 0..30 {
+        write(
+            &g.master().join(format!("during/{i}")),
+            b"queued in the journal",
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || s.status()["status"] == "Faulty"
+            && s.status()["last_error"].as_str().is_some_and(
+                |e| e.contains(&format!("127.0.0.1:{}", sshd.port))
+            )),
+        "status says Faulty and names the host: {}",
+        s.status()
+    );
+    sshd.run();
+    s.converge("after sshd is back");
+    assert!(wait_until(Duration::from_secs(20), || s.status()["status"] == "Active"));
+    assert_eq!(
+        s.status()["hybrid_crawls"],
+        1,
+        "the journal covered the outage"
+    );
+}

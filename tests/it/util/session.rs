@@ -20,8 +20,14 @@ impl<'a> Session<'a> {
     }
 
     pub fn run(&mut self) {
+        let s = self.g.slave();
+        self.run_with_slave(s.to_str().unwrap());
+    }
+
+    /// `start --foreground` towards `slave` (a path or `user@host:port::vol`).
+    pub fn run_with_slave(&mut self, slave: &str) {
         assert!(self.child.is_none());
-        let (m, s) = (self.g.master(), self.g.slave());
+        let m = self.g.master();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -34,12 +40,7 @@ impl<'a> Session<'a> {
                 "GEOREP_LOG",
                 std::env::var("GEOREP_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .args([
-                "start",
-                m.to_str().unwrap(),
-                s.to_str().unwrap(),
-                "--foreground",
-            ])
+            .args(["start", m.to_str().unwrap(), slave, "--foreground"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -100,8 +100,15 @@ impl Sshd {
         );
     }
 
+    /// Stops sshd and every process under it (per-connection sshd processes call setsid(), so
+    /// a process group does not reach them), as a DR host going down would.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            for pid in descendants(c.id() as i32) {
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -151,4 +158,37 @@ pub fn ssh_client(port: u16, key: &Path) -> Command {
         .arg(key)
         .arg("root@127.0.0.1");
     c
+}
+
+/// All processes below `root` (by parent pid), deepest last.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
+            // pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'.
+            if let Some(rest) = stat.rsplit_once(')').map(|x| x.1) {
+                if let Some(ppid) = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<i32>().ok())
+                {
+                    parent.insert(pid, ppid);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (&c, &pp) in &parent {
+            if pp == p {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+    }
+    out
 }
