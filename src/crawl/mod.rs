@@ -78,6 +78,9 @@ pub struct PlanStats {
 pub struct Plan {
     pub ops: Vec<PlannedOp>,
     pub stats: PlanStats,
+    /// Journal mode could not see everything this plan depends on (another name of a changed
+    /// hard-linked file moved without a record naming it): run a crawl after it.
+    pub needs_crawl: bool,
     /// Directories that could not be read on the master (path, message).
     pub errors: Vec<(RelPath, String)>,
 }
@@ -191,6 +194,7 @@ pub fn plan_paths(
     // was journaled: compare all the names the index knows for a dirty multiply-linked inode.
     let mut dirty = dirty;
     let mut linked = Vec::new();
+    let mut needs_crawl = false;
     for p in &dirty {
         // The inode the name has now, and the one the slave has for it (they differ when the
         // name was deleted or replaced: its former partners may have changed through it).
@@ -198,7 +202,16 @@ pub fn plan_paths(
         let was = index.get(p)?;
         for e in now.iter().chain(was.iter()) {
             if e.kind == Kind::File && e.nlink > 1 {
-                linked.extend(index.files_with_ino(e.ino)?);
+                for q in index.files_with_ino(e.ino)? {
+                    // A partner gone from its indexed name without a record of its own was
+                    // moved with a directory: its new name is unknown here.
+                    if !dirty.contains(&q)
+                        && walk::lstat_beneath(&root_fd, &q)?.is_none_or(|x| x.ino != e.ino)
+                    {
+                        needs_crawl = true;
+                    }
+                    linked.push(q);
+                }
             }
         }
     }
@@ -304,7 +317,9 @@ pub fn plan_paths(
     }
     d.targeted = Some(dirty);
     d.rename_targets = Some(rename_targets);
-    Ok(d.plan(slot))
+    let mut plan = d.plan(slot);
+    plan.needs_crawl = needs_crawl;
+    Ok(plan)
 }
 
 #[derive(Default)]
@@ -787,6 +802,7 @@ impl Diff {
         Plan {
             ops,
             stats: b.stats,
+            needs_crawl: false,
             errors: self.errors,
         }
     }

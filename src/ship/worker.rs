@@ -246,6 +246,7 @@ impl Worker {
                     tracing::debug!(brick = %self.brick, ?seqs, "plan: {:?}", op.op);
                 }
             }
+            let needs_crawl = plan.needs_crawl;
             if !plan.is_empty() {
                 shipper.failures.clear();
                 shipper.ship(plan.ops, index, self.opts.batch_ops, self.opts.batch_bytes)?;
@@ -261,6 +262,15 @@ impl Worker {
             self.status.backlog = journal.count_after(last)?;
             self.save();
             last_status = Instant::now();
+            if needs_crawl {
+                self.hybrid(
+                    shipper,
+                    index,
+                    journal,
+                    last,
+                    Some("a hard-linked file changed while another of its names moved"),
+                )?;
+            }
             if records.iter().any(|r| r.op == RecOp::Stop) {
                 tracing::info!(brick = %self.brick, "journal writer stopped; waiting for it to come back");
             }
