@@ -125,11 +125,7 @@ fn pushed_key_cannot_run_a_shell_or_forward_ports() {
     );
     // Port forwarding: the local end listens, but the server refuses the channel, so nothing
     // comes through (a working forward to sshd's own port would show its SSH banner).
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = free_port();
     let mut fwd = sshd
         .ssh(&key)
         .args(["-N", "-L"])
@@ -186,57 +182,45 @@ fn clear_errors_for_wrong_key_unreachable_host_and_missing_georep() {
     let _c = Cleanup(&g, sshd.slave(g.slave().to_str().unwrap()));
     let m = g.master();
     let slave = sshd.slave(g.slave().to_str().unwrap());
+    let create = |slave: &str, key: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "create",
+            m.to_str().unwrap(),
+            slave,
+            "push-pem",
+            "--identity",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = g.run(&args);
+        assert!(!o.status.success(), "create {slave} {extra:?} should fail");
+        stderr(&o)
+    };
     // A key the server does not know.
     let stranger = g.path("stranger");
     keygen(&stranger);
-    let o = g.run(&[
-        "create",
-        m.to_str().unwrap(),
-        &slave,
-        "push-pem",
-        "--identity",
-        stranger.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let e = stderr(&o);
+    let e = create(&slave, &stranger, &[]);
     assert!(
         e.contains("refused the key") && e.trim().lines().count() == 1,
         "{e}"
     );
     // Nothing listening.
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let nowhere = format!("root@127.0.0.1:{free}::/x");
-    let o = g.run(&[
-        "create",
-        m.to_str().unwrap(),
-        &nowhere,
-        "push-pem",
-        "--identity",
-        sshd.operator_key.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let e = stderr(&o);
+    let free = free_port();
+    let e = create(
+        &format!("root@127.0.0.1:{free}::/x"),
+        &sshd.operator_key,
+        &[],
+    );
     assert!(
         e.contains(&format!("127.0.0.1:{free}")) && e.trim().lines().count() == 1,
         "{e}"
     );
     // No georep on the slave.
-    let o = g.run(&[
-        "create",
-        m.to_str().unwrap(),
+    let e = create(
         &slave,
-        "push-pem",
-        "--identity",
-        sshd.operator_key.to_str().unwrap(),
-        "--remote-georep",
-        "/nonexistent/georep",
-    ]);
-    assert!(!o.status.success());
-    let e = stderr(&o);
+        &sshd.operator_key,
+        &["--remote-georep", "/nonexistent/georep"],
+    );
     assert!(
         e.contains("georep is not usable") && e.contains("/nonexistent/georep"),
         "{e}"
@@ -257,11 +241,7 @@ impl Serve {
         fs::create_dir_all(&dir).unwrap();
         let authorized_keys = dir.join("authorized_keys");
         fs::write(&authorized_keys, "").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut child = g
             .cmd()
             .env("GEOREP_NODE", "drnode")

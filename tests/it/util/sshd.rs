@@ -2,7 +2,6 @@
 //! (never the system one), and an operator key it accepts. Stopped on drop.
 
 use super::*;
-use std::net::TcpListener;
 use std::process::Child;
 
 pub struct Sshd {
@@ -44,11 +43,7 @@ impl Sshd {
         let authorized_keys = dir.join("authorized_keys");
         let op_pub = std::fs::read_to_string(operator_key.with_extension("pub")).unwrap();
         std::fs::write(&authorized_keys, op_pub).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut s = Sshd {
             dir,
             port,
