@@ -192,21 +192,33 @@ pub fn plan_paths(
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
     // Writing through one name of a hard-linked file changes every name, but only that name
     // was journaled: compare all the names the index knows for a dirty multiply-linked inode.
+    // Disk entry and index row of every path looked at, each read once.
+    let mut seen: HashMap<RelPath, (Option<Entry>, Option<Entry>)> = HashMap::new();
+    let look = |p: &RelPath,
+                seen: &mut HashMap<RelPath, (Option<Entry>, Option<Entry>)>|
+     -> Result<(Option<Entry>, Option<Entry>)> {
+        if let Some(v) = seen.get(p) {
+            return Ok(v.clone());
+        }
+        let disk = walk::lstat_beneath(&root_fd, p)
+            .with_context(|| format!("reading {p} under {} on the master", root.display()))?;
+        let v = (disk, index.get(p)?);
+        seen.insert(p.clone(), v.clone());
+        Ok(v)
+    };
     let mut dirty = dirty;
     let mut linked = Vec::new();
     let mut needs_crawl = false;
     for p in &dirty {
         // The inode the name has now, and the one the slave has for it (they differ when the
         // name was deleted or replaced: its former partners may have changed through it).
-        let now = walk::lstat_beneath(&root_fd, p)?;
-        let was = index.get(p)?;
+        let (now, was) = look(p, &mut seen)?;
         for e in now.iter().chain(was.iter()) {
             if e.kind == Kind::File && e.nlink > 1 {
                 for q in index.files_with_ino(e.ino)? {
                     // A partner gone from its indexed name without a record of its own was
                     // moved with a directory: its new name is unknown here.
-                    if !dirty.contains(&q)
-                        && walk::lstat_beneath(&root_fd, &q)?.is_none_or(|x| x.ino != e.ino)
+                    if !dirty.contains(&q) && look(&q, &mut seen)?.0.is_none_or(|x| x.ino != e.ino)
                     {
                         needs_crawl = true;
                     }
@@ -221,9 +233,7 @@ pub fn plan_paths(
         if !p.is_root() && excludes.is_excluded(p) {
             continue;
         }
-        let disk = walk::lstat_beneath(&root_fd, p)
-            .with_context(|| format!("reading {p} under {} on the master", root.display()))?;
-        let old = index.get(p)?;
+        let (disk, old) = look(p, &mut seen)?;
         d.scanned += 1;
         if let Some(e) = disk.as_ref().filter(|e| e.kind == Kind::Dir) {
             d.dirs.insert(p.clone(), e.clone());

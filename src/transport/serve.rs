@@ -160,9 +160,7 @@ impl russh::server::Handler for Conn {
         let cmd = self.forced.clone().unwrap_or(asked);
         let (Some(volume), Some(channel)) = (agent_volume(&cmd), self.channels.remove(&id)) else {
             tracing::warn!("refused exec {cmd:?}: georep serve only runs the agent");
-            session.channel_failure(id)?;
-            session.close(id)?;
-            return Ok(());
+            return refuse(session, id);
         };
         session.channel_success(id)?;
         let handle = session.handle();
@@ -184,9 +182,7 @@ impl russh::server::Handler for Conn {
         id: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(id)?;
-        session.close(id)?;
-        Ok(())
+        refuse(session, id)
     }
 
     async fn subsystem_request(
@@ -195,9 +191,7 @@ impl russh::server::Handler for Conn {
         _: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(id)?;
-        session.close(id)?;
-        Ok(())
+        refuse(session, id)
     }
 
     async fn tcpip_forward(
@@ -224,6 +218,13 @@ impl russh::server::Handler for Conn {
             .await;
         Ok(())
     }
+}
+
+/// Answers a channel request with failure and closes the channel.
+fn refuse(session: &mut Session, id: ChannelId) -> Result<(), russh::Error> {
+    session.channel_failure(id)?;
+    session.close(id)?;
+    Ok(())
 }
 
 /// Runs `georep agent --volume V` as a child and pumps the channel both ways, each direction
