@@ -159,7 +159,6 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
     for brick in bricks {
         sync_brick(
             home,
-            &vol,
             &spec,
             &session,
             brick,
@@ -177,7 +176,6 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
 #[allow(clippy::too_many_arguments)]
 fn sync_brick(
     home: &Home,
-    vol: &Volume,
     spec: &SlaveSpec,
     session: &str,
     brick: &Brick,
@@ -186,7 +184,6 @@ fn sync_brick(
     opts: &SyncOptions,
     report: &mut SyncReport,
 ) -> Result<()> {
-    let _ = vol;
     let state_dir = session::brick_state_dir(home, session, brick);
     let index = Index::open(&state_dir.join("index.db"))?;
     let mut shipper = connect(transport, &index, spec, session, brick, opts)?;

@@ -379,9 +379,7 @@ impl Shipper {
                 }
             }
             PlanOp::File {
-                path,
-                entry,
-                known_hash,
+                path, known_hash, ..
             } => match self.send_file(&path, known_hash)? {
                 FileOutcome::SameContent(entry) => {
                     self.writer().send(&Message::Op(Op::SetAttr {
@@ -431,7 +429,6 @@ impl Shipper {
                     }
                 }
                 FileOutcome::Unreadable(e) => {
-                    let _ = entry;
                     self.failures.push(Failure {
                         path: path.display(),
                         rel: Some(path.clone()),
