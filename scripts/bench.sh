@@ -112,7 +112,7 @@ if [ "$what" = latency ] || [ "$what" = all ]; then
     mkdir -p "$m" "$s"
     GEOREP_HOME=$home "$BIN" create "$m" "$s" >/dev/null
     GEOREP_HOME=$home "$BIN" start "$m" "$s" --foreground 2>"$BASE/lat.log" &
-    spid=$!
+    spid=$!   # the monitor in the foreground: killing it stops its worker too
     python3 - "$m" "$s" "$BASE/lat.txt" <<'PY'
 import os, sys, time
 m, s, out = sys.argv[1:4]

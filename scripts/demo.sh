@@ -24,6 +24,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 PIDS=()
 cleanup() {
     # The session first (clean stop), then the DR site's server.
+    "$GEOREP" stop gv0 "$SLAVE" force >/dev/null 2>&1 || true
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         kill -TERM "${PIDS[i]}" 2>/dev/null || true
         wait "${PIDS[i]}" 2>/dev/null || true
@@ -94,9 +95,8 @@ fi
 echo "== first sync over SSH (hybrid crawl against an empty index)"
 "$GEOREP" sync gv0 "$SLAVE" --once
 
-echo "== start the session; change the master while it runs"
-"$GEOREP" start gv0 "$SLAVE" --foreground 2> "$DEMO/start.log" &
-PIDS+=($!)
+echo "== start the session (monitor in the background); change the master while it runs"
+"$GEOREP" start gv0 "$SLAVE"
 sleep 1
 echo 'fn main() { println!("hello, DR"); }' > "$M/projects/apollo/src/main.rs"
 mv "$M/photos/2026" "$M/photos/archive-2026"
@@ -113,6 +113,15 @@ else
     echo "RESULT: DR copy differs from the master" >&2
     exit 1
 fi
+echo "== checkpoint: complete once everything written so far is on the DR site"
+"$GEOREP" config gv0 "$SLAVE" checkpoint now
+for _ in $(seq 100); do
+    "$GEOREP" status gv0 "$SLAVE" --json | grep -q '"checkpoint_completed": "Yes"' && break
+    sleep 0.1
+done
+"$GEOREP" status gv0 "$SLAVE" --check
 sleep 1.2   # let a marker advance LAST_SYNCED past the last change
+echo
+"$GEOREP" status gv0 "$SLAVE" detail
 echo
 "$GEOREP" status

@@ -62,6 +62,14 @@ pub struct SyncOptions {
     pub chunk_size: usize,
     /// Crawl passes before giving up on a tree that keeps changing or failing.
     pub max_passes: u32,
+    /// Wire bytes per second, 0 = unlimited.
+    pub bwlimit: u64,
+    /// Deletions on the master are not replicated.
+    pub ignore_deletes: bool,
+    /// Days the slave keeps what it deletes or overwrites under `.georep/trash/`; 0 = off.
+    pub trash_retention_days: u32,
+    /// `<session>#<n>` on replica volumes: the agent keeps one brick per set Active.
+    pub replica_set: Option<String>,
 }
 
 impl Default for SyncOptions {
@@ -74,6 +82,10 @@ impl Default for SyncOptions {
             excludes: Vec::new(),
             chunk_size: 1 << 20,
             max_passes: 5,
+            bwlimit: 0,
+            ignore_deletes: false,
+            trash_retention_days: 0,
+            replica_set: None,
         }
     }
 }

@@ -130,3 +130,43 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 pub fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
+
+fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// True while some process holds an exclusive flock on `path`.
+pub fn is_locked(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
+}
+
+/// Takes an exclusive flock on `path` (created if missing), retrying for `patience`: a
+/// `status` probing the lock holds it for an instant. `None` when another process keeps it.
+pub fn lock_exclusive(
+    path: &Path,
+    patience: std::time::Duration,
+) -> anyhow::Result<Option<std::fs::File>> {
+    let f = open_lock(path)?;
+    let until = std::time::Instant::now() + patience;
+    loop {
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return Ok(Some(f));
+        }
+        if std::time::Instant::now() >= until {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

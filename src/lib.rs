@@ -5,6 +5,7 @@
 //! - `config`    — `$GEOREP_HOME` layout, node name, validated run options.
 //! - `volume`    — named volumes of bricks (`georep volume …`), plain paths as implicit volumes.
 //! - `session`   — slave syntax, session naming, per-brick state directories.
+//! - `options`   — `georep config` keys: defaults, validation, the worker's run options.
 //! - `crawl`     — hybrid crawl: parallel statx walk, index compare, rename detection, the plan.
 //! - `ship`      — batches, the windowed send/ack pipeline, `sync --once`.
 //! - `protocol`  — wire types and codec, no I/O (spec: docs/protocol.md).
@@ -28,6 +29,7 @@ pub mod fsutil;
 pub mod journal;
 pub mod keys;
 pub mod logging;
+pub mod options;
 pub mod protocol;
 pub mod session;
 pub mod ship;

@@ -150,12 +150,15 @@ pub struct SessionConfig {
     /// Path of georep on the slave host (config `remote-georep`).
     #[serde(default)]
     pub remote_georep: Option<String>,
+    /// Options set with `georep config` (unset = default).
+    #[serde(default)]
+    pub options: crate::options::SessionOptions,
 }
 
 const SESSION_FORMAT: u32 = 1;
 
 impl SessionConfig {
-    fn file(home: &Home, name: &str) -> PathBuf {
+    pub fn file(home: &Home, name: &str) -> PathBuf {
         home.etc.join("sessions").join(format!("{name}.toml"))
     }
 
@@ -179,6 +182,7 @@ impl SessionConfig {
             created: chrono::Utc::now().to_rfc3339(),
             ssh_port: None,
             remote_georep: None,
+            options: Default::default(),
         })
     }
 
@@ -220,14 +224,42 @@ impl SessionConfig {
         Ok(c)
     }
 
-    pub fn remove(&self, home: &Home) -> Result<()> {
+    /// Removes the session. `keep_sync_state` keeps each brick's index (what the slave has,
+    /// and the stime), so a new session to the same slave sends only the differences.
+    pub fn remove(&self, home: &Home, keep_sync_state: bool) -> Result<()> {
         let path = Self::file(home, &self.name);
         std::fs::remove_file(&path)
             .map_err(|e| anyhow::anyhow!("removing session {}: {e}", path.display()))?;
         let state = home.state.join("sessions").join(&self.name);
-        if state.exists() {
-            std::fs::remove_dir_all(&state)
-                .map_err(|e| anyhow::anyhow!("removing {}: {e}", state.display()))?;
+        let remove = |p: &std::path::Path| -> Result<()> {
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+            r.map_err(|e| anyhow::anyhow!("removing {}: {e}", p.display()))
+        };
+        if !state.exists() {
+            return Ok(());
+        }
+        if !keep_sync_state {
+            return remove(&state);
+        }
+        for top in std::fs::read_dir(&state)? {
+            let top = top?.path();
+            if top.file_name() != Some(std::ffi::OsStr::new("bricks")) {
+                remove(&top)?;
+                continue;
+            }
+            for brick in std::fs::read_dir(&top)? {
+                for f in std::fs::read_dir(brick?.path())? {
+                    let f = f?.path();
+                    let name = f.file_name().unwrap_or_default().to_string_lossy();
+                    if !name.starts_with("index.db") {
+                        remove(&f)?;
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -104,6 +104,67 @@ pub struct Applier {
     as_root: bool,
     counter: u64,
     file: Option<OpenFile>,
+    /// Today's `.georep/trash/<date>/` when the master asked for a trash (option
+    /// `trash-retention`): deleted and overwritten entries are kept there.
+    trash: Option<OwnedFd>,
+}
+
+/// Moves (`link == false`) or hard-links `name` in `parent` into `trash` under `path`, creating
+/// the parent directories there; a name already in the trash gets a `.~N~` suffix (nothing
+/// kept is ever replaced). Never follows a symlink.
+fn into_trash(
+    trash: BorrowedFd<'_>,
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &RelPath,
+    link: bool,
+) -> io::Result<()> {
+    let mut dir: Option<OwnedFd> = None;
+    let dirs = path.split().map(|(d, _)| d).unwrap_or_default();
+    for comp in dirs.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        let here = dir.as_ref().map(|d| d.as_fd()).unwrap_or(trash);
+        match rfs::mkdirat(here, comp, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        dir = Some(rfs::openat(
+            here,
+            comp,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+    }
+    let target_dir = dir.as_ref().map(|d| d.as_fd()).unwrap_or(trash);
+    for n in 0..1000u32 {
+        let mut candidate = name.to_vec();
+        if n > 0 {
+            candidate.extend_from_slice(format!(".~{n}~").as_bytes());
+        }
+        let r = if link {
+            rfs::linkat(
+                parent,
+                name,
+                target_dir,
+                candidate.as_slice(),
+                AtFlags::empty(),
+            )
+        } else {
+            rfs::renameat_with(
+                parent,
+                name,
+                target_dir,
+                candidate.as_slice(),
+                rfs::RenameFlags::NOREPLACE,
+            )
+        };
+        match r {
+            Err(Errno::EXIST) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
+    Err(io::Error::other(
+        "too many versions of this name in today's trash",
+    ))
 }
 
 fn omit() -> Timespec {
@@ -136,7 +197,13 @@ impl Applier {
             as_root: rustix::process::geteuid().is_root(),
             counter: 0,
             file: None,
+            trash: None,
         }
+    }
+
+    /// Keeps deleted and overwritten entries in `dir` (today's trash directory) from now on.
+    pub fn set_trash(&mut self, dir: Option<OwnedFd>) {
+        self.trash = dir;
     }
 
     fn tmpname(&mut self, prefix: &str) -> String {
@@ -270,7 +337,19 @@ impl Applier {
             }
             Op::Delete { path } => {
                 self.parents.invalidate();
+                let trash = self.trash.as_ref().map(|t| t.as_fd());
                 let r = self.parents.with_parent(path, "deleting", |parent, name| {
+                    if let Some(t) = trash {
+                        match into_trash(t, parent, name, path, false) {
+                            Ok(()) => return Ok(()),
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                            Err(e) => {
+                                tracing::warn!(
+                                    "keeping {path} in the trash failed ({e}); deleting it"
+                                )
+                            }
+                        }
+                    }
                     fsutil::remove_tree(parent, name)
                 });
                 match r {
@@ -510,6 +589,20 @@ impl Applier {
         if let Err(e) = r {
             let _ = rfs::unlinkat(self.tmp.as_fd(), f.tmpname.as_str(), AtFlags::empty());
             return Err(Ok(ApplyError::new(&f.path, "setting attributes of", e)));
+        }
+        if let Some(t) = self.trash.as_ref().map(|t| t.as_fd()) {
+            // The version being replaced goes to the trash first (a hard link: same inode).
+            let _ =
+                self.parents
+                    .with_parent(&f.path, "keeping the old version of", |parent, name| {
+                        match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                                into_trash(t, parent, name, &f.path, true)
+                            }
+                            _ => Ok(()),
+                        }
+                    })
+                    .map_err(|e| tracing::warn!("{}", e.message));
         }
         self.replace_into(&f.path, &f.tmpname, "renaming into place")
             .map_err(Ok)?;

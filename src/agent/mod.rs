@@ -82,11 +82,33 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
         );
     }
     let brick_key = format!("{}:{}", hello.master_node, hello.brick);
+    let (_active, previous_active) =
+        match claim_replica_set(&state_dir, &hello.replica_set, &brick_key)? {
+            Claim::Active(lock, prev) => (lock, prev),
+            Claim::Passive(holder) => {
+                tracing::info!(brick = %brick_key, active = %holder, "passive connection");
+                w.send(&Message::Welcome(Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    georep_version: env!("CARGO_PKG_VERSION").to_string(),
+                    volume_id: state.volume_id.clone(),
+                    epoch: state.epoch,
+                    last_batch: state.last_batch(&brick_key)?,
+                    slave_host: host,
+                    passive_to: Some(holder),
+                    previous_active: None,
+                }))?;
+                w.flush()?;
+                return Ok(());
+            }
+        };
     let (tmp, _lock) = brick_tmp(&state_dir, &brick_key)?;
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening slave root {} on {host}", root.display()))?;
     let tmp_fd = fsutil::open_root(&tmp)?;
     let mut applier = Applier::new(root_fd, tmp_fd);
+    if hello.trash_days > 0 {
+        applier.set_trash(Some(open_trash(&state_dir, hello.trash_days)?));
+    }
     w.send(&Message::Welcome(Welcome {
         protocol: PROTOCOL_VERSION,
         georep_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -94,6 +116,8 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
         epoch: state.epoch,
         last_batch: state.last_batch(&brick_key)?,
         slave_host: host.clone(),
+        passive_to: None,
+        previous_active,
     }))?;
     w.flush()?;
     if hello.compression != 0 {
@@ -238,6 +262,14 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                 w.send(&Message::Heartbeat)?;
                 w.flush()?;
             }
+            Message::List => {
+                if batch.is_some() {
+                    bail!("List inside a batch");
+                }
+                send_listing(root, w).with_context(|| {
+                    format!("listing slave volume {} on {host}", root.display())
+                })?;
+            }
             Message::Bye => {
                 if batch.is_some() {
                     bail!("Bye inside a batch");
@@ -247,6 +279,94 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
             m => bail!("unexpected {} from the master", m.name()),
         }
     }
+}
+
+/// Today's trash directory (`.georep/trash/<YYYY-MM-DD>`), after removing days older than
+/// `keep_days`.
+fn open_trash(state_dir: &Path, keep_days: u32) -> Result<rustix::fd::OwnedFd> {
+    let base = state_dir.join("trash");
+    let today = chrono::Local::now().date_naive();
+    let oldest = today - chrono::Days::new(u64::from(keep_days));
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(day) = name
+                .to_str()
+                .and_then(|n| chrono::NaiveDate::parse_from_str(n, "%Y-%m-%d").ok())
+            else {
+                continue;
+            };
+            if day < oldest {
+                tracing::info!(day = %day, "trash retention over: removing");
+                let base_fd = fsutil::open_root(&base)?;
+                fsutil::remove_tree(base_fd.as_fd(), name.as_encoded_bytes())
+                    .with_context(|| format!("purging {}", e.path().display()))?;
+            }
+        }
+    }
+    let dir = base.join(today.format("%Y-%m-%d").to_string());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fsutil::open_root(&dir).with_context(|| format!("opening {}", dir.display()))
+}
+
+enum Claim {
+    /// This brick is Active for its replica set (the lock is held for the connection's life);
+    /// the brick that was Active before, when it was another one.
+    Active(Option<std::fs::File>, Option<String>),
+    /// Another brick of the set is Active.
+    Passive(String),
+}
+
+/// One brick per replica set may ship at a time: the first to connect holds an flock in
+/// `.georep/active/` until its connection ends; the others are told they are Passive.
+fn claim_replica_set(state_dir: &Path, set: &str, brick_key: &str) -> Result<Claim> {
+    if set.is_empty() {
+        return Ok(Claim::Active(None, None));
+    }
+    let dir = state_dir.join("active");
+    let name = crate::session::slug(set);
+    let holder = dir.join(format!("{name}.holder"));
+    let Some(lock) =
+        fsutil::lock_exclusive(&dir.join(format!("{name}.lock")), std::time::Duration::ZERO)?
+    else {
+        let who = std::fs::read_to_string(&holder).unwrap_or_default();
+        return Ok(Claim::Passive(who.trim().to_string()));
+    };
+    let prev = std::fs::read_to_string(&holder).unwrap_or_default();
+    let prev = prev.trim();
+    let previous = (!prev.is_empty() && prev != brick_key).then(|| prev.to_string());
+    fsutil::atomic_write(&holder, format!("{brick_key}\n").as_bytes())?;
+    Ok(Claim::Active(Some(lock), previous))
+}
+
+/// Streams the slave tree (without `.georep`) to the master: `Listing`s, then `ListEnd`.
+fn send_listing(root: &Path, w: &mut FrameWriter) -> Result<()> {
+    let fd = fsutil::open_root(root)?;
+    let entries = crate::crawl::walk::list_subtree(
+        &fd,
+        &protocol::RelPath::root(),
+        &crate::crawl::walk::Excludes::new(&[])?,
+    )?;
+    let total = entries.len() as u64;
+    let mut chunk = Vec::with_capacity(1024);
+    for (path, e) in entries {
+        chunk.push(protocol::ListEntry {
+            path,
+            kind: e.kind as u8,
+            size: e.size,
+            meta: e.meta(),
+            target: e.target.clone(),
+        });
+        if chunk.len() == 1024 {
+            w.send(&Message::Listing(std::mem::take(&mut chunk)))?;
+        }
+    }
+    if !chunk.is_empty() {
+        w.send(&Message::Listing(chunk))?;
+    }
+    w.send(&Message::ListEnd { entries: total })?;
+    w.flush()?;
+    Ok(())
 }
 
 fn next_op(b: &mut BatchState) -> Result<u32> {

@@ -30,10 +30,26 @@ pub enum Cmd {
     Agent(AgentArgs),
     /// Register a session MASTER -> SLAVE and start journaling its bricks on this node
     Create(CreateArgs),
-    /// Run the session's workers on this node (with --foreground: until SIGINT/SIGTERM)
+    /// Start replicating: a monitor in the background runs one worker per local brick
     Start(StartArgs),
-    /// Stop journaling and remove the session's state on this node
-    Delete(SessionArgs),
+    /// Stop replicating (journaling goes on; start resumes from the journal)
+    Stop(WordArgs),
+    /// Stop shipping but keep the session running; the journal keeps recording
+    Pause(SessionArgs),
+    /// Continue a paused session (it catches up with a History Crawl)
+    Resume(SessionArgs),
+    /// Remove the session on this node (`reset-sync-time` also forgets what the slave has)
+    Delete(WordArgs),
+    /// List, get, set (`KEY VALUE`) or reset (`!KEY`) session options (docs/config.md)
+    Config(ConfigArgs),
+    /// Paths that could not be replicated, with the error and the number of attempts
+    Failures(FailuresArgs),
+    /// Session monitor (started by `start`)
+    #[command(hide = true)]
+    Monitor(MonitorArgs),
+    /// One brick's worker (started by the monitor)
+    #[command(hide = true)]
+    Worker(JournalArgs),
     /// Journal writer of one brick (started by create/start)
     #[command(hide = true)]
     Journal(JournalArgs),
@@ -75,15 +91,70 @@ pub struct CreateArgs {
     pub create_root: bool,
 }
 
+/// A session and trailing keywords (`force`, `reset-sync-time`).
 #[derive(Args, Debug)]
-pub struct StatusArgs {
-    /// Master volume name or path
-    pub master: Option<String>,
-    /// Slave
-    pub slave: Option<String>,
-    /// Print JSON (UTC timestamps, counters, last error)
+pub struct WordArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[arg(value_name = "OPTION")]
+    pub words: Vec<String>,
+}
+
+impl WordArgs {
+    /// The keywords, each checked against `allowed`.
+    fn flags(&self, allowed: &[&str]) -> Result<Vec<&str>> {
+        self.words
+            .iter()
+            .map(|w| {
+                if allowed.contains(&w.as_str()) {
+                    Ok(w.as_str())
+                } else {
+                    bail!("unknown option {w:?}: expected {}", allowed.join(" or "))
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Option name; `!KEY` resets it to its default
+    pub key: Option<String>,
+    /// New value
+    pub value: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FailuresArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    #[arg(long)]
+    pub session: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Master volume name or path, optionally the slave, optionally `detail`
+    #[arg(value_name = "MASTER [SLAVE] [detail]")]
+    pub words: Vec<String>,
+    /// Print JSON (every detail column, UTC timestamps)
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 OK, 1 WARNING, 2 CRITICAL with a one-line reason (for cron and Nagios)
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: lag (seconds since LAST_SYNCED) above which the check is CRITICAL
+    /// (WARNING above half of it)
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub max_lag: u64,
 }
 
 #[derive(Args, Debug)]
@@ -117,7 +188,10 @@ pub struct AuthorizeKeyArgs {
 pub struct StartArgs {
     #[command(flatten)]
     pub session: SessionArgs,
-    /// Run in the foreground (for systemd and tests) until SIGINT/SIGTERM
+    /// `force`: no error when already running
+    #[arg(value_name = "OPTION")]
+    pub words: Vec<String>,
+    /// Run the monitor in the foreground (systemd) until SIGINT/SIGTERM
     #[arg(long)]
     pub foreground: bool,
 }
@@ -253,44 +327,84 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Start(a) => {
+            let force = match a.words.as_slice() {
+                [] => false,
+                [w] if w == "force" => true,
+                w => bail!("unknown start options {w:?}: expected force"),
+            };
+            let (m, sl) = (&a.session.master, &a.session.slave);
             if !a.foreground {
-                bail!(
-                    "starting in the background needs the session monitor, which is not part of this build yet: run `georep start {} {} --foreground` (under systemd or a terminal)",
-                    a.session.master,
-                    a.session.slave
-                );
+                crate::daemon::start(&home, m, sl, force, false)?;
+                println!("Starting geo-replication session between {m} & {sl} has been successful");
+                return Ok(ExitCode::SUCCESS);
             }
-            crate::daemon::start_foreground(
-                &home,
-                &a.session.master,
-                &a.session.slave,
-                SyncOptions::default(),
-            )?;
+            crate::daemon::start(&home, m, sl, force, true)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stop(a) => {
+            let force = a.flags(&["force"])?.contains(&"force");
+            let (m, sl) = (&a.session.master, &a.session.slave);
+            crate::daemon::stop(&home, m, sl, force)?;
+            println!("Stopping geo-replication session between {m} & {sl} has been successful");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pause(a) => {
+            crate::daemon::pause(&home, &a.master, &a.slave)?;
+            println!(
+                "Pausing geo-replication session between {} & {} has been successful",
+                a.master, a.slave
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Resume(a) => {
+            crate::daemon::resume(&home, &a.master, &a.slave)?;
+            println!(
+                "Resuming geo-replication session between {} & {} has been successful",
+                a.master, a.slave
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Delete(a) => {
-            crate::daemon::delete(&home, &a.master, &a.slave)?;
-            println!(
-                "Deleting geo-replication session between {} & {} has been successful",
-                a.master, a.slave
-            );
+            let reset = a.flags(&["reset-sync-time"])?.contains(&"reset-sync-time");
+            let (m, sl) = (&a.session.master, &a.session.slave);
+            crate::daemon::delete(&home, m, sl, reset)?;
+            println!("Deleting geo-replication session between {m} & {sl} has been successful");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Config(a) => config_cmd(&home, a),
+        Cmd::Failures(a) => {
+            let list = crate::status::failures(&home, &a.session.master, &a.session.slave)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("No failures");
+            } else {
+                for f in &list {
+                    println!(
+                        "{}  {}  {} (errno {}, side {}, {} attempts)",
+                        f.brick, f.path, f.message, f.errno, f.side, f.attempts
+                    );
+                }
+            }
+            Ok(if list.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Monitor(a) => {
+            crate::daemon::monitor::run(&home, &a.session)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Worker(a) => {
+            crate::daemon::monitor::run_worker(&home, &a.session, &a.brick)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Journal(a) => {
             crate::daemon::run_journal(&home, &a.session, &a.brick)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status(a) => {
-            let rows = crate::status::rows(&home, a.master.as_deref(), a.slave.as_deref())?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if rows.is_empty() {
-                println!("No active geo-replication sessions");
-            } else {
-                print!("{}", crate::status::table(&rows));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Status(a) => status_cmd(&home, a),
         Cmd::Serve(a) => {
             crate::transport::serve::serve(&crate::transport::serve::ServeOptions {
                 listen: a.listen,
@@ -342,6 +456,65 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn status_cmd(home: &Home, a: StatusArgs) -> Result<ExitCode> {
+    let mut words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    let detail = words.last() == Some(&"detail");
+    if detail {
+        words.pop();
+    }
+    let (master, slave) = match words.as_slice() {
+        [] => (None, None),
+        [m] => (Some(*m), None),
+        [m, s] => (Some(*m), Some(*s)),
+        _ => bail!("usage: georep status [MASTER [SLAVE]] [detail] [--json] [--check]"),
+    };
+    let rows = crate::status::rows(home, master, slave)?;
+    if a.check {
+        let (code, line) = crate::status::check(&rows, a.max_lag);
+        println!("{line}");
+        return Ok(ExitCode::from(code));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("No active geo-replication sessions");
+    } else {
+        print!("{}", crate::status::table(&rows, detail));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_cmd(home: &Home, a: ConfigArgs) -> Result<ExitCode> {
+    use crate::options;
+    let (m, s) = (&a.session.master, &a.session.slave);
+    let mut cfg = crate::session::SessionConfig::load(home, m, s)?;
+    match (a.key.as_deref(), a.value.as_deref()) {
+        (None, _) => {
+            for d in options::OPTIONS {
+                println!("{}: {}", d.key, options::get(&cfg, d.key)?);
+            }
+        }
+        (Some(k), None) if k.starts_with('!') => {
+            options::reset(&mut cfg, &k[1..])?;
+            cfg.save(home)?;
+            println!("geo-replication config reset: {}", &k[1..]);
+        }
+        (Some(k), None) => println!("{}", options::get(&cfg, k)?),
+        (Some(k), Some(_)) if k.starts_with('!') => {
+            bail!("`!{}` resets an option and takes no value", &k[1..])
+        }
+        (Some(k), Some(v)) => {
+            options::set(&mut cfg, k, v)?;
+            cfg.save(home)?;
+            println!(
+                "geo-replication config updated: {k} = {}",
+                options::get(&cfg, k)?
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn volume_cmd(home: &Home, cmd: VolumeCmd) -> Result<ExitCode> {

@@ -1,21 +1,22 @@
 //! Session lifecycle on this node: `create` (register, verify, start journaling), the journal
-//! writer processes, `start --foreground` (one worker per local active brick until a signal),
-//! `delete`.
+//! writer processes, `start`/`stop`/`pause`/`resume` (the monitor in `monitor.rs` runs the
+//! workers), `delete`.
 //!
 //! Invariant: at most one journal writer runs per session brick (an flock on `writer.lock`), and
 //! it runs from `create` to `delete`, independent of shipping.
+
+pub mod monitor;
 
 use crate::config::{Home, SyncOptions};
 use crate::journal::writer::Writer;
 use crate::journal::JournalStore;
 use crate::session::{self, SessionConfig};
-use crate::ship::worker::Worker;
 use crate::volume::Brick;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -368,57 +369,169 @@ fn tempdir_in(base: &Path) -> Result<PathBuf> {
     Ok(d)
 }
 
-/// `georep start MASTER SLAVE --foreground`: runs the session's workers on this node until
-/// SIGINT/SIGTERM, then lets each finish its batch and records a clean stop.
-pub fn start_foreground(home: &Home, master: &str, slave: &str, opts: SyncOptions) -> Result<()> {
+/// `georep start MASTER SLAVE [force]`: starts the session's monitor in the background (or, with
+/// `foreground`, runs it here until SIGINT/SIGTERM, for systemd).
+pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bool) -> Result<()> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    let vol = cfg.volume(home)?;
-    let stop = stop_on_signals()?;
-    let bricks: Vec<Brick> = vol.local_active_bricks().into_iter().cloned().collect();
-    if bricks.is_empty() {
-        bail!("volume {} has no brick on this node", vol.name);
-    }
-    let mut opts = opts;
-    opts.excludes.extend(cfg.excludes.iter().cloned());
-    let mut handles = Vec::new();
-    for b in bricks {
-        ensure_writer(home, &cfg.name, &b)?;
-        let worker = Worker::new(home, &cfg, &b, opts.clone(), stop.clone())?;
-        let name = format!("worker {}", b.path.display());
-        handles.push((
-            name.clone(),
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || worker.run())?,
-        ));
-    }
-    tracing::info!(session = %cfg.name, "started");
-    let mut first_err = None;
-    for (name, h) in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!("{name}: {e:#}");
-                first_err.get_or_insert(e);
-            }
-            Err(_) => {
-                first_err.get_or_insert(anyhow!("{name} panicked"));
-            }
+    if monitor::is_running(home, &cfg.name) {
+        if force {
+            return Ok(());
         }
+        bail!(
+            "session {master} -> {slave} is already started on this node: `georep status {master} {slave}` shows it (add `force` to ignore)"
+        );
     }
-    stop.store(true, Ordering::Relaxed);
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
+    // A start clears a pause left from before a stop.
+    let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("paused"));
+    if foreground {
+        return monitor::run(home, &cfg.name);
     }
+    let logs = log_dir(home, &cfg.name);
+    std::fs::create_dir_all(&logs)?;
+    let log_path = logs.join("monitor.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(std::env::current_exe()?)
+            .arg("monitor")
+            .arg("--session")
+            .arg(&cfg.name)
+            .env("GEOREP_LOG", crate::options::log_level(&cfg))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own session: the monitor outlives the terminal that started it.
+            .process_group(0)
+            .spawn()
+            .context("starting the session monitor")?
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if monitor::is_running(home, &cfg.name) {
+            break;
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!(
+                "the session monitor exited ({st}): {}",
+                log_tail(&log_path, 3)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the session monitor did not start within 30 s (see {})",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The monitor runs on its own; reap it if it ends while we still run.
+    std::thread::spawn(move || child.wait());
+    Ok(())
 }
 
-/// `georep delete MASTER SLAVE`: stops journaling and removes the session's state.
-pub fn delete(home: &Home, master: &str, slave: &str) -> Result<()> {
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// `georep stop MASTER SLAVE [force]`: stops the monitor and its workers (each finishes its
+/// batch in flight). Journaling goes on, so a later start resumes with a History Crawl.
+pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    let vol = cfg.volume(home)?;
-    for b in vol.local_active_bricks() {
-        stop_writer(home, &cfg.name, b)?;
+    if !monitor::is_running(home, &cfg.name) {
+        if force {
+            return Ok(());
+        }
+        bail!("session {master} -> {slave} is not running on this node (add `force` to ignore)");
     }
-    cfg.remove(home)
+    let pid = monitor::monitor_pid(home, &cfg.name)
+        .with_context(|| format!("session {} has a monitor but no monitor.pid", cfg.name))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .with_context(|| format!("signalling the monitor (pid {})", pid.as_raw_nonzero()))?;
+    let deadline = Instant::now() + Duration::from_secs(if force { 10 } else { 90 });
+    while monitor::is_running(home, &cfg.name) {
+        if Instant::now() > deadline {
+            if force {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                std::thread::sleep(Duration::from_millis(200));
+                return Ok(());
+            }
+            bail!(
+                "the monitor (pid {}) did not stop within 90 s: see {}, or `georep stop {master} {slave} force`",
+                pid.as_raw_nonzero(),
+                log_dir(home, &cfg.name).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `georep pause`: workers stop shipping (finishing their batch in flight); the journal keeps
+/// recording. Waits until every local brick reports Paused.
+pub fn pause(home: &Home, master: &str, slave: &str) -> Result<()> {
+    let cfg = SessionConfig::load(home, master, slave)?;
+    if !monitor::is_running(home, &cfg.name) {
+        bail!("session {master} -> {slave} is not running on this node: start it first");
+    }
+    let flag = monitor::session_dir(home, &cfg.name).join("paused");
+    crate::fsutil::atomic_write(&flag, crate::options::show_time(now()).as_bytes())?;
+    let vol = cfg.volume(home)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for b in vol.bricks.iter().filter(|b| b.is_local()) {
+        let dir = session::brick_state_dir(home, &cfg.name, b);
+        while crate::status::BrickStatus::load(&dir).is_none_or(|s| s.status != "Paused") {
+            if Instant::now() > deadline {
+                bail!(
+                    "brick {b} did not pause within 90 s (see {})",
+                    log_dir(home, &cfg.name).display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// `georep resume`: workers start again and catch up from the journal (History Crawl).
+pub fn resume(home: &Home, master: &str, slave: &str) -> Result<()> {
+    let cfg = SessionConfig::load(home, master, slave)?;
+    let flag = monitor::session_dir(home, &cfg.name).join("paused");
+    if !flag.exists() {
+        bail!("session {master} -> {slave} is not paused");
+    }
+    if !monitor::is_running(home, &cfg.name) {
+        bail!("session {master} -> {slave} is not running on this node: `georep start {master} {slave}` (it starts unpaused)");
+    }
+    std::fs::remove_file(&flag).with_context(|| format!("removing {}", flag.display()))?;
+    Ok(())
+}
+
+fn now() -> i64 {
+    crate::journal::record::now_ns()
+}
+
+/// `georep delete MASTER SLAVE [reset-sync-time]`: stops journaling and removes the session.
+/// What the slave has (index and stime) is kept, so creating the session again sends only the
+/// differences; `reset-sync-time` forgets it too.
+pub fn delete(home: &Home, master: &str, slave: &str, reset_sync_time: bool) -> Result<()> {
+    let cfg = SessionConfig::load(home, master, slave)?;
+    if monitor::is_running(home, &cfg.name) {
+        bail!("session {master} -> {slave} is running: `georep stop {master} {slave}` first");
+    }
+    let vol = cfg.volume(home)?;
+    for b in vol.bricks.iter().filter(|b| b.is_local()) {
+        stop_writer(home, &cfg.name, b)?;
+        let index = session::brick_state_dir(home, &cfg.name, b).join("index.db");
+        if !reset_sync_time && index.exists() {
+            // The journal goes; a new one starts numbering again, after a gap (hybrid crawl).
+            crate::crawl::index::Index::open(&index)?.set_meta("journal_seq", "0")?;
+        }
+    }
+    cfg.remove(home, !reset_sync_time)
 }

@@ -34,6 +34,11 @@ pub struct Hello {
     pub epoch: u64,
     /// zstd level of the master → agent stream after the handshake; 0 = uncompressed.
     pub compression: i32,
+    /// Replica set of the brick (`<session>#<n>`) on replica volumes, empty otherwise: the agent
+    /// lets one brick per set be Active at a time.
+    pub replica_set: String,
+    /// Days to keep deleted and overwritten files in `.georep/trash/`; 0 = off.
+    pub trash_days: u32,
 }
 
 /// Agent → master answer to `Hello`.
@@ -46,6 +51,12 @@ pub struct Welcome {
     /// Highest batch id this agent has made durable for the connecting brick (0 = none).
     pub last_batch: u64,
     pub slave_host: String,
+    /// Set when another brick of the same replica set is Active (its `node:brick`): this
+    /// connection is Passive, the agent closes it and the master retries later.
+    pub passive_to: Option<String>,
+    /// The brick that was last Active for this replica set, when it was another one: the master
+    /// must re-read the slave before trusting its own index (takeover).
+    pub previous_active: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -146,6 +157,17 @@ pub struct Failed {
     pub message: String,
 }
 
+/// One entry of the slave's tree, as the agent lists it for the master (takeover, verify).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ListEntry {
+    pub path: RelPath,
+    /// `crawl::entry::Kind` as a number (1 file, 2 dir, 3 symlink, 4 fifo, 5 char, 6 block).
+    pub kind: u8,
+    pub size: u64,
+    pub meta: Meta,
+    pub target: Option<Vec<u8>>,
+}
+
 /// Fatal error: the sender closes the connection after it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ErrorMsg {
@@ -167,6 +189,12 @@ pub enum Message {
     Failed(Failed),
     Error(ErrorMsg),
     Heartbeat,
+    /// Master → agent, between batches: list the slave tree (answered by `Listing`s, `ListEnd`).
+    List,
+    Listing(Vec<ListEntry>),
+    ListEnd {
+        entries: u64,
+    },
     Bye,
 }
 
@@ -185,6 +213,9 @@ impl Message {
             Message::Failed(_) => "Failed",
             Message::Error(_) => "Error",
             Message::Heartbeat => "Heartbeat",
+            Message::List => "List",
+            Message::Listing(_) => "Listing",
+            Message::ListEnd { .. } => "ListEnd",
             Message::Bye => "Bye",
         }
     }

@@ -241,6 +241,8 @@ pub fn connect(
         slave_volume: spec.volume.clone(),
         epoch,
         compression,
+        replica_set: opts.replica_set.clone().unwrap_or_default(),
+        trash_days: opts.trash_retention_days,
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;
@@ -265,6 +267,11 @@ pub fn connect(
             return Err(e.context(format!("connecting to {peer}")));
         }
     };
+    if let Some(active) = welcome.passive_to.clone() {
+        let _ = w.send(&Message::Bye);
+        let _ = w.flush();
+        return Err(Passive { active }.into());
+    }
     pipeline::check_welcome(&welcome, &peer)?;
     match index.get_meta("slave_volume_id")? {
         Some(id) if id == welcome.volume_id => {}
@@ -287,7 +294,7 @@ pub fn connect(
         .unwrap_or(0)
         .max(welcome.last_batch)
         + 1;
-    Ok(Shipper::new(
+    let mut shipper = Shipper::new(
         w,
         r,
         link.handle,
@@ -296,8 +303,27 @@ pub fn connect(
         opts.window,
         opts.chunk_size,
         format!("{peer} on {}", welcome.slave_host),
-    ))
+    );
+    shipper.ignore_deletes = opts.ignore_deletes;
+    shipper.set_bwlimit(opts.bwlimit);
+    shipper.previous_active = welcome.previous_active;
+    Ok(shipper)
 }
+
+/// The agent answered that another brick of this brick's replica set is Active.
+#[derive(Debug)]
+pub struct Passive {
+    /// `node:brick` of the Active one.
+    pub active: String,
+}
+
+impl std::fmt::Display for Passive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "passive: {} is active for this replica set", self.active)
+    }
+}
+
+impl std::error::Error for Passive {}
 
 /// What a series of crawl passes achieved.
 pub struct CrawlOutcome {

@@ -90,6 +90,14 @@ pub struct Shipper {
     pub stats: ShipStats,
     pub failures: Vec<Failure>,
     pub progress: Option<indicatif::ProgressBar>,
+    /// Deletions of paths gone on the master are not sent (option `ignore-deletes`).
+    pub ignore_deletes: bool,
+    /// Wire bytes per second, 0 = unlimited (option `bwlimit`, see `set_bwlimit`).
+    bwlimit: u64,
+    /// Instant and wire bytes the rate limit counts from.
+    bw_base: (std::time::Instant, u64),
+    /// Set by the handshake when another brick of the replica set was Active before us.
+    pub previous_active: Option<String>,
 }
 
 enum FileOutcome {
@@ -149,6 +157,10 @@ impl Shipper {
             stats: ShipStats::default(),
             failures: Vec::new(),
             progress: None,
+            ignore_deletes: false,
+            bwlimit: 0,
+            bw_base: (std::time::Instant::now(), 0),
+            previous_active: None,
         }
     }
 
@@ -278,6 +290,83 @@ impl Shipper {
         }
     }
 
+    /// Asks the agent for its whole tree (between batches) and returns it.
+    pub fn list_slave(&mut self, index: &Index) -> Result<Vec<protocol::ListEntry>> {
+        while !self.inflight.is_empty() {
+            self.wait_one(index)?;
+        }
+        if let Err(e) = self
+            .writer()
+            .send(&Message::List)
+            .and_then(|()| self.writer().flush())
+        {
+            return Err(self.write_failed(e));
+        }
+        let mut out = Vec::new();
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(600)) {
+                Ok(Event::Msg(Message::Listing(mut v))) => out.append(&mut v),
+                Ok(Event::Msg(Message::ListEnd { entries })) => {
+                    if entries != out.len() as u64 {
+                        bail!(
+                            "the agent on {} listed {} entries but announced {entries}",
+                            self.peer,
+                            out.len()
+                        );
+                    }
+                    return Ok(out);
+                }
+                Ok(ev) => self.handle(ev, index)?,
+                Err(_) => bail!("no listing from {} within 10 minutes", self.peer),
+            }
+        }
+    }
+
+    /// Replaces the index with what the slave really has: an entry equal to the brick's in
+    /// kind, size, mtime, owner, mode and target is taken as shipped (nothing is sent again),
+    /// any other as the slave's version (the next crawl sends the brick's). Returns the number
+    /// of slave entries.
+    pub fn seed_index_from_slave(&mut self, index: &Index) -> Result<usize> {
+        let listed = self.list_slave(index)?;
+        let n = listed.len();
+        let mut muts = Vec::with_capacity(n);
+        for le in listed {
+            let local = crate::crawl::walk::lstat_beneath(&self.brick, &le.path)
+                .ok()
+                .flatten();
+            let kind = crate::crawl::entry::Kind::from_u8(le.kind);
+            let same = local.as_ref().is_some_and(|l| {
+                l.kind == kind
+                    && l.meta() == le.meta
+                    && l.target == le.target
+                    && (kind == crate::crawl::entry::Kind::Dir || l.size == le.size)
+            });
+            let entry = match local {
+                Some(l) if same => l,
+                l => Entry {
+                    kind,
+                    ino: l.as_ref().map(|l| l.ino).unwrap_or(0),
+                    size: le.size,
+                    mtime_sec: le.meta.mtime_sec,
+                    mtime_nsec: le.meta.mtime_nsec,
+                    ctime_sec: 0,
+                    ctime_nsec: 0,
+                    mode: le.meta.mode,
+                    uid: le.meta.uid,
+                    gid: le.meta.gid,
+                    nlink: 1,
+                    rdev: 0,
+                    target: le.target,
+                    hash: None,
+                },
+            };
+            muts.push(Mutation::Upsert(le.path, entry));
+        }
+        index.clear()?;
+        index.apply(&muts)?;
+        Ok(n)
+    }
+
     /// Sends `ops` as batches and waits until all of them are acknowledged.
     pub fn ship(
         &mut self,
@@ -286,6 +375,11 @@ impl Shipper {
         max_ops: u32,
         max_bytes: u64,
     ) -> Result<()> {
+        let ops = if self.ignore_deletes {
+            self.without_deletes(ops)
+        } else {
+            ops
+        };
         let ranges = super::batch::cut(&ops, max_ops, max_bytes);
         let mut ops = ops.into_iter();
         for range in ranges {
@@ -302,6 +396,52 @@ impl Shipper {
             self.wait_one(index)?;
         }
         Ok(())
+    }
+
+    /// Turns deletions of paths that are gone on the master into index-only updates (the index
+    /// forgets them as if shipped); a delete that clears the way for another kind still goes.
+    fn without_deletes(&self, ops: Vec<PlannedOp>) -> Vec<PlannedOp> {
+        ops.into_iter()
+            .map(|mut p| {
+                if let PlanOp::Op(Op::Delete { path }) = &p.op {
+                    if matches!(
+                        crate::crawl::walk::lstat_beneath(&self.brick, path),
+                        Ok(None)
+                    ) {
+                        p.op = PlanOp::IndexOnly;
+                    }
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// Sets the wire rate limit (bytes/s, 0 = none), from now on.
+    pub fn set_bwlimit(&mut self, bytes_per_sec: u64) {
+        if bytes_per_sec != self.bwlimit {
+            self.bwlimit = bytes_per_sec;
+            self.bw_base = (std::time::Instant::now(), self.wire_bytes());
+        }
+    }
+
+    /// Sleeps while the wire is ahead of `bwlimit`; at most one second of unused rate is
+    /// saved up, so an idle link does not earn a burst.
+    fn throttle(&mut self) {
+        if self.bwlimit == 0 {
+            return;
+        }
+        let (t0, b0) = self.bw_base;
+        let sent = self.wire_bytes().saturating_sub(b0);
+        let due = Duration::from_secs_f64(sent as f64 / self.bwlimit as f64);
+        let elapsed = t0.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        } else if elapsed - due > Duration::from_secs(1) {
+            self.bw_base = (
+                std::time::Instant::now() - Duration::from_secs(1),
+                self.wire_bytes(),
+            );
+        }
     }
 
     fn send_batch(&mut self, batch: Vec<PlannedOp>, index: &Index) -> Result<()> {
@@ -538,6 +678,7 @@ impl Shipper {
                 self.buf = buf;
                 return Err(e);
             }
+            self.throttle();
             if let Some(pb) = &self.progress {
                 pb.inc(n as u64);
             }

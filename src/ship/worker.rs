@@ -29,6 +29,14 @@ use std::time::{Duration, Instant};
 const WINDOW_RECORDS: usize = 8192;
 /// Longest idle wait: retries, status and stop requests are looked at this often.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// How often a Passive worker asks whether its replica set needs it.
+const PASSIVE_RETRY: Duration = Duration::from_secs(2);
+
+fn config_mtime(home: &Home, session: &str) -> Option<std::time::SystemTime> {
+    std::fs::metadata(SessionConfig::file(home, session))
+        .and_then(|m| m.modified())
+        .ok()
+}
 
 /// Wakes the idle worker when the journal writer commits: each commit writes the journal's WAL
 /// file, whose inotify event ends the wait (no polling while idle).
@@ -72,19 +80,32 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     status: BrickStatus,
     slot: u64,
+    /// Modification time of the session file when `session` was read.
+    cfg_mtime: Option<std::time::SystemTime>,
+    cfg_checked: Instant,
+}
+
+/// Why `serve` returned without an error.
+enum Exit {
+    Stop,
+    /// Options that shape the connection changed: reconnect with them.
+    Reconnect,
 }
 
 impl Worker {
+    /// `replica_set`: index of the brick's replica set on replica volumes (Active/Passive).
     pub fn new(
         home: &Home,
         session: &SessionConfig,
         brick: &Brick,
-        opts: SyncOptions,
+        replica_set: Option<usize>,
         stop: Arc<AtomicBool>,
     ) -> Result<Worker> {
         let dir = session::brick_state_dir(home, &session.name, brick);
         let mut status = BrickStatus::load(&dir).unwrap_or_default();
         status.last_error = None;
+        let mut opts = crate::options::sync_options(session);
+        opts.replica_set = replica_set.map(|n| format!("{}#{n}", session.name));
         Ok(Worker {
             home: home.clone(),
             spec: session.slave_spec()?,
@@ -96,7 +117,69 @@ impl Worker {
             stop,
             status,
             slot: 0,
+            cfg_mtime: config_mtime(home, &session.name),
+            cfg_checked: Instant::now(),
         })
+    }
+
+    /// Re-reads the session file when it changed (at most once a second). Returns true when
+    /// the connection must be re-made for the new options to apply.
+    fn reload_config(&mut self) -> bool {
+        if self.cfg_checked.elapsed() < Duration::from_secs(1) {
+            return false;
+        }
+        self.cfg_checked = Instant::now();
+        let mtime = config_mtime(&self.home, &self.session.name);
+        if mtime == self.cfg_mtime {
+            return false;
+        }
+        self.cfg_mtime = mtime;
+        let cfg = match SessionConfig::load_by_name(&self.home, &self.session.name) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("re-reading the session options: {e:#}");
+                return false;
+            }
+        };
+        let mut opts = crate::options::sync_options(&cfg);
+        opts.replica_set = self.opts.replica_set.clone();
+        crate::logging::set_level(&crate::options::log_level(&cfg));
+        match Excludes::new(&opts.excludes) {
+            Ok(ex) => self.excludes = ex,
+            Err(e) => tracing::warn!("exclude: {e:#}"),
+        }
+        let reconnect = (
+            opts.compression,
+            opts.window,
+            opts.bwlimit,
+            opts.trash_retention_days,
+        ) != (
+            self.opts.compression,
+            self.opts.window,
+            self.opts.bwlimit,
+            self.opts.trash_retention_days,
+        ) || (cfg.ssh_port, &cfg.remote_georep)
+            != (self.session.ssh_port, &self.session.remote_georep);
+        tracing::info!(brick = %self.brick, reconnect, "session options changed");
+        self.opts = opts;
+        self.session = cfg;
+        self.update_checkpoint();
+        reconnect
+    }
+
+    /// CHECKPOINT COMPLETED: stime reached the checkpoint (recorded once, with the time).
+    fn update_checkpoint(&mut self) {
+        let cp = self.session.options.checkpoint_ns;
+        if self.status.checkpoint_ns != cp {
+            self.status.checkpoint_ns = cp;
+            self.status.checkpoint_completed_ns = None;
+        }
+        if let Some(cp) = cp {
+            if self.status.stime_ns >= cp && self.status.checkpoint_completed_ns.is_none() {
+                self.status.checkpoint_completed_ns = Some(now_ns());
+                tracing::info!(brick = %self.brick, "checkpoint {} completed", crate::options::show_time(cp));
+            }
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -117,26 +200,50 @@ impl Worker {
         }
     }
 
-    /// Runs until asked to stop: connects, ships, reconnects with back-off after errors.
+    /// Runs until asked to stop: connects, ships, reconnects with back-off after errors; on
+    /// replica volumes waits as Passive while another brick of its set is Active.
     pub fn run(mut self) -> Result<()> {
         let index = Index::open(&self.dir.join("index.db"))?;
         let journal = JournalStore::open(&self.dir.join("journal.db"))?;
-        let transport = transport_for(&self.home, &self.session.name, &self.spec)?;
+        if self.status.stime_ns == 0 {
+            // A session deleted without reset-sync-time keeps its index and stime.
+            self.status.stime_ns = index
+                .get_meta("stime_ns")?
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+        }
+        self.update_checkpoint();
         let mut backoff = Duration::from_millis(200);
         while !self.stopping() {
-            self.status.status = "Initializing...".into();
-            self.save();
-            let shipper = connect(
-                transport.as_ref(),
-                &index,
-                &self.spec,
-                &self.session.name,
-                &self.brick,
-                &self.opts,
-            );
+            self.reload_config();
+            if self.status.status != "Passive" {
+                self.status.status = "Initializing...".into();
+                self.save();
+            }
+            let shipper = transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
+                connect(
+                    t.as_ref(),
+                    &index,
+                    &self.spec,
+                    &self.session.name,
+                    &self.brick,
+                    &self.opts,
+                )
+            });
             let mut shipper = match shipper {
                 Ok(s) => s,
                 Err(e) => {
+                    if let Some(p) = e.downcast_ref::<super::Passive>() {
+                        if self.status.status != "Passive" {
+                            tracing::info!(brick = %self.brick, "passive: {} is active for this replica set", p.active);
+                        }
+                        self.status.status = "Passive".into();
+                        self.status.crawl = "N/A".into();
+                        self.status.last_error = None;
+                        self.save();
+                        self.nap(PASSIVE_RETRY);
+                        continue;
+                    }
                     self.faulty(&e);
                     self.nap(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -145,9 +252,16 @@ impl Worker {
             };
             backoff = Duration::from_millis(200);
             self.status.status = "Active".into();
+            self.status.last_error = None;
             self.save();
-            match self.serve(&mut shipper, &index, &journal) {
-                Ok(()) => {
+            let pending = index.get_meta("takeover_from")?.filter(|p| !p.is_empty());
+            let result = match shipper.previous_active.clone().or(pending) {
+                Some(prev) => self.take_over(&mut shipper, &index, &journal, &prev),
+                None => Ok(()),
+            }
+            .and_then(|()| self.serve(&mut shipper, &index, &journal));
+            match result {
+                Ok(Exit::Stop) => {
                     // Asked to stop: everything sent was acknowledged.
                     let r = shipper.close();
                     self.status.status = "Stopped".into();
@@ -155,6 +269,9 @@ impl Worker {
                     self.save();
                     index.set_meta("clean_stop_ns", &now_ns().to_string())?;
                     return r.map(|_| ());
+                }
+                Ok(Exit::Reconnect) => {
+                    shipper.close()?;
                 }
                 Err(e) => {
                     drop(shipper);
@@ -177,18 +294,53 @@ impl Worker {
         self.save();
     }
 
+    /// This brick became Active for its replica set after another one: what the slave has is
+    /// not what our index says. Re-read the slave, then a hybrid crawl ships the difference
+    /// (files the slave already has with the same size and mtime are not sent again).
+    fn take_over(
+        &mut self,
+        shipper: &mut Shipper,
+        index: &Index,
+        journal: &JournalStore,
+        previous: &str,
+    ) -> Result<()> {
+        tracing::info!(brick = %self.brick, "taking over from {previous}");
+        self.status.crawl = "Hybrid Crawl".into();
+        self.save();
+        // Until the crawl below completes, a reconnect must take over again.
+        index.set_meta("takeover_from", previous)?;
+        let seq = journal.last_seq()?;
+        let listed = shipper.seed_index_from_slave(index)?;
+        tracing::info!(brick = %self.brick, entries = listed, "slave listing read");
+        self.hybrid(
+            shipper,
+            index,
+            journal,
+            seq,
+            Some(&format!("taking over from {previous}")),
+        )?;
+        index.set_meta("takeover_from", "")?;
+        self.status.takeovers += 1;
+        Ok(())
+    }
+
     fn serve(
         &mut self,
         shipper: &mut Shipper,
         index: &Index,
         journal: &JournalStore,
-    ) -> Result<()> {
+    ) -> Result<Exit> {
         let mut last_status = Instant::now();
         let waker = JournalWaker::new(&self.dir)?;
         loop {
             if self.stopping() {
-                return Ok(());
+                return Ok(Exit::Stop);
             }
+            if self.reload_config() {
+                return Ok(Exit::Reconnect);
+            }
+            shipper.ignore_deletes = self.opts.ignore_deletes;
+            shipper.set_bwlimit(self.opts.bwlimit);
             let seq: u64 = index
                 .get_meta("journal_seq")?
                 .map(|s| s.parse())
@@ -223,7 +375,14 @@ impl Worker {
                 changes::add(&mut dirty, p);
             }
             let last = records.last().map(|r| r.seq).unwrap_or(seq);
-            let max_ts = records.iter().map(|r| r.ts_ns).max();
+            // Only a marker's time is a barrier (every change before it is recorded before
+            // it); an ordinary record's read time is not: a change made just before it may
+            // still be in the inotify queue. So stime moves in marker steps (one a second).
+            let max_ts = records
+                .iter()
+                .filter(|r| r.op == RecOp::Marker)
+                .map(|r| r.ts_ns)
+                .max();
             let plan = crawl::plan_paths(
                 &self.brick.path,
                 index,
@@ -248,6 +407,8 @@ impl Worker {
             }
             let needs_crawl = plan.needs_crawl;
             if !plan.is_empty() {
+                self.status.backlog_bytes = plan.ops.iter().map(|p| p.bytes()).sum();
+                self.save();
                 shipper.failures.clear();
                 shipper.ship(plan.ops, index, self.opts.batch_ops, self.opts.batch_bytes)?;
             }
@@ -260,6 +421,9 @@ impl Worker {
             self.status.meta += meta.saturating_sub(data);
             self.advance_stime(index, max_ts)?;
             self.status.backlog = journal.count_after(last)?;
+            if self.status.backlog == 0 {
+                self.status.backlog_bytes = 0;
+            }
             self.save();
             last_status = Instant::now();
             if needs_crawl {
@@ -350,6 +514,7 @@ impl Worker {
                 index.set_meta("stime_ns", &ts.to_string())?;
             }
         }
+        self.update_checkpoint();
         Ok(())
     }
 }

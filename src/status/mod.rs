@@ -25,6 +25,17 @@ pub struct BrickStatus {
     pub last_error: Option<String>,
     pub updated_ns: i64,
     pub pid: u32,
+    /// The checkpoint this brick measured itself against, and when its stime reached it.
+    #[serde(default)]
+    pub checkpoint_ns: Option<i64>,
+    #[serde(default)]
+    pub checkpoint_completed_ns: Option<i64>,
+    /// Times this brick took over its replica set from another brick.
+    #[serde(default)]
+    pub takeovers: u64,
+    /// Content bytes of the journal backlog's files (estimate: their current sizes).
+    #[serde(default)]
+    pub backlog_bytes: u64,
 }
 
 impl BrickStatus {
@@ -48,7 +59,7 @@ impl BrickStatus {
     }
 }
 
-/// One row of `georep status`.
+/// One row of `georep status`; the JSON of `status --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub master_node: String,
@@ -63,30 +74,36 @@ pub struct Row {
     pub last_synced: String,
     /// The same instant in UTC (RFC 3339), absent before the first acknowledged batch.
     pub last_synced_utc: Option<String>,
+    /// Seconds between LAST_SYNCED and now (absent before the first sync).
+    pub lag_seconds: Option<u64>,
     pub entries: u64,
     pub data: u64,
     pub meta: u64,
     pub failures: u64,
     pub backlog_records: u64,
+    pub backlog_bytes: u64,
+    /// Checkpoint time (local, or N/A), whether it completed, and when.
+    pub checkpoint_time: String,
+    pub checkpoint_time_utc: Option<String>,
+    pub checkpoint_completed: String,
+    pub checkpoint_completion_time: String,
+    pub checkpoint_completion_time_utc: Option<String>,
+    pub hybrid_crawls: u64,
+    pub takeovers: u64,
+    /// For a Faulty or failing worker: what went wrong, with the path and the fix.
     pub last_error: Option<String>,
 }
 
-fn alive(pid: u32) -> bool {
-    pid != 0
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a.ends_with(b"georep")))
+fn local_time(ns: i64) -> String {
+    crate::options::show_time(ns)
 }
 
-/// Rows for every session on this node (optionally one master volume, one slave).
-pub fn rows(
-    home: &crate::config::Home,
-    master: Option<&str>,
-    slave: Option<&str>,
-) -> Result<Vec<Row>> {
-    use crate::session::SessionConfig;
-    let dir = home.etc.join("sessions");
-    let mut out = Vec::new();
-    let mut names: Vec<_> = match std::fs::read_dir(&dir) {
+fn utc_time(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn session_names(home: &crate::config::Home) -> Vec<String> {
+    let mut names: Vec<_> = match std::fs::read_dir(home.etc.join("sessions")) {
         Ok(rd) => rd
             .flatten()
             .filter_map(|e| {
@@ -99,11 +116,27 @@ pub fn rows(
         Err(_) => Vec::new(),
     };
     names.sort();
-    for name in names {
+    names
+}
+
+/// Rows for every session on this node (optionally one master volume, one slave).
+pub fn rows(
+    home: &crate::config::Home,
+    master: Option<&str>,
+    slave: Option<&str>,
+) -> Result<Vec<Row>> {
+    use crate::daemon::monitor;
+    use crate::session::SessionConfig;
+    let mut out = Vec::new();
+    let mut matched = false;
+    for name in session_names(home) {
         let cfg = SessionConfig::load_by_name(home, &name)?;
-        if master.is_some_and(|m| m != cfg.master) || slave.is_some_and(|s| s != cfg.slave) {
+        if master.is_some_and(|m| !same_volume(home, m, &cfg.master))
+            || slave.is_some_and(|s| s != cfg.slave)
+        {
             continue;
         }
+        matched = true;
         let vol = cfg.volume(home)?;
         let spec = cfg.slave_spec()?;
         let (slave_col, user, node) = match &spec.host {
@@ -125,12 +158,15 @@ pub fn rows(
                 "localhost".into(),
             ),
         };
+        let running = monitor::is_running(home, &name);
+        let paused = monitor::is_paused(home, &name);
+        let now = crate::journal::record::now_ns();
+        let checkpoint = cfg.options.checkpoint_ns;
         for b in vol.bricks.iter().filter(|b| b.is_local()) {
             let st = BrickStatus::load(&crate::session::brick_state_dir(home, &name, b));
             let (status, crawl) = match &st {
-                None => ("Created".to_string(), "N/A".to_string()),
-                Some(s) if !alive(s.pid) => ("Stopped".into(), "N/A".into()),
-                Some(s) => (
+                _ if running && paused => ("Paused".to_string(), "N/A".to_string()),
+                Some(s) if running => (
                     s.status.clone(),
                     if s.status == "Active" {
                         s.crawl.clone()
@@ -138,10 +174,19 @@ pub fn rows(
                         "N/A".into()
                     },
                 ),
+                None if running => ("Initializing...".into(), "N/A".into()),
+                Some(s) if s.status != "Created" => ("Stopped".into(), "N/A".into()),
+                _ => ("Created".into(), "N/A".into()),
             };
             let st = st.unwrap_or_default();
-            let synced =
-                (st.stime_ns > 0).then(|| chrono::DateTime::from_timestamp_nanos(st.stime_ns));
+            let synced = (st.stime_ns > 0).then_some(st.stime_ns);
+            let completed = checkpoint.and_then(|cp| {
+                (st.stime_ns >= cp).then(|| {
+                    st.checkpoint_completed_ns
+                        .filter(|_| st.checkpoint_ns == Some(cp))
+                        .unwrap_or(st.updated_ns)
+                })
+            });
             out.push(Row {
                 master_node: b.node.clone(),
                 master_vol: vol.name.clone(),
@@ -151,29 +196,144 @@ pub fn rows(
                 slave_node: node.clone(),
                 status,
                 crawl_status: crawl,
-                last_synced: synced
-                    .map(|t| {
-                        t.with_timezone(&chrono::Local)
-                            .format("%Y-%m-%d %H:%M:%S")
-                            .to_string()
-                    })
-                    .unwrap_or_else(|| "N/A".into()),
-                last_synced_utc: synced.map(|t| t.to_rfc3339()),
+                last_synced: synced.map(local_time).unwrap_or_else(|| "N/A".into()),
+                last_synced_utc: synced.map(utc_time),
+                lag_seconds: synced.map(|t| ((now - t).max(0) / 1_000_000_000) as u64),
                 entries: st.entries,
                 data: st.data,
                 meta: st.meta,
                 failures: st.failures,
                 backlog_records: st.backlog,
+                backlog_bytes: st.backlog_bytes,
+                checkpoint_time: checkpoint.map(local_time).unwrap_or_else(|| "N/A".into()),
+                checkpoint_time_utc: checkpoint.map(utc_time),
+                checkpoint_completed: match (checkpoint, completed) {
+                    (None, _) => "N/A".into(),
+                    (Some(_), Some(_)) => "Yes".into(),
+                    (Some(_), None) => "No".into(),
+                },
+                checkpoint_completion_time: completed
+                    .map(local_time)
+                    .unwrap_or_else(|| "N/A".into()),
+                checkpoint_completion_time_utc: completed.map(utc_time),
+                hybrid_crawls: st.hybrid_crawls,
+                takeovers: st.takeovers,
                 last_error: st.last_error,
+            });
+        }
+    }
+    if !matched {
+        if let (Some(m), Some(s)) = (master, slave) {
+            anyhow::bail!("no session {m} -> {s} on this node: `georep create {m} {s}` makes one");
+        }
+    }
+    Ok(out)
+}
+
+/// `MASTER` as given on the command line names the session's master volume (by name or path).
+fn same_volume(home: &crate::config::Home, given: &str, stored: &str) -> bool {
+    given == stored
+        || crate::volume::Volume::resolve(home, given)
+            .ok()
+            .zip(crate::volume::Volume::resolve(home, stored).ok())
+            .is_some_and(|(a, b)| a.name == b.name)
+}
+
+/// `status --check`: (exit code, one line). CRITICAL: a Faulty or Stopped brick, lag over
+/// `max_lag`, no session; WARNING: failures, Paused, lag over half of `max_lag`, still
+/// initializing; else OK.
+pub fn check(rows: &[Row], max_lag: u64) -> (u8, String) {
+    let mut crit = Vec::new();
+    let mut warn = Vec::new();
+    if rows.is_empty() {
+        crit.push("no geo-replication session on this node".to_string());
+    }
+    for r in rows {
+        let who = format!("{}:{}", r.master_node, r.master_brick);
+        match r.status.as_str() {
+            "Faulty" => crit.push(format!(
+                "{who} is Faulty: {}",
+                r.last_error.as_deref().unwrap_or("no error recorded")
+            )),
+            "Stopped" | "Created" => crit.push(format!("{who} is {} (not replicating)", r.status)),
+            "Paused" => warn.push(format!("{who} is Paused")),
+            "Initializing..." => warn.push(format!("{who} is initializing")),
+            _ => {}
+        }
+        if r.status == "Passive" {
+            continue;
+        }
+        match r.lag_seconds {
+            Some(l) if l > max_lag => crit.push(format!("{who} lags {l} s (max {max_lag} s)")),
+            Some(l) if l > max_lag / 2 => {
+                warn.push(format!("{who} lags {l} s (warning at {} s)", max_lag / 2))
+            }
+            None if r.status == "Active" => warn.push(format!("{who} has not synced yet")),
+            _ => {}
+        }
+        if r.failures > 0 {
+            warn.push(format!(
+                "{who} has {} failed path(s): `georep failures` lists them",
+                r.failures
+            ));
+        }
+    }
+    let max_seen = rows.iter().filter_map(|r| r.lag_seconds).max();
+    if !crit.is_empty() {
+        (2, format!("CRITICAL: {}", crit.join("; ")))
+    } else if !warn.is_empty() {
+        (1, format!("WARNING: {}", warn.join("; ")))
+    } else {
+        (
+            0,
+            format!(
+                "OK: {} brick(s) replicating, lag {} s",
+                rows.len(),
+                max_seen.unwrap_or(0)
+            ),
+        )
+    }
+}
+
+/// One failed path of `georep failures`.
+#[derive(Debug, Serialize)]
+pub struct FailedPath {
+    pub brick: String,
+    pub path: String,
+    pub side: String,
+    pub errno: i32,
+    pub message: String,
+    pub attempts: u32,
+}
+
+pub fn failures(home: &crate::config::Home, master: &str, slave: &str) -> Result<Vec<FailedPath>> {
+    let cfg = crate::session::SessionConfig::load(home, master, slave)?;
+    let vol = cfg.volume(home)?;
+    let mut out = Vec::new();
+    for b in vol.bricks.iter().filter(|b| b.is_local()) {
+        let db = crate::session::brick_state_dir(home, &cfg.name, b).join("index.db");
+        if !db.exists() {
+            continue;
+        }
+        let index = crate::crawl::index::Index::open(&db)?;
+        for f in index.failures()? {
+            out.push(FailedPath {
+                brick: b.to_string(),
+                path: f.path.display(),
+                side: f.side,
+                errno: f.errno,
+                message: f.message,
+                attempts: f.attempts,
             });
         }
     }
     Ok(out)
 }
 
-/// The Gluster-style table.
-pub fn table(rows: &[Row]) -> String {
-    let header = [
+/// The Gluster-style table; `detail` adds the counters, checkpoint columns, backlog, lag and
+/// the last error.
+pub fn table(rows: &[Row], detail: bool) -> String {
+    let mut header = vec![
         "MASTER NODE",
         "MASTER VOL",
         "MASTER BRICK",
@@ -184,10 +344,24 @@ pub fn table(rows: &[Row]) -> String {
         "CRAWL STATUS",
         "LAST_SYNCED",
     ];
-    let cells: Vec<[String; 9]> = rows
+    if detail {
+        header.extend([
+            "ENTRY",
+            "DATA",
+            "META",
+            "FAILURES",
+            "CHECKPOINT TIME",
+            "CHECKPOINT COMPLETED",
+            "CHECKPOINT COMPLETION TIME",
+            "BACKLOG",
+            "BACKLOG BYTES",
+            "LAG",
+        ]);
+    }
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            let mut c = vec![
                 r.master_node.clone(),
                 r.master_vol.clone(),
                 r.master_brick.clone(),
@@ -197,7 +371,24 @@ pub fn table(rows: &[Row]) -> String {
                 r.status.clone(),
                 r.crawl_status.clone(),
                 r.last_synced.clone(),
-            ]
+            ];
+            if detail {
+                c.extend([
+                    r.entries.to_string(),
+                    r.data.to_string(),
+                    r.meta.to_string(),
+                    r.failures.to_string(),
+                    r.checkpoint_time.clone(),
+                    r.checkpoint_completed.clone(),
+                    r.checkpoint_completion_time.clone(),
+                    r.backlog_records.to_string(),
+                    crate::ship::human_bytes(r.backlog_bytes),
+                    r.lag_seconds
+                        .map(|l| format!("{l} s"))
+                        .unwrap_or_else(|| "N/A".into()),
+                ]);
+            }
+            c
         })
         .collect();
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -222,6 +413,16 @@ pub fn table(rows: &[Row]) -> String {
     for c in &cells {
         out.push_str(&line(c.iter().map(String::as_str).collect()));
         out.push('\n');
+    }
+    if detail {
+        for r in rows.iter().filter(|r| r.last_error.is_some()) {
+            out.push_str(&format!(
+                "\n{}:{} last error: {}\n",
+                r.master_node,
+                r.master_brick,
+                r.last_error.as_deref().unwrap_or_default()
+            ));
+        }
     }
     out
 }

@@ -33,6 +33,8 @@ fn hello(protocol: u32) -> Message {
         slave_volume: "v".into(),
         epoch: 0,
         compression: 0,
+        replica_set: String::new(),
+        trash_days: 0,
     })
 }
 

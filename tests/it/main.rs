@@ -5,6 +5,7 @@ mod util;
 mod agent_hostile;
 mod continuous;
 mod errors;
+mod lifecycle;
 mod ssh;
 mod sync;
 mod volume;

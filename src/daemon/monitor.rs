@@ -1,0 +1,329 @@
+//! The session monitor: one per session per node (`georep start`, or `start --foreground` under
+//! systemd). It keeps a journal writer per local brick, runs one worker *process* per local brick
+//! (`georep worker …`, so one brick's crash cannot take another down), restarts a worker that died
+//! with back-off, and stops workers while the session is paused.
+//!
+//! Invariants:
+//! - At most one monitor per session per node (flock on `monitor.lock`), and at most one worker per
+//!   brick (the worker's own flock on `worker.lock`).
+//! - A worker dies with its monitor (PR_SET_PDEATHSIG), finishing its batch in flight first.
+
+use super::{ensure_writer, stop_on_signals};
+use crate::config::Home;
+use crate::fsutil::{is_locked, lock_exclusive};
+use crate::session::{self, SessionConfig};
+use crate::status::BrickStatus;
+use crate::volume::Brick;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Longest pause between restarts of a worker that keeps dying.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A worker that lived this long before dying restarts at the shortest back-off again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// How long a stopping worker may take to finish its batch in flight before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+pub fn session_dir(home: &Home, session: &str) -> PathBuf {
+    home.state.join("sessions").join(session)
+}
+
+fn paused_flag(home: &Home, session: &str) -> PathBuf {
+    session_dir(home, session).join("paused")
+}
+
+pub fn is_paused(home: &Home, session: &str) -> bool {
+    paused_flag(home, session).exists()
+}
+
+pub fn monitor_lock(home: &Home, session: &str) -> PathBuf {
+    session_dir(home, session).join("monitor.lock")
+}
+
+pub fn is_running(home: &Home, session: &str) -> bool {
+    is_locked(&monitor_lock(home, session))
+}
+
+pub fn monitor_pid(home: &Home, session: &str) -> Option<rustix::process::Pid> {
+    std::fs::read_to_string(session_dir(home, session).join("monitor.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+}
+
+/// One local brick's worker as the monitor sees it.
+struct Slot {
+    brick: Brick,
+    dir: PathBuf,
+    child: Option<Child>,
+    started: Instant,
+    next_start: Instant,
+    backoff: Duration,
+    /// SIGTERM sent (pause or shutdown) at this instant.
+    stopping: Option<Instant>,
+    restarts: u64,
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Runs the monitor of `session` until SIGINT/SIGTERM/SIGHUP.
+pub fn run(home: &Home, session_name: &str) -> Result<()> {
+    let cfg = SessionConfig::load_by_name(home, session_name)?;
+    let dir = session_dir(home, &cfg.name);
+    let Some(_lock) = lock_exclusive(&monitor_lock(home, &cfg.name), Duration::from_secs(2))?
+    else {
+        bail!(
+            "session {} -> {} is already running on this node (monitor pid {}): `georep stop {} {}` first",
+            cfg.master,
+            cfg.slave,
+            monitor_pid(home, &cfg.name)
+                .map(|p| p.as_raw_nonzero().to_string())
+                .unwrap_or_else(|| "?".into()),
+            cfg.master,
+            cfg.slave
+        );
+    };
+    std::fs::write(dir.join("monitor.pid"), std::process::id().to_string())?;
+    let stop = stop_on_signals()?;
+    let vol = cfg.volume(home)?;
+    let now = Instant::now();
+    let mut slots: Vec<Slot> = vol
+        .bricks
+        .iter()
+        .filter(|b| b.is_local())
+        .map(|b| Slot {
+            brick: b.clone(),
+            dir: session::brick_state_dir(home, &cfg.name, b),
+            child: None,
+            started: now,
+            next_start: now,
+            backoff: Duration::from_secs(1),
+            stopping: None,
+            restarts: 0,
+        })
+        .collect();
+    if slots.is_empty() {
+        bail!(
+            "volume {} has no brick on this node ({})",
+            vol.name,
+            crate::config::node_name()
+        );
+    }
+    tracing::info!(session = %cfg.name, bricks = slots.len(), "monitor running");
+    let mut last_writer_check = Instant::now() - Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) {
+        let paused = is_paused(home, &cfg.name);
+        if last_writer_check.elapsed() >= Duration::from_secs(2) {
+            last_writer_check = Instant::now();
+            for s in &slots {
+                if let Err(e) = ensure_writer(home, &cfg.name, &s.brick) {
+                    tracing::error!(brick = %s.brick, "journal writer: {e:#}");
+                    mark(&s.dir, "Faulty", Some(format!("{e:#}")));
+                }
+            }
+        }
+        for s in &mut slots {
+            tend(home, &cfg, s, paused)?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!(session = %cfg.name, "monitor stopping its workers");
+    for s in &mut slots {
+        if let Some(c) = &s.child {
+            signal(c, rustix::process::Signal::TERM);
+            s.stopping = Some(Instant::now());
+        }
+    }
+    for s in &mut slots {
+        if let Some(mut c) = s.child.take() {
+            wait_or_kill(&mut c, STOP_GRACE);
+        }
+        let mut st = BrickStatus::load(&s.dir).unwrap_or_default();
+        if st.status != "Stopped" {
+            st.status = "Stopped".into();
+            st.crawl = "N/A".into();
+            let _ = st.save(&s.dir);
+        }
+    }
+    let _ = std::fs::remove_file(dir.join("monitor.pid"));
+    Ok(())
+}
+
+fn wait_or_kill(c: &mut Child, grace: Duration) {
+    let until = Instant::now() + grace;
+    loop {
+        match c.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= until => {
+                tracing::warn!(pid = c.id(), "worker did not stop in time; killing it");
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Sets a brick's status as the monitor knows it (the worker is not running).
+fn mark(dir: &Path, status: &str, error: Option<String>) {
+    let mut st = BrickStatus::load(dir).unwrap_or_default();
+    st.status = status.into();
+    st.crawl = "N/A".into();
+    if error.is_some() {
+        st.last_error = error;
+    }
+    if let Err(e) = st.save(dir) {
+        tracing::warn!("writing status in {}: {e:#}", dir.display());
+    }
+}
+
+/// One tick for one brick: reap, restart, or stop its worker.
+fn tend(home: &Home, cfg: &SessionConfig, s: &mut Slot, paused: bool) -> Result<()> {
+    if let Some(c) = &mut s.child {
+        match c.try_wait() {
+            Ok(None) => {
+                if paused && s.stopping.is_none() {
+                    tracing::info!(brick = %s.brick, "pausing: stopping the worker");
+                    signal(c, rustix::process::Signal::TERM);
+                    s.stopping = Some(Instant::now());
+                } else if s.stopping.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+                    let _ = c.kill();
+                }
+                return Ok(());
+            }
+            Ok(Some(st)) => {
+                s.child = None;
+                if s.stopping.take().is_some() {
+                    mark(&s.dir, if paused { "Paused" } else { "Stopped" }, None);
+                    s.next_start = Instant::now();
+                    return Ok(());
+                }
+                if s.started.elapsed() >= HEALTHY_RUN {
+                    s.backoff = Duration::from_secs(1);
+                }
+                s.restarts += 1;
+                let prev = BrickStatus::load(&s.dir)
+                    .and_then(|b| b.last_error)
+                    .map(|e| format!(" (its last error: {e})"))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "worker for {} exited ({st}){prev}; restart {} in {} s (log: {})",
+                    s.brick,
+                    s.restarts,
+                    s.backoff.as_secs(),
+                    worker_log(home, &cfg.name, &s.brick).display()
+                );
+                tracing::warn!("{msg}");
+                mark(&s.dir, "Faulty", Some(msg));
+                s.next_start = Instant::now() + s.backoff;
+                s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
+                return Ok(());
+            }
+            Err(e) => bail!("waiting for the worker of {}: {e}", s.brick),
+        }
+    }
+    if paused {
+        let st = BrickStatus::load(&s.dir).unwrap_or_default();
+        if st.status != "Paused" {
+            mark(&s.dir, "Paused", None);
+        }
+        return Ok(());
+    }
+    if Instant::now() >= s.next_start {
+        match spawn_worker(home, cfg, &s.brick) {
+            Ok(c) => {
+                s.child = Some(c);
+                s.started = Instant::now();
+            }
+            Err(e) => {
+                mark(&s.dir, "Faulty", Some(format!("{e:#}")));
+                s.next_start = Instant::now() + s.backoff;
+                s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn worker_log(home: &Home, session: &str, brick: &Brick) -> PathBuf {
+    home.log.join(session).join(format!(
+        "worker-{}.log",
+        session::slug(&brick.path.display().to_string())
+    ))
+}
+
+fn spawn_worker(home: &Home, cfg: &SessionConfig, brick: &Brick) -> Result<Child> {
+    let log_path = worker_log(home, &cfg.name, brick);
+    std::fs::create_dir_all(log_path.parent().expect("log dir"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    // The current options, so a log-level set while the worker was down applies at once.
+    let cfg = SessionConfig::load_by_name(home, &cfg.name).unwrap_or_else(|_| cfg.clone());
+    Command::new(std::env::current_exe()?)
+        .arg("worker")
+        .arg("--session")
+        .arg(&cfg.name)
+        .arg("--brick")
+        .arg(&brick.path)
+        .env("GEOREP_LOG", crate::options::log_level(&cfg))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting the worker for {brick}"))
+}
+
+/// `georep worker --session S --brick P`: one brick's worker, until SIGTERM or its monitor dies.
+pub fn run_worker(home: &Home, session_name: &str, brick_path: &Path) -> Result<()> {
+    // Die with the monitor: SIGTERM lets the batch in flight finish.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+    let stop = stop_on_signals()?;
+    if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        stop.store(true, Ordering::Relaxed);
+    }
+    let cfg = SessionConfig::load_by_name(home, session_name)?;
+    let vol = cfg.volume(home)?;
+    let brick = vol
+        .bricks
+        .iter()
+        .find(|b| b.is_local() && b.path == brick_path)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{} is not a brick of {} on this node",
+                brick_path.display(),
+                vol.name
+            )
+        })?;
+    let dir = session::brick_state_dir(home, &cfg.name, &brick);
+    let Some(_lock) = lock_exclusive(&dir.join("worker.lock"), Duration::from_secs(30))? else {
+        bail!(
+            "another worker still runs for brick {brick} (pid {}); it did not stop within 30 s",
+            std::fs::read_to_string(dir.join("worker.pid"))
+                .unwrap_or_default()
+                .trim()
+        );
+    };
+    std::fs::write(dir.join("worker.pid"), std::process::id().to_string())?;
+    let replica_set = vol
+        .replica_sets()
+        .position(|set| set.contains(&brick))
+        .filter(|_| vol.replica > 1);
+    let worker = crate::ship::worker::Worker::new(home, &cfg, &brick, replica_set, stop)?;
+    let r = worker.run();
+    let _ = std::fs::remove_file(dir.join("worker.pid"));
+    r
+}

@@ -1,0 +1,349 @@
+//! Session options (`georep config MASTER SLAVE [[!]KEY [VALUE]]`): one table of keys with their
+//! defaults and meaning, parsing and validation, and how they turn into the worker's options.
+//! docs/config.md lists the same keys (a unit test keeps them in step).
+//!
+//! Invariant: a stored value was validated by `set`; an unset key means its default.
+
+use crate::config::SyncOptions;
+use crate::session::SessionConfig;
+use anyhow::{anyhow, bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// The settable options of a session; `None` = default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SessionOptions {
+    /// Checkpoint time, ns since the epoch.
+    #[serde(default)]
+    pub checkpoint_ns: Option<i64>,
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub compression: Option<i32>,
+    #[serde(default)]
+    pub batch_ops: Option<u32>,
+    #[serde(default)]
+    pub batch_bytes: Option<u64>,
+    #[serde(default)]
+    pub window: Option<usize>,
+    #[serde(default)]
+    pub ignore_deletes: Option<bool>,
+    /// Wire bytes per second; 0 = unlimited.
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
+    /// Days the slave keeps deleted and overwritten files in `.georep/trash/`; 0 = off.
+    #[serde(default)]
+    pub trash_retention_days: Option<u32>,
+}
+
+pub struct OptionDef {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every option `georep config` knows, in listing order.
+pub const OPTIONS: &[OptionDef] = &[
+    OptionDef {
+        key: "checkpoint",
+        default: "",
+        help: "`now` or a local time `YYYY-MM-DD HH:MM:SS`: completed once every change made before it is on the slave",
+    },
+    OptionDef {
+        key: "log-level",
+        default: "info",
+        help: "error, warn, info, debug or trace (workers pick it up without a restart)",
+    },
+    OptionDef {
+        key: "compression",
+        default: "auto",
+        help: "zstd level 0 (off) to 19 of the stream; auto = 1 over SSH, off to a local slave",
+    },
+    OptionDef {
+        key: "batch-ops",
+        default: "8192",
+        help: "ops per batch (one durable apply and ack each)",
+    },
+    OptionDef {
+        key: "batch-bytes",
+        default: "64M",
+        help: "file content bytes per batch (K, M, G suffixes)",
+    },
+    OptionDef {
+        key: "window",
+        default: "4",
+        help: "batches in flight before waiting for an ack",
+    },
+    OptionDef {
+        key: "ignore-deletes",
+        default: "false",
+        help: "true: files deleted on the master are kept on the slave",
+    },
+    OptionDef {
+        key: "exclude",
+        default: "",
+        help: "comma-separated globs of brick-relative paths never replicated",
+    },
+    OptionDef {
+        key: "ssh-port",
+        default: "22",
+        help: "SSH port of the slave host (a port in the slave spec wins)",
+    },
+    OptionDef {
+        key: "remote-georep",
+        default: "georep",
+        help: "path of georep on the slave host",
+    },
+    OptionDef {
+        key: "bwlimit",
+        default: "0",
+        help: "bytes per second on the wire per brick (K, M, G suffixes); 0 = unlimited",
+    },
+    OptionDef {
+        key: "trash-retention",
+        default: "0",
+        help: "days the slave keeps deleted and overwritten files under .georep/trash/; 0 = off",
+    },
+];
+
+fn def(key: &str) -> Result<&'static OptionDef> {
+    OPTIONS.iter().find(|d| d.key == key).ok_or_else(|| {
+        anyhow!(
+            "unknown option {key:?}: known options are {}",
+            OPTIONS.iter().map(|d| d.key).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// `64M`, `1G`, `512K`, `1000`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => bail!("{s:?}: unknown size suffix {c:?}, use K, M or G"),
+            };
+            (&t[..i], mul)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("{s:?} is not a size (a number with an optional K, M or G)"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| anyhow!("{s:?} is too large"))
+}
+
+fn show_size(n: u64) -> String {
+    for (shift, suffix) in [(30, "G"), (20, "M"), (10, "K")] {
+        if n != 0 && n % (1 << shift) == 0 {
+            return format!("{}{suffix}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// `now`, `YYYY-MM-DD HH:MM:SS` (local time) or RFC 3339, as ns since the epoch.
+pub fn parse_time(s: &str) -> Result<i64> {
+    if s == "now" {
+        return Ok(crate::journal::record::now_ns());
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return t
+            .timestamp_nanos_opt()
+            .ok_or_else(|| anyhow!("{s:?} is out of range"));
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").map_err(|_| {
+        anyhow!("{s:?} is not a time: use `now`, `YYYY-MM-DD HH:MM:SS` (local) or RFC 3339")
+    })?;
+    let local = naive
+        .and_local_timezone(chrono::Local)
+        .earliest()
+        .ok_or_else(|| anyhow!("{s:?} does not exist in the local time zone"))?;
+    local
+        .timestamp_nanos_opt()
+        .ok_or_else(|| anyhow!("{s:?} is out of range"))
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in local time.
+pub fn show_time(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn parse_bool(s: &str) -> Result<bool> {
+    match s {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => bail!("{s:?} is not a boolean: use true or false"),
+    }
+}
+
+fn parse_num<T>(key: &str, s: &str, lo: T, hi: T) -> Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let v: T = s
+        .parse()
+        .map_err(|_| anyhow!("{key}: {s:?} is not a number"))?;
+    if v < lo || v > hi {
+        bail!("{key}: {v} is out of range, use {lo} to {hi}");
+    }
+    Ok(v)
+}
+
+/// The effective value of `key` (its default when unset).
+pub fn get(cfg: &SessionConfig, key: &str) -> Result<String> {
+    let d = def(key)?;
+    let o = &cfg.options;
+    let v = match key {
+        "checkpoint" => o.checkpoint_ns.map(show_time),
+        "log-level" => o.log_level.clone(),
+        "compression" => o.compression.map(|c| c.to_string()),
+        "batch-ops" => o.batch_ops.map(|v| v.to_string()),
+        "batch-bytes" => o.batch_bytes.map(show_size),
+        "window" => o.window.map(|v| v.to_string()),
+        "ignore-deletes" => o.ignore_deletes.map(|v| v.to_string()),
+        "exclude" => (!cfg.excludes.is_empty()).then(|| cfg.excludes.join(",")),
+        "ssh-port" => cfg.ssh_port.map(|v| v.to_string()),
+        "remote-georep" => cfg.remote_georep.clone(),
+        "bwlimit" => o.bwlimit.map(show_size),
+        "trash-retention" => o.trash_retention_days.map(|v| v.to_string()),
+        _ => unreachable!("every OPTIONS key is handled"),
+    };
+    Ok(v.unwrap_or_else(|| d.default.to_string()))
+}
+
+/// Sets `key` to `value` after validating it.
+pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
+    def(key)?;
+    let o = &mut cfg.options;
+    match key {
+        "checkpoint" => o.checkpoint_ns = Some(parse_time(value)?),
+        "log-level" => {
+            let v = value.to_ascii_lowercase();
+            if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                bail!("log-level {value:?}: use error, warn, info, debug or trace");
+            }
+            o.log_level = Some(v);
+        }
+        "compression" => o.compression = Some(parse_num(key, value, 0, 19)?),
+        "batch-ops" => {
+            o.batch_ops = Some(parse_num(key, value, 1, crate::protocol::MAX_BATCH_OPS)?)
+        }
+        "batch-bytes" => {
+            let v = parse_size(value)?;
+            if v == 0 || v > crate::protocol::MAX_BATCH_BYTES {
+                bail!(
+                    "batch-bytes {value}: use 1 to {}",
+                    show_size(crate::protocol::MAX_BATCH_BYTES)
+                );
+            }
+            o.batch_bytes = Some(v);
+        }
+        "window" => o.window = Some(parse_num(key, value, 1, 1024)?),
+        "ignore-deletes" => o.ignore_deletes = Some(parse_bool(value)?),
+        "exclude" => {
+            let globs: Vec<String> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+                .collect();
+            for g in &globs {
+                globset::Glob::new(g).map_err(|e| anyhow!("exclude pattern {g:?}: {e}"))?;
+            }
+            cfg.excludes = globs;
+        }
+        "ssh-port" => cfg.ssh_port = Some(parse_num(key, value, 1, 65535)?),
+        "remote-georep" => {
+            if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '\'') {
+                bail!("remote-georep {value:?}: give a path without spaces or quotes");
+            }
+            cfg.remote_georep = Some(value.to_string());
+        }
+        "bwlimit" => o.bwlimit = Some(parse_size(value)?),
+        "trash-retention" => o.trash_retention_days = Some(parse_num(key, value, 0, 3650)?),
+        _ => unreachable!("every OPTIONS key is handled"),
+    }
+    Ok(())
+}
+
+/// Puts `key` back to its default.
+pub fn reset(cfg: &mut SessionConfig, key: &str) -> Result<()> {
+    def(key)?;
+    let o = &mut cfg.options;
+    match key {
+        "checkpoint" => o.checkpoint_ns = None,
+        "log-level" => o.log_level = None,
+        "compression" => o.compression = None,
+        "batch-ops" => o.batch_ops = None,
+        "batch-bytes" => o.batch_bytes = None,
+        "window" => o.window = None,
+        "ignore-deletes" => o.ignore_deletes = None,
+        "exclude" => cfg.excludes.clear(),
+        "ssh-port" => cfg.ssh_port = None,
+        "remote-georep" => cfg.remote_georep = None,
+        "bwlimit" => o.bwlimit = None,
+        "trash-retention" => o.trash_retention_days = None,
+        _ => unreachable!("every OPTIONS key is handled"),
+    }
+    Ok(())
+}
+
+/// The worker's run options from the session's settings.
+pub fn sync_options(cfg: &SessionConfig) -> SyncOptions {
+    let o = &cfg.options;
+    let d = SyncOptions::default();
+    SyncOptions {
+        compression: o.compression,
+        window: o.window.unwrap_or(d.window),
+        batch_ops: o.batch_ops.unwrap_or(d.batch_ops),
+        batch_bytes: o.batch_bytes.unwrap_or(d.batch_bytes),
+        excludes: cfg.excludes.clone(),
+        bwlimit: o.bwlimit.unwrap_or(0),
+        ignore_deletes: o.ignore_deletes.unwrap_or(false),
+        trash_retention_days: o.trash_retention_days.unwrap_or(0),
+        ..d
+    }
+}
+
+pub fn log_level(cfg: &SessionConfig) -> String {
+    cfg.options
+        .log_level
+        .clone()
+        .unwrap_or_else(|| "info".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_times() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("1X").is_err());
+        assert_eq!(show_size(64 << 20), "64M");
+        assert_eq!(show_size(1000), "1000");
+        let t = parse_time("2026-11-21 08:26:23").unwrap();
+        assert_eq!(show_time(t), "2026-11-21 08:26:23");
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn docs_list_every_option() {
+        let doc = include_str!("../docs/config.md");
+        for d in OPTIONS {
+            assert!(
+                doc.contains(&format!("`{}`", d.key)),
+                "docs/config.md does not describe {}",
+                d.key
+            );
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! Session lifecycle with the background monitor: start/stop/pause/resume/delete, every STATUS
+//! value in a real scenario, worker and monitor crashes, --check, config, checkpoints, replica
+//! Active/Passive with takeover.
+
+use crate::util::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One node's view: its own `GEOREP_HOME` and node name.
+struct Node<'a> {
+    g: &'a Georep,
+    home: PathBuf,
+    name: String,
+}
+
+impl<'a> Node<'a> {
+    fn main(g: &'a Georep) -> Node<'a> {
+        Node {
+            g,
+            home: g.path("home"),
+            name: g.node.clone(),
+        }
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut c = self.g.cmd();
+        c.env("GEOREP_HOME", &self.home)
+            .env("GEOREP_NODE", &self.name);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "georep {args:?} on {} failed ({}):\nstdout: {}\nstderr: {}",
+            self.name,
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for d in fs::read_dir(self.home.join("log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                out.push_str(&format!("== {}\n", f.path().display()));
+                out.push_str(&tail(&fs::read_to_string(f.path()).unwrap_or_default(), 25));
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A started session; Drop stops (force) and deletes it.
+struct Started<'a> {
+    n: Node<'a>,
+    master: String,
+    slave: String,
+}
+
+impl<'a> Started<'a> {
+    fn new(n: Node<'a>, master: &str, slave: &str) -> Started<'a> {
+        n.ok(&["create", master, slave]);
+        let s = Started {
+            n,
+            master: master.into(),
+            slave: slave.into(),
+        };
+        s.op("start");
+        s
+    }
+
+    fn simple(g: &'a Georep) -> Started<'a> {
+        let (m, s) = (g.master(), g.slave());
+        Started::new(Node::main(g), m.to_str().unwrap(), s.to_str().unwrap())
+    }
+
+    fn op(&self, verb: &str) -> String {
+        self.n.ok(&[verb, &self.master, &self.slave])
+    }
+
+    fn rows(&self) -> Vec<serde_json::Value> {
+        let out = self.n.ok(&["status", &self.master, &self.slave, "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json ({e}): {out}"));
+        v.as_array().unwrap().clone()
+    }
+
+    fn row(&self) -> serde_json::Value {
+        self.rows().remove(0)
+    }
+
+    fn wait_status(&self, what: &str, timeout: Duration, f: impl Fn(&serde_json::Value) -> bool) {
+        if !wait_until(timeout, || f(&self.row())) {
+            panic!(
+                "{what}: status never matched; last: {:#}\nlogs:\n{}",
+                self.row(),
+                self.n.logs()
+            );
+        }
+    }
+
+    fn converge(&self, master: &Path, slave: &Path, what: &str) {
+        let ok = wait_until(Duration::from_secs(30), || {
+            let r = self.row();
+            r["status"] == "Active"
+                && r["crawl_status"] == "Changelog Crawl"
+                && r["backlog_records"] == 0
+                && snapshot(master) == snapshot(slave)
+        });
+        if !ok {
+            let diff = std::panic::catch_unwind(|| assert_trees_equal(master, slave))
+                .err()
+                .and_then(|e| e.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            panic!(
+                "{what}: no convergence in 30 s: {diff}\nstatus: {:#}\nlogs:\n{}",
+                self.row(),
+                self.n.logs()
+            );
+        }
+    }
+
+    fn check(&self, extra: &[&str]) -> (i32, String) {
+        let mut args = vec!["status", &self.master, &self.slave, "--check"];
+        args.extend_from_slice(extra);
+        let o = self.n.run(&args);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+    }
+
+    fn session_file(&self, name: &str) -> PathBuf {
+        let base = self.n.home.join("state/sessions");
+        fs::read_dir(&base)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join(name)
+    }
+
+    fn brick_file(&self, name: &str) -> PathBuf {
+        let b = fs::read_dir(self.session_file("bricks"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        b.path().join(name)
+    }
+
+    fn pid_of(&self, file: &Path) -> i32 {
+        fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        let _ = self.n.run(&["stop", &self.master, &self.slave, "force"]);
+        let _ = self.n.run(&["delete", &self.master, &self.slave]);
+    }
+}
+
+const COLUMNS: &str = "MASTER NODE  MASTER VOL  MASTER BRICK  SLAVE USER  SLAVE  SLAVE NODE  STATUS  CRAWL STATUS  LAST_SYNCED";
+
+fn header_words(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .next()
+        .unwrap()
+        .split("  ")
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn start_pause_resume_stop_show_in_the_table() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    make_varied_tree(&m, 5);
+    let n = Node::main(&g);
+    n.ok(&["create", ms, ss]);
+    let table = n.ok(&["status", ms, ss]);
+    let want: Vec<String> = COLUMNS.split("  ").map(String::from).collect();
+    assert_eq!(header_words(&table), want, "{table}");
+    assert!(
+        table.lines().nth(2).unwrap().contains(" Created "),
+        "{table}"
+    );
+
+    let st = Started {
+        n,
+        master: ms.into(),
+        slave: ss.into(),
+    };
+    let out = st.op("start");
+    assert!(out.contains("has been successful"), "{out}");
+    // Initializing... then Active in Hybrid Crawl (first start: the journal starts with a gap),
+    // then Changelog Crawl.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until(Duration::from_secs(30), || {
+        let r = st.row();
+        seen.insert(format!("{} / {}", r["status"], r["crawl_status"]));
+        r["crawl_status"] == "Changelog Crawl"
+    });
+    assert!(
+        seen.contains("\"Active\" / \"Changelog Crawl\""),
+        "never reached Changelog Crawl: {seen:?}"
+    );
+    st.converge(&m, &s, "first start");
+    assert_eq!(st.row()["hybrid_crawls"], 1);
+    let table = st.n.ok(&["status", ms, ss]);
+    assert!(
+        table.contains(" Active ") && table.contains("Changelog Crawl"),
+        "{table}"
+    );
+    // The monitor and the worker are separate processes, the worker's command line says so.
+    let worker = st.pid_of(&st.brick_file("worker.pid"));
+    let cmdline = fs::read(format!("/proc/{worker}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("worker"));
+    assert!(
+        !st.n.run(&["start", ms, ss]).status.success(),
+        "second start must refuse"
+    );
+    st.n.ok(&["start", ms, ss, "force"]);
+
+    // Paused: nothing ships, the journal keeps recording; resume catches up from it.
+    st.op("pause");
+    assert_eq!(st.row()["status"], "Paused");
+    let table = st.n.ok(&["status", ms, ss]);
+    assert!(table.contains(" Paused "), "{table}");
+    write(&m.join("while-paused/a"), b"recorded, not shipped");
+    fs::remove_file(m.join("many/f003")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !exists(&s.join("while-paused/a")),
+        "a paused session shipped"
+    );
+    assert_eq!(st.row()["status"], "Paused");
+    st.op("resume");
+    st.converge(&m, &s, "resume");
+    assert_eq!(
+        st.row()["hybrid_crawls"],
+        1,
+        "resume is a History Crawl, not a crawl"
+    );
+
+    st.op("stop");
+    let r = st.row();
+    assert_eq!(
+        (r["status"].as_str(), r["crawl_status"].as_str()),
+        (Some("Stopped"), Some("N/A"))
+    );
+    assert!(
+        pids_with_cmdline(&["worker", ms]).is_empty(),
+        "worker left running"
+    );
+    let (code, line) = st.check(&[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("CRITICAL") && line.contains("Stopped"),
+        "{line}"
+    );
+    // Stopped sessions keep journaling: start resumes without a crawl.
+    write(&m.join("while-stopped"), b"x");
+    st.op("start");
+    st.converge(&m, &s, "start after stop");
+    assert_eq!(st.row()["hybrid_crawls"], 1);
+}
+
+#[test]
+fn killed_worker_is_restarted_and_killed_monitor_resumes_without_a_crawl() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let st = Started::simple(&g);
+    st.converge(&m, &s, "start");
+    for i in 0..200 {
+        write_random(&m.join(format!("burst/{i}")), 32 << 10, i);
+    }
+    let worker = st.pid_of(&st.brick_file("worker.pid"));
+    signal(worker, rustix::process::Signal::KILL);
+    assert!(
+        wait_until(Duration::from_secs(30), || st
+            .pid_of(&st.brick_file("worker.pid"))
+            != worker),
+        "the monitor did not restart the killed worker:\n{}",
+        st.n.logs()
+    );
+    st.converge(&m, &s, "worker killed");
+    assert_eq!(
+        st.row()["hybrid_crawls"],
+        1,
+        "the journal survived the worker"
+    );
+    let log = st.n.logs();
+    assert!(
+        log.contains("restart 1"),
+        "monitor log says nothing:\n{log}"
+    );
+
+    // The monitor dies hard: its worker follows (finishing its batch), start resumes.
+    let monitor = st.pid_of(&st.session_file("monitor.pid"));
+    let worker = st.pid_of(&st.brick_file("worker.pid"));
+    signal(monitor, rustix::process::Signal::KILL);
+    assert!(
+        wait_until(Duration::from_secs(30), || !Path::new(&format!(
+            "/proc/{worker}"
+        ))
+        .exists()
+            || fs::read_to_string(format!("/proc/{worker}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))),
+        "worker outlived its monitor"
+    );
+    write(&m.join("after-monitor-died"), b"journaled");
+    assert_eq!(st.row()["status"], "Stopped");
+    st.op("start");
+    st.converge(&m, &s, "start after monitor kill -9");
+    assert_eq!(
+        st.row()["hybrid_crawls"],
+        1,
+        "no re-crawl after a monitor crash"
+    );
+}
+
+#[test]
+fn faulty_when_slave_goes_away_and_check_exit_codes() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let st = Started::simple(&g);
+    st.converge(&m, &s, "start");
+    let (code, line) = st.check(&[]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.starts_with("OK"), "{line}");
+
+    // --json carries what the table shows.
+    let table =
+        st.n.ok(&["status", m.to_str().unwrap(), s.to_str().unwrap(), "detail"]);
+    let r = st.row();
+    for k in [
+        "status",
+        "crawl_status",
+        "last_synced",
+        "master_brick",
+        "checkpoint_completed",
+    ] {
+        assert!(
+            table.contains(r[k].as_str().unwrap()),
+            "{k} {} not in\n{table}",
+            r[k]
+        );
+    }
+    for col in [
+        "ENTRY",
+        "DATA",
+        "META",
+        "FAILURES",
+        "CHECKPOINT TIME",
+        "CHECKPOINT COMPLETED",
+        "CHECKPOINT COMPLETION TIME",
+        "BACKLOG",
+        "LAG",
+    ] {
+        assert!(table.contains(col), "detail lacks {col}:\n{table}");
+    }
+    assert!(r["last_synced_utc"].as_str().unwrap().ends_with('Z'));
+
+    // Lag: paused, LAST_SYNCED stops moving.
+    st.op("pause");
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, line) = st.check(&["--max-lag", "2"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("lags"), "{line}");
+    let (code, line) = st.check(&["--max-lag", "7"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with("WARNING") && line.contains("Paused"),
+        "{line}"
+    );
+    st.op("resume");
+    st.converge(&m, &s, "resume");
+
+    // Faulty with the reason while the slave volume is missing, Active again after.
+    let away = g.path("slave-away");
+    fs::rename(&s, &away).unwrap();
+    for pid in pids_with_cmdline(&["agent", s.to_str().unwrap()]) {
+        signal(pid, rustix::process::Signal::KILL);
+    }
+    write(&m.join("during-outage"), b"queued");
+    st.wait_status("Faulty", Duration::from_secs(30), |r| {
+        r["status"] == "Faulty"
+    });
+    let r = st.row();
+    let err = r["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains(s.to_str().unwrap()),
+        "last error names no path: {err}"
+    );
+    let table =
+        st.n.ok(&["status", m.to_str().unwrap(), s.to_str().unwrap(), "detail"]);
+    assert!(
+        table.contains("Faulty") && table.contains("last error"),
+        "{table}"
+    );
+    let (code, line) = st.check(&[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("Faulty"), "{line}");
+    fs::rename(&away, &s).unwrap();
+    st.converge(&m, &s, "slave back");
+    assert_eq!(st.check(&[]).0, 0);
+}
+
+#[test]
+fn checkpoint_completes_on_idle_and_busy_volumes() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let st = Started::simple(&g);
+    st.converge(&m, &s, "start");
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+
+    // Idle: no write at all, the journal's markers carry LAST_SYNCED past the checkpoint.
+    st.n.ok(&["config", ms, ss, "checkpoint", "now"]);
+    st.wait_status("idle checkpoint", Duration::from_secs(20), |r| {
+        r["checkpoint_completed"] == "Yes"
+    });
+    let r = st.row();
+    assert_ne!(r["checkpoint_completion_time"], "N/A");
+    assert!(
+        r["checkpoint_completion_time_utc"].as_str().unwrap()
+            >= r["checkpoint_time_utc"].as_str().unwrap()
+    );
+
+    // Busy: a writer keeps going; every file written before the checkpoint must be on the
+    // slave when it says Yes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, m2) = (stop.clone(), m.clone());
+    let writer = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            write_random(&m2.join(format!("busy/{}/{i}", i % 10)), 16 << 10, i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        i
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let before: Vec<PathBuf> = walk_files(&m.join("busy"));
+    let cp_out = st.n.ok(&["config", ms, ss, "checkpoint", "now"]);
+    assert!(cp_out.contains("checkpoint"), "{cp_out}");
+    st.wait_status("busy checkpoint", Duration::from_secs(30), |r| {
+        r["checkpoint_completed"] == "Yes"
+    });
+    for p in &before {
+        let rel = p.strip_prefix(&m).unwrap();
+        assert_eq!(
+            fs::read(s.join(rel)).ok(),
+            fs::read(p).ok(),
+            "{} written before the checkpoint is not on the slave at completion",
+            rel.display()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(
+        written > before.len() as u64,
+        "the writer did not keep going"
+    );
+    st.converge(&m, &s, "after the busy phase");
+    // A reset checkpoint is N/A again.
+    st.n.ok(&["config", ms, ss, "!checkpoint"]);
+    assert_eq!(st.row()["checkpoint_completed"], "N/A");
+}
+
+fn first_file(dir: &Path) -> PathBuf {
+    let mut v = walk_files(dir);
+    v.sort();
+    v.into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no file in {}", dir.display()))
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn config_validates_persists_and_reaches_running_workers() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    let st = Started::simple(&g);
+    st.converge(&m, &s, "start");
+    let list = st.n.ok(&["config", ms, ss]);
+    for key in [
+        "checkpoint",
+        "log-level",
+        "compression",
+        "batch-ops",
+        "batch-bytes",
+        "window",
+        "ignore-deletes",
+        "exclude",
+        "ssh-port",
+        "remote-georep",
+        "bwlimit",
+        "trash-retention",
+    ] {
+        assert!(
+            list.contains(&format!("{key}:")),
+            "config lists no {key}:\n{list}"
+        );
+    }
+    // Validation names the problem; nothing is stored.
+    for (k, v) in [
+        ("compression", "25"),
+        ("window", "0"),
+        ("batch-bytes", "9X"),
+        ("log-level", "loud"),
+        ("checkpoint", "yesterday"),
+        ("no-such-key", "1"),
+    ] {
+        let o = st.n.run(&["config", ms, ss, k, v]);
+        assert!(!o.status.success(), "{k}={v} accepted");
+        let err = stderr(&o);
+        assert!(
+            err.contains(k) || err.contains(v),
+            "error for {k}={v} says nothing useful: {err}"
+        );
+    }
+    st.n.ok(&["config", ms, ss, "batch-bytes", "1M"]);
+    assert_eq!(st.n.ok(&["config", ms, ss, "batch-bytes"]).trim(), "1M");
+    st.n.ok(&["config", ms, ss, "!batch-bytes"]);
+    assert_eq!(st.n.ok(&["config", ms, ss, "batch-bytes"]).trim(), "64M");
+
+    // Applied to the running worker without a restart.
+    let worker = st.pid_of(&st.brick_file("worker.pid"));
+    st.n.ok(&["config", ms, ss, "exclude", "*.tmp,scratch/**"]);
+    st.n.ok(&["config", ms, ss, "ignore-deletes", "true"]);
+    st.n.ok(&["config", ms, ss, "log-level", "debug"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    write(&m.join("kept"), b"will be deleted on the master only");
+    st.converge(&m, &s, "before the deletes");
+    fs::remove_file(m.join("kept")).unwrap();
+    write(&m.join("x.tmp"), b"excluded");
+    write(&m.join("scratch/y"), b"excluded");
+    write(&m.join("marker"), b"shipped after the rest");
+    assert!(wait_until(Duration::from_secs(20), || exists(
+        &s.join("marker")
+    )));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        exists(&s.join("kept")),
+        "ignore-deletes: the slave lost a file deleted on the master"
+    );
+    assert!(
+        !exists(&s.join("x.tmp")) && !exists(&s.join("scratch/y")),
+        "exclude not applied"
+    );
+    assert_eq!(
+        st.pid_of(&st.brick_file("worker.pid")),
+        worker,
+        "the worker was restarted"
+    );
+    let wlog = st.n.logs();
+    assert!(
+        wlog.contains("DEBUG"),
+        "log-level debug not applied:\n{wlog}"
+    );
+
+    // bwlimit is enforced: 3 MiB of random data at 1 MiB/s takes at least 2 s.
+    st.n.ok(&["config", ms, ss, "bwlimit", "1M"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    write_random(&m.join("limited"), 3 << 20, 7);
+    assert!(wait_until(Duration::from_secs(60), || fs::read(
+        s.join("limited")
+    )
+    .ok()
+        == fs::read(m.join("limited")).ok()));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "3 MiB arrived in {took:?} despite bwlimit 1M"
+    );
+    st.n.ok(&["config", ms, ss, "!bwlimit"]);
+}
+
+#[test]
+fn delete_keeps_sync_time_unless_reset() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    make_varied_tree(&m, 9);
+    let files = walk_files(&m).len() as u64;
+    {
+        let st = Started::simple(&g);
+        st.converge(&m, &s, "start");
+        assert!(
+            !st.n.run(&["delete", ms, ss]).status.success(),
+            "delete of a running session"
+        );
+        st.op("stop");
+    } // Drop: delete (keeps the sync state)
+    let st = Started::simple(&g);
+    st.converge(&m, &s, "re-created");
+    assert_eq!(
+        st.row()["data"],
+        0,
+        "a re-created session re-sent files it had sent"
+    );
+    st.op("stop");
+    st.n.ok(&["delete", ms, ss, "reset-sync-time"]);
+    st.n.ok(&["create", ms, ss]);
+    assert_eq!(st.row()["last_synced"], "N/A");
+    st.op("start");
+    st.converge(&m, &s, "after reset-sync-time");
+    let r = st.row();
+    assert!(
+        n(&r, "data") + 2 >= files,
+        "reset-sync-time should send all {files} files (2 are hard links) again: {r:#}"
+    );
+}
+
+#[test]
+fn replica_bricks_one_active_one_passive_and_takeover() {
+    let g = Georep::new();
+    let s = g.slave();
+    let ss = s.to_str().unwrap();
+    let (b1, b2) = (g.path("b1"), g.path("b2"));
+    // Two nodes, each with its own home, sharing one replica-2 volume definition.
+    let n1 = Node {
+        g: &g,
+        home: g.path("home-n1"),
+        name: "n1".into(),
+    };
+    let n2 = Node {
+        g: &g,
+        home: g.path("home-n2"),
+        name: "n2".into(),
+    };
+    let spec = [
+        format!("n1:{}", b1.display()),
+        format!("n2:{}", b2.display()),
+    ];
+    make_varied_tree(&b1, 3);
+    // Replicas of one volume: same names, content, owners and times.
+    let mirror = || {
+        let st = std::process::Command::new("cp")
+            .args([
+                "-a",
+                "--",
+                &format!("{}/.", b1.display()),
+                b2.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    fs::create_dir_all(&b2).unwrap();
+    mirror();
+    for n in [&n1, &n2] {
+        n.ok(&["volume", "create", "gv", "replica", "2", &spec[0], &spec[1]]);
+    }
+    assert_trees_equal(&b1, &b2);
+    let st1 = Started::new(n1, "gv", ss);
+    st1.converge(&b1, &s, "n1 start");
+    let st2 = Started::new(n2, "gv", ss);
+    st2.wait_status("n2 passive", Duration::from_secs(20), |r| {
+        r["status"] == "Passive"
+    });
+    let table = st2.n.ok(&["status", "gv", ss]);
+    assert!(table.contains(" Passive "), "{table}");
+    assert_eq!(st1.row()["status"], "Active");
+
+    // The replicas change together (as a replicated volume does).
+    write(&b1.join("both/new"), b"written through the volume");
+    let victim = first_file(&b1.join("many"));
+    let victim = victim.strip_prefix(&b1).unwrap().to_path_buf();
+    fs::remove_file(b1.join(&victim)).unwrap();
+    fs::remove_file(b2.join(&victim)).unwrap();
+    mirror();
+    st1.converge(&b1, &s, "change while n1 active");
+
+    // n1 dies hard (monitor and worker at once); n2 takes over from the slave's state.
+    // The background monitor leads its process group; its worker and agent are in it.
+    let pgid = st1.pid_of(&st1.session_file("monitor.pid"));
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(pgid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    write(&b2.join("after-takeover"), b"only n2 is alive");
+    let gone = first_file(&b2.join("many"));
+    fs::remove_file(&gone).unwrap();
+    let rewritten = first_file(&b2.join("many"));
+    write(&rewritten, b"rewritten while n1 was down");
+    st2.converge(&b2, &s, "takeover");
+    let r = st2.row();
+    assert_eq!(r["takeovers"], 1, "{r:#}");
+    assert!(
+        n(&r, "data") <= 3,
+        "takeover re-sent what the slave had: {r:#}"
+    );
+    // n1 comes back: it is Passive now.
+    st1.op("start");
+    st1.wait_status("n1 passive after return", Duration::from_secs(20), |r| {
+        r["status"] == "Passive"
+    });
+}
+
+#[test]
+fn trash_retention_keeps_deleted_and_overwritten_files_on_the_slave() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    write(&m.join("docs/report.txt"), b"version 1");
+    write(&m.join("docs/old/notes.txt"), b"notes");
+    // A day past any retention, left by an earlier run.
+    write(&s.join(".georep/trash/2000-01-01/ancient"), b"expired");
+    let n = Node::main(&g);
+    n.ok(&["create", ms, ss]);
+    n.ok(&["config", ms, ss, "trash-retention", "7"]);
+    let st = Started {
+        n,
+        master: ms.into(),
+        slave: ss.into(),
+    };
+    st.op("start");
+    st.converge(&m, &s, "start");
+    assert!(
+        !exists(&s.join(".georep/trash/2000-01-01")),
+        "expired trash day not purged"
+    );
+    write(&m.join("docs/report.txt"), b"version 2");
+    fs::remove_dir_all(m.join("docs/old")).unwrap();
+    st.converge(&m, &s, "overwrite and delete");
+    let day = chrono_free_today(&s.join(".georep/trash"));
+    assert_eq!(
+        fs::read(day.join("docs/report.txt")).unwrap(),
+        b"version 1",
+        "the overwritten version is not in the trash"
+    );
+    assert_eq!(fs::read(day.join("docs/old/notes.txt")).unwrap(), b"notes");
+    // Off again: deletes are deletes.
+    st.n.ok(&["config", ms, ss, "!trash-retention"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    fs::remove_file(m.join("docs/report.txt")).unwrap();
+    st.converge(&m, &s, "delete without trash");
+    assert!(!exists(&day.join("docs/report.txt.~1~")));
+}
+
+/// The only day directory in a trash.
+fn chrono_free_today(trash: &Path) -> PathBuf {
+    let days: Vec<PathBuf> = fs::read_dir(trash)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(days.len(), 1, "{days:?}");
+    days[0].clone()
+}
