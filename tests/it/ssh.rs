@@ -368,9 +368,26 @@ fn ssh_outage_shows_faulty_then_the_session_catches_up() {
         "status says Faulty and names the host: {}",
         s.status()
     );
+    let m = g.master();
+    let ms = m.to_str().unwrap();
+    let table = g.ok(&["status", ms, &slave, "detail"]);
+    let host = format!("127.0.0.1:{}", sshd.port);
+    assert!(
+        table.contains(" Faulty ") && table.contains("last error") && table.contains(&host),
+        "the table shows Faulty with the reason:\n{table}"
+    );
+    let o = g.run(&["status", ms, &slave, "--check"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     sshd.run();
     s.converge("after sshd is back");
     assert!(wait_until(Duration::from_secs(20), || s.status()["status"] == "Active"));
+    let table = g.ok(&["status", ms, &slave]);
+    assert!(table.contains(" Active "), "{table}");
     assert_eq!(
         s.status()["hybrid_crawls"],
         1,
