@@ -70,6 +70,9 @@ pub struct SyncOptions {
     pub trash_retention_days: u32,
     /// `<session>#<n>` on replica volumes: the agent keeps one brick per set Active.
     pub replica_set: Option<String>,
+    /// `sync --once --rescan-slave [--checksum]`: re-read the slave before planning
+    /// (`Some(checksum)`).
+    pub rescan_slave: Option<bool>,
 }
 
 impl Default for SyncOptions {
@@ -86,6 +89,7 @@ impl Default for SyncOptions {
             ignore_deletes: false,
             trash_retention_days: 0,
             replica_set: None,
+            rescan_slave: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - `protocol`  — wire types and codec, no I/O (spec: docs/protocol.md).
 //! - `transport` — framed connection, the transport seam, the local (child process) transport.
 //! - `agent`     — slave side: confined idempotent apply, durability before ack, agent.db.
+//! - `verify`    — `georep verify`: master vs slave listing (and checksums), read-only.
 //! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
 //! - `logging`   — tracing setup.
 //!
@@ -35,4 +36,5 @@ pub mod session;
 pub mod ship;
 pub mod status;
 pub mod transport;
+pub mod verify;
 pub mod volume;

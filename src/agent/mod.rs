@@ -262,11 +262,11 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                 w.send(&Message::Heartbeat)?;
                 w.flush()?;
             }
-            Message::List => {
+            Message::List { checksum } => {
                 if batch.is_some() {
                     bail!("List inside a batch");
                 }
-                send_listing(root, w).with_context(|| {
+                send_listing(root, w, checksum).with_context(|| {
                     format!("listing slave volume {} on {host}", root.display())
                 })?;
             }
@@ -340,7 +340,7 @@ fn claim_replica_set(state_dir: &Path, set: &str, brick_key: &str) -> Result<Cla
 }
 
 /// Streams the slave tree (without `.georep`) to the master: `Listing`s, then `ListEnd`.
-fn send_listing(root: &Path, w: &mut FrameWriter) -> Result<()> {
+fn send_listing(root: &Path, w: &mut FrameWriter, checksum: bool) -> Result<()> {
     let fd = fsutil::open_root(root)?;
     let entries = crate::crawl::walk::list_subtree(
         &fd,
@@ -350,12 +350,21 @@ fn send_listing(root: &Path, w: &mut FrameWriter) -> Result<()> {
     let total = entries.len() as u64;
     let mut chunk = Vec::with_capacity(1024);
     for (path, e) in entries {
+        let hash = if checksum && e.kind == crate::crawl::entry::Kind::File {
+            Some(
+                crate::crawl::hash_beneath(&fd, &path)
+                    .with_context(|| format!("reading {path} on the slave for its checksum"))?,
+            )
+        } else {
+            None
+        };
         chunk.push(protocol::ListEntry {
             path,
             kind: e.kind as u8,
             size: e.size,
             meta: e.meta(),
             target: e.target.clone(),
+            hash,
         });
         if chunk.len() == 1024 {
             w.send(&Message::Listing(std::mem::take(&mut chunk)))?;

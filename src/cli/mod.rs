@@ -44,6 +44,8 @@ pub enum Cmd {
     Config(ConfigArgs),
     /// Paths that could not be replicated, with the error and the number of attempts
     Failures(FailuresArgs),
+    /// Compare master and slave without copying; exit 0 only when they are equal
+    Verify(VerifyArgs),
     /// Session monitor (started by `start`)
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -130,6 +132,17 @@ pub struct ConfigArgs {
 pub struct FailuresArgs {
     #[command(flatten)]
     pub session: SessionArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Also compare file contents (blake3 on both sides; reads everything)
+    #[arg(long)]
+    pub checksum: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -248,6 +261,13 @@ pub struct SyncArgs {
     /// Seal a batch at this many content bytes
     #[arg(long)]
     pub batch_bytes: Option<u64>,
+    /// First re-read the slave's tree instead of trusting what was sent before (repairs a slave
+    /// changed behind georep's back, as `georep verify` reports it)
+    #[arg(long)]
+    pub rescan_slave: bool,
+    /// With --rescan-slave: also compare contents (blake3 on both sides)
+    #[arg(long, requires = "rescan_slave")]
+    pub checksum: bool,
 }
 
 impl TryFrom<&SyncArgs> for SyncOptions {
@@ -260,6 +280,10 @@ impl TryFrom<&SyncArgs> for SyncOptions {
             batch_ops: a.batch_ops.unwrap_or(d.batch_ops),
             batch_bytes: a.batch_bytes.unwrap_or(d.batch_bytes),
             excludes: a.exclude.clone(),
+            rescan_slave: match (a.rescan_slave, a.checksum) {
+                (false, _) => None,
+                (true, c) => Some(c),
+            },
             ..d
         }
         .validate()
@@ -387,6 +411,39 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(if list.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Verify(a) => {
+            let r = crate::verify::verify(&home, &a.session.master, &a.session.slave, a.checksum)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for d in &r.differences {
+                    println!("{}  {}: {}", d.brick, d.path, d.what);
+                }
+                println!(
+                    "{} -> {}: {} ({} entries on the master, {} on the slave{}, {:.2} s)",
+                    r.master,
+                    r.slave,
+                    if r.differences.is_empty() {
+                        "equal".to_string()
+                    } else {
+                        format!("{} differences", r.differences.len())
+                    },
+                    r.master_entries,
+                    r.slave_entries,
+                    if r.checksum {
+                        ", contents compared"
+                    } else {
+                        ""
+                    },
+                    r.elapsed_ms as f64 / 1000.0
+                );
+            }
+            Ok(if r.differences.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

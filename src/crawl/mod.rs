@@ -845,3 +845,16 @@ fn ancestor_in(p: &RelPath, gone: &BTreeMap<RelPath, Entry>) -> bool {
     }
     false
 }
+
+/// blake3 of the regular file at `path` beneath `root` (never through a symlink).
+pub fn hash_beneath(root: &rustix::fd::OwnedFd, path: &RelPath) -> std::io::Result<[u8; 32]> {
+    use rustix::fd::AsFd;
+    let fd = crate::fsutil::open_beneath(
+        root.as_fd(),
+        path.as_bytes(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
+    )?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::from(fd))?;
+    Ok(*h.finalize().as_bytes())
+}

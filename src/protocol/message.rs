@@ -166,6 +166,8 @@ pub struct ListEntry {
     pub size: u64,
     pub meta: Meta,
     pub target: Option<Vec<u8>>,
+    /// blake3 of a regular file's content, when the listing was asked with `checksum`.
+    pub hash: Option<[u8; 32]>,
 }
 
 /// Fatal error: the sender closes the connection after it.
@@ -190,7 +192,9 @@ pub enum Message {
     Error(ErrorMsg),
     Heartbeat,
     /// Master → agent, between batches: list the slave tree (answered by `Listing`s, `ListEnd`).
-    List,
+    List {
+        checksum: bool,
+    },
     Listing(Vec<ListEntry>),
     ListEnd {
         entries: u64,
@@ -213,7 +217,7 @@ impl Message {
             Message::Failed(_) => "Failed",
             Message::Error(_) => "Error",
             Message::Heartbeat => "Heartbeat",
-            Message::List => "List",
+            Message::List { .. } => "List",
             Message::Listing(_) => "Listing",
             Message::ListEnd { .. } => "ListEnd",
             Message::Bye => "Bye",

@@ -187,6 +187,9 @@ fn sync_brick(
     let state_dir = session::brick_state_dir(home, session, brick);
     let index = Index::open(&state_dir.join("index.db"))?;
     let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
+    if let Some(checksum) = opts.rescan_slave {
+        shipper.seed_index_from_slave(&index, checksum)?;
+    }
     let mut slot = 0u64;
     let outcome = crawl_until_converged(&mut shipper, &index, brick, excludes, opts, &mut slot)?;
     report.passes = report.passes.max(outcome.passes);

@@ -291,13 +291,17 @@ impl Shipper {
     }
 
     /// Asks the agent for its whole tree (between batches) and returns it.
-    pub fn list_slave(&mut self, index: &Index) -> Result<Vec<protocol::ListEntry>> {
+    pub fn list_slave(
+        &mut self,
+        index: &Index,
+        checksum: bool,
+    ) -> Result<Vec<protocol::ListEntry>> {
         while !self.inflight.is_empty() {
             self.wait_one(index)?;
         }
         if let Err(e) = self
             .writer()
-            .send(&Message::List)
+            .send(&Message::List { checksum })
             .and_then(|()| self.writer().flush())
         {
             return Err(self.write_failed(e));
@@ -324,10 +328,11 @@ impl Shipper {
 
     /// Replaces the index with what the slave really has: an entry equal to the brick's in
     /// kind, size, mtime, owner, mode and target is taken as shipped (nothing is sent again),
-    /// any other as the slave's version (the next crawl sends the brick's). Returns the number
-    /// of slave entries.
-    pub fn seed_index_from_slave(&mut self, index: &Index) -> Result<usize> {
-        let listed = self.list_slave(index)?;
+    /// any other as the slave's version (the next crawl sends the brick's). With `checksum`,
+    /// contents are compared too and a file whose bytes differ is marked unknown (resent).
+    /// Returns the number of slave entries.
+    pub fn seed_index_from_slave(&mut self, index: &Index, checksum: bool) -> Result<usize> {
+        let listed = self.list_slave(index, checksum)?;
         let n = listed.len();
         let mut muts = Vec::with_capacity(n);
         for le in listed {
@@ -341,8 +346,15 @@ impl Shipper {
                     && l.target == le.target
                     && (kind == crate::crawl::entry::Kind::Dir || l.size == le.size)
             });
+            let content_differs = same
+                && le.hash.is_some()
+                && crate::crawl::hash_beneath(&self.brick, &le.path).ok() != le.hash;
             let entry = match local {
-                Some(l) if same => l,
+                Some(l) if same && !content_differs => l,
+                Some(l) if content_differs => Entry {
+                    kind: crate::crawl::entry::Kind::Unknown,
+                    ..l
+                },
                 l => Entry {
                     kind,
                     ino: l.as_ref().map(|l| l.ino).unwrap_or(0),

@@ -310,7 +310,7 @@ impl Worker {
         // Until the crawl below completes, a reconnect must take over again.
         index.set_meta("takeover_from", previous)?;
         let seq = journal.last_seq()?;
-        let listed = shipper.seed_index_from_slave(index)?;
+        let listed = shipper.seed_index_from_slave(index, false)?;
         tracing::info!(brick = %self.brick, entries = listed, "slave listing read");
         self.hybrid(
             shipper,

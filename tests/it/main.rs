@@ -8,4 +8,5 @@ mod errors;
 mod lifecycle;
 mod ssh;
 mod sync;
+mod verify;
 mod volume;

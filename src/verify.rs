@@ -1,0 +1,211 @@
+//! `georep verify MASTER SLAVE [--checksum]`: compares a master volume with its slave without
+//! copying anything — the slave agent lists its tree (optionally with content hashes) over the
+//! session's own transport, and every difference is reported.
+//!
+//! Invariant: read-only on both sides; the session's index and the agent's per-brick state are
+//! not touched (the comparison connects under its own brick key and a throwaway index).
+
+use crate::config::{Home, SyncOptions};
+use crate::crawl::entry::{Entry, Kind};
+use crate::crawl::walk::{self, Excludes};
+use crate::protocol::{ListEntry, RelPath};
+use crate::session::{self, SessionConfig, SlaveSpec};
+use crate::volume::{Brick, Volume};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct Difference {
+    pub brick: String,
+    pub path: String,
+    pub what: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub master: String,
+    pub slave: String,
+    pub checksum: bool,
+    pub master_entries: u64,
+    pub slave_entries: u64,
+    pub differences: Vec<Difference>,
+    pub elapsed_ms: u64,
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::File => "file",
+        Kind::Dir => "directory",
+        Kind::Symlink => "symlink",
+        Kind::Fifo => "fifo",
+        Kind::Char => "char device",
+        Kind::Block => "block device",
+        Kind::Unknown => "unknown",
+    }
+}
+
+/// What differs between the master's `m` and the slave's `s` at one path (empty = equal).
+fn compare(m: &Entry, s: &ListEntry, m_hash: Option<[u8; 32]>) -> Vec<String> {
+    let sk = Kind::from_u8(s.kind);
+    if m.kind != sk {
+        return vec![format!(
+            "a {} on the master, a {} on the slave",
+            kind_name(m.kind),
+            kind_name(sk)
+        )];
+    }
+    let mut out = Vec::new();
+    if m.kind == Kind::File && m.size != s.size {
+        out.push(format!(
+            "size {} on the master, {} on the slave",
+            m.size, s.size
+        ));
+    } else if let (Some(a), Some(b)) = (m_hash, s.hash) {
+        if a != b {
+            out.push("same size, different content".into());
+        }
+    }
+    if m.target != s.target {
+        out.push(format!(
+            "symlink target {:?} on the master, {:?} on the slave",
+            String::from_utf8_lossy(m.target.as_deref().unwrap_or_default()),
+            String::from_utf8_lossy(s.target.as_deref().unwrap_or_default())
+        ));
+    }
+    let sm = &s.meta;
+    if m.kind != Kind::Symlink && m.mode != sm.mode {
+        out.push(format!(
+            "mode {:o} on the master, {:o} on the slave",
+            m.mode, sm.mode
+        ));
+    }
+    if (m.uid, m.gid) != (sm.uid, sm.gid) {
+        out.push(format!(
+            "owner {}:{} on the master, {}:{} on the slave",
+            m.uid, m.gid, sm.uid, sm.gid
+        ));
+    }
+    if (m.mtime_sec, m.mtime_nsec) != (sm.mtime_sec, sm.mtime_nsec) {
+        let t = |s: i64, n: u32| {
+            chrono::DateTime::from_timestamp(s, n)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                .unwrap_or_default()
+        };
+        out.push(format!(
+            "mtime {} on the master, {} on the slave",
+            t(m.mtime_sec, m.mtime_nsec),
+            t(sm.mtime_sec, sm.mtime_nsec)
+        ));
+    }
+    out
+}
+
+/// Compares every local active brick of `master` with `slave`.
+pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let vol = Volume::resolve(home, master)?;
+    let spec = SlaveSpec::parse(slave)?;
+    let name = session::session_name(&vol, &spec);
+    let excludes = match SessionConfig::load_by_name(home, &name) {
+        Ok(cfg) => cfg.excludes,
+        Err(_) => Vec::new(),
+    };
+    let excludes = Excludes::new(&excludes)?;
+    let transport = crate::ship::transport_for(home, &name, &spec)?;
+    let bricks = vol.local_active_bricks();
+    if bricks.is_empty() {
+        bail!(
+            "volume {} has no brick on this node ({}): run verify on a node that holds one",
+            vol.name,
+            crate::config::node_name()
+        );
+    }
+    let mut report = VerifyReport {
+        master: vol.name.clone(),
+        slave: slave.to_string(),
+        checksum,
+        ..Default::default()
+    };
+    let scratch = home.state.join(format!(".verify-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let result = (|| -> Result<()> {
+        for brick in bricks {
+            // Its own brick key: a running worker of the session keeps its lock on the agent.
+            let probe = Brick {
+                node: format!("{}#verify", brick.node),
+                path: brick.path.clone(),
+            };
+            let index = crate::crawl::index::Index::open(&scratch.join(format!(
+                "{}.db",
+                session::slug(&brick.path.display().to_string())
+            )))?;
+            let mut shipper = crate::ship::connect(
+                transport.as_ref(),
+                &index,
+                &spec,
+                &name,
+                &probe,
+                &SyncOptions::default(),
+            )?;
+            let slave_list = shipper.list_slave(&index, checksum)?;
+            shipper.close()?;
+            compare_brick(brick, &slave_list, &excludes, checksum, &mut report)?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn compare_brick(
+    brick: &Brick,
+    slave_list: &[ListEntry],
+    excludes: &Excludes,
+    checksum: bool,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let root = crate::fsutil::open_root(&brick.path)
+        .with_context(|| format!("opening brick {}", brick.path.display()))?;
+    let local = walk::list_subtree(&root, &RelPath::root(), excludes)
+        .with_context(|| format!("walking brick {}", brick.path.display()))?;
+    report.master_entries += local.len() as u64;
+    let slave: std::collections::BTreeMap<&RelPath, &ListEntry> = slave_list
+        .iter()
+        .filter(|e| !excludes.is_excluded(&e.path))
+        .map(|e| (&e.path, e))
+        .collect();
+    report.slave_entries += slave.len() as u64;
+    let mut diff = |path: &RelPath, what: String| {
+        report.differences.push(Difference {
+            brick: brick.to_string(),
+            path: path.display(),
+            what,
+        })
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (path, m) in &local {
+        seen.insert(path);
+        let Some(s) = slave.get(path) else {
+            diff(path, "missing on the slave".into());
+            continue;
+        };
+        let m_hash = if checksum && m.kind == Kind::File && s.hash.is_some() {
+            Some(
+                crate::crawl::hash_beneath(&root, path)
+                    .with_context(|| format!("reading {path} on the master"))?,
+            )
+        } else {
+            None
+        };
+        for what in compare(m, s, m_hash) {
+            diff(path, what);
+        }
+    }
+    for (path, _) in slave.iter().filter(|(p, _)| !seen.contains(*p)) {
+        diff(path, "only on the slave".into());
+    }
+    Ok(())
+}
