@@ -73,6 +73,8 @@ pub struct SyncOptions {
     /// `sync --once --rescan-slave [--checksum]`: re-read the slave before planning
     /// (`Some(checksum)`).
     pub rescan_slave: Option<bool>,
+    /// Connect in reverse mode (read the slave, never write it): resync --reverse, failback.
+    pub reverse: bool,
 }
 
 impl Default for SyncOptions {
@@ -90,6 +92,7 @@ impl Default for SyncOptions {
             trash_retention_days: 0,
             replica_set: None,
             rescan_slave: None,
+            reverse: false,
         }
     }
 }

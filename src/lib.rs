@@ -11,6 +11,7 @@
 //! - `protocol`  — wire types and codec, no I/O (spec: docs/protocol.md).
 //! - `transport` — framed connection, the transport seam, the local (child process) transport.
 //! - `agent`     — slave side: confined idempotent apply, durability before ack, agent.db.
+//! - `failback`  — failover (DR side), resync --reverse with conflict copies, failback.
 //! - `verify`    — `georep verify`: master vs slave listing (and checksums), read-only.
 //! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
 //! - `logging`   — tracing setup.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod crawl;
 pub mod daemon;
 pub mod db;
+pub mod failback;
 pub mod fsutil;
 pub mod journal;
 pub mod keys;

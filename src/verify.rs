@@ -3,7 +3,7 @@
 //! session's own transport, and every difference is reported.
 //!
 //! Invariant: read-only on both sides; the session's index and the agent's per-brick state are
-//! not touched (the comparison connects under its own brick key and a throwaway index).
+//! not touched (a reverse-mode connection, which cannot write, and a throwaway index).
 
 use crate::config::{Home, SyncOptions};
 use crate::crawl::entry::{Entry, Kind};
@@ -131,11 +131,9 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
     std::fs::create_dir_all(&scratch)?;
     let result = (|| -> Result<()> {
         for brick in bricks {
-            // Its own brick key: a running worker of the session keeps its lock on the agent.
-            let probe = Brick {
-                node: format!("{}#verify", brick.node),
-                path: brick.path.clone(),
-            };
+            // A reverse (read-only) connection: no lock on the agent, and it works on a fenced
+            // or promoted volume too.
+            let probe = brick.clone();
             let index = crate::crawl::index::Index::open(&scratch.join(format!(
                 "{}.db",
                 session::slug(&brick.path.display().to_string())
@@ -146,7 +144,10 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
                 &spec,
                 &name,
                 &probe,
-                &SyncOptions::default(),
+                &SyncOptions {
+                    reverse: true,
+                    ..SyncOptions::default()
+                },
             )?;
             let slave_list = shipper.list_slave(&index, checksum)?;
             shipper.close()?;

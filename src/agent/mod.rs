@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 struct BatchState {
     id: u64,
+    /// The master's stime as of this batch (recorded once the batch is durable).
+    stime_ns: i64,
     /// Upper bound announced in `BatchBegin` (the master may skip a file it cannot read).
     declared: u32,
     seen: u32,
@@ -72,16 +74,35 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
     let state_dir = root.join(".georep");
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {} on {host}", state_dir.display()))?;
-    let state = AgentState::open(&state_dir)?;
-    if hello.epoch < state.epoch {
+    let mut state = AgentState::open(&state_dir)?;
+    let brick_key = format!("{}:{}", hello.master_node, hello.brick);
+    if hello.mode == protocol::MODE_REVERSE {
+        return serve_reverse(root, &host, &mut state, &hello, r, w);
+    }
+    if hello.mode != protocol::MODE_REPLICATE {
+        bail!("unknown connection mode {} from the master", hello.mode);
+    }
+    let promoted = state.role()? == "primary";
+    if hello.epoch < state.epoch && !promoted {
         bail!(
-            "slave volume {} on {host} is at epoch {} but the master is at epoch {}: this master was fenced by a failover; run `georep resync --reverse` before replicating again",
+            "slave volume {} on {host} is at epoch {} after a failover and failback, this master node is at {}: run `georep failback <mastervol> <slave>` on this node too (it brings back the DR changes and takes the new epoch)",
             root.display(),
             state.epoch,
             hello.epoch
         );
     }
-    let brick_key = format!("{}:{}", hello.master_node, hello.brick);
+    if promoted {
+        let when = state
+            .failover_ns()?
+            .map(|t| format!(" at {} UTC", utc(t)))
+            .unwrap_or_default();
+        bail!(
+            "slave volume {} on {host} was promoted by `georep failover`{when} (epoch {}, this master is at {}): this master is fenced and nothing it sends is applied. Bring back what changed there with `georep resync --reverse <mastervol> <slave>`, then `georep failback <mastervol> <slave>`",
+            root.display(),
+            state.epoch,
+            hello.epoch
+        );
+    }
     let (_active, previous_active) =
         match claim_replica_set(&state_dir, &hello.replica_set, &brick_key)? {
             Claim::Active(lock, prev) => (lock, prev),
@@ -170,10 +191,17 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                         protocol::MAX_BATCH_BYTES
                     );
                 }
+                if state.role()? == "primary" {
+                    bail!(
+                        "slave volume {} on {host} was promoted by `georep failover` while this master was replicating: it is fenced now. Run `georep resync --reverse <mastervol> <slave>`, then `georep failback <mastervol> <slave>`",
+                        root.display()
+                    );
+                }
                 batch = Some(BatchState {
                     id: b.id,
                     declared: b.ops,
                     seen: 0,
+                    stime_ns: b.max_ts_ns,
                 });
             }
             Message::Op(op) => {
@@ -255,6 +283,9 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                     format!("syncing slave volume {} on {host}", root.display())
                 })?;
                 state.record_batch(&brick_key, &hello.session, b.id)?;
+                if b.stime_ns > 0 {
+                    state.record_stime(&brick_key, b.stime_ns)?;
+                }
                 w.send(&Message::Ack(protocol::Ack { id: b.id }))?;
                 w.flush()?;
             }
@@ -279,6 +310,139 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
             m => bail!("unexpected {} from the master", m.name()),
         }
     }
+}
+
+fn utc(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A reverse connection (resync --reverse, failback): lists and sends the slave's files, and
+/// demotes the volume when asked. Never writes the tree.
+fn serve_reverse(
+    root: &Path,
+    host: &str,
+    state: &mut AgentState,
+    hello: &protocol::Hello,
+    mut r: FrameReader,
+    w: &mut FrameWriter,
+) -> Result<()> {
+    w.send(&Message::Welcome(Welcome {
+        protocol: PROTOCOL_VERSION,
+        georep_version: env!("CARGO_PKG_VERSION").to_string(),
+        volume_id: state.volume_id.clone(),
+        epoch: state.epoch,
+        last_batch: 0,
+        slave_host: host.to_string(),
+        passive_to: None,
+        previous_active: None,
+    }))?;
+    w.flush()?;
+    if hello.compression != 0 {
+        r = r.into_decompressed()?;
+    }
+    tracing::info!(master = %hello.master_node, "reverse connection");
+    let root_fd = fsutil::open_root(root)?;
+    loop {
+        match r.read()? {
+            None | Some(Message::Bye) => return Ok(()),
+            Some(Message::Heartbeat) => {
+                w.send(&Message::Heartbeat)?;
+                w.flush()?;
+            }
+            Some(Message::List { checksum }) => send_listing(root, w, checksum)
+                .with_context(|| format!("listing {} on {host}", root.display()))?,
+            Some(Message::Fetch { paths }) => {
+                for (i, p) in paths.iter().enumerate() {
+                    if let Err(e) = send_file(&root_fd, p, w) {
+                        w.send(&Message::Failed(protocol::Failed {
+                            batch: 0,
+                            op: i as u32,
+                            path: p.clone(),
+                            errno: fsutil::errno_of(&e),
+                            message: format!("reading {p} on {host}: {e}"),
+                        }))?;
+                    }
+                }
+                w.send(&Message::FetchEnd)?;
+                w.flush()?;
+            }
+            Some(Message::Demote) => {
+                // Idempotent: the second master node failing back gets the same epoch.
+                let epoch = if state.role()? == "primary" {
+                    state.set_role("slave")?
+                } else {
+                    state.epoch
+                };
+                tracing::info!(epoch, "volume demoted to slave by failback");
+                w.send(&Message::Demoted { epoch })?;
+                w.flush()?;
+            }
+            Some(m) => bail!(
+                "{} on a reverse connection: a reverse connection only reads the volume",
+                m.name()
+            ),
+        }
+    }
+}
+
+/// Sends one regular file as FileBegin, Chunks, FileEnd (commit = unchanged while read).
+fn send_file(
+    root: &rustix::fd::OwnedFd,
+    path: &protocol::RelPath,
+    w: &mut FrameWriter,
+) -> std::io::Result<()> {
+    use std::io::Read;
+    let fd = fsutil::open_beneath(
+        root.as_fd(),
+        path.as_bytes(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let meta = protocol::Meta {
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+    };
+    let size = st.st_size as u64;
+    w.send(&Message::FileBegin(protocol::FileBegin {
+        path: path.clone(),
+        meta,
+        size,
+    }))?;
+    let mut f = std::fs::File::from(fd);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    let mut intact = true;
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        let n = if intact { f.read(&mut buf[..want])? } else { 0 };
+        let n = if n == 0 {
+            intact = false;
+            buf[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        h.update(&buf[..n]);
+        w.send_chunk(&buf[..n])?;
+        left -= n as u64;
+    }
+    let after = rustix::fs::fstat(&f)?;
+    let unchanged = after.st_size == st.st_size
+        && (after.st_mtime, after.st_mtime_nsec) == (st.st_mtime, st.st_mtime_nsec);
+    w.send(&Message::FileEnd(protocol::FileEnd {
+        hash: *h.finalize().as_bytes(),
+        commit: intact && unchanged,
+    }))?;
+    Ok(())
 }
 
 /// Today's trash directory (`.georep/trash/<YYYY-MM-DD>`), after removing days older than

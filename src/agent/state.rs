@@ -52,6 +52,79 @@ impl AgentState {
         })
     }
 
+    fn meta(&self, k: &str) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_meta(&self, k: &str, v: &str) -> Result<()> {
+        self.db
+            .execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                params![k, v],
+            )
+            .with_context(|| format!("writing {k} in {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// `slave` (applies what a master sends) or `primary` (promoted by failover: writable,
+    /// refuses replication into it).
+    pub fn role(&self) -> Result<String> {
+        Ok(self.meta("role")?.unwrap_or_else(|| "slave".into()))
+    }
+
+    /// When the volume was last promoted (ns since the epoch), if it was.
+    pub fn failover_ns(&self) -> Result<Option<i64>> {
+        Ok(self.meta("failover_ns")?.and_then(|v| v.parse().ok()))
+    }
+
+    /// Bumps the epoch (fencing every master at the old one) and sets the role.
+    pub fn set_role(&mut self, role: &str) -> Result<u64> {
+        let tx = self.db.unchecked_transaction()?;
+        let epoch = self
+            .meta("epoch")?
+            .and_then(|e| e.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        self.set_meta("epoch", &epoch.to_string())?;
+        self.set_meta("role", role)?;
+        if role == "primary" {
+            self.set_meta("failover_ns", &crate::journal::record::now_ns().to_string())?;
+        }
+        tx.commit()?;
+        self.epoch = epoch;
+        Ok(epoch)
+    }
+
+    /// The master brick's stime as it last told us (every change before it is here).
+    pub fn record_stime(&self, brick: &str, stime_ns: i64) -> Result<()> {
+        let k = format!("stime:{brick}");
+        let old = self
+            .meta(&k)?
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        if stime_ns > old {
+            self.set_meta(&k, &stime_ns.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// (master brick, stime) of every brick that ever replicated here.
+    pub fn stimes(&self) -> Result<Vec<(String, i64)>> {
+        let mut st = self
+            .db
+            .prepare("SELECT key, value FROM meta WHERE key LIKE 'stime:%' ORDER BY key")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (k, v) = r?;
+            out.push((k["stime:".len()..].to_string(), v.parse().unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
     pub fn last_batch(&self, brick: &str) -> Result<u64> {
         Ok(self
             .db

@@ -46,6 +46,12 @@ pub enum Cmd {
     Failures(FailuresArgs),
     /// Compare master and slave without copying; exit 0 only when they are equal
     Verify(VerifyArgs),
+    /// DR host: promote the slave volume (fences the old master) and print the RPO
+    Failover(FailoverArgs),
+    /// Recovered master: bring back what changed on the DR side (`--reverse`)
+    Resync(ResyncArgs),
+    /// Recovered master: demote the DR volume, final reverse pass, resume replication
+    Failback(SessionArgs),
     /// Session monitor (started by `start`)
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -132,6 +138,35 @@ pub struct ConfigArgs {
 pub struct FailuresArgs {
     #[command(flatten)]
     pub session: SessionArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FailoverArgs {
+    /// The slave volume name on this host, or its path
+    pub volume: String,
+    /// Switchover: first wait until every master brick confirmed all its changes are here
+    #[arg(long)]
+    pub planned: bool,
+    /// With --planned: how long to wait, in seconds
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ResyncArgs {
+    /// From the slave back to the master (the only direction resync has)
+    #[arg(long, required = true)]
+    pub reverse: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// List what would move and the conflicts; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also compare contents (blake3 on the DR side against what was shipped)
+    #[arg(long)]
+    pub checksum: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -449,6 +484,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::Failover(a) => {
+            for line in crate::failback::failover(
+                &home,
+                &a.volume,
+                a.planned,
+                std::time::Duration::from_secs(a.timeout),
+            )? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Resync(a) => {
+            let (m, s) = (&a.session.master, &a.session.slave);
+            let r = crate::failback::resync_reverse(&home, m, s, a.dry_run, a.checksum, false)?;
+            print_reverse(&r, a.json)
+        }
+        Cmd::Failback(a) => {
+            let r = crate::failback::failback(&home, &a.master, &a.slave)?;
+            let code = print_reverse(&r, false)?;
+            if r.failures.is_empty() {
+                println!(
+                    "Failback of {} & {} has been successful: the DR volume is a slave again (epoch {}), replication restarted",
+                    a.master,
+                    a.slave,
+                    r.demoted_to_epoch.unwrap_or_default()
+                );
+            }
+            Ok(code)
+        }
         Cmd::Monitor(a) => {
             crate::daemon::monitor::run(&home, &a.session)?;
             Ok(ExitCode::SUCCESS)
@@ -541,6 +605,39 @@ fn status_cmd(home: &Home, a: StatusArgs) -> Result<ExitCode> {
         print!("{}", crate::status::table(&rows, detail));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_reverse(r: &crate::failback::ReverseReport, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        for a in &r.actions {
+            match &a.kept_as {
+                Some(k) => println!("conflict  {}  (master's version kept as {k})", a.path),
+                None => println!("{:<8}  {}", a.action, a.path),
+            }
+        }
+        for f in &r.failures {
+            eprintln!("failed: {f}");
+        }
+        println!(
+            "{}{} <- {}: {} files ({}) pulled, {} created, {} deleted, {} conflicts, {} failures",
+            if r.dry_run { "(dry run) " } else { "" },
+            r.master,
+            r.slave,
+            r.pulled_files,
+            crate::ship::human_bytes(r.pulled_bytes),
+            r.created,
+            r.deleted,
+            r.conflicts.len(),
+            r.failures.len()
+        );
+    }
+    Ok(if r.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn config_cmd(home: &Home, a: ConfigArgs) -> Result<ExitCode> {

@@ -39,7 +39,13 @@ pub struct Hello {
     pub replica_set: String,
     /// Days to keep deleted and overwritten files in `.georep/trash/`; 0 = off.
     pub trash_days: u32,
+    /// `MODE_REPLICATE`, or `MODE_REVERSE`: read the slave (List, Fetch) and Demote it, write
+    /// nothing; accepted from a fenced master (that is how it recovers).
+    pub mode: u8,
 }
+
+pub const MODE_REPLICATE: u8 = 0;
+pub const MODE_REVERSE: u8 = 1;
 
 /// Agent → master answer to `Hello`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -191,6 +197,7 @@ pub enum Message {
     Failed(Failed),
     Error(ErrorMsg),
     Heartbeat,
+    Bye,
     /// Master → agent, between batches: list the slave tree (answered by `Listing`s, `ListEnd`).
     List {
         checksum: bool,
@@ -199,7 +206,17 @@ pub enum Message {
     ListEnd {
         entries: u64,
     },
-    Bye,
+    /// Reverse mode: send these files (`FileBegin`, `Chunk`s, `FileEnd` each, or `Failed` for a
+    /// path that is not a readable regular file), then `FetchEnd`.
+    Fetch {
+        paths: Vec<RelPath>,
+    },
+    FetchEnd,
+    /// Reverse mode, at failback: make the volume a read-only slave again (epoch bump).
+    Demote,
+    Demoted {
+        epoch: u64,
+    },
 }
 
 impl Message {
@@ -220,6 +237,10 @@ impl Message {
             Message::List { .. } => "List",
             Message::Listing(_) => "Listing",
             Message::ListEnd { .. } => "ListEnd",
+            Message::Fetch { .. } => "Fetch",
+            Message::FetchEnd => "FetchEnd",
+            Message::Demote => "Demote",
+            Message::Demoted { .. } => "Demoted",
             Message::Bye => "Bye",
         }
     }

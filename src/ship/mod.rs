@@ -246,6 +246,11 @@ pub fn connect(
         compression,
         replica_set: opts.replica_set.clone().unwrap_or_default(),
         trash_days: opts.trash_retention_days,
+        mode: if opts.reverse {
+            crate::protocol::MODE_REVERSE
+        } else {
+            crate::protocol::MODE_REPLICATE
+        },
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;

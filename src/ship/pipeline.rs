@@ -98,6 +98,9 @@ pub struct Shipper {
     bw_base: (std::time::Instant, u64),
     /// Set by the handshake when another brick of the replica set was Active before us.
     pub previous_active: Option<String>,
+    /// The brick's stime, carried by every batch so the slave knows its RPO (failover).
+    pub stime_ns: i64,
+    stime_sent: i64,
 }
 
 enum FileOutcome {
@@ -161,6 +164,8 @@ impl Shipper {
             bwlimit: 0,
             bw_base: (std::time::Instant::now(), 0),
             previous_active: None,
+            stime_ns: 0,
+            stime_sent: 0,
         }
     }
 
@@ -326,6 +331,54 @@ impl Shipper {
         }
     }
 
+    /// Reverse mode: asks the agent for `paths` (one request) and hands every FileBegin, Chunk,
+    /// FileEnd and Failed it answers to `on`, until FetchEnd.
+    pub fn fetch(
+        &mut self,
+        index: &Index,
+        paths: Vec<RelPath>,
+        mut on: impl FnMut(Message) -> Result<()>,
+    ) -> Result<()> {
+        if let Err(e) = self
+            .writer()
+            .send(&Message::Fetch { paths })
+            .and_then(|()| self.writer().flush())
+        {
+            return Err(self.write_failed(e));
+        }
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(600)) {
+                Ok(Event::Msg(Message::FetchEnd)) => return Ok(()),
+                Ok(Event::Msg(
+                    m @ (Message::FileBegin(_)
+                    | Message::Chunk(_)
+                    | Message::FileEnd(_)
+                    | Message::Failed(_)),
+                )) => on(m)?,
+                Ok(ev) => self.handle(ev, index)?,
+                Err(_) => bail!("no answer from {} within 10 minutes", self.peer),
+            }
+        }
+    }
+
+    /// Reverse mode, failback: demotes the slave volume; returns its new epoch.
+    pub fn demote(&mut self, index: &Index) -> Result<u64> {
+        if let Err(e) = self
+            .writer()
+            .send(&Message::Demote)
+            .and_then(|()| self.writer().flush())
+        {
+            return Err(self.write_failed(e));
+        }
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(600)) {
+                Ok(Event::Msg(Message::Demoted { epoch })) => return Ok(epoch),
+                Ok(ev) => self.handle(ev, index)?,
+                Err(_) => bail!("no answer from {} within 10 minutes", self.peer),
+            }
+        }
+    }
+
     /// Replaces the index with what the slave really has: an entry equal to the brick's in
     /// kind, size, mtime, owner, mode and target is taken as shipped (nothing is sent again),
     /// any other as the slave's version (the next crawl sends the brick's). With `checksum`,
@@ -377,6 +430,22 @@ impl Shipper {
         index.clear()?;
         index.apply(&muts)?;
         Ok(n)
+    }
+
+    /// Tells the slave the current stime with an empty batch, when it moved since the last
+    /// batch (the slave prints it as the RPO at failover, and a planned failover waits on it).
+    pub fn beacon(&mut self, index: &Index) -> Result<()> {
+        if self.stime_ns <= self.stime_sent {
+            return Ok(());
+        }
+        self.send_batch(Vec::new(), index)?;
+        if let Err(e) = self.writer().flush() {
+            return Err(self.write_failed(e));
+        }
+        while !self.inflight.is_empty() {
+            self.wait_one(index)?;
+        }
+        Ok(())
     }
 
     /// Sends `ops` as batches and waits until all of them are acknowledged.
@@ -459,6 +528,7 @@ impl Shipper {
     fn send_batch(&mut self, batch: Vec<PlannedOp>, index: &Index) -> Result<()> {
         let id = self.next_batch;
         self.next_batch += 1;
+        self.stime_sent = self.stime_ns;
         let declared = batch
             .iter()
             .filter(|p| !matches!(p.op, PlanOp::IndexOnly))
@@ -468,7 +538,7 @@ impl Shipper {
             id,
             first_seq: 0,
             last_seq: 0,
-            max_ts_ns: 0,
+            max_ts_ns: self.stime_ns,
             ops: declared,
             bytes,
         });

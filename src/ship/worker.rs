@@ -331,6 +331,7 @@ impl Worker {
         journal: &JournalStore,
     ) -> Result<Exit> {
         let mut last_status = Instant::now();
+        let mut last_beacon = Instant::now();
         let waker = JournalWaker::new(&self.dir)?;
         loop {
             if self.stopping() {
@@ -406,6 +407,7 @@ impl Worker {
                 }
             }
             let needs_crawl = plan.needs_crawl;
+            shipper.stime_ns = self.status.stime_ns;
             if !plan.is_empty() {
                 self.status.backlog_bytes = plan.ops.iter().map(|p| p.bytes()).sum();
                 self.save();
@@ -420,6 +422,11 @@ impl Worker {
             self.status.data += data;
             self.status.meta += meta.saturating_sub(data);
             self.advance_stime(index, max_ts)?;
+            shipper.stime_ns = self.status.stime_ns;
+            if last_beacon.elapsed() >= Duration::from_secs(1) {
+                shipper.beacon(index)?;
+                last_beacon = Instant::now();
+            }
             self.status.backlog = journal.count_after(last)?;
             if self.status.backlog == 0 {
                 self.status.backlog_bytes = 0;
@@ -475,6 +482,7 @@ impl Worker {
         journal.trim(gap_seq)?;
         self.status.journal_seq = gap_seq;
         self.advance_stime(index, Some(started))?;
+        shipper.stime_ns = self.status.stime_ns;
         self.save();
         Ok(())
     }

@@ -35,6 +35,7 @@ fn hello(protocol: u32) -> Message {
         compression: 0,
         replica_set: String::new(),
         trash_days: 0,
+        mode: 0,
     })
 }
 

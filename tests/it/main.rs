@@ -4,6 +4,7 @@ mod util;
 
 mod agent_hostile;
 mod continuous;
+mod dr;
 mod errors;
 mod lifecycle;
 mod ssh;

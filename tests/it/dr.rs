@@ -1,0 +1,225 @@
+//! Disaster recovery end to end: unplanned failover with unshipped master writes, fencing of
+//! the old master, resync --reverse with conflicts, failback, forward replication again; and a
+//! planned switchover that loses nothing.
+
+use crate::util::*;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+fn status_row(g: &Georep, m: &str, s: &str) -> serde_json::Value {
+    let out = g.ok(&["status", m, s, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0].clone()
+}
+
+fn wait_row(g: &Georep, m: &str, s: &str, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    if !wait_until(Duration::from_secs(30), || f(&status_row(g, m, s))) {
+        panic!("{what}: {:#}", status_row(g, m, s));
+    }
+}
+
+fn converged(g: &Georep, m: &Path, s: &Path, what: &str) {
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    let ok = wait_until(Duration::from_secs(30), || {
+        let r = status_row(g, ms, ss);
+        r["status"] == "Active" && r["backlog_records"] == 0 && snapshot(m) == snapshot(s)
+    });
+    if !ok {
+        assert_trees_equal(m, s);
+        panic!("{what}: not converged: {:#}", status_row(g, ms, ss));
+    }
+}
+
+fn conflict_copies(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.georep-conflict-"))
+        })
+        .collect()
+}
+
+struct Stop<'a>(&'a Georep, String, String);
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["stop", &self.1, &self.2, "force"]);
+        let _ = self.0.run(&["delete", &self.1, &self.2]);
+    }
+}
+
+#[test]
+fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    make_varied_tree(&m, 1 << 20);
+    for name in [
+        "both.txt",
+        "master-only.txt",
+        "del-on-dr.txt",
+        "del-on-master.txt",
+    ] {
+        write(&m.join("work").join(name), b"v1 shipped");
+    }
+    g.ok(&["create", ms, ss]);
+    let _guard = Stop(&g, ms.into(), ss.into());
+    g.ok(&["start", ms, ss]);
+    converged(&g, &m, &s, "first start");
+
+    // Writes the DR site never sees: the session is paused, then the master site dies hard.
+    g.ok(&["pause", ms, ss]);
+    write(&m.join("work/both.txt"), b"master v2, never shipped");
+    write(&m.join("work/master-only.txt"), b"master v2, never shipped");
+    write(&m.join("work/del-on-dr.txt"), b"master v2, never shipped");
+    fs::remove_file(m.join("work/del-on-master.txt")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let home = g.path("home/state/sessions");
+    let sess = fs::read_dir(&home).unwrap().next().unwrap().unwrap().path();
+    let pid = |f: &Path| -> i32 { fs::read_to_string(f).unwrap().trim().parse().unwrap() };
+    let brick_dir = fs::read_dir(sess.join("bricks"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    signal(
+        pid(&sess.join("monitor.pid")),
+        rustix::process::Signal::KILL,
+    );
+    signal(
+        pid(&brick_dir.join("writer.pid")),
+        rustix::process::Signal::KILL,
+    );
+
+    // DR site takes over.
+    let out = g.ok(&["failover", ss]);
+    assert!(
+        out.contains("PRIMARY") && out.contains("LAST_SYNCED"),
+        "{out}"
+    );
+    assert!(
+        !g.run(&["failover", ss]).status.success(),
+        "a second failover must refuse"
+    );
+    write(
+        &s.join("work/both.txt"),
+        b"DR v3 written during the disaster",
+    );
+    fs::remove_file(s.join("work/del-on-dr.txt")).unwrap();
+    write(
+        &s.join("work/del-on-master.txt"),
+        b"DR v3 written during the disaster",
+    );
+    write(&s.join("dr-new/report.csv"), b"made at the DR site");
+    let dr_before = snapshot(&s);
+
+    // The old master comes back: fenced, Faulty with the next command, nothing reaches the DR.
+    g.ok(&["start", ms, ss]);
+    write(
+        &m.join("after-restart.txt"),
+        b"master write after it came back",
+    );
+    wait_row(&g, ms, ss, "fenced master is Faulty", |r| {
+        r["status"] == "Faulty"
+            && r["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("failover") && e.contains("resync --reverse"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        snapshot(&s),
+        dr_before,
+        "a fenced master wrote to the DR volume"
+    );
+    g.ok(&["stop", ms, ss]);
+
+    // Dry run first: lists, changes nothing.
+    let master_before = snapshot(&m);
+    let out = g.ok(&["resync", "--reverse", ms, ss, "--dry-run"]);
+    assert!(
+        out.contains("(dry run)") && out.contains("conflict  work/both.txt"),
+        "{out}"
+    );
+    assert!(out.contains("conflict  work/del-on-dr.txt"), "{out}");
+    assert!(
+        !out.contains("master-only.txt"),
+        "an unchanged DR path would move: {out}"
+    );
+    assert_eq!(snapshot(&m), master_before, "dry run changed the master");
+
+    // Failback: demote, final reverse pass, forward replication resumes.
+    let data_before = n(&status_row(&g, ms, ss), "data");
+    let out = g.ok(&["failback", ms, ss]);
+    assert!(out.contains("has been successful"), "{out}");
+    converged(&g, &m, &s, "after failback");
+
+    // Every version written on either side exists, in place or as a conflict copy.
+    let read = |p: &Path| fs::read(p).unwrap();
+    assert_eq!(
+        read(&m.join("work/both.txt")),
+        b"DR v3 written during the disaster"
+    );
+    let c = conflict_copies(&m.join("work"), "both.txt");
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(read(&c[0]), b"master v2, never shipped");
+    assert!(!exists(&m.join("work/del-on-dr.txt")));
+    let c = conflict_copies(&m.join("work"), "del-on-dr.txt");
+    assert_eq!(c.len(), 1, "deleted on DR, modified on master: {c:?}");
+    assert_eq!(read(&c[0]), b"master v2, never shipped");
+    assert_eq!(
+        read(&m.join("work/del-on-master.txt")),
+        b"DR v3 written during the disaster"
+    );
+    assert_eq!(
+        read(&m.join("work/master-only.txt")),
+        b"master v2, never shipped"
+    );
+    assert_eq!(read(&m.join("dr-new/report.csv")), b"made at the DR site");
+    assert!(exists(&s.join("after-restart.txt")));
+    assert_trees_equal(&m, &s);
+    // Only the new changes went forward (4 files), not the tree again.
+    let sent = n(&status_row(&g, ms, ss), "data") - data_before;
+    assert!(sent <= 6, "failback re-sent {sent} files");
+    let out = g.ok(&["verify", ms, ss, "--checksum"]);
+    assert!(out.contains("equal"), "{out}");
+    // Replication is live again.
+    write(&m.join("post-failback.txt"), b"live");
+    converged(&g, &m, &s, "after a new write");
+}
+
+#[test]
+fn planned_switchover_loses_nothing_and_has_no_conflicts() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    make_varied_tree(&m, 4096);
+    g.ok(&["create", ms, ss]);
+    let _guard = Stop(&g, ms.into(), ss.into());
+    g.ok(&["start", ms, ss]);
+    converged(&g, &m, &s, "start");
+    // Writes right before the switch (applications stopped after them).
+    for i in 0..100 {
+        write(
+            &m.join(format!("last-minute/{i}")),
+            format!("{i}").as_bytes(),
+        );
+    }
+    let out = g.ok(&["failover", ss, "--planned"]);
+    assert!(out.contains("confirmed"), "{out}");
+    assert_trees_equal(&m, &s);
+    g.ok(&["stop", ms, ss]);
+    write(&s.join("written-at-dr"), b"while DR was primary");
+    let out = g.ok(&["resync", "--reverse", ms, ss, "--dry-run", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["conflicts"].as_array().unwrap().len(), 0, "{r:#}");
+    g.ok(&["failback", ms, ss]);
+    converged(&g, &m, &s, "after failback");
+    assert!(exists(&m.join("written-at-dr")));
+    assert!(conflict_copies(&m, "written-at-dr").is_empty());
+}
