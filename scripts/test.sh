@@ -23,3 +23,5 @@ echo "== cargo test"
 # Integration tests run the real binary; build it first so every test uses the same one.
 cargo build --locked
 cargo test --locked -- --test-threads="${GEOREP_TEST_THREADS:-2}"
+echo "== disaster-recovery drill over SSH (docs/runbook.md)"
+GEOREP_BIN=$PWD/target/debug/georep scripts/dr-drill.sh

@@ -103,8 +103,13 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
         root.display(),
         local(at)
     ));
-    out.push("RPO — everything each master brick wrote before LAST_SYNCED is here:".into());
-    for (brick, stime) in state.stimes()? {
+    let stimes = state.stimes()?;
+    if stimes.is_empty() {
+        out.push("RPO unknown: no master brick reported its LAST_SYNCED here before the failover (what was replicated is here; compare with `georep status` on the master if it is reachable)".into());
+    } else {
+        out.push("RPO — everything each master brick wrote before LAST_SYNCED is here:".into());
+    }
+    for (brick, stime) in stimes {
         out.push(format!(
             "  {brick}  LAST_SYNCED {}  ({} s before failover)",
             local(stime),
@@ -357,6 +362,7 @@ fn reverse_brick(
     act(report, &dir_meta, "meta");
     if dry_run {
         report.pulled_files += fetch.len() as u64;
+        report.pulled_bytes += fetch.iter().map(|p| dr[p].size).sum::<u64>();
         report.created += creates.len() as u64;
         report.deleted += deletes.len() as u64;
         return Ok(());

@@ -216,7 +216,8 @@ impl Worker {
         let mut backoff = Duration::from_millis(200);
         while !self.stopping() {
             self.reload_config();
-            if self.status.status != "Passive" {
+            // A Faulty or Passive worker stays so while it retries: no flapping.
+            if !matches!(self.status.status.as_str(), "Passive" | "Faulty") {
                 self.status.status = "Initializing...".into();
                 self.save();
             }
@@ -331,7 +332,7 @@ impl Worker {
         journal: &JournalStore,
     ) -> Result<Exit> {
         let mut last_status = Instant::now();
-        let mut last_beacon = Instant::now();
+        let mut last_beacon = Instant::now() - Duration::from_secs(1);
         let waker = JournalWaker::new(&self.dir)?;
         loop {
             if self.stopping() {
@@ -483,6 +484,7 @@ impl Worker {
         self.status.journal_seq = gap_seq;
         self.advance_stime(index, Some(started))?;
         shipper.stime_ns = self.status.stime_ns;
+        shipper.beacon(index)?;
         self.save();
         Ok(())
     }

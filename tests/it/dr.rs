@@ -153,6 +153,15 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     );
     assert_eq!(snapshot(&m), master_before, "dry run changed the master");
 
+    // Repeatable while the DR site is live: a first pass now, more DR writes, then failback.
+    let out = g.ok(&["resync", "--reverse", ms, ss]);
+    assert!(out.contains("2 conflicts"), "{out}");
+    write(
+        &s.join("work/both.txt"),
+        b"DR v4, after the first reverse pass",
+    );
+    write(&s.join("dr-new/second.csv"), b"later at the DR site");
+
     // Failback: demote, final reverse pass, forward replication resumes.
     let data_before = n(&status_row(&g, ms, ss), "data");
     let out = g.ok(&["failback", ms, ss]);
@@ -163,10 +172,14 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     let read = |p: &Path| fs::read(p).unwrap();
     assert_eq!(
         read(&m.join("work/both.txt")),
-        b"DR v3 written during the disaster"
+        b"DR v4, after the first reverse pass"
     );
     let c = conflict_copies(&m.join("work"), "both.txt");
-    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(
+        c.len(),
+        1,
+        "the second pass made a conflict of a DR-only change: {c:?}"
+    );
     assert_eq!(read(&c[0]), b"master v2, never shipped");
     assert!(!exists(&m.join("work/del-on-dr.txt")));
     let c = conflict_copies(&m.join("work"), "del-on-dr.txt");
@@ -181,6 +194,8 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
         b"master v2, never shipped"
     );
     assert_eq!(read(&m.join("dr-new/report.csv")), b"made at the DR site");
+    assert_eq!(read(&m.join("dr-new/second.csv")), b"later at the DR site");
+    assert_eq!(read(&m.join("dr-new/second.csv")), b"later at the DR site");
     assert!(exists(&s.join("after-restart.txt")));
     assert_trees_equal(&m, &s);
     // Only the new changes went forward (4 files), not the tree again.
