@@ -96,6 +96,26 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
             local(t)
         ));
     }
+    // Journal the DR volume before it becomes writable: every change made there during the
+    // disaster is recorded (failback uses it besides the tree compare).
+    let dr_brick = Brick {
+        node: crate::config::node_name(),
+        path: root.clone(),
+    };
+    let dr_session = format!("failover_{}", session::slug(&root.display().to_string()));
+    let journal_path = session::brick_state_dir(home, &dr_session, &dr_brick).join("journal.db");
+    let before = if journal_path.exists() {
+        crate::journal::JournalStore::open(&journal_path)?.last_seq()?
+    } else {
+        0
+    };
+    crate::daemon::ensure_writer(home, &dr_session, &dr_brick)
+        .with_context(|| format!("starting a journal on {}", root.display()))?;
+    let start = crate::journal::JournalStore::open(&journal_path)?
+        .last_gap_after(before)?
+        .map(|g| g.seq)
+        .unwrap_or(before);
+    state.set_dr_journal(Some((&journal_path, start)))?;
     let epoch = state.set_role("primary")?;
     let at = state.failover_ns()?.unwrap_or_default();
     out.push(format!(
@@ -116,6 +136,10 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
             ((at - stime).max(0)) / 1_000_000_000
         ));
     }
+    out.push(format!(
+        "changes made here are journaled in {} until failback",
+        journal_path.display()
+    ));
     out.push(
         "when the master site is back: `georep resync --reverse <mastervol> <slave>` there, then `georep failback <mastervol> <slave>`".into(),
     );
@@ -237,6 +261,15 @@ pub fn resync_reverse(
         }
         let mut shipper =
             crate::ship::connect(transport.as_ref(), &index, &spec, &cfg.name, brick, &opts)?;
+        // The DR journal first: demoting stops it.
+        let consumed = index
+            .get_meta("dr_journal_seq")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (journaled, complete, last) = shipper.dr_changes(&index, consumed)?;
+        if !complete {
+            tracing::info!("no complete DR-side journal: comparing trees only");
+        }
         if demote && !dry_run {
             // Demote first: a write on the DR site from now on is refused as replication
             // and still caught by the pass below.
@@ -245,26 +278,34 @@ pub fn resync_reverse(
             report.demoted_to_epoch = Some(epoch);
         }
         let dr = shipper.list_slave(&index, checksum)?;
+        let failures = report.failures.len();
         reverse_brick(
             brick,
             &index,
             &mut shipper,
             dr,
+            &journaled,
             &excludes,
             dry_run,
             &mut report,
         )?;
+        if !dry_run && report.failures.len() == failures {
+            // The next pass only looks at what the DR journal records after this one.
+            index.set_meta("dr_journal_seq", &last.to_string())?;
+        }
         shipper.close()?;
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn reverse_brick(
     brick: &Brick,
     index: &Index,
     shipper: &mut crate::ship::pipeline::Shipper,
     dr: Vec<ListEntry>,
+    journaled: &std::collections::HashSet<RelPath>,
     excludes: &Excludes,
     dry_run: bool,
     report: &mut ReverseReport,
@@ -295,16 +336,21 @@ fn reverse_brick(
     let mut dir_meta = Vec::new();
     for p in paths {
         let (b, l, d) = (base.get(p), local.get(p), dr.get(p));
+        // Changed at the DR site: differs from what was shipped, or its journal says so (a
+        // rewrite that kept size and mtime is only seen there).
         let dr_changed = match (b, d) {
             (None, None) => false,
-            (Some(b), Some(d)) => !same_as_shipped(b, d),
+            (Some(b), Some(d)) => {
+                !same_as_shipped(b, d)
+                    || (Kind::from_u8(d.kind) == Kind::File && journaled.contains(p))
+            }
             _ => true,
         };
         if !dr_changed {
             continue;
         }
         if let (Some(l), Some(d)) = (l, d) {
-            if local_equals(l, d) {
+            if local_equals(l, d) && !journaled.contains(p) {
                 if Kind::from_u8(d.kind) == Kind::Dir {
                     dir_meta.push(p.clone());
                 } else {

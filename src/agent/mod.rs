@@ -368,6 +368,7 @@ fn serve_reverse(
                 w.send(&Message::FetchEnd)?;
                 w.flush()?;
             }
+            Some(Message::Changes { after }) => send_changes(state, after, w)?,
             Some(Message::Demote) => {
                 // Idempotent: the second master node failing back gets the same epoch.
                 let epoch = if state.role()? == "primary" {
@@ -375,6 +376,7 @@ fn serve_reverse(
                 } else {
                     state.epoch
                 };
+                stop_dr_journal(state);
                 tracing::info!(epoch, "volume demoted to slave by failback");
                 w.send(&Message::Demoted { epoch })?;
                 w.flush()?;
@@ -384,6 +386,62 @@ fn serve_reverse(
                 m.name()
             ),
         }
+    }
+}
+
+/// The paths the DR-side journal recorded since failover (none, incomplete, when there is no
+/// journal or it has a gap).
+fn send_changes(state: &AgentState, after: u64, w: &mut FrameWriter) -> Result<()> {
+    let mut complete = false;
+    let mut last = after;
+    if let Some((path, start)) = state.dr_journal()? {
+        if path.exists() {
+            let j = crate::journal::JournalStore::open(&path)?;
+            complete = j.last_gap_after(start)?.is_none();
+            let mut after = start.max(after);
+            loop {
+                let recs = j.read_after(after, 8192)?;
+                let Some(r) = recs.last() else { break };
+                after = r.seq;
+                last = after;
+                let mut paths = Vec::with_capacity(recs.len());
+                for r in recs {
+                    if matches!(
+                        r.op,
+                        crate::journal::RecOp::Marker
+                            | crate::journal::RecOp::Gap
+                            | crate::journal::RecOp::Stop
+                    ) {
+                        continue;
+                    }
+                    paths.push(r.path);
+                    paths.extend(r.path2);
+                }
+                w.send(&Message::ChangedPaths(paths))?;
+            }
+        }
+    }
+    w.send(&Message::ChangesEnd { complete, last })?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Stops the journal writer failover started (its pid file is next to its journal).
+fn stop_dr_journal(state: &AgentState) {
+    let Ok(Some((path, _))) = state.dr_journal() else {
+        return;
+    };
+    let pid = path
+        .parent()
+        .map(|d| d.join("writer.pid"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|p| p.trim().parse().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    if let Err(e) = state.set_dr_journal(None) {
+        tracing::warn!("forgetting the DR journal: {e:#}");
     }
 }
 

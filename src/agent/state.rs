@@ -98,6 +98,28 @@ impl AgentState {
         Ok(epoch)
     }
 
+    /// The DR-side journal started by failover: (journal.db path, sequence of its starting GAP).
+    pub fn dr_journal(&self) -> Result<Option<(PathBuf, u64)>> {
+        let Some(p) = self.meta("dr_journal")?.filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let seq = self
+            .meta("dr_journal_seq")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(Some((PathBuf::from(p), seq)))
+    }
+
+    pub fn set_dr_journal(&self, j: Option<(&Path, u64)>) -> Result<()> {
+        match j {
+            Some((p, seq)) => {
+                self.set_meta("dr_journal", &p.display().to_string())?;
+                self.set_meta("dr_journal_seq", &seq.to_string())
+            }
+            None => self.set_meta("dr_journal", ""),
+        }
+    }
+
     /// The master brick's stime as it last told us (every change before it is here).
     pub fn record_stime(&self, brick: &str, stime_ns: i64) -> Result<()> {
         let k = format!("stime:{brick}");

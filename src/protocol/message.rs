@@ -217,6 +217,18 @@ pub enum Message {
     Demoted {
         epoch: u64,
     },
+    /// Reverse mode: the paths the DR-side journal recorded since failover, as
+    /// `ChangedPaths` frames, then `ChangesEnd` (`complete` = the journal has no gap).
+    Changes {
+        /// Journal sequence already brought back by an earlier pass.
+        after: u64,
+    },
+    ChangedPaths(Vec<RelPath>),
+    ChangesEnd {
+        complete: bool,
+        /// Last journal sequence covered.
+        last: u64,
+    },
 }
 
 impl Message {
@@ -241,6 +253,9 @@ impl Message {
             Message::FetchEnd => "FetchEnd",
             Message::Demote => "Demote",
             Message::Demoted { .. } => "Demoted",
+            Message::Changes { .. } => "Changes",
+            Message::ChangedPaths(_) => "ChangedPaths",
+            Message::ChangesEnd { .. } => "ChangesEnd",
             Message::Bye => "Bye",
         }
     }

@@ -361,6 +361,34 @@ impl Shipper {
         }
     }
 
+    /// Reverse mode: the paths the DR-side journal recorded since failover, and whether that
+    /// journal is complete (no gap).
+    /// Returns the paths, whether the journal is complete, and its last sequence covered.
+    pub fn dr_changes(
+        &mut self,
+        index: &Index,
+        after: u64,
+    ) -> Result<(HashSet<RelPath>, bool, u64)> {
+        if let Err(e) = self
+            .writer()
+            .send(&Message::Changes { after })
+            .and_then(|()| self.writer().flush())
+        {
+            return Err(self.write_failed(e));
+        }
+        let mut out = HashSet::new();
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(600)) {
+                Ok(Event::Msg(Message::ChangedPaths(v))) => out.extend(v),
+                Ok(Event::Msg(Message::ChangesEnd { complete, last })) => {
+                    return Ok((out, complete, last))
+                }
+                Ok(ev) => self.handle(ev, index)?,
+                Err(_) => bail!("no answer from {} within 10 minutes", self.peer),
+            }
+        }
+    }
+
     /// Reverse mode, failback: demotes the slave volume; returns its new epoch.
     pub fn demote(&mut self, index: &Index) -> Result<u64> {
         if let Err(e) = self

@@ -64,6 +64,7 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
         "master-only.txt",
         "del-on-dr.txt",
         "del-on-master.txt",
+        "sneaky.txt",
     ] {
         write(&m.join("work").join(name), b"v1 shipped");
     }
@@ -117,6 +118,16 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
         b"DR v3 written during the disaster",
     );
     write(&s.join("dr-new/report.csv"), b"made at the DR site");
+    // A rewrite that keeps size and mtime: only the DR-side journal knows.
+    let sneaky = s.join("work/sneaky.txt");
+    let meta = fs::metadata(&sneaky).unwrap();
+    write(&sneaky, b"v1 SHIPPD!");
+    assert_eq!(fs::metadata(&sneaky).unwrap().len(), meta.len());
+    set_mtime(
+        &sneaky,
+        std::os::unix::fs::MetadataExt::mtime(&meta),
+        std::os::unix::fs::MetadataExt::mtime_nsec(&meta) as u32,
+    );
     let dr_before = snapshot(&s);
 
     // The old master comes back: fenced, Faulty with the next command, nothing reaches the DR.
@@ -195,6 +206,11 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     );
     assert_eq!(read(&m.join("dr-new/report.csv")), b"made at the DR site");
     assert_eq!(read(&m.join("dr-new/second.csv")), b"later at the DR site");
+    assert_eq!(
+        read(&m.join("work/sneaky.txt")),
+        b"v1 SHIPPD!",
+        "the DR journal was not used"
+    );
     assert!(exists(&s.join("after-restart.txt")));
     assert_trees_equal(&m, &s);
     // Only the new changes went forward (4 files), not the tree again.
