@@ -109,14 +109,8 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
             Claim::Passive(holder) => {
                 tracing::info!(brick = %brick_key, active = %holder, "passive connection");
                 w.send(&Message::Welcome(Welcome {
-                    protocol: PROTOCOL_VERSION,
-                    georep_version: env!("CARGO_PKG_VERSION").to_string(),
-                    volume_id: state.volume_id.clone(),
-                    epoch: state.epoch,
-                    last_batch: state.last_batch(&brick_key)?,
-                    slave_host: host,
                     passive_to: Some(holder),
-                    previous_active: None,
+                    ..welcome(&state, &host, state.last_batch(&brick_key)?)
                 }))?;
                 w.flush()?;
                 return Ok(());
@@ -131,14 +125,8 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
         applier.set_trash(Some(open_trash(&state_dir, hello.trash_days)?));
     }
     w.send(&Message::Welcome(Welcome {
-        protocol: PROTOCOL_VERSION,
-        georep_version: env!("CARGO_PKG_VERSION").to_string(),
-        volume_id: state.volume_id.clone(),
-        epoch: state.epoch,
-        last_batch: state.last_batch(&brick_key)?,
-        slave_host: host.clone(),
-        passive_to: None,
         previous_active,
+        ..welcome(&state, &host, state.last_batch(&brick_key)?)
     }))?;
     w.flush()?;
     if hello.compression != 0 {
@@ -279,9 +267,12 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                         b.seen
                     );
                 }
-                applier.sync().with_context(|| {
-                    format!("syncing slave volume {} on {host}", root.display())
-                })?;
+                // An empty batch (a stime beacon) wrote nothing: no filesystem sync.
+                if b.seen > 0 {
+                    applier.sync().with_context(|| {
+                        format!("syncing slave volume {} on {host}", root.display())
+                    })?;
+                }
                 state.record_batch(&brick_key, &hello.session, b.id)?;
                 if b.stime_ns > 0 {
                     state.record_stime(&brick_key, b.stime_ns)?;
@@ -312,6 +303,20 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
     }
 }
 
+/// This agent's Welcome (Active, no takeover; callers set the rest).
+fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Welcome {
+    Welcome {
+        protocol: PROTOCOL_VERSION,
+        georep_version: env!("CARGO_PKG_VERSION").to_string(),
+        volume_id: state.volume_id.clone(),
+        epoch: state.epoch,
+        last_batch,
+        slave_host: host.to_string(),
+        passive_to: None,
+        previous_active: None,
+    }
+}
+
 fn utc(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns)
         .format("%Y-%m-%d %H:%M:%S")
@@ -328,16 +333,7 @@ fn serve_reverse(
     mut r: FrameReader,
     w: &mut FrameWriter,
 ) -> Result<()> {
-    w.send(&Message::Welcome(Welcome {
-        protocol: PROTOCOL_VERSION,
-        georep_version: env!("CARGO_PKG_VERSION").to_string(),
-        volume_id: state.volume_id.clone(),
-        epoch: state.epoch,
-        last_batch: 0,
-        slave_host: host.to_string(),
-        passive_to: None,
-        previous_active: None,
-    }))?;
+    w.send(&Message::Welcome(welcome(state, host, 0)))?;
     w.flush()?;
     if hello.compression != 0 {
         r = r.into_decompressed()?;

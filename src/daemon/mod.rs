@@ -69,7 +69,10 @@ pub fn run_journal(home: &Home, session: &str, brick_path: &Path) -> Result<()> 
                 .trim()
         );
     }
-    std::fs::write(dir.join("writer.pid"), std::process::id().to_string())?;
+    crate::fsutil::atomic_write(
+        &dir.join("writer.pid"),
+        std::process::id().to_string().as_bytes(),
+    )?;
     let stop = stop_on_signals()?;
     let mut w = Writer::start(brick_path, &dir.join("journal.db"))?;
     tracing::info!(brick = %brick_path.display(), dirs = w.watched_dirs(), "journal writer running");

@@ -92,7 +92,10 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
             cfg.slave
         );
     };
-    std::fs::write(dir.join("monitor.pid"), std::process::id().to_string())?;
+    crate::fsutil::atomic_write(
+        &dir.join("monitor.pid"),
+        std::process::id().to_string().as_bytes(),
+    )?;
     let stop = stop_on_signals()?;
     let vol = cfg.volume(home)?;
     let now = Instant::now();
@@ -317,7 +320,10 @@ pub fn run_worker(home: &Home, session_name: &str, brick_path: &Path) -> Result<
                 .trim()
         );
     };
-    std::fs::write(dir.join("worker.pid"), std::process::id().to_string())?;
+    crate::fsutil::atomic_write(
+        &dir.join("worker.pid"),
+        std::process::id().to_string().as_bytes(),
+    )?;
     let replica_set = vol
         .replica_sets()
         .position(|set| set.contains(&brick))

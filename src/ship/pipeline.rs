@@ -295,6 +295,29 @@ impl Shipper {
         }
     }
 
+    /// Sends one request frame (between batches) and flushes it.
+    fn request(&mut self, m: &Message) -> Result<()> {
+        if let Err(e) = self.writer().send(m).and_then(|()| self.writer().flush()) {
+            return Err(self.write_failed(e));
+        }
+        Ok(())
+    }
+
+    /// The agent's next answer to a request; acks, heartbeats and errors are handled on the way.
+    fn reply(&mut self, index: &Index) -> Result<Message> {
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(600)) {
+                Ok(Event::Msg(m))
+                    if !matches!(m, Message::Ack(_) | Message::Heartbeat | Message::Error(_)) =>
+                {
+                    return Ok(m)
+                }
+                Ok(ev) => self.handle(ev, index)?,
+                Err(_) => bail!("no answer from {} within 10 minutes", self.peer),
+            }
+        }
+    }
+
     /// Asks the agent for its whole tree (between batches) and returns it.
     pub fn list_slave(
         &mut self,
@@ -304,18 +327,12 @@ impl Shipper {
         while !self.inflight.is_empty() {
             self.wait_one(index)?;
         }
-        if let Err(e) = self
-            .writer()
-            .send(&Message::List { checksum })
-            .and_then(|()| self.writer().flush())
-        {
-            return Err(self.write_failed(e));
-        }
+        self.request(&Message::List { checksum })?;
         let mut out = Vec::new();
         loop {
-            match self.events.recv_timeout(Duration::from_secs(600)) {
-                Ok(Event::Msg(Message::Listing(mut v))) => out.append(&mut v),
-                Ok(Event::Msg(Message::ListEnd { entries })) => {
+            match self.reply(index)? {
+                Message::Listing(mut v) => out.append(&mut v),
+                Message::ListEnd { entries } => {
                     if entries != out.len() as u64 {
                         bail!(
                             "the agent on {} listed {} entries but announced {entries}",
@@ -325,8 +342,7 @@ impl Shipper {
                     }
                     return Ok(out);
                 }
-                Ok(ev) => self.handle(ev, index)?,
-                Err(_) => bail!("no listing from {} within 10 minutes", self.peer),
+                m => bail!("unexpected {} from the agent during a listing", m.name()),
             }
         }
     }
@@ -339,71 +355,43 @@ impl Shipper {
         paths: Vec<RelPath>,
         mut on: impl FnMut(Message) -> Result<()>,
     ) -> Result<()> {
-        if let Err(e) = self
-            .writer()
-            .send(&Message::Fetch { paths })
-            .and_then(|()| self.writer().flush())
-        {
-            return Err(self.write_failed(e));
-        }
+        self.request(&Message::Fetch { paths })?;
         loop {
-            match self.events.recv_timeout(Duration::from_secs(600)) {
-                Ok(Event::Msg(Message::FetchEnd)) => return Ok(()),
-                Ok(Event::Msg(
-                    m @ (Message::FileBegin(_)
-                    | Message::Chunk(_)
-                    | Message::FileEnd(_)
-                    | Message::Failed(_)),
-                )) => on(m)?,
-                Ok(ev) => self.handle(ev, index)?,
-                Err(_) => bail!("no answer from {} within 10 minutes", self.peer),
+            match self.reply(index)? {
+                Message::FetchEnd => return Ok(()),
+                m @ (Message::FileBegin(_)
+                | Message::Chunk(_)
+                | Message::FileEnd(_)
+                | Message::Failed(_)) => on(m)?,
+                m => bail!("unexpected {} from the agent during a fetch", m.name()),
             }
         }
     }
 
-    /// Reverse mode: the paths the DR-side journal recorded since failover, and whether that
-    /// journal is complete (no gap).
+    /// Reverse mode: the paths the DR-side journal recorded since failover (after `after`).
     /// Returns the paths, whether the journal is complete, and its last sequence covered.
     pub fn dr_changes(
         &mut self,
         index: &Index,
         after: u64,
     ) -> Result<(HashSet<RelPath>, bool, u64)> {
-        if let Err(e) = self
-            .writer()
-            .send(&Message::Changes { after })
-            .and_then(|()| self.writer().flush())
-        {
-            return Err(self.write_failed(e));
-        }
+        self.request(&Message::Changes { after })?;
         let mut out = HashSet::new();
         loop {
-            match self.events.recv_timeout(Duration::from_secs(600)) {
-                Ok(Event::Msg(Message::ChangedPaths(v))) => out.extend(v),
-                Ok(Event::Msg(Message::ChangesEnd { complete, last })) => {
-                    return Ok((out, complete, last))
-                }
-                Ok(ev) => self.handle(ev, index)?,
-                Err(_) => bail!("no answer from {} within 10 minutes", self.peer),
+            match self.reply(index)? {
+                Message::ChangedPaths(v) => out.extend(v),
+                Message::ChangesEnd { complete, last } => return Ok((out, complete, last)),
+                m => bail!("unexpected {} from the agent during Changes", m.name()),
             }
         }
     }
 
     /// Reverse mode, failback: demotes the slave volume; returns its new epoch.
     pub fn demote(&mut self, index: &Index) -> Result<u64> {
-        if let Err(e) = self
-            .writer()
-            .send(&Message::Demote)
-            .and_then(|()| self.writer().flush())
-        {
-            return Err(self.write_failed(e));
-        }
-        loop {
-            match self.events.recv_timeout(Duration::from_secs(600)) {
-                Ok(Event::Msg(Message::Demoted { epoch })) => return Ok(epoch),
-                Ok(ev) => self.handle(ev, index)?,
-                Err(_) => bail!("no answer from {} within 10 minutes", self.peer),
-            }
+        self.request(&Message::Demote)?;
+        match self.reply(index)? {
+            Message::Demoted { epoch } => Ok(epoch),
+            m => bail!("unexpected {} from the agent after Demote", m.name()),
         }
     }
 

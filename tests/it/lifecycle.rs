@@ -165,11 +165,14 @@ impl<'a> Started<'a> {
     }
 
     fn pid_of(&self, file: &Path) -> i32 {
-        fs::read_to_string(file)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-            .trim()
-            .parse()
-            .unwrap()
+        let mut pid = None;
+        wait_until(Duration::from_secs(10), || {
+            pid = fs::read_to_string(file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            pid.is_some()
+        });
+        pid.unwrap_or_else(|| panic!("no pid in {}", file.display()))
     }
 }
 
