@@ -281,7 +281,15 @@ fn spawn_worker(home: &Home, cfg: &SessionConfig, brick: &Brick) -> Result<Child
         .arg(&cfg.name)
         .arg("--brick")
         .arg(&brick.path)
-        .env("GEOREP_LOG", crate::options::log_level(&cfg))
+        // The session's log-level when set, else the monitor's own GEOREP_LOG, else info.
+        .env(
+            "GEOREP_LOG",
+            cfg.options
+                .log_level
+                .clone()
+                .or_else(|| std::env::var("GEOREP_LOG").ok())
+                .unwrap_or_else(|| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -66,8 +66,17 @@ impl<'a> Session<'a> {
         let _ = c.wait();
     }
 
+    /// The monitor's output, then every worker and journal log of the session.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.g.path("start.log")).unwrap_or_default()
+        let mut out = std::fs::read_to_string(self.g.path("start.log")).unwrap_or_default();
+        let logs = self.g.path("home/log");
+        for d in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                out.push_str(&format!("==== {}\n", f.path().display()));
+                out.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+            }
+        }
+        out
     }
 
     fn brick_dir(&self) -> PathBuf {
