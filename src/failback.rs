@@ -24,17 +24,7 @@ use crate::volume::{Brick, Volume};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// The slave root of `vol` (a volume registered on this host, or an absolute path).
-fn slave_root(home: &Home, vol: &str) -> Result<PathBuf> {
-    if vol.starts_with('/') {
-        Ok(PathBuf::from(vol))
-    } else {
-        Volume::load(home, vol)?.slave_root()
-    }
-}
 
 fn local(ns: i64) -> String {
     crate::options::show_time(ns)
@@ -42,7 +32,7 @@ fn local(ns: i64) -> String {
 
 /// `georep failover <SLAVEVOL|PATH> [--planned]` on the DR host. Returns the lines it prints.
 pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Result<Vec<String>> {
-    let root = slave_root(home, vol)?;
+    let root = Volume::slave_root_of(home, vol)?;
     let state_dir = root.join(".georep");
     if !state_dir.join("agent.db").exists() {
         bail!(

@@ -131,6 +131,26 @@ pub fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// Opens `path` for appending (a log), creating it and its directory.
+pub fn append_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// The last `n` lines of a log, joined with ` | ` (for one-line errors).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
     use anyhow::Context;
     if let Some(d) = path.parent() {

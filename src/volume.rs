@@ -124,6 +124,15 @@ impl Volume {
             .collect()
     }
 
+    /// The slave root named by `vol`: an absolute path, or a volume registered on this host.
+    pub fn slave_root_of(home: &Home, vol: &str) -> Result<PathBuf> {
+        if vol.starts_with('/') {
+            Ok(PathBuf::from(vol))
+        } else {
+            Volume::load(home, vol)?.slave_root()
+        }
+    }
+
     /// The directory a slave agent applies into, when this volume is used as a slave.
     pub fn slave_root(&self) -> Result<PathBuf> {
         let local: Vec<_> = self.bricks.iter().filter(|b| b.is_local()).collect();

@@ -615,20 +615,12 @@ fn brick_tmp(state_dir: &Path, brick_key: &str) -> Result<(PathBuf, std::fs::Fil
     let base = state_dir.join("tmp");
     std::fs::create_dir_all(&base)?;
     let lock_path = base.join(format!("{}.lock", &h[..16]));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |_| {
-            anyhow!(
-                "another georep connection from brick {brick_key} is already applying to this volume (lock {})",
-                lock_path.display()
-            )
-        },
-    )?;
+    let lock = fsutil::lock_exclusive(&lock_path, std::time::Duration::ZERO)?.ok_or_else(|| {
+        anyhow!(
+            "another georep connection from brick {brick_key} is already applying to this volume (lock {})",
+            lock_path.display()
+        )
+    })?;
     let dir = base.join(&h[..16]);
     std::fs::create_dir_all(&dir)?;
     let fd = fsutil::open_root(&dir)?;

@@ -564,11 +564,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let volume = a.volume.unwrap_or_default();
-            let root = if volume.starts_with('/') {
-                std::path::PathBuf::from(&volume)
-            } else {
-                Volume::load(&home, &volume)?.slave_root()?
-            };
+            let root = Volume::slave_root_of(&home, &volume)?;
             crate::agent::serve(
                 &root,
                 Box::new(std::io::stdin()),

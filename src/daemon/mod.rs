@@ -13,27 +13,11 @@ use crate::journal::JournalStore;
 use crate::session::{self, SessionConfig};
 use crate::volume::Brick;
 use anyhow::{anyhow, bail, Context, Result};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn lock_file(dir: &Path) -> Result<File> {
-    std::fs::create_dir_all(dir)?;
-    let p = dir.join("writer.lock");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))
-}
-
-fn try_lock(f: &File) -> bool {
-    rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-}
 
 fn log_dir(home: &Home, session: &str) -> PathBuf {
     home.log.join(session)
@@ -59,8 +43,8 @@ pub fn run_journal(home: &Home, session: &str, brick_path: &Path) -> Result<()> 
         path: brick_path.to_path_buf(),
     };
     let dir = session::brick_state_dir(home, session, &brick);
-    let lock = lock_file(&dir)?;
-    if !try_lock(&lock) {
+    let Some(_lock) = crate::fsutil::lock_exclusive(&dir.join("writer.lock"), Duration::ZERO)?
+    else {
         bail!(
             "a journal writer for brick {} of session {session} is already running (pid {})",
             brick_path.display(),
@@ -68,7 +52,7 @@ pub fn run_journal(home: &Home, session: &str, brick_path: &Path) -> Result<()> 
                 .unwrap_or_default()
                 .trim()
         );
-    }
+    };
     crate::fsutil::atomic_write(
         &dir.join("writer.pid"),
         std::process::id().to_string().as_bytes(),
@@ -85,24 +69,17 @@ pub fn run_journal(home: &Home, session: &str, brick_path: &Path) -> Result<()> 
 /// brick (its starting GAP is in the journal).
 pub fn ensure_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
     let dir = session::brick_state_dir(home, session, brick);
-    let lock = lock_file(&dir)?;
-    if !try_lock(&lock) {
+    if crate::fsutil::is_locked(&dir.join("writer.lock")) {
         return Ok(()); // running
     }
-    drop(lock);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let journal = JournalStore::open(&dir.join("journal.db"))?;
     let before = journal.last_seq()?;
-    let logs = log_dir(home, session);
-    std::fs::create_dir_all(&logs)?;
-    let log_path = logs.join(format!(
+    let log_path = log_dir(home, session).join(format!(
         "journal-{}.log",
         session::slug(&brick.path.display().to_string())
     ));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log = crate::fsutil::append_file(&log_path)?;
     let exe = std::env::current_exe()?;
     let mut child = {
         use std::os::unix::process::CommandExt;
@@ -130,12 +107,10 @@ pub fn ensure_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
             break;
         }
         if let Some(st) = child.try_wait()? {
-            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(3).collect();
             bail!(
                 "journal writer for {} exited ({st}): {}",
                 brick.path.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                crate::fsutil::log_tail(&log_path, 3)
             );
         }
         if Instant::now() > deadline {
@@ -158,8 +133,8 @@ pub fn stop_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
     let Ok(pid) = std::fs::read_to_string(dir.join("writer.pid")) else {
         return Ok(());
     };
-    let lock = lock_file(&dir)?;
-    if try_lock(&lock) {
+    let lock = dir.join("writer.lock");
+    if !crate::fsutil::is_locked(&lock) {
         return Ok(()); // not running
     }
     if let Some(pid) = pid
@@ -171,7 +146,7 @@ pub fn stop_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !try_lock(&lock) {
+    while crate::fsutil::is_locked(&lock) {
         if Instant::now() > deadline {
             bail!(
                 "journal writer of {} did not stop within 10 s",
@@ -389,14 +364,8 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
     if foreground {
         return monitor::run(home, &cfg.name);
     }
-    let logs = log_dir(home, &cfg.name);
-    std::fs::create_dir_all(&logs)?;
-    let log_path = logs.join("monitor.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_path = log_dir(home, &cfg.name).join("monitor.log");
+    let log = crate::fsutil::append_file(&log_path)?;
     let mut child = {
         use std::os::unix::process::CommandExt;
         Command::new(std::env::current_exe()?)
@@ -420,7 +389,7 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
         if let Some(st) = child.try_wait()? {
             bail!(
                 "the session monitor exited ({st}): {}",
-                log_tail(&log_path, 3)
+                crate::fsutil::log_tail(&log_path, 3)
             );
         }
         if Instant::now() > deadline {
@@ -434,12 +403,6 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
     // The monitor runs on its own; reap it if it ends while we still run.
     std::thread::spawn(move || child.wait());
     Ok(())
-}
-
-fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// `georep stop MASTER SLAVE [force]`: stops the monitor and its workers (each finishes its

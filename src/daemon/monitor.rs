@@ -266,13 +266,7 @@ pub fn worker_log(home: &Home, session: &str, brick: &Brick) -> PathBuf {
 }
 
 fn spawn_worker(home: &Home, cfg: &SessionConfig, brick: &Brick) -> Result<Child> {
-    let log_path = worker_log(home, &cfg.name, brick);
-    std::fs::create_dir_all(log_path.parent().expect("log dir"))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log = crate::fsutil::append_file(&worker_log(home, &cfg.name, brick))?;
     // The current options, so a log-level set while the worker was down applies at once.
     let cfg = SessionConfig::load_by_name(home, &cfg.name).unwrap_or_else(|_| cfg.clone());
     Command::new(std::env::current_exe()?)
