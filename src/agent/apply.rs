@@ -5,12 +5,13 @@
 //! that do not follow symlinks, so no op can touch anything outside the root. New content is
 //! written under `.georep/tmp/<brick>/` and renamed into place: readers never see a partial file.
 
+use super::direct::{ContentWriter, Stage};
 use crate::fsutil::{self, errno_of};
 use crate::protocol::{FileBegin, Meta, Op, RelPath, SpecialKind};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
-use std::io::{self, Write};
+use std::io;
 
 /// An error applying one op: the path, what failed, and the errno.
 #[derive(Debug)]
@@ -49,7 +50,7 @@ struct OpenFile {
     written: u64,
     hasher: blake3::Hasher,
     /// `None` when creating the temp file failed: the content is read and dropped.
-    fd: Option<std::fs::File>,
+    fd: Option<ContentWriter>,
     tmpname: String,
 }
 
@@ -104,6 +105,8 @@ pub struct Applier {
     as_root: bool,
     counter: u64,
     file: Option<OpenFile>,
+    /// Staging for content written past the page cache (large files).
+    stage: Stage,
     /// Today's `.georep/trash/<date>/` when the master asked for a trash (option
     /// `trash-retention`): deleted and overwritten entries are kept there.
     trash: Option<OwnedFd>,
@@ -197,6 +200,7 @@ impl Applier {
             as_root: rustix::process::geteuid().is_root(),
             counter: 0,
             file: None,
+            stage: Stage::default(),
             trash: None,
         }
     }
@@ -506,7 +510,10 @@ impl Applier {
             Mode::from_raw_mode(0o600),
         );
         let (fd, err) = match fd {
-            Ok(fd) => (Some(std::fs::File::from(fd)), None),
+            Ok(fd) => (
+                Some(ContentWriter::new(std::fs::File::from(fd), fb.size)),
+                None,
+            ),
             Err(e) => (
                 None,
                 Some(ApplyError::new(&fb.path, "creating file", e.into())),
@@ -543,7 +550,7 @@ impl Applier {
         }
         f.hasher.update(data);
         if let Some(fd) = f.fd.as_mut() {
-            if let Err(e) = fd.write_all(data) {
+            if let Err(e) = fd.write(&mut self.stage, data) {
                 let err = ApplyError::new(&f.path, "writing file", e);
                 f.fd = None;
                 let _ = rfs::unlinkat(self.tmp.as_fd(), f.tmpname.as_str(), AtFlags::empty());
@@ -576,12 +583,19 @@ impl Applier {
                 f.path
             )));
         }
-        let Some(fd) = f.fd else { return Ok(false) };
+        let Some(w) = f.fd else { return Ok(false) };
         if !commit {
-            drop(fd);
+            drop(w);
             let _ = rfs::unlinkat(self.tmp.as_fd(), f.tmpname.as_str(), AtFlags::empty());
             return Ok(false);
         }
+        let fd = match w.finish(&mut self.stage) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = rfs::unlinkat(self.tmp.as_fd(), f.tmpname.as_str(), AtFlags::empty());
+                return Err(Ok(ApplyError::new(&f.path, "writing file", e)));
+            }
+        };
         let r = self
             .set_owner_mode_fd(fd.as_fd(), &f.meta)
             .and_then(|()| rfs::futimens(&fd, &times(&f.meta)).map_err(Into::into));

@@ -6,11 +6,12 @@
 //! `Failed`, the filesystem was synced, and `agent.db` recorded the batch.
 
 pub mod apply;
+mod direct;
 pub mod state;
 
 use crate::fsutil;
 use crate::protocol::{self, Message, Welcome, PROTOCOL_VERSION};
-use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter};
+use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter, ReadAhead};
 use anyhow::{anyhow, bail, Context, Result};
 use apply::{Applier, ApplyError};
 use rustix::fd::AsFd;
@@ -24,6 +25,16 @@ struct BatchState {
     /// Upper bound announced in `BatchBegin` (the master may skip a file it cannot read).
     declared: u32,
     seen: u32,
+}
+
+/// The agent's input: stdin, with the pipe enlarged when it is one (sshd writes bigger pieces).
+pub fn input_from_stdin() -> Result<BoxRead> {
+    let stdin = std::io::stdin();
+    // Best effort: 1 MiB is the default unprivileged limit (/proc/sys/fs/pipe-max-size).
+    let _ = rustix::pipe::fcntl_setpipe_size(stdin.as_fd(), 1 << 20);
+    let raw =
+        rustix::fd::BorrowedFd::try_clone_to_owned(&stdin.as_fd()).context("duplicating stdin")?;
+    Ok(Box::new(std::fs::File::from(raw)))
 }
 
 /// Serves one master connection until it says `Bye` or closes.
@@ -132,6 +143,9 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
     if hello.compression != 0 {
         r = r.into_decompressed()?;
     }
+    // From here on the stream is read and checked on a thread of its own (at most 16 groups of
+    // about 1 MiB ahead) while this thread applies.
+    let mut r = ReadAhead::spawn(r, 16)?;
     tracing::info!(brick = %brick_key, root = %root.display(), "master connected");
 
     let mut batch: Option<BatchState> = None;

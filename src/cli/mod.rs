@@ -567,7 +567,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let root = Volume::slave_root_of(&home, &volume)?;
             crate::agent::serve(
                 &root,
-                Box::new(std::io::stdin()),
+                crate::agent::input_from_stdin()?,
                 Box::new(std::io::stdout()),
             )?;
             Ok(ExitCode::SUCCESS)

@@ -15,7 +15,7 @@ pub use path::RelPath;
 /// (a shell banner, a `.bashrc` that prints) before any frame is parsed.
 pub const PREAMBLE: &[u8; 8] = b"GEOREP\0\x01";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest number of ops one batch may declare.
 pub const MAX_BATCH_OPS: u32 = 1 << 20;
 /// Largest content a batch holding more than one op may declare.

@@ -4,9 +4,11 @@
 //! Invariant: `read` returns `Ok(None)` only on a clean close at a frame boundary; a close in
 //! the middle of a frame is an error.
 
+use super::segment::{self, Compressor, SegmentReader};
 use crate::protocol::frame::{self, Decoded, FrameError};
 use crate::protocol::{Message, PREAMBLE};
 use std::io::{self, Read, Write};
+use std::sync::mpsc;
 
 pub type BoxRead = Box<dyn Read + Send>;
 pub type BoxWrite = Box<dyn Write + Send>;
@@ -109,6 +111,13 @@ impl FrameReader {
         Ok(n)
     }
 
+    /// Whether a whole frame is already buffered (reading it would not block).
+    pub fn frame_buffered(&self) -> bool {
+        let p = self.pending();
+        p.len() >= frame::HEADER
+            && p.len() >= frame::HEADER + u32::from_le_bytes(p[0..4].try_into().unwrap()) as usize
+    }
+
     /// Next message; `Ok(None)` on a clean close.
     pub fn read(&mut self) -> Result<Option<Message>, ConnError> {
         loop {
@@ -131,54 +140,128 @@ impl FrameReader {
         }
     }
 
-    /// Switches to reading a zstd stream from here on (bytes already buffered included).
+    /// Switches to reading compressed segments from here on (bytes already buffered included).
     pub fn into_decompressed(self) -> io::Result<FrameReader> {
         let rest = self.pending().to_vec();
         let chained: BoxRead = Box::new(io::Cursor::new(rest).chain(self.inner));
-        let dec = zstd::stream::read::Decoder::new(chained)?;
+        let dec = SegmentReader::new(chained)?;
         let mut r = FrameReader::new(Box::new(dec));
         r.bytes_read = self.bytes_read;
         Ok(r)
     }
 }
 
-enum Sink {
-    Plain(BoxWrite),
-    Zstd(zstd::stream::write::Encoder<'static, CountingWriter>),
+/// Decodes frames on a thread of its own, a bounded number of messages ahead.
+///
+/// The agent reads the master's stream this way: the process writing into its input (sshd, the
+/// embedded server, a pipe) is drained and the frames are checked and decompressed while the
+/// agent's own thread hashes and writes to disk. Messages travel in groups (everything already
+/// buffered, up to [`AHEAD_GROUP_BYTES`]), so a stream of small ops costs one hand-over per group;
+/// memory is bounded by `depth` groups.
+pub struct ReadAhead {
+    rx: mpsc::Receiver<Result<Vec<Message>, ConnError>>,
+    group: std::vec::IntoIter<Message>,
+    done: bool,
 }
 
-/// Counts what actually goes on the wire (after compression).
-pub struct CountingWriter {
-    inner: BoxWrite,
-    count: u64,
-}
+/// A group is handed over once it holds this many bytes of content.
+const AHEAD_GROUP_BYTES: usize = 1 << 20;
+const AHEAD_GROUP_MSGS: usize = 1024;
 
-impl Write for CountingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
+impl ReadAhead {
+    pub fn spawn(mut r: FrameReader, depth: usize) -> io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(depth);
+        std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || loop {
+                let mut group = Vec::new();
+                let mut bytes = 0;
+                let end = loop {
+                    match r.read() {
+                        Ok(Some(m)) => {
+                            bytes += match &m {
+                                Message::Chunk(d) => d.len(),
+                                _ => 64,
+                            };
+                            group.push(m);
+                            if bytes >= AHEAD_GROUP_BYTES
+                                || group.len() >= AHEAD_GROUP_MSGS
+                                || !r.frame_buffered()
+                            {
+                                break None;
+                            }
+                        }
+                        Ok(None) => break Some(Ok(())),
+                        Err(e) => break Some(Err(e)),
+                    }
+                };
+                if !group.is_empty() && tx.send(Ok(group)).is_err() {
+                    return;
+                }
+                match end {
+                    None => {}
+                    Some(Ok(())) => return,
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            })?;
+        Ok(ReadAhead {
+            rx,
+            group: Vec::new().into_iter(),
+            done: false,
+        })
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+
+    /// Next message; `Ok(None)` on a clean close (as `FrameReader::read`).
+    pub fn read(&mut self) -> Result<Option<Message>, ConnError> {
+        loop {
+            if let Some(m) = self.group.next() {
+                return Ok(Some(m));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.rx.recv() {
+                Ok(g) => self.group = g?.into_iter(),
+                Err(_) => self.done = true,
+            }
+        }
     }
 }
 
 pub struct FrameWriter {
-    sink: Option<Sink>,
+    inner: BoxWrite,
+    /// Frames not yet handed to `inner`; begins with a reserved segment header when compressing.
     buf: Vec<u8>,
-    plain_count: u64,
+    compressor: Option<Compressor>,
+    /// A file's content starts in `buf` (a hint for the compressor).
+    new_file: bool,
+    /// Bytes handed to `inner` (after compression).
+    wire: u64,
 }
 
-/// Buffer frames up to this size before handing them to the sink.
+/// Buffer frames up to this size before handing them to the transport (one segment).
 const WRITE_BUF: usize = 1 << 20;
 
 impl FrameWriter {
     pub fn new(inner: BoxWrite) -> Self {
         FrameWriter {
-            sink: Some(Sink::Plain(inner)),
+            inner,
             buf: Vec::with_capacity(WRITE_BUF + (64 << 10)),
-            plain_count: 0,
+            compressor: None,
+            new_file: false,
+            wire: 0,
+        }
+    }
+
+    /// Where frames start in `buf`.
+    fn base(&self) -> usize {
+        if self.compressor.is_some() {
+            segment::HEADER
+        } else {
+            0
         }
     }
 
@@ -188,6 +271,7 @@ impl FrameWriter {
     }
 
     pub fn send(&mut self, msg: &Message) -> io::Result<()> {
+        self.new_file |= matches!(msg, Message::FileBegin(_));
         frame::encode(msg, &mut self.buf);
         self.maybe_drain()
     }
@@ -205,67 +289,47 @@ impl FrameWriter {
     }
 
     fn drain(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        let base = self.base();
+        if self.buf.len() == base {
             return Ok(());
         }
-        match self.sink.as_mut().expect("writer used after close") {
-            Sink::Plain(w) => {
-                w.write_all(&self.buf)?;
-                self.plain_count += self.buf.len() as u64;
-            }
-            Sink::Zstd(z) => z.write_all(&self.buf)?,
-        }
-        self.buf.clear();
+        let out = match self.compressor.as_mut() {
+            Some(c) => c.encode(&mut self.buf, self.new_file),
+            None => &self.buf[..],
+        };
+        self.inner.write_all(out)?;
+        self.wire += out.len() as u64;
+        self.buf.truncate(base);
+        self.new_file = false;
         Ok(())
     }
 
-    /// Pushes everything written so far to the peer (a zstd flush block when compressed).
+    /// Pushes everything written so far to the peer.
     pub fn flush(&mut self) -> io::Result<()> {
         self.drain()?;
-        match self.sink.as_mut().expect("writer used after close") {
-            Sink::Plain(w) => w.flush(),
-            Sink::Zstd(z) => z.flush(),
-        }
+        self.inner.flush()
     }
 
-    /// Everything written from now on goes through a zstd stream at `level` (0 = unchanged).
+    /// Everything written from now on is sent as compressed segments at zstd `level` (0 =
+    /// unchanged); see `segment`.
     pub fn compress(&mut self, level: i32) -> io::Result<()> {
         if level == 0 {
             return Ok(());
         }
+        assert!(self.compressor.is_none(), "compress called twice");
         self.flush()?;
-        let Some(Sink::Plain(w)) = self.sink.take() else {
-            unreachable!("compress called twice")
-        };
-        let counting = CountingWriter {
-            inner: w,
-            count: self.plain_count,
-        };
-        let mut enc = zstd::stream::write::Encoder::new(counting, level)?;
-        // Long frames on a single core: leave multithreading off so both sides stay responsive.
-        enc.include_checksum(false)?;
-        self.sink = Some(Sink::Zstd(enc));
+        self.compressor = Some(Compressor::new(level)?);
+        self.buf.extend_from_slice(&[0; segment::HEADER]);
         Ok(())
     }
 
     /// Bytes handed to the transport so far (compressed size when compressing).
     pub fn wire_bytes(&self) -> u64 {
-        match &self.sink {
-            Some(Sink::Zstd(z)) => z.get_ref().count,
-            _ => self.plain_count,
-        }
+        self.wire
     }
 
-    /// Ends the stream (finishing the zstd frame) and closes the underlying writer.
+    /// Ends the stream and closes the underlying writer.
     pub fn close(mut self) -> io::Result<()> {
-        self.drain()?;
-        match self.sink.take() {
-            Some(Sink::Plain(mut w)) => w.flush(),
-            Some(Sink::Zstd(z)) => {
-                let mut c = z.finish()?;
-                c.flush()
-            }
-            None => Ok(()),
-        }
+        self.flush()
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod local;
+pub mod segment;
 pub mod serve;
 pub mod ssh;
 

@@ -109,10 +109,12 @@ async fn login(
         seen: seen.clone(),
     };
     let addr = (target.host.as_str(), target.port);
-    let mut h = match tokio::time::timeout(
-        Duration::from_secs(20),
-        client::connect(config(), addr, checker),
-    )
+    let mut h = match tokio::time::timeout(Duration::from_secs(20), async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        // Handshake and acks are small messages: do not let Nagle hold them for 40 ms.
+        tcp.set_nodelay(true)?;
+        client::connect_stream(config(), tcp, checker).await
+    })
     .await
     {
         Err(_) => bail!(
@@ -249,6 +251,8 @@ impl Transport for SshTransport {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let (in_tx, in_rx) = mpsc::channel::<bytes_t::Chunk>(64);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(8);
+        // Sent buffers come back for reuse: no fresh (page-faulting) allocation per write.
+        let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(9);
         let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
@@ -286,6 +290,7 @@ impl Transport for SshTransport {
                                 sh2.lock().unwrap().error.get_or_insert(e.to_string());
                                 return;
                             }
+                            let _ = spent_tx.try_send(buf);
                         }
                         let _ = wr.eof().await;
                     });
@@ -332,7 +337,10 @@ impl Transport for SshTransport {
                 buf: Vec::new(),
                 pos: 0,
             }) as BoxRead,
-            writer: Box::new(ChanWriter { tx: Some(out_tx) }) as BoxWrite,
+            writer: Box::new(ChanWriter {
+                tx: Some(out_tx),
+                spent: spent_rx,
+            }) as BoxWrite,
             handle: Box::new(SshHandle {
                 thread: Some(thread),
                 shared,
@@ -377,12 +385,16 @@ impl Read for ChanReader {
 
 struct ChanWriter {
     tx: Option<mpsc::Sender<Vec<u8>>>,
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
 impl Write for ChanWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let tx = self.tx.as_ref().ok_or(io::ErrorKind::BrokenPipe)?;
-        tx.blocking_send(buf.to_vec())
+        let mut v = self.spent.try_recv().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(buf);
+        tx.blocking_send(v)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "ssh channel closed"))?;
         Ok(buf.len())
     }
