@@ -175,17 +175,20 @@ pub fn crawl(
         .join()
         .map_err(|_| anyhow::anyhow!("directory walker panicked"))?
         .with_context(|| format!("walking brick {}", root.display()))?;
-    Ok(d.plan(slot))
+    // A full crawl lists every directory: one missing from `dirs` no longer exists.
+    Ok(d.plan(slot, &|_| None))
 }
 
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
-/// renames among the records were applied), comparing each with the index.
+/// renames among the records were applied), comparing each with the index. `hard_links_made`:
+/// the records include a `LINK` (a new name of an existing file).
 pub fn plan_paths(
     root: &Path,
     index: &Index,
     excludes: &Excludes,
     dirty: BTreeSet<RelPath>,
     rename_targets: BTreeSet<RelPath>,
+    hard_links_made: bool,
     slot: &mut u64,
 ) -> Result<Plan> {
     let root_fd = fsutil::open_root(root)
@@ -220,6 +223,11 @@ pub fn plan_paths(
                     // moved with a directory: its new name is unknown here.
                     if !dirty.contains(&q) && look(&q, &mut seen)?.0.is_none_or(|x| x.ino != e.ino)
                     {
+                        // Its slave copy may stop sharing the inode (content sent through this
+                        // name is a new inode there) while its row still matches the disk: mark
+                        // the row unknown so the crawl below re-links or re-sends it wherever
+                        // it is now (the row moves with its directory).
+                        index.apply(&[Mutation::Poison(q.clone())])?;
                         needs_crawl = true;
                     }
                     linked.push(q);
@@ -239,7 +247,10 @@ pub fn plan_paths(
             d.dirs.insert(p.clone(), e.clone());
         }
         match (disk, old) {
-            (None, None) => {}
+            // Made and removed since the last pass: nothing to ship, unless it was a hard link
+            // (this pass made one): content written through it changed another name, which
+            // only a crawl can find now.
+            (None, None) => needs_crawl |= hard_links_made,
             (Some(e), None) if p.is_root() => d.new_root = Some(e),
             (Some(e), None) => {
                 d.new.insert(p.clone(), e);
@@ -327,7 +338,15 @@ pub fn plan_paths(
     }
     d.targeted = Some(dirty);
     d.rename_targets = Some(rename_targets);
-    let mut plan = d.plan(slot);
+    // A targeted diff only looked at the dirty paths: a parent directory touched on the slave
+    // by an op of this plan is read from the disk here.
+    let stat_dir = |p: &RelPath| {
+        walk::lstat_beneath(&root_fd, p)
+            .ok()
+            .flatten()
+            .filter(|e| e.kind == Kind::Dir)
+    };
+    let mut plan = d.plan(slot, &stat_dir);
     plan.needs_crawl = needs_crawl;
     Ok(plan)
 }
@@ -579,7 +598,8 @@ impl Diff {
             .or_else(|| self.links.get(&e.ino).and_then(|v| v.iter().min()))
     }
 
-    fn plan(mut self, slot: &mut u64) -> Plan {
+    /// `stat_dir` reads a directory this diff did not look at (targeted diffs).
+    fn plan(mut self, slot: &mut u64, stat_dir: &dyn Fn(&RelPath) -> Option<Entry>) -> Plan {
         let mut b = Builder::default();
         if let Some(e) = self.new_root.take() {
             b.set_attr(&RelPath::root(), &e);
@@ -780,7 +800,12 @@ impl Diff {
             if already.contains(&t) {
                 continue;
             }
-            if let Some(e) = self.dirs.get(&t) {
+            let e = match self.dirs.get(&t) {
+                Some(e) => Some(e.clone()),
+                None => stat_dir(&t),
+            };
+            if let Some(e) = e {
+                let e = &e;
                 let op = PlannedOp::new(
                     Op::SetAttr {
                         path: t.clone(),

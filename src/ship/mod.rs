@@ -386,6 +386,11 @@ pub fn crawl_until_converged(
             })
             .collect();
         tracing::info!(pass = out.passes, brick = %brick, stats = ?plan.stats, "crawl done");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for op in &plan.ops {
+                tracing::debug!(brick = %brick, pass = out.passes, "crawl plan: {:?}", op.op);
+            }
+        }
         if plan.is_empty() {
             out.failures = master_errors;
             break;

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, OFlags, StatxFlags};
 use serde::Serialize;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
@@ -101,6 +101,9 @@ pub struct Shipper {
     /// The brick's stime, carried by every batch so the slave knows its RPO (failover).
     pub stime_ns: i64,
     stime_sent: i64,
+    /// Multiply-linked files whose content went out in the current `ship` call, by inode, with
+    /// the stat taken when they were read (see `send_op`).
+    sent_inodes: HashMap<u64, Entry>,
 }
 
 enum FileOutcome {
@@ -165,6 +168,7 @@ impl Shipper {
             bw_base: (std::time::Instant::now(), 0),
             previous_active: None,
             stime_ns: 0,
+            sent_inodes: HashMap::new(),
             stime_sent: 0,
         }
     }
@@ -478,6 +482,7 @@ impl Shipper {
             ops
         };
         let ranges = super::batch::cut(&ops, max_ops, max_bytes);
+        self.sent_inodes.clear();
         let mut ops = ops.into_iter();
         for range in ranges {
             while self.inflight.len() >= self.window {
@@ -601,7 +606,21 @@ impl Shipper {
                 force_fail: false,
                 kind: SentKind::Nothing,
             },
-            PlanOp::Op(op) => {
+            PlanOp::Op(mut op) => {
+                let mut ok = ok;
+                // The attributes of another name of a hard-linked file whose content went out
+                // earlier in this plan: that content was read (and its stat taken) at send time,
+                // so the planned attributes may be older than the content now on the slave.
+                // The shared inode gets the attributes that go with its content.
+                if let (Op::SetAttr { meta, .. }, [Mutation::Upsert(p, e)]) = (&mut op, &ok[..]) {
+                    if let Some(s) = (e.kind == crate::crawl::entry::Kind::File && e.nlink > 1)
+                        .then(|| self.sent_inodes.get(&e.ino))
+                        .flatten()
+                    {
+                        *meta = s.meta();
+                        ok = vec![Mutation::Upsert(p.clone(), s.clone())];
+                    }
+                }
                 let kind = match &op {
                     Op::Delete { .. } => SentKind::Delete,
                     Op::Unstash { .. } => SentKind::Rename,
@@ -620,6 +639,9 @@ impl Shipper {
                 path, known_hash, ..
             } => match self.send_file(&path, known_hash)? {
                 FileOutcome::SameContent(entry) => {
+                    if entry.nlink > 1 {
+                        self.sent_inodes.insert(entry.ino, entry.clone());
+                    }
                     self.writer().send(&Message::Op(Op::SetAttr {
                         path: path.clone(),
                         meta: entry.meta(),
@@ -633,6 +655,9 @@ impl Shipper {
                     }
                 }
                 FileOutcome::Sent { entry, committed } => {
+                    if committed && entry.nlink > 1 {
+                        self.sent_inodes.insert(entry.ino, entry.clone());
+                    }
                     if !committed {
                         self.stats.requeued += 1;
                         self.failures.push(Failure {

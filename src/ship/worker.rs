@@ -391,6 +391,7 @@ impl Worker {
                 &self.excludes,
                 dirty,
                 rename_targets,
+                records.iter().any(|r| r.op == RecOp::Link),
                 &mut self.slot,
             )?;
             let (entries, data, meta) = (
@@ -440,7 +441,9 @@ impl Worker {
                     index,
                     journal,
                     last,
-                    Some("a hard-linked file changed while another of its names moved"),
+                    Some(
+                        "a hard-linked file may have changed through a name that moved or is gone",
+                    ),
                 )?;
             }
             if records.iter().any(|r| r.op == RecOp::Stop) {
