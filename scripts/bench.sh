@@ -243,7 +243,8 @@ with open(sys.argv[1], 'wb') as f:
         rsync -a -e "ssh ${SSH_OPTS[*]}" "$1/" "$user@127.0.0.1:$d/"
         ms "$t0" "$(now)"
     }
-    # pair NAME BASELINE_FN SRC [georep args] -> sets b_ms, g_ms (medians of RUNS interleaved runs)
+    # pair BASELINE_FN SRC BASELINE_ARG [georep args] -> sets b_ms, g_ms (medians of RUNS
+    # interleaved runs)
     pair() {
         local base_fn=$1 src=$2 arg=$3; shift 3
         local bs=() gs=()

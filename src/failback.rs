@@ -241,7 +241,7 @@ pub fn resync_reverse(
         reverse: true,
         ..SyncOptions::default()
     };
-    for brick in vol.local_active_bricks() {
+    for brick in vol.local_bricks_for("resync --reverse")? {
         let dir = session::brick_state_dir(home, &cfg.name, brick);
         let index = Index::open(&dir.join("index.db"))?;
         if index.get_meta("slave_volume_id")?.is_none() {
@@ -300,8 +300,7 @@ fn reverse_brick(
     dry_run: bool,
     report: &mut ReverseReport,
 ) -> Result<()> {
-    let root = crate::fsutil::open_root(&brick.path)
-        .with_context(|| format!("opening brick {}", brick.path.display()))?;
+    let root = brick.open()?;
     let local: BTreeMap<RelPath, Entry> = walk::list_subtree(&root, &RelPath::root(), excludes)?
         .into_iter()
         .collect();
@@ -409,7 +408,7 @@ fn reverse_brick(
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let tmp_fd = crate::fsutil::open_root(&tmp)?;
     crate::fsutil::empty_dir(rustix::fd::AsFd::as_fd(&tmp_fd))?;
-    let mut ap = Applier::new(crate::fsutil::open_root(&brick.path)?, tmp_fd);
+    let mut ap = Applier::new(brick.open()?, tmp_fd);
     let mut touched: Vec<RelPath> = Vec::new();
     let fail = |report: &mut ReverseReport, e: String| {
         tracing::warn!("{e}");

@@ -313,10 +313,13 @@ pub fn sync_options(cfg: &SessionConfig) -> SyncOptions {
 }
 
 pub fn log_level(cfg: &SessionConfig) -> String {
-    cfg.options
-        .log_level
-        .clone()
-        .unwrap_or_else(|| "info".into())
+    cfg.options.log_level.clone().unwrap_or_else(env_log_level)
+}
+
+/// The level a background process gets when no session option sets one: this process's
+/// `GEOREP_LOG`, else `info`.
+pub fn env_log_level() -> String {
+    std::env::var("GEOREP_LOG").unwrap_or_else(|_| "info".into())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::crawl::walk::{self, Excludes};
 use crate::protocol::{ListEntry, RelPath};
 use crate::session::{self, SessionConfig, SlaveSpec};
 use crate::volume::{Brick, Volume};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -113,14 +113,7 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
     };
     let excludes = Excludes::new(&excludes)?;
     let transport = crate::ship::transport_for(home, &name, &spec)?;
-    let bricks = vol.local_active_bricks();
-    if bricks.is_empty() {
-        bail!(
-            "volume {} has no brick on this node ({}): run verify on a node that holds one",
-            vol.name,
-            crate::config::node_name()
-        );
-    }
+    let bricks = vol.local_bricks_for("verify")?;
     let mut report = VerifyReport {
         master: vol.name.clone(),
         slave: slave.to_string(),
@@ -168,8 +161,7 @@ fn compare_brick(
     checksum: bool,
     report: &mut VerifyReport,
 ) -> Result<()> {
-    let root = crate::fsutil::open_root(&brick.path)
-        .with_context(|| format!("opening brick {}", brick.path.display()))?;
+    let root = brick.open()?;
     let local = walk::list_subtree(&root, &RelPath::root(), excludes)
         .with_context(|| format!("walking brick {}", brick.path.display()))?;
     report.master_entries += local.len() as u64;

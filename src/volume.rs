@@ -19,6 +19,16 @@ pub struct Brick {
 }
 
 impl Brick {
+    /// Opens the brick's directory (to read beneath it with the `*at` calls).
+    pub fn open(&self) -> Result<rustix::fd::OwnedFd> {
+        crate::fsutil::open_root(&self.path).with_context(|| {
+            format!(
+                "opening brick {} on the master: does it exist and is it readable?",
+                self.path.display()
+            )
+        })
+    }
+
     /// `node:/path` or `/path` (this node).
     pub fn parse(spec: &str) -> Result<Brick> {
         let (node, path) = match spec.split_once(":/") {
@@ -122,6 +132,19 @@ impl Volume {
         self.replica_sets()
             .filter_map(|set| set.iter().find(|b| b.is_local()))
             .collect()
+    }
+
+    /// `local_active_bricks`, or an error saying where to run `what` instead.
+    pub fn local_bricks_for(&self, what: &str) -> Result<Vec<&Brick>> {
+        let bricks = self.local_active_bricks();
+        if bricks.is_empty() {
+            bail!(
+                "volume {} has no brick on this node ({}): run {what} on a node that holds one",
+                self.name,
+                crate::config::node_name()
+            );
+        }
+        Ok(bricks)
     }
 
     /// The slave root named by `vol`: an absolute path, or a volume registered on this host.

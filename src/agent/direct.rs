@@ -86,36 +86,37 @@ impl ContentWriter {
     fn flush_blocks(&mut self, stage: &mut Stage) -> io::Result<()> {
         let whole = self.staged / ALIGN * ALIGN;
         let mut done = 0;
-        while done < whole && self.direct {
-            let area = stage.area();
-            match self.file.write(&area[done..whole]) {
+        while done < whole {
+            match self.file.write(&stage.area()[done..whole]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                // A short direct write leaves an unaligned offset: go on buffered.
-                Ok(n) if n % ALIGN != 0 => {
+                Ok(n) => {
                     done += n;
-                    self.buffered()?;
+                    // A short direct write leaves an unaligned offset: go on buffered.
+                    if n % ALIGN != 0 {
+                        return self.fall_back(stage, done);
+                    }
                 }
-                Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The filesystem accepted the flag but not the write (alignment, no support).
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.buffered()?,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return self.fall_back(stage, done)
+                }
                 Err(e) => return Err(e),
             }
         }
-        let area = stage.area();
-        if done < whole {
-            self.file.write_all(&area[done..whole])?;
-        }
-        area.copy_within(whole..self.staged, 0);
+        stage.area().copy_within(whole..self.staged, 0);
         self.staged -= whole;
         Ok(())
     }
 
-    fn buffered(&mut self) -> io::Result<()> {
+    /// Leaves `O_DIRECT` for the rest of the file: the staged bytes from `from` on are written
+    /// through the page cache now, and later content goes there directly.
+    fn fall_back(&mut self, stage: &mut Stage, from: usize) -> io::Result<()> {
         let flags = rfs::fcntl_getfl(self.file.as_fd())?;
         rfs::fcntl_setfl(self.file.as_fd(), flags - OFlags::DIRECT)?;
         self.direct = false;
-        Ok(())
+        let staged = std::mem::take(&mut self.staged);
+        self.file.write_all(&stage.area()[from..staged])
     }
 
     /// Writes what is still staged and gives the file back.
@@ -123,9 +124,8 @@ impl ContentWriter {
         if self.direct && self.staged > 0 {
             self.flush_blocks(stage)?;
             if self.staged > 0 {
-                self.buffered()?;
-                let tail = &stage.area()[..self.staged];
-                self.file.write_all(tail)?;
+                // The last partial block cannot be written directly.
+                self.fall_back(stage, 0)?;
             }
         }
         Ok(self.file)
@@ -157,6 +157,25 @@ mod tests {
         File::open(&path).unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), content.len());
         assert!(back == content, "content differs for size {size}");
+    }
+
+    #[test]
+    fn falling_back_mid_file_keeps_every_byte() {
+        // What a refused or short direct write does: whatever is staged, including bytes that
+        // are not a whole block yet, goes out buffered, then the rest of the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let size = DIRECT_MIN as usize + 12_345;
+        let content: Vec<u8> = (0..size).map(|i| (i * 31 + i / 4093) as u8).collect();
+        let mut stage = Stage::default();
+        let mut w = ContentWriter::new(File::create(&path).unwrap(), size as u64);
+        let cut = STAGE + 5000;
+        w.write(&mut stage, &content[..cut]).unwrap();
+        assert!(w.staged > 0, "test needs staged bytes at the fall-back");
+        w.fall_back(&mut stage, 0).unwrap();
+        w.write(&mut stage, &content[cut..]).unwrap();
+        drop(w.finish(&mut stage).unwrap());
+        assert!(std::fs::read(&path).unwrap() == content);
     }
 
     #[test]

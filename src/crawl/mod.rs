@@ -800,12 +800,7 @@ impl Diff {
             if already.contains(&t) {
                 continue;
             }
-            let e = match self.dirs.get(&t) {
-                Some(e) => Some(e.clone()),
-                None => stat_dir(&t),
-            };
-            if let Some(e) = e {
-                let e = &e;
+            if let Some(e) = &self.dirs.get(&t).cloned().or_else(|| stat_dir(&t)) {
                 let op = PlannedOp::new(
                     Op::SetAttr {
                         path: t.clone(),

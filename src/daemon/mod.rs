@@ -13,6 +13,7 @@ use crate::journal::JournalStore;
 use crate::session::{self, SessionConfig};
 use crate::volume::Brick;
 use anyhow::{anyhow, bail, Context, Result};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -65,6 +66,28 @@ pub fn run_journal(home: &Home, session: &str, brick_path: &Path) -> Result<()> 
     Ok(())
 }
 
+/// `georep <sub> --session <session> [--brick <brick>]` (this binary) for the background: no
+/// stdin, output appended to `log_path`, logging at `level`.
+pub(crate) fn georep_command(
+    sub: &str,
+    session: &str,
+    brick: Option<&Path>,
+    level: &str,
+    log_path: &Path,
+) -> Result<Command> {
+    let log = crate::fsutil::append_file(log_path)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(sub).arg("--session").arg(session);
+    if let Some(b) = brick {
+        cmd.arg("--brick").arg(b);
+    }
+    cmd.env("GEOREP_LOG", level)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(cmd)
+}
+
 /// Starts the journal writer of `brick` unless one is running, and waits until it covers the
 /// brick (its starting GAP is in the journal).
 pub fn ensure_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
@@ -79,28 +102,18 @@ pub fn ensure_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
         "journal-{}.log",
         session::slug(&brick.path.display().to_string())
     ));
-    let log = crate::fsutil::append_file(&log_path)?;
-    let exe = std::env::current_exe()?;
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        Command::new(exe)
-            .arg("journal")
-            .arg("--session")
-            .arg(session)
-            .arg("--brick")
-            .arg(&brick.path)
-            .env(
-                "GEOREP_LOG",
-                std::env::var("GEOREP_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C meant for `start` does not stop journaling.
-            .process_group(0)
-            .spawn()
-            .context("starting the journal writer")?
-    };
+    let mut cmd = georep_command(
+        "journal",
+        session,
+        Some(&brick.path),
+        &crate::options::env_log_level(),
+        &log_path,
+    )?;
+    // Its own process group: a Ctrl-C meant for `start` does not stop journaling.
+    let mut child = cmd
+        .process_group(0)
+        .spawn()
+        .context("starting the journal writer")?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if journal.last_gap_after(before)?.is_some() {
@@ -190,14 +203,11 @@ pub fn create(home: &Home, master: &str, slave: &str, o: &CreateOptions) -> Resu
     }
     let vol = cfg.volume(home)?;
     let spec = cfg.slave_spec()?;
-    let bricks: Vec<Brick> = vol.local_active_bricks().into_iter().cloned().collect();
-    if bricks.is_empty() {
-        bail!(
-            "volume {} has no brick on this node ({})",
-            vol.name,
-            crate::config::node_name()
-        );
-    }
+    let bricks: Vec<Brick> = vol
+        .local_bricks_for("create")?
+        .into_iter()
+        .cloned()
+        .collect();
     if !spec.is_local() {
         if o.push_pem {
             push_pem(home, &cfg, &vol.name, o)?;
@@ -365,22 +375,18 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
         return monitor::run(home, &cfg.name);
     }
     let log_path = log_dir(home, &cfg.name).join("monitor.log");
-    let log = crate::fsutil::append_file(&log_path)?;
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        Command::new(std::env::current_exe()?)
-            .arg("monitor")
-            .arg("--session")
-            .arg(&cfg.name)
-            .env("GEOREP_LOG", crate::options::log_level(&cfg))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own session: the monitor outlives the terminal that started it.
-            .process_group(0)
-            .spawn()
-            .context("starting the session monitor")?
-    };
+    let mut cmd = georep_command(
+        "monitor",
+        &cfg.name,
+        None,
+        &crate::options::log_level(&cfg),
+        &log_path,
+    )?;
+    // Its own process group: the monitor outlives the terminal that started it.
+    let mut child = cmd
+        .process_group(0)
+        .spawn()
+        .context("starting the session monitor")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if monitor::is_running(home, &cfg.name) {

@@ -16,7 +16,7 @@ use crate::status::BrickStatus;
 use crate::volume::Brick;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -266,29 +266,18 @@ pub fn worker_log(home: &Home, session: &str, brick: &Brick) -> PathBuf {
 }
 
 fn spawn_worker(home: &Home, cfg: &SessionConfig, brick: &Brick) -> Result<Child> {
-    let log = crate::fsutil::append_file(&worker_log(home, &cfg.name, brick))?;
     // The current options, so a log-level set while the worker was down applies at once.
     let cfg = SessionConfig::load_by_name(home, &cfg.name).unwrap_or_else(|_| cfg.clone());
-    Command::new(std::env::current_exe()?)
-        .arg("worker")
-        .arg("--session")
-        .arg(&cfg.name)
-        .arg("--brick")
-        .arg(&brick.path)
-        // The session's log-level when set, else the monitor's own GEOREP_LOG, else info.
-        .env(
-            "GEOREP_LOG",
-            cfg.options
-                .log_level
-                .clone()
-                .or_else(|| std::env::var("GEOREP_LOG").ok())
-                .unwrap_or_else(|| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting the worker for {brick}"))
+    // The session's log-level when set, else the monitor's own GEOREP_LOG, else info.
+    super::georep_command(
+        "worker",
+        &cfg.name,
+        Some(&brick.path),
+        &crate::options::log_level(&cfg),
+        &worker_log(home, &cfg.name, brick),
+    )?
+    .spawn()
+    .with_context(|| format!("starting the worker for {brick}"))
 }
 
 /// `georep worker --session S --brick P`: one brick's worker, until SIGTERM or its monitor dies.

@@ -37,11 +37,20 @@ pub enum Decoded {
     NeedMore(usize),
 }
 
+/// The body length a buffer's frame header announces, once the header is there.
+fn body_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= HEADER).then(|| u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize)
+}
+
+/// Whether `buf` starts with a whole frame (without checking it).
+pub fn is_whole(buf: &[u8]) -> bool {
+    body_len(buf).is_some_and(|len| buf.len() >= HEADER + len)
+}
+
 pub fn decode(buf: &[u8]) -> Result<Decoded, FrameError> {
-    if buf.len() < HEADER {
+    let Some(len) = body_len(buf) else {
         return Ok(Decoded::NeedMore(HEADER - buf.len()));
-    }
-    let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+    };
     let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));

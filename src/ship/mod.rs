@@ -12,13 +12,12 @@ pub mod worker;
 
 use crate::config::{Home, SyncOptions};
 use crate::crawl::{self, index::Index, walk::Excludes};
-use crate::fsutil;
 use crate::protocol::{Hello, Message, PROTOCOL_VERSION};
 use crate::session::{self, SlaveSpec};
 use crate::transport::conn::{FrameReader, FrameWriter};
 use crate::transport::{local::LocalTransport, Transport};
 use crate::volume::{Brick, Volume};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use pipeline::{Failure, Shipper};
 use serde::Serialize;
 use std::io::IsTerminal;
@@ -142,14 +141,7 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
     let session = session::session_name(&vol, &spec);
     let transport = transport_for(home, &session, &spec)?;
     let excludes = Excludes::new(&opts.excludes)?;
-    let bricks = vol.local_active_bricks();
-    if bricks.is_empty() {
-        bail!(
-            "volume {} has no brick on this node ({}): run sync on a node that holds one",
-            vol.name,
-            crate::config::node_name()
-        );
-    }
+    let bricks = vol.local_bricks_for("sync")?;
     let mut report = SyncReport {
         master: vol.name.clone(),
         slave: slave.to_string(),
@@ -217,12 +209,7 @@ pub fn connect(
     brick: &Brick,
     opts: &SyncOptions,
 ) -> Result<Shipper> {
-    let brick_fd = fsutil::open_root(&brick.path).with_context(|| {
-        format!(
-            "opening brick {} on the master: does it exist and is it readable?",
-            brick.path.display()
-        )
-    })?;
+    let brick_fd = brick.open()?;
     let peer = transport.describe();
     let link = transport.connect()?;
     let mut w = FrameWriter::new(link.writer);

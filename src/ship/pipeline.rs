@@ -593,7 +593,7 @@ impl Shipper {
     }
 
     fn send_op(&mut self, p: PlannedOp, wire: &mut u32) -> std::io::Result<Sent> {
-        let PlannedOp { op, ok, fail } = p;
+        let PlannedOp { op, mut ok, fail } = p;
         let mut next_wire = || {
             *wire += 1;
             Some(*wire - 1)
@@ -607,16 +607,13 @@ impl Shipper {
                 kind: SentKind::Nothing,
             },
             PlanOp::Op(mut op) => {
-                let mut ok = ok;
                 // The attributes of another name of a hard-linked file whose content went out
                 // earlier in this plan: that content was read (and its stat taken) at send time,
                 // so the planned attributes may be older than the content now on the slave.
                 // The shared inode gets the attributes that go with its content.
                 if let (Op::SetAttr { meta, .. }, [Mutation::Upsert(p, e)]) = (&mut op, &ok[..]) {
-                    if let Some(s) = (e.kind == crate::crawl::entry::Kind::File && e.nlink > 1)
-                        .then(|| self.sent_inodes.get(&e.ino))
-                        .flatten()
-                    {
+                    let shared = self.sent_inodes.get(&e.ino);
+                    if let Some(s) = shared.filter(|_| e.kind == crate::crawl::entry::Kind::File) {
                         *meta = s.meta();
                         ok = vec![Mutation::Upsert(p.clone(), s.clone())];
                     }

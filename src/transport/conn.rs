@@ -113,9 +113,7 @@ impl FrameReader {
 
     /// Whether a whole frame is already buffered (reading it would not block).
     pub fn frame_buffered(&self) -> bool {
-        let p = self.pending();
-        p.len() >= frame::HEADER
-            && p.len() >= frame::HEADER + u32::from_le_bytes(p[0..4].try_into().unwrap()) as usize
+        frame::is_whole(self.pending())
     }
 
     /// Next message; `Ok(None)` on a clean close.

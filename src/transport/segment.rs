@@ -246,35 +246,36 @@ mod tests {
         assert!(back == want);
     }
 
+    /// The error reading a segment stream `(wire_len, raw_len, data)` gives.
+    fn read_error(wire_len: u32, raw_len: u32, data: &[u8]) -> io::Error {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&wire_len.to_le_bytes());
+        wire.extend_from_slice(&raw_len.to_le_bytes());
+        wire.extend_from_slice(data);
+        SegmentReader::new(&wire[..])
+            .unwrap()
+            .read_to_end(&mut Vec::new())
+            .unwrap_err()
+    }
+
     #[test]
     fn hostile_segments_are_errors_not_allocations() {
-        let mut huge = Vec::new();
-        huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        huge.extend_from_slice(&0u32.to_le_bytes());
-        let mut out = Vec::new();
-        let e = SegmentReader::new(&huge[..])
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap_err();
+        let e = read_error(u32::MAX, 0, b"");
+        assert!(e.to_string().contains("limit"), "{e}");
+        let e = read_error(4, u32::MAX, b"junk");
         assert!(e.to_string().contains("limit"), "{e}");
         // A compressed segment whose content is garbage.
-        let mut bad = Vec::new();
-        bad.extend_from_slice(&4u32.to_le_bytes());
-        bad.extend_from_slice(&100u32.to_le_bytes());
-        bad.extend_from_slice(b"junk");
-        let e = SegmentReader::new(&bad[..])
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap_err();
+        let e = read_error(4, 100, b"junk");
         assert!(e.to_string().contains("corrupt"), "{e}");
-        // Truncated in the middle of a stored segment.
-        let mut cut = Vec::new();
-        cut.extend_from_slice(&10u32.to_le_bytes());
-        cut.extend_from_slice(&0u32.to_le_bytes());
-        cut.extend_from_slice(b"abc");
-        assert!(SegmentReader::new(&cut[..])
+        // Truncated in the middle of a stored segment, of a compressed one, of a header.
+        let e = read_error(10, 0, b"abc");
+        assert!(e.to_string().contains("inside a segment"), "{e}");
+        let e = read_error(10, 100, b"abc");
+        assert!(e.to_string().contains("inside a compressed segment"), "{e}");
+        let e = SegmentReader::new(&[1u8, 2, 3][..])
             .unwrap()
-            .read_to_end(&mut out)
-            .is_err());
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("header"), "{e}");
     }
 }
