@@ -149,6 +149,7 @@ pub fn crawl(
             let path = dir.join(&name)?;
             if e.kind == Kind::File && e.nlink > 1 {
                 d.links.entry(e.ino).or_default().push(path.clone());
+                d.saw(&e);
             }
             if e.kind == Kind::Dir {
                 d.dirs.insert(path.clone(), e.clone());
@@ -243,6 +244,9 @@ pub fn plan_paths(
         }
         let (disk, old) = look(p, &mut seen)?;
         d.scanned += 1;
+        if let Some(e) = &disk {
+            d.saw(e);
+        }
         if let Some(e) = disk.as_ref().filter(|e| e.kind == Kind::Dir) {
             d.dirs.insert(p.clone(), e.clone());
         }
@@ -295,6 +299,7 @@ pub fn plan_paths(
             if e.kind == Kind::Dir {
                 d.dirs.insert(q.clone(), e.clone());
             }
+            d.saw(&e);
             d.scanned += 1;
             match index.get(&q)? {
                 None => {
@@ -330,7 +335,8 @@ pub fn plan_paths(
             if dirty.contains(&q) {
                 continue;
             }
-            if walk::lstat_beneath(&root_fd, &q)?.is_some_and(|e| e.ino == ino) {
+            if let Some(e) = walk::lstat_beneath(&root_fd, &q)?.filter(|e| e.ino == ino) {
+                d.saw(&e);
                 d.stable_link.insert(ino, q);
                 break;
             }
@@ -365,6 +371,13 @@ struct Diff {
     links: HashMap<u64, Vec<RelPath>>,
     /// A path per multiply-linked inode whose content on the slave is current.
     stable_link: HashMap<u64, RelPath>,
+    /// Multiply-linked files compared and found unchanged: (path, index entry, disk entry).
+    unchanged_links: Vec<(RelPath, Entry, Entry)>,
+    /// The first stat seen of each multiply-linked file (size, mtime, ctime).
+    link_stats: HashMap<u64, (u64, i64, u32, i64, u32)>,
+    /// Multiply-linked files whose names were seen with different stats: changed while this
+    /// diff looked at them (see `plan`).
+    torn: HashSet<u64>,
     errors: Vec<(RelPath, String)>,
     /// Every directory on disk (root included), for restoring parents' attributes.
     dirs: HashMap<RelPath, Entry>,
@@ -569,10 +582,57 @@ impl Diff {
                 }
                 if c != Change::None {
                     self.updates.push((path, old, e, c));
+                } else if e.kind == Kind::File && e.nlink > 1 {
+                    self.unchanged_links.push((path, old, e));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Notes the stat of a name of a multiply-linked file.
+    fn saw(&mut self, e: &Entry) {
+        if e.kind != Kind::File || e.nlink < 2 {
+            return;
+        }
+        let st = (e.size, e.mtime_sec, e.mtime_nsec, e.ctime_sec, e.ctime_nsec);
+        if *self.link_stats.entry(e.ino).or_insert(st) != st {
+            self.torn.insert(e.ino);
+        }
+    }
+
+    /// A multiply-linked file that changed while it was looked at (its names were stat'ed at
+    /// different moments): which version each name's slave copy holds is unknown, so no name
+    /// counts as current. Its content goes once, through one name, and every other name looked
+    /// at is linked to that one.
+    fn mend_torn(&mut self) {
+        if self.torn.is_empty() {
+            return;
+        }
+        let torn = std::mem::take(&mut self.torn);
+        for (path, old, e) in std::mem::take(&mut self.unchanged_links) {
+            if torn.contains(&e.ino) {
+                self.updates.push((path, old, e, Change::Data));
+            }
+        }
+        let mut names: HashMap<u64, Vec<RelPath>> = HashMap::new();
+        for (path, _, e, c) in &mut self.updates {
+            if e.kind == Kind::File && torn.contains(&e.ino) {
+                *c = Change::Data;
+                names.entry(e.ino).or_default().push(path.clone());
+            }
+        }
+        for (path, e) in &self.new {
+            if e.kind == Kind::File && torn.contains(&e.ino) {
+                names.entry(e.ino).or_default().push(path.clone());
+            }
+        }
+        for ino in &torn {
+            self.stable_link.remove(ino);
+            self.links
+                .insert(*ino, names.remove(ino).unwrap_or_default());
+        }
+        self.torn = torn;
     }
 
     fn under_replaced(&self, dir: &RelPath) -> bool {
@@ -600,6 +660,7 @@ impl Diff {
 
     /// `stat_dir` reads a directory this diff did not look at (targeted diffs).
     fn plan(mut self, slot: &mut u64, stat_dir: &dyn Fn(&RelPath) -> Option<Entry>) -> Plan {
+        self.mend_torn();
         let mut b = Builder::default();
         if let Some(e) = self.new_root.take() {
             b.set_attr(&RelPath::root(), &e);
@@ -639,7 +700,11 @@ impl Diff {
                         dir_origin.insert(path.clone(), origin);
                     }
                     let leader = self.leader(e).cloned();
-                    b.update(path, &old, e, old.change_to(e, false), leader.as_ref());
+                    let c = match old.change_to(e, false) {
+                        _ if e.kind == Kind::File && self.torn.contains(&e.ino) => Change::Data,
+                        c => c,
+                    };
+                    b.update(path, &old, e, c, leader.as_ref());
                     continue;
                 }
             }
@@ -877,4 +942,73 @@ pub fn hash_beneath(root: &rustix::fd::OwnedFd, path: &RelPath) -> std::io::Resu
     let mut h = blake3::Hasher::new();
     h.update_reader(std::fs::File::from(fd))?;
     Ok(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    /// A regular file with two names, its content as of `mtime`.
+    fn linked(mtime: i64) -> Entry {
+        Entry {
+            kind: Kind::File,
+            ino: 7,
+            size: 10,
+            mtime_sec: mtime,
+            mtime_nsec: 0,
+            ctime_sec: mtime,
+            ctime_nsec: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            rdev: 0,
+            target: None,
+            hash: Some([1; 32]),
+        }
+    }
+
+    /// Index rows for "a" and "b", then the disk as the diff sees it; the plan's ops.
+    fn plan_for(rows: [Entry; 2], disk: [Entry; 2]) -> Vec<PlanOp> {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let mut d = Diff::default();
+        for (name, (row, e)) in ["a", "b"].into_iter().zip(rows.into_iter().zip(disk)) {
+            d.links.entry(e.ino).or_default().push(p(name));
+            d.saw(&e);
+            d.compare(&index, p(name), row, e).unwrap();
+        }
+        d.plan(&mut 0, &|_| None)
+            .ops
+            .into_iter()
+            .map(|o| o.op)
+            .collect()
+    }
+
+    #[test]
+    fn a_name_with_current_content_leads_the_others() {
+        // "b" was rewritten to the same state as "a" (say its row was poisoned): link it.
+        let ops = plan_for([linked(1), linked(0)], [linked(1), linked(1)]);
+        assert!(
+            matches!(&ops[..], [PlanOp::Op(Op::Link { path, target }), PlanOp::Op(Op::SetAttr { .. })]
+                if *path == p("b") && *target == p("a")),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn a_hard_linked_file_that_changed_between_two_stats_is_sent_again() {
+        // "a" was looked at before a write through either name, "b" after it: the slave's "a"
+        // holds the old content, so linking "b" to it would keep that content on both names.
+        let ops = plan_for([linked(1), linked(1)], [linked(1), linked(2)]);
+        assert!(
+            matches!(&ops[..], [PlanOp::File { path, .. }, PlanOp::Op(Op::Link { path: l, target }), PlanOp::Op(Op::SetAttr { .. })]
+                if *path == p("a") && *l == p("b") && *target == p("a")),
+            "{ops:?}"
+        );
+    }
 }

@@ -104,6 +104,11 @@ pub struct Shipper {
     /// Multiply-linked files whose content went out in the current `ship` call, by inode, with
     /// the stat taken when they were read (see `send_op`).
     sent_inodes: HashMap<u64, Entry>,
+    /// Link targets of the current `ship` call whose File op did not put the planned inode on
+    /// the slave at that path (replaced on the master since the plan, changed while read,
+    /// gone): the planned inode, and the name that leads its links instead once one carried
+    /// its content.
+    relink: HashMap<RelPath, (u64, Option<RelPath>)>,
 }
 
 enum FileOutcome {
@@ -169,6 +174,7 @@ impl Shipper {
             previous_active: None,
             stime_ns: 0,
             sent_inodes: HashMap::new(),
+            relink: HashMap::new(),
             stime_sent: 0,
         }
     }
@@ -483,6 +489,7 @@ impl Shipper {
         };
         let ranges = super::batch::cut(&ops, max_ops, max_bytes);
         self.sent_inodes.clear();
+        self.relink.clear();
         let mut ops = ops.into_iter();
         for range in ranges {
             while self.inflight.len() >= self.window {
@@ -594,10 +601,6 @@ impl Shipper {
 
     fn send_op(&mut self, p: PlannedOp, wire: &mut u32) -> std::io::Result<Sent> {
         let PlannedOp { op, mut ok, fail } = p;
-        let mut next_wire = || {
-            *wire += 1;
-            Some(*wire - 1)
-        };
         Ok(match op {
             PlanOp::IndexOnly => Sent {
                 ok,
@@ -606,6 +609,29 @@ impl Shipper {
                 force_fail: false,
                 kind: SentKind::Nothing,
             },
+            PlanOp::Op(Op::Link { path, target }) if self.relink.contains_key(&target) => {
+                match self.relink[&target].clone() {
+                    (_, Some(leader)) => self.send_plain(
+                        Op::Link {
+                            path,
+                            target: leader,
+                        },
+                        ok,
+                        fail,
+                        wire,
+                    )?,
+                    (ino, None) => {
+                        // The planned leader names another file by now: this name carries the
+                        // content itself and leads the links still to come.
+                        let (sent, delivered) =
+                            self.send_content(path.clone(), None, ino, true, fail, wire)?;
+                        if delivered {
+                            self.relink.insert(target, (ino, Some(path)));
+                        }
+                        sent
+                    }
+                }
+            }
             PlanOp::Op(mut op) => {
                 // The attributes of another name of a hard-linked file whose content went out
                 // earlier in this plan: that content was read (and its stat taken) at send time,
@@ -618,93 +644,140 @@ impl Shipper {
                         ok = vec![Mutation::Upsert(p.clone(), s.clone())];
                     }
                 }
-                let kind = match &op {
-                    Op::Delete { .. } => SentKind::Delete,
-                    Op::Unstash { .. } => SentKind::Rename,
-                    _ => SentKind::Other,
-                };
-                self.writer().send(&Message::Op(op))?;
-                Sent {
-                    ok,
-                    fail,
-                    wire: next_wire(),
-                    force_fail: false,
-                    kind,
-                }
+                self.send_plain(op, ok, fail, wire)?
             }
             PlanOp::File {
-                path, known_hash, ..
-            } => match self.send_file(&path, known_hash)? {
-                FileOutcome::SameContent(entry) => {
-                    if entry.nlink > 1 {
-                        self.sent_inodes.insert(entry.ino, entry.clone());
-                    }
-                    self.writer().send(&Message::Op(Op::SetAttr {
-                        path: path.clone(),
-                        meta: entry.meta(),
-                    }))?;
-                    Sent {
-                        ok: vec![Mutation::Upsert(path, entry)],
-                        fail,
-                        wire: next_wire(),
-                        force_fail: false,
-                        kind: SentKind::Other,
-                    }
+                path,
+                known_hash,
+                entry,
+            } => {
+                let (sent, delivered) = self.send_content(
+                    path.clone(),
+                    known_hash,
+                    entry.ino,
+                    entry.nlink > 1,
+                    fail,
+                    wire,
+                )?;
+                if !delivered && entry.kind == crate::crawl::entry::Kind::File && entry.nlink > 1 {
+                    // The slave's copy at this path is not the planned inode: links planned to
+                    // it go elsewhere (see above).
+                    self.relink.insert(path, (entry.ino, None));
                 }
-                FileOutcome::Sent { entry, committed } => {
-                    if committed && entry.nlink > 1 {
-                        self.sent_inodes.insert(entry.ino, entry.clone());
-                    }
-                    if !committed {
-                        self.stats.requeued += 1;
-                        self.failures.push(Failure {
-                            path: path.display(),
-                            rel: Some(path.clone()),
-                            side: "master",
-                            errno: 0,
-                            message: format!(
-                                "{path} changed while it was being read; it is sent again on the next pass"
-                            ),
-                        });
-                    }
-                    Sent {
-                        ok: vec![Mutation::Upsert(path, entry.clone())],
-                        fail,
-                        wire: next_wire(),
-                        force_fail: !committed,
-                        kind: SentKind::File(entry.size),
-                    }
+                sent
+            }
+        })
+    }
+
+    fn send_plain(
+        &mut self,
+        op: Op,
+        ok: Vec<Mutation>,
+        fail: Vec<Mutation>,
+        wire: &mut u32,
+    ) -> std::io::Result<Sent> {
+        let kind = match &op {
+            Op::Delete { .. } => SentKind::Delete,
+            Op::Unstash { .. } => SentKind::Rename,
+            _ => SentKind::Other,
+        };
+        self.writer().send(&Message::Op(op))?;
+        *wire += 1;
+        Ok(Sent {
+            ok,
+            fail,
+            wire: Some(*wire - 1),
+            force_fail: false,
+            kind,
+        })
+    }
+
+    /// Sends the file at `path` as it is now, planned as inode `ino` (`linked`: with other names
+    /// the plan may link to it). Also says whether the slave's copy at `path` is that inode's
+    /// current content once this op is applied (false when the name was replaced, changed while
+    /// read, vanished or is unreadable).
+    #[allow(clippy::too_many_arguments)]
+    fn send_content(
+        &mut self,
+        path: RelPath,
+        known_hash: Option<[u8; 32]>,
+        ino: u64,
+        linked: bool,
+        fail: Vec<Mutation>,
+        wire: &mut u32,
+    ) -> std::io::Result<(Sent, bool)> {
+        Ok(match self.send_file(&path, known_hash)? {
+            FileOutcome::SameContent(entry) => {
+                // Planned links count even when the other names are gone by now: their
+                // SetAttr still reaches the shared inode on the slave.
+                if linked || entry.nlink > 1 {
+                    self.sent_inodes.insert(entry.ino, entry.clone());
                 }
-                FileOutcome::Vanished => {
-                    // Gone or no longer a file since the crawl: make sure the slave does not
-                    // keep an old version; the next crawl sends whatever is there now.
-                    self.writer()
-                        .send(&Message::Op(Op::Delete { path: path.clone() }))?;
-                    Sent {
-                        ok: vec![Mutation::Remove(path)],
-                        fail,
-                        wire: next_wire(),
-                        force_fail: false,
-                        kind: SentKind::Other,
-                    }
+                let delivered = entry.ino == ino;
+                let op = Op::SetAttr {
+                    path: path.clone(),
+                    meta: entry.meta(),
+                };
+                let sent = self.send_plain(op, vec![Mutation::Upsert(path, entry)], fail, wire)?;
+                (sent, delivered)
+            }
+            FileOutcome::Sent { entry, committed } => {
+                if committed && (linked || entry.nlink > 1) {
+                    self.sent_inodes.insert(entry.ino, entry.clone());
                 }
-                FileOutcome::Unreadable(e) => {
+                if !committed {
+                    self.stats.requeued += 1;
                     self.failures.push(Failure {
                         path: path.display(),
                         rel: Some(path.clone()),
                         side: "master",
-                        errno: fsutil::errno_of(&e),
-                        message: format!("reading {path} on the master: {e}"),
+                        errno: 0,
+                        message: format!(
+                            "{path} changed while it was being read; it is sent again on the next pass"
+                        ),
                     });
-                    Sent {
-                        ok: vec![],
-                        fail: vec![],
-                        wire: None,
-                        force_fail: false,
-                        kind: SentKind::Nothing,
-                    }
                 }
-            },
+                *wire += 1;
+                let delivered = committed && entry.ino == ino;
+                let sent = Sent {
+                    ok: vec![Mutation::Upsert(path, entry.clone())],
+                    fail,
+                    wire: Some(*wire - 1),
+                    force_fail: !committed,
+                    kind: SentKind::File(entry.size),
+                };
+                (sent, delivered)
+            }
+            FileOutcome::Vanished => {
+                // Gone or no longer a file since the crawl: make sure the slave does not
+                // keep an old version; the next crawl sends whatever is there now.
+                let op = Op::Delete { path: path.clone() };
+                let sent = self.send_plain(op, vec![Mutation::Remove(path)], fail, wire)?;
+                (
+                    Sent {
+                        kind: SentKind::Other,
+                        ..sent
+                    },
+                    false,
+                )
+            }
+            FileOutcome::Unreadable(e) => {
+                self.failures.push(Failure {
+                    path: path.display(),
+                    rel: Some(path.clone()),
+                    side: "master",
+                    errno: fsutil::errno_of(&e),
+                    message: format!("reading {path} on the master: {e}"),
+                });
+                let sent = Sent {
+                    ok: vec![],
+                    fail: vec![],
+                    wire: None,
+                    force_fail: false,
+                    kind: SentKind::Nothing,
+                };
+                (sent, false)
+            }
         })
     }
 

@@ -207,6 +207,59 @@ fn stop_and_start_resumes_from_the_journal_without_recrawl() {
     );
 }
 
+/// A file's content and attributes are read when it is sent, not when it is planned. In between:
+/// a hard-linked file's name replaced by another file must not take the file's other names with
+/// it (they were planned as links to that name); a file whose other name is gone and whose mode
+/// changed must not get the planned mode back through that name.
+#[test]
+fn hard_links_changed_between_plan_and_send() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    s.converge("start");
+    s.stop();
+    let (m, sl) = (g.master(), g.slave());
+    // Sent first, slowly: the plan below is made long before "b" is read.
+    g.ok(&[
+        "config",
+        m.to_str().unwrap(),
+        sl.to_str().unwrap(),
+        "bwlimit",
+        "1M",
+    ]);
+    write_random(&m.join("a-slow"), 4 << 20, 3);
+    write(&m.join("b"), b"inode A, the planned leader of its links");
+    fs::hard_link(m.join("b"), m.join("c")).unwrap();
+    write(&m.join("d"), b"linked twice, then once");
+    fs::hard_link(m.join("d"), m.join("e")).unwrap();
+    write(&m.join("z-other"), b"inode B");
+    s.run();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            // The agent's temporary files, one directory per brick.
+            fs::read_dir(sl.join(".georep/tmp"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| {
+                    fs::read_dir(d.path())
+                        .into_iter()
+                        .flatten()
+                        .next()
+                        .is_some()
+                })
+        }),
+        "a-slow never started arriving"
+    );
+    fs::rename(m.join("z-other"), m.join("b")).unwrap();
+    fs::remove_file(m.join("e")).unwrap();
+    chmod(&m.join("d"), 0o700);
+    s.converge("links changed while a-slow was sent");
+    assert_eq!(
+        fs::read(sl.join("c")).unwrap(),
+        b"inode A, the planned leader of its links"
+    );
+}
+
 #[test]
 fn worker_killed_resumes_and_writer_killed_forces_a_hybrid_crawl() {
     let g = Georep::new();
