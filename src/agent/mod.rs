@@ -7,6 +7,7 @@
 
 pub mod apply;
 mod direct;
+mod durable;
 pub mod state;
 
 use crate::fsutil;
@@ -14,9 +15,13 @@ use crate::protocol::{self, Message, Welcome, PROTOCOL_VERSION};
 use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter, ReadAhead};
 use anyhow::{anyhow, bail, Context, Result};
 use apply::{Applier, ApplyError};
+use durable::{Applied, Durability, SharedWriter};
 use rustix::fd::AsFd;
 use state::AgentState;
 use std::path::{Path, PathBuf};
+
+/// How far the agent decodes ahead of what it has applied (bytes of messages).
+const READ_AHEAD_BYTES: usize = 32 << 20;
 
 struct BatchState {
     id: u64,
@@ -39,12 +44,15 @@ pub fn input_from_stdin() -> Result<BoxRead> {
 
 /// Serves one master connection until it says `Bye` or closes.
 pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
-    let mut w = FrameWriter::new(output);
-    w.send_preamble().context("writing to the master")?;
+    let w = SharedWriter::new(FrameWriter::new(output));
+    w.lock().send_preamble().context("writing to the master")?;
     let r = FrameReader::new(input);
-    match serve_inner(root, r, &mut w) {
+    // Every thread that writes to `w` has ended when serve_inner returns.
+    let r = serve_inner(root, r, &w);
+    let mut w = w.lock();
+    match r {
         Ok(()) => {
-            let _ = w.close();
+            let _ = w.flush();
             Ok(())
         }
         Err(e) => {
@@ -58,7 +66,7 @@ pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
     }
 }
 
-fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<()> {
+fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter) -> Result<()> {
     r.expect_preamble()?;
     let hello = match r.read()? {
         Some(Message::Hello(h)) => h,
@@ -88,7 +96,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
     let mut state = AgentState::open(&state_dir)?;
     let brick_key = format!("{}:{}", hello.master_node, hello.brick);
     if hello.mode == protocol::MODE_REVERSE {
-        return serve_reverse(root, &host, &mut state, &hello, r, w);
+        return serve_reverse(root, &host, &mut state, &hello, r, &mut w.lock());
     }
     if hello.mode != protocol::MODE_REPLICATE {
         bail!("unknown connection mode {} from the master", hello.mode);
@@ -119,11 +127,10 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
             Claim::Active(lock, prev) => (lock, prev),
             Claim::Passive(holder) => {
                 tracing::info!(brick = %brick_key, active = %holder, "passive connection");
-                w.send(&Message::Welcome(Welcome {
+                w.send_flush(&Message::Welcome(Welcome {
                     passive_to: Some(holder),
                     ..welcome(&state, &host, state.last_batch(&brick_key)?)
                 }))?;
-                w.flush()?;
                 return Ok(());
             }
         };
@@ -135,22 +142,31 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
     if hello.trash_days > 0 {
         applier.set_trash(Some(open_trash(&state_dir, hello.trash_days)?));
     }
-    w.send(&Message::Welcome(Welcome {
+    w.send_flush(&Message::Welcome(Welcome {
         previous_active,
         ..welcome(&state, &host, state.last_batch(&brick_key)?)
     }))?;
-    w.flush()?;
     if hello.compression != 0 {
         r = r.into_decompressed()?;
     }
-    // From here on the stream is read and checked on a thread of its own (at most 16 groups of
-    // about 1 MiB ahead) while this thread applies.
-    let mut r = ReadAhead::spawn(r, 16)?;
+    // From here on the stream is read and checked on a thread of its own (up to 32 MiB ahead)
+    // while this thread applies: sshd's pipe stays drained while many small files are created.
+    let mut r = ReadAhead::spawn(r, READ_AHEAD_BYTES)?;
     tracing::info!(brick = %brick_key, root = %root.display(), "master connected");
 
     let mut batch: Option<BatchState> = None;
     let mut skipping_file = false;
-    let failed = |w: &mut FrameWriter, b: &BatchState, op: u32, e: ApplyError| -> Result<()> {
+    let durability = Durability::spawn(
+        durable::Target {
+            root: fsutil::open_root(root)?,
+            state: AgentState::open(&state_dir)?,
+            brick: brick_key.clone(),
+            session: hello.session.clone(),
+            describe: format!("{} on {host}", root.display()),
+        },
+        w.clone(),
+    )?;
+    let failed = |w: &SharedWriter, b: &BatchState, op: u32, e: ApplyError| -> Result<()> {
         tracing::warn!(batch = b.id, path = %e.path, "{}", e.message);
         w.send(&Message::Failed(protocol::Failed {
             batch: b.id,
@@ -171,7 +187,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                         b.id
                     );
                 }
-                return Ok(());
+                return durability.drain();
             }
             Err(e) => return Err(e.into()),
         };
@@ -199,6 +215,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                         root.display()
                     );
                 }
+                tracing::debug!(batch = b.id, ops = b.ops, "batch begins");
                 batch = Some(BatchState {
                     id: b.id,
                     declared: b.ops,
@@ -281,28 +298,24 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                         b.seen
                     );
                 }
-                // An empty batch (a stime beacon) wrote nothing: no filesystem sync.
-                if b.seen > 0 {
-                    applier.sync().with_context(|| {
-                        format!("syncing slave volume {} on {host}", root.display())
-                    })?;
-                }
-                state.record_batch(&brick_key, &hello.session, b.id)?;
-                if b.stime_ns > 0 {
-                    state.record_stime(&brick_key, b.stime_ns)?;
-                }
-                w.send(&Message::Ack(protocol::Ack { id: b.id }))?;
-                w.flush()?;
+                tracing::debug!(batch = b.id, ops = b.seen, "batch applied");
+                // Synced and acknowledged by the durability thread while the next one applies.
+                durability.push(Applied {
+                    id: b.id,
+                    stime_ns: b.stime_ns,
+                    wrote: b.seen > 0,
+                })?;
             }
             Message::Heartbeat => {
-                w.send(&Message::Heartbeat)?;
-                w.flush()?;
+                w.send_flush(&Message::Heartbeat)?;
             }
             Message::List { checksum } => {
                 if batch.is_some() {
                     bail!("List inside a batch");
                 }
-                send_listing(root, w, checksum).with_context(|| {
+                // The listing is a series of frames: no ack in between.
+                durability.drain()?;
+                send_listing(root, &mut w.lock(), checksum).with_context(|| {
                     format!("listing slave volume {} on {host}", root.display())
                 })?;
             }
@@ -310,7 +323,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &mut FrameWriter) -> Result<(
                 if batch.is_some() {
                     bail!("Bye inside a batch");
                 }
-                return Ok(());
+                return durability.drain();
             }
             m => bail!("unexpected {} from the master", m.name()),
         }

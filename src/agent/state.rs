@@ -120,19 +120,6 @@ impl AgentState {
         }
     }
 
-    /// The master brick's stime as it last told us (every change before it is here).
-    pub fn record_stime(&self, brick: &str, stime_ns: i64) -> Result<()> {
-        let k = format!("stime:{brick}");
-        let old = self
-            .meta(&k)?
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
-        if stime_ns > old {
-            self.set_meta(&k, &stime_ns.to_string())?;
-        }
-        Ok(())
-    }
-
     /// (master brick, stime) of every brick that ever replicated here.
     pub fn stimes(&self) -> Result<Vec<(String, i64)>> {
         let mut st = self
@@ -159,15 +146,32 @@ impl AgentState {
             .unwrap_or(0) as u64)
     }
 
-    /// Records that `batch` from `brick` is durable. Call only after the data was synced.
-    pub fn record_batch(&self, brick: &str, session: &str, batch: u64) -> Result<()> {
+    /// Records that batches of `brick` up to `batch` are durable, and the master brick's stime as
+    /// of them (every change before it is here; 0: none told), in one transaction. Call only after
+    /// the data was synced.
+    pub fn record_durable(
+        &self,
+        brick: &str,
+        session: &str,
+        batch: u64,
+        stime_ns: i64,
+    ) -> Result<()> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        self.db
-            .execute(
-                "INSERT INTO bricks(brick, session, last_batch, updated_ns) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(brick) DO UPDATE SET session = ?2, last_batch = MAX(last_batch, ?3), updated_ns = ?4",
-                params![brick, session, batch as i64, now],
-            )
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO bricks(brick, session, last_batch, updated_ns) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(brick) DO UPDATE SET session = ?2, last_batch = MAX(last_batch, ?3), updated_ns = ?4",
+            params![brick, session, batch as i64, now],
+        )?;
+        if stime_ns > 0 {
+            // Values are text: compare as numbers, never move stime back.
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = ?2 WHERE CAST(value AS INTEGER) < ?3",
+                params![format!("stime:{brick}"), stime_ns.to_string(), stime_ns],
+            )?;
+        }
+        tx.commit()
             .with_context(|| format!("recording batch {batch} in {}", self.path.display()))?;
         Ok(())
     }

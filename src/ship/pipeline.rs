@@ -248,11 +248,18 @@ impl Shipper {
                     }
                     muts.extend(s.ok);
                 }
+                let t = std::time::Instant::now();
                 index
                     .apply(&muts)
                     .context("recording acknowledged changes in the index")?;
                 index.set_meta("last_batch", &a.id.to_string())?;
                 self.stats.batches += 1;
+                tracing::debug!(
+                    batch = a.id,
+                    index_rows = muts.len(),
+                    index_ms = t.elapsed().as_millis() as u64,
+                    "batch acknowledged"
+                );
             }
             Event::Msg(Message::Failed(fm)) => {
                 let f = self
@@ -487,6 +494,7 @@ impl Shipper {
         } else {
             ops
         };
+        tracing::debug!(ops = ops.len(), "shipping");
         let ranges = super::batch::cut(&ops, max_ops, max_bytes);
         self.sent_inodes.clear();
         self.relink.clear();
@@ -591,6 +599,7 @@ impl Shipper {
         {
             return Err(self.write_failed(e));
         }
+        tracing::debug!(batch = id, ops = wire, bytes, "batch sent");
         self.inflight.push_back(InFlight {
             id,
             sent,

@@ -8,7 +8,7 @@ use super::segment::{self, Compressor, SegmentReader};
 use crate::protocol::frame::{self, Decoded, FrameError};
 use crate::protocol::{Message, PREAMBLE};
 use std::io::{self, Read, Write};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 pub type BoxRead = Box<dyn Read + Send>;
 pub type BoxWrite = Box<dyn Write + Send>;
@@ -149,26 +149,67 @@ impl FrameReader {
     }
 }
 
-/// Decodes frames on a thread of its own, a bounded number of messages ahead.
+/// Decodes frames on a thread of its own, up to a byte budget ahead.
 ///
 /// The agent reads the master's stream this way: the process writing into its input (sshd, the
 /// embedded server, a pipe) is drained and the frames are checked and decompressed while the
 /// agent's own thread hashes and writes to disk. Messages travel in groups (everything already
-/// buffered, up to [`AHEAD_GROUP_BYTES`]), so a stream of small ops costs one hand-over per group;
-/// memory is bounded by `depth` groups.
+/// buffered, up to [`AHEAD_GROUP_BYTES`]), so a stream of small ops costs one hand-over per group.
+///
+/// The bound is in bytes, not groups: when the input arrives in small pieces (many small files)
+/// the groups are small too, and a bound of a few groups let the input pipe fill up. A full pipe
+/// makes sshd queue the channel's data in a buffer that it grows, copies and zeroes over and over
+/// (sshd used three times the CPU of the whole transfer that way, measured on 10,000 small files).
 pub struct ReadAhead {
-    rx: mpsc::Receiver<Result<Vec<Message>, ConnError>>,
+    rx: mpsc::Receiver<(Result<Vec<Message>, ConnError>, usize)>,
     group: std::vec::IntoIter<Message>,
+    /// Budget bytes held by `group`, given back when the next group is taken.
+    held: usize,
+    budget: Arc<Budget>,
     done: bool,
+}
+
+/// Bytes of decoded messages queued between the read-ahead thread and the applier.
+struct Budget {
+    used: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+impl Budget {
+    /// Waits until `n` more bytes fit (a group larger than the whole budget goes alone).
+    fn take(&self, n: usize) {
+        let mut used = self.used.lock().unwrap();
+        while *used > 0 && *used + n > self.max {
+            used = self.freed.wait(used).unwrap();
+        }
+        *used += n;
+    }
+
+    fn give(&self, n: usize) {
+        if n > 0 {
+            *self.used.lock().unwrap() -= n;
+            self.freed.notify_one();
+        }
+    }
 }
 
 /// A group is handed over once it holds this many bytes of content.
 const AHEAD_GROUP_BYTES: usize = 1 << 20;
 const AHEAD_GROUP_MSGS: usize = 1024;
+/// What a message other than content counts against the budget (its decoded size, roughly).
+const AHEAD_MSG_BYTES: usize = 128;
 
 impl ReadAhead {
-    pub fn spawn(mut r: FrameReader, depth: usize) -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(depth);
+    /// Reads `r` on a new thread, holding at most about `max_bytes` of decoded messages.
+    pub fn spawn(mut r: FrameReader, max_bytes: usize) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let budget = Arc::new(Budget {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            max: max_bytes,
+        });
+        let b = budget.clone();
         std::thread::Builder::new()
             .name("read-ahead".into())
             .spawn(move || loop {
@@ -178,8 +219,8 @@ impl ReadAhead {
                     match r.read() {
                         Ok(Some(m)) => {
                             bytes += match &m {
-                                Message::Chunk(d) => d.len(),
-                                _ => 64,
+                                Message::Chunk(d) => d.len().max(AHEAD_MSG_BYTES),
+                                _ => AHEAD_MSG_BYTES,
                             };
                             group.push(m);
                             if bytes >= AHEAD_GROUP_BYTES
@@ -193,14 +234,17 @@ impl ReadAhead {
                         Err(e) => break Some(Err(e)),
                     }
                 };
-                if !group.is_empty() && tx.send(Ok(group)).is_err() {
-                    return;
+                if !group.is_empty() {
+                    b.take(bytes);
+                    if tx.send((Ok(group), bytes)).is_err() {
+                        return;
+                    }
                 }
                 match end {
                     None => {}
                     Some(Ok(())) => return,
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(e));
+                        let _ = tx.send((Err(e), 0));
                         return;
                     }
                 }
@@ -208,6 +252,8 @@ impl ReadAhead {
         Ok(ReadAhead {
             rx,
             group: Vec::new().into_iter(),
+            held: 0,
+            budget,
             done: false,
         })
     }
@@ -221,8 +267,12 @@ impl ReadAhead {
             if self.done {
                 return Ok(None);
             }
+            self.budget.give(std::mem::take(&mut self.held));
             match self.rx.recv() {
-                Ok(g) => self.group = g?.into_iter(),
+                Ok((g, bytes)) => {
+                    self.held = bytes;
+                    self.group = g?.into_iter();
+                }
                 Err(_) => self.done = true,
             }
         }

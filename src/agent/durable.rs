@@ -1,0 +1,190 @@
+//! Making applied batches durable and acknowledging them, on a thread of its own.
+//!
+//! The apply thread hands over each batch once every op of it was applied (or reported
+//! `Failed`) and goes on with the next batch while this thread syncs the filesystem: on a
+//! first sync of many small files the agent spent a third of its time waiting in `syncfs`
+//! (docs/benchmarks.md). Batches that finish while a sync runs are made durable together by the
+//! next one (group commit).
+//!
+//! Invariant: `Ack{id}` is sent only after a `syncfs` that started after batch `id` was fully
+//! applied, and after `agent.db` recorded the batch; acks go out in batch order. Once a sync or
+//! the state update fails, nothing more is acknowledged and the apply thread stops with that error.
+
+use super::state::AgentState;
+use crate::protocol::{self, Message};
+use crate::transport::conn::FrameWriter;
+use anyhow::{anyhow, Context, Result};
+use rustix::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// The agent's output, shared by the apply thread (failures, replies) and the durability thread
+/// (acks). Frames of one sender never interleave with another's.
+#[derive(Clone)]
+pub struct SharedWriter(Arc<Mutex<FrameWriter>>);
+
+impl SharedWriter {
+    pub fn new(w: FrameWriter) -> Self {
+        SharedWriter(Arc::new(Mutex::new(w)))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, FrameWriter> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn send(&self, m: &Message) -> std::io::Result<()> {
+        self.lock().send(m)
+    }
+
+    /// Sends `m` and pushes everything written so far to the master.
+    pub fn send_flush(&self, m: &Message) -> std::io::Result<()> {
+        let mut w = self.lock();
+        w.send(m)?;
+        w.flush()
+    }
+}
+
+/// A batch whose ops were all applied, waiting to be made durable.
+pub struct Applied {
+    pub id: u64,
+    /// The master's stime as of this batch (0: none).
+    pub stime_ns: i64,
+    /// Whether the batch changed anything (an empty stime beacon needs no sync).
+    pub wrote: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Applied>,
+    /// The thread is syncing a group taken from `pending`.
+    busy: bool,
+    stop: bool,
+    /// Why the thread stopped early.
+    failed: Option<String>,
+}
+
+struct Shared {
+    q: Mutex<Queue>,
+    cv: Condvar,
+}
+
+/// Where batches are made durable and acknowledged: what the durability thread needs.
+pub struct Target {
+    /// The slave root (any fd on its filesystem would do for `syncfs`).
+    pub root: OwnedFd,
+    pub state: AgentState,
+    pub brick: String,
+    pub session: String,
+    /// For messages: the slave root and this host.
+    pub describe: String,
+}
+
+pub struct Durability {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Durability {
+    pub fn spawn(t: Target, w: SharedWriter) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            q: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("durability".into())
+            .spawn(move || run(&s, &t, &w))
+            .context("starting the agent's durability thread")?;
+        Ok(Durability {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.shared.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands over a fully applied batch; fails if an earlier sync failed.
+    pub fn push(&self, b: Applied) -> Result<()> {
+        let mut q = self.lock();
+        if let Some(e) = &q.failed {
+            return Err(anyhow!("{e}"));
+        }
+        q.pending.push(b);
+        self.shared.cv.notify_all();
+        Ok(())
+    }
+
+    /// Waits until every batch handed over is durable and acknowledged (before answering a
+    /// request whose reply must not interleave with acks, and at the end of the stream).
+    pub fn drain(&self) -> Result<()> {
+        let mut q = self.lock();
+        while q.failed.is_none() && (q.busy || !q.pending.is_empty()) {
+            q = self.shared.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        match &q.failed {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Durability {
+    /// Batches already applied are still made durable and acknowledged, then the thread ends.
+    fn drop(&mut self) {
+        self.lock().stop = true;
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(s: &Shared, t: &Target, w: &SharedWriter) {
+    loop {
+        let group = {
+            let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
+            while q.pending.is_empty() && !q.stop {
+                q = s.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.pending.is_empty() {
+                return;
+            }
+            q.busy = true;
+            std::mem::take(&mut q.pending)
+        };
+        let r = make_durable(t, w, &group);
+        let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
+        q.busy = false;
+        if let Err(e) = r {
+            tracing::error!("{e:#}");
+            q.failed = Some(format!("{e:#}"));
+            q.pending.clear();
+            s.cv.notify_all();
+            return;
+        }
+        s.cv.notify_all();
+    }
+}
+
+fn make_durable(t: &Target, w: &SharedWriter, group: &[Applied]) -> Result<()> {
+    let Some(last) = group.last() else {
+        return Ok(());
+    };
+    if group.iter().any(|b| b.wrote) {
+        rustix::fs::syncfs(&t.root)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("syncing slave volume {}", t.describe))?;
+    }
+    let stime = group.iter().map(|b| b.stime_ns).max().unwrap_or(0);
+    t.state
+        .record_durable(&t.brick, &t.session, last.id, stime)?;
+    tracing::debug!(first = group[0].id, last = last.id, "batches durable");
+    let mut out = w.lock();
+    for b in group {
+        out.send(&Message::Ack(protocol::Ack { id: b.id }))?;
+    }
+    out.flush()?;
+    Ok(())
+}
