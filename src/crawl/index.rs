@@ -118,6 +118,15 @@ impl Index {
         self.remove(&RelPath::internal(".georep/stash").expect("valid path"))
     }
 
+    /// Whether the index holds no entry at all (nothing is known to be on the slave).
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self
+            .db
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM entries)", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// Forgets everything: the next crawl ships the whole brick.
     pub fn clear(&self) -> Result<()> {
         self.db.execute("DELETE FROM entries", [])?;
@@ -401,9 +410,5 @@ impl Index {
             .db
             .query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0))?
             as u64)
-    }
-
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
     }
 }

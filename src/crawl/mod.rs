@@ -96,12 +96,15 @@ const WALK_THREADS: usize = 4;
 
 /// Crawls `root` against `index`. `slot` numbers stash slots (unique per connection);
 /// `progress` is called with the number of entries scanned so far.
+///
+/// `progress` is told the number of entries scanned so far after each directory; when it
+/// answers `false` the crawl stops (the walker with it) and returns [`Cancelled`].
 pub fn crawl(
     root: &Path,
     index: &Index,
     excludes: &Excludes,
     slot: &mut u64,
-    progress: &dyn Fn(u64),
+    progress: &dyn Fn(u64) -> bool,
 ) -> Result<Plan> {
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
@@ -120,7 +123,7 @@ pub fn crawl(
         },
         _ => d.new_root = Some(root_entry),
     }
-    for listing in rx {
+    while let Ok(listing) = rx.recv() {
         let dir = listing.dir;
         let entries = match listing.entries {
             Ok(e) => e,
@@ -137,7 +140,12 @@ pub fn crawl(
             }
         };
         d.scanned += entries.len() as u64;
-        progress(d.scanned);
+        if !progress(d.scanned) {
+            // Dropping the receiver stops the walker at its next directory.
+            drop(rx);
+            let _ = walker.join();
+            return Err(Cancelled.into());
+        }
         // Beneath a replaced directory everything on disk is new: the index rows there
         // describe the old directory, which is gone (or moved) as a whole.
         let mut idx: HashMap<Vec<u8>, Entry> = if d.under_replaced(&dir) {
@@ -179,6 +187,11 @@ pub fn crawl(
     // A full crawl lists every directory: one missing from `dirs` no longer exists.
     Ok(d.plan(slot, &|_| None))
 }
+
+/// A crawl stopped by its caller before it finished.
+#[derive(Debug, thiserror::Error)]
+#[error("crawl cancelled")]
+pub struct Cancelled;
 
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
 /// renames among the records were applied), comparing each with the index. `hard_links_made`:

@@ -177,13 +177,36 @@ fn sync_brick(
     report: &mut SyncReport,
 ) -> Result<()> {
     let state_dir = session::brick_state_dir(home, session, brick);
-    let index = Index::open(&state_dir.join("index.db"))?;
-    let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
-    if let Some(checksum) = opts.rescan_slave {
-        shipper.seed_index_from_slave(&index, checksum)?;
-    }
+    let index_path = state_dir.join("index.db");
+    let index = Index::open(&index_path)?;
     let mut slot = 0u64;
-    let outcome = crawl_until_converged(&mut shipper, &index, brick, excludes, opts, &mut slot)?;
+    let (mut shipper, first) = match opts.rescan_slave {
+        Some(checksum) => {
+            let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
+            shipper.seed_index_from_slave(&index, checksum)?;
+            (shipper, None)
+        }
+        None => {
+            let c = Connecting {
+                transport,
+                index: &index,
+                spec,
+                session,
+                brick,
+                opts,
+            };
+            c.while_crawling(&index_path, excludes, &mut slot)?
+        }
+    };
+    let outcome = crawl_until_converged(
+        &mut shipper,
+        &index,
+        brick,
+        excludes,
+        opts,
+        &mut slot,
+        first,
+    )?;
     report.passes = report.passes.max(outcome.passes);
     report.scanned = report.scanned.max(outcome.scanned);
     report.wire_bytes += shipper.wire_bytes();
@@ -328,8 +351,94 @@ pub struct CrawlOutcome {
     pub failures: Vec<Failure>,
 }
 
+/// What `connect` needs, kept together so the connection can be made on another thread.
+struct Connecting<'a> {
+    transport: &'a dyn Transport,
+    index: &'a Index,
+    spec: &'a SlaveSpec,
+    session: &'a str,
+    brick: &'a Brick,
+    opts: &'a SyncOptions,
+}
+
+impl Connecting<'_> {
+    /// Connects and makes the first crawl's plan at the same time: logging in over SSH takes a
+    /// few hundred milliseconds (most of it the remote shell starting), a crawl of 10,000 files
+    /// tens of them. The plan is kept unless the handshake found a recreated slave and emptied
+    /// the index it was made against; a failed connection stops the crawl.
+    fn while_crawling(
+        self,
+        index_path: &std::path::Path,
+        excludes: &Excludes,
+        slot: &mut u64,
+    ) -> Result<(Shipper, Option<crawl::Plan>)> {
+        // Local state only (the agent empties its stash when a connection starts), and the
+        // crawl must not see stash rows.
+        self.index.clear_stash()?;
+        let volume_before = self.index.get_meta("slave_volume_id")?;
+        let was_empty = self.index.is_empty()?;
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let brick = self.brick;
+        let (shipper, plan) = std::thread::scope(|s| {
+            let crawler = s.spawn(|| -> Result<(crawl::Plan, u64)> {
+                let index = Index::open(index_path)?;
+                let mut slot = 0;
+                let stop = || failed.load(std::sync::atomic::Ordering::Relaxed);
+                let plan = crawl_pass(&index, brick, excludes, &mut slot, &stop)?;
+                Ok((plan, slot))
+            });
+            let shipper = connect(
+                self.transport,
+                self.index,
+                self.spec,
+                self.session,
+                brick,
+                self.opts,
+            );
+            if shipper.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            (shipper, crawler.join())
+        });
+        let shipper = shipper?;
+        let (plan, used) = plan.map_err(|_| anyhow!("the crawl of {brick} panicked"))??;
+        *slot = used;
+        let kept = was_empty
+            || (volume_before.is_some()
+                && volume_before == self.index.get_meta("slave_volume_id")?);
+        Ok((shipper, kept.then_some(plan)))
+    }
+}
+
+/// One crawl of `brick` against `index`, with a spinner on a terminal; `stop` is asked after
+/// each directory whether to give up.
+fn crawl_pass(
+    index: &Index,
+    brick: &Brick,
+    excludes: &Excludes,
+    slot: &mut u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<crawl::Plan> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(format!("crawling {}", brick.path.display()));
+        pb.enable_steady_tick(Duration::from_millis(100));
+        pb
+    });
+    let plan = crawl::crawl(&brick.path, index, excludes, slot, &|n| {
+        if let Some(pb) = &spinner {
+            pb.set_message(format!("crawling {}: {n} entries", brick.path.display()));
+        }
+        !stop()
+    });
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    plan
+}
+
 /// Hybrid crawl passes until a pass has nothing to do or nothing failed, at most
-/// `opts.max_passes`.
+/// `opts.max_passes`. `first`: the first pass's plan, when it was made already.
 pub fn crawl_until_converged(
     shipper: &mut Shipper,
     index: &Index,
@@ -337,6 +446,7 @@ pub fn crawl_until_converged(
     excludes: &Excludes,
     opts: &SyncOptions,
     slot: &mut u64,
+    mut first: Option<crawl::Plan>,
 ) -> Result<CrawlOutcome> {
     let tty = std::io::stderr().is_terminal();
     let mut out = CrawlOutcome {
@@ -346,20 +456,10 @@ pub fn crawl_until_converged(
     };
     loop {
         out.passes += 1;
-        let spinner = tty.then(|| {
-            let pb = indicatif::ProgressBar::new_spinner();
-            pb.set_message(format!("crawling {}", brick.path.display()));
-            pb.enable_steady_tick(Duration::from_millis(100));
-            pb
-        });
-        let plan = crawl::crawl(&brick.path, index, excludes, slot, &|n| {
-            if let Some(pb) = &spinner {
-                pb.set_message(format!("crawling {}: {n} entries", brick.path.display()));
-            }
-        })?;
-        if let Some(pb) = spinner {
-            pb.finish_and_clear();
-        }
+        let plan = match first.take() {
+            Some(p) => p,
+            None => crawl_pass(index, brick, excludes, slot, &|| false)?,
+        };
         out.scanned = out.scanned.max(plan.stats.scanned);
         let master_errors: Vec<Failure> = plan
             .errors

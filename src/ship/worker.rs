@@ -475,6 +475,7 @@ impl Worker {
             &self.excludes,
             &self.opts,
             &mut self.slot,
+            None,
         )
         .context("hybrid crawl")?;
         let after = &shipper.stats;

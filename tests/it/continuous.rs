@@ -235,18 +235,7 @@ fn hard_links_changed_between_plan_and_send() {
     s.run();
     assert!(
         wait_until(Duration::from_secs(10), || {
-            // The agent's temporary files, one directory per brick.
-            fs::read_dir(sl.join(".georep/tmp"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|d| {
-                    fs::read_dir(d.path())
-                        .into_iter()
-                        .flatten()
-                        .next()
-                        .is_some()
-                })
+            !files_being_received(&sl).is_empty()
         }),
         "a-slow never started arriving"
     );

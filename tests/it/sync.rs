@@ -254,9 +254,10 @@ fn agent_killed_mid_batch_then_rerun_converges() {
         .spawn()
         .unwrap();
     // Wait until the agent is writing file content into its temp area, then kill it.
-    let tmp = slave.join(".georep/tmp");
     let writing = wait_until(Duration::from_secs(30), || {
-        walk_files(&tmp).into_iter().any(|(_, size)| size > 1 << 20)
+        files_being_received(&slave)
+            .into_iter()
+            .any(|size| size > 1 << 20)
     });
     assert!(writing, "the agent never started writing");
     let agents = pids_with_cmdline(&["agent", slave.to_str().unwrap()]);

@@ -140,6 +140,42 @@ pub fn pids_with_cmdline(words: &[&str]) -> Vec<i32> {
     out
 }
 
+/// Sizes of the files an agent is receiving into `slave` right now: its temp files, which have
+/// no name while they are written (`O_TMPFILE`, found through the agent's open fds) or a name
+/// under `.georep/tmp/` (filesystems without it).
+pub fn files_being_received(slave: &std::path::Path) -> Vec<u64> {
+    let tmp = slave.join(".georep/tmp");
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        for fd in std::fs::read_dir(p.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            // In a brick's temp directory, not the lock files next to those.
+            let open_under_tmp = std::fs::read_link(fd.path()).is_ok_and(|t| {
+                t.strip_prefix(&tmp)
+                    .is_ok_and(|r| r.components().count() > 1)
+            });
+            if let Some(md) = open_under_tmp
+                .then(|| std::fs::metadata(fd.path()).ok())
+                .flatten()
+                .filter(|m| m.is_file())
+            {
+                out.push(md.len());
+            }
+        }
+    }
+    for d in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            if let Some(md) = f.metadata().ok().filter(|m| m.is_file()) {
+                out.push(md.len());
+            }
+        }
+    }
+    out
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
