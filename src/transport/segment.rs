@@ -6,8 +6,9 @@
 //!
 //! Segments make compression adaptive: a segment that does not shrink by at least 1/16 is sent
 //! stored, and after such a segment the next 1, 2, 4 … 32 segments are stored without trying
-//! (unless a new file starts in one: content changes at file boundaries), so incompressible
-//! content (media, archives, encrypted files) costs no compression time, while
+//! (unless a new file starts in one and a 32 KiB sample of its end compresses: content changes at
+//! file boundaries, and a tree of small incompressible files starts a file in every segment), so
+//! incompressible content (media, archives, encrypted files) costs almost no compression time, while
 //! compressible content is compressed as before (a zstd frame per segment; level 1's window is
 //! smaller than a segment, so the ratio is that of one stream). Both ends bound a segment to
 //! [`MAX_SEGMENT`] bytes before allocating anything.
@@ -20,6 +21,8 @@ pub const MAX_SEGMENT: usize = 32 << 20;
 /// Segments smaller than this are always stored (a flush of a heartbeat or an ack-sized batch).
 const MIN_TRY: usize = 256;
 const MAX_BACKOFF: u32 = 32;
+/// Bytes at the end of a segment compressed to decide whether the whole segment is worth trying.
+const PROBE: usize = 32 << 10;
 
 /// The compressing side: decides per segment and keeps its output buffer.
 pub struct Compressor {
@@ -50,7 +53,7 @@ impl Compressor {
     pub fn encode<'a>(&'a mut self, buf: &'a mut [u8], new_file: bool) -> &'a [u8] {
         let raw_len = buf.len() - HEADER;
         if (MIN_TRY..=MAX_SEGMENT).contains(&raw_len) {
-            if self.skip > 0 && !new_file {
+            if self.skip > 0 && !(new_file && self.probe(&buf[HEADER..])) {
                 self.skip -= 1;
             } else {
                 // Worth sending compressed only when it saves at least 1/16.
@@ -77,6 +80,20 @@ impl Compressor {
         }
         put_header(buf, raw_len, 0);
         buf
+    }
+}
+
+impl Compressor {
+    /// Whether the last [`PROBE`] bytes of `raw` shrink by at least 1/16.
+    fn probe(&mut self, raw: &[u8]) -> bool {
+        let sample = &raw[raw.len().saturating_sub(PROBE)..];
+        let limit = sample.len() - sample.len() / 16;
+        if self.out.len() < limit {
+            self.out.resize(limit, 0);
+        }
+        self.cctx
+            .compress_to_buffer(sample, &mut self.out[..limit])
+            .is_ok()
     }
 }
 
@@ -223,8 +240,14 @@ mod tests {
         let s = segment(&mut c, &text);
         assert!(s.len() < text.len() / 10);
         wire.extend_from_slice(&s);
-        // A new file is tried at once, back-off or not.
+        // A new file is tried at once, back-off or not, when a sample of it compresses.
         let _ = segment(&mut c, &random);
+        let mut buf = vec![0u8; HEADER];
+        buf.extend_from_slice(&random);
+        assert!(!c.probe(&buf[HEADER..]), "random content fails the probe");
+        let s = c.encode(&mut buf, true).to_vec();
+        assert_eq!(s.len(), HEADER + random.len(), "random new file is stored");
+        wire.extend_from_slice(&s);
         let mut buf = vec![0u8; HEADER];
         buf.extend_from_slice(&text);
         let s = c.encode(&mut buf, true).to_vec();
@@ -241,6 +264,7 @@ mod tests {
         want.extend_from_slice(&random);
         want.extend_from_slice(&text);
         want.extend_from_slice(&text);
+        want.extend_from_slice(&random);
         want.extend_from_slice(&text);
         want.extend_from_slice(b"tiny");
         assert!(back == want);
