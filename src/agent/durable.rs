@@ -154,12 +154,20 @@ fn run(s: &Shared, t: &Target, w: &SharedWriter) {
             q.busy = true;
             std::mem::take(&mut q.pending)
         };
-        let r = make_durable(t, w, &group);
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make_durable(t, w, &group)))
+                .unwrap_or_else(|_| Err(anyhow!("the agent's durability thread panicked")));
         let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
         q.busy = false;
         if let Err(e) = r {
-            tracing::error!("{e:#}");
-            q.failed = Some(format!("{e:#}"));
+            let message = format!("{e:#}");
+            tracing::error!("{message}");
+            // The apply thread may be idle, waiting for the master, which waits for this ack:
+            // tell the master now (the apply thread stops at its next batch with the same error).
+            let _ = w.send_flush(&Message::Error(protocol::ErrorMsg {
+                message: message.clone(),
+            }));
+            q.failed = Some(message);
             q.pending.clear();
             s.cv.notify_all();
             return;

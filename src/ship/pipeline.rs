@@ -94,7 +94,7 @@ pub struct Shipper {
     pub ignore_deletes: bool,
     /// Wire bytes per second, 0 = unlimited (option `bwlimit`, see `set_bwlimit`).
     bwlimit: u64,
-    /// Instant and wire bytes the rate limit counts from.
+    /// The rate limit's clock: when the wire bytes counted so far are paid for (see `throttle`).
     bw_base: (std::time::Instant, u64),
     /// Set by the handshake when another brick of the replica set was Active before us.
     pub previous_active: Option<String>,
@@ -537,27 +537,34 @@ impl Shipper {
     pub fn set_bwlimit(&mut self, bytes_per_sec: u64) {
         if bytes_per_sec != self.bwlimit {
             self.bwlimit = bytes_per_sec;
-            self.bw_base = (std::time::Instant::now(), self.wire_bytes());
+            // Whatever went before is paid for; the credit of an idle link applies from here.
+            let now = std::time::Instant::now();
+            self.bw_base = (
+                now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
+                self.wire_bytes(),
+            );
         }
     }
 
     /// Sleeps while the wire is ahead of `bwlimit`; at most one second of unused rate is
     /// saved up, so an idle link does not earn a burst.
+    ///
+    /// A virtual clock: `bw_base.0` is when everything counted so far (`bw_base.1` wire bytes)
+    /// has been paid for at the limit. Bytes sent after an idle spell are paid from at most one
+    /// second before now, counting the piece just sent.
     fn throttle(&mut self) {
         if self.bwlimit == 0 {
             return;
         }
-        let (t0, b0) = self.bw_base;
-        let sent = self.wire_bytes().saturating_sub(b0);
-        let due = Duration::from_secs_f64(sent as f64 / self.bwlimit as f64);
-        let elapsed = t0.elapsed();
-        if due > elapsed {
-            std::thread::sleep(due - elapsed);
-        } else if elapsed - due > Duration::from_secs(1) {
-            self.bw_base = (
-                std::time::Instant::now() - Duration::from_secs(1),
-                self.wire_bytes(),
-            );
+        let wire = self.wire_bytes();
+        let (clock, counted) = self.bw_base;
+        let now = std::time::Instant::now();
+        let new = wire.saturating_sub(counted);
+        let start = clock.max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
+        let paid = start + Duration::from_secs_f64(new as f64 / self.bwlimit as f64);
+        self.bw_base = (paid, wire);
+        if paid > now {
+            std::thread::sleep(paid - now);
         }
     }
 
