@@ -267,7 +267,8 @@ async fn run_agent(exe: &Path, volume: &str, channel: Channel<Msg>) -> Result<u3
         if n == 0 {
             break;
         }
-        if wr.data(&buf[..n]).await.is_err() {
+        // Owned: sent in packets as large as the client allows (`data` goes 8 KiB at a time).
+        if wr.data_bytes(buf[..n].to_vec()).await.is_err() {
             break;
         }
     }
