@@ -108,6 +108,28 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     finish(out, start);
 }
 
+/// Appends a `Chunk` frame whose content `fill` appends to `out` itself (so file content can be
+/// read straight into the frame buffer) and returns the number of bytes it appended. Nothing is
+/// left in `out` when `fill` fails or appends nothing.
+pub fn encode_chunk_with<E>(
+    out: &mut Vec<u8>,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
+) -> Result<usize, E> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER]);
+    out.push(KIND_CHUNK);
+    match fill(out) {
+        Ok(n) if n > 0 => {
+            finish(out, start);
+            Ok(n)
+        }
+        r => {
+            out.truncate(start);
+            r
+        }
+    }
+}
+
 fn finish(out: &mut [u8], start: usize) {
     let len = out.len() - start - HEADER;
     assert!(len <= MAX_FRAME, "frame of {len} bytes over limit");
@@ -139,6 +161,28 @@ mod tests {
             path: RelPath::new(b"a/b".to_vec()).unwrap(),
         }));
         roundtrip(Message::Bye);
+    }
+
+    #[test]
+    fn chunk_filled_in_place_equals_chunk_encoded() {
+        let mut a = Vec::new();
+        encode_chunk(b"content", &mut a);
+        let mut b = Vec::new();
+        let n = encode_chunk_with::<()>(&mut b, |out| {
+            out.extend_from_slice(b"content");
+            Ok(7)
+        });
+        assert_eq!((n, &a), (Ok(7), &b));
+        // Nothing appended, or an error: no frame at all.
+        assert_eq!(encode_chunk_with::<()>(&mut b, |_| Ok(0)), Ok(0));
+        assert_eq!(
+            encode_chunk_with(&mut b, |out| {
+                out.push(1);
+                Err("read failed")
+            }),
+            Err("read failed")
+        );
+        assert_eq!(b, a);
     }
 
     #[test]

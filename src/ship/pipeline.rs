@@ -18,7 +18,6 @@ use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, OFlags, StatxFlags};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Read;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
@@ -855,37 +854,31 @@ impl Shipper {
         let mut hasher = blake3::Hasher::new();
         let mut left = entry.size;
         let mut intact = true;
-        let mut buf = std::mem::take(&mut self.buf);
         while left > 0 {
             let want = (left as usize).min(self.chunk_size);
-            let n = if intact {
-                match file.read(&mut buf[..want]) {
-                    Ok(0) => {
-                        intact = false; // shrank while we read
-                        0
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            let mut n = 0;
+            if intact {
+                // Read straight into the frame buffer: no copy of the content on the way.
+                match self.writer().send_chunk_from(&mut file, want, |d| {
+                    hasher.update(d);
+                })? {
+                    Ok(0) => intact = false, // shrank while we read
+                    Ok(read) => n = read,
                     Err(e) => {
                         tracing::warn!("reading {path}: {e}; sending it again later");
                         intact = false;
-                        0
                     }
                 }
-            } else {
-                0
-            };
-            let n = if n == 0 {
+            }
+            if n == 0 {
                 // Keep the declared size so the stream stays in step; the copy is discarded.
+                let mut buf = std::mem::take(&mut self.buf);
                 buf[..want].fill(0);
-                want
-            } else {
-                n
-            };
-            hasher.update(&buf[..n]);
-            if let Err(e) = self.writer().send_chunk(&buf[..n]) {
+                hasher.update(&buf[..want]);
+                let sent = self.writer().send_chunk(&buf[..want]);
                 self.buf = buf;
-                return Err(e);
+                sent?;
+                n = want;
             }
             self.throttle();
             if let Some(pb) = &self.progress {
@@ -893,7 +886,6 @@ impl Shipper {
             }
             left -= n as u64;
         }
-        self.buf = buf;
         let unchanged = same_stat(&stat(&file.into()), &entry);
         let committed = intact && unchanged;
         let hash = *hasher.finalize().as_bytes();

@@ -329,6 +329,28 @@ impl FrameWriter {
         self.maybe_drain()
     }
 
+    /// Sends up to `max` bytes read from `src` as one content chunk, read straight into the
+    /// frame buffer, and shows them to `seen`. The outer error is the peer's (sending failed), the
+    /// inner one `src`'s (nothing was sent then); `Ok(Ok(0))`: `src` is at its end.
+    pub fn send_chunk_from(
+        &mut self,
+        src: &mut dyn Read,
+        max: usize,
+        seen: impl FnOnce(&[u8]),
+    ) -> io::Result<io::Result<usize>> {
+        let read = frame::encode_chunk_with(&mut self.buf, |out| {
+            let start = out.len();
+            out.reserve(max);
+            src.take(max as u64).read_to_end(out)?;
+            seen(&out[start..]);
+            Ok(out.len() - start)
+        });
+        if read.is_ok() {
+            self.maybe_drain()?;
+        }
+        Ok(read)
+    }
+
     fn maybe_drain(&mut self) -> io::Result<()> {
         if self.buf.len() >= WRITE_BUF {
             self.drain()?;
