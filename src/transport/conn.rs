@@ -403,3 +403,103 @@ impl FrameWriter {
         self.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Ack;
+    use std::sync::{Arc, Mutex};
+
+    /// A `Write` whose bytes can be looked at after the writer is gone.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A `Read` that hands out at most `step` bytes per call, as a pipe does.
+    struct Trickle(Vec<u8>, usize, usize);
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = out.len().min(self.1).min(self.0.len() - self.2);
+            out[..n].copy_from_slice(&self.0[self.2..self.2 + n]);
+            self.2 += n;
+            Ok(n)
+        }
+    }
+
+    fn content(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    /// Writes acks and chunks (small, read in place, large) and returns the stream.
+    fn stream(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let out = Shared::default();
+        let mut w = FrameWriter::new(Box::new(out.clone()));
+        for (i, c) in chunks.iter().enumerate() {
+            w.send(&Message::Ack(Ack { id: i as u64 })).unwrap();
+            let mut src = &c[..];
+            let n = w
+                .send_chunk_from(&mut src, c.len(), |_| {})
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, c.len());
+        }
+        w.close().unwrap();
+        let bytes = out.0.lock().unwrap().clone();
+        bytes
+    }
+
+    #[test]
+    fn content_read_in_place_round_trips_whatever_the_read_sizes() {
+        let chunks = vec![
+            content(10, 1),
+            content(64 << 10, 2),
+            content(1 << 20, 3),
+            content(3, 4),
+        ];
+        let bytes = stream(&chunks);
+        for step in [7, 4096, 100_000, 1 << 22] {
+            let mut r = FrameReader::new(Box::new(Trickle(bytes.clone(), step, 0)));
+            for (i, c) in chunks.iter().enumerate() {
+                assert_eq!(
+                    r.read().unwrap(),
+                    Some(Message::Ack(Ack { id: i as u64 })),
+                    "step {step}"
+                );
+                assert!(
+                    r.read().unwrap() == Some(Message::Chunk(c.clone())),
+                    "step {step}"
+                );
+            }
+            assert_eq!(r.read().unwrap(), None);
+            assert_eq!(r.bytes_read, bytes.len() as u64);
+        }
+    }
+
+    #[test]
+    fn chunk_corrupt_or_cut_is_an_error() {
+        let bytes = stream(&[content(1 << 20, 5)]);
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let mut r = FrameReader::new(Box::new(Trickle(bad, 4096, 0)));
+        r.read().unwrap();
+        assert!(matches!(
+            r.read(),
+            Err(ConnError::Frame(FrameError::Checksum { .. }))
+        ));
+        let cut = bytes[..bytes.len() - 10].to_vec();
+        let mut r = FrameReader::new(Box::new(Trickle(cut, 4096, 0)));
+        r.read().unwrap();
+        assert!(matches!(r.read(), Err(ConnError::Truncated)));
+    }
+}
