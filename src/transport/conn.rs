@@ -11,7 +11,28 @@ use std::io::{self, Read, Write};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 pub type BoxRead = Box<dyn Read + Send>;
-pub type BoxWrite = Box<dyn Write + Send>;
+pub type BoxWrite = Box<dyn Sink>;
+
+/// Where a frame writer's bytes go: any byte stream, or a transport that takes whole buffers.
+pub trait Sink: Send {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+    /// Sends all of `buf` and hands back an empty buffer to fill next: the same one when the
+    /// bytes were copied out, another where the transport keeps `buf` itself (no copy).
+    fn send_vec(&mut self, buf: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.write_all(&buf)?;
+        Ok(buf)
+    }
+}
+
+impl<W: Write + Send> Sink for W {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Write::write_all(self, buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Write::flush(self)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -363,13 +384,26 @@ impl FrameWriter {
         if self.buf.len() == base {
             return Ok(());
         }
-        let out = match self.compressor.as_mut() {
+        let compressed = match self.compressor.as_mut() {
             Some(c) => c.encode(&mut self.buf, self.new_file),
-            None => &self.buf[..],
+            None => None,
         };
-        self.inner.write_all(out)?;
-        self.wire += out.len() as u64;
-        self.buf.truncate(base);
+        match compressed {
+            Some(out) => {
+                self.inner.write_all(out)?;
+                self.wire += out.len() as u64;
+                self.buf.truncate(base);
+            }
+            None => {
+                // The buffer itself goes (a transport that keeps it gives another back).
+                self.wire += self.buf.len() as u64;
+                let mut next = self.inner.send_vec(std::mem::take(&mut self.buf))?;
+                next.clear();
+                next.reserve(WRITE_BUF + (64 << 10));
+                next.resize(base, 0);
+                self.buf = next;
+            }
+        }
         self.new_file = false;
         Ok(())
     }

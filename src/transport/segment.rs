@@ -47,10 +47,10 @@ impl Compressor {
         })
     }
 
-    /// Encodes `buf[HEADER..]` as a segment. Returns the bytes to send: either `buf` itself with
-    /// its header filled in (stored), or the compressed segment. `new_file`: a file's content
+    /// Encodes `buf[HEADER..]` as a segment: the compressed segment to send, or `None` when
+    /// `buf` itself is to be sent (stored; its header is filled in). `new_file`: a file's content
     /// starts in this segment, so an earlier file's incompressibility says nothing about it.
-    pub fn encode<'a>(&'a mut self, buf: &'a mut [u8], new_file: bool) -> &'a [u8] {
+    pub fn encode(&mut self, buf: &mut [u8], new_file: bool) -> Option<&[u8]> {
         let raw_len = buf.len() - HEADER;
         if (MIN_TRY..=MAX_SEGMENT).contains(&raw_len) {
             if self.skip > 0 && !(new_file && self.probe(&buf[HEADER..])) {
@@ -68,7 +68,7 @@ impl Compressor {
                     Ok(n) => {
                         self.backoff = 0;
                         put_header(&mut self.out, n, raw_len);
-                        return &self.out[..HEADER + n];
+                        return Some(&self.out[..HEADER + n]);
                     }
                     Err(_) => {
                         // Did not fit in `limit`: incompressible, at least for now.
@@ -79,7 +79,7 @@ impl Compressor {
             }
         }
         put_header(buf, raw_len, 0);
-        buf
+        None
     }
 }
 
@@ -209,7 +209,10 @@ mod tests {
     fn segment(c: &mut Compressor, raw: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; HEADER];
         buf.extend_from_slice(raw);
-        c.encode(&mut buf, false).to_vec()
+        match c.encode(&mut buf, false) {
+            Some(s) => s.to_vec(),
+            None => buf,
+        }
     }
 
     #[test]
@@ -245,12 +248,12 @@ mod tests {
         let mut buf = vec![0u8; HEADER];
         buf.extend_from_slice(&random);
         assert!(!c.probe(&buf[HEADER..]), "random content fails the probe");
-        let s = c.encode(&mut buf, true).to_vec();
+        let s = c.encode(&mut buf, true).map(<[u8]>::to_vec).unwrap_or(buf);
         assert_eq!(s.len(), HEADER + random.len(), "random new file is stored");
         wire.extend_from_slice(&s);
         let mut buf = vec![0u8; HEADER];
         buf.extend_from_slice(&text);
-        let s = c.encode(&mut buf, true).to_vec();
+        let s = c.encode(&mut buf, true).map(<[u8]>::to_vec).unwrap_or(buf);
         assert!(s.len() < text.len() / 10);
         wire.extend_from_slice(&s);
         wire.extend_from_slice(&segment(&mut c, b"tiny"));

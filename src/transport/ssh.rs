@@ -7,13 +7,13 @@
 //!   synchronous `Read`/`Write` seam through bounded queues: a slow reader can never stall the
 //!   connection (the russh deadlock described in DEPENDENCIES.md), and memory stays bounded.
 
-use super::conn::{BoxRead, BoxWrite};
+use super::conn::{BoxRead, BoxWrite, Sink};
 use super::{Link, LinkHandle, Transport};
 use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::{HashAlg, PublicKey};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{client, ChannelMsg, Disconnect};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -384,17 +384,22 @@ struct ChanWriter {
     tx: Option<mpsc::Sender<Vec<u8>>>,
 }
 
-impl Write for ChanWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let tx = self.tx.as_ref().ok_or(io::ErrorKind::BrokenPipe)?;
-        let v = buf.to_vec();
-        tx.blocking_send(v)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "ssh channel closed"))?;
-        Ok(buf.len())
+impl Sink for ChanWriter {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.send_vec(buf.to_vec()).map(drop)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// The frame writer's buffer goes to russh as it is (no copy); a new one comes back.
+    fn send_vec(&mut self, buf: Vec<u8>) -> io::Result<Vec<u8>> {
+        let tx = self.tx.as_ref().ok_or(io::ErrorKind::BrokenPipe)?;
+        let cap = buf.capacity();
+        tx.blocking_send(buf)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "ssh channel closed"))?;
+        Ok(Vec::with_capacity(cap))
     }
 }
 
