@@ -157,22 +157,23 @@ fn run(s: &Shared, t: &Target, w: &SharedWriter) {
         let r =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make_durable(t, w, &group)))
                 .unwrap_or_else(|_| Err(anyhow!("the agent's durability thread panicked")));
-        let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
-        q.busy = false;
-        if let Err(e) = r {
-            let message = format!("{e:#}");
+        let failed = r.err().map(|e| format!("{e:#}"));
+        if let Some(message) = &failed {
             tracing::error!("{message}");
             // The apply thread may be idle, waiting for the master, which waits for this ack:
             // tell the master now (the apply thread stops at its next batch with the same error).
             let _ = w.send_flush(&Message::Error(protocol::ErrorMsg {
                 message: message.clone(),
             }));
-            q.failed = Some(message);
+        }
+        let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());
+        q.busy = false;
+        s.cv.notify_all();
+        if failed.is_some() {
+            q.failed = failed;
             q.pending.clear();
-            s.cv.notify_all();
             return;
         }
-        s.cv.notify_all();
     }
 }
 

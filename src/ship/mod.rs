@@ -380,12 +380,10 @@ impl Connecting<'_> {
         let failed = std::sync::atomic::AtomicBool::new(false);
         let brick = self.brick;
         let (shipper, plan) = std::thread::scope(|s| {
-            let crawler = s.spawn(|| -> Result<(crawl::Plan, u64)> {
+            let crawler = s.spawn(|| -> Result<crawl::Plan> {
                 let index = Index::open(index_path)?;
-                let mut slot = 0;
                 let stop = || failed.load(std::sync::atomic::Ordering::Relaxed);
-                let plan = crawl_pass(&index, brick, excludes, &mut slot, &stop)?;
-                Ok((plan, slot))
+                crawl_pass(&index, brick, excludes, slot, &stop)
             });
             let shipper = connect(
                 self.transport,
@@ -401,8 +399,7 @@ impl Connecting<'_> {
             (shipper, crawler.join())
         });
         let shipper = shipper?;
-        let (plan, used) = plan.map_err(|_| anyhow!("the crawl of {brick} panicked"))??;
-        *slot = used;
+        let plan = plan.map_err(|_| anyhow!("the crawl of {brick} panicked"))??;
         let kept = was_empty
             || (volume_before.is_some()
                 && volume_before == self.index.get_meta("slave_volume_id")?);
