@@ -240,7 +240,7 @@ impl Applier {
     /// file never ends up with content that cannot be linked into place.
     fn probe_unnamed(mut self) -> Self {
         self.unnamed = true;
-        let ok = self.create_temp().is_ok_and(|(fd, name)| {
+        let ok = self.create_temp(0o600).is_ok_and(|(fd, name)| {
             name.is_none() && {
                 let t = self.tmpname("probe");
                 let linked =
@@ -256,14 +256,16 @@ impl Applier {
     /// A new, empty temp file for received content: unnamed (`O_TMPFILE`) where possible, else
     /// named in the temp directory. An unnamed file is linked into place at the end, so a new
     /// path costs no temp directory entry and no rename (a fifth of the agent's time per small
-    /// file, docs/benchmarks.md), and nothing is left behind if the agent dies.
-    fn create_temp(&mut self) -> io::Result<(OwnedFd, Option<String>)> {
+    /// file, docs/benchmarks.md), and nothing is left behind if the agent dies. `perm`: the
+    /// unnamed file's permission bits (nobody can open it, so it may as well start with the
+    /// final ones); a named one is private (0600) until its attributes are set.
+    fn create_temp(&mut self, perm: u32) -> io::Result<(OwnedFd, Option<String>)> {
         if self.unnamed {
             match rfs::openat(
                 self.tmp.as_fd(),
                 ".",
                 OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
+                Mode::from_raw_mode(perm),
             ) {
                 Ok(fd) => return Ok((fd, None)),
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => self.unnamed = false,
@@ -320,6 +322,26 @@ impl Applier {
         }
         // After chown, which clears setuid/setgid bits.
         rfs::fchmod(fd, mode(meta))?;
+        Ok(())
+    }
+
+    /// `set_owner_mode_fd` for a file this agent just created: changes only what differs (as
+    /// rsync does), since a new file usually has the right owner and mode already and each
+    /// change dirties the inode once more.
+    fn fix_owner_mode_fd(&self, fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {
+        let st = rfs::fstat(fd)?;
+        if self.as_root && (st.st_uid, st.st_gid) != (meta.uid, meta.gid) {
+            rfs::fchown(
+                fd,
+                Some(rfs::Uid::from_raw(meta.uid)),
+                Some(rfs::Gid::from_raw(meta.gid)),
+            )?;
+        }
+        // After the chown, which clears setuid/setgid bits. Temp files are created without
+        // those bits (`create_temp`), so a mode that has them always differs here.
+        if st.st_mode & 0o7777 != meta.mode & 0o7777 {
+            rfs::fchmod(fd, mode(meta))?;
+        }
         Ok(())
     }
 
@@ -597,7 +619,7 @@ impl Applier {
 
     /// Starts receiving a file. An error is reported once; its content is still consumed.
     pub fn begin_file(&mut self, fb: &FileBegin) -> ApplyResult {
-        let (fd, tmpname, err) = match self.create_temp() {
+        let (fd, tmpname, err) = match self.create_temp(fb.meta.mode & 0o777) {
             Ok((fd, name)) => (
                 Some(ContentWriter::new(std::fs::File::from(fd), fb.size)),
                 name,
@@ -695,7 +717,7 @@ impl Applier {
             }
         };
         let r = self
-            .set_owner_mode_fd(fd.as_fd(), &f.meta)
+            .fix_owner_mode_fd(fd.as_fd(), &f.meta)
             .and_then(|()| rfs::futimens(&fd, &times(&f.meta)).map_err(Into::into));
         if let Err(e) = r {
             self.discard(&f.tmpname);

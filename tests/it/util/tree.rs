@@ -246,6 +246,11 @@ pub fn make_varied_tree(root: &Path, big_file: u64) {
         write(&root.join("owned"), b"owned by 1234:5678");
         std::os::unix::fs::lchown(root.join("owned"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(root.join("rel-link"), Some(4321), Some(8765)).unwrap();
+        // Another owner and setuid: the agent must set the mode after the owner (chown clears
+        // setuid), even though it creates files with their permission bits already.
+        write(&root.join("modes/owned-setuid"), b"#!/bin/sh\n");
+        std::os::unix::fs::lchown(root.join("modes/owned-setuid"), Some(1234), Some(5678)).unwrap();
+        chmod(&root.join("modes/owned-setuid"), 0o4750);
     }
     set_mtime(&root.join("plain.txt"), 981_173_106, 123_456_789);
     set_mtime(&root.join("rel-link"), 1_000_000_000, 5);
