@@ -474,7 +474,6 @@ fn send_file(
     path: &protocol::RelPath,
     w: &mut FrameWriter,
 ) -> std::io::Result<()> {
-    use std::io::Read;
     let fd = fsutil::open_beneath(
         root.as_fd(),
         path.as_bytes(),
@@ -499,21 +498,17 @@ fn send_file(
     }))?;
     let mut f = std::fs::File::from(fd);
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     let mut intact = true;
+    // A read error ends the file with zeros and `commit: false` (the stream stays in step), then
+    // is reported for this path.
+    let mut read_error = None;
     while left > 0 {
-        let want = (left as usize).min(buf.len());
-        let n = if intact { f.read(&mut buf[..want])? } else { 0 };
-        let n = if n == 0 {
-            intact = false;
-            buf[..want].fill(0);
-            want
-        } else {
-            n
-        };
-        h.update(&buf[..n]);
-        w.send_chunk(&buf[..n])?;
+        let want = left.min(1 << 20) as usize;
+        let (n, failed) = w.send_content(&mut f, want, &mut intact, &mut |d| {
+            h.update(d);
+        })?;
+        read_error = read_error.or(failed);
         left -= n as u64;
     }
     let after = rustix::fs::fstat(&f)?;
@@ -523,7 +518,7 @@ fn send_file(
         hash: *h.finalize().as_bytes(),
         commit: intact && unchanged,
     }))?;
-    Ok(())
+    read_error.map_or(Ok(()), Err)
 }
 
 /// Today's trash directory (`.georep/trash/<YYYY-MM-DD>`), after removing days older than

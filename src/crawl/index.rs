@@ -403,12 +403,4 @@ impl Index {
             .query_row("SELECT COUNT(*) FROM failures", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
-
-    /// Number of rows (entries the slave is known to hold, root included).
-    pub fn len(&self) -> Result<u64> {
-        Ok(self
-            .db
-            .query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0))?
-            as u64)
-    }
 }

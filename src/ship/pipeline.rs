@@ -84,7 +84,6 @@ pub struct Shipper {
     next_batch: u64,
     window: usize,
     chunk_size: usize,
-    buf: Vec<u8>,
     peer: String,
     pub stats: ShipStats,
     pub failures: Vec<Failure>,
@@ -162,7 +161,6 @@ impl Shipper {
             next_batch,
             window,
             chunk_size,
-            buf: vec![0; chunk_size],
             peer,
             stats: ShipStats::default(),
             failures: Vec::new(),
@@ -856,29 +854,13 @@ impl Shipper {
         let mut intact = true;
         while left > 0 {
             let want = (left as usize).min(self.chunk_size);
-            let mut n = 0;
-            if intact {
-                // Read straight into the frame buffer: no copy of the content on the way.
-                match self.writer().send_chunk_from(&mut file, want, |d| {
-                    hasher.update(d);
-                })? {
-                    Ok(0) => intact = false, // shrank while we read
-                    Ok(read) => n = read,
-                    Err(e) => {
-                        tracing::warn!("reading {path}: {e}; sending it again later");
-                        intact = false;
-                    }
-                }
-            }
-            if n == 0 {
-                // Keep the declared size so the stream stays in step; the copy is discarded.
-                let mut buf = std::mem::take(&mut self.buf);
-                buf[..want].fill(0);
-                hasher.update(&buf[..want]);
-                let sent = self.writer().send_chunk(&buf[..want]);
-                self.buf = buf;
-                sent?;
-                n = want;
+            let (n, failed) =
+                self.writer()
+                    .send_content(&mut file, want, &mut intact, &mut |d| {
+                        hasher.update(d);
+                    })?;
+            if let Some(e) = failed {
+                tracing::warn!("reading {path}: {e}; sending it again later");
             }
             self.throttle();
             if let Some(pb) = &self.progress {

@@ -192,26 +192,34 @@ pub struct ReadAhead {
 
 /// Bytes of decoded messages queued between the read-ahead thread and the applier.
 struct Budget {
-    used: Mutex<usize>,
+    /// Bytes queued, and whether the applier is gone (nothing will be freed any more).
+    used: Mutex<(usize, bool)>,
     freed: Condvar,
     max: usize,
 }
 
 impl Budget {
-    /// Waits until `n` more bytes fit (a group larger than the whole budget goes alone).
-    fn take(&self, n: usize) {
-        let mut used = self.used.lock().unwrap();
-        while *used > 0 && *used + n > self.max {
-            used = self.freed.wait(used).unwrap();
+    /// Waits until `n` more bytes fit (a group larger than the whole budget goes alone); false
+    /// when the applier is gone.
+    fn take(&self, n: usize) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while !used.1 && used.0 > 0 && used.0 + n > self.max {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
         }
-        *used += n;
+        used.0 += n;
+        !used.1
     }
 
     fn give(&self, n: usize) {
         if n > 0 {
-            *self.used.lock().unwrap() -= n;
+            self.used.lock().unwrap_or_else(|e| e.into_inner()).0 -= n;
             self.freed.notify_one();
         }
+    }
+
+    fn close(&self) {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.freed.notify_one();
     }
 }
 
@@ -226,7 +234,7 @@ impl ReadAhead {
     pub fn spawn(mut r: FrameReader, max_bytes: usize) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let budget = Arc::new(Budget {
-            used: Mutex::new(0),
+            used: Mutex::new((0, false)),
             freed: Condvar::new(),
             max: max_bytes,
         });
@@ -256,8 +264,8 @@ impl ReadAhead {
                     }
                 };
                 if !group.is_empty() {
-                    b.take(bytes);
-                    if tx.send((Ok(group), bytes)).is_err() {
+                    // The applier is gone: nothing will read or free any more.
+                    if !b.take(bytes) || tx.send((Ok(group), bytes)).is_err() {
                         return;
                     }
                 }
@@ -297,6 +305,13 @@ impl ReadAhead {
                 Err(_) => self.done = true,
             }
         }
+    }
+}
+
+impl Drop for ReadAhead {
+    /// The read-ahead thread may be waiting for budget that only this side frees.
+    fn drop(&mut self) {
+        self.budget.close();
     }
 }
 
@@ -345,31 +360,47 @@ impl FrameWriter {
         self.maybe_drain()
     }
 
-    pub fn send_chunk(&mut self, data: &[u8]) -> io::Result<()> {
-        frame::encode_chunk(data, &mut self.buf);
-        self.maybe_drain()
-    }
-
-    /// Sends up to `max` bytes read from `src` as one content chunk, read straight into the
-    /// frame buffer, and shows them to `seen`. The outer error is the peer's (sending failed), the
-    /// inner one `src`'s (nothing was sent then); `Ok(Ok(0))`: `src` is at its end.
-    pub fn send_chunk_from(
+    /// Sends the next piece of a file's content: up to `max` bytes of `src`, read straight into
+    /// the frame buffer, while `*intact`; once `src` ends early or fails (`*intact` turns false),
+    /// `max` zero bytes instead, which keep the stream in step with the size announced in
+    /// `FileBegin` (the sender then ends the file with `commit: false`). Everything sent is shown
+    /// to `seen` (the content hash). Returns the bytes sent and the read error, if one just
+    /// happened; the outer error is the peer's (sending failed).
+    pub fn send_content(
         &mut self,
         src: &mut dyn Read,
         max: usize,
-        seen: impl FnOnce(&[u8]),
-    ) -> io::Result<io::Result<usize>> {
-        let read = frame::encode_chunk_with(&mut self.buf, |out| {
-            let start = out.len();
-            out.reserve(max);
-            src.take(max as u64).read_to_end(out)?;
-            seen(&out[start..]);
-            Ok(out.len() - start)
-        });
-        if read.is_ok() {
-            self.maybe_drain()?;
+        intact: &mut bool,
+        seen: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<(usize, Option<io::Error>)> {
+        let mut failed = None;
+        if *intact {
+            let read = frame::encode_chunk_with(&mut self.buf, |out| {
+                let start = out.len();
+                out.reserve(max);
+                src.take(max as u64).read_to_end(out)?;
+                seen(&out[start..]);
+                Ok(out.len() - start)
+            });
+            match read {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.maybe_drain()?;
+                    return Ok((n, None));
+                }
+                Err(e) => failed = Some(e),
+            }
+            *intact = false;
         }
-        Ok(read)
+        let zeros = frame::encode_chunk_with::<()>(&mut self.buf, |out| {
+            let start = out.len();
+            out.resize(start + max, 0);
+            seen(&out[start..]);
+            Ok(max)
+        });
+        debug_assert_eq!(zeros, Ok(max));
+        self.maybe_drain()?;
+        Ok((max, failed))
     }
 
     fn maybe_drain(&mut self) -> io::Result<()> {
@@ -481,11 +512,11 @@ mod tests {
         for (i, c) in chunks.iter().enumerate() {
             w.send(&Message::Ack(Ack { id: i as u64 })).unwrap();
             let mut src = &c[..];
-            let n = w
-                .send_chunk_from(&mut src, c.len(), |_| {})
-                .unwrap()
+            let mut intact = true;
+            let (n, failed) = w
+                .send_content(&mut src, c.len(), &mut intact, &mut |_| {})
                 .unwrap();
-            assert_eq!(n, c.len());
+            assert_eq!((n, failed.is_none(), intact), (c.len(), true, true));
         }
         w.close().unwrap();
         let bytes = out.0.lock().unwrap().clone();
@@ -517,6 +548,56 @@ mod tests {
             assert_eq!(r.read().unwrap(), None);
             assert_eq!(r.bytes_read, bytes.len() as u64);
         }
+    }
+
+    #[test]
+    fn content_that_ends_early_or_fails_is_padded_with_zeros() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk error"))
+            }
+        }
+        let out = Shared::default();
+        let mut w = FrameWriter::new(Box::new(out.clone()));
+        let mut seen = Vec::new();
+        // Shorter than announced: what is there, then zeros for the rest.
+        let mut short = &b"abc"[..];
+        let mut intact = true;
+        let mut see = |d: &[u8]| seen.extend_from_slice(d);
+        assert_eq!(
+            w.send_content(&mut short, 3, &mut intact, &mut see)
+                .unwrap()
+                .0,
+            3
+        );
+        let (n, failed) = w
+            .send_content(&mut short, 4, &mut intact, &mut see)
+            .unwrap();
+        assert_eq!((n, failed.is_none(), intact), (4, true, false));
+        // Once not intact, the source is not read again.
+        let (n, failed) = w
+            .send_content(&mut Failing, 2, &mut intact, &mut see)
+            .unwrap();
+        assert_eq!((n, failed.is_none()), (2, true));
+        // A read error: zeros, and the error is handed back.
+        let mut intact = true;
+        let (n, failed) = w
+            .send_content(&mut Failing, 5, &mut intact, &mut see)
+            .unwrap();
+        assert_eq!(
+            (n, failed.map(|e| e.to_string()), intact),
+            (5, Some("disk error".into()), false)
+        );
+        w.close().unwrap();
+        assert_eq!(seen, b"abc\0\0\0\0\0\0\0\0\0\0\0");
+        let bytes = out.0.lock().unwrap().clone();
+        let mut r = FrameReader::new(Box::new(io::Cursor::new(bytes)));
+        let mut got = Vec::new();
+        while let Some(Message::Chunk(c)) = r.read().unwrap() {
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got, seen, "what was hashed is what was sent");
     }
 
     #[test]
