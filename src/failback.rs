@@ -196,7 +196,7 @@ fn master_changed(b: &Entry, l: &Entry) -> bool {
     if b.kind != l.kind {
         return true;
     }
-    l.kind != Kind::Dir && !matches!(b.change_to(l, false), Change::None | Change::IndexOnly)
+    l.kind != Kind::Dir && !matches!(b.change_to(l), Change::None | Change::IndexOnly)
 }
 
 fn conflict_name(path: &RelPath, node: &str, at: &str) -> Result<RelPath> {

@@ -66,6 +66,10 @@ pub struct Entry {
     pub gid: u32,
     pub nlink: u32,
     pub rdev: u64,
+    /// Birth time in ns since the epoch (statx `STATX_BTIME`); 0 where the filesystem does not
+    /// report it. An inode number is reused at once after a delete: only the number *and* its
+    /// birth time name one object.
+    pub birth: i64,
     /// Symlink target.
     pub target: Option<Vec<u8>>,
     /// blake3 of the content as shipped (index rows of regular files only).
@@ -100,9 +104,31 @@ impl Entry {
             gid: st.stx_gid,
             nlink: st.stx_nlink,
             rdev: rustix::fs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
+            birth: if st.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0 {
+                (st.stx_btime.tv_sec * 1_000_000_000 + st.stx_btime.tv_nsec as i64).max(1)
+            } else {
+                0
+            },
             target,
             hash: None,
         })
+    }
+
+    /// The statx fields the crawl asks for: the basic ones and the birth time.
+    pub const STATX_MASK: rustix::fs::StatxFlags =
+        rustix::fs::StatxFlags::BASIC_STATS.union(rustix::fs::StatxFlags::BTIME);
+
+    /// Provably the same object as `o` (an entry seen earlier, perhaps under another name):
+    /// the same inode number and the same known birth time. Without a birth time on either
+    /// side nothing is proven, and a rename is planned as a delete plus a create.
+    pub fn same_object(&self, o: &Entry) -> bool {
+        self.ino == o.ino && self.birth != 0 && self.birth == o.birth
+    }
+
+    /// Certainly another object than `o` although it has the same inode number: the inode
+    /// was freed and reused (both birth times known and different).
+    pub fn reused_inode_of(&self, o: &Entry) -> bool {
+        self.ino == o.ino && self.birth != 0 && o.birth != 0 && self.birth != o.birth
     }
 
     pub fn meta(&self) -> Meta {
@@ -123,11 +149,12 @@ impl Entry {
             || self.mtime_nsec != o.mtime_nsec
     }
 
-    /// Compares `self` (index) with `new` (disk) of the same kind. `moved` ignores ctime, which
-    /// a rename changes.
-    pub fn change_to(&self, new: &Entry, moved: bool) -> Change {
+    /// Compares `self` (index) with `new` (disk) of the same kind (the same object, perhaps
+    /// renamed since).
+    pub fn change_to(&self, new: &Entry) -> Change {
         debug_assert_eq!(self.kind, new.kind);
         let bookkeeping = self.ino != new.ino
+            || self.birth != new.birth
             || self.ctime_sec != new.ctime_sec
             || self.ctime_nsec != new.ctime_nsec
             || self.nlink != new.nlink;
@@ -138,15 +165,16 @@ impl Entry {
                     || self.mtime_nsec != new.mtime_nsec
                 {
                     Change::Data
+                } else if (self.ctime_sec, self.ctime_nsec) != (new.ctime_sec, new.ctime_nsec) {
+                    // Content rewritten with the mtime put back (cp -p, touch -r): only ctime
+                    // shows it, and rsync's quick check would miss it. A chmod, chown, rename
+                    // or link count change moves ctime too and cannot tell whether the content
+                    // changed with it: `Data` with the same size makes the shipper hash the
+                    // file locally against the slave's known hash and send only attributes
+                    // when the content is equal (a local read, never a resend).
+                    Change::Data
                 } else if self.mode != new.mode || self.uid != new.uid || self.gid != new.gid {
                     Change::Meta
-                } else if !moved
-                    && self.nlink == new.nlink
-                    && (self.ctime_sec, self.ctime_nsec) != (new.ctime_sec, new.ctime_nsec)
-                {
-                    // Content rewritten with the mtime put back (cp -p, touch -r): only ctime
-                    // shows it, and rsync's quick check would miss it.
-                    Change::Data
                 } else if bookkeeping {
                     Change::IndexOnly
                 } else {

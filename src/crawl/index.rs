@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 
-const FORMAT_VERSION: &str = "1";
+/// 2: entries carry the birth time (`birth`); a format 1 index gains the column (0: unknown).
+const FORMAT_VERSION: &str = "2";
 
 /// Where the index keeps the rows of an entry the slave has moved aside into stash `slot`
 /// (between a `Stash` and its `Unstash`). Never a real path: `.georep` is not crawled.
@@ -59,7 +60,7 @@ fn below(p: &RelPath) -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
-const COLS: &str = "kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev, target, hash";
+const COLS: &str = "kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev, target, hash, birth";
 
 fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -79,21 +80,51 @@ fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
         hash: r
             .get::<_, Option<Vec<u8>>>(off + 13)?
             .and_then(|h| <[u8; 32]>::try_from(h).ok()),
+        birth: r.get(off + 14)?,
     })
+}
+
+/// Brings a format 1 index (no birth times) to format 2 in place: its rows get birth 0
+/// (unknown), so they are never taken for a rename source until a crawl refreshes them.
+fn upgrade_v1(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let db = Connection::open(path).with_context(|| format!("opening index {}", path.display()))?;
+    db.busy_timeout(std::time::Duration::from_secs(10))?;
+    let format: Option<String> = db
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .unwrap_or(None);
+    if format.as_deref() == Some("1") {
+        db.execute_batch(
+            "BEGIN;
+             ALTER TABLE entries ADD COLUMN birth INTEGER NOT NULL DEFAULT 0;
+             UPDATE meta SET value = '2' WHERE key = 'format';
+             COMMIT;",
+        )
+        .with_context(|| format!("upgrading index {} to format 2", path.display()))?;
+    }
+    Ok(())
 }
 
 impl Index {
     pub fn open(path: &Path) -> Result<Index> {
+        upgrade_v1(path)?;
         // The index trails the slave: losing the last commits only makes the next crawl resend.
         let db = crate::db::open(path, crate::db::Sync::Normal, FORMAT_VERSION, "index")?;
-        db.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL,
+                kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid,
+                nlink, rdev, target, hash, birth INTEGER NOT NULL DEFAULT 0,
                 PRIMARY KEY(dir, name)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS entry_inodes ON entries(ino);
              CREATE TABLE IF NOT EXISTS failures(path BLOB PRIMARY KEY, side TEXT NOT NULL,
                 errno INTEGER NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
-                first_ns INTEGER NOT NULL, next_retry_ns INTEGER NOT NULL);"
-        ))?;
+                first_ns INTEGER NOT NULL, next_retry_ns INTEGER NOT NULL);",
+        )?;
         Ok(Index { db })
     }
 
@@ -215,7 +246,7 @@ impl Index {
         let (d, n) = key(p);
         let mut st = self.db.prepare_cached(&format!(
             "INSERT OR REPLACE INTO entries(dir, name, {COLS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         ))?;
         st.execute(params![
             d,
@@ -233,7 +264,8 @@ impl Index {
             e.nlink,
             e.rdev as i64,
             e.target,
-            e.hash.as_ref().map(|h| &h[..])
+            e.hash.as_ref().map(|h| &h[..]),
+            e.birth
         ])?;
         Ok(())
     }
@@ -272,6 +304,7 @@ impl Index {
                     gid: 0,
                     nlink: 0,
                     rdev: 0,
+                    birth: 0,
                     target: None,
                     hash: None,
                 },
@@ -279,6 +312,7 @@ impl Index {
         }
         for (path, mut e) in rows {
             e.ino = 0;
+            e.birth = 0;
             e.size = u64::MAX;
             e.mtime_sec = i64::MIN;
             self.upsert(&path, &e)?;

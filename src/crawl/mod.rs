@@ -117,7 +117,7 @@ pub fn crawl(
     let root_path = RelPath::root();
     d.dirs.insert(root_path.clone(), root_entry.clone());
     match index.get(&root_path)? {
-        Some(old) if old.kind == Kind::Dir => match old.change_to(&root_entry, false) {
+        Some(old) if old.kind == Kind::Dir => match old.change_to(&root_entry) {
             Change::None => {}
             c => d.updates.push((root_path, old, root_entry, c)),
         },
@@ -278,7 +278,7 @@ pub fn plan_paths(
                 }
                 d.gone.insert(p.clone(), o);
             }
-            (Some(e), Some(o)) if p.is_root() => match o.change_to(&e, false) {
+            (Some(e), Some(o)) if p.is_root() => match o.change_to(&e) {
                 Change::None => {}
                 c => d.updates.push((p.clone(), o, e, c)),
             },
@@ -557,8 +557,12 @@ impl Diff {
     /// Classifies an entry that is both on disk (`e`) and in the index (`old`) at `path`.
     fn compare(&mut self, index: &Index, path: RelPath, old: Entry, e: Entry) -> Result<()> {
         match old {
-            old if old.kind == Kind::Dir && e.kind == Kind::Dir && old.ino == e.ino => {
-                match old.change_to(&e, false) {
+            old if old.kind == Kind::Dir
+                && e.kind == Kind::Dir
+                && old.ino == e.ino
+                && !e.reused_inode_of(&old) =>
+            {
+                match old.change_to(&e) {
                     Change::None => {}
                     c => self.updates.push((path, old, e, c)),
                 }
@@ -572,7 +576,7 @@ impl Diff {
                 self.replaced.insert(path.clone());
                 self.new.insert(path, e);
             }
-            old if old.kind != e.kind || old.ino != e.ino => {
+            old if old.kind != e.kind || old.ino != e.ino || e.reused_inode_of(&old) => {
                 if old.kind == Kind::Dir {
                     self.gone.extend(index.subtree(&path)?);
                 }
@@ -580,7 +584,7 @@ impl Diff {
                 self.new.insert(path, e);
             }
             old => {
-                let c = old.change_to(&e, false);
+                let c = old.change_to(&e);
                 // Content on the slave is current (only attributes may differ): a good target
                 // for the inode's other names.
                 if c != Change::Data && e.kind == Kind::File && e.nlink > 1 {
@@ -705,7 +709,7 @@ impl Diff {
                 if let Some(old) = self
                     .gone
                     .get(&origin)
-                    .filter(|o| o.kind == e.kind && o.ino == e.ino)
+                    .filter(|o| o.kind == e.kind && o.ino == e.ino && !e.reused_inode_of(o))
                     .cloned()
                 {
                     self.gone.remove(&origin);
@@ -713,7 +717,7 @@ impl Diff {
                         dir_origin.insert(path.clone(), origin);
                     }
                     let leader = self.leader(e).cloned();
-                    let c = match old.change_to(e, false) {
+                    let c = match old.change_to(e) {
                         _ if e.kind == Kind::File && self.torn.contains(&e.ino) => Change::Data,
                         c => c,
                     };
@@ -732,6 +736,7 @@ impl Diff {
                 .filter(|o| {
                     self.gone.get(*o).is_some_and(|g| {
                         g.kind == e.kind
+                            && g.same_object(e)
                             && (e.kind == Kind::Dir
                                 || (g.size == e.size
                                     && g.mtime_sec == e.mtime_sec
@@ -743,7 +748,7 @@ impl Diff {
                 let old = self.gone.remove(&from).unwrap();
                 *slot += 1;
                 b.stashes.push((from.clone(), *slot));
-                let change = old.change_to(e, true);
+                let change = old.change_to(e);
                 // The index mirrors the slave: rows go into the stash with `Stash` and come
                 // out at the destination with `Unstash`, so swaps and cycles stay consistent.
                 let mut ok = vec![Mutation::Move(index::stash_path(*slot), path.clone())];
@@ -811,14 +816,20 @@ impl Diff {
         // Deletes, at the location the entry has once renames are done.
         let moved_to: HashMap<&RelPath, &RelPath> =
             dir_origin.iter().map(|(n, o)| (o, n)).collect();
-        // Old paths whose Delete was emitted: their descendants go with them. (Parents come
-        // first in the map's order, so the check below sees every ancestor's outcome.)
-        let mut emitted: BTreeMap<RelPath, Entry> = BTreeMap::new();
-        for (p, g) in &self.gone {
-            if p.parent().is_some_and(|par| ancestor_in(&par, &emitted)) {
+        // Where Deletes were emitted (post-rename locations): what lies beneath goes with
+        // them. An old path's ancestor is no guide: a directory moved out of a deleted one
+        // by a rename of this plan survives it. (Parents come first in the map's order, and
+        // translation keeps the order beneath a moved directory, so the check below sees
+        // every ancestor's outcome.)
+        let mut emitted: HashSet<RelPath> = HashSet::new();
+        for p in self.gone.keys() {
+            let (target, moved_root) = translate(&moved_to, p);
+            if target
+                .parent()
+                .is_some_and(|par| ancestor_in(&par, &emitted))
+            {
                 continue; // a deleted ancestor takes it along
             }
-            let (target, moved_root) = translate(&moved_to, p);
             if let (Some(dirty), Some(_)) = (&self.targeted, &moved_root) {
                 if !dirty.contains(&target) {
                     continue; // moved along with its directory, unchanged
@@ -839,7 +850,7 @@ impl Diff {
                 continue;
             }
             b.stats.deleted += 1;
-            emitted.insert(p.clone(), g.clone());
+            emitted.insert(target.clone());
             b.deletes.push((
                 target.clone(),
                 PlannedOp::new(
@@ -929,14 +940,14 @@ fn translate(moved_to: &HashMap<&RelPath, &RelPath>, p: &RelPath) -> (RelPath, O
     (p.clone(), None)
 }
 
-/// True when `p` or one of its ancestors (not the root) is a key of `gone`.
-fn ancestor_in(p: &RelPath, gone: &BTreeMap<RelPath, Entry>) -> bool {
+/// True when `p` or one of its ancestors (not the root) is in `deleted`.
+fn ancestor_in(p: &RelPath, deleted: &HashSet<RelPath>) -> bool {
     let mut c = Some(p.clone());
     while let Some(x) = c {
         if x.is_root() {
             return false;
         }
-        if gone.contains_key(&x) {
+        if deleted.contains(&x) {
             return true;
         }
         c = x.parent();
@@ -980,6 +991,7 @@ mod tests {
             gid: 0,
             nlink: 2,
             rdev: 0,
+            birth: 1,
             target: None,
             hash: Some([1; 32]),
         }

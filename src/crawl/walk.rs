@@ -9,7 +9,7 @@ use crate::fsutil;
 use crate::protocol::RelPath;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{self as rfs, AtFlags, StatxFlags};
+use rustix::fs::{self as rfs, AtFlags};
 use std::io;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
@@ -94,7 +94,7 @@ pub fn lstat_beneath(root: &OwnedFd, path: &RelPath) -> io::Result<Option<Entry>
         &dir,
         name,
         AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BASIC_STATS,
+        Entry::STATX_MASK,
     ) {
         Ok(st) => st,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
@@ -114,7 +114,7 @@ pub fn lstat_beneath(root: &OwnedFd, path: &RelPath) -> io::Result<Option<Entry>
 
 /// Statx of the brick root itself.
 pub fn root_entry(root: &OwnedFd) -> io::Result<(Entry, (u32, u32))> {
-    let st = rfs::statx(root, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
+    let st = rfs::statx(root, "", AtFlags::EMPTY_PATH, Entry::STATX_MASK)?;
     let e = Entry::from_statx(&st, None).expect("the root is a directory");
     Ok((e, (st.stx_dev_major, st.stx_dev_minor)))
 }
@@ -247,7 +247,7 @@ fn list_dir_in(
                 &fd,
                 name,
                 AtFlags::SYMLINK_NOFOLLOW,
-                StatxFlags::BASIC_STATS,
+                Entry::STATX_MASK,
             ) {
                 Ok(st) => st,
                 // Deleted since readdir: the next crawl or the journal sees the delete.

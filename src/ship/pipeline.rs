@@ -15,7 +15,7 @@ use crate::transport::conn::{FrameReader, FrameWriter};
 use crate::transport::LinkHandle;
 use anyhow::{anyhow, bail, Context, Result};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{AtFlags, OFlags, StatxFlags};
+use rustix::fs::{AtFlags, OFlags};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -451,6 +451,7 @@ impl Shipper {
                     gid: le.meta.gid,
                     nlink: 1,
                     rdev: 0,
+                    birth: l.as_ref().map(|l| l.birth).unwrap_or(0),
                     target: le.target,
                     hash: None,
                 },
@@ -816,7 +817,7 @@ impl Shipper {
             }
         };
         let stat = |fd: &OwnedFd| {
-            rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+            rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, Entry::STATX_MASK)
                 .ok()
                 .and_then(|st| Entry::from_statx(&st, None))
         };

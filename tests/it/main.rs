@@ -4,6 +4,8 @@ mod util;
 
 mod agent_hostile;
 mod continuous;
+mod converge;
+mod converge_regressions;
 mod dr;
 mod errors;
 mod lifecycle;

@@ -1,6 +1,7 @@
 //! Shared helpers: a `Georep` runner with its own `GEOREP_HOME`, tree builders and the tree
 //! comparison every replication test ends with.
 
+pub mod fsops;
 pub mod session;
 pub mod sshd;
 pub mod tree;

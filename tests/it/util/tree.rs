@@ -160,12 +160,12 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
     out
 }
 
-/// Panics with the first differences when the trees differ.
-pub fn assert_trees_equal(master: &Path, slave: &Path) {
+/// The first differences between two trees, or `None` when they are equal.
+pub fn tree_differences(master: &Path, slave: &Path) -> Option<String> {
     let a = snapshot(master);
     let b = snapshot(slave);
     if a == b {
-        return;
+        return None;
     }
     let mut diffs = Vec::new();
     for (p, sa) in &a {
@@ -184,12 +184,19 @@ pub fn assert_trees_equal(master: &Path, slave: &Path) {
     }
     let total = diffs.len();
     diffs.truncate(15);
-    panic!(
+    Some(format!(
         "slave {} differs from master {} in {total} entries:\n{}",
         slave.display(),
         master.display(),
         diffs.join("\n")
-    );
+    ))
+}
+
+/// Panics with the first differences when the trees differ.
+pub fn assert_trees_equal(master: &Path, slave: &Path) {
+    if let Some(d) = tree_differences(master, slave) {
+        panic!("{d}");
+    }
 }
 
 /// A varied tree: odd names, sizes, links, modes, times, deep paths.

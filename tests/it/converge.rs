@@ -1,0 +1,515 @@
+//! The convergence harness: seeded random change sequences in every mode georep finds changes
+//! in, with the whole tree as the oracle. A sequence is an initial tree and rounds of ops; after
+//! each round the replicator catches up and the slave must equal the master (names, kinds,
+//! content, mode, owner, mtime in ns, link targets, hard-link groups, nothing extra).
+//!
+//! Modes: (a) crawl: `sync --once` after each round; (b) journal: a live session shipping while
+//! the ops run; (c) journal with gaps: the journal writer is killed -9 at random moments, so
+//! hybrid crawls run while changes stream; (d) replica takeover: the Active node of a replica-2
+//! volume is killed mid-stream and the Passive one takes over.
+//!
+//! A failing sequence prints its seed and op log, then is shrunk (delta debugging) to a minimal
+//! log printed as Rust, ready to become a named regression test in `converge_regressions.rs`.
+//!
+//! Sizes: `GEOREP_CONVERGE_SEQS` sequences per mode (defaults below, sized for CI),
+//! `GEOREP_CONVERGE_LONG=1` for thousands, `GEOREP_CONVERGE_SEED` for the first seed,
+//! `GEOREP_CONVERGE_OPS` ops per round.
+
+use crate::util::fsops::{as_code, shrink, FsOp, Gen};
+use crate::util::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 3;
+
+fn env_num(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+    })
+}
+
+/// How many sequences a mode runs: `ci` by default, 10× that (at least 1000) with --long.
+fn sequences(ci: u64) -> u64 {
+    env_num("GEOREP_CONVERGE_SEQS").unwrap_or_else(|| {
+        if std::env::var_os("GEOREP_CONVERGE_LONG").is_some() {
+            (ci * 10).max(1000)
+        } else {
+            ci
+        }
+    })
+}
+
+fn ops_per_round() -> usize {
+    env_num("GEOREP_CONVERGE_OPS").unwrap_or(30) as usize
+}
+
+fn first_seed() -> u64 {
+    env_num("GEOREP_CONVERGE_SEED").unwrap_or(1)
+}
+
+/// Where a sequence's ops come from.
+pub enum Source<'a> {
+    Generate(u64),
+    Replay(&'a [FsOp]),
+}
+
+/// A replicator under test: the roots ops are applied to (several for replicas, changed
+/// together as a replicated volume's bricks are), what happens between ops, and catching up.
+pub trait Replicator {
+    fn masters(&self) -> Vec<PathBuf>;
+    /// The brick the slave must equal now.
+    fn active_master(&self) -> PathBuf;
+    fn slave(&self) -> PathBuf;
+    /// Between two ops: pauses, kills.
+    fn between_ops(&mut self, _rng: &mut Rng) {}
+    /// Catches up; `Err` is a divergence (with the differences).
+    fn settle(&mut self) -> Result<(), String>;
+    /// Empties the tree between two sequences run by one replicator.
+    fn reset(&mut self) -> Result<(), String> {
+        for m in self.masters() {
+            clear(&m);
+        }
+        self.settle()
+    }
+}
+
+/// Makes a fresh replicator on a scratch area.
+type Make<'m> = &'m dyn for<'x> Fn(&'x Georep) -> Box<dyn Replicator + 'x>;
+
+pub use crate::util::tree_differences as tree_diff;
+
+/// Runs one sequence; returns its log, and the divergence if there was one.
+pub fn run_sequence(r: &mut dyn Replicator, src: Source) -> (Vec<FsOp>, Result<(), String>) {
+    let mut log = Vec::new();
+    let settle = |r: &mut dyn Replicator, log: &mut Vec<FsOp>| -> Result<(), String> {
+        log.push(FsOp::Sync);
+        r.settle()
+    };
+    match src {
+        Source::Replay(ops) => {
+            let mut rng = Rng(0x5eed);
+            for op in ops {
+                if *op == FsOp::Sync {
+                    if let Err(e) = settle(r, &mut log) {
+                        return (log, Err(e));
+                    }
+                    continue;
+                }
+                for m in r.masters() {
+                    op.apply(&m);
+                }
+                log.push(op.clone());
+                r.between_ops(&mut rng);
+            }
+            if log.last() != Some(&FsOp::Sync) {
+                let res = settle(r, &mut log);
+                return (log, res);
+            }
+            (log, Ok(()))
+        }
+        Source::Generate(seed) => {
+            let mut gen = Gen::new(seed);
+            let masters = r.masters();
+            let first = gen.initial(&masters[0], 12);
+            for op in &first {
+                for m in &masters[1..] {
+                    op.apply(m);
+                }
+            }
+            log.extend(first);
+            if let Err(e) = settle(r, &mut log) {
+                return (log, Err(e));
+            }
+            for _ in 0..ROUNDS {
+                for _ in 0..ops_per_round() {
+                    let ops = gen.step(&masters[0]);
+                    for op in &ops {
+                        for m in &masters[1..] {
+                            op.apply(m);
+                        }
+                    }
+                    log.extend(ops);
+                    let mut rng = Rng(gen.rng.next() | 1);
+                    r.between_ops(&mut rng);
+                }
+                if let Err(e) = settle(r, &mut log) {
+                    return (log, Err(e));
+                }
+            }
+            (log, Ok(()))
+        }
+    }
+}
+
+/// Runs `count` generated sequences with replicators from `make` (a fresh one per sequence,
+/// or per `per` sequences for live sessions); on a divergence, shrinks it with fresh
+/// replicators and panics with the seed, the log and the minimal log.
+fn harness(mode: &str, count: u64, per: u64, shrink_budget: Duration, make: Make) {
+    let t0 = Instant::now();
+    let seed0 = first_seed();
+    let mut done = 0;
+    while done < count {
+        let g = Georep::new();
+        let mut r = make(&g);
+        for _ in 0..per.min(count - done) {
+            let seed = seed0 + done;
+            done += 1;
+            if let Err(e) = r.reset() {
+                panic!("{mode}: clearing the tree before seed {seed} did not converge: {e}");
+            }
+            let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));
+            let Err(diff) = res else { continue };
+            drop(r);
+            drop(g);
+            report(mode, seed, &log, &diff, shrink_budget, make);
+        }
+    }
+    eprintln!(
+        "converge {mode}: {count} sequences ({ROUNDS} rounds of {} ops) from seed {seed0}, 0 diverged, {:.1} s",
+        ops_per_round(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+fn report(mode: &str, seed: u64, log: &[FsOp], diff: &str, budget: Duration, make: Make) -> ! {
+    let full = as_code(log);
+    let mut tries = 0;
+    let small = shrink(log, budget, |ops| {
+        tries += 1;
+        let g = Georep::new();
+        let mut r = make(&g);
+        run_sequence(r.as_mut(), Source::Replay(ops)).1.is_err()
+    });
+    let reproduced = {
+        let g = Georep::new();
+        let mut r = make(&g);
+        run_sequence(r.as_mut(), Source::Replay(&small)).1.err()
+    };
+    panic!(
+        "converge {mode}: seed {seed} diverged (rerun: GEOREP_CONVERGE_SEED={seed} GEOREP_CONVERGE_SEQS=1)\n\
+         {diff}\n\nop log ({} ops):\n{full}\n\nshrunk in {tries} replays to {} ops ({}):\n{}\n",
+        log.len(),
+        small.len(),
+        match &reproduced {
+            Some(d) => format!("still fails: {}", d.lines().next().unwrap_or("")),
+            None => "did not fail again on replay: timing-dependent".into(),
+        },
+        as_code(&small)
+    )
+}
+
+/// Removes everything beneath `root` except `.georep`.
+fn clear(root: &Path) {
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        if e.file_name() == ".georep" {
+            continue;
+        }
+        let p = e.path();
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+// ---- (a) crawl: `sync --once` between rounds ----
+
+pub struct Crawl<'a> {
+    pub g: &'a Georep,
+}
+
+impl Replicator for Crawl<'_> {
+    fn masters(&self) -> Vec<PathBuf> {
+        vec![self.g.master()]
+    }
+    fn active_master(&self) -> PathBuf {
+        self.g.master()
+    }
+    fn slave(&self) -> PathBuf {
+        self.g.slave()
+    }
+    fn settle(&mut self) -> Result<(), String> {
+        let (m, s) = (self.g.master(), self.g.slave());
+        let o = self.g.run(&[
+            "sync",
+            m.to_str().unwrap(),
+            s.to_str().unwrap(),
+            "--once",
+            "--json",
+        ]);
+        if !o.status.success() {
+            return Err(format!("sync --once failed: {}", stderr(&o)));
+        }
+        match tree_diff(&m, &s) {
+            Some(d) => Err(d),
+            None => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn converge_crawl_mode() {
+    harness(
+        "crawl",
+        sequences(300),
+        1,
+        Duration::from_secs(90),
+        &|g| Box::new(Crawl { g }),
+    );
+}
+
+// ---- (b) and (c): a live session; with gaps, the journal writer is killed at random ----
+
+pub struct Live<'a> {
+    pub s: Session<'a>,
+    /// Chance per op (in 1/1000) of killing the journal writer.
+    pub kill_writer: u64,
+    pub kills: u64,
+}
+
+/// Waits (polling with back-off) until the worker is idle in Changelog Crawl and the trees
+/// are equal; the differences after `timeout`.
+fn wait_equal(
+    master: &Path,
+    slave: &Path,
+    timeout: Duration,
+    idle: &dyn Fn() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if idle() && snapshot(master) == snapshot(slave) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(tree_diff(master, slave)
+                .unwrap_or_else(|| "trees equal but the worker never went idle".into()));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+impl Live<'_> {
+    fn idle(&self) -> bool {
+        let st = self.s.status();
+        st["crawl"] == "Changelog Crawl" && st["backlog"] == 0
+    }
+}
+
+impl Replicator for Live<'_> {
+    fn masters(&self) -> Vec<PathBuf> {
+        vec![self.s.g.master()]
+    }
+    fn active_master(&self) -> PathBuf {
+        self.s.g.master()
+    }
+    fn slave(&self) -> PathBuf {
+        self.s.g.slave()
+    }
+    fn between_ops(&mut self, rng: &mut Rng) {
+        if rng.below(8) == 0 {
+            std::thread::sleep(Duration::from_millis(rng.below(4)));
+        }
+        if self.kill_writer > 0 && rng.below(1000) < self.kill_writer {
+            signal(self.s.writer_pid(), rustix::process::Signal::KILL);
+            self.kills += 1;
+        }
+    }
+    fn settle(&mut self) -> Result<(), String> {
+        let (m, s) = (self.s.g.master(), self.s.g.slave());
+        let r = wait_equal(&m, &s, Duration::from_secs(30), &|| self.idle());
+        r.map_err(|d| format!("{d}\nstatus: {}", self.s.status()))
+    }
+}
+
+#[test]
+fn converge_journal_mode() {
+    harness(
+        "journal",
+        sequences(300),
+        100,
+        Duration::from_secs(120),
+        &|g| {
+            Box::new(Live {
+                s: Session::start(g),
+                kill_writer: 0,
+                kills: 0,
+            })
+        },
+    );
+}
+
+#[test]
+fn converge_journal_with_gaps() {
+    harness(
+        "journal with gaps",
+        sequences(100),
+        50,
+        Duration::from_secs(120),
+        &|g| {
+            Box::new(Live {
+                s: Session::start(g),
+                kill_writer: 15,
+                kills: 0,
+            })
+        },
+    );
+}
+
+// ---- (d) replica takeover: the Active node is killed mid-stream ----
+
+/// Two master nodes with one brick each of a replica-2 volume, each with its own home and a
+/// background monitor; ops go to both bricks.
+pub struct Replica<'a> {
+    g: &'a Georep,
+    active: usize,
+    /// Chance per op (in 1/1000) of killing the Active node.
+    kill: u64,
+    killed: Option<usize>,
+    pub takeovers: u64,
+}
+
+impl<'a> Replica<'a> {
+    fn brick(&self, i: usize) -> PathBuf {
+        self.g.path(&format!("b{}", i + 1))
+    }
+
+    fn node(&self, i: usize) -> std::process::Command {
+        let mut c = self.g.cmd();
+        c.env("GEOREP_HOME", self.g.path(&format!("home-n{}", i + 1)))
+            .env("GEOREP_NODE", format!("n{}", i + 1));
+        c
+    }
+
+    fn ok(&self, i: usize, args: &[&str]) -> String {
+        let o = self.node(i).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "georep {args:?} on n{} failed: {}",
+            i + 1,
+            stderr(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn new(g: &'a Georep, kill: u64) -> Replica<'a> {
+        let r = Replica {
+            g,
+            active: 0,
+            kill,
+            killed: None,
+            takeovers: 0,
+        };
+        let spec: Vec<String> = (0..2)
+            .map(|i| {
+                fs::create_dir_all(r.brick(i)).unwrap();
+                format!("n{}:{}", i + 1, r.brick(i).display())
+            })
+            .collect();
+        let s = g.slave();
+        for i in 0..2 {
+            r.ok(i, &["volume", "create", "gv", "replica", "2", &spec[0], &spec[1]]);
+            r.ok(i, &["create", "gv", s.to_str().unwrap()]);
+        }
+        r.ok(0, &["start", "gv", s.to_str().unwrap()]);
+        // n1 is Active before n2 starts.
+        let ok = wait_until(Duration::from_secs(20), || r.row(0)["status"] == "Active");
+        assert!(ok, "n1 never went Active: {}", r.row(0));
+        r.ok(1, &["start", "gv", s.to_str().unwrap()]);
+        r
+    }
+
+    fn row(&self, i: usize) -> serde_json::Value {
+        let s = self.g.slave();
+        let out = self.ok(i, &["status", "gv", s.to_str().unwrap(), "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+    }
+
+    fn monitor_pid(&self, i: usize) -> Option<i32> {
+        let base = self.g.path(&format!("home-n{}/state/sessions", i + 1));
+        let s = fs::read_dir(base).ok()?.next()?.ok()?.path();
+        fs::read_to_string(s.join("monitor.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Replicator for Replica<'_> {
+    fn masters(&self) -> Vec<PathBuf> {
+        vec![self.brick(0), self.brick(1)]
+    }
+    fn active_master(&self) -> PathBuf {
+        self.brick(self.active)
+    }
+    fn slave(&self) -> PathBuf {
+        self.g.slave()
+    }
+    fn between_ops(&mut self, rng: &mut Rng) {
+        if rng.below(8) == 0 {
+            std::thread::sleep(Duration::from_millis(rng.below(4)));
+        }
+        if self.killed.is_none() && rng.below(1000) < self.kill {
+            // The background monitor leads its process group: worker and agent die with it.
+            if let Some(pid) = self.monitor_pid(self.active) {
+                let _ = rustix::process::kill_process_group(
+                    rustix::process::Pid::from_raw(pid).unwrap(),
+                    rustix::process::Signal::KILL,
+                );
+                self.killed = Some(self.active);
+                self.active = 1 - self.active;
+                self.takeovers += 1;
+            }
+        }
+    }
+    fn settle(&mut self) -> Result<(), String> {
+        let (m, s) = (self.active_master(), self.g.slave());
+        let a = self.active;
+        let r = wait_equal(&m, &s, Duration::from_secs(40), &|| {
+            let r = self.row(a);
+            r["status"] == "Active"
+                && r["crawl_status"] == "Changelog Crawl"
+                && r["backlog_records"] == 0
+        });
+        let r = r.map_err(|d| format!("{d}\nactive n{}: {}", a + 1, self.row(a)));
+        // The killed node comes back, as Passive.
+        if let Some(k) = self.killed.take() {
+            let s = self.g.slave();
+            self.ok(k, &["start", "gv", s.to_str().unwrap(), "force"]);
+        }
+        r
+    }
+}
+
+impl Drop for Replica<'_> {
+    fn drop(&mut self) {
+        let s = self.g.slave();
+        for i in 0..2 {
+            let _ = self
+                .node(i)
+                .args(["stop", "gv", s.to_str().unwrap(), "force"])
+                .output();
+            let _ = self
+                .node(i)
+                .args(["delete", "gv", s.to_str().unwrap()])
+                .output();
+        }
+    }
+}
+
+#[test]
+fn converge_replica_takeover() {
+    harness(
+        "replica takeover",
+        sequences(30),
+        15,
+        Duration::from_secs(120),
+        &|g| Box::new(Replica::new(g, 8)),
+    );
+}
