@@ -200,5 +200,70 @@ fn compare_brick(
     for (path, _) in slave.iter().filter(|(p, _)| !seen.contains(*p)) {
         diff(path, "only on the slave".into());
     }
+    for (path, what) in link_group_differences(&local, &slave) {
+        diff(path, what);
+    }
     Ok(())
+}
+
+/// Hard-link groups: a regular file on both sides must share its inode with the same other
+/// names on the slave as on the master (a split or a merged group is a difference).
+fn link_group_differences<'a>(
+    local: &'a [(RelPath, Entry)],
+    slave: &std::collections::BTreeMap<&'a RelPath, &'a ListEntry>,
+) -> Vec<(&'a RelPath, String)> {
+    use std::collections::{BTreeSet, HashMap};
+    let mut m_groups: HashMap<u64, BTreeSet<&RelPath>> = HashMap::new();
+    for (p, e) in local.iter().filter(|(_, e)| e.kind == Kind::File && e.nlink > 1) {
+        m_groups.entry(e.ino).or_default().insert(p);
+    }
+    let mut s_groups: HashMap<u64, BTreeSet<&RelPath>> = HashMap::new();
+    for (p, e) in slave.iter() {
+        if Kind::from_u8(e.kind) == Kind::File && e.nlink > 1 {
+            s_groups.entry(e.ino).or_default().insert(*p);
+        }
+    }
+    let show = |g: &BTreeSet<&RelPath>, me: &RelPath| {
+        let others: Vec<String> = g
+            .iter()
+            .filter(|p| **p != me)
+            .take(4)
+            .map(|p| p.display())
+            .collect();
+        if others.is_empty() {
+            "no other name".to_string()
+        } else {
+            others.join(", ")
+        }
+    };
+    let mut out = Vec::new();
+    for (p, e) in local {
+        let Some(s) = slave.get(p).filter(|s| Kind::from_u8(s.kind) == Kind::File) else {
+            continue;
+        };
+        if e.kind != Kind::File {
+            continue;
+        }
+        let alone = |p: &'a RelPath| BTreeSet::from([p]);
+        let m = (e.nlink > 1)
+            .then(|| m_groups.get(&e.ino).cloned())
+            .flatten()
+            .unwrap_or_else(|| alone(p));
+        let sg = (s.nlink > 1)
+            .then(|| s_groups.get(&s.ino).cloned())
+            .flatten()
+            .unwrap_or_else(|| alone(p));
+        if m != sg {
+            out.push((
+                p,
+                format!(
+                    "hard links differ: linked with {} on the master, with {} on the slave \
+                     (`georep sync --once --rescan-slave` repairs it)",
+                    show(&m, p),
+                    show(&sg, p)
+                ),
+            ));
+        }
+    }
+    out
 }

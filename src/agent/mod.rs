@@ -605,6 +605,8 @@ fn send_listing(root: &Path, w: &mut FrameWriter, checksum: bool) -> Result<()> 
             meta: e.meta(),
             target: e.target.clone(),
             hash,
+            ino: e.ino,
+            nlink: e.nlink,
         });
         if chunk.len() == 1024 {
             w.send(&Message::Listing(std::mem::take(&mut chunk)))?;

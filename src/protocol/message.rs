@@ -174,6 +174,9 @@ pub struct ListEntry {
     pub target: Option<Vec<u8>>,
     /// blake3 of a regular file's content, when the listing was asked with `checksum`.
     pub hash: Option<[u8; 32]>,
+    /// The slave's inode number and link count: names of one inode form a hard-link group.
+    pub ino: u64,
+    pub nlink: u32,
 }
 
 /// Fatal error: the sender closes the connection after it.

@@ -1,4 +1,4 @@
-//! The georep wire protocol, version 2: pure types and codec, no I/O (spec: docs/protocol.md).
+//! The georep wire protocol (version: `PROTOCOL_VERSION`): pure types and codec, no I/O (spec: docs/protocol.md).
 //!
 //! Invariant: every byte sequence either decodes into a valid message (paths already validated)
 //! or yields a typed error; nothing here panics on input.
@@ -15,7 +15,7 @@ pub use path::RelPath;
 /// (a shell banner, a `.bashrc` that prints) before any frame is parsed.
 pub const PREAMBLE: &[u8; 8] = b"GEOREP\0\x01";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest number of ops one batch may declare.
 pub const MAX_BATCH_OPS: u32 = 1 << 20;
 /// Largest content a batch holding more than one op may declare.

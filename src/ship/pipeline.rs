@@ -417,11 +417,17 @@ impl Shipper {
     pub fn seed_index_from_slave(&mut self, index: &Index, checksum: bool) -> Result<usize> {
         let listed = self.list_slave(index, checksum)?;
         let n = listed.len();
+        let locals: Vec<Option<Entry>> = listed
+            .iter()
+            .map(|le| {
+                crate::crawl::walk::lstat_beneath(&self.brick, &le.path)
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        let split = split_link_groups(&listed, &locals);
         let mut muts = Vec::with_capacity(n);
-        for le in listed {
-            let local = crate::crawl::walk::lstat_beneath(&self.brick, &le.path)
-                .ok()
-                .flatten();
+        for (i, (le, local)) in listed.into_iter().zip(locals).enumerate() {
             let kind = crate::crawl::entry::Kind::from_u8(le.kind);
             let same = local.as_ref().is_some_and(|l| {
                 l.kind == kind
@@ -429,9 +435,12 @@ impl Shipper {
                     && l.target == le.target
                     && (kind == crate::crawl::entry::Kind::Dir || l.size == le.size)
             });
+            // A name whose hard-link group on the slave is not the master's (split, merged)
+            // is unknown: the crawl sends its content once and links the other names to it.
             let content_differs = same
-                && le.hash.is_some()
-                && crate::crawl::hash_beneath(&self.brick, &le.path).ok() != le.hash;
+                && (split.contains(&i)
+                    || le.hash.is_some()
+                        && crate::crawl::hash_beneath(&self.brick, &le.path).ok() != le.hash);
             let entry = match local {
                 Some(l) if same && !content_differs => l,
                 Some(l) if content_differs => Entry {
@@ -920,4 +929,51 @@ pub fn check_welcome(w: &protocol::Welcome, peer: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Indexes (into `listed`) of the slave's regular files whose hard-link group, among the
+/// listed names, differs from the group their master names form (`locals`: the master's entry
+/// at each listed path).
+pub fn split_link_groups(
+    listed: &[crate::protocol::ListEntry],
+    locals: &[Option<Entry>],
+) -> std::collections::HashSet<usize> {
+    use crate::crawl::entry::Kind;
+    use std::collections::{HashMap, HashSet};
+    let file = |k: u8| Kind::from_u8(k) == Kind::File;
+    let mut slave_groups: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut master_groups: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, le) in listed.iter().enumerate() {
+        if file(le.kind) && le.nlink > 1 {
+            slave_groups.entry(le.ino).or_default().push(i);
+        }
+        if let Some(l) = locals[i].as_ref().filter(|l| l.kind == Kind::File && l.nlink > 1) {
+            master_groups.entry(l.ino).or_default().push(i);
+        }
+    }
+    let group_of = |i: usize, groups: &HashMap<u64, Vec<usize>>, ino: Option<u64>| -> Vec<usize> {
+        ino.and_then(|ino| groups.get(&ino))
+            .filter(|g| g.contains(&i))
+            .cloned()
+            .unwrap_or_else(|| vec![i])
+    };
+    let mut out = HashSet::new();
+    for (i, le) in listed.iter().enumerate() {
+        if !file(le.kind) {
+            continue;
+        }
+        let s = group_of(i, &slave_groups, Some(le.ino).filter(|_| le.nlink > 1));
+        let m = group_of(
+            i,
+            &master_groups,
+            locals[i]
+                .as_ref()
+                .filter(|l| l.kind == Kind::File && l.nlink > 1)
+                .map(|l| l.ino),
+        );
+        if s != m {
+            out.insert(i);
+        }
+    }
+    out
 }

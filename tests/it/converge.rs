@@ -154,10 +154,12 @@ fn harness(mode: &str, count: u64, per: u64, shrink_budget: Duration, make: Make
     while done < count {
         let g = Georep::new();
         let mut r = make(&g);
-        for _ in 0..per.min(count - done) {
+        for i in 0..per.min(count - done) {
             let seed = seed0 + done;
             done += 1;
-            if let Err(e) = r.reset() {
+            if i == 0 {
+                // A fresh replicator starts from empty trees.
+            } else if let Err(e) = r.reset() {
                 panic!("{mode}: clearing the tree before seed {seed} did not converge: {e}");
             }
             let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));

@@ -90,3 +90,51 @@ fn verify_reports_each_difference_and_checksum_finds_silent_corruption() {
     let out = g.ok(&["verify", ms, ss, "--checksum"]);
     assert!(out.contains("equal"), "{out}");
 }
+
+/// A hard-link group split on the slave (its names became separate copies with the same
+/// content and attributes) or merged (two separate files linked together): verify names it
+/// and exits 1; `sync --once --rescan-slave` restores the master's groups.
+#[test]
+fn verify_compares_hard_link_groups_and_rescan_repairs_them() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    write(&m.join("a"), b"shared");
+    fs::hard_link(m.join("a"), m.join("dir-b")).unwrap();
+    write(&m.join("d/c"), b"twin");
+    write(&m.join("d/e"), b"twin");
+    set_mtime(&m.join("d/c"), 1_600_000_000, 0);
+    set_mtime(&m.join("d/e"), 1_600_000_000, 0);
+    g.sync_equal();
+    assert!(g.ok(&["verify", ms, ss]).contains("equal"));
+
+    // Split: dir-b becomes a copy of a (same bytes, mode, mtime).
+    let md = fs::symlink_metadata(s.join("a")).unwrap();
+    fs::remove_file(s.join("dir-b")).unwrap();
+    fs::copy(s.join("a"), s.join("dir-b")).unwrap();
+    set_mtime(
+        &s.join("dir-b"),
+        std::os::unix::fs::MetadataExt::mtime(&md),
+        std::os::unix::fs::MetadataExt::mtime_nsec(&md) as u32,
+    );
+    // Merged: d/e becomes another name of d/c.
+    fs::remove_file(s.join("d/e")).unwrap();
+    fs::hard_link(s.join("d/c"), s.join("d/e")).unwrap();
+    let o = g.run(&["verify", ms, ss]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for p in ["a:", "dir-b:", "d/c:", "d/e:"] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(p) && l.contains("hard links differ")),
+            "{p} not named: {out}"
+        );
+    }
+    // The trees' other facts are equal: only the groups differ.
+    assert!(!out.contains("content") && !out.contains("missing"), "{out}");
+
+    g.sync_args(&["--rescan-slave"]);
+    assert_trees_equal(&m, &s);
+    let out = g.ok(&["verify", ms, ss]);
+    assert!(out.contains("equal"), "{out}");
+}
