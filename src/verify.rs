@@ -214,7 +214,10 @@ fn link_group_differences<'a>(
 ) -> Vec<(&'a RelPath, String)> {
     use std::collections::{BTreeSet, HashMap};
     let mut m_groups: HashMap<u64, BTreeSet<&RelPath>> = HashMap::new();
-    for (p, e) in local.iter().filter(|(_, e)| e.kind == Kind::File && e.nlink > 1) {
+    for (p, e) in local
+        .iter()
+        .filter(|(_, e)| e.kind == Kind::File && e.nlink > 1)
+    {
         m_groups.entry(e.ino).or_default().insert(p);
     }
     let mut s_groups: HashMap<u64, BTreeSet<&RelPath>> = HashMap::new();

@@ -193,18 +193,36 @@ pub fn crawl(
 #[error("crawl cancelled")]
 pub struct Cancelled;
 
+/// What a window of journal records says changed (`ship::changes`), under final names.
+pub struct Window {
+    pub dirty: BTreeSet<RelPath>,
+    /// The only new names that may be renames.
+    pub rename_targets: BTreeSet<RelPath>,
+    /// Names the records removed; an entry missing from the disk elsewhere was taken away by
+    /// a change not journaled yet.
+    pub removed: BTreeSet<RelPath>,
+    /// Names a record created or changed (not merely parents of a change).
+    pub touched: BTreeSet<RelPath>,
+    /// The records include a `LINK` (a new name of an existing file).
+    pub hard_links_made: bool,
+}
+
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
-/// renames among the records were applied), comparing each with the index. `hard_links_made`:
-/// the records include a `LINK` (a new name of an existing file).
+/// renames among the records were applied), comparing each with the index.
 pub fn plan_paths(
     root: &Path,
     index: &Index,
     excludes: &Excludes,
-    dirty: BTreeSet<RelPath>,
-    rename_targets: BTreeSet<RelPath>,
-    hard_links_made: bool,
+    window: Window,
     slot: &mut u64,
 ) -> Result<Plan> {
+    let Window {
+        dirty,
+        rename_targets,
+        removed,
+        touched,
+        hard_links_made,
+    } = window;
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
     // Writing through one name of a hard-linked file changes every name, but only that name
@@ -271,6 +289,14 @@ pub fn plan_paths(
             (Some(e), None) if p.is_root() => d.new_root = Some(e),
             (Some(e), None) => {
                 d.new.insert(p.clone(), e);
+            }
+            // Missing from the disk, and no record of this window removed it or an ancestor:
+            // the disk is ahead of the records (a rename or delete not journaled yet took it
+            // away). Deleting it here would lose what a rename carries: the slave keeps it
+            // and the later record moves or deletes it. When this window also changed it,
+            // that change went with it and no later record names it: a crawl finds it.
+            (None, Some(_)) if !ancestor_or_self_in(p, &removed) => {
+                needs_crawl |= touched.contains(p)
             }
             (None, Some(o)) => {
                 if o.kind == Kind::Dir {
@@ -938,6 +964,18 @@ fn translate(moved_to: &HashMap<&RelPath, &RelPath>, p: &RelPath) -> (RelPath, O
         a = anc.parent();
     }
     (p.clone(), None)
+}
+
+/// True when `p` or one of its ancestors is in `set`.
+fn ancestor_or_self_in(p: &RelPath, set: &BTreeSet<RelPath>) -> bool {
+    let mut c = Some(p.clone());
+    while let Some(x) = c {
+        if set.contains(&x) {
+            return true;
+        }
+        c = x.parent();
+    }
+    false
 }
 
 /// True when `p` or one of its ancestors (not the root) is in `deleted`.

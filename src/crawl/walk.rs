@@ -90,12 +90,7 @@ pub fn lstat_beneath(root: &OwnedFd, path: &RelPath) -> io::Result<Option<Entry>
         }
         Err(e) => return Err(e),
     };
-    let st = match rfs::statx(
-        &dir,
-        name,
-        AtFlags::SYMLINK_NOFOLLOW,
-        Entry::STATX_MASK,
-    ) {
+    let st = match rfs::statx(&dir, name, AtFlags::SYMLINK_NOFOLLOW, Entry::STATX_MASK) {
         Ok(st) => st,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -243,12 +238,7 @@ fn list_dir_in(
             if excludes.is_excluded(&path) {
                 continue;
             }
-            let st = match rfs::statx(
-                &fd,
-                name,
-                AtFlags::SYMLINK_NOFOLLOW,
-                Entry::STATX_MASK,
-            ) {
+            let st = match rfs::statx(&fd, name, AtFlags::SYMLINK_NOFOLLOW, Entry::STATX_MASK) {
                 Ok(st) => st,
                 // Deleted since readdir: the next crawl or the journal sees the delete.
                 Err(rustix::io::Errno::NOENT) => continue,

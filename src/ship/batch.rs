@@ -47,6 +47,7 @@ mod tests {
                     gid: 0,
                     nlink: 1,
                     rdev: 0,
+                    birth: 0,
                     target: None,
                     hash: None,
                 },

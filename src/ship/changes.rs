@@ -10,30 +10,58 @@ use std::collections::BTreeSet;
 /// The dirty set of `records` (in order): each path changed, and its parent (whose entries and
 /// mtime changed with it).
 pub fn dirty_paths(records: &[Record]) -> BTreeSet<RelPath> {
-    changes(records).0
+    changes(records).dirty
 }
 
-/// The dirty set, and the final names that are the target of a rename in `records`: only those
-/// may be matched to a gone entry by inode (a new entry can reuse a deleted one's inode number).
-pub fn changes(records: &[Record]) -> (BTreeSet<RelPath>, BTreeSet<RelPath>) {
-    let mut d = BTreeSet::new();
-    let mut targets = BTreeSet::new();
+/// What a window of records says changed, every path under its final name.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Each path changed, and its parent.
+    pub dirty: BTreeSet<RelPath>,
+    /// The final names that are the target of a rename: only those may be matched to a gone
+    /// entry by inode (a new entry can reuse a deleted one's inode number).
+    pub rename_targets: BTreeSet<RelPath>,
+    /// Names the records removed (unlinked, or renamed away): an entry missing from the disk
+    /// is known to be gone only at or beneath one of these. Missing anywhere else, the disk is
+    /// ahead of the records (a rename not journaled yet took it away) and a delete planned
+    /// from it would drop what the rename carries.
+    pub removed: BTreeSet<RelPath>,
+    /// Names a record created or changed (not merely parents of a change).
+    pub touched: BTreeSet<RelPath>,
+}
+
+pub fn changes(records: &[Record]) -> Changes {
+    let mut c = Changes::default();
     for r in records {
         if !r.op.has_path() {
             continue;
         }
-        if r.op == RecOp::Rename {
-            if let Some(to) = &r.path2 {
-                rebase(&mut d, &r.path, to);
-                rebase(&mut targets, &r.path, to);
-                targets.remove(&r.path);
-                targets.insert(to.clone());
-                add(&mut d, to);
+        match r.op {
+            RecOp::Rename => {
+                if let Some(to) = &r.path2 {
+                    rebase(&mut c.dirty, &r.path, to);
+                    rebase(&mut c.rename_targets, &r.path, to);
+                    rebase(&mut c.removed, &r.path, to);
+                    rebase(&mut c.touched, &r.path, to);
+                    c.touched.remove(&r.path);
+                    c.touched.insert(to.clone());
+                    c.rename_targets.remove(&r.path);
+                    c.rename_targets.insert(to.clone());
+                    c.removed.insert(r.path.clone());
+                    add(&mut c.dirty, to);
+                }
+            }
+            RecOp::Unlink | RecOp::Rmdir => {
+                c.removed.insert(r.path.clone());
+                c.touched.remove(&r.path);
+            }
+            _ => {
+                c.touched.insert(r.path.clone());
             }
         }
-        add(&mut d, &r.path);
+        add(&mut c.dirty, &r.path);
     }
-    (d, targets)
+    c
 }
 
 pub fn add(d: &mut BTreeSet<RelPath>, p: &RelPath) {

@@ -947,7 +947,10 @@ pub fn split_link_groups(
         if file(le.kind) && le.nlink > 1 {
             slave_groups.entry(le.ino).or_default().push(i);
         }
-        if let Some(l) = locals[i].as_ref().filter(|l| l.kind == Kind::File && l.nlink > 1) {
+        if let Some(l) = locals[i]
+            .as_ref()
+            .filter(|l| l.kind == Kind::File && l.nlink > 1)
+        {
             master_groups.entry(l.ino).or_default().push(i);
         }
     }

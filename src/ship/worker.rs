@@ -372,7 +372,12 @@ impl Worker {
             } else {
                 "Changelog Crawl".into()
             };
-            let (mut dirty, rename_targets) = changes::changes(&records);
+            let changes::Changes {
+                mut dirty,
+                rename_targets,
+                removed,
+                touched,
+            } = changes::changes(&records);
             for p in &retry {
                 changes::add(&mut dirty, p);
             }
@@ -389,9 +394,13 @@ impl Worker {
                 &self.brick.path,
                 index,
                 &self.excludes,
-                dirty,
-                rename_targets,
-                records.iter().any(|r| r.op == RecOp::Link),
+                crawl::Window {
+                    dirty,
+                    rename_targets,
+                    removed,
+                    touched,
+                    hard_links_made: records.iter().any(|r| r.op == RecOp::Link),
+                },
                 &mut self.slot,
             )?;
             let (entries, data, meta) = (

@@ -131,7 +131,10 @@ fn verify_compares_hard_link_groups_and_rescan_repairs_them() {
         );
     }
     // The trees' other facts are equal: only the groups differ.
-    assert!(!out.contains("content") && !out.contains("missing"), "{out}");
+    assert!(
+        !out.contains("content") && !out.contains("missing"),
+        "{out}"
+    );
 
     g.sync_args(&["--rescan-slave"]);
     assert_trees_equal(&m, &s);

@@ -17,19 +17,54 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FsOp {
     /// Creates or overwrites `path` with `size` pseudo-random bytes.
-    Write { path: Vec<u8>, size: u32, seed: u64 },
-    Append { path: Vec<u8>, size: u32 },
-    Truncate { path: Vec<u8>, len: u32 },
+    Write {
+        path: Vec<u8>,
+        size: u32,
+        seed: u64,
+    },
+    Append {
+        path: Vec<u8>,
+        size: u32,
+    },
+    Truncate {
+        path: Vec<u8>,
+        len: u32,
+    },
     /// Same size, new content, mtime put back (only ctime shows it).
-    Rewrite { path: Vec<u8>, seed: u64 },
-    Rename { from: Vec<u8>, to: Vec<u8> },
-    Unlink { path: Vec<u8> },
-    RmR { path: Vec<u8> },
-    MkdirP { path: Vec<u8> },
-    Symlink { path: Vec<u8>, target: Vec<u8> },
-    Link { from: Vec<u8>, to: Vec<u8> },
-    Chmod { path: Vec<u8>, mode: u32 },
-    Touch { path: Vec<u8>, sec: i64, nsec: u32 },
+    Rewrite {
+        path: Vec<u8>,
+        seed: u64,
+    },
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Unlink {
+        path: Vec<u8>,
+    },
+    RmR {
+        path: Vec<u8>,
+    },
+    MkdirP {
+        path: Vec<u8>,
+    },
+    Symlink {
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
+    Link {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Chmod {
+        path: Vec<u8>,
+        mode: u32,
+    },
+    Touch {
+        path: Vec<u8>,
+        sec: i64,
+        nsec: u32,
+    },
     /// A round ends: the replicator catches up and the trees are compared.
     Sync,
 }
@@ -66,7 +101,9 @@ impl fmt::Display for FsOp {
     }
 }
 
-/// Constructors with the names `Display` prints, so a shrunk log pastes into a test.
+/// Constructors with the names `Display` prints, so a shrunk log pastes into a test (not
+/// every one has a regression test yet).
+#[allow(dead_code)]
 pub mod ops {
     use super::FsOp;
     pub fn write(p: &[u8], size: u32, seed: u64) -> FsOp {
@@ -409,10 +446,12 @@ impl Gen {
                 }
                 None => return out,
             },
-            40..=45 => match self.pick(&l.files.iter().chain(&l.other).cloned().collect::<Vec<_>>()) {
-                Some(p) => FsOp::Unlink { path: p.clone() },
-                None => return out,
-            },
+            40..=45 => {
+                match self.pick(&l.files.iter().chain(&l.other).cloned().collect::<Vec<_>>()) {
+                    Some(p) => FsOp::Unlink { path: p.clone() },
+                    None => return out,
+                }
+            }
             46..=49 => match self.pick(&l.dirs).cloned() {
                 Some(p) => FsOp::RmR { path: p },
                 None => return out,
@@ -544,7 +583,7 @@ pub fn shrink(
     let mut n = 2usize;
     while cur.len() >= 2 && std::time::Instant::now() < deadline {
         let chunk = cur.len().div_ceil(n);
-        let mut reduced = false;
+        let mut reduced = None;
         for i in 0..n {
             if std::time::Instant::now() >= deadline {
                 break;
@@ -555,13 +594,14 @@ pub fn shrink(
             }
             let complement: Vec<FsOp> = cur[..lo].iter().chain(&cur[hi..]).cloned().collect();
             if !complement.is_empty() && fails(&complement) {
-                cur = complement;
-                n = (n - 1).max(2);
-                reduced = true;
+                reduced = Some(complement);
                 break;
             }
         }
-        if !reduced {
+        if let Some(smaller) = reduced {
+            cur = smaller;
+            n = (n - 1).max(2);
+        } else {
             if n >= cur.len() {
                 break;
             }
