@@ -410,6 +410,10 @@ struct Diff {
     links: HashMap<u64, Vec<RelPath>>,
     /// A path per multiply-linked inode whose content on the slave is current.
     stable_link: HashMap<u64, RelPath>,
+    /// A path per multiply-linked inode whose only sign of change is its ctime (a link count
+    /// change moves it): its op hashes the file against the slave's copy and resends only
+    /// when the content differs, so its slave copy is current once applied.
+    hash_checked: HashMap<u64, RelPath>,
     /// Multiply-linked files compared and found unchanged: (path, index entry, disk entry).
     unchanged_links: Vec<(RelPath, Entry, Entry)>,
     /// The first stat seen of each multiply-linked file (size, mtime, ctime).
@@ -623,6 +627,22 @@ impl Diff {
                         })
                         .or_insert(path.clone());
                 }
+                if c == Change::Data
+                    && e.kind == Kind::File
+                    && e.nlink > 1
+                    && old.hash.is_some()
+                    && (old.size, old.mtime_sec, old.mtime_nsec)
+                        == (e.size, e.mtime_sec, e.mtime_nsec)
+                {
+                    self.hash_checked
+                        .entry(e.ino)
+                        .and_modify(|p| {
+                            if path < *p {
+                                *p = path.clone()
+                            }
+                        })
+                        .or_insert(path.clone());
+                }
                 if c != Change::None {
                     self.updates.push((path, old, e, c));
                 } else if e.kind == Kind::File && e.nlink > 1 {
@@ -672,6 +692,7 @@ impl Diff {
         }
         for ino in &torn {
             self.stable_link.remove(ino);
+            self.hash_checked.remove(ino);
             self.links
                 .insert(*ino, names.remove(ino).unwrap_or_default());
         }
@@ -698,6 +719,7 @@ impl Diff {
         }
         self.stable_link
             .get(&e.ino)
+            .or_else(|| self.hash_checked.get(&e.ino))
             .or_else(|| self.links.get(&e.ino).and_then(|v| v.iter().min()))
     }
 

@@ -112,12 +112,12 @@ fn each_kind_of_change_ships_only_what_changed() {
     });
     assert_eq!((n(&r, "renamed"), n(&r, "files_sent")), (2, 0), "{r}");
 
+    // A chmod moves ctime, which a rewrite with the mtime put back does too: the file is hashed
+    // locally against the slave's hash, and only its attributes (and, since the plan could not
+    // know the content was equal, its parent directory's) travel.
     let r = step(&g, "chmod", |m| chmod(&m.join("a.txt"), 0o600));
-    assert_eq!(
-        (n(&r, "files_sent"), n(&r, "entries_applied")),
-        (0, 1),
-        "{r}"
-    );
+    assert_eq!((n(&r, "files_sent"), n(&r, "bytes_sent")), (0, 0), "{r}");
+    assert!((1..=2).contains(&n(&r, "entries_applied")), "{r}");
 
     let r = step(&g, "touch", |m| {
         set_mtime(&m.join("b.txt"), 1_600_000_000, 42)
