@@ -17,8 +17,23 @@ pub enum Sync {
     Full,
 }
 
-/// Opens (creating) `path` with WAL and the `meta` table, and checks its format version.
-pub fn open(path: &Path, sync: Sync, format: &str, what: &str) -> Result<Connection> {
+/// Brings a file from format `from` to the next one: SQL run in one transaction with the
+/// format row's update.
+pub struct Upgrade {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub sql: &'static str,
+}
+
+/// Opens (creating) `path` with WAL and the `meta` table, and checks its format version; an
+/// older format with an `Upgrade` path to `format` is upgraded in place.
+pub fn open(
+    path: &Path,
+    sync: Sync,
+    format: &str,
+    what: &str,
+    upgrades: &[Upgrade],
+) -> Result<Connection> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -41,11 +56,29 @@ pub fn open(path: &Path, sync: Sync, format: &str, what: &str) -> Result<Connect
         "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
         [format],
     )?;
-    let found: Option<String> = db
+    let mut found: Option<String> = db
         .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)
         })
         .optional()?;
+    while let Some(u) = upgrades
+        .iter()
+        .find(|u| found.as_deref() == Some(u.from) && found.as_deref() != Some(format))
+    {
+        db.execute_batch(&format!(
+            "BEGIN; {} UPDATE meta SET value = '{}' WHERE key = 'format'; COMMIT;",
+            u.sql, u.to
+        ))
+        .with_context(|| {
+            format!(
+                "upgrading {what} {} from format {} to {}",
+                path.display(),
+                u.from,
+                u.to
+            )
+        })?;
+        found = Some(u.to.to_string());
+    }
     match found {
         Some(v) if v == format => Ok(db),
         v => bail!(

@@ -206,67 +206,40 @@ fn compare_brick(
     Ok(())
 }
 
-/// Hard-link groups: a regular file on both sides must share its inode with the same other
-/// names on the slave as on the master (a split or a merged group is a difference).
+/// Hard-link groups: a name on both sides must share its inode with the same other names on
+/// the slave as on the master (a split or a merged group is a difference).
 fn link_group_differences<'a>(
     local: &'a [(RelPath, Entry)],
     slave: &std::collections::BTreeMap<&'a RelPath, &'a ListEntry>,
 ) -> Vec<(&'a RelPath, String)> {
-    use std::collections::{BTreeSet, HashMap};
-    let mut m_groups: HashMap<u64, BTreeSet<&RelPath>> = HashMap::new();
-    for (p, e) in local
+    use crate::crawl::links::{differing_groups, master_group_key, slave_group_key};
+    let both: Vec<(&RelPath, &Entry, &ListEntry)> = local
         .iter()
-        .filter(|(_, e)| e.kind == Kind::File && e.nlink > 1)
-    {
-        m_groups.entry(e.ino).or_default().insert(p);
-    }
-    let mut s_groups: HashMap<u64, BTreeSet<&RelPath>> = HashMap::new();
-    for (p, e) in slave.iter() {
-        if Kind::from_u8(e.kind) == Kind::File && e.nlink > 1 {
-            s_groups.entry(e.ino).or_default().insert(*p);
+        .filter_map(|(p, e)| slave.get(p).map(|s| (p, e, *s)))
+        .collect();
+    let keys: Vec<_> = both
+        .iter()
+        .map(|(_, e, s)| (master_group_key(e), slave_group_key(s)))
+        .collect();
+    let show = |g: &[usize]| {
+        if g.is_empty() {
+            return "no other name".to_string();
         }
-    }
-    let show = |g: &BTreeSet<&RelPath>, me: &RelPath| {
-        let others: Vec<String> = g
-            .iter()
-            .filter(|p| **p != me)
-            .take(4)
-            .map(|p| p.display())
-            .collect();
-        if others.is_empty() {
-            "no other name".to_string()
-        } else {
-            others.join(", ")
-        }
+        let names: Vec<String> = g.iter().take(4).map(|&j| both[j].0.display()).collect();
+        names.join(", ")
     };
-    let mut out = Vec::new();
-    for (p, e) in local {
-        let Some(s) = slave.get(p).filter(|s| Kind::from_u8(s.kind) == Kind::File) else {
-            continue;
-        };
-        if e.kind != Kind::File {
-            continue;
-        }
-        let alone = |p: &'a RelPath| BTreeSet::from([p]);
-        let m = (e.nlink > 1)
-            .then(|| m_groups.get(&e.ino).cloned())
-            .flatten()
-            .unwrap_or_else(|| alone(p));
-        let sg = (s.nlink > 1)
-            .then(|| s_groups.get(&s.ino).cloned())
-            .flatten()
-            .unwrap_or_else(|| alone(p));
-        if m != sg {
-            out.push((
-                p,
+    differing_groups(&keys)
+        .into_iter()
+        .map(|s| {
+            (
+                both[s.name].0,
                 format!(
                     "hard links differ: linked with {} on the master, with {} on the slave \
                      (`georep sync --once --rescan-slave` repairs it)",
-                    show(&m, p),
-                    show(&sg, p)
+                    show(&s.master),
+                    show(&s.slave)
                 ),
-            ));
-        }
-    }
-    out
+            )
+        })
+        .collect()
 }

@@ -21,7 +21,13 @@ pub struct AgentState {
 impl AgentState {
     pub fn open(state_dir: &Path) -> Result<Self> {
         let path = state_dir.join("agent.db");
-        let db = crate::db::open(&path, crate::db::Sync::Full, FORMAT_VERSION, "agent state")?;
+        let db = crate::db::open(
+            &path,
+            crate::db::Sync::Full,
+            FORMAT_VERSION,
+            "agent state",
+            &[],
+        )?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS bricks(
                 brick TEXT PRIMARY KEY, session TEXT NOT NULL,

@@ -84,47 +84,30 @@ fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
     })
 }
 
-/// Brings a format 1 index (no birth times) to format 2 in place: its rows get birth 0
-/// (unknown), so they are never taken for a rename source until a crawl refreshes them.
-fn upgrade_v1(path: &Path) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let db = Connection::open(path).with_context(|| format!("opening index {}", path.display()))?;
-    db.busy_timeout(std::time::Duration::from_secs(10))?;
-    let format: Option<String> = db
-        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
-            r.get(0)
-        })
-        .optional()
-        .unwrap_or(None);
-    if format.as_deref() == Some("1") {
-        db.execute_batch(
-            "BEGIN;
-             ALTER TABLE entries ADD COLUMN birth INTEGER NOT NULL DEFAULT 0;
-             UPDATE meta SET value = '2' WHERE key = 'format';
-             COMMIT;",
-        )
-        .with_context(|| format!("upgrading index {} to format 2", path.display()))?;
-    }
-    Ok(())
-}
-
 impl Index {
     pub fn open(path: &Path) -> Result<Index> {
-        upgrade_v1(path)?;
         // The index trails the slave: losing the last commits only makes the next crawl resend.
-        let db = crate::db::open(path, crate::db::Sync::Normal, FORMAT_VERSION, "index")?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL,
-                kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid,
-                nlink, rdev, target, hash, birth INTEGER NOT NULL DEFAULT 0,
+        let db = crate::db::open(
+            path,
+            crate::db::Sync::Normal,
+            FORMAT_VERSION,
+            "index",
+            &[crate::db::Upgrade {
+                from: "1",
+                to: "2",
+                // Rows of a format 1 index have no birth time (0: unknown), so they are never
+                // taken for a rename source until a crawl refreshes them.
+                sql: "ALTER TABLE entries ADD COLUMN birth INTEGER NOT NULL DEFAULT 0;",
+            }],
+        )?;
+        db.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, {COLS},
                 PRIMARY KEY(dir, name)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS entry_inodes ON entries(ino);
              CREATE TABLE IF NOT EXISTS failures(path BLOB PRIMARY KEY, side TEXT NOT NULL,
                 errno INTEGER NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
-                first_ns INTEGER NOT NULL, next_retry_ns INTEGER NOT NULL);",
-        )?;
+                first_ns INTEGER NOT NULL, next_retry_ns INTEGER NOT NULL);"
+        ))?;
         Ok(Index { db })
     }
 
@@ -436,5 +419,39 @@ impl Index {
             .db
             .query_row("SELECT COUNT(*) FROM failures", [], |r| r.get::<_, i64>(0))?
             as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_1_index_is_upgraded_and_its_rows_have_no_birth_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('format', '1');
+                 CREATE TABLE entries(dir BLOB NOT NULL, name BLOB NOT NULL, kind, ino, size,
+                    mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev,
+                    target, hash, PRIMARY KEY(dir, name)) WITHOUT ROWID;
+                 INSERT INTO entries VALUES (x'', x'66', 1, 42, 3, 1, 0, 1, 0, 420, 0, 0, 1, 0,
+                    NULL, NULL);",
+            )
+            .unwrap();
+        }
+        let index = Index::open(&path).unwrap();
+        let e = index
+            .get(&RelPath::new(b"f".to_vec()).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.ino, e.size, e.birth), (42, 3, 0));
+        drop(index);
+        // Opening it again finds format 2 and changes nothing.
+        let index = Index::open(&path).unwrap();
+        assert_eq!(index.get_meta("format").unwrap().as_deref(), Some("2"));
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod entry;
 pub mod index;
+pub mod links;
 pub mod walk;
 
 use crate::fsutil;
@@ -295,7 +296,7 @@ pub fn plan_paths(
             // away). Deleting it here would lose what a rename carries: the slave keeps it
             // and the later record moves or deletes it. When this window also changed it,
             // that change went with it and no later record names it: a crawl finds it.
-            (None, Some(_)) if !ancestor_or_self_in(p, &removed) => {
+            (None, Some(_)) if !p.self_and_ancestors().any(|x| removed.contains(&x)) => {
                 needs_crawl |= touched.contains(p)
             }
             (None, Some(o)) => {
@@ -700,17 +701,7 @@ impl Diff {
     }
 
     fn under_replaced(&self, dir: &RelPath) -> bool {
-        if self.replaced.is_empty() {
-            return false;
-        }
-        let mut c = Some(dir.clone());
-        while let Some(x) = c {
-            if self.replaced.contains(&x) {
-                return true;
-            }
-            c = x.parent();
-        }
-        false
+        !self.replaced.is_empty() && dir.self_and_ancestors().any(|x| self.replaced.contains(&x))
     }
 
     fn leader(&self, e: &Entry) -> Option<&RelPath> {
@@ -872,9 +863,10 @@ impl Diff {
         let mut emitted: HashSet<RelPath> = HashSet::new();
         for p in self.gone.keys() {
             let (target, moved_root) = translate(&moved_to, p);
+            // (The root is never deleted, so it is never in `emitted`.)
             if target
                 .parent()
-                .is_some_and(|par| ancestor_in(&par, &emitted))
+                .is_some_and(|par| par.self_and_ancestors().any(|x| emitted.contains(&x)))
             {
                 continue; // a deleted ancestor takes it along
             }
@@ -986,33 +978,6 @@ fn translate(moved_to: &HashMap<&RelPath, &RelPath>, p: &RelPath) -> (RelPath, O
         a = anc.parent();
     }
     (p.clone(), None)
-}
-
-/// True when `p` or one of its ancestors is in `set`.
-fn ancestor_or_self_in(p: &RelPath, set: &BTreeSet<RelPath>) -> bool {
-    let mut c = Some(p.clone());
-    while let Some(x) = c {
-        if set.contains(&x) {
-            return true;
-        }
-        c = x.parent();
-    }
-    false
-}
-
-/// True when `p` or one of its ancestors (not the root) is in `deleted`.
-fn ancestor_in(p: &RelPath, deleted: &HashSet<RelPath>) -> bool {
-    let mut c = Some(p.clone());
-    while let Some(x) = c {
-        if x.is_root() {
-            return false;
-        }
-        if deleted.contains(&x) {
-            return true;
-        }
-        c = x.parent();
-    }
-    false
 }
 
 /// blake3 of the regular file at `path` beneath `root` (never through a symlink).

@@ -18,7 +18,13 @@ pub struct JournalStore {
 impl JournalStore {
     pub fn open(path: &Path) -> Result<JournalStore> {
         // A lost tail implies the writer restarted, which records a gap: NORMAL is enough.
-        let db = crate::db::open(path, crate::db::Sync::Normal, FORMAT_VERSION, "journal")?;
+        let db = crate::db::open(
+            path,
+            crate::db::Sync::Normal,
+            FORMAT_VERSION,
+            "journal",
+            &[],
+        )?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY AUTOINCREMENT,
                 ts_ns INTEGER NOT NULL, op INTEGER NOT NULL, path BLOB NOT NULL,

@@ -100,6 +100,11 @@ impl RelPath {
         self.split().map(|(p, _)| RelPath(p.to_vec()))
     }
 
+    /// `self`, its parent, and so on up to the root (included).
+    pub fn self_and_ancestors(&self) -> impl Iterator<Item = RelPath> {
+        std::iter::successors(Some(self.clone()), RelPath::parent)
+    }
+
     pub fn name(&self) -> &[u8] {
         self.split().map(|(_, n)| n).unwrap_or(&[])
     }

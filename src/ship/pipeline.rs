@@ -425,7 +425,20 @@ impl Shipper {
                     .flatten()
             })
             .collect();
-        let split = split_link_groups(&listed, &locals);
+        let keys: Vec<_> = listed
+            .iter()
+            .zip(&locals)
+            .map(|(le, l)| {
+                (
+                    l.as_ref().and_then(crate::crawl::links::master_group_key),
+                    crate::crawl::links::slave_group_key(le),
+                )
+            })
+            .collect();
+        let split: HashSet<usize> = crate::crawl::links::differing_groups(&keys)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         let mut muts = Vec::with_capacity(n);
         for (i, (le, local)) in listed.into_iter().zip(locals).enumerate() {
             let kind = crate::crawl::entry::Kind::from_u8(le.kind);
@@ -929,54 +942,4 @@ pub fn check_welcome(w: &protocol::Welcome, peer: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Indexes (into `listed`) of the slave's regular files whose hard-link group, among the
-/// listed names, differs from the group their master names form (`locals`: the master's entry
-/// at each listed path).
-pub fn split_link_groups(
-    listed: &[crate::protocol::ListEntry],
-    locals: &[Option<Entry>],
-) -> std::collections::HashSet<usize> {
-    use crate::crawl::entry::Kind;
-    use std::collections::{HashMap, HashSet};
-    let file = |k: u8| Kind::from_u8(k) == Kind::File;
-    let mut slave_groups: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut master_groups: HashMap<u64, Vec<usize>> = HashMap::new();
-    for (i, le) in listed.iter().enumerate() {
-        if file(le.kind) && le.nlink > 1 {
-            slave_groups.entry(le.ino).or_default().push(i);
-        }
-        if let Some(l) = locals[i]
-            .as_ref()
-            .filter(|l| l.kind == Kind::File && l.nlink > 1)
-        {
-            master_groups.entry(l.ino).or_default().push(i);
-        }
-    }
-    let group_of = |i: usize, groups: &HashMap<u64, Vec<usize>>, ino: Option<u64>| -> Vec<usize> {
-        ino.and_then(|ino| groups.get(&ino))
-            .filter(|g| g.contains(&i))
-            .cloned()
-            .unwrap_or_else(|| vec![i])
-    };
-    let mut out = HashSet::new();
-    for (i, le) in listed.iter().enumerate() {
-        if !file(le.kind) {
-            continue;
-        }
-        let s = group_of(i, &slave_groups, Some(le.ino).filter(|_| le.nlink > 1));
-        let m = group_of(
-            i,
-            &master_groups,
-            locals[i]
-                .as_ref()
-                .filter(|l| l.kind == Kind::File && l.nlink > 1)
-                .map(|l| l.ino),
-        );
-        if s != m {
-            out.insert(i);
-        }
-    }
-    out
 }

@@ -60,12 +60,14 @@ pub enum Source<'a> {
 /// together as a replicated volume's bricks are), what happens between ops, and catching up.
 pub trait Replicator {
     fn masters(&self) -> Vec<PathBuf>;
-    /// The brick the slave must equal now.
-    fn active_master(&self) -> PathBuf;
     /// Between two ops: pauses, kills.
     fn between_ops(&mut self, _rng: &mut Rng) {}
     /// Catches up; `Err` is a divergence (with the differences).
     fn settle(&mut self) -> Result<(), String>;
+    /// Faults injected so far (writer kills, takeovers), for the summary.
+    fn faults(&self) -> u64 {
+        0
+    }
     /// Empties the tree between two sequences run by one replicator.
     fn reset(&mut self) -> Result<(), String> {
         for m in self.masters() {
@@ -77,8 +79,6 @@ pub trait Replicator {
 
 /// Makes a fresh replicator on a scratch area.
 type Make<'m> = &'m dyn for<'x> Fn(&'x Georep) -> Box<dyn Replicator + 'x>;
-
-pub use crate::util::tree_differences as tree_diff;
 
 /// Runs one sequence; returns its log, and the divergence if there was one.
 pub fn run_sequence(r: &mut dyn Replicator, src: Source) -> (Vec<FsOp>, Result<(), String>) {
@@ -150,6 +150,7 @@ fn harness(mode: &str, count: u64, per: u64, shrink_budget: Duration, make: Make
     let t0 = Instant::now();
     let seed0 = first_seed();
     let mut done = 0;
+    let mut faults = 0;
     while done < count {
         let g = Georep::new();
         let mut r = make(&g);
@@ -163,13 +164,18 @@ fn harness(mode: &str, count: u64, per: u64, shrink_budget: Duration, make: Make
             }
             let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));
             let Err(diff) = res else { continue };
+            eprintln!(
+                "converge {mode}: {} faults injected before seed {seed} diverged",
+                faults + r.faults()
+            );
             drop(r);
             drop(g);
             report(mode, seed, &log, &diff, shrink_budget, make);
         }
+        faults += r.faults();
     }
     eprintln!(
-        "converge {mode}: {count} sequences ({ROUNDS} rounds of {} ops) from seed {seed0}, 0 diverged, {:.1} s",
+        "converge {mode}: {count} sequences ({ROUNDS} rounds of {} ops) from seed {seed0}, {faults} faults injected, 0 diverged, {:.1} s",
         ops_per_round(),
         t0.elapsed().as_secs_f64()
     );
@@ -230,9 +236,6 @@ impl Replicator for Crawl<'_> {
     fn masters(&self) -> Vec<PathBuf> {
         vec![self.g.master()]
     }
-    fn active_master(&self) -> PathBuf {
-        self.g.master()
-    }
     fn settle(&mut self) -> Result<(), String> {
         let (m, s) = (self.g.master(), self.g.slave());
         let o = self.g.run(&[
@@ -245,7 +248,7 @@ impl Replicator for Crawl<'_> {
         if !o.status.success() {
             return Err(format!("sync --once failed: {}", stderr(&o)));
         }
-        match tree_diff(&m, &s) {
+        match tree_differences(&m, &s) {
             Some(d) => Err(d),
             None => Ok(()),
         }
@@ -268,42 +271,12 @@ pub struct Live<'a> {
     pub kills: u64,
 }
 
-/// Waits (polling with back-off) until the worker is idle in Changelog Crawl and the trees
-/// are equal; the differences after `timeout`.
-fn wait_equal(
-    master: &Path,
-    slave: &Path,
-    timeout: Duration,
-    idle: &dyn Fn() -> bool,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if idle() && snapshot(master) == snapshot(slave) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(tree_diff(master, slave)
-                .unwrap_or_else(|| "trees equal but the worker never went idle".into()));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-impl Live<'_> {
-    fn idle(&self) -> bool {
-        let st = self.s.status();
-        st["crawl"] == "Changelog Crawl" && st["backlog"] == 0
-    }
-}
-
 impl Replicator for Live<'_> {
     fn masters(&self) -> Vec<PathBuf> {
         vec![self.s.g.master()]
     }
-    fn active_master(&self) -> PathBuf {
-        self.s.g.master()
+    fn faults(&self) -> u64 {
+        self.kills
     }
     fn between_ops(&mut self, rng: &mut Rng) {
         if rng.below(8) == 0 {
@@ -316,15 +289,9 @@ impl Replicator for Live<'_> {
     }
     fn settle(&mut self) -> Result<(), String> {
         let (m, s) = (self.s.g.master(), self.s.g.slave());
-        let r = wait_equal(&m, &s, Duration::from_secs(30), &|| self.idle());
+        let r = wait_trees_equal(&m, &s, Duration::from_secs(30), &|| self.s.idle());
         r.map_err(|d| {
-            // Keep the session's logs: the scratch area goes away with the replicator.
-            let kept = std::env::temp_dir().join(format!(
-                "georep-converge-{}-{}.log",
-                std::process::id(),
-                self.s.g.dir.path().file_name().unwrap().to_string_lossy()
-            ));
-            let _ = fs::write(&kept, self.s.log());
+            let kept = self.s.keep_log();
             format!(
                 "{d}\nstatus: {}\nsession log: {}",
                 self.s.status(),
@@ -457,8 +424,8 @@ impl Replicator for Replica<'_> {
     fn masters(&self) -> Vec<PathBuf> {
         vec![self.brick(0), self.brick(1)]
     }
-    fn active_master(&self) -> PathBuf {
-        self.brick(self.active)
+    fn faults(&self) -> u64 {
+        self.takeovers
     }
     fn between_ops(&mut self, rng: &mut Rng) {
         if rng.below(8) == 0 {
@@ -478,9 +445,9 @@ impl Replicator for Replica<'_> {
         }
     }
     fn settle(&mut self) -> Result<(), String> {
-        let (m, s) = (self.active_master(), self.g.slave());
+        let (m, s) = (self.brick(self.active), self.g.slave());
         let a = self.active;
-        let r = wait_equal(&m, &s, Duration::from_secs(40), &|| {
+        let r = wait_trees_equal(&m, &s, Duration::from_secs(40), &|| {
             let r = self.row(a);
             r["status"] == "Active"
                 && r["crawl_status"] == "Changelog Crawl"

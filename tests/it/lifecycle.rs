@@ -114,18 +114,13 @@ impl<'a> Started<'a> {
     }
 
     fn converge(&self, master: &Path, slave: &Path, what: &str) {
-        let ok = wait_until(Duration::from_secs(30), || {
+        let idle = || {
             let r = self.row();
             r["status"] == "Active"
                 && r["crawl_status"] == "Changelog Crawl"
                 && r["backlog_records"] == 0
-                && snapshot(master) == snapshot(slave)
-        });
-        if !ok {
-            let diff = std::panic::catch_unwind(|| assert_trees_equal(master, slave))
-                .err()
-                .and_then(|e| e.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+        };
+        if let Err(diff) = wait_trees_equal(master, slave, Duration::from_secs(30), &idle) {
             panic!(
                 "{what}: no convergence in 30 s: {diff}\nstatus: {:#}\nlogs:\n{}",
                 self.row(),

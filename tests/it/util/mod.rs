@@ -116,6 +116,30 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Waits until `idle()` holds and the trees are equal, polling with back-off (5 ms doubling
+/// to 100 ms: a tight loop hashing both trees would steal the CPU of the processes under
+/// test); the differences when `timeout` passes first.
+pub fn wait_trees_equal(
+    master: &Path,
+    slave: &Path,
+    timeout: Duration,
+    idle: &dyn Fn() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if idle() && snapshot(master) == snapshot(slave) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(tree_differences(master, slave)
+                .unwrap_or_else(|| "the trees are equal but the worker never went idle".into()));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -116,27 +116,29 @@ impl<'a> Session<'a> {
             .unwrap()
     }
 
+    /// The worker is idle in Changelog Crawl with nothing left in the journal.
+    pub fn idle(&self) -> bool {
+        let st = self.status();
+        st["crawl"] == "Changelog Crawl" && st["backlog"] == 0
+    }
+
+    /// Copies the whole session log out of the scratch area (which goes away with the test).
+    pub fn keep_log(&self) -> PathBuf {
+        let kept = std::env::temp_dir().join(format!(
+            "georep-failed-{}-{}.log",
+            std::process::id(),
+            self.g.dir.path().file_name().unwrap().to_string_lossy()
+        ));
+        let _ = std::fs::write(&kept, self.log());
+        kept
+    }
+
     /// Waits until the slave equals the master (and the worker is idle), or panics with the
     /// differences and the session log.
     pub fn converge(&self, what: &str) {
         let (m, s) = (self.g.master(), self.g.slave());
-        let ok = wait_until(Duration::from_secs(30), || {
-            let st = self.status();
-            st["crawl"] == "Changelog Crawl" && st["backlog"] == 0 && snapshot(&m) == snapshot(&s)
-        });
-        if !ok {
-            let r = std::panic::catch_unwind(|| assert_trees_equal(&m, &s));
-            let msg = r
-                .err()
-                .and_then(|e| e.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            // Keep the whole session log: the temp dir goes away with the test.
-            let kept = std::env::temp_dir().join(format!(
-                "georep-failed-{}-{}.log",
-                std::process::id(),
-                self.g.dir.path().file_name().unwrap().to_string_lossy()
-            ));
-            let _ = std::fs::write(&kept, self.log());
+        if let Err(msg) = wait_trees_equal(&m, &s, Duration::from_secs(30), &|| self.idle()) {
+            let kept = self.keep_log();
             panic!(
                 "after {what}: slave did not converge within 30 s: {msg}\nstatus: {}\nfull log: {}\nlog tail:\n{}",
                 self.status(),
