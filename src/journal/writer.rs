@@ -49,6 +49,10 @@ pub struct Writer {
     inotify: rustix::fd::OwnedFd,
     /// Watch descriptor → directory (brick-relative).
     wds: HashMap<i32, RelPath>,
+    /// Watch descriptor → the inode number it watches. A watch is added by name after the
+    /// event that made the directory, when the name may already be another directory's:
+    /// a rename checks that the watch it carries is on the directory it moved.
+    wd_ino: HashMap<i32, u64>,
     state_wd: i32,
     store: JournalStore,
     pending: Vec<Record>,
@@ -77,6 +81,7 @@ impl Writer {
             root: root.to_path_buf(),
             inotify,
             wds: HashMap::new(),
+            wd_ino: HashMap::new(),
             state_wd,
             store,
             pending: Vec::new(),
@@ -140,9 +145,10 @@ impl Writer {
         let mut stack = vec![dir.clone()];
         while let Some(d) = stack.pop() {
             let full = self.full(&d);
-            match inotify::add_watch(&self.inotify, &full, MASK) {
-                Ok(wd) => {
+            match self.add_watch(&full) {
+                Ok((wd, ino)) => {
                     self.wds.insert(wd, d.clone());
+                    self.wd_ino.insert(wd, ino);
                 }
                 // Gone, renamed or replaced already: a DELETE says so, or the MOVED_TO of its
                 // new name adds the watch there.
@@ -187,6 +193,34 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Watches the directory at `full` (never through a symlink); returns the watch and the
+    /// inode it is on. The directory is opened first and watched through its fd, so the inode
+    /// is exactly the watched one even if the name changes meanwhile.
+    fn add_watch(&self, full: &Path) -> Result<(i32, u64), Errno> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            full,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| if e == Errno::LOOP { Errno::NOTDIR } else { e })?;
+        let ino = rustix::fs::fstat(&fd)?.st_ino;
+        let via = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
+        // The magic link is followed on purpose (the fd was opened without following).
+        let wd = match inotify::add_watch(
+            &self.inotify,
+            via.as_str(),
+            MASK.difference(WatchFlags::DONT_FOLLOW),
+        ) {
+            // No /proc: by name, as close to the open as can be.
+            Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => {
+                inotify::add_watch(&self.inotify, full, MASK)?
+            }
+            r => r?,
+        };
+        Ok((wd, ino))
     }
 
     /// Tries again to watch every directory that has no watch. Changes made there meanwhile
@@ -237,6 +271,7 @@ impl Writer {
         for wd in gone {
             let _ = inotify::remove_watch(&self.inotify, wd);
             self.wds.remove(&wd);
+            self.wd_ino.remove(&wd);
         }
     }
 
@@ -284,6 +319,7 @@ impl Writer {
             return Ok(());
         }
         if mask.contains(ReadFlags::IGNORED) {
+            self.wd_ino.remove(&wd);
             if self.wds.remove(&wd).is_some_and(|p| p.is_root()) {
                 // The brick itself was removed or unmounted: nothing left to journal.
                 bail!(
@@ -316,10 +352,17 @@ impl Writer {
                 Some((c, from, _)) if c == cookie => {
                     let mut watched = false;
                     if is_dir {
-                        for p in self.wds.values_mut() {
+                        // The inode now at the new name: a watch that moves there but is on
+                        // another inode was added by name after this directory had already
+                        // moved away, to whatever took the name (see `wd_ino`).
+                        let now = std::fs::symlink_metadata(self.full(&path))
+                            .ok()
+                            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+                        for (wd, p) in self.wds.iter_mut() {
                             if p.starts_with(&from) {
                                 *p = p.rebase(&from, &path);
-                                watched |= *p == path;
+                                watched |= *p == path
+                                    && now.is_none_or(|i| self.wd_ino.get(wd) == Some(&i));
                             }
                         }
                     }
@@ -328,7 +371,8 @@ impl Writer {
                     self.push(r);
                     if is_dir && !watched {
                         // Created and renamed before its watch could be added (add_watch of
-                        // the old name found nothing): watch it now, and record what it holds.
+                        // the old name found nothing, or found the directory that took the
+                        // name since): watch it now, and record what it holds.
                         self.watch_tree(&path, true)?;
                     }
                 }
