@@ -53,6 +53,10 @@ pub struct Writer {
     /// event that made the directory, when the name may already be another directory's:
     /// a rename checks that the watch it carries is on the directory it moved.
     wd_ino: HashMap<i32, u64>,
+    /// Directories whose watch could not be added because their name was gone already (the
+    /// events are read after the fact): if an ancestor was renamed, its RENAME is further on
+    /// in the queue and says where they are now, and they are watched (and scanned) there.
+    unwatched: std::collections::HashSet<RelPath>,
     state_wd: i32,
     store: JournalStore,
     pending: Vec<Record>,
@@ -82,6 +86,7 @@ impl Writer {
             inotify,
             wds: HashMap::new(),
             wd_ino: HashMap::new(),
+            unwatched: Default::default(),
             state_wd,
             store,
             pending: Vec::new(),
@@ -151,8 +156,11 @@ impl Writer {
                     self.wd_ino.insert(wd, ino);
                 }
                 // Gone, renamed or replaced already: a DELETE says so, or the MOVED_TO of its
-                // new name adds the watch there.
-                Err(Errno::NOENT | Errno::NOTDIR) => continue,
+                // new name (or of an ancestor's, see `unwatched`) adds the watch there.
+                Err(Errno::NOENT | Errno::NOTDIR) => {
+                    self.unwatched.insert(d);
+                    continue;
+                }
                 Err(Errno::NOSPC) => {
                     self.watch_failures += 1;
                     self.degraded_since = Some(Instant::now());
@@ -275,11 +283,27 @@ impl Writer {
         }
     }
 
+    /// Removes `dir` and what lies beneath it from `unwatched`; returns them.
+    fn take_unwatched(&mut self, dir: &RelPath) -> Vec<RelPath> {
+        // The set holds the few directories awaiting a rename: a scan is cheap.
+        let gone: Vec<RelPath> = self
+            .unwatched
+            .iter()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
+        for p in &gone {
+            self.unwatched.remove(p);
+        }
+        gone
+    }
+
     /// A MOVED_FROM without its MOVED_TO: the entry left the brick.
     fn flush_moved_from(&mut self) {
         if let Some((_, path, is_dir)) = self.moved_from.take() {
             if is_dir {
                 self.unwatch_tree(&path);
+                self.take_unwatched(&path);
             }
             let op = if is_dir { RecOp::Rmdir } else { RecOp::Unlink };
             self.push(Record::new(op, path));
@@ -305,6 +329,7 @@ impl Writer {
                 "inotify queue overflowed: events were lost, the shipper will crawl; raise fs.inotify.max_queued_events"
             );
             self.flush_moved_from();
+            self.unwatched.clear();
             self.push(Record::gap("inotify queue overflow"));
             return Ok(());
         }
@@ -366,7 +391,12 @@ impl Writer {
                             }
                         }
                     }
-                    let mut r = Record::new(RecOp::Rename, from);
+                    let lost = if is_dir {
+                        self.take_unwatched(&from)
+                    } else {
+                        Vec::new()
+                    };
+                    let mut r = Record::new(RecOp::Rename, from.clone());
                     r.path2 = Some(path.clone());
                     self.push(r);
                     if is_dir && !watched {
@@ -374,6 +404,14 @@ impl Writer {
                         // the old name found nothing, or found the directory that took the
                         // name since): watch it now, and record what it holds.
                         self.watch_tree(&path, true)?;
+                    }
+                    // Directories beneath it that appeared and moved with it before their
+                    // own watch was added: watch them where they are now.
+                    for d in lost {
+                        let now = d.rebase(&from, &path);
+                        if now != path {
+                            self.watch_tree(&now, true)?;
+                        }
                     }
                 }
                 other => {
@@ -402,6 +440,7 @@ impl Writer {
         } else if mask.contains(ReadFlags::DELETE) {
             if is_dir {
                 self.unwatch_tree(&path);
+                self.take_unwatched(&path);
             }
             self.push(Record::new(
                 if is_dir { RecOp::Rmdir } else { RecOp::Unlink },

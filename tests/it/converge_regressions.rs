@@ -3,7 +3,11 @@
 
 use crate::converge::{run_sequence, Crawl, Live, Source};
 use crate::util::fsops::{ops::*, FsOp};
-use crate::util::{Georep, Session};
+use crate::util::{signal, wait_until, Georep, Session};
+use rustix::process::Signal;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
 
 fn crawl(ops: &[FsOp]) {
     let g = Georep::new();
@@ -92,4 +96,64 @@ fn renamed_then_rewritten_with_mtime_kept() {
         unlink(b"-dash"),
         rewrite(b"\xc3\xa9t\xc3\xa9", 17896105596410583708),
     ]);
+}
+
+/// Runs `behind` while the journal writer is stopped (SIGSTOP), so that it reads those events
+/// after the tree has moved on, as a busy writer does; then `after` once it caught up. The
+/// slave must converge.
+fn writer_behind(prepare: &[&str], behind: impl Fn(&Path), after: impl Fn(&Path)) {
+    let g = Georep::new();
+    let m = g.master();
+    for d in prepare {
+        fs::create_dir_all(m.join(d)).unwrap();
+    }
+    let s = Session::start(&g);
+    s.converge("start");
+    let pid = s.writer_pid();
+    signal(pid, Signal::STOP);
+    behind(&m);
+    signal(pid, Signal::CONT);
+    // The writer has read the backlog once a marker written after it is journaled.
+    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.status()["journal_seq"]
+            .as_u64()
+            .unwrap_or(0)
+            > seq + 1),
+        "the writer never caught up: {}",
+        s.status()
+    );
+    after(&m);
+    s.converge("after the writer caught up");
+}
+
+/// Seed 111 of the journal harness: a directory made and renamed before its MKDIR was read;
+/// the watch added by its old name landed on the directory that took the name since, the
+/// rename carried that watch along, and the moved directory went unwatched for good.
+#[test]
+fn writer_late_watch_lands_on_the_directory_that_took_the_name() {
+    writer_behind(
+        &[],
+        |m| {
+            fs::create_dir(m.join(".hidden")).unwrap();
+            fs::rename(m.join(".hidden"), m.join("sub")).unwrap();
+            fs::create_dir(m.join(".hidden")).unwrap();
+        },
+        |m| fs::create_dir_all(m.join("sub/made-after/deeper")).unwrap(),
+    );
+}
+
+/// Seed 1054 of the journal harness: a directory made inside a watched one that was renamed
+/// before the MKDIR was read: its watch failed (name gone), the parent's rename carried the
+/// parent's watch only, and nothing beneath the new directory was journaled again.
+#[test]
+fn writer_late_child_of_a_renamed_directory_is_watched_where_it_went() {
+    writer_behind(
+        &["e/b", "l"],
+        |m| {
+            fs::create_dir(m.join("e/b/child")).unwrap();
+            fs::rename(m.join("e/b"), m.join("l/dash")).unwrap();
+        },
+        |m| fs::create_dir_all(m.join("l/dash/child/made-after")).unwrap(),
+    );
 }
