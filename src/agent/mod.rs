@@ -142,8 +142,18 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter) -> Result<()> 
     if hello.trash_days > 0 {
         applier.set_trash(Some(open_trash(&state_dir, hello.trash_days)?));
     }
+    let previous_stime_ns = match &previous_active {
+        Some(prev) => state
+            .stimes()?
+            .into_iter()
+            .find(|(b, _)| b == prev)
+            .map(|(_, t)| t)
+            .unwrap_or(0),
+        None => 0,
+    };
     w.send_flush(&Message::Welcome(Welcome {
         previous_active,
+        previous_stime_ns,
         ..welcome(&state, &host, state.last_batch(&brick_key)?)
     }))?;
     if hello.compression != 0 {
@@ -309,13 +319,13 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter) -> Result<()> 
             Message::Heartbeat => {
                 w.send_flush(&Message::Heartbeat)?;
             }
-            Message::List { checksum } => {
+            Message::List { checksum, paths } => {
                 if batch.is_some() {
                     bail!("List inside a batch");
                 }
                 // The listing is a series of frames: no ack in between.
                 durability.drain()?;
-                send_listing(root, &mut w.lock(), checksum).with_context(|| {
+                send_listing(root, &mut w.lock(), checksum, paths).with_context(|| {
                     format!("listing slave volume {} on {host}", root.display())
                 })?;
             }
@@ -341,6 +351,7 @@ fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Welcome {
         slave_host: host.to_string(),
         passive_to: None,
         previous_active: None,
+        previous_stime_ns: 0,
     }
 }
 
@@ -374,7 +385,7 @@ fn serve_reverse(
                 w.send(&Message::Heartbeat)?;
                 w.flush()?;
             }
-            Some(Message::List { checksum }) => send_listing(root, w, checksum)
+            Some(Message::List { checksum, paths }) => send_listing(root, w, checksum, paths)
                 .with_context(|| format!("listing {} on {host}", root.display()))?,
             Some(Message::Fetch { paths }) => {
                 for (i, p) in paths.iter().enumerate() {
@@ -579,14 +590,38 @@ fn claim_replica_set(state_dir: &Path, set: &str, brick_key: &str) -> Result<Cla
     Ok(Claim::Active(Some(lock), previous))
 }
 
-/// Streams the slave tree (without `.georep`) to the master: `Listing`s, then `ListEnd`.
-fn send_listing(root: &Path, w: &mut FrameWriter, checksum: bool) -> Result<()> {
+/// Streams the slave tree (without `.georep`) to the master, or only the named `paths` that
+/// exist: `Listing`s, then `ListEnd`.
+fn send_listing(
+    root: &Path,
+    w: &mut FrameWriter,
+    checksum: bool,
+    paths: Option<Vec<protocol::RelPath>>,
+) -> Result<()> {
     let fd = fsutil::open_root(root)?;
-    let entries = crate::crawl::walk::list_subtree(
-        &fd,
-        &protocol::RelPath::root(),
-        &crate::crawl::walk::Excludes::new(&[])?,
-    )?;
+    let entries = match paths {
+        None => crate::crawl::walk::list_subtree(
+            &fd,
+            &protocol::RelPath::root(),
+            &crate::crawl::walk::Excludes::new(&[])?,
+        )?,
+        Some(paths) => {
+            if paths.len() > protocol::MAX_LIST_PATHS {
+                bail!(
+                    "List names {} paths, more than {}",
+                    paths.len(),
+                    protocol::MAX_LIST_PATHS
+                );
+            }
+            let mut out = Vec::with_capacity(paths.len());
+            for p in paths {
+                if let Some(e) = crate::crawl::walk::lstat_beneath(&fd, &p)? {
+                    out.push((p, e));
+                }
+            }
+            out
+        }
+    };
     let total = entries.len() as u64;
     let mut chunk = Vec::with_capacity(1024);
     for (path, e) in entries {

@@ -63,6 +63,10 @@ pub struct Welcome {
     /// The brick that was last Active for this replica set, when it was another one: the master
     /// must re-read the slave before trusting its own index (takeover).
     pub previous_active: Option<String>,
+    /// That brick's last stime acknowledged here (0 = none): every change it made before then
+    /// is on the slave; a file changed later may be there in another version with the same
+    /// size and mtime, which the takeover must not adopt unchecked.
+    pub previous_stime_ns: i64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -201,9 +205,11 @@ pub enum Message {
     Error(ErrorMsg),
     Heartbeat,
     Bye,
-    /// Master → agent, between batches: list the slave tree (answered by `Listing`s, `ListEnd`).
+    /// Master → agent, between batches: list the slave tree, or only `paths` (those that
+    /// exist; at most `MAX_LIST_PATHS`), answered by `Listing`s and `ListEnd`.
     List {
         checksum: bool,
+        paths: Option<Vec<RelPath>>,
     },
     Listing(Vec<ListEntry>),
     ListEnd {

@@ -16,6 +16,8 @@ pub use path::RelPath;
 pub const PREAMBLE: &[u8; 8] = b"GEOREP\0\x01";
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 4;
+/// Largest number of paths one `List` may name.
+pub const MAX_LIST_PATHS: usize = 1024;
 /// Largest number of ops one batch may declare.
 pub const MAX_BATCH_OPS: u32 = 1 << 20;
 /// Largest content a batch holding more than one op may declare.

@@ -183,7 +183,7 @@ fn sync_brick(
     let (mut shipper, first) = match opts.rescan_slave {
         Some(checksum) => {
             let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
-            shipper.seed_index_from_slave(&index, checksum)?;
+            shipper.seed_index_from_slave(&index, checksum, None)?;
             (shipper, None)
         }
         None => {
@@ -325,6 +325,7 @@ pub fn connect(
     shipper.ignore_deletes = opts.ignore_deletes;
     shipper.set_bwlimit(opts.bwlimit);
     shipper.previous_active = welcome.previous_active;
+    shipper.previous_stime_ns = welcome.previous_stime_ns;
     Ok(shipper)
 }
 

@@ -94,8 +94,10 @@ pub struct Shipper {
     bwlimit: u64,
     /// The rate limit's clock: when the wire bytes counted so far are paid for (see `throttle`).
     bw_base: (std::time::Instant, u64),
-    /// Set by the handshake when another brick of the replica set was Active before us.
+    /// Set by the handshake when another brick of the replica set was Active before us, with
+    /// that brick's last stime on the slave.
     pub previous_active: Option<String>,
+    pub previous_stime_ns: i64,
     /// The brick's stime, carried by every batch so the slave knows its RPO (failover).
     pub stime_ns: i64,
     stime_sent: i64,
@@ -169,6 +171,7 @@ impl Shipper {
             bwlimit: 0,
             bw_base: (std::time::Instant::now(), 0),
             previous_active: None,
+            previous_stime_ns: 0,
             stime_ns: 0,
             sent_inodes: HashMap::new(),
             relink: HashMap::new(),
@@ -338,10 +341,37 @@ impl Shipper {
         index: &Index,
         checksum: bool,
     ) -> Result<Vec<protocol::ListEntry>> {
+        self.list(index, checksum, None)
+    }
+
+    /// The slave's entries (with content hashes) at `paths`, those that exist; one request
+    /// per `MAX_LIST_PATHS` paths.
+    pub fn slave_hashes(
+        &mut self,
+        index: &Index,
+        paths: &[RelPath],
+    ) -> Result<HashMap<RelPath, [u8; 32]>> {
+        let mut out = HashMap::new();
+        for chunk in paths.chunks(protocol::MAX_LIST_PATHS) {
+            for le in self.list(index, true, Some(chunk.to_vec()))? {
+                if let Some(h) = le.hash {
+                    out.insert(le.path, h);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn list(
+        &mut self,
+        index: &Index,
+        checksum: bool,
+        paths: Option<Vec<RelPath>>,
+    ) -> Result<Vec<protocol::ListEntry>> {
         while !self.inflight.is_empty() {
             self.wait_one(index)?;
         }
-        self.request(&Message::List { checksum })?;
+        self.request(&Message::List { checksum, paths })?;
         let mut out = Vec::new();
         loop {
             match self.reply(index)? {
@@ -413,9 +443,18 @@ impl Shipper {
     /// kind, size, mtime, owner, mode and target is taken as shipped (nothing is sent again),
     /// any other as the slave's version (the next crawl sends the brick's). With `checksum`,
     /// contents are compared too and a file whose bytes differ is marked unknown (resent).
+    /// A regular file whose ctime is at or after `changed_since_ns` is never adopted on size
+    /// and mtime alone (a version written in the same clock tick has both): the slave hashes
+    /// those (one request per 1024) and a file whose content differs is resent.
     /// Returns the number of slave entries.
-    pub fn seed_index_from_slave(&mut self, index: &Index, checksum: bool) -> Result<usize> {
-        let listed = self.list_slave(index, checksum)?;
+    pub fn seed_index_from_slave(
+        &mut self,
+        index: &Index,
+        checksum: bool,
+        changed_since_ns: Option<i64>,
+    ) -> Result<usize> {
+        use crate::crawl::entry::Kind;
+        let mut listed = self.list_slave(index, checksum)?;
         let n = listed.len();
         let locals: Vec<Option<Entry>> = listed
             .iter()
@@ -439,23 +478,55 @@ impl Shipper {
             .into_iter()
             .map(|s| s.name)
             .collect();
+        // Equal in kind, size, mtime, owner, mode and target.
+        let same: Vec<bool> = listed
+            .iter()
+            .zip(&locals)
+            .map(|(le, l)| {
+                let kind = Kind::from_u8(le.kind);
+                l.as_ref().is_some_and(|l| {
+                    l.kind == kind
+                        && l.meta() == le.meta
+                        && l.target == le.target
+                        && (kind == Kind::Dir || l.size == le.size)
+                })
+            })
+            .collect();
+        // Files changed recently whose slave content is not known yet: ask for it.
+        let suspect: Vec<usize> = (0..n)
+            .filter(|&i| {
+                same[i]
+                    && listed[i].hash.is_none()
+                    && locals[i].as_ref().is_some_and(|l| {
+                        changed_since_ns.is_some_and(|t| {
+                            l.kind == Kind::File
+                                && l.ctime_sec.saturating_mul(1_000_000_000) + l.ctime_nsec as i64
+                                    >= t
+                        })
+                    })
+            })
+            .collect();
+        let paths: Vec<RelPath> = suspect.iter().map(|&i| listed[i].path.clone()).collect();
+        let mut hashes = self.slave_hashes(index, &paths)?;
+        for &i in &suspect {
+            listed[i].hash = hashes.remove(&listed[i].path);
+        }
+        let suspect: HashSet<usize> = suspect.into_iter().collect();
         let mut muts = Vec::with_capacity(n);
         for (i, (le, local)) in listed.into_iter().zip(locals).enumerate() {
-            let kind = crate::crawl::entry::Kind::from_u8(le.kind);
-            let same = local.as_ref().is_some_and(|l| {
-                l.kind == kind
-                    && l.meta() == le.meta
-                    && l.target == le.target
-                    && (kind == crate::crawl::entry::Kind::Dir || l.size == le.size)
-            });
+            let kind = Kind::from_u8(le.kind);
+            let same = same[i];
             // A name whose hard-link group on the slave is not the master's (split, merged)
             // is unknown: the crawl sends its content once and links the other names to it.
+            // So is a suspect file the slave no longer has.
             let content_differs = same
                 && (split.contains(&i)
+                    || suspect.contains(&i) && le.hash.is_none()
                     || le.hash.is_some()
                         && crate::crawl::hash_beneath(&self.brick, &le.path).ok() != le.hash);
             let entry = match local {
-                Some(l) if same && !content_differs => l,
+                // The slave's content hash, when it was read, is now the index's.
+                Some(l) if same && !content_differs => Entry { hash: le.hash, ..l },
                 Some(l) if content_differs => Entry {
                     kind: crate::crawl::entry::Kind::Unknown,
                     ..l

@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 const WINDOW_RECORDS: usize = 8192;
 /// Longest idle wait: retries, status and stop requests are looked at this often.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// How far apart the clocks of two master nodes may be: a takeover resends every file whose
+/// ctime is within this of the previous Active brick's stime, or later.
+const TAKEOVER_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// How often a Passive worker asks whether its replica set needs it.
 const PASSIVE_RETRY: Duration = Duration::from_secs(2);
 
@@ -308,10 +311,24 @@ impl Worker {
         tracing::info!(brick = %self.brick, "taking over from {previous}");
         self.status.crawl = "Hybrid Crawl".into();
         self.save();
-        // Until the crawl below completes, a reconnect must take over again.
+        // Until the crawl below completes, a reconnect must take over again (and the agent
+        // will not name the previous brick again: keep its stime too).
+        if shipper.previous_active.is_some() {
+            index.set_meta("takeover_stime_ns", &shipper.previous_stime_ns.to_string())?;
+        }
         index.set_meta("takeover_from", previous)?;
+        let prev_stime: i64 = index
+            .get_meta("takeover_stime_ns")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let seq = journal.last_seq()?;
-        let listed = shipper.seed_index_from_slave(index, false)?;
+        // Files changed since the previous brick's stime (less the clock skew two nodes may
+        // have) may be on the slave in an older version of the same size and mtime.
+        let listed = shipper.seed_index_from_slave(
+            index,
+            false,
+            Some(prev_stime.saturating_sub(TAKEOVER_CLOCK_SKEW.as_nanos() as i64)),
+        )?;
         tracing::info!(brick = %self.brick, entries = listed, "slave listing read");
         self.hybrid(
             shipper,

@@ -351,7 +351,7 @@ pub struct Replica<'a> {
 }
 
 impl<'a> Replica<'a> {
-    fn brick(&self, i: usize) -> PathBuf {
+    pub fn brick(&self, i: usize) -> PathBuf {
         self.g.path(&format!("b{}", i + 1))
     }
 
@@ -373,7 +373,7 @@ impl<'a> Replica<'a> {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    fn new(g: &'a Georep, kill: u64) -> Replica<'a> {
+    pub fn new(g: &'a Georep, kill: u64) -> Replica<'a> {
         let r = Replica {
             g,
             active: 0,
@@ -401,6 +401,21 @@ impl<'a> Replica<'a> {
         assert!(ok, "n1 never went Active: {}", r.row(0));
         r.ok(1, &["start", "gv", s.to_str().unwrap()]);
         r
+    }
+
+    /// Kills the Active node (its monitor, worker and agent) with SIGKILL; the other one is
+    /// expected to take over, and the killed one comes back (Passive) at the next settle.
+    pub fn kill_active(&mut self) {
+        // The background monitor leads its process group: worker and agent die with it.
+        if let Some(pid) = self.monitor_pid(self.active) {
+            let _ = rustix::process::kill_process_group(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+            self.killed = Some(self.active);
+            self.active = 1 - self.active;
+            self.takeovers += 1;
+        }
     }
 
     fn row(&self, i: usize) -> serde_json::Value {
@@ -432,16 +447,7 @@ impl Replicator for Replica<'_> {
             std::thread::sleep(Duration::from_millis(rng.below(4)));
         }
         if self.killed.is_none() && rng.below(1000) < self.kill {
-            // The background monitor leads its process group: worker and agent die with it.
-            if let Some(pid) = self.monitor_pid(self.active) {
-                let _ = rustix::process::kill_process_group(
-                    rustix::process::Pid::from_raw(pid).unwrap(),
-                    rustix::process::Signal::KILL,
-                );
-                self.killed = Some(self.active);
-                self.active = 1 - self.active;
-                self.takeovers += 1;
-            }
+            self.kill_active();
         }
     }
     fn settle(&mut self) -> Result<(), String> {

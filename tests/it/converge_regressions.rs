@@ -1,9 +1,9 @@
 //! Minimal sequences the convergence harness (`converge.rs`) found, each named after its bug
 //! and replayed in crawl mode (`sync --once`) and in a live journal session.
 
-use crate::converge::{run_sequence, Crawl, Live, Source};
+use crate::converge::{run_sequence, Crawl, Live, Replica, Replicator, Source};
 use crate::util::fsops::{ops::*, FsOp};
-use crate::util::{signal, wait_until, Georep, Session};
+use crate::util::{set_mtime, signal, wait_until, Georep, Session};
 use rustix::process::Signal;
 use std::fs;
 use std::path::Path;
@@ -156,4 +156,30 @@ fn writer_late_child_of_a_renamed_directory_is_watched_where_it_went() {
         },
         |m| fs::create_dir_all(m.join("l/dash/child/made-after")).unwrap(),
     );
+}
+
+/// Harness, replica takeover, seed 1: a file rewritten on both replicas within one clock tick
+/// has the same size and mtime (to the ns) on both; the takeover adopted the slave's older
+/// version on size and mtime. A file changed since the previous Active's stime is checked by
+/// its hash now.
+#[test]
+fn takeover_checks_a_recent_file_with_the_same_size_and_mtime() {
+    let g = Georep::new();
+    let mut r = Replica::new(&g, 0);
+    for i in 0..2 {
+        crate::util::write(&r.brick(i).join("f"), b"first version");
+        crate::util::write(&r.brick(i).join("old"), b"unchanged");
+        set_mtime(&r.brick(i).join("f"), 1_700_000_000, 5);
+    }
+    if let Err(d) = r.settle() {
+        panic!("n1 did not converge: {d}");
+    }
+    // The second replica holds a newer version the first never shipped: same size and mtime.
+    let f2 = r.brick(1).join("f");
+    crate::util::write(&f2, b"other version");
+    set_mtime(&f2, 1_700_000_000, 5);
+    r.kill_active();
+    if let Err(d) = r.settle() {
+        panic!("after the takeover: {d}");
+    }
 }
