@@ -82,6 +82,10 @@ pub struct Plan {
     /// Journal mode could not see everything this plan depends on (another name of a changed
     /// hard-linked file moved without a record naming it): run a crawl after it.
     pub needs_crawl: bool,
+    /// Journal mode: a path the window created or changed is gone from the disk and no record
+    /// of the window removed it: a rename not journaled yet took it (and its content) away.
+    /// The window is planned again together with the records that follow.
+    pub incomplete: bool,
     /// Directories that could not be read on the master (path, message).
     pub errors: Vec<(RelPath, String)>,
 }
@@ -245,6 +249,9 @@ pub fn plan_paths(
     let mut dirty = dirty;
     let mut linked = Vec::new();
     let mut needs_crawl = false;
+    let mut incomplete = false;
+    let unexplained =
+        |p: &RelPath| touched.contains(p) && !p.self_and_ancestors().any(|x| removed.contains(&x));
     for p in &dirty {
         // The inode the name has now, and the one the slave has for it (they differ when the
         // name was deleted or replaced: its former partners may have changed through it).
@@ -286,7 +293,10 @@ pub fn plan_paths(
             // Made and removed since the last pass: nothing to ship, unless it was a hard link
             // (this pass made one): content written through it changed another name, which
             // only a crawl can find now.
-            (None, None) => needs_crawl |= hard_links_made,
+            (None, None) => {
+                needs_crawl |= hard_links_made;
+                incomplete |= unexplained(p);
+            }
             (Some(e), None) if p.is_root() => d.new_root = Some(e),
             (Some(e), None) => {
                 d.new.insert(p.clone(), e);
@@ -295,9 +305,9 @@ pub fn plan_paths(
             // the disk is ahead of the records (a rename or delete not journaled yet took it
             // away). Deleting it here would lose what a rename carries: the slave keeps it
             // and the later record moves or deletes it. When this window also changed it,
-            // that change went with it and no later record names it: a crawl finds it.
+            // that change went with it: the window is planned again with the later records.
             (None, Some(_)) if !p.self_and_ancestors().any(|x| removed.contains(&x)) => {
-                needs_crawl |= touched.contains(p)
+                incomplete |= touched.contains(p)
             }
             (None, Some(o)) => {
                 if o.kind == Kind::Dir {
@@ -394,6 +404,7 @@ pub fn plan_paths(
     };
     let mut plan = d.plan(slot, &stat_dir);
     plan.needs_crawl = needs_crawl;
+    plan.incomplete = incomplete;
     Ok(plan)
 }
 
@@ -962,6 +973,7 @@ impl Diff {
             ops,
             stats: b.stats,
             needs_crawl: false,
+            incomplete: false,
             errors: self.errors,
         }
     }

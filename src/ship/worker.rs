@@ -32,6 +32,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(250);
 /// How far apart the clocks of two master nodes may be: a takeover resends every file whose
 /// ctime is within this of the previous Active brick's stime, or later.
 const TAKEOVER_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// How long an incomplete journal window waits for the record that completes it before a
+/// crawl settles it.
+const INCOMPLETE_WAIT: Duration = Duration::from_secs(1);
 /// How often a Passive worker asks whether its replica set needs it.
 const PASSIVE_RETRY: Duration = Duration::from_secs(2);
 
@@ -351,6 +354,9 @@ impl Worker {
         let mut last_status = Instant::now();
         let mut last_beacon = Instant::now() - Duration::from_secs(1);
         let waker = JournalWaker::new(&self.dir)?;
+        // An incomplete window (see below): the last record it held, and since when it waits.
+        let mut incomplete_upto = 0u64;
+        let mut incomplete_since = Instant::now();
         loop {
             if self.stopping() {
                 return Ok(Exit::Stop);
@@ -435,6 +441,7 @@ impl Worker {
                 }
             }
             let needs_crawl = plan.needs_crawl;
+            let incomplete = plan.incomplete;
             shipper.stime_ns = self.status.stime_ns;
             if !plan.is_empty() {
                 self.status.backlog_bytes = plan.ops.iter().map(|p| p.bytes()).sum();
@@ -443,6 +450,34 @@ impl Worker {
                 shipper.ship(plan.ops, index, self.opts.batch_ops, self.opts.batch_bytes)?;
             }
             self.settle_failures(shipper, index, &retry)?;
+            if incomplete {
+                // Something this window wrote was moved away before it was read, by a change
+                // whose record is not in the window yet. What was planned is shipped (planning
+                // again costs nothing for it); `journal_seq` and stime stay, and the window is
+                // planned again once it grows. A full window, or no new record for a while
+                // (every rename is journaled, so that means a lost event), takes a crawl.
+                let grew = last > incomplete_upto;
+                if incomplete_upto == 0 || grew {
+                    incomplete_since = Instant::now();
+                }
+                incomplete_upto = last;
+                if records.len() < WINDOW_RECORDS && incomplete_since.elapsed() < INCOMPLETE_WAIT {
+                    if !grew {
+                        waker.wait(Duration::from_millis(20));
+                    }
+                    continue;
+                }
+                incomplete_upto = 0;
+                self.hybrid(
+                    shipper,
+                    index,
+                    journal,
+                    last,
+                    Some("a change was moved away before the journal said where"),
+                )?;
+                continue;
+            }
+            incomplete_upto = 0;
             index.set_meta("journal_seq", &last.to_string())?;
             journal.trim(last)?;
             self.status.journal_seq = last;

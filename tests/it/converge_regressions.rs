@@ -183,3 +183,35 @@ fn takeover_checks_a_recent_file_with_the_same_size_and_mtime() {
         panic!("after the takeover: {d}");
     }
 }
+
+/// Harness, journal seed 2004: a file made in a directory that was renamed before the worker
+/// planned the window, the RENAME record coming in the next window: the window found the file
+/// gone and nothing said where, and the next window moved the directory without it. Now the
+/// window is planned again once the RENAME is journaled.
+#[test]
+fn journal_window_missing_its_rename_is_planned_again_with_it() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("d")).unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    crate::util::write(&m.join("d/x"), b"made just before its directory moved");
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("CREATE", "d/x")),
+        "the writer never journaled d/x"
+    );
+    // The rename happens on disk, but its record waits behind the stopped writer.
+    signal(writer, Signal::STOP);
+    fs::rename(m.join("d"), m.join("e")).unwrap();
+    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
+    signal(worker, Signal::CONT);
+    // Give the worker the window without the rename (it moves journal_seq if it ships it as
+    // complete; an incomplete window waits, so this wait ends by its bound).
+    wait_until(Duration::from_millis(500), || {
+        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
+    });
+    signal(writer, Signal::CONT);
+    s.converge("after the rename was journaled");
+}

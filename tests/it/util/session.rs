@@ -79,7 +79,7 @@ impl<'a> Session<'a> {
         out
     }
 
-    fn brick_dir(&self) -> PathBuf {
+    pub fn brick_dir(&self) -> PathBuf {
         let base = self.g.path("home/state/sessions");
         let s = std::fs::read_dir(&base)
             .unwrap()
@@ -109,11 +109,28 @@ impl<'a> Session<'a> {
     }
 
     pub fn writer_pid(&self) -> i32 {
-        std::fs::read_to_string(self.brick_dir().join("writer.pid"))
+        self.pid_in("writer.pid")
+    }
+
+    pub fn worker_pid(&self) -> i32 {
+        self.pid_in("worker.pid")
+    }
+
+    fn pid_in(&self, file: &str) -> i32 {
+        std::fs::read_to_string(self.brick_dir().join(file))
             .unwrap()
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// Whether the journal holds a record of `op` for `path` (brick-relative).
+    pub fn journaled(&self, op: &str, path: &str) -> bool {
+        let j = georep::journal::JournalStore::open(&self.brick_dir().join("journal.db")).unwrap();
+        j.read_after(0, 1 << 20)
+            .unwrap()
+            .iter()
+            .any(|r| r.op.name() == op && r.path.as_bytes() == path.as_bytes())
     }
 
     /// The worker is idle in Changelog Crawl with nothing left in the journal.
