@@ -376,6 +376,11 @@ impl Worker {
                 continue;
             }
             let records = journal.read_after(seq, WINDOW_RECORDS)?;
+            if records.iter().any(|r| r.op == RecOp::Gap) {
+                // A GAP appended since the check above (a writer that just restarted): the
+                // window must not step over it; the next turn crawls for it.
+                continue;
+            }
             let now = now_ns();
             let retry = index.due_failures(now)?;
             if records.is_empty() && retry.is_empty() {

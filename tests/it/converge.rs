@@ -13,7 +13,8 @@
 //!
 //! Sizes: `GEOREP_CONVERGE_SEQS` sequences per mode (defaults below, sized for CI),
 //! `GEOREP_CONVERGE_LONG=1` for thousands, `GEOREP_CONVERGE_SEED` for the first seed,
-//! `GEOREP_CONVERGE_OPS` ops per round, `GEOREP_CONVERGE_SHRINK_SECS` the time shrinking may take.
+//! `GEOREP_CONVERGE_OPS` ops per round, `GEOREP_CONVERGE_SHRINK_SECS` the time shrinking may take,
+//! `GEOREP_CONVERGE_ALL` to run every sequence and count the divergent ones.
 
 use crate::util::fsops::{as_code, shrink, FsOp, Gen};
 use crate::util::*;
@@ -149,36 +150,68 @@ pub fn run_sequence(r: &mut dyn Replicator, src: Source) -> (Vec<FsOp>, Result<(
 fn harness(mode: &str, count: u64, per: u64, shrink_budget: Duration, make: Make) {
     let t0 = Instant::now();
     let seed0 = first_seed();
+    // With GEOREP_CONVERGE_ALL set, every sequence runs and the divergent seeds are counted;
+    // the first one is reported (and shrunk) at the end.
+    let all = std::env::var_os("GEOREP_CONVERGE_ALL").is_some();
+    let mut diverged: Vec<(u64, Vec<FsOp>, String)> = Vec::new();
     let mut done = 0;
     let mut faults = 0;
     while done < count {
         let g = Georep::new();
         let mut r = make(&g);
-        for i in 0..per.min(count - done) {
+        let mut fresh = true;
+        while done < count {
             let seed = seed0 + done;
             done += 1;
-            if i == 0 {
-                // A fresh replicator starts from empty trees.
-            } else if let Err(e) = r.reset() {
-                panic!("{mode}: clearing the tree before seed {seed} did not converge: {e}");
+            if !fresh {
+                if let Err(e) = r.reset() {
+                    panic!("{mode}: clearing the tree before seed {seed} did not converge: {e}");
+                }
             }
+            fresh = false;
             let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));
-            let Err(diff) = res else { continue };
-            eprintln!(
-                "converge {mode}: {} faults injected before seed {seed} diverged",
-                faults + r.faults()
-            );
-            drop(r);
-            drop(g);
-            report(mode, seed, &log, &diff, shrink_budget, make);
+            if let Err(diff) = res {
+                eprintln!(
+                    "converge {mode}: seed {seed} diverged after {} faults injected",
+                    faults + r.faults()
+                );
+                diverged.push((seed, log, diff));
+                // Stop, or (with GEOREP_CONVERGE_ALL) go on from a fresh replicator: this
+                // one's trees differ.
+                break;
+            }
+            if done % per == 0 {
+                break;
+            }
         }
         faults += r.faults();
+        drop(r);
+        drop(g);
+        if !all && !diverged.is_empty() {
+            break;
+        }
     }
     eprintln!(
-        "converge {mode}: {count} sequences ({ROUNDS} rounds of {} ops) from seed {seed0}, {faults} faults injected, 0 diverged, {:.1} s",
+        "converge {mode}: {done} sequences ({ROUNDS} rounds of {} ops) from seed {seed0}, {faults} faults injected, {} diverged{}, {:.1} s",
         ops_per_round(),
+        diverged.len(),
+        if diverged.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (seeds {})",
+                diverged
+                    .iter()
+                    .map(|d| d.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
         t0.elapsed().as_secs_f64()
     );
+    if let Some((seed, log, diff)) = diverged.into_iter().next() {
+        report(mode, seed, &log, &diff, shrink_budget, make);
+    }
 }
 
 fn report(mode: &str, seed: u64, log: &[FsOp], diff: &str, budget: Duration, make: Make) -> ! {
