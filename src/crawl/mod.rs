@@ -208,6 +208,8 @@ pub struct Window {
     pub removed: BTreeSet<RelPath>,
     /// Names a record created or changed (not merely parents of a change).
     pub touched: BTreeSet<RelPath>,
+    /// Names whose content a record says was written.
+    pub written: BTreeSet<RelPath>,
     /// The records include a `LINK` (a new name of an existing file).
     pub hard_links_made: bool,
 }
@@ -226,6 +228,7 @@ pub fn plan_paths(
         rename_targets,
         removed,
         touched,
+        written,
         hard_links_made,
     } = window;
     let root_fd = fsutil::open_root(root)
@@ -276,7 +279,10 @@ pub fn plan_paths(
         }
     }
     dirty.extend(linked);
-    let mut d = Diff::default();
+    let mut d = Diff {
+        written,
+        ..Diff::default()
+    };
     for p in &dirty {
         if !p.is_root() && excludes.is_excluded(p) {
             continue;
@@ -443,6 +449,10 @@ struct Diff {
     targeted: Option<BTreeSet<RelPath>>,
     /// Journal mode: the only new names that may be renames (matched to a gone entry by inode).
     rename_targets: Option<BTreeSet<RelPath>>,
+    /// Journal mode: files a `DATA` record says were written. Their content changed whatever
+    /// the stat says: a rewrite within one tick of the filesystem's clock, of the same size,
+    /// leaves size, mtime and ctime as they were when the previous version was shipped.
+    written: BTreeSet<RelPath>,
 }
 
 #[derive(Default)]
@@ -626,7 +636,13 @@ impl Diff {
                 self.new.insert(path, e);
             }
             old => {
-                let c = old.change_to(&e);
+                // A written file is hash-checked against the slave's copy when its size is the
+                // same (`written`).
+                let c = if e.kind == Kind::File && self.written.contains(&path) {
+                    Change::Data
+                } else {
+                    old.change_to(&e)
+                };
                 // Content on the slave is current (only attributes may differ): a good target
                 // for the inode's other names.
                 if c != Change::Data && e.kind == Kind::File && e.nlink > 1 {
@@ -1049,6 +1065,37 @@ mod tests {
             .into_iter()
             .map(|o| o.op)
             .collect()
+    }
+
+    #[test]
+    fn a_journaled_write_is_checked_even_when_the_stat_did_not_change() {
+        // Rewritten within one tick of the filesystem clock: same size, mtime and ctime as the
+        // version shipped. The DATA record says the content changed: hash-check it.
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let e = Entry {
+            nlink: 1,
+            ..linked(1)
+        };
+        let mut d = Diff {
+            written: BTreeSet::from([p("a")]),
+            ..Diff::default()
+        };
+        d.compare(&index, p("a"), e.clone(), e.clone()).unwrap();
+        let ops: Vec<PlanOp> = d
+            .plan(&mut 0, &|_| None)
+            .ops
+            .into_iter()
+            .map(|o| o.op)
+            .collect();
+        assert!(
+            matches!(&ops[..], [PlanOp::File { path, known_hash: Some(h), .. }] if *path == p("a") && *h == [1; 32]),
+            "{ops:?}"
+        );
+        // Without the record, nothing changed.
+        let mut d = Diff::default();
+        d.compare(&index, p("a"), e.clone(), e).unwrap();
+        assert!(d.plan(&mut 0, &|_| None).ops.is_empty());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Changes {
     pub removed: BTreeSet<RelPath>,
     /// Names a record created or changed (not merely parents of a change).
     pub touched: BTreeSet<RelPath>,
+    /// Names whose content a `DATA` record says was written.
+    pub written: BTreeSet<RelPath>,
 }
 
 pub fn changes(records: &[Record]) -> Changes {
@@ -45,6 +47,10 @@ pub fn changes(records: &[Record]) -> Changes {
                     rebase(&mut c.touched, &r.path, to);
                     c.touched.remove(&r.path);
                     c.touched.insert(to.clone());
+                    rebase(&mut c.written, &r.path, to);
+                    if c.written.remove(&r.path) {
+                        c.written.insert(to.clone());
+                    }
                     c.rename_targets.remove(&r.path);
                     c.rename_targets.insert(to.clone());
                     c.removed.insert(r.path.clone());
@@ -54,9 +60,13 @@ pub fn changes(records: &[Record]) -> Changes {
             RecOp::Unlink | RecOp::Rmdir => {
                 c.removed.insert(r.path.clone());
                 c.touched.remove(&r.path);
+                c.written.remove(&r.path);
             }
-            _ => {
+            op => {
                 c.touched.insert(r.path.clone());
+                if op == RecOp::Data {
+                    c.written.insert(r.path.clone());
+                }
             }
         }
         add(&mut c.dirty, &r.path);

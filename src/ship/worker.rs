@@ -405,6 +405,7 @@ impl Worker {
                 rename_targets,
                 removed,
                 touched,
+                written,
             } = changes::changes(&records);
             for p in &retry {
                 changes::add(&mut dirty, p);
@@ -427,6 +428,7 @@ impl Worker {
                     rename_targets,
                     removed,
                     touched,
+                    written,
                     hard_links_made: records.iter().any(|r| r.op == RecOp::Link),
                 },
                 &mut self.slot,
