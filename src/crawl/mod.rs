@@ -250,7 +250,10 @@ pub fn plan_paths(
         Ok(v)
     };
     let mut dirty = dirty;
+    let mut written = written;
     let mut linked = Vec::new();
+    // Content written through one name was written through all the names of its inode.
+    let mut written_through = Vec::new();
     let mut needs_crawl = false;
     let mut incomplete = false;
     let unexplained =
@@ -273,12 +276,16 @@ pub fn plan_paths(
                         index.apply(&[Mutation::Poison(q.clone())])?;
                         needs_crawl = true;
                     }
+                    if written.contains(p) {
+                        written_through.push(q.clone());
+                    }
                     linked.push(q);
                 }
             }
         }
     }
     dirty.extend(linked);
+    written.extend(written_through);
     let mut d = Diff {
         written,
         ..Diff::default()
