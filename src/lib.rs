@@ -6,7 +6,8 @@
 //! - `volume`    — named volumes of bricks (`georep volume …`), plain paths as implicit volumes.
 //! - `session`   — slave syntax, session naming, per-brick state directories.
 //! - `options`   — `georep config` keys: defaults, validation, the worker's run options.
-//! - `crawl`     — hybrid crawl: parallel statx walk, index compare, rename detection, the plan.
+//! - `crawl`     — hybrid crawl: statx walk, index compare, identity (inode + birth time),
+//!   rename detection, hard-link groups, the plan.
 //! - `ship`      — batches, the windowed send/ack pipeline, `sync --once`.
 //! - `protocol`  — wire types and codec, no I/O (spec: docs/protocol.md).
 //! - `transport` — framed connection, the transport seam, the local (child process) transport.

@@ -313,6 +313,28 @@ impl Index {
         for (p, e) in rows {
             self.upsert(&p.rebase(from, to), &e)?;
         }
+        self.move_failures(from, to)
+    }
+
+    /// Unresolved failures at or beneath `from` move with their rows to beneath `to`: a path
+    /// whose send failed (changed while read, say) and whose directory was renamed since is
+    /// retried where it is now, not at a name that no longer holds it.
+    fn move_failures(&self, from: &RelPath, to: &RelPath) -> Result<()> {
+        let (lo, hi) = below(from);
+        let mut st = self.db.prepare_cached(
+            "SELECT path FROM failures WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
+        )?;
+        let paths: Vec<Vec<u8>> = st
+            .query_map(params![from.as_bytes(), lo, hi], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for p in paths {
+            let old = RelPath::internal(p).context("failures table holds an invalid path")?;
+            let new = old.rebase(from, to);
+            self.db.execute(
+                "UPDATE OR REPLACE failures SET path = ?2 WHERE path = ?1",
+                params![old.as_bytes(), new.as_bytes()],
+            )?;
+        }
         Ok(())
     }
 
@@ -453,5 +475,26 @@ mod tests {
         // Opening it again finds format 2 and changes nothing.
         let index = Index::open(&path).unwrap();
         assert_eq!(index.get_meta("format").unwrap().as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_failure_moves_with_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let p = |s: &str| RelPath::new(s.as_bytes().to_vec()).unwrap();
+        index
+            .record_failure(&p("a/b"), "master", 0, "changed while read", 1)
+            .unwrap();
+        index
+            .record_failure(&p("ab"), "master", 0, "not beneath a", 1)
+            .unwrap();
+        index.apply(&[Mutation::Move(p("a"), p("x/c"))]).unwrap();
+        let paths: Vec<String> = index
+            .failures()
+            .unwrap()
+            .iter()
+            .map(|f| f.path.display())
+            .collect();
+        assert_eq!(paths, vec!["ab", "x/c/b"]);
     }
 }

@@ -199,12 +199,17 @@ pub fn crawl(
 pub struct Cancelled;
 
 /// What a window of journal records says changed (`ship::changes`), under final names.
+#[derive(Debug, Default)]
 pub struct Window {
+    /// Each path changed, and its parent (whose entries and mtime changed with it).
     pub dirty: BTreeSet<RelPath>,
-    /// The only new names that may be renames.
+    /// The final names that are the target of a rename: only those may be matched to a gone
+    /// entry by inode (a new entry can reuse a deleted one's inode number).
     pub rename_targets: BTreeSet<RelPath>,
-    /// Names the records removed; an entry missing from the disk elsewhere was taken away by
-    /// a change not journaled yet.
+    /// Names the records removed (unlinked, or renamed away): an entry missing from the disk
+    /// is known to be gone only at or beneath one of these. Missing anywhere else, the disk is
+    /// ahead of the records (a rename not journaled yet took it away) and a delete planned
+    /// from it would drop what the rename carries.
     pub removed: BTreeSet<RelPath>,
     /// Names a record created or changed (not merely parents of a change).
     pub touched: BTreeSet<RelPath>,

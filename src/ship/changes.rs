@@ -3,6 +3,7 @@
 //! Invariant: every path is given under its final name: a record made before a rename of one of
 //! its ancestors is moved to the new name, so the targeted diff looks where the entry is now.
 
+use crate::crawl::Window;
 use crate::journal::{RecOp, Record};
 use crate::protocol::RelPath;
 use std::collections::BTreeSet;
@@ -14,26 +15,8 @@ pub fn dirty_paths(records: &[Record]) -> BTreeSet<RelPath> {
 }
 
 /// What a window of records says changed, every path under its final name.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// Each path changed, and its parent.
-    pub dirty: BTreeSet<RelPath>,
-    /// The final names that are the target of a rename: only those may be matched to a gone
-    /// entry by inode (a new entry can reuse a deleted one's inode number).
-    pub rename_targets: BTreeSet<RelPath>,
-    /// Names the records removed (unlinked, or renamed away): an entry missing from the disk
-    /// is known to be gone only at or beneath one of these. Missing anywhere else, the disk is
-    /// ahead of the records (a rename not journaled yet took it away) and a delete planned
-    /// from it would drop what the rename carries.
-    pub removed: BTreeSet<RelPath>,
-    /// Names a record created or changed (not merely parents of a change).
-    pub touched: BTreeSet<RelPath>,
-    /// Names whose content a `DATA` record says was written.
-    pub written: BTreeSet<RelPath>,
-}
-
-pub fn changes(records: &[Record]) -> Changes {
-    let mut c = Changes::default();
+pub fn changes(records: &[Record]) -> Window {
+    let mut c = Window::default();
     for r in records {
         if !r.op.has_path() {
             continue;
@@ -42,17 +25,10 @@ pub fn changes(records: &[Record]) -> Changes {
             RecOp::Rename => {
                 if let Some(to) = &r.path2 {
                     rebase(&mut c.dirty, &r.path, to);
-                    rebase(&mut c.rename_targets, &r.path, to);
                     rebase(&mut c.removed, &r.path, to);
-                    rebase(&mut c.touched, &r.path, to);
-                    c.touched.remove(&r.path);
-                    c.touched.insert(to.clone());
-                    rebase(&mut c.written, &r.path, to);
-                    if c.written.remove(&r.path) {
-                        c.written.insert(to.clone());
-                    }
-                    c.rename_targets.remove(&r.path);
-                    c.rename_targets.insert(to.clone());
+                    rename_in(&mut c.rename_targets, &r.path, to, true);
+                    rename_in(&mut c.touched, &r.path, to, true);
+                    rename_in(&mut c.written, &r.path, to, false);
                     c.removed.insert(r.path.clone());
                     add(&mut c.dirty, to);
                 }
@@ -67,11 +43,21 @@ pub fn changes(records: &[Record]) -> Changes {
                 if op == RecOp::Data {
                     c.written.insert(r.path.clone());
                 }
+                c.hard_links_made |= op == RecOp::Link;
             }
         }
         add(&mut c.dirty, &r.path);
     }
     c
+}
+
+/// A rename in `set`: what lies beneath `from` moves beneath `to`, and `from` itself becomes
+/// `to` (always, or only when it was in the set).
+fn rename_in(set: &mut BTreeSet<RelPath>, from: &RelPath, to: &RelPath, always: bool) {
+    rebase(set, from, to);
+    if set.remove(from) || always {
+        set.insert(to.clone());
+    }
 }
 
 pub fn add(d: &mut BTreeSet<RelPath>, p: &RelPath) {

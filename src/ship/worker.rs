@@ -400,15 +400,9 @@ impl Worker {
             } else {
                 "Changelog Crawl".into()
             };
-            let changes::Changes {
-                mut dirty,
-                rename_targets,
-                removed,
-                touched,
-                written,
-            } = changes::changes(&records);
+            let mut window = changes::changes(&records);
             for p in &retry {
-                changes::add(&mut dirty, p);
+                changes::add(&mut window.dirty, p);
             }
             let last = records.last().map(|r| r.seq).unwrap_or(seq);
             // Only a marker's time is a barrier (every change before it is recorded before
@@ -423,14 +417,7 @@ impl Worker {
                 &self.brick.path,
                 index,
                 &self.excludes,
-                crawl::Window {
-                    dirty,
-                    rename_targets,
-                    removed,
-                    touched,
-                    written,
-                    hard_links_made: records.iter().any(|r| r.op == RecOp::Link),
-                },
+                window,
                 &mut self.slot,
             )?;
             let (entries, data, meta) = (
