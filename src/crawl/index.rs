@@ -31,7 +31,13 @@ pub enum Mutation {
     Move(RelPath, RelPath),
     /// Marks the path and its subtree as unknown on the slave.
     Poison(RelPath),
+    /// The slave's attributes of this directory (whose entries an op changed) no longer match
+    /// its row: its next comparison sets them again. The rest is kept; other kinds are left.
+    Stale(RelPath),
 }
+
+/// The nanoseconds of a stale row's mtime (see `Mutation::Stale`): out of range for a clock.
+const STALE_NSEC: u32 = 1_000_000_000;
 
 pub struct Index {
     db: Connection,
@@ -155,6 +161,14 @@ impl Index {
         Ok(st
             .query_row(params![d, n], |r| entry_from(r, 0))
             .optional()?)
+    }
+
+    /// Whether any indexed entry has inode `ino`.
+    pub fn has_ino(&self, ino: u64) -> Result<bool> {
+        let mut st = self
+            .db
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM entries WHERE ino = ?1)")?;
+        Ok(st.query_row([ino as i64], |r| r.get(0))?)
     }
 
     /// Paths of indexed directories with inode `ino`.
@@ -303,6 +317,15 @@ impl Index {
         Ok(())
     }
 
+    fn stale(&self, p: &RelPath) -> Result<()> {
+        if let Some(mut e) = self.get(p)?.filter(|e| e.kind == Kind::Dir) {
+            // No clock gives this: any stat differs from it.
+            e.mtime_nsec = STALE_NSEC;
+            self.upsert(p, &e)?;
+        }
+        Ok(())
+    }
+
     fn mv(&self, from: &RelPath, to: &RelPath) -> Result<()> {
         let mut rows = self.subtree(from)?;
         if let Some(e) = self.get(from)? {
@@ -347,6 +370,7 @@ impl Index {
                 Mutation::Remove(p) => self.remove(p)?,
                 Mutation::Move(f, t) => self.mv(f, t)?,
                 Mutation::Poison(p) => self.poison(p)?,
+                Mutation::Stale(p) => self.stale(p)?,
             }
         }
         tx.commit()?;

@@ -8,6 +8,7 @@
 //! and directory attributes last, deepest first, so children's changes do not disturb them.
 
 pub mod entry;
+mod full;
 pub mod index;
 pub mod links;
 pub mod walk;
@@ -21,6 +22,8 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use walk::Excludes;
+
+pub use full::{crawl, Emit};
 
 /// What the shipper does for one planned step.
 #[derive(Debug, Clone)]
@@ -86,111 +89,18 @@ pub struct Plan {
     /// of the window removed it: a rename not journaled yet took it (and its content) away.
     /// The window is planned again together with the records that follow.
     pub incomplete: bool,
+    /// Ops of this plan already handed out while the crawl ran (`crawl`'s `emit`): they count
+    /// in `stats` but are not in `ops`.
+    pub streamed: u64,
     /// Directories that could not be read on the master (path, message).
     pub errors: Vec<(RelPath, String)>,
 }
 
 impl Plan {
+    /// Nothing to do, streamed or not.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.streamed == 0
     }
-}
-
-/// Number of walker threads: directory reads block on I/O, so more than the core count helps.
-const WALK_THREADS: usize = 4;
-
-/// Crawls `root` against `index`. `slot` numbers stash slots (unique per connection);
-/// `progress` is called with the number of entries scanned so far.
-///
-/// `progress` is told the number of entries scanned so far after each directory; when it
-/// answers `false` the crawl stops (the walker with it) and returns [`Cancelled`].
-pub fn crawl(
-    root: &Path,
-    index: &Index,
-    excludes: &Excludes,
-    slot: &mut u64,
-    progress: &dyn Fn(u64) -> bool,
-) -> Result<Plan> {
-    let root_fd = fsutil::open_root(root)
-        .with_context(|| format!("opening brick {} on the master", root.display()))?;
-    let (root_entry, _) = walk::root_entry(&root_fd)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ex = excludes.clone();
-    let walker = std::thread::spawn(move || walk::walk(root_fd, ex, WALK_THREADS, tx));
-
-    let mut d = Diff::default();
-    let root_path = RelPath::root();
-    d.dirs.insert(root_path.clone(), root_entry.clone());
-    match index.get(&root_path)? {
-        Some(old) if old.kind == Kind::Dir => match old.change_to(&root_entry) {
-            Change::None => {}
-            c => d.updates.push((root_path, old, root_entry, c)),
-        },
-        _ => d.new_root = Some(root_entry),
-    }
-    while let Ok(listing) = rx.recv() {
-        let dir = listing.dir;
-        let entries = match listing.entries {
-            Ok(e) => e,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => {
-                d.errors.push((
-                    dir.clone(),
-                    format!(
-                        "reading directory {dir} under {} on the master: {e}",
-                        root.display()
-                    ),
-                ));
-                continue;
-            }
-        };
-        d.scanned += entries.len() as u64;
-        if !progress(d.scanned) {
-            // Dropping the receiver stops the walker at its next directory.
-            drop(rx);
-            let _ = walker.join();
-            return Err(Cancelled.into());
-        }
-        // Beneath a replaced directory everything on disk is new: the index rows there
-        // describe the old directory, which is gone (or moved) as a whole.
-        let mut idx: HashMap<Vec<u8>, Entry> = if d.under_replaced(&dir) {
-            HashMap::new()
-        } else {
-            index.children(&dir)?.into_iter().collect()
-        };
-        for (name, e) in entries {
-            let path = dir.join(&name)?;
-            if e.kind == Kind::File && e.nlink > 1 {
-                d.links.entry(e.ino).or_default().push(path.clone());
-                d.saw(&e);
-            }
-            if e.kind == Kind::Dir {
-                d.dirs.insert(path.clone(), e.clone());
-            }
-            match idx.remove(&name) {
-                None => {
-                    d.new.insert(path, e);
-                }
-                Some(old) => d.compare(index, path, old, e)?,
-            }
-        }
-        for (name, old) in idx {
-            let path = dir.join(&name)?;
-            if excludes.is_excluded(&path) {
-                continue;
-            }
-            if old.kind == Kind::Dir {
-                d.gone.extend(index.subtree(&path)?);
-            }
-            d.gone.insert(path, old);
-        }
-    }
-    walker
-        .join()
-        .map_err(|_| anyhow::anyhow!("directory walker panicked"))?
-        .with_context(|| format!("walking brick {}", root.display()))?;
-    // A full crawl lists every directory: one missing from `dirs` no longer exists.
-    Ok(d.plan(slot, &|_| None))
 }
 
 /// A crawl stopped by its caller before it finished.
@@ -263,6 +173,13 @@ pub fn plan_paths(
     let mut incomplete = false;
     let unexplained =
         |p: &RelPath| touched.contains(p) && !p.self_and_ancestors().any(|x| removed.contains(&x));
+    // Directories whose entries a record of the window changed: their attributes are set
+    // again after this window's ops, so they must be readable where the records say.
+    let changed_in: HashSet<RelPath> = touched
+        .iter()
+        .chain(&removed)
+        .filter_map(RelPath::parent)
+        .collect();
     for p in &dirty {
         // The inode the name has now, and the one the slave has for it (they differ when the
         // name was deleted or replaced: its former partners may have changed through it).
@@ -324,8 +241,11 @@ pub fn plan_paths(
             // away). Deleting it here would lose what a rename carries: the slave keeps it
             // and the later record moves or deletes it. When this window also changed it,
             // that change went with it: the window is planned again with the later records.
+            // The same holds when this window changed its entries: the ops change its
+            // attributes on the slave, which can only be set again from the disk once the
+            // records say where it went.
             (None, Some(_)) if !p.self_and_ancestors().any(|x| removed.contains(&x)) => {
-                incomplete |= touched.contains(p)
+                incomplete |= touched.contains(p) || changed_in.contains(p)
             }
             (None, Some(o)) => {
                 if o.kind == Kind::Dir {
@@ -978,6 +898,17 @@ impl Diff {
                     Builder::poison(&t),
                 );
                 b.dir_attrs.push((t, op));
+            } else {
+                // Moved away (a rename not journaled yet) or gone since: its attributes cannot
+                // be read here, but the ops above changed them on the slave. The index must
+                // not vouch for them: the next comparison of it (where the rename takes it)
+                // sets them again.
+                let op = PlannedOp {
+                    op: PlanOp::IndexOnly,
+                    ok: vec![Mutation::Stale(t.clone())],
+                    fail: vec![],
+                };
+                b.dir_attrs.push((t, op));
             }
         }
 
@@ -1002,6 +933,7 @@ impl Diff {
             stats: b.stats,
             needs_crawl: false,
             incomplete: false,
+            streamed: 0,
             errors: self.errors,
         }
     }

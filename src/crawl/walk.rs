@@ -11,7 +11,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags};
 use std::io;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Exclude globs: a pattern without `/` matches a name at any depth, one with `/` the whole
@@ -120,7 +120,7 @@ pub fn walk(
     root: OwnedFd,
     excludes: Excludes,
     threads: usize,
-    tx: Sender<Listing>,
+    tx: SyncSender<Listing>,
 ) -> io::Result<()> {
     let (_, dev) = root_entry(&root)?;
     let shared = Arc::new(Shared {
@@ -147,7 +147,7 @@ pub fn walk(
     Ok(())
 }
 
-fn worker(s: &Shared, tx: &Sender<Listing>) {
+fn worker(s: &Shared, tx: &SyncSender<Listing>) {
     loop {
         let dir = {
             let mut q = s.q.lock().unwrap();

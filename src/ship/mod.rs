@@ -380,42 +380,83 @@ impl Connecting<'_> {
         let was_empty = self.index.is_empty()?;
         let failed = std::sync::atomic::AtomicBool::new(false);
         let brick = self.brick;
-        let (shipper, plan) = std::thread::scope(|s| {
+        let opts = self.opts;
+        // Streamed chunks wait here until the connection is up (a couple of chunks at most:
+        // the crawl waits for room).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crawl::PlannedOp>>(2);
+        std::thread::scope(|s| {
             let crawler = s.spawn(|| -> Result<crawl::Plan> {
+                // Owned here, so the receiver sees the end when the crawl is done.
+                let tx = tx;
                 let index = Index::open(index_path)?;
                 let stop = || failed.load(std::sync::atomic::Ordering::Relaxed);
-                crawl_pass(&index, brick, excludes, slot, &stop)
+                crawl_pass(&index, brick, excludes, slot, &stop, &mut |ops| {
+                    tx.send(ops).map_err(|_| crawl::Cancelled.into())
+                })
             });
-            let shipper = connect(
+            let give_up = |rx: std::sync::mpsc::Receiver<_>| {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                drop(rx);
+            };
+            let mut shipper = match connect(
                 self.transport,
                 self.index,
                 self.spec,
                 self.session,
                 brick,
-                self.opts,
-            );
-            if shipper.is_err() {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                opts,
+            ) {
+                Ok(sh) => sh,
+                Err(e) => {
+                    give_up(rx);
+                    let _ = crawler.join();
+                    return Err(e);
+                }
+            };
+            let kept = was_empty
+                || (volume_before.is_some()
+                    && volume_before == self.index.get_meta("slave_volume_id")?);
+            if !kept {
+                // The handshake found a recreated slave and emptied the index the crawl
+                // compares with: nothing it planned holds.
+                give_up(rx);
+                let _ = crawler.join();
+                return Ok((shipper, None));
             }
-            (shipper, crawler.join())
-        });
-        let shipper = shipper?;
-        let plan = plan.map_err(|_| anyhow!("the crawl of {brick} panicked"))??;
-        let kept = was_empty
-            || (volume_before.is_some()
-                && volume_before == self.index.get_meta("slave_volume_id")?);
-        Ok((shipper, kept.then_some(plan)))
+            shipper.begin_plan();
+            for ops in rx.iter() {
+                log_ops(brick, &ops);
+                if let Err(e) = shipper.feed(ops, self.index, opts.batch_ops, opts.batch_bytes) {
+                    give_up(rx);
+                    let _ = crawler.join();
+                    return Err(e);
+                }
+            }
+            let plan = crawler
+                .join()
+                .map_err(|_| anyhow!("the crawl of {brick} panicked"))??;
+            Ok((shipper, Some(plan)))
+        })
+    }
+}
+
+fn log_ops(brick: &Brick, ops: &[crawl::PlannedOp]) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for op in ops {
+            tracing::debug!(brick = %brick, "crawl plan: {:?}", op.op);
+        }
     }
 }
 
 /// One crawl of `brick` against `index`, with a spinner on a terminal; `stop` is asked after
-/// each directory whether to give up.
+/// each directory whether to give up. Ops that can go before the crawl ends go to `emit`.
 fn crawl_pass(
     index: &Index,
     brick: &Brick,
     excludes: &Excludes,
     slot: &mut u64,
     stop: &dyn Fn() -> bool,
+    emit: crawl::Emit,
 ) -> Result<crawl::Plan> {
     let spinner = std::io::stderr().is_terminal().then(|| {
         let pb = indicatif::ProgressBar::new_spinner();
@@ -423,12 +464,30 @@ fn crawl_pass(
         pb.enable_steady_tick(Duration::from_millis(100));
         pb
     });
-    let plan = crawl::crawl(&brick.path, index, excludes, slot, &|n| {
-        if let Some(pb) = &spinner {
-            pb.set_message(format!("crawling {}: {n} entries", brick.path.display()));
-        }
-        !stop()
-    });
+    let streamed = std::cell::Cell::new((0u64, 0u64));
+    let plan = crawl::crawl(
+        &brick.path,
+        index,
+        excludes,
+        slot,
+        &|n| {
+            if let Some(pb) = &spinner {
+                let (ops, bytes) = streamed.get();
+                pb.set_message(format!(
+                    "crawling {}: {n} entries; {ops} ops ({}) sent while crawling",
+                    brick.path.display(),
+                    human_bytes(bytes)
+                ));
+            }
+            !stop()
+        },
+        &mut |ops| {
+            let (n, b) = streamed.get();
+            let bytes: u64 = ops.iter().map(crawl::PlannedOp::bytes).sum();
+            streamed.set((n + ops.len() as u64, b + bytes));
+            emit(ops)
+        },
+    );
     if let Some(pb) = spinner {
         pb.finish_and_clear();
     }
@@ -455,8 +514,17 @@ pub fn crawl_until_converged(
     loop {
         out.passes += 1;
         let plan = match first.take() {
+            // Its streamed ops went out as it ran (`while_crawling`).
             Some(p) => p,
-            None => crawl_pass(index, brick, excludes, slot, &|| false)?,
+            None => {
+                shipper.failures.clear();
+                shipper.stats.requeued = 0;
+                shipper.begin_plan();
+                crawl_pass(index, brick, excludes, slot, &|| false, &mut |ops| {
+                    log_ops(brick, &ops);
+                    shipper.feed(ops, index, opts.batch_ops, opts.batch_bytes)
+                })?
+            }
         };
         out.scanned = out.scanned.max(plan.stats.scanned);
         let master_errors: Vec<Failure> = plan
@@ -470,20 +538,15 @@ pub fn crawl_until_converged(
                 message: m.clone(),
             })
             .collect();
-        tracing::info!(pass = out.passes, brick = %brick, stats = ?plan.stats, "crawl done");
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            for op in &plan.ops {
-                tracing::debug!(brick = %brick, pass = out.passes, "crawl plan: {:?}", op.op);
-            }
-        }
+        tracing::info!(pass = out.passes, brick = %brick, stats = ?plan.stats, streamed = plan.streamed, "crawl done");
+        log_ops(brick, &plan.ops);
         if plan.is_empty() {
             out.failures = master_errors;
             break;
         }
-        shipper.failures.clear();
-        shipper.stats.requeued = 0;
-        if tty {
-            let pb = indicatif::ProgressBar::new(plan.stats.bytes);
+        let rest: u64 = plan.ops.iter().map(crawl::PlannedOp::bytes).sum();
+        if tty && !plan.ops.is_empty() {
+            let pb = indicatif::ProgressBar::new(rest);
             pb.set_style(
                 indicatif::ProgressStyle::with_template(
                     "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -491,15 +554,11 @@ pub fn crawl_until_converged(
                 .unwrap()
                 .progress_chars("=> "),
             );
-            pb.set_message(format!(
-                "{}: {} files, {} ops",
-                brick.path.display(),
-                plan.stats.files,
-                plan.ops.len()
-            ));
+            pb.set_message(format!("{}: {} ops", brick.path.display(), plan.ops.len()));
             shipper.progress = Some(pb);
         }
-        shipper.ship(plan.ops, index, opts.batch_ops, opts.batch_bytes)?;
+        shipper.feed(plan.ops, index, opts.batch_ops, opts.batch_bytes)?;
+        shipper.finish(index)?;
         if let Some(pb) = shipper.progress.take() {
             pb.finish_and_clear();
         }

@@ -580,6 +580,27 @@ impl Shipper {
         max_ops: u32,
         max_bytes: u64,
     ) -> Result<()> {
+        self.begin_plan();
+        self.feed(ops, index, max_ops, max_bytes)?;
+        self.finish(index)
+    }
+
+    /// Starts a plan that arrives in pieces (`feed`, then `finish`): what the previous plan
+    /// sent of hard-linked files no longer counts.
+    pub fn begin_plan(&mut self) {
+        self.sent_inodes.clear();
+        self.relink.clear();
+    }
+
+    /// Sends `ops` (the next piece of the plan begun with `begin_plan`) as batches, waiting
+    /// for acknowledgements only as far as the window requires.
+    pub fn feed(
+        &mut self,
+        ops: Vec<PlannedOp>,
+        index: &Index,
+        max_ops: u32,
+        max_bytes: u64,
+    ) -> Result<()> {
         let ops = if self.ignore_deletes {
             self.without_deletes(ops)
         } else {
@@ -587,8 +608,6 @@ impl Shipper {
         };
         tracing::debug!(ops = ops.len(), "shipping");
         let ranges = super::batch::cut(&ops, max_ops, max_bytes);
-        self.sent_inodes.clear();
-        self.relink.clear();
         let mut ops = ops.into_iter();
         for range in ranges {
             while self.inflight.len() >= self.window {
@@ -597,6 +616,11 @@ impl Shipper {
             let batch: Vec<PlannedOp> = ops.by_ref().take(range.len()).collect();
             self.send_batch(batch, index)?;
         }
+        Ok(())
+    }
+
+    /// Waits until everything sent is acknowledged.
+    pub fn finish(&mut self, index: &Index) -> Result<()> {
         if let Err(e) = self.writer().flush() {
             return Err(self.write_failed(e));
         }
@@ -857,7 +881,18 @@ impl Shipper {
             }
             FileOutcome::Vanished => {
                 // Gone or no longer a file since the crawl: make sure the slave does not
-                // keep an old version; the next crawl sends whatever is there now.
+                // keep an old version. A rename planned later may have taken it (its
+                // directory's, say, not journaled yet): the failure moves with the renamed
+                // rows and the path is looked at again where it went (a crawl passes again).
+                self.failures.push(Failure {
+                    path: path.display(),
+                    rel: Some(path.clone()),
+                    side: "master",
+                    errno: libc::ENOENT,
+                    message: format!(
+                        "{path} was renamed or removed while it was being sent; it is looked at again"
+                    ),
+                });
                 let op = Op::Delete { path: path.clone() };
                 let sent = self.send_plain(op, vec![Mutation::Remove(path)], fail, wire)?;
                 (

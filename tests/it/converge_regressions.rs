@@ -215,3 +215,33 @@ fn journal_window_missing_its_rename_is_planned_again_with_it() {
     signal(writer, Signal::CONT);
     s.converge("after the rename was journaled");
 }
+
+/// Journal seed 91173: an unlink planned after its directory's parent was renamed on disk
+/// (that rename's record still behind the writer). The slave's directory got a new mtime from
+/// the delete, the directory could not be read at its old name to set it back, and the index
+/// row kept vouching for the old one: the directory moved along with the rename unchanged.
+#[test]
+fn a_directory_changed_by_a_delete_after_it_moved_is_set_again_where_it_went() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("p/d")).unwrap();
+    crate::util::write(&m.join("p/d/x"), b"unlinked while p moves");
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    fs::remove_file(m.join("p/d/x")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("UNLINK", "p/d/x")),
+        "the writer never journaled the unlink"
+    );
+    signal(writer, Signal::STOP);
+    fs::rename(m.join("p"), m.join("q")).unwrap();
+    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
+    signal(worker, Signal::CONT);
+    wait_until(Duration::from_millis(500), || {
+        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
+    });
+    signal(writer, Signal::CONT);
+    s.converge("after the rename was journaled");
+}
