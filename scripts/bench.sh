@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|intake|ssh|ssh-big|ssh-small|all]
+# Usage: scripts/bench.sh [small|big|latency|intake|ssh|ssh-big|ssh-small|all|scale]
+#        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
+#        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
 #        (BENCH_DIR=/path to choose where data goes)
 # Prints a table: median wall time of RUNS runs, ratio to cp -a, peak memory of both sides.
 set -euo pipefail
@@ -286,6 +288,54 @@ with open(sys.argv[1], 'wb') as f:
         row "rsync -a over ssh, 10,000 x 4 KiB" "$b_ms" "1.00x" "-" "-"
         row "georep over ssh, 10,000 x 4 KiB" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
     fi
+fi
+
+# 10^6 small files (SCALE_DIRS x SCALE_FILES of 64 bytes): first sync and a no-change re-run,
+# with the peak memory of both sides, next to rsync -a and a find stat pass in the same run.
+if [ "$what" = scale ]; then
+    command -v rsync >/dev/null || { apt-get install -y -qq rsync >/dev/null 2>&1 || true; }
+    dirs=${SCALE_DIRS:-1000} files=${SCALE_FILES:-1000}
+    n=$((dirs * files))
+    src=$BASE/scale-m
+    python3 - "$src" "$dirs" "$files" <<'PY'
+import os, sys
+root, dirs, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = b"x" * 64
+for d in range(dirs):
+    p = f"{root}/d{d:04}"
+    os.makedirs(p, exist_ok=True)
+    for f in range(files):
+        fd = os.open(f"{p}/f{f:04}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+PY
+    find "$src" -printf '' # warm the dentry and inode caches once, untimed
+    t0=$(now); find "$src" -printf '%s %T@\n' > /dev/null; t1=$(now); find_ms=$(ms "$t0" "$t1")
+    # peak RSS (KiB) of a command, via GNU time
+    rss_of() { /usr/bin/time -f %M -o "$BASE/rss" "$@" > /dev/null && cat "$BASE/rss"; }
+    rs_ms=- rs_noop_ms=- rs_rss=-
+    if command -v rsync >/dev/null; then
+        t0=$(now); rs_rss=$(rss_of rsync -a "$src/" "$BASE/scale-rs/"); t1=$(now); rs_ms=$(ms "$t0" "$t1")
+        t0=$(now); rsync -a "$src/" "$BASE/scale-rs/"; t1=$(now); rs_noop_ms=$(ms "$t0" "$t1")
+        rm -rf "$BASE/scale-rs"
+    fi
+    dst=$BASE/scale-s home=$BASE/scale-home
+    mkdir -p "$dst"
+    t0=$(now)
+    GEOREP_HOME=$home "$BIN" sync "$src" "$dst" --once --json > "$BASE/scale1.json"
+    t1=$(now); g_ms=$(ms "$t0" "$t1")
+    t0=$(now)
+    GEOREP_HOME=$home "$BIN" sync "$src" "$dst" --once --json > "$BASE/scale2.json"
+    t1=$(now); g_noop_ms=$(ms "$t0" "$t1")
+    field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+    [ "$(field "$BASE/scale1.json" files_sent)" = "$n" ] || { echo "first sync sent $(field "$BASE/scale1.json" files_sent) of $n files" >&2; exit 1; }
+    [ "$(field "$BASE/scale2.json" files_sent)" = 0 ] || { echo "the no-change run sent files" >&2; exit 1; }
+    vs() { [ "$2" = - ] && echo - || ratio "$1" "$2"; }
+    row "scale: find stat pass, $n files" "$find_ms" "-" "-" "-"
+    row "scale: rsync -a first copy, $n files" "$rs_ms" "1.00x" "${rs_rss} KiB" "-"
+    row "scale: georep first sync (vs rsync)" "$g_ms" "$(vs "$g_ms" "$rs_ms")" "$(field "$BASE/scale1.json" master_peak_rss_kb) KiB" "$(field "$BASE/scale1.json" agent_peak_rss_kb) KiB"
+    row "scale: rsync -a, nothing changed" "$rs_noop_ms" "1.00x" "-" "-"
+    row "scale: georep, nothing changed (vs rsync)" "$g_noop_ms" "$(vs "$g_noop_ms" "$rs_noop_ms")" "$(field "$BASE/scale2.json" master_peak_rss_kb) KiB" "$(field "$BASE/scale2.json" agent_peak_rss_kb) KiB"
 fi
 
 echo

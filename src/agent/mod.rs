@@ -592,6 +592,9 @@ fn claim_replica_set(state_dir: &Path, set: &str, brick_key: &str) -> Result<Cla
 
 /// Streams the slave tree (without `.georep`) to the master, or only the named `paths` that
 /// exist: `Listing`s, then `ListEnd`.
+/// Entries per `Listing` message.
+const LISTING_CHUNK: usize = 1024;
+
 fn send_listing(
     root: &Path,
     w: &mut FrameWriter,
@@ -599,32 +602,10 @@ fn send_listing(
     paths: Option<Vec<protocol::RelPath>>,
 ) -> Result<()> {
     let fd = fsutil::open_root(root)?;
-    let entries = match paths {
-        None => crate::crawl::walk::list_subtree(
-            &fd,
-            &protocol::RelPath::root(),
-            &crate::crawl::walk::Excludes::new(&[])?,
-        )?,
-        Some(paths) => {
-            if paths.len() > protocol::MAX_LIST_PATHS {
-                bail!(
-                    "List names {} paths, more than {}",
-                    paths.len(),
-                    protocol::MAX_LIST_PATHS
-                );
-            }
-            let mut out = Vec::with_capacity(paths.len());
-            for p in paths {
-                if let Some(e) = crate::crawl::walk::lstat_beneath(&fd, &p)? {
-                    out.push((p, e));
-                }
-            }
-            out
-        }
-    };
-    let total = entries.len() as u64;
-    let mut chunk = Vec::with_capacity(1024);
-    for (path, e) in entries {
+    // Sent as it is read, a chunk at a time: memory does not grow with the tree.
+    let mut total = 0u64;
+    let mut chunk = Vec::with_capacity(LISTING_CHUNK);
+    let mut add = |path: protocol::RelPath, e: crate::crawl::entry::Entry| -> Result<()> {
         let hash = if checksum && e.kind == crate::crawl::entry::Kind::File {
             Some(
                 crate::crawl::hash_beneath(&fd, &path)
@@ -643,8 +624,42 @@ fn send_listing(
             ino: e.ino,
             nlink: e.nlink,
         });
-        if chunk.len() == 1024 {
+        total += 1;
+        if chunk.len() == LISTING_CHUNK {
             w.send(&Message::Listing(std::mem::take(&mut chunk)))?;
+        }
+        Ok(())
+    };
+    match paths {
+        None => {
+            let mut failed = None;
+            crate::crawl::walk::for_each_beneath(
+                &fd,
+                &protocol::RelPath::root(),
+                &crate::crawl::walk::Excludes::new(&[])?,
+                &mut |p, e| {
+                    add(p, e).map_err(|e| {
+                        let io = std::io::Error::other(format!("{e:#}"));
+                        failed = Some(e);
+                        io
+                    })
+                },
+            )
+            .map_err(|e| failed.take().unwrap_or_else(|| e.into()))?;
+        }
+        Some(paths) => {
+            if paths.len() > protocol::MAX_LIST_PATHS {
+                bail!(
+                    "List names {} paths, more than {}",
+                    paths.len(),
+                    protocol::MAX_LIST_PATHS
+                );
+            }
+            for p in paths {
+                if let Some(e) = crate::crawl::walk::lstat_beneath(&fd, &p)? {
+                    add(p, e)?;
+                }
+            }
         }
     }
     if !chunk.is_empty() {

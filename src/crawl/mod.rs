@@ -83,7 +83,8 @@ pub struct Plan {
     pub ops: Vec<PlannedOp>,
     pub stats: PlanStats,
     /// Journal mode could not see everything this plan depends on (another name of a changed
-    /// hard-linked file moved without a record naming it): run a crawl after it.
+    /// hard-linked file moved without a record naming it, or a name a crawl shipped from a
+    /// directory not watched yet went without a record): run a crawl after it.
     pub needs_crawl: bool,
     /// Journal mode: a path the window created or changed is gone from the disk and no record
     /// of the window removed it: a rename not journaled yet took it (and its content) away.
@@ -127,6 +128,9 @@ pub struct Window {
     pub written: BTreeSet<RelPath>,
     /// The records include a `LINK` (a new name of an existing file).
     pub hard_links_made: bool,
+    /// Directories a record made (created, or moved in from a place the writer did not
+    /// watch), under final names.
+    pub made_dirs: BTreeSet<RelPath>,
 }
 
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
@@ -145,6 +149,7 @@ pub fn plan_paths(
         touched,
         written,
         hard_links_made,
+        made_dirs,
     } = window;
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
@@ -203,6 +208,26 @@ pub fn plan_paths(
                     }
                     linked.push(q);
                 }
+            }
+        }
+    }
+    // A directory is watched only after it appears, so what happened in it before (a name
+    // made there and renamed or removed at once) is never journaled. Only a crawl running
+    // meanwhile can have shipped such a name: one the index holds beneath a directory made in
+    // this window, gone from the disk, that no record removed, is such a leftover. Only a
+    // crawl can tell whether it was removed or moved (and where).
+    for d in &made_dirs {
+        if needs_crawl || !look(d, &mut seen)?.0.is_some_and(|e| e.kind == Kind::Dir) {
+            continue;
+        }
+        for (q, _) in index.subtree(d)? {
+            if !dirty.contains(&q)
+                && !q.self_and_ancestors().any(|x| removed.contains(&x))
+                && walk::lstat_beneath(&root_fd, &q)?.is_none()
+            {
+                tracing::debug!("{q} is indexed but gone, and no record says why: crawling");
+                needs_crawl = true;
+                break;
             }
         }
     }

@@ -182,21 +182,37 @@ fn list_dir(s: &Shared, dir: &RelPath) -> (Listing, Vec<RelPath>) {
     list_dir_in(&s.root, s.dev, &s.excludes, dir)
 }
 
-/// Every entry strictly beneath `dir` (on this filesystem, not excluded), parents first.
+/// Every entry strictly beneath `dir` (on this filesystem, not excluded), in path order.
 pub fn list_subtree(
     root: &OwnedFd,
     dir: &RelPath,
     excludes: &Excludes,
 ) -> io::Result<Vec<(RelPath, Entry)>> {
-    let (_, dev) = root_entry(root)?;
     let mut out = Vec::new();
+    for_each_beneath(root, dir, excludes, &mut |p, e| {
+        out.push((p, e));
+        Ok(())
+    })?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Hands every entry strictly beneath `dir` (on this filesystem, not excluded) to `f`, a
+/// directory's before its own entries, holding one directory's listing at a time.
+pub fn for_each_beneath(
+    root: &OwnedFd,
+    dir: &RelPath,
+    excludes: &Excludes,
+    f: &mut dyn FnMut(RelPath, Entry) -> io::Result<()>,
+) -> io::Result<()> {
+    let (_, dev) = root_entry(root)?;
     let mut stack = vec![dir.clone()];
     while let Some(d) = stack.pop() {
         let (listing, subdirs) = list_dir_in(root, dev, excludes, &d);
         match listing.entries {
             Ok(entries) => {
                 for (name, e) in entries {
-                    out.push((d.join(&name).map_err(io::Error::other)?, e));
+                    f(d.join(&name).map_err(io::Error::other)?, e)?;
                 }
             }
             // Gone or changed meanwhile: the journal reports what happened to it.
@@ -205,8 +221,7 @@ pub fn list_subtree(
         }
         stack.extend(subdirs);
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok(())
 }
 
 fn list_dir_in(

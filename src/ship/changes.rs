@@ -29,12 +29,14 @@ pub fn changes(records: &[Record]) -> Window {
                     rename_in(&mut c.rename_targets, &r.path, to, true);
                     rename_in(&mut c.touched, &r.path, to, true);
                     rename_in(&mut c.written, &r.path, to, false);
+                    rename_in(&mut c.made_dirs, &r.path, to, false);
                     c.removed.insert(r.path.clone());
                     add(&mut c.dirty, to);
                 }
             }
             RecOp::Unlink | RecOp::Rmdir => {
                 c.removed.insert(r.path.clone());
+                c.made_dirs.remove(&r.path);
                 c.touched.remove(&r.path);
                 c.written.remove(&r.path);
             }
@@ -44,6 +46,9 @@ pub fn changes(records: &[Record]) -> Window {
                     c.written.insert(r.path.clone());
                 }
                 c.hard_links_made |= op == RecOp::Link;
+                if op == RecOp::Mkdir {
+                    c.made_dirs.insert(r.path.clone());
+                }
             }
         }
         add(&mut c.dirty, &r.path);

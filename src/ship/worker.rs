@@ -497,7 +497,7 @@ impl Worker {
                     journal,
                     last,
                     Some(
-                        "a hard-linked file may have changed through a name that moved or is gone",
+                        "the journal cannot say where an entry went (another name of a changed hard-linked file, or a name made in a new directory before it was watched)",
                     ),
                 )?;
             }

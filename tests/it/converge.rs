@@ -14,7 +14,8 @@
 //! Sizes: `GEOREP_CONVERGE_SEQS` sequences per mode (defaults below, sized for CI),
 //! `GEOREP_CONVERGE_LONG=1` for thousands, `GEOREP_CONVERGE_SEED` for the first seed,
 //! `GEOREP_CONVERGE_OPS` ops per round, `GEOREP_CONVERGE_SHRINK_SECS` the time shrinking may take,
-//! `GEOREP_CONVERGE_ALL` to run every sequence and count the divergent ones.
+//! `GEOREP_CONVERGE_ALL` to run every sequence and count the divergent ones,
+//! `GEOREP_CONVERGE_JOBS` how many replicators run at once.
 
 use crate::util::fsops::{as_code, shrink, FsOp, Gen};
 use crate::util::*;
@@ -79,7 +80,7 @@ pub trait Replicator {
 }
 
 /// Makes a fresh replicator on a scratch area.
-type Make<'m> = &'m dyn for<'x> Fn(&'x Georep) -> Box<dyn Replicator + 'x>;
+type Make<'m> = &'m (dyn for<'x> Fn(&'x Georep) -> Box<dyn Replicator + 'x> + Sync);
 
 /// Runs one sequence; returns its log, and the divergence if there was one.
 pub fn run_sequence(r: &mut dyn Replicator, src: Source) -> (Vec<FsOp>, Result<(), String>) {
@@ -145,55 +146,74 @@ pub fn run_sequence(r: &mut dyn Replicator, src: Source) -> (Vec<FsOp>, Result<(
 }
 
 /// Runs `count` generated sequences with replicators from `make` (a fresh one per sequence,
-/// or per `per` sequences for live sessions); on a divergence, shrinks it with fresh
+/// or per `per` sequences for live sessions), `jobs` replicators at a time (live sequences
+/// mostly wait; `GEOREP_CONVERGE_JOBS` overrides); on a divergence, shrinks it with fresh
 /// replicators and panics with the seed, the log and the minimal log.
-fn harness(mode: &str, count: u64, per: u64, shrink_budget: Duration, make: Make) {
+fn harness(mode: &str, count: u64, per: u64, jobs: u64, shrink_budget: Duration, make: Make) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Mutex;
     let t0 = Instant::now();
     let seed0 = first_seed();
     // With GEOREP_CONVERGE_ALL set, every sequence runs and the divergent seeds are counted;
     // the first one is reported (and shrunk) at the end.
     let all = std::env::var_os("GEOREP_CONVERGE_ALL").is_some();
-    let mut diverged: Vec<(u64, Vec<FsOp>, String)> = Vec::new();
-    let mut done = 0;
-    let mut faults = 0;
-    while done < count {
-        let g = Georep::new();
-        let mut r = make(&g);
-        let mut fresh = true;
-        while done < count {
-            let seed = seed0 + done;
-            done += 1;
-            if !fresh {
-                if let Err(e) = r.reset() {
-                    panic!("{mode}: clearing the tree before seed {seed} did not converge: {e}");
+    let jobs = env_num("GEOREP_CONVERGE_JOBS").unwrap_or(jobs).max(1);
+    let diverged: Mutex<Vec<(u64, Vec<FsOp>, String)>> = Mutex::new(Vec::new());
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let faults = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let lane = || {
+        // Each replicator runs up to `per` consecutive seeds.
+        while !stop.load(Relaxed) {
+            let first = next.fetch_add(per, Relaxed);
+            if first >= count {
+                break;
+            }
+            let last = (first + per).min(count);
+            let g = Georep::new();
+            let mut r = make(&g);
+            for i in first..last {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                let seed = seed0 + i;
+                if i > first {
+                    if let Err(e) = r.reset() {
+                        panic!(
+                            "{mode}: clearing the tree before seed {seed} did not converge: {e}"
+                        );
+                    }
+                }
+                let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));
+                done.fetch_add(1, Relaxed);
+                if let Err(diff) = res {
+                    eprintln!(
+                        "converge {mode}: seed {seed} diverged after {} faults injected",
+                        faults.load(Relaxed) + r.faults()
+                    );
+                    diverged.lock().unwrap().push((seed, log, diff));
+                    stop.store(!all, Relaxed);
+                    // This replicator's trees differ: go on (with GEOREP_CONVERGE_ALL) from a
+                    // fresh one.
+                    break;
                 }
             }
-            fresh = false;
-            let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));
-            if let Err(diff) = res {
-                eprintln!(
-                    "converge {mode}: seed {seed} diverged after {} faults injected",
-                    faults + r.faults()
-                );
-                diverged.push((seed, log, diff));
-                // Stop, or (with GEOREP_CONVERGE_ALL) go on from a fresh replicator: this
-                // one's trees differ.
-                break;
-            }
-            if done % per == 0 {
-                break;
-            }
+            faults.fetch_add(r.faults(), Relaxed);
         }
-        faults += r.faults();
-        drop(r);
-        drop(g);
-        if !all && !diverged.is_empty() {
-            break;
+    };
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(lane);
         }
-    }
+    });
+    let mut diverged = diverged.into_inner().unwrap();
+    diverged.sort_by_key(|d| d.0);
     eprintln!(
-        "converge {mode}: {done} sequences ({ROUNDS} rounds of {} ops) from seed {seed0}, {faults} faults injected, {} diverged{}, {:.1} s",
+        "converge {mode}: {} sequences ({ROUNDS} rounds of {} ops, {jobs} at a time) from seed {seed0}, {} faults injected, {} diverged{}, {:.1} s",
+        done.load(Relaxed),
         ops_per_round(),
+        faults.load(Relaxed),
         diverged.len(),
         if diverged.is_empty() {
             String::new()
@@ -290,9 +310,14 @@ impl Replicator for Crawl<'_> {
 
 #[test]
 fn converge_crawl_mode() {
-    harness("crawl", sequences(300), 1, Duration::from_secs(90), &|g| {
-        Box::new(Crawl { g })
-    });
+    harness(
+        "crawl",
+        sequences(300),
+        1,
+        2,
+        Duration::from_secs(90),
+        &|g| Box::new(Crawl { g }),
+    );
 }
 
 // ---- (b) and (c): a live session; with gaps, the journal writer is killed at random ----
@@ -340,7 +365,8 @@ fn converge_journal_mode() {
     harness(
         "journal",
         sequences(300),
-        100,
+        50,
+        4,
         Duration::from_secs(120),
         &|g| {
             Box::new(Live {
@@ -357,8 +383,9 @@ fn converge_journal_mode() {
 fn converge_journal_with_gaps() {
     harness(
         "journal with gaps",
-        sequences(100),
+        sequences(300),
         50,
+        4,
         Duration::from_secs(120),
         &|g| {
             Box::new(Live {
@@ -523,8 +550,9 @@ impl Drop for Replica<'_> {
 fn converge_replica_takeover() {
     harness(
         "replica takeover",
-        sequences(30),
-        15,
+        sequences(300),
+        50,
+        3,
         Duration::from_secs(120),
         &|g| Box::new(Replica::new(g, 8)),
     );

@@ -245,3 +245,43 @@ fn a_directory_changed_by_a_delete_after_it_moved_is_set_again_where_it_went() {
     signal(writer, Signal::CONT);
     s.converge("after the rename was journaled");
 }
+
+/// Journal seed 92095: a hybrid crawl shipped a directory made inside a new directory that
+/// was not watched yet; it was renamed away before the watch came. The writer never saw it
+/// (the parent's scan found nothing, the rename arrived as a move in from outside) and no
+/// record named it again: the slave kept it under its first name for good.
+#[test]
+fn a_name_a_crawl_shipped_from_an_unwatched_directory_and_moved_away_is_not_left_behind() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("d")).unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    // A window the disk is ahead of (d/y moved with d, the rename's record held back) waits,
+    // then takes a hybrid crawl: the crawl runs while the writer is stopped.
+    signal(worker, Signal::STOP);
+    crate::util::write(&m.join("d/y"), b"y");
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("CREATE", "d/y")),
+        "the writer never journaled d/y"
+    );
+    signal(writer, Signal::STOP);
+    fs::rename(m.join("d"), m.join("e")).unwrap();
+    fs::create_dir_all(m.join("F/x")).unwrap();
+    let crawls = s.status()["hybrid_crawls"].as_u64().unwrap_or(0);
+    signal(worker, Signal::CONT);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            s.status()["hybrid_crawls"].as_u64().unwrap_or(0) > crawls
+                && g.slave().join("F/x").is_dir()
+                && s.idle()
+        }),
+        "no hybrid crawl shipped F/x: {}",
+        s.status()
+    );
+    // Moved away before the writer (still stopped) could watch F.
+    fs::rename(m.join("F/x"), m.join(".hidden")).unwrap();
+    signal(writer, Signal::CONT);
+    s.converge("after the writer caught up");
+}
