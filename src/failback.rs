@@ -191,12 +191,21 @@ fn local_equals(l: &Entry, d: &ListEntry) -> bool {
                 && (k != Kind::File || l.size == d.size)))
 }
 
-/// The master changed `l` since it shipped `b`.
-fn master_changed(b: &Entry, l: &Entry) -> bool {
+/// The master changed `l` (at `p` under `root`) since it shipped `b`. A file whose only sign
+/// of change is its ctime (a racily clean row, a link count change) is hashed against what was
+/// shipped.
+fn master_changed(b: &Entry, l: &Entry, root: &rustix::fd::OwnedFd, p: &RelPath) -> bool {
     if b.kind != l.kind {
         return true;
     }
-    l.kind != Kind::Dir && !matches!(b.change_to(l), Change::None | Change::IndexOnly)
+    if l.kind == Kind::Dir || matches!(b.change_to(l), Change::None | Change::IndexOnly) {
+        return false;
+    }
+    let same_attrs = l.kind == Kind::File && b.size == l.size && b.meta() == l.meta();
+    match b.hash.filter(|_| same_attrs) {
+        Some(h) => crate::crawl::hash_beneath(root, p).map_or(true, |now| now != h),
+        None => true,
+    }
 }
 
 fn conflict_name(path: &RelPath, node: &str, at: &str) -> Result<RelPath> {
@@ -350,7 +359,7 @@ fn reverse_brick(
         }
         let changed_here = match (b, l) {
             (None, None) => false,
-            (Some(b), Some(l)) => master_changed(b, l),
+            (Some(b), Some(l)) => master_changed(b, l, &root, p),
             _ => true,
         };
         let both_dirs = l.is_some_and(|l| l.kind == Kind::Dir)

@@ -31,11 +31,13 @@ pub enum PlanOp {
     Op(Op),
     /// Ship the file's content, read at ship time. With `known_hash` (same size, the slave's
     /// content hash known), the shipper first hashes the file locally and sends only its
-    /// attributes when the content is the same (a `touch`, a `cp -p` of identical data).
+    /// attributes when the content is the same (a `touch`, a `cp -p` of identical data), and
+    /// nothing when those are `slave_meta` already (a racily clean row checked again).
     File {
         path: RelPath,
         entry: Entry,
         known_hash: Option<[u8; 32]>,
+        slave_meta: Option<crate::protocol::Meta>,
     },
     /// Nothing goes to the slave; only the index changes once the batch is acknowledged.
     IndexOnly,
@@ -486,12 +488,13 @@ impl Builder {
                 }
                 self.stats.files += 1;
                 self.stats.bytes += e.size;
-                let known_hash = old.filter(|o| o.size == e.size).and_then(|o| o.hash);
+                let known = old.filter(|o| o.size == e.size && o.hash.is_some());
                 PlannedOp {
                     op: PlanOp::File {
                         path: path.clone(),
                         entry: e.clone(),
-                        known_hash,
+                        known_hash: known.and_then(|o| o.hash),
+                        slave_meta: known.map(Entry::meta),
                     },
                     ok,
                     fail,

@@ -189,14 +189,25 @@ impl Writer {
                     stack.push(path.clone());
                 }
                 if record {
+                    // A file with other names may have been written through this one before
+                    // the watch existed: that changed its other names too, which only a LINK
+                    // and a DATA record lead the shipper to.
+                    let linked = ft.is_file()
+                        && e.metadata()
+                            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 1);
                     let op = if ft.is_dir() {
                         RecOp::Mkdir
                     } else if ft.is_symlink() {
                         RecOp::Symlink
+                    } else if linked {
+                        RecOp::Link
                     } else {
                         RecOp::Create
                     };
-                    self.push(Record::new(op, path));
+                    self.push(Record::new(op, path.clone()));
+                    if linked {
+                        self.push(Record::new(RecOp::Data, path));
+                    }
                 }
             }
         }

@@ -52,6 +52,7 @@ mod tests {
                     hash: None,
                 },
                 known_hash: None,
+                slave_meta: None,
             },
             ok: vec![],
             fail: vec![],

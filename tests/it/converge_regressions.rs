@@ -285,3 +285,38 @@ fn a_name_a_crawl_shipped_from_an_unwatched_directory_and_moved_away_is_not_left
     signal(writer, Signal::CONT);
     s.converge("after the writer caught up");
 }
+
+/// Journal seed 93236: a hard link made in a new directory before the writer watched it, and
+/// written through; the writer's scan of the directory found it and recorded a plain CREATE,
+/// the name was removed next, and the other name's new content was never shipped.
+#[test]
+fn a_hard_link_written_in_a_directory_not_watched_yet_updates_its_other_name() {
+    let g = Georep::new();
+    let m = g.master();
+    crate::util::write(&m.join("f"), b"the first version of f, long enough");
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    signal(writer, Signal::STOP);
+    fs::create_dir(m.join("c")).unwrap();
+    fs::hard_link(m.join("f"), m.join("c/a")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("c/a"))
+        .unwrap()
+        .set_len(13)
+        .unwrap();
+    signal(writer, Signal::CONT);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("MKDIR", "c")),
+        "the writer never journaled c"
+    );
+    fs::remove_file(m.join("c/a")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("UNLINK", "c/a")),
+        "the writer never journaled the unlink"
+    );
+    signal(worker, Signal::CONT);
+    s.converge("after the link went");
+}
