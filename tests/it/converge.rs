@@ -171,35 +171,37 @@ fn harness(mode: &str, count: u64, per: u64, jobs: u64, shrink_budget: Duration,
                 break;
             }
             let last = (first + per).min(count);
-            let g = Georep::new();
-            let mut r = make(&g);
-            for i in first..last {
-                if stop.load(Relaxed) {
-                    break;
-                }
-                let seed = seed0 + i;
-                if i > first {
-                    if let Err(e) = r.reset() {
-                        panic!(
-                            "{mode}: clearing the tree before seed {seed} did not converge: {e}"
+            let mut i = first;
+            while i < last && !stop.load(Relaxed) {
+                let g = Georep::new();
+                let mut r = make(&g);
+                let fresh = i;
+                while i < last && !stop.load(Relaxed) {
+                    let seed = seed0 + i;
+                    if i > fresh {
+                        if let Err(e) = r.reset() {
+                            panic!("{mode}: clearing the tree before seed {seed} did not converge: {e}");
+                        }
+                    }
+                    i += 1;
+                    let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));
+                    done.fetch_add(1, Relaxed);
+                    if let Err(diff) = res {
+                        eprintln!(
+                            "converge {mode}: seed {seed} diverged after {} faults injected",
+                            faults.load(Relaxed) + r.faults()
                         );
+                        diverged.lock().unwrap().push((seed, log, diff));
+                        if !all {
+                            stop.store(true, Relaxed);
+                        }
+                        // This replicator's trees differ: go on (with GEOREP_CONVERGE_ALL)
+                        // from a fresh one.
+                        break;
                     }
                 }
-                let (log, res) = run_sequence(r.as_mut(), Source::Generate(seed));
-                done.fetch_add(1, Relaxed);
-                if let Err(diff) = res {
-                    eprintln!(
-                        "converge {mode}: seed {seed} diverged after {} faults injected",
-                        faults.load(Relaxed) + r.faults()
-                    );
-                    diverged.lock().unwrap().push((seed, log, diff));
-                    stop.store(!all, Relaxed);
-                    // This replicator's trees differ: go on (with GEOREP_CONVERGE_ALL) from a
-                    // fresh one.
-                    break;
-                }
+                faults.fetch_add(r.faults(), Relaxed);
             }
-            faults.fetch_add(r.faults(), Relaxed);
         }
     };
     std::thread::scope(|s| {
