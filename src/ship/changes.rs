@@ -38,7 +38,9 @@ pub fn changes(records: &[Record]) -> Window {
                 c.removed.insert(r.path.clone());
                 c.made_dirs.remove(&r.path);
                 c.touched.remove(&r.path);
-                c.written.remove(&r.path);
+                // `written` keeps the name: content written through a name of a hard-linked
+                // file and then unlinked changed the other names, which the plan finds
+                // through the name's index row.
             }
             op => {
                 c.touched.insert(r.path.clone());
