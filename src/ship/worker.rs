@@ -35,6 +35,8 @@ const TAKEOVER_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// How long an incomplete journal window waits for the record that completes it before a
 /// crawl settles it.
 const INCOMPLETE_WAIT: Duration = Duration::from_secs(1);
+/// How long it waits at most, however fast new records come (a busy tree).
+const INCOMPLETE_MAX: Duration = Duration::from_secs(3);
 /// How often a Passive worker asks whether its replica set needs it.
 const PASSIVE_RETRY: Duration = Duration::from_secs(2);
 
@@ -357,6 +359,7 @@ impl Worker {
         // An incomplete window (see below): the last record it held, and since when it waits.
         let mut incomplete_upto = 0u64;
         let mut incomplete_since = Instant::now();
+        let mut incomplete_first = Instant::now();
         loop {
             if self.stopping() {
                 return Ok(Exit::Stop);
@@ -450,12 +453,26 @@ impl Worker {
                 // again costs nothing for it); `journal_seq` and stime stay, and the window is
                 // planned again once it grows. A full window, or no new record for a while
                 // (every rename is journaled, so that means a lost event), takes a crawl.
-                let grew = last > incomplete_upto;
+                // Markers come every second whatever happens: only a change record is growth
+                // (counting markers, a lost event would keep the window waiting for good).
+                let last_change = records
+                    .iter()
+                    .rev()
+                    .find(|r| r.op != RecOp::Marker)
+                    .map_or(0, |r| r.seq);
+                let grew = last_change > incomplete_upto;
+                if incomplete_upto == 0 {
+                    incomplete_first = Instant::now();
+                }
                 if incomplete_upto == 0 || grew {
                     incomplete_since = Instant::now();
                 }
-                incomplete_upto = last;
-                if records.len() < WINDOW_RECORDS && incomplete_since.elapsed() < INCOMPLETE_WAIT {
+                incomplete_upto = last_change;
+                // A busy tree grows the window all the time: the wait is bounded as a whole too.
+                if records.len() < WINDOW_RECORDS
+                    && incomplete_since.elapsed() < INCOMPLETE_WAIT
+                    && incomplete_first.elapsed() < INCOMPLETE_MAX
+                {
                     if !grew {
                         waker.wait(Duration::from_millis(20));
                     }

@@ -320,3 +320,38 @@ fn a_hard_link_written_in_a_directory_not_watched_yet_updates_its_other_name() {
     signal(worker, Signal::CONT);
     s.converge("after the link went");
 }
+
+/// Journal seed 95140: a window waiting for the record that explains a missing path (an event
+/// lost, here a record for a name that never was) must take a crawl after a while. The writer's
+/// markers (one a second), like the records of a busy tree, counted as the window growing and
+/// kept it waiting for good.
+#[test]
+fn a_window_waiting_for_a_lost_record_crawls_although_markers_keep_coming() {
+    let g = Georep::new();
+    let m = g.master();
+    crate::util::write(&m.join("kept"), b"kept");
+    let s = Session::start(&g);
+    s.converge("start");
+    let crawls = s.status()["hybrid_crawls"].as_u64().unwrap_or(0);
+    let journal = georep::journal::JournalStore::open(&s.brick_dir().join("journal.db")).unwrap();
+    let ghost = georep::protocol::RelPath::new(b"ghost".to_vec()).unwrap();
+    journal
+        .append(&[georep::journal::Record::new(
+            georep::journal::RecOp::Create,
+            ghost,
+        )])
+        .unwrap();
+    // A busy tree: a change record every 200 ms keeps the window growing.
+    let mut n = 0u32;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            n += 1;
+            crate::util::write(&m.join("busy"), format!("write {n}").as_bytes());
+            std::thread::sleep(Duration::from_millis(200));
+            s.status()["hybrid_crawls"].as_u64().unwrap_or(0) > crawls
+        }),
+        "the window kept waiting: {}",
+        s.status()
+    );
+    s.converge("after the crawl");
+}
