@@ -13,7 +13,7 @@
 //! renames in particular, waits for the whole tree: a rename's source may be listed last.
 
 use super::entry::{Change, Entry, Kind};
-use super::index::Index;
+use super::index::{Index, Mutation};
 use super::walk::{self, Excludes};
 use super::{Builder, Cancelled, Diff, Plan, PlanOp, PlannedOp};
 use crate::fsutil;
@@ -66,6 +66,7 @@ pub fn crawl(
         index_was_empty: index.is_empty()?,
         emit,
         streamed: 0,
+        deferred: Vec::new(),
     };
     let root_path = RelPath::root();
     d.dirs.insert(root_path.clone(), root_entry.clone());
@@ -172,6 +173,17 @@ pub fn crawl(
     plan.stats.files += s.files;
     plan.stats.bytes += s.bytes;
     plan.streamed = st.streamed;
+    st.deferred.sort_by(|x, y| y.0.cmp(&x.0));
+    for (dir, e) in st.deferred {
+        plan.ops.push(PlannedOp::new(
+            Op::SetAttr {
+                path: dir.clone(),
+                meta: e.meta(),
+            },
+            Builder::upsert(&dir, &e),
+            Builder::poison(&dir),
+        ));
+    }
     Ok(plan)
 }
 
@@ -192,6 +204,8 @@ struct Stream<'a> {
     index_was_empty: bool,
     emit: Emit<'a>,
     streamed: u64,
+    /// Read-only directories whose entries streamed ops changed: set at the end of the plan.
+    deferred: Vec<(RelPath, Entry)>,
 }
 
 impl Stream<'_> {
@@ -247,11 +261,19 @@ impl Stream<'_> {
     }
 
     /// After a listing: an entry created or replaced in `dir` changed its mtime on the slave.
+    /// A directory the owner cannot write keeps its attributes for the end of the plan: set
+    /// now, they could stop the final plan's ops in it (renames, links, deletes) when the
+    /// agent does not run as root.
     fn touched(&mut self, dir: &RelPath, e: &Entry, first: usize) {
         let replaced = self.b.creates[first..]
             .iter()
             .any(|(_, _, op)| !matches!(op.op, PlanOp::IndexOnly | PlanOp::Op(Op::SetAttr { .. })));
-        if replaced {
+        if !replaced {
+            return;
+        }
+        if e.mode & 0o200 == 0 {
+            self.deferred.push((dir.clone(), e.clone()));
+        } else {
             self.b.set_attr(dir, e);
         }
     }
@@ -272,9 +294,18 @@ impl Stream<'_> {
         dirs.sort_by(|x, y| y.0.cmp(&x.0));
         // A new directory's attributes and those set again after its entries are the same.
         dirs.dedup_by(|x, y| x.0 == y.0);
-        let ops: Vec<PlannedOp> = creates
+        // The slave's attributes of these directories change before they are set again at the
+        // end of the chunk: until then their rows must not vouch for them (a connection lost in
+        // between would leave a row equal to the disk over a directory that is not).
+        let stale = dirs.iter().map(|(d, _)| PlannedOp {
+            op: PlanOp::IndexOnly,
+            ok: vec![Mutation::Stale(d.clone())],
+            fail: vec![],
+        });
+        let ops: Vec<PlannedOp> = stale
+            .collect::<Vec<_>>()
             .into_iter()
-            .map(|c| c.2)
+            .chain(creates.into_iter().map(|c| c.2))
             .chain(dirs.into_iter().map(|c| c.1))
             .collect();
         self.streamed += ops.len() as u64;
@@ -329,7 +360,7 @@ mod tests {
         assert!(chunks.len() >= 2, "{} chunks", chunks.len());
         for c in &chunks {
             // A chunk is cut after the listing that fills it.
-            assert!(c.len() <= CHUNK_OPS + 4010, "a chunk of {} ops", c.len());
+            assert!(c.len() <= CHUNK_OPS + 4020, "a chunk of {} ops", c.len());
         }
         assert_eq!(plan.stats.new, 5 * 4002);
         assert_eq!(plan.stats.files, 5 * 4000);
@@ -337,9 +368,9 @@ mod tests {
             plan.streamed,
             chunks.iter().map(|c| c.len() as u64).sum::<u64>()
         );
-        // Only the root's attributes wait for the end.
+        // Only the root's attributes wait for the end (its row marked stale first).
         assert!(
-            matches!(&plan.ops[..], [PlannedOp { op: PlanOp::Op(Op::SetAttr { path, .. }), .. }] if path.is_root()),
+            matches!(&plan.ops[..], [PlannedOp { op: PlanOp::IndexOnly, .. }, PlannedOp { op: PlanOp::Op(Op::SetAttr { path, .. }), .. }] if path.is_root()),
             "{:?}",
             paths(&plan.ops)
         );
@@ -357,6 +388,11 @@ mod tests {
                         made.contains(path),
                         "attributes of {path} before it is made"
                     );
+                    continue;
+                }
+                // A directory's row is marked stale until its attributes are set again.
+                PlanOp::IndexOnly => {
+                    assert!(matches!(&op.ok[..], [Mutation::Stale(_)]), "{:?}", op.ok);
                     continue;
                 }
                 other => panic!("streamed {other:?}"),

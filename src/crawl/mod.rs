@@ -940,7 +940,19 @@ impl Diff {
             }
         }
 
-        let mut ops = Vec::new();
+        // Directories whose attributes the ops change on the slave before the end of the plan
+        // sets them again: their rows must not vouch for them meanwhile (a connection lost in
+        // between). Rows that do not exist yet (renamed there by this plan) are left alone.
+        let mut ops: Vec<PlannedOp> = b
+            .dir_attrs
+            .iter()
+            .filter(|(_, op)| matches!(op.op, PlanOp::Op(Op::SetAttr { .. })))
+            .map(|(p, _)| PlannedOp {
+                op: PlanOp::IndexOnly,
+                ok: vec![Mutation::Stale(p.clone())],
+                fail: vec![],
+            })
+            .collect();
         b.stashes.sort_by(|x, y| y.0.cmp(&x.0));
         for (from, s) in b.stashes {
             let ok = vec![Mutation::Move(from.clone(), index::stash_path(s))];

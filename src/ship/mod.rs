@@ -413,9 +413,15 @@ impl Connecting<'_> {
                     return Err(e);
                 }
             };
-            let kept = was_empty
-                || (volume_before.is_some()
-                    && volume_before == self.index.get_meta("slave_volume_id")?);
+            let volume_now = match self.index.get_meta("slave_volume_id") {
+                Ok(v) => v,
+                Err(e) => {
+                    give_up(rx);
+                    let _ = crawler.join();
+                    return Err(e);
+                }
+            };
+            let kept = was_empty || (volume_before.is_some() && volume_before == volume_now);
             if !kept {
                 // The handshake found a recreated slave and emptied the index the crawl
                 // compares with: nothing it planned holds.
