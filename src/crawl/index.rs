@@ -37,7 +37,7 @@ pub enum Mutation {
 }
 
 /// The nanoseconds of a stale row's mtime (see `Mutation::Stale`): out of range for a clock.
-pub const STALE_NSEC: u32 = 1_000_000_000;
+const STALE_NSEC: u32 = 1_000_000_000;
 
 pub struct Index {
     db: Connection,

@@ -847,7 +847,7 @@ impl Shipper {
                     self.sent_inodes.insert(entry.ino, entry.clone());
                 }
                 let delivered = entry.ino == ino;
-                let row = Mutation::Upsert(path.clone(), settled(entry.clone()));
+                let row = Mutation::Upsert(path.clone(), entry.clone());
                 if slave_meta == Some(entry.meta()) {
                     // Content and attributes are what the slave holds: nothing to send.
                     let sent = Sent {
@@ -885,7 +885,7 @@ impl Shipper {
                 *wire += 1;
                 let delivered = committed && entry.ino == ino;
                 let sent = Sent {
-                    ok: vec![Mutation::Upsert(path, settled(entry.clone()))],
+                    ok: vec![Mutation::Upsert(path, entry.clone())],
                     fail,
                     wire: Some(*wire - 1),
                     force_fail: !committed,
@@ -1052,25 +1052,6 @@ impl Drop for Shipper {
 }
 
 /// Protocol sanity for the master side of the handshake.
-/// How recent a change must be for its stat not to prove the content read with it: the
-/// filesystem's clock moves in ticks (4 ms at HZ=250), so a rewrite within the tick of the read,
-/// with the mtime put back, leaves size, mtime and ctime as they were.
-const RACY_NS: i64 = 100_000_000;
-
-/// The index row for content read with stat `e`: a file changed within `RACY_NS` of now gets an
-/// impossible ctime, so its next comparison hashes it again (against the hash of what was sent)
-/// instead of trusting a stat a same-tick rewrite would not change (git's "racily clean").
-fn settled(mut e: Entry) -> Entry {
-    let ctime = e.ctime_sec as i128 * 1_000_000_000 + e.ctime_nsec as i128;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    if now - ctime < RACY_NS as i128 {
-        e.ctime_nsec = crate::crawl::index::STALE_NSEC;
-    }
-    e
-}
-
 pub fn check_welcome(w: &protocol::Welcome, peer: &str) -> Result<()> {
     if w.protocol != protocol::PROTOCOL_VERSION {
         bail!(
