@@ -362,7 +362,7 @@ impl Replicator for Live<'_> {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 300 (timing-dependent hard-link and takeover cases; issue 12, docs/benchmarks.md): run with --ignored"]
+#[ignore = "live modes still diverge in about 1 sequence in 100-300 (mostly hard-link groups split on the slave; issue 12, docs/benchmarks.md): run with --ignored"]
 fn converge_journal_mode() {
     harness(
         "journal",
@@ -381,7 +381,7 @@ fn converge_journal_mode() {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 300 (timing-dependent hard-link and takeover cases; issue 12, docs/benchmarks.md): run with --ignored"]
+#[ignore = "live modes still diverge in about 1 sequence in 100-300 (mostly hard-link groups split on the slave; issue 12, docs/benchmarks.md): run with --ignored"]
 fn converge_journal_with_gaps() {
     harness(
         "journal with gaps",
@@ -548,7 +548,7 @@ impl Drop for Replica<'_> {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 300 (timing-dependent hard-link and takeover cases; issue 12, docs/benchmarks.md): run with --ignored"]
+#[ignore = "live modes still diverge in about 1 sequence in 100-300 (mostly hard-link groups split on the slave; issue 12, docs/benchmarks.md): run with --ignored"]
 fn converge_replica_takeover() {
     harness(
         "replica takeover",
