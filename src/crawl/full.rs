@@ -13,7 +13,7 @@
 //! renames in particular, waits for the whole tree: a rename's source may be listed last.
 
 use super::entry::{Change, Entry, Kind};
-use super::index::{Index, Mutation};
+use super::index::Index;
 use super::walk::{self, Excludes};
 use super::{Builder, Cancelled, Diff, Plan, PlanOp, PlannedOp};
 use crate::fsutil;
@@ -173,17 +173,12 @@ pub fn crawl(
     plan.stats.files += s.files;
     plan.stats.bytes += s.bytes;
     plan.streamed = st.streamed;
-    st.deferred.sort_by(|x, y| y.0.cmp(&x.0));
-    for (dir, e) in st.deferred {
-        plan.ops.push(PlannedOp::new(
-            Op::SetAttr {
-                path: dir.clone(),
-                meta: e.meta(),
-            },
-            Builder::upsert(&dir, &e),
-            Builder::poison(&dir),
-        ));
+    let mut last = Builder::default();
+    for (dir, e) in &st.deferred {
+        last.set_attr(dir, e);
     }
+    last.dir_attrs.sort_by(|x, y| y.0.cmp(&x.0));
+    plan.ops.extend(last.dir_attrs.into_iter().map(|d| d.1));
     Ok(plan)
 }
 
@@ -223,19 +218,7 @@ impl Stream<'_> {
     fn create(&mut self, path: RelPath, e: Entry) {
         self.b.stats.new += 1;
         if e.kind == Kind::Dir {
-            self.b.creates.push((
-                path.clone(),
-                0,
-                PlannedOp::new(
-                    Op::Mkdir {
-                        path: path.clone(),
-                        meta: e.meta(),
-                    },
-                    vec![],
-                    Builder::poison(&path),
-                ),
-            ));
-            self.b.set_attr(&path, &e);
+            self.b.mkdir(&path, &e);
             self.safe.insert(path, e);
         } else {
             self.b.content(&path, &e, None, None);
@@ -297,12 +280,9 @@ impl Stream<'_> {
         // The slave's attributes of these directories change before they are set again at the
         // end of the chunk: until then their rows must not vouch for them (a connection lost in
         // between would leave a row equal to the disk over a directory that is not).
-        let stale = dirs.iter().map(|(d, _)| PlannedOp {
-            op: PlanOp::IndexOnly,
-            ok: vec![Mutation::Stale(d.clone())],
-            fail: vec![],
-        });
-        let ops: Vec<PlannedOp> = stale
+        let ops: Vec<PlannedOp> = dirs
+            .iter()
+            .map(|(d, _)| Builder::stale(d))
             .collect::<Vec<_>>()
             .into_iter()
             .chain(creates.into_iter().map(|c| c.2))
@@ -316,6 +296,7 @@ impl Stream<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crawl::index::Mutation;
 
     /// Crawls `root` against `index`; the streamed chunks and the plan.
     fn run(root: &Path, index: &Index) -> (Vec<Vec<PlannedOp>>, Plan) {

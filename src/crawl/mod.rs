@@ -440,6 +440,29 @@ impl Builder {
         vec![Mutation::Poison(p.clone())]
     }
 
+    /// Marks a directory's row stale until an op later in the plan sets its attributes.
+    fn stale(p: &RelPath) -> PlannedOp {
+        PlannedOp {
+            op: PlanOp::IndexOnly,
+            ok: vec![Mutation::Stale(p.clone())],
+            fail: vec![],
+        }
+    }
+
+    /// A new directory, with its attributes set again at the end.
+    fn mkdir(&mut self, path: &RelPath, e: &Entry) {
+        let op = Op::Mkdir {
+            path: path.clone(),
+            meta: e.meta(),
+        };
+        self.creates.push((
+            path.clone(),
+            0,
+            PlannedOp::new(op, vec![], Self::poison(path)),
+        ));
+        self.set_attr(path, e);
+    }
+
     fn set_attr(&mut self, path: &RelPath, e: &Entry) {
         let op = PlannedOp::new(
             Op::SetAttr {
@@ -820,19 +843,7 @@ impl Diff {
                 b.replacing.insert(path.clone());
             }
             if e.kind == Kind::Dir {
-                b.creates.push((
-                    path.clone(),
-                    0,
-                    PlannedOp::new(
-                        Op::Mkdir {
-                            path: path.clone(),
-                            meta: e.meta(),
-                        },
-                        vec![],
-                        Builder::poison(path),
-                    ),
-                ));
-                b.set_attr(path, e);
+                b.mkdir(path, e);
             } else {
                 let leader = self.leader(e).cloned();
                 b.content(path, e, None, leader.as_ref());
@@ -931,12 +942,7 @@ impl Diff {
                 // be read here, but the ops above changed them on the slave. The index must
                 // not vouch for them: the next comparison of it (where the rename takes it)
                 // sets them again.
-                let op = PlannedOp {
-                    op: PlanOp::IndexOnly,
-                    ok: vec![Mutation::Stale(t.clone())],
-                    fail: vec![],
-                };
-                b.dir_attrs.push((t, op));
+                b.dir_attrs.push((t.clone(), Builder::stale(&t)));
             }
         }
 
@@ -947,11 +953,7 @@ impl Diff {
             .dir_attrs
             .iter()
             .filter(|(_, op)| matches!(op.op, PlanOp::Op(Op::SetAttr { .. })))
-            .map(|(p, _)| PlannedOp {
-                op: PlanOp::IndexOnly,
-                ok: vec![Mutation::Stale(p.clone())],
-                fail: vec![],
-            })
+            .map(|(p, _)| Builder::stale(p))
             .collect();
         b.stashes.sort_by(|x, y| y.0.cmp(&x.0));
         for (from, s) in b.stashes {

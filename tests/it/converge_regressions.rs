@@ -190,30 +190,12 @@ fn takeover_checks_a_recent_file_with_the_same_size_and_mtime() {
 /// window is planned again once the RENAME is journaled.
 #[test]
 fn journal_window_missing_its_rename_is_planned_again_with_it() {
-    let g = Georep::new();
-    let m = g.master();
-    fs::create_dir_all(m.join("d")).unwrap();
-    let s = Session::start(&g);
-    s.converge("start");
-    let (worker, writer) = (s.worker_pid(), s.writer_pid());
-    signal(worker, Signal::STOP);
-    crate::util::write(&m.join("d/x"), b"made just before its directory moved");
-    assert!(
-        wait_until(Duration::from_secs(10), || s.journaled("CREATE", "d/x")),
-        "the writer never journaled d/x"
+    planned_before_its_rename(
+        &["d"],
+        |m| crate::util::write(&m.join("d/x"), b"made just before its directory moved"),
+        ("CREATE", "d/x"),
+        ("d", "e"),
     );
-    // The rename happens on disk, but its record waits behind the stopped writer.
-    signal(writer, Signal::STOP);
-    fs::rename(m.join("d"), m.join("e")).unwrap();
-    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
-    signal(worker, Signal::CONT);
-    // Give the worker the window without the rename (it moves journal_seq if it ships it as
-    // complete; an incomplete window waits, so this wait ends by its bound).
-    wait_until(Duration::from_millis(500), || {
-        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
-    });
-    signal(writer, Signal::CONT);
-    s.converge("after the rename was journaled");
 }
 
 /// Journal seed 91173: an unlink planned after its directory's parent was renamed on disk
@@ -222,23 +204,53 @@ fn journal_window_missing_its_rename_is_planned_again_with_it() {
 /// row kept vouching for the old one: the directory moved along with the rename unchanged.
 #[test]
 fn a_directory_changed_by_a_delete_after_it_moved_is_set_again_where_it_went() {
+    planned_before_its_rename(
+        &["p/d/x"],
+        |m| fs::remove_file(m.join("p/d/x")).unwrap(),
+        ("UNLINK", "p/d/x"),
+        ("p", "q"),
+    );
+}
+
+/// With the worker stopped, `change` is made and journaled (`record`); then `rename` happens
+/// on disk while the writer is stopped, so the worker plans the window of `change` without the
+/// rename's record, which comes in a later window. The slave must converge. `prepare` makes
+/// directories first, and a file for each path ending in `/x`.
+fn planned_before_its_rename(
+    prepare: &[&str],
+    change: impl Fn(&Path),
+    record: (&str, &str),
+    rename: (&str, &str),
+) {
     let g = Georep::new();
     let m = g.master();
-    fs::create_dir_all(m.join("p/d")).unwrap();
-    crate::util::write(&m.join("p/d/x"), b"unlinked while p moves");
+    for p in prepare {
+        match p.strip_suffix("/x") {
+            Some(dir) => {
+                fs::create_dir_all(m.join(dir)).unwrap();
+                crate::util::write(&m.join(p), b"there before the session");
+            }
+            None => fs::create_dir_all(m.join(p)).unwrap(),
+        }
+    }
     let s = Session::start(&g);
     s.converge("start");
     let (worker, writer) = (s.worker_pid(), s.writer_pid());
     signal(worker, Signal::STOP);
-    fs::remove_file(m.join("p/d/x")).unwrap();
+    change(&m);
     assert!(
-        wait_until(Duration::from_secs(10), || s.journaled("UNLINK", "p/d/x")),
-        "the writer never journaled the unlink"
+        wait_until(Duration::from_secs(10), || s.journaled(record.0, record.1)),
+        "the writer never journaled {} {}",
+        record.0,
+        record.1
     );
+    // The rename happens on disk, but its record waits behind the stopped writer.
     signal(writer, Signal::STOP);
-    fs::rename(m.join("p"), m.join("q")).unwrap();
+    fs::rename(m.join(rename.0), m.join(rename.1)).unwrap();
     let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
     signal(worker, Signal::CONT);
+    // Give the worker the window without the rename (it moves journal_seq if it ships it as
+    // complete; an incomplete window waits, so this wait ends by its bound).
     wait_until(Duration::from_millis(500), || {
         s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
     });
