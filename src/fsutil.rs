@@ -27,6 +27,32 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags) -> io::Resu
     )?)
 }
 
+/// Opens the regular file `rel` beneath `root` for reading with `flags` added to `O_RDONLY`;
+/// `None` when `rel` is not a regular file. The name is first opened `O_PATH` and checked with
+/// `fstat`, then that same inode is reopened through `/proc/self/fd/N`: a FIFO or a device
+/// swapped in for the file is never opened (a FIFO would block the reader for good, and opening
+/// some devices has side effects).
+pub fn open_regular_beneath(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    flags: OFlags,
+) -> io::Result<Option<OwnedFd>> {
+    use rustix::fd::AsRawFd;
+    let path = open_beneath(root, rel, OFlags::PATH)?;
+    if rfs::fstat(&path)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(None);
+    }
+    let proc_path = format!("/proc/self/fd/{}", path.as_raw_fd());
+    let fd = rfs::openat(
+        rfs::CWD,
+        proc_path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC | flags,
+        Mode::empty(),
+    )
+    .map_err(proc_hint)?;
+    Ok(Some(fd))
+}
+
 /// Opens the directory `rel` beneath `root` for reading entries and `*at` calls.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
     open_beneath(root, rel, OFlags::RDONLY | OFlags::DIRECTORY)
@@ -52,6 +78,61 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<rfs::Stat
         Ok(st) => Ok(Some(st)),
         Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Sets the owner (when given), mode and modification time of `name` in `dir` without ever
+/// following a symlink, whatever `name` is swapped for meanwhile.
+///
+/// Everything goes through one `O_PATH | O_NOFOLLOW` descriptor: its type comes from `fstat` of
+/// that descriptor, not from an earlier `lstat` of the name, so an entry replaced by a symlink
+/// between a check and the change gets the change on the link itself (owner and time) and never
+/// on its target. `fchmodat` always follows a final symlink, so the mode is set through
+/// `/proc/self/fd/N`, which names the descriptor's own inode; a symlink's mode is left alone
+/// (Linux ignores it). Nothing is opened for reading, so a device or FIFO is never opened.
+/// Returns the entry's file type bits (`S_IFMT`).
+pub fn set_attrs_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    owner: Option<(u32, u32)>,
+    mode: Mode,
+    times: &rfs::Timestamps,
+) -> io::Result<u32> {
+    use rustix::fd::AsRawFd;
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fmt = rfs::fstat(&fd)?.st_mode & libc::S_IFMT;
+    if let Some((uid, gid)) = owner {
+        rfs::chownat(
+            &fd,
+            "",
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    if fmt == libc::S_IFLNK {
+        // The descriptor is the link itself; its name is re-resolved without following, so
+        // the worst a swap can do is set the time of another entry inside the same directory.
+        rfs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW)?;
+        return Ok(fmt);
+    }
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    // After chown, which clears setuid/setgid bits.
+    rfs::chmodat(rfs::CWD, proc_path.as_str(), mode, AtFlags::empty()).map_err(proc_hint)?;
+    rfs::utimensat(rfs::CWD, proc_path.as_str(), times, AtFlags::empty()).map_err(proc_hint)?;
+    Ok(fmt)
+}
+
+fn proc_hint(e: Errno) -> io::Error {
+    if e == Errno::NOENT {
+        io::Error::other("/proc is not mounted; georep needs /proc/self/fd to set attributes without following symlinks (mount proc)")
+    } else {
+        e.into()
     }
 }
 

@@ -421,18 +421,8 @@ impl Applier {
                 let as_root = self.as_root;
                 (|| -> io::Result<()> {
                     rfs::mknodat(tmp, t.as_str(), ft, mode(meta), *rdev)?;
-                    if as_root {
-                        rfs::chownat(
-                            tmp,
-                            t.as_str(),
-                            Some(rfs::Uid::from_raw(meta.uid)),
-                            Some(rfs::Gid::from_raw(meta.gid)),
-                            AtFlags::SYMLINK_NOFOLLOW,
-                        )?;
-                    }
-                    // The node was just made in our private temp dir: nothing can swap it.
-                    rfs::chmodat(tmp, t.as_str(), mode(meta), AtFlags::empty())?;
-                    rfs::utimensat(tmp, t.as_str(), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+                    let owner = as_root.then_some((meta.uid, meta.gid));
+                    fsutil::set_attrs_at(tmp, t.as_bytes(), owner, mode(meta), &times(meta))?;
                     Ok(())
                 })()
                 .map_err(|e| {
@@ -572,44 +562,10 @@ impl Applier {
                 .and_then(|()| rfs::futimens(root, &times(meta)).map_err(Into::into))
                 .map_err(|e| ApplyError::new(path, "setting attributes of", e));
         }
-        let as_root = self.as_root;
+        let owner = self.as_root.then_some((meta.uid, meta.gid));
         self.parents
             .with_parent(path, "setting attributes of", |parent, name| {
-                let st = fsutil::lstat_at(parent, name)?
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-                let fmt = st.stx_mode as u32 & libc::S_IFMT;
-                if fmt == libc::S_IFREG || fmt == libc::S_IFDIR {
-                    let fd = rfs::openat(
-                        parent,
-                        name,
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                        Mode::empty(),
-                    )?;
-                    if as_root {
-                        rfs::fchown(
-                            &fd,
-                            Some(rfs::Uid::from_raw(meta.uid)),
-                            Some(rfs::Gid::from_raw(meta.gid)),
-                        )?;
-                    }
-                    rfs::fchmod(&fd, mode(meta))?;
-                    rfs::futimens(&fd, &times(meta))?;
-                } else {
-                    if as_root {
-                        rfs::chownat(
-                            parent,
-                            name,
-                            Some(rfs::Uid::from_raw(meta.uid)),
-                            Some(rfs::Gid::from_raw(meta.gid)),
-                            AtFlags::SYMLINK_NOFOLLOW,
-                        )?;
-                    }
-                    if fmt != libc::S_IFLNK {
-                        rfs::chmodat(parent, name, mode(meta), AtFlags::empty())?;
-                    }
-                    rfs::utimensat(parent, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
-                }
-                Ok(())
+                fsutil::set_attrs_at(parent, name, owner, mode(meta), &times(meta)).map(drop)
             })
     }
 

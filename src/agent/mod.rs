@@ -485,15 +485,10 @@ fn send_file(
     path: &protocol::RelPath,
     w: &mut FrameWriter,
 ) -> std::io::Result<()> {
-    let fd = fsutil::open_beneath(
-        root.as_fd(),
-        path.as_bytes(),
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
-    )?;
+    let fd =
+        fsutil::open_regular_beneath(root.as_fd(), path.as_bytes(), rustix::fs::OFlags::empty())?
+            .ok_or_else(|| std::io::Error::other("not a regular file"))?;
     let st = rustix::fs::fstat(&fd)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(std::io::Error::other("not a regular file"));
-    }
     let meta = protocol::Meta {
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,

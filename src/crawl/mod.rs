@@ -997,11 +997,12 @@ fn translate(moved_to: &HashMap<&RelPath, &RelPath>, p: &RelPath) -> (RelPath, O
 /// blake3 of the regular file at `path` beneath `root` (never through a symlink).
 pub fn hash_beneath(root: &rustix::fd::OwnedFd, path: &RelPath) -> std::io::Result<[u8; 32]> {
     use rustix::fd::AsFd;
-    let fd = crate::fsutil::open_beneath(
+    let fd = crate::fsutil::open_regular_beneath(
         root.as_fd(),
         path.as_bytes(),
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
-    )?;
+        rustix::fs::OFlags::empty(),
+    )?
+    .ok_or_else(|| std::io::Error::other("not a regular file"))?;
     let mut h = blake3::Hasher::new();
     h.update_reader(std::fs::File::from(fd))?;
     Ok(*h.finalize().as_bytes())

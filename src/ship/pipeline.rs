@@ -942,13 +942,15 @@ impl Shipper {
         path: &RelPath,
         known_hash: Option<[u8; 32]>,
     ) -> std::io::Result<FileOutcome> {
-        let open = |flags| fsutil::open_beneath(self.brick.as_fd(), path.as_bytes(), flags);
-        let fd = match open(OFlags::RDONLY | OFlags::NOATIME) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(OFlags::RDONLY),
+        let open = |flags| fsutil::open_regular_beneath(self.brick.as_fd(), path.as_bytes(), flags);
+        let fd = match open(OFlags::NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(OFlags::empty()),
             r => r,
         };
         let fd = match fd {
-            Ok(fd) => fd,
+            Ok(Some(fd)) => fd,
+            // Something else took the name since it was listed: the next pass sees what.
+            Ok(None) => return Ok(FileOutcome::Vanished),
             Err(e) => {
                 return Ok(match e.raw_os_error() {
                     Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV) => {

@@ -519,3 +519,131 @@ fn regression_relinking_a_name_to_its_own_inode_leaves_no_extra_link() {
         "only a and b"
     );
 }
+
+/// Review hole 1 (issue 13): `SetAttr` of a special file checked the name with `lstat` and then
+/// called `fchmodat`, which follows symlinks: a name swapped for a symlink in between changed
+/// the mode of whatever the link pointed at, outside the slave root. Here a local writer swaps
+/// a FIFO and a symlink to a file outside the root as fast as it can while the agent sets
+/// attributes on the name thousands of times; the file outside must keep its mode.
+#[test]
+fn setattr_racing_a_symlink_swap_never_changes_the_links_target() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let s = Sandbox::new();
+    let target = s.outside.join("canary");
+    let fifo = s.root.join("n");
+    let link = s.root.join("x");
+    let st = std::process::Command::new("mkfifo")
+        .arg("-m")
+        .arg("600")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+
+    const BATCHES: u32 = 40;
+    const OPS: u32 = 1000;
+    let mut frames = Vec::new();
+    for b in 0..BATCHES {
+        frames.push(begin(u64::from(b) + 1, OPS));
+        for _ in 0..OPS {
+            frames.push(op(Op::SetAttr {
+                path: p("n"),
+                meta: meta(0o666),
+            }));
+        }
+        frames.push(end(u64::from(b) + 1, OPS));
+    }
+    let input = stream(&frames);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swaps = {
+        let stop = stop.clone();
+        let (fifo, link) = (fifo.clone(), link.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                renameat_with(CWD, &fifo, CWD, &link, RenameFlags::EXCHANGE).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let (o, msgs) = s.run(&input);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swaps.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(swaps > 100, "the swapper ran only {swaps} times");
+    let acked = msgs.iter().filter(|m| matches!(m, Message::Ack(_))).count();
+    assert_eq!(acked, BATCHES as usize, "{}", stderr(&o));
+    // `run` already compared everything outside the root with its snapshot; say it plainly.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode, 0o640,
+        "the symlink's target outside the root was chmodded"
+    );
+}
+
+/// Review hole 8 (issue 13): `Fetch` opened the named path for reading without `O_NONBLOCK`, so
+/// a FIFO on the DR side (made there, or swapped in for a file) blocked the agent for good and
+/// with it the reverse connection. A FIFO, and a symlink to one, are now answered as "not a
+/// regular file" and the files after them still arrive.
+#[test]
+fn fetching_a_fifo_is_refused_at_once_and_the_rest_still_arrives() {
+    let s = Sandbox::new();
+    let st = std::process::Command::new("mkfifo")
+        .arg(s.root.join("fifo"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::os::unix::fs::symlink("fifo", s.root.join("to-fifo")).unwrap();
+    write(&s.root.join("f"), b"content");
+    let Message::Hello(mut h) = hello(PROTOCOL_VERSION) else {
+        unreachable!()
+    };
+    h.mode = MODE_REVERSE;
+    let mut input = PREAMBLE.to_vec();
+    input.extend(enc(&Message::Hello(h)));
+    input.extend(enc(&Message::Fetch {
+        paths: vec![p("fifo"), p("to-fifo"), p("f")],
+    }));
+    input.extend(enc(&Message::Bye));
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let child =
+        s._g.cmd()
+            .args(["agent", "--volume", s.root.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let pid = child.id() as i32;
+    let mut child = child;
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    let out = match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(out) => out,
+        Err(_) => {
+            signal(pid, rustix::process::Signal::KILL);
+            panic!("the agent hung on Fetch of a FIFO");
+        }
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    let msgs = decode_all(&out.stdout);
+    let failed: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::Failed(f) => Some(f.path.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, ["fifo", "to-fifo"], "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Message::FileBegin(b) if b.path == p("f"))),
+        "{msgs:?}"
+    );
+    s.assert_outside_untouched();
+}
