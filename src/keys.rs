@@ -87,25 +87,24 @@ pub fn pin_host_key(home: &Home, session: &str, key: &PublicKey) -> Result<()> {
 /// The authorized_keys line for a session key: the key can run this volume's agent and nothing
 /// else (no shell, no forwarding, no pty).
 pub fn authorized_line(georep: &str, volume: &str, public: &str, comment: &str) -> Result<String> {
-    for (what, v) in [
-        ("georep path", georep),
-        ("volume", volume),
-        ("comment", comment),
-    ] {
-        if v.is_empty()
-            || v.chars()
-                .any(|c| c == '"' || c == '\\' || c.is_control() || (what != "comment" && c == ' '))
-        {
-            bail!("{what} {v:?} cannot go into an authorized_keys forced command");
-        }
-    }
+    use crate::shellword::{self, Word};
+    shellword::check_volume(volume)?;
+    shellword::check("key comment", comment)?;
+    let command = shellword::command(
+        georep,
+        &[
+            Word::Fixed("agent"),
+            Word::Fixed("--volume"),
+            Word::Arg("volume", volume),
+        ],
+    )?;
     let mut parts = public.split_whitespace();
     let (alg, blob) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if alg != "ssh-ed25519" || blob.is_empty() {
         bail!("expected an ssh-ed25519 public key, got {public:?}");
     }
     Ok(format!(
-        "command=\"{georep} agent --volume {volume}\",restrict {alg} {blob} {comment}"
+        "command=\"{command}\",restrict {alg} {blob} {comment}"
     ))
 }
 
@@ -184,12 +183,26 @@ mod tests {
         .unwrap();
         assert_eq!(
             line,
-            "command=\"/usr/bin/georep agent --volume gv1\",restrict ssh-ed25519 AAAAkey georep:gv0@n1"
+            "command=\"'/usr/bin/georep' agent --volume 'gv1'\",restrict ssh-ed25519 AAAAkey georep:gv0@n1"
         );
         assert!(authorize(&f, &line).unwrap());
         assert!(!authorize(&f, &line).unwrap());
         let text = std::fs::read_to_string(&f).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(authorized_line("georep", "gv1\" ,", "ssh-ed25519 AAAA", "c").is_err());
+        // Review hole 5 (issue 13): none of these may reach the forced command.
+        for (georep, volume) in [
+            ("georep", "/dr/x;id"),
+            ("georep", "/dr/$(id)"),
+            ("georep", "-x"),
+            ("georep;id", "/dr/x"),
+            ("-georep", "/dr/x"),
+            ("georep", "../../etc"),
+        ] {
+            assert!(
+                authorized_line(georep, volume, "ssh-ed25519 AAAA", "c").is_err(),
+                "{georep} {volume}"
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! - `agent`     — slave side: confined idempotent apply, durability before ack, agent.db.
 //! - `failback`  — failover (DR side), resync --reverse with conflict copies, failback.
 //! - `verify`    — `georep verify`: master vs slave listing (and checksums), read-only.
+//! - `shellword` — words that reach a command line on the slave host: checked and quoted.
 //! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
 //! - `logging`   — tracing setup.
 //!
@@ -36,6 +37,7 @@ pub mod logging;
 pub mod options;
 pub mod protocol;
 pub mod session;
+pub mod shellword;
 pub mod ship;
 pub mod status;
 pub mod transport;

@@ -261,9 +261,7 @@ pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
         }
         "ssh-port" => cfg.ssh_port = Some(parse_num(key, value, 1, 65535)?),
         "remote-georep" => {
-            if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '\'') {
-                bail!("remote-georep {value:?}: give a path without spaces or quotes");
-            }
+            crate::shellword::check("remote-georep", value)?;
             cfg.remote_georep = Some(value.to_string());
         }
         "bwlimit" => o.bwlimit = Some(parse_size(value)?),

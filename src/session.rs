@@ -18,7 +18,13 @@ pub struct SlaveSpec {
 
 impl SlaveSpec {
     pub fn parse(s: &str) -> Result<SlaveSpec> {
-        if let Some((remote, vol)) = s.split_once("::") {
+        // The first `::` after any bracketed IPv6 address ends the host part.
+        let from = s
+            .find(']')
+            .filter(|_| s.starts_with('[') || s.contains("@["))
+            .unwrap_or(0);
+        if let Some(at) = s[from..].find("::").map(|i| i + from) {
+            let (remote, vol) = (&s[..at], &s[at + 2..]);
             if vol.is_empty() {
                 bail!("slave {s:?} names no volume after '::'");
             }
@@ -26,19 +32,27 @@ impl SlaveSpec {
                 Some((u, h)) => (Some(u.to_string()), h),
                 None => (None, remote),
             };
-            let (host, port) =
-                match hostport.rsplit_once(':') {
-                    Some((h, p)) if !h.contains(']') || h.ends_with(']') => (
-                        h.trim_matches(|c| c == '[' || c == ']').to_string(),
-                        Some(p.parse().map_err(|_| {
-                            anyhow::anyhow!("slave {s:?}: port {p:?} is not a number")
-                        })?),
-                    ),
-                    _ => (hostport.to_string(), None),
-                };
+            let (host, port) = split_host_port(s, hostport)?;
             if host.is_empty() {
                 bail!("slave {s:?} names no host before '::'");
             }
+            let bad_host = host.starts_with('-')
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+            if bad_host {
+                bail!("slave {s:?}: {host:?} is not a host name or address (IPv6 goes in brackets: [::1]::volume)");
+            }
+            if let Some(u) = &user {
+                let ok = !u.is_empty()
+                    && !u.starts_with('-')
+                    && u.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+                if !ok {
+                    bail!("slave {s:?}: {u:?} is not a user name");
+                }
+            }
+            crate::shellword::check_volume(vol).map_err(|e| anyhow::anyhow!("slave {s:?}: {e}"))?;
             return Ok(SlaveSpec {
                 user,
                 host: Some(host),
@@ -64,6 +78,31 @@ impl SlaveSpec {
     /// Host part of the session name.
     pub fn host_label(&self) -> String {
         self.host.clone().unwrap_or_else(|| "local".to_string())
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(s: &str, hostport: &str) -> Result<(String, Option<u16>)> {
+    let port = |p: &str| {
+        p.parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("slave {s:?}: port {p:?} is not a number"))
+    };
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| anyhow::anyhow!("slave {s:?}: '[' without ']'"))?;
+        return match after {
+            "" => Ok((host.to_string(), None)),
+            a => match a.strip_prefix(':') {
+                Some(p) => Ok((host.to_string(), port(p)?)),
+                None => bail!("slave {s:?}: unexpected {a:?} after ']'"),
+            },
+        };
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Ok((h.to_string(), port(p)?)),
+        None => Ok((hostport.to_string(), None)),
     }
 }
 
@@ -123,6 +162,35 @@ mod tests {
         assert!(SlaveSpec::parse("/data/dr").unwrap().is_local());
         assert!(SlaveSpec::parse("dr1::").is_err());
         assert!(SlaveSpec::parse("dr1:x::v").is_err());
+        let s = SlaveSpec::parse("geo@[::1]:2222::/dr/x").unwrap();
+        assert_eq!((s.host.as_deref(), s.port), (Some("::1"), Some(2222)));
+        assert_eq!(s.volume, "/dr/x");
+        let s = SlaveSpec::parse("[fe80::1]::gv1").unwrap();
+        assert_eq!(
+            (s.host.as_deref(), s.port, s.volume.as_str()),
+            (Some("fe80::1"), None, "gv1")
+        );
+    }
+
+    /// Review holes 5 and 8 (issue 13): names that would reach the slave's command line as
+    /// something else, or escape to another directory there.
+    #[test]
+    fn hostile_slaves_are_refused() {
+        for bad in [
+            "h::../../etc",
+            "h::-x",
+            "h::/dr/x;id",
+            "h::/dr/$(id)",
+            "h::/",
+            "h::/dr/../etc",
+            "-oProxyCommand=id::gv1",
+            "a;b::gv1",
+            "-l@h::gv1",
+            "u;id@h::gv1",
+            "[::1::gv1",
+        ] {
+            assert!(SlaveSpec::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -213,9 +213,22 @@ pub struct ServeArgs {
     /// Host key (OpenSSH format; made on first start if missing)
     #[arg(long, value_name = "FILE")]
     pub host_key: std::path::PathBuf,
-    /// Keys allowed to run the agent, one per line as in OpenSSH (command="..." honoured)
+    /// Keys allowed to run the agent, one per line as in OpenSSH (command="...", from="..."
+    /// and expiry-time="..." honoured)
     #[arg(long, value_name = "FILE")]
     pub authorized_keys: std::path::PathBuf,
+    /// Also accept keys listed without command="..." (they may then run the agent for any
+    /// volume they name)
+    #[arg(long)]
+    pub allow_unforced: bool,
+    /// Close a connection that has not authenticated within this many seconds (as OpenSSH's
+    /// LoginGraceTime)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub login_grace_time: u64,
+    /// At most this many connections may wait for authentication at once; more are dropped
+    /// (as OpenSSH's MaxStartups)
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub max_startups: u64,
 }
 
 #[derive(Args, Debug)]
@@ -531,6 +544,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 listen: a.listen,
                 host_key: a.host_key,
                 authorized_keys: a.authorized_keys,
+                allow_unforced: a.allow_unforced,
+                login_grace: std::time::Duration::from_secs(a.login_grace_time),
+                max_startups: a.max_startups as usize,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -198,8 +198,9 @@ pub fn create(home: &Home, master: &str, slave: &str, o: &CreateOptions) -> Resu
     if o.ssh_port.is_some() {
         cfg.ssh_port = o.ssh_port;
     }
-    if o.remote_georep.is_some() {
-        cfg.remote_georep = o.remote_georep.clone();
+    if let Some(g) = &o.remote_georep {
+        crate::shellword::check("--remote-georep", g)?;
+        cfg.remote_georep = Some(g.clone());
     }
     let vol = cfg.volume(home)?;
     let spec = cfg.slave_spec()?;
@@ -263,6 +264,7 @@ pub fn create(home: &Home, master: &str, slave: &str, o: &CreateOptions) -> Resu
 
 /// Sets up the session key on the slave with the operator's own credentials.
 fn push_pem(home: &Home, cfg: &SessionConfig, mastervol: &str, o: &CreateOptions) -> Result<()> {
+    use crate::shellword::{self, Word};
     use crate::transport::ssh::{self, HostKeyPolicy};
     let spec = cfg.slave_spec()?;
     let pinned = crate::keys::pinned_host_key(home, &cfg.name)?;
@@ -274,8 +276,11 @@ fn push_pem(home: &Home, cfg: &SessionConfig, mastervol: &str, o: &CreateOptions
     let target = cfg.ssh_target(policy)?;
     let creds = operator_credentials(o.identity.as_deref())?;
     let georep = cfg.remote_georep();
-    let (code, out, err, shown) =
-        ssh::run_command(&target, &creds, &format!("{georep} agent --probe"))?;
+    let (code, out, err, shown) = ssh::run_command(
+        &target,
+        &creds,
+        &shellword::command(georep, &[Word::Fixed("agent"), Word::Fixed("--probe")])?,
+    )?;
     let out = String::from_utf8_lossy(&out);
     if code != 0 || !out.starts_with("georep-agent ") {
         bail!(
@@ -305,11 +310,22 @@ fn push_pem(home: &Home, cfg: &SessionConfig, mastervol: &str, o: &CreateOptions
         crate::session::slug(mastervol),
         crate::config::node_name()
     );
-    let cmd = format!(
-        "{georep} authorize-key --volume {} --georep {georep} --key '{public}' --comment {comment}{}",
-        spec.volume,
-        if o.create_root { " --create-root" } else { "" }
-    );
+    let key = shellword::quote_any("session key", &public)?;
+    let mut words = vec![
+        Word::Fixed("authorize-key"),
+        Word::Fixed("--volume"),
+        Word::Arg("slave volume", &spec.volume),
+        Word::Fixed("--georep"),
+        Word::Arg("remote-georep", georep),
+        Word::Fixed("--key"),
+        Word::Quoted(&key),
+        Word::Fixed("--comment"),
+        Word::Arg("key comment", &comment),
+    ];
+    if o.create_root {
+        words.push(Word::Fixed("--create-root"));
+    }
+    let cmd = shellword::command(georep, &words)?;
     let target = cfg.ssh_target(HostKeyPolicy::Pinned(shown))?;
     let (code, out, err, _) = ssh::run_command(&target, &creds, &cmd)?;
     if code != 0 {

@@ -117,9 +117,18 @@ pub fn transport_for_config(
     Ok(Box::new(crate::transport::ssh::SshTransport {
         target,
         key: crate::keys::key_path(home, session),
-        command: format!("{} agent --volume {}", cfg.remote_georep(), slave.volume),
+        command: crate::shellword::command(
+            cfg.remote_georep(),
+            &[
+                Word::Fixed("agent"),
+                Word::Fixed("--volume"),
+                Word::Arg("slave volume", &slave.volume),
+            ],
+        )?,
     }))
 }
+
+use crate::shellword::Word;
 
 /// `georep sync MASTER SLAVE --once`.
 pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> Result<SyncReport> {

@@ -4,6 +4,7 @@
 //! Invariant: a `Link`'s reader and writer are used from different threads, so a peer that is
 //! slow to read can never stall the acks coming back (the deadlock DEPENDENCIES.md warns of).
 
+pub mod authkeys;
 pub mod conn;
 pub mod local;
 pub mod segment;

@@ -2,9 +2,13 @@
 //! without OpenSSH.
 //!
 //! Invariants: a client authenticates only with a key listed in the authorized-keys file (re-read
-//! on every login, `command="..."` honoured like OpenSSH); the only command ever run is
-//! `<georep> agent --volume V`; shells, ptys, subsystems and any forwarding are refused.
+//! on every login; `command="..."`, `from=` and `expiry-time=` honoured like OpenSSH, and a key
+//! without a forced command refused unless `--allow-unforced`); the only command ever run is
+//! `<georep> agent --volume V`; shells, ptys, subsystems and any forwarding are refused; a
+//! client that has not authenticated within the login grace time is closed, and at most
+//! `--max-startups` wait for authentication at once.
 
+use crate::transport::authkeys;
 use crate::transport::ssh::fingerprint;
 use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::ssh_key::{LineEnding, PublicKey};
@@ -13,15 +17,25 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg};
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct ServeOptions {
     pub listen: String,
     pub host_key: PathBuf,
     pub authorized_keys: PathBuf,
+    /// Accept keys listed without `command="..."` (they may then ask for any volume's agent).
+    pub allow_unforced: bool,
+    /// A connection not authenticated within this time is closed (OpenSSH's `LoginGraceTime`).
+    pub login_grace: Duration,
+    /// At most this many connections wait for authentication at once; more are dropped at
+    /// accept (OpenSSH's `MaxStartups`, without the random early drop).
+    pub max_startups: usize,
 }
 
 /// Loads the host key, or makes one (ed25519, 0600) on first start.
@@ -46,16 +60,29 @@ fn host_key(path: &Path) -> Result<PrivateKey> {
     Ok(key)
 }
 
-/// The forced command of the authorized_keys line holding `key`, if the key is listed:
-/// `Some(None)` = listed without a forced command.
-fn lookup(file: &Path, key: &PublicKey) -> Option<Option<String>> {
-    let text = std::fs::read_to_string(file).ok()?;
-    for line in text.lines().map(str::trim) {
+/// What the authorized_keys line of a key allows.
+#[derive(Debug, PartialEq)]
+enum Lookup {
+    /// Not listed, or listed but not for this client now (the reason is logged).
+    Refused,
+    /// Listed; the forced command, if the line has one.
+    Allowed(Option<String>),
+}
+
+/// The line holding `key` in `file`, checked as OpenSSH's sshd checks it for a client at
+/// `peer`: `from=` must match the address, `expiry-time=` must not have passed, and a line
+/// whose options do not parse allows nothing.
+fn lookup(file: &Path, key: &PublicKey, peer: Option<IpAddr>) -> Lookup {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        tracing::warn!("cannot read {}: refusing every key", file.display());
+        return Lookup::Refused;
+    };
+    for (n, line) in text.lines().map(str::trim).enumerate() {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         // Options come first when the line does not start with the key type.
-        let (opts, rest) = if line.starts_with("ssh-") || line.starts_with("ecdsa-") {
+        let (opts, rest) = if starts_with_key_type(line) {
             ("", line)
         } else {
             split_options(line)
@@ -63,61 +90,106 @@ fn lookup(file: &Path, key: &PublicKey) -> Option<Option<String>> {
         let Ok(k) = PublicKey::from_openssh(rest) else {
             continue;
         };
-        if k.key_data() == key.key_data() {
-            let forced = opts
-                .split(',')
-                .find_map(|o| o.strip_prefix("command=\""))
-                .map(|c| c.trim_end_matches('"').to_string());
-            return Some(forced);
+        if k.key_data() != key.key_data() {
+            continue;
         }
+        let at = format!("{}:{}", file.display(), n + 1);
+        let opts = match authkeys::parse_options(opts) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("{at}: {e}: the key is refused until the line is fixed");
+                return Lookup::Refused;
+            }
+        };
+        if let Some(from) = &opts.from {
+            let ok = peer.is_some_and(|ip| authkeys::from_matches(from, ip));
+            if !ok {
+                tracing::warn!(?peer, "{at}: client address not allowed by from=\"{from}\"");
+                return Lookup::Refused;
+            }
+        }
+        if let Some(exp) = &opts.expiry {
+            match authkeys::expired(exp) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::warn!("{at}: key expired (expiry-time=\"{exp}\")");
+                    return Lookup::Refused;
+                }
+                Err(e) => {
+                    tracing::warn!("{at}: {e}: the key is refused until the line is fixed");
+                    return Lookup::Refused;
+                }
+            }
+        }
+        return Lookup::Allowed(opts.command);
     }
-    None
+    Lookup::Refused
 }
 
-/// Splits `opts rest` where opts may contain quoted spaces.
+fn starts_with_key_type(line: &str) -> bool {
+    ["ssh-", "ecdsa-", "sk-"]
+        .iter()
+        .any(|p| line.starts_with(p))
+}
+
+/// Splits `opts rest` where opts may contain quoted spaces (and `\"` inside quotes).
 fn split_options(line: &str) -> (&str, &str) {
     let mut quoted = false;
+    let mut escaped = false;
     for (i, c) in line.char_indices() {
         match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            ' ' if !quoted => return (&line[..i], line[i + 1..].trim_start()),
+            ' ' | '\t' if !quoted => return (&line[..i], line[i + 1..].trim_start()),
             _ => {}
         }
     }
     (line, "")
 }
 
-/// The volume of `<anything> agent --volume V`, the only command this server runs.
+/// The volume of `<anything> agent --volume V`, the only command this server runs. The
+/// command is split as a shell would split it, and anything a shell would read otherwise is
+/// refused.
 fn agent_volume(cmd: &str) -> Option<String> {
-    let w: Vec<&str> = cmd.split_whitespace().collect();
+    let w = crate::shellword::split(cmd)?;
     match w.as_slice() {
-        [_, "agent", "--volume", v] => Some(v.to_string()),
+        [_, a, v, vol] if a == "agent" && v == "--volume" => {
+            crate::shellword::check_volume(vol).ok()?;
+            Some(vol.clone())
+        }
         _ => None,
     }
-}
-
-#[derive(Clone)]
-struct Server {
-    keys: PathBuf,
-    exe: PathBuf,
 }
 
 struct Conn {
     keys: PathBuf,
     exe: PathBuf,
+    peer: Option<IpAddr>,
+    allow_unforced: bool,
     forced: Option<String>,
+    /// Set once the client authenticated: the grace timer and the startup count let it be.
+    startup: Startup,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
-impl russh::server::Server for Server {
-    type Handler = Conn;
-    fn new_client(&mut self, _: Option<std::net::SocketAddr>) -> Conn {
-        Conn {
-            keys: self.keys.clone(),
-            exe: self.exe.clone(),
-            forced: None,
-            channels: HashMap::new(),
+/// One connection counted against `max_startups` until it authenticates or ends.
+struct Startup {
+    waiting: Arc<AtomicUsize>,
+    authenticated: Arc<AtomicBool>,
+}
+
+impl Startup {
+    fn authenticated(&self) {
+        if !self.authenticated.swap(true, Ordering::SeqCst) {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+impl Drop for Startup {
+    fn drop(&mut self) {
+        self.authenticated();
     }
 }
 
@@ -129,13 +201,25 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match lookup(&self.keys, key.public_key) {
-            Some(forced) => {
-                tracing::info!(user, key = %fingerprint(key.public_key), "login");
+        let peer = self.peer;
+        match lookup(&self.keys, key.public_key, peer) {
+            Lookup::Allowed(None) if !self.allow_unforced => {
+                tracing::warn!(
+                    user,
+                    ?peer,
+                    key = %fingerprint(key.public_key),
+                    "refused: the key has no command=\"...\" in {} (add the line `georep create ... no-verify` prints, or start serve with --allow-unforced)",
+                    self.keys.display()
+                );
+                Ok(Auth::reject())
+            }
+            Lookup::Allowed(forced) => {
+                tracing::info!(user, ?peer, key = %fingerprint(key.public_key), "login");
                 self.forced = forced;
+                self.startup.authenticated();
                 Ok(Auth::Accept)
             }
-            None => Ok(Auth::reject()),
+            Lookup::Refused => Ok(Auth::reject()),
         }
     }
 
@@ -286,36 +370,135 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
             o.authorized_keys.display()
         );
     }
-    println!(
-        "georep serve: listening on {}, host key {}",
-        o.listen,
-        fingerprint(key.public_key())
-    );
-    let config = russh::server::Config {
-        keys: vec![key],
-        auth_rejection_time: std::time::Duration::from_millis(300),
-        auth_rejection_time_initial: Some(std::time::Duration::from_millis(0)),
+    let config = Arc::new(russh::server::Config {
+        keys: vec![key.clone()],
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::from_millis(0)),
         // A large window lets one channel fill long links (OpenSSH's 2 MiB caps ~16 MiB/s at 113 ms).
         window_size: 16 << 20,
-        inactivity_timeout: None,
-        keepalive_interval: Some(std::time::Duration::from_secs(5)),
+        // A live client answers the keepalives, which counts as activity: only a silent
+        // (dead or half-open) client reaches either limit.
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
+        inactivity_timeout: Some(Duration::from_secs(60)),
         ..Default::default()
-    };
-    let mut server = Server {
-        keys: o.authorized_keys.clone(),
-        exe: std::env::current_exe()?,
-    };
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let exe = std::env::current_exe()?;
     rt.block_on(async move {
-        use russh::server::Server as _;
-        server
-            .run_on_address(Arc::new(config), o.listen.as_str())
+        let listener = tokio::net::TcpListener::bind(o.listen.as_str())
             .await
+            .with_context(|| format!("listening on {}", o.listen))?;
+        println!(
+            "georep serve: listening on {}, host key {}",
+            o.listen,
+            fingerprint(key.public_key())
+        );
+        let waiting = Arc::new(AtomicUsize::new(0));
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait rather than spin.
+                    tracing::warn!("accepting on {}: {e}", o.listen);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if waiting.load(Ordering::SeqCst) >= o.max_startups {
+                tracing::warn!(
+                    %peer,
+                    "dropped: {} connections are already waiting to authenticate (--max-startups)",
+                    o.max_startups
+                );
+                continue;
+            }
+            waiting.fetch_add(1, Ordering::SeqCst);
+            let authenticated = Arc::new(AtomicBool::new(false));
+            let conn = Conn {
+                keys: o.authorized_keys.clone(),
+                exe: exe.clone(),
+                peer: Some(peer.ip()),
+                allow_unforced: o.allow_unforced,
+                forced: None,
+                startup: Startup {
+                    waiting: waiting.clone(),
+                    authenticated: authenticated.clone(),
+                },
+                channels: HashMap::new(),
+            };
+            let _ = socket.set_nodelay(true);
+            tokio::spawn(connection(
+                config.clone(),
+                socket,
+                conn,
+                authenticated,
+                o.login_grace,
+            ));
+        }
     })
-    .with_context(|| format!("serving on {}", o.listen))
+}
+
+/// Runs one client connection; closes it if it has not authenticated within `grace`.
+async fn connection(
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    conn: Conn,
+    authenticated: Arc<AtomicBool>,
+    grace: Duration,
+) {
+    let peer = conn.peer;
+    let deadline = tokio::time::Instant::now() + grace;
+    let session =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, conn))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, "connection ended before the handshake: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?peer,
+                    "no SSH handshake within the login grace time: closed"
+                );
+                return;
+            }
+        };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        r = &mut session => {
+            if let Err(e) = r {
+                tracing::debug!(?peer, "connection ended: {e}");
+            }
+            return;
+        }
+        () = tokio::time::sleep_until(deadline) => {}
+    }
+    if !authenticated.load(Ordering::SeqCst) {
+        tracing::warn!(
+            ?peer,
+            "not authenticated within the login grace time: closed"
+        );
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "login grace time exceeded".into(),
+                String::new(),
+            )
+            .await;
+        // The session task ends on its own; `session` is dropped here, which only detaches it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut session).await;
+        return;
+    }
+    if let Err(e) = session.await {
+        tracing::debug!(?peer, "connection ended: {e}");
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +518,55 @@ mod tests {
         assert!(agent_volume("id").is_none());
         assert!(agent_volume("georep agent --volume x; rm -rf /").is_none());
         assert!(agent_volume("sh -c georep agent --volume x").is_none());
+        assert_eq!(
+            agent_volume("'/usr/bin/georep' agent --volume '/dr/x'").as_deref(),
+            Some("/dr/x")
+        );
+        // Review hole 6 (issue 13): never a shortened or widened volume.
+        for bad in [
+            "georep agent --volume /",
+            "georep agent --volume /dr/a,b",
+            "georep agent --volume '/dr/x;id'",
+            "georep agent --volume $(id)",
+            "georep agent --volume ../etc",
+        ] {
+            assert!(agent_volume(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_forced_command_with_a_comma_is_read_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("ak");
+        let key = PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &[7; 32],
+        ));
+        let public = key.public_key().to_openssh().unwrap();
+        let line = format!(
+            "from=\"127.0.0.1,::1\",command=\"georep agent --volume '/dr/a,b'\",restrict {public}\n"
+        );
+        std::fs::write(&f, line).unwrap();
+        let lo = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(
+            lookup(&f, key.public_key(), lo),
+            Lookup::Allowed(Some("georep agent --volume '/dr/a,b'".into()))
+        );
+        // ... which agent_volume then refuses whole, rather than running /dr/a.
+        assert!(agent_volume("georep agent --volume '/dr/a,b'").is_none());
+        let other = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(lookup(&f, key.public_key(), other), Lookup::Refused);
+        std::fs::write(
+            &f,
+            format!("expiry-time=\"20000101\",command=\"georep agent --volume v\" {public}\n"),
+        )
+        .unwrap();
+        assert_eq!(lookup(&f, key.public_key(), lo), Lookup::Refused);
+        std::fs::write(
+            &f,
+            format!("bogus,command=\"georep agent --volume v\" {public}\n"),
+        )
+        .unwrap();
+        assert_eq!(lookup(&f, key.public_key(), lo), Lookup::Refused);
     }
 
     #[test]

@@ -133,3 +133,52 @@ fn full_slave_filesystem_is_reported_and_nothing_is_lost() {
     write_random(&m.join("huge.bin"), 200 << 10, 5);
     g.sync_equal();
 }
+
+/// Review hole 5 (issue 13): words that would reach the slave host's command line as a shell
+/// command or an option are refused at `create`, before anything is written. The control: the
+/// same `create` with a plain volume succeeds and prints a quoted forced command.
+#[test]
+fn create_refuses_slave_words_a_remote_shell_would_run() {
+    let g = Georep::new();
+    let m = g.master();
+    let m = m.to_str().unwrap();
+    let fp = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for (slave, extra) in [
+        ("h::/dr/x;id", None),
+        ("h::/dr/$(id)", None),
+        ("h::-x", None),
+        ("h::../../etc", None),
+        ("h::/dr/x", Some("georep;id")),
+        ("h::/dr/x", Some("-oProxyCommand=id")),
+    ] {
+        let mut args = vec!["create", m, slave, "no-verify", "--host-key", fp];
+        if let Some(e) = extra {
+            args.extend(["--remote-georep", e]);
+        }
+        let o = g.run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{slave} {extra:?}: {}",
+            stderr(&o)
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains("command="), "{slave} {extra:?} printed {out}");
+        assert!(
+            !exists(&g.path("home/etc/sessions"))
+                || fs::read_dir(g.path("home/etc/sessions"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "{slave} {extra:?} left a session behind"
+        );
+    }
+    let o = g.run(&["create", m, "h::/dr/x", "no-verify", "--host-key", fp]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("command=\"'georep' agent --volume '/dr/x'\",restrict ssh-ed25519 "),
+        "{out}"
+    );
+    g.ok(&["delete", m, "h::/dr/x"]);
+}

@@ -236,7 +236,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(g: &Georep) -> Serve {
+    fn start(g: &Georep, extra: &[&str]) -> Serve {
         let dir = g.path("serve");
         fs::create_dir_all(&dir).unwrap();
         let authorized_keys = dir.join("authorized_keys");
@@ -255,6 +255,7 @@ impl Serve {
             .arg(dir.join("host_key"))
             .arg("--authorized-keys")
             .arg(&authorized_keys)
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -290,7 +291,7 @@ impl Drop for Serve {
 #[test]
 fn replication_through_georep_serve_and_no_shell_there() {
     let g = Georep::new();
-    let serve = Serve::start(&g);
+    let serve = Serve::start(&g, &[]);
     make_varied_tree(&g.master(), 5 << 20);
     let slave = format!("root@127.0.0.1:{}::{}", serve.port, g.slave().display());
     let _c = Cleanup(&g, slave.clone());
@@ -317,13 +318,20 @@ fn replication_through_georep_serve_and_no_shell_there() {
     assert_trees_equal(&g.master(), &g.slave());
     assert!(n(&r, "files_sent") > 60, "{r}");
 
-    // The OpenSSH client gets no shell and no other command from serve, even with a key
-    // that has no forced command.
+    // The OpenSSH client gets no shell and no other command from serve. Positive control
+    // first: the operator's key, listed with a forced command, logs in, and the forced
+    // command (the agent, which prints its preamble) runs instead of `id`.
     let op = g.path("op");
     keygen(&op);
-    let mut ak = fs::read_to_string(&serve.authorized_keys).unwrap();
-    ak.push_str(&fs::read_to_string(op.with_extension("pub")).unwrap());
-    fs::write(&serve.authorized_keys, ak).unwrap();
+    let op_pub = fs::read_to_string(op.with_extension("pub")).unwrap();
+    let session_line = line.to_string();
+    let list = |opts: &str| {
+        fs::write(
+            &serve.authorized_keys,
+            format!("{session_line}\n{opts}{}", op_pub.trim_end()) + "\n",
+        )
+        .unwrap();
+    };
     let ssh = |args: &[&str]| {
         ssh_client(serve.port, &op)
             .args(args)
@@ -331,14 +339,96 @@ fn replication_through_georep_serve_and_no_shell_there() {
             .output()
             .unwrap()
     };
+    let forced = format!(
+        "command=\"'{}' agent --volume '{}'\",restrict ",
+        bin().display(),
+        g.slave().display()
+    );
+    list(&forced);
+    let o = ssh(&["id"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("GEOREP"),
+        "the forced agent did not run: {out:?} {}",
+        stderr(&o)
+    );
+    assert!(!out.contains("uid="), "serve ran the client's command");
+    let refused = |o: &std::process::Output, why: &str| {
+        assert!(!o.status.success(), "{why}: the login went through");
+        assert!(
+            stderr(o).contains("Permission denied"),
+            "{why}: refused for another reason: {}",
+            stderr(o)
+        );
+    };
+    // Review hole 6 (issue 13): the same key without a forced command is refused (it could
+    // name any path, `/` included), as are a from= the client does not match and a past
+    // expiry-time. The control above shows the key itself is good.
+    list("");
+    refused(&ssh(&["id"]), "a key without command=");
+    refused(&ssh(&["-T"]), "a key without command=, shell");
+    list(&format!("from=\"10.9.9.9\",{forced}"));
+    refused(&ssh(&["id"]), "from= another address");
+    list(&format!("expiry-time=\"20000101\",{forced}"));
+    refused(&ssh(&["id"]), "an expired key");
+    list(&format!("from=\"10.0.0.0/8,127.0.0.1\",{forced}"));
     let o = ssh(&["id"]);
     assert!(
-        !String::from_utf8_lossy(&o.stdout).contains("uid="),
-        "serve ran a command"
+        String::from_utf8_lossy(&o.stdout).starts_with("GEOREP"),
+        "from= listing this client was refused: {}",
+        stderr(&o)
     );
-    assert!(!o.status.success());
-    let o = ssh(&["-T"]);
-    assert!(!o.status.success(), "serve gave a shell");
+}
+
+/// Review hole 6 (issue 13): `serve` closes a connection that does not authenticate within the
+/// login grace time and drops connections beyond `--max-startups` waiting to authenticate, so
+/// idle sockets cannot use up the DR host.
+#[test]
+fn serve_closes_idle_logins_and_limits_waiting_ones() {
+    use std::io::Read;
+    let g = Georep::new();
+    let serve = Serve::start(&g, &["--login-grace-time", "2", "--max-startups", "3"]);
+    let connect = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Reads the server's banner, then waits for the server to close; how long that took.
+    let until_closed = |mut s: std::net::TcpStream| {
+        let t = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, Some(t.elapsed())),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return (got, None),
+            }
+        }
+    };
+    // Serve::start's own probe connection counts as waiting until serve sees it closed.
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting: Vec<_> = (0..3).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The fourth is dropped at once, without even a banner.
+    let (got, closed) = until_closed(connect());
+    assert!(got.is_empty(), "the fourth waiting connection got {got:?}");
+    assert!(
+        closed.is_some_and(|d| d < Duration::from_secs(1)),
+        "{closed:?}"
+    );
+    // The three waiting ones get the banner and are closed after the grace time.
+    for s in waiting {
+        let (got, closed) = until_closed(s);
+        assert!(got.starts_with(b"SSH-2.0-"), "{got:?}");
+        let d = closed.expect("an idle login was never closed");
+        assert!(d < Duration::from_secs(4), "closed after {d:?}");
+    }
+    // With them gone, a new connection is served again.
+    let mut s = connect();
+    let mut banner = [0u8; 8];
+    s.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
 }
 
 #[test]
