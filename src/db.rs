@@ -27,6 +27,10 @@ pub struct Upgrade {
 
 /// Opens (creating) `path` with WAL and the `meta` table, and checks its format version; an
 /// older format with an `Upgrade` path to `format` is upgraded in place.
+///
+/// Several processes may open a new file at once (two bricks' agents on a fresh slave volume):
+/// switching to WAL and the first writes can then fail with `SQLITE_BUSY` without the busy
+/// handler being asked, so the set-up is retried for as long as the busy timeout.
 pub fn open(
     path: &Path,
     sync: Sync,
@@ -37,8 +41,30 @@ pub fn open(
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let db =
-        Connection::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match set_up(path, sync, format, what) {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {what} {}", path.display())),
+            Ok(db) => return check_format(db, path, format, what, upgrades),
+        }
+    }
+}
+
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn set_up(path: &Path, sync: Sync, format: &str, _what: &str) -> rusqlite::Result<Connection> {
+    let db = Connection::open(path)?;
+    db.busy_timeout(BUSY_TIMEOUT)?;
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(
         None,
@@ -48,7 +74,6 @@ pub fn open(
             Sync::Full => "FULL",
         },
     )?;
-    db.busy_timeout(std::time::Duration::from_secs(10))?;
     db.execute_batch(
         "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     )?;
@@ -56,6 +81,16 @@ pub fn open(
         "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
         [format],
     )?;
+    Ok(db)
+}
+
+fn check_format(
+    db: Connection,
+    path: &Path,
+    format: &str,
+    what: &str,
+    upgrades: &[Upgrade],
+) -> Result<Connection> {
     let mut found: Option<String> = db
         .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
             r.get(0)

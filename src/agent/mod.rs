@@ -12,7 +12,7 @@ pub mod state;
 
 use crate::fsutil;
 use crate::protocol::{self, Message, Welcome, PROTOCOL_VERSION};
-use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter, ReadAhead};
+use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter, ReadAhead, Silence};
 use anyhow::{anyhow, bail, Context, Result};
 use apply::{Applier, ApplyError};
 use durable::{Applied, Durability, SharedWriter};
@@ -46,9 +46,10 @@ pub fn input_from_stdin() -> Result<BoxRead> {
 pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
     let w = SharedWriter::new(FrameWriter::new(output));
     w.lock().send_preamble().context("writing to the master")?;
+    let (input, silence) = Silence::watch(input);
     let r = FrameReader::new(input);
     // Every thread that writes to `w` has ended when serve_inner returns.
-    let r = serve_inner(root, r, &w);
+    let r = serve_inner(root, r, &w, &silence);
     let mut w = w.lock();
     match r {
         Ok(()) => {
@@ -66,7 +67,7 @@ pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
     }
 }
 
-fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter) -> Result<()> {
+fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Silence) -> Result<()> {
     r.expect_preamble()?;
     let hello = match r.read()? {
         Some(Message::Hello(h)) => h,
@@ -122,6 +123,9 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter) -> Result<()> 
             hello.epoch
         );
     }
+    // The brick's own lock first: a stale connection of this same brick (the master gave up
+    // on it and came back) is ended here, which frees the replica set's lock it holds too.
+    let (tmp, _lock) = brick_tmp(&state_dir, &brick_key)?;
     let (_active, previous_active) =
         match claim_replica_set(&state_dir, &hello.replica_set, &brick_key)? {
             Claim::Active(lock, prev) => (lock, prev),
@@ -134,7 +138,6 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter) -> Result<()> 
                 return Ok(());
             }
         };
-    let (tmp, _lock) = brick_tmp(&state_dir, &brick_key)?;
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening slave root {} on {host}", root.display()))?;
     let tmp_fd = fsutil::open_root(&tmp)?;
@@ -188,7 +191,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter) -> Result<()> 
         Ok(())
     };
     loop {
-        let msg = match r.read() {
+        let msg = match r.read_within(Some((silence, protocol::SILENCE_LIMIT))) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 if let Some(b) = batch {
@@ -665,6 +668,55 @@ fn send_listing(
     Ok(())
 }
 
+/// Ends the agent holding `lock_path` (its pid is in `pid_path`) and takes the lock.
+fn replace_stale_holder(
+    lock_path: &Path,
+    pid_path: &Path,
+    brick_key: &str,
+) -> Result<std::fs::File> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let held = || {
+        anyhow!(
+            "another georep connection from brick {brick_key} is still applying to this volume and did not end when told to (lock {}); a retry may help",
+            lock_path.display()
+        )
+    };
+    let pid = std::fs::read_to_string(pid_path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&p| p > 0 && p != std::process::id() as i32 && is_agent(p))
+        .and_then(Pid::from_raw);
+    let Some(pid) = pid else {
+        // Taken between our try and now, or by something that is not an agent: wait a little.
+        return fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(2))?
+            .ok_or_else(held);
+    };
+    tracing::warn!(
+        brick = %brick_key,
+        "a new connection from this brick replaces the one still held by agent pid {} (the master reconnected: the old link is presumed dead)",
+        pid.as_raw_nonzero()
+    );
+    for (signal, patience) in [(Signal::TERM, 5), (Signal::KILL, 5)] {
+        let _ = kill_process(pid, signal);
+        if let Some(l) =
+            fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(patience))?
+        {
+            return Ok(l);
+        }
+    }
+    Err(held())
+}
+
+/// Whether process `pid` is a georep agent (its command line has `agent --volume`).
+fn is_agent(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let words: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+        words
+            .windows(2)
+            .any(|w| w == [&b"agent"[..], &b"--volume"[..]])
+    })
+}
+
 fn next_op(b: &mut BatchState) -> Result<u32> {
     if b.seen >= b.declared {
         bail!(
@@ -679,17 +731,23 @@ fn next_op(b: &mut BatchState) -> Result<u32> {
 
 /// This brick's private temp directory, emptied of what a previous connection left, and the
 /// lock that keeps a second connection from the same brick out while we run.
+///
+/// A brick has one worker at a time on its master node (the worker's own lock there), so a new
+/// connection from the same brick means the master gave up on the old one: a link that died
+/// without the DR side hearing of it (half-open). The agent still serving it is told to go
+/// (SIGTERM, then SIGKILL), and this connection takes over; what the old one had not acked is
+/// sent again, and applying it twice leaves the same tree.
 fn brick_tmp(state_dir: &Path, brick_key: &str) -> Result<(PathBuf, std::fs::File)> {
     let h = blake3::hash(brick_key.as_bytes()).to_hex();
     let base = state_dir.join("tmp");
     std::fs::create_dir_all(&base)?;
     let lock_path = base.join(format!("{}.lock", &h[..16]));
-    let lock = fsutil::lock_exclusive(&lock_path, std::time::Duration::ZERO)?.ok_or_else(|| {
-        anyhow!(
-            "another georep connection from brick {brick_key} is already applying to this volume (lock {})",
-            lock_path.display()
-        )
-    })?;
+    let pid_path = base.join(format!("{}.pid", &h[..16]));
+    let lock = match fsutil::lock_exclusive(&lock_path, std::time::Duration::ZERO)? {
+        Some(l) => l,
+        None => replace_stale_holder(&lock_path, &pid_path, brick_key)?,
+    };
+    fsutil::atomic_write(&pid_path, format!("{}\n", std::process::id()).as_bytes())?;
     let dir = base.join(&h[..16]);
     std::fs::create_dir_all(&dir)?;
     let fd = fsutil::open_root(&dir)?;

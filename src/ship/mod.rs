@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod changes;
+pub mod live;
 pub mod pipeline;
 pub mod worker;
 
@@ -186,6 +187,20 @@ fn sync_brick(
     report: &mut SyncReport,
 ) -> Result<()> {
     let state_dir = session::brick_state_dir(home, session, brick);
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| anyhow!("creating {}: {e}", state_dir.display()))?;
+    // The brick's worker lock: one user of its index at a time, and one connection from it to
+    // the slave (the agent ends an older connection of the same brick as stale).
+    let Some(_worker) =
+        crate::fsutil::lock_exclusive(&state_dir.join("worker.lock"), Duration::ZERO)?
+    else {
+        bail!(
+            "session {session} is running on this node and its worker replicates brick {brick} (pid {}): it already syncs continuously; see `georep status`, or `georep stop` it first",
+            std::fs::read_to_string(state_dir.join("worker.pid"))
+                .unwrap_or_default()
+                .trim()
+        );
+    };
     let index_path = state_dir.join("index.db");
     let index = Index::open(&index_path)?;
     let mut slot = 0u64;

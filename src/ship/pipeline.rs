@@ -75,7 +75,7 @@ struct InFlight {
 }
 
 pub struct Shipper {
-    w: Option<FrameWriter>,
+    w: Option<super::live::LiveWriter>,
     events: Receiver<Event>,
     reader: Option<std::thread::JoinHandle<()>>,
     handle: Box<dyn LinkHandle>,
@@ -154,7 +154,7 @@ impl Shipper {
             }
         });
         Shipper {
-            w: Some(w),
+            w: Some(super::live::LiveWriter::with_protocol_interval(w)),
             events: rx,
             reader: Some(reader),
             handle,
@@ -187,8 +187,8 @@ impl Shipper {
         self.w.as_ref().map(|w| w.wire_bytes()).unwrap_or(0)
     }
 
-    fn writer(&mut self) -> &mut FrameWriter {
-        self.w.as_mut().expect("shipper used after close")
+    fn writer(&self) -> std::sync::MutexGuard<'_, FrameWriter> {
+        self.w.as_ref().expect("shipper used after close").lock()
     }
 
     /// A write to the agent failed: the agent has most likely said why before it went away.
@@ -314,7 +314,11 @@ impl Shipper {
 
     /// Sends one request frame (between batches) and flushes it.
     fn request(&mut self, m: &Message) -> Result<()> {
-        if let Err(e) = self.writer().send(m).and_then(|()| self.writer().flush()) {
+        let sent = {
+            let mut w = self.writer();
+            w.send(m).and_then(|()| w.flush())
+        };
+        if let Err(e) = sent {
             return Err(self.write_failed(e));
         }
         Ok(())
@@ -563,7 +567,8 @@ impl Shipper {
             return Ok(());
         }
         self.send_batch(Vec::new(), index)?;
-        if let Err(e) = self.writer().flush() {
+        let r = self.writer().flush();
+        if let Err(e) = r {
             return Err(self.write_failed(e));
         }
         while !self.inflight.is_empty() {
@@ -621,7 +626,8 @@ impl Shipper {
 
     /// Waits until everything sent is acknowledged.
     pub fn finish(&mut self, index: &Index) -> Result<()> {
-        if let Err(e) = self.writer().flush() {
+        let r = self.writer().flush();
+        if let Err(e) = r {
             return Err(self.write_failed(e));
         }
         while !self.inflight.is_empty() {
@@ -700,7 +706,8 @@ impl Shipper {
             ops: declared,
             bytes,
         });
-        if let Err(e) = self.writer().send(&begin) {
+        let r = self.writer().send(&begin);
+        if let Err(e) = r {
             return Err(self.write_failed(e));
         }
         let mut sent = Vec::with_capacity(batch.len());
@@ -714,11 +721,11 @@ impl Shipper {
             self.poll(index)?;
         }
         let end = Message::BatchEnd(BatchEnd { id, ops: wire });
-        if let Err(e) = self
-            .writer()
-            .send(&end)
-            .and_then(|()| self.writer().flush())
-        {
+        let ended = {
+            let mut w = self.writer();
+            w.send(&end).and_then(|()| w.flush())
+        };
+        if let Err(e) = ended {
             return Err(self.write_failed(e));
         }
         tracing::debug!(batch = id, ops = wire, bytes, "batch sent");
@@ -1028,7 +1035,8 @@ impl Shipper {
     pub fn close(mut self) -> Result<Option<u64>> {
         // The agent is idle now: its peak so far is its peak.
         let rss = self.handle.peak_rss_kb();
-        if let Some(mut w) = self.w.take() {
+        if let Some(w) = self.w.take() {
+            let mut w = w.into_inner();
             w.send(&Message::Bye)?;
             w.close().context("closing the stream to the agent")?;
         }

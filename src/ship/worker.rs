@@ -284,6 +284,9 @@ impl Worker {
                 }
                 Err(e) => {
                     drop(shipper);
+                    self.status.disconnects += 1;
+                    self.status.last_disconnect =
+                        Some(format!("{}: {e:#}", crate::options::show_time(now_ns())));
                     self.faulty(&e);
                     self.nap(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));

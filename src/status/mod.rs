@@ -36,6 +36,11 @@ pub struct BrickStatus {
     /// Content bytes of the journal backlog's files (estimate: their current sizes).
     #[serde(default)]
     pub backlog_bytes: u64,
+    /// Times an established connection to the slave was lost, and the last time and reason.
+    #[serde(default)]
+    pub disconnects: u64,
+    #[serde(default)]
+    pub last_disconnect: Option<String>,
 }
 
 impl BrickStatus {
@@ -92,6 +97,10 @@ pub struct Row {
     pub takeovers: u64,
     /// For a Faulty or failing worker: what went wrong, with the path and the fix.
     pub last_error: Option<String>,
+    /// Established connections lost since the worker started, and the last one's time and
+    /// reason (kept after the worker reconnects).
+    pub disconnects: u64,
+    pub last_disconnect: Option<String>,
 }
 
 fn local_time(ns: i64) -> String {
@@ -219,6 +228,8 @@ pub fn rows(
                 hybrid_crawls: st.hybrid_crawls,
                 takeovers: st.takeovers,
                 last_error: st.last_error,
+                disconnects: st.disconnects,
+                last_disconnect: st.last_disconnect,
             });
         }
     }
@@ -421,6 +432,15 @@ pub fn table(rows: &[Row], detail: bool) -> String {
                 r.master_node,
                 r.master_brick,
                 r.last_error.as_deref().unwrap_or_default()
+            ));
+        }
+        for r in rows.iter().filter(|r| r.last_disconnect.is_some()) {
+            out.push_str(&format!(
+                "\n{}:{} connection lost {} time(s), last at {}\n",
+                r.master_node,
+                r.master_brick,
+                r.disconnects,
+                r.last_disconnect.as_deref().unwrap_or_default()
             ));
         }
     }

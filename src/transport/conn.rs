@@ -44,12 +44,17 @@ pub enum ConnError {
     NotGeorep(String),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    #[error("no word from the peer for {} s (no data and no heartbeat): the connection is presumed dead (half-open: a NAT timeout, a cut cable or a partition)", .0.as_secs())]
+    Silent(std::time::Duration),
 }
 
 impl ConnError {
     /// Whether reconnecting can help (a broken link) or not (a peer that sends garbage).
     pub fn is_transient(&self) -> bool {
-        matches!(self, ConnError::Io(_) | ConnError::Truncated)
+        matches!(
+            self,
+            ConnError::Io(_) | ConnError::Truncated | ConnError::Silent(_)
+        )
     }
 }
 
@@ -181,6 +186,56 @@ impl FrameReader {
 /// the groups are small too, and a bound of a few groups let the input pipe fill up. A full pipe
 /// makes sshd queue the channel's data in a buffer that it grows, copies and zeroes over and over
 /// (sshd used three times the CPU of the whole transfer that way, measured on 10,000 small files).
+/// How long a read of the underlying stream has been waiting for data, shared between the
+/// thread that reads and the one that decides the peer is gone.
+#[derive(Clone)]
+pub struct Silence(Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>);
+
+impl Silence {
+    /// Wraps `inner`: every read marks when it started waiting, and clears the mark when data
+    /// (or the end) arrives. Time spent not reading (the applier is behind) never counts.
+    pub fn watch(inner: BoxRead) -> (BoxRead, Silence) {
+        let s = Silence(Arc::new((
+            std::time::Instant::now(),
+            std::sync::atomic::AtomicU64::new(0),
+        )));
+        (
+            Box::new(Watched {
+                inner,
+                s: s.clone(),
+            }),
+            s,
+        )
+    }
+
+    /// How long the read in progress has been waiting; zero when none is.
+    pub fn waited(&self) -> std::time::Duration {
+        let since = self.0 .1.load(std::sync::atomic::Ordering::SeqCst);
+        if since == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let now = self.0 .0.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(now.saturating_sub(since))
+    }
+}
+
+struct Watched {
+    inner: BoxRead,
+    s: Silence,
+}
+
+impl Read for Watched {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mark = &self.s.0 .1;
+        // +1: zero means "not waiting".
+        let started = self.s.0 .0.elapsed().as_millis() as u64 + 1;
+        mark.store(started, std::sync::atomic::Ordering::SeqCst);
+        let r = self.inner.read(buf);
+        mark.store(0, std::sync::atomic::Ordering::SeqCst);
+        r
+    }
+}
+
 pub struct ReadAhead {
     rx: mpsc::Receiver<(Result<Vec<Message>, ConnError>, usize)>,
     group: std::vec::IntoIter<Message>,
@@ -289,6 +344,15 @@ impl ReadAhead {
 
     /// Next message; `Ok(None)` on a clean close (as `FrameReader::read`).
     pub fn read(&mut self) -> Result<Option<Message>, ConnError> {
+        self.read_within(None)
+    }
+
+    /// As `read`, but `ConnError::Silent` once the stream has been waited on for `limit`
+    /// without a byte arriving (`silence` watches the stream under the `FrameReader`).
+    pub fn read_within(
+        &mut self,
+        watch: Option<(&Silence, std::time::Duration)>,
+    ) -> Result<Option<Message>, ConnError> {
         loop {
             if let Some(m) = self.group.next() {
                 return Ok(Some(m));
@@ -297,12 +361,26 @@ impl ReadAhead {
                 return Ok(None);
             }
             self.budget.give(std::mem::take(&mut self.held));
-            match self.rx.recv() {
+            let got = match watch {
+                None => self.rx.recv().map_err(|_| ()),
+                Some((silence, limit)) => loop {
+                    let tick = (limit / 10).max(std::time::Duration::from_millis(10));
+                    match self.rx.recv_timeout(tick) {
+                        Ok(g) => break Ok(g),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break Err(()),
+                        Err(mpsc::RecvTimeoutError::Timeout) if silence.waited() >= limit => {
+                            return Err(ConnError::Silent(limit))
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                },
+            };
+            match got {
                 Ok((g, bytes)) => {
                     self.held = bytes;
                     self.group = g?.into_iter();
                 }
-                Err(_) => self.done = true,
+                Err(()) => self.done = true,
             }
         }
     }

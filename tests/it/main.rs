@@ -8,6 +8,7 @@ mod converge;
 mod converge_regressions;
 mod dr;
 mod errors;
+mod faults;
 mod lifecycle;
 mod ssh;
 mod sync;

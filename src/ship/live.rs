@@ -1,0 +1,180 @@
+//! The master's half of connection liveness: a writer that sends `Heartbeat` whenever the
+//! stream to the agent has been quiet for `protocol::HEARTBEAT_EVERY`, from a thread of its
+//! own, so that a master busy elsewhere (a long walk, hashing a large file, waiting for acks)
+//! still shows the agent it is alive. The agent gives up a connection that stays silent for
+//! `protocol::SILENCE_LIMIT` (a half-open link: NAT timeout, cable, partition), which frees the
+//! volume's brick lock for the master's next connection.
+//!
+//! Invariant: frames are only ever written whole under the mutex, so a heartbeat can only fall
+//! between two frames; the agent accepts `Heartbeat` anywhere, inside a batch or a file too.
+
+use crate::protocol::{self, Message};
+use crate::transport::conn::FrameWriter;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+struct Inner {
+    w: Mutex<FrameWriter>,
+    /// Milliseconds since `base` when the stream was last written (or a heartbeat went).
+    last: AtomicU64,
+    base: Instant,
+    stop: AtomicBool,
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FrameWriter> {
+        self.w.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct LiveWriter {
+    inner: Arc<Inner>,
+    beat: Option<JoinHandle<()>>,
+}
+
+impl LiveWriter {
+    /// Takes over `w` and starts heartbeating every `every` of quiet.
+    pub fn new(w: FrameWriter, every: Duration) -> LiveWriter {
+        let inner = Arc::new(Inner {
+            w: Mutex::new(w),
+            last: AtomicU64::new(0),
+            base: Instant::now(),
+            stop: AtomicBool::new(false),
+        });
+        let i = inner.clone();
+        let tick = (every / 5).max(Duration::from_millis(10));
+        let beat = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || loop {
+                std::thread::park_timeout(tick);
+                if i.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let quiet = i.now_ms().saturating_sub(i.last.load(Ordering::SeqCst));
+                if quiet < every.as_millis() as u64 {
+                    continue;
+                }
+                // Held by the shipping thread: it is writing, which is a sign of life itself.
+                let Ok(mut w) = i.w.try_lock() else { continue };
+                let sent = w.send(&Message::Heartbeat).and_then(|()| w.flush());
+                drop(w);
+                if let Err(e) = sent {
+                    // The shipping thread meets the same error on its next write or read.
+                    tracing::debug!("heartbeat not sent: {e}");
+                    return;
+                }
+                i.last.store(i.now_ms(), Ordering::SeqCst);
+            })
+            .ok();
+        LiveWriter { inner, beat }
+    }
+
+    pub fn with_protocol_interval(w: FrameWriter) -> LiveWriter {
+        LiveWriter::new(w, protocol::HEARTBEAT_EVERY)
+    }
+
+    /// The writer, for frames; counts as activity.
+    pub fn lock(&self) -> MutexGuard<'_, FrameWriter> {
+        let g = self.inner.lock();
+        self.inner.last.store(self.inner.now_ms(), Ordering::SeqCst);
+        g
+    }
+
+    pub fn wire_bytes(&self) -> u64 {
+        self.inner.lock().wire_bytes()
+    }
+
+    fn stop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.beat.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+
+    /// Stops heartbeating and gives the writer back.
+    pub fn into_inner(mut self) -> FrameWriter {
+        self.stop();
+        let inner = std::mem::replace(
+            &mut self.inner,
+            Arc::new(Inner {
+                w: Mutex::new(FrameWriter::new(Box::new(std::io::sink()))),
+                last: AtomicU64::new(0),
+                base: Instant::now(),
+                stop: AtomicBool::new(true),
+            }),
+        );
+        match Arc::try_unwrap(inner) {
+            Ok(i) => i.w.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Err(_) => unreachable!("the heartbeat thread has ended"),
+        }
+    }
+}
+
+impl Drop for LiveWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{self, Decoded};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn heartbeats(out: &Shared) -> usize {
+        let buf = out.0.lock().unwrap().clone();
+        let mut b = &buf[..];
+        let mut n = 0;
+        while let Ok(Decoded::Frame(m, used)) = frame::decode(b) {
+            n += usize::from(m == Message::Heartbeat);
+            b = &b[used..];
+        }
+        n
+    }
+
+    #[test]
+    fn beats_only_when_quiet() {
+        let out = Shared::default();
+        let w = LiveWriter::new(
+            FrameWriter::new(Box::new(out.clone())),
+            Duration::from_millis(100),
+        );
+        // Busy: a frame every 20 ms, no heartbeat needed.
+        for _ in 0..15 {
+            let mut g = w.lock();
+            g.send(&Message::Bye).unwrap();
+            g.flush().unwrap();
+            drop(g);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(heartbeats(&out), 0);
+        // Quiet: about one every 100 ms.
+        std::thread::sleep(Duration::from_millis(550));
+        let n = heartbeats(&out);
+        assert!((3..=6).contains(&n), "{n} heartbeats in 550 ms");
+        let fw = w.into_inner();
+        drop(fw);
+        let after = heartbeats(&out);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(heartbeats(&out), after, "still beating after into_inner");
+    }
+}

@@ -1,0 +1,264 @@
+//! Links that fail the way real ones do, through a fault proxy in the SSH path (real OpenSSH
+//! sshd): a connection blackholed mid-batch (half-open: the DR side never hears of it) and a
+//! connection cut on both sides. Each time replication resumes, nothing is lost, and the
+//! status says what happened. Also: the agent gives up a silent master by itself.
+
+use crate::util::proxy::Proxy;
+use crate::util::*;
+use georep::protocol::frame;
+use georep::protocol::*;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A session from `g.master()` to `g.slave()` over SSH through `proxy`.
+fn session_through<'a>(g: &'a Georep, sshd: &Sshd, proxy: &Proxy) -> (Session<'a>, String) {
+    let slave = format!("root@127.0.0.1:{}::{}", proxy.port, g.slave().display());
+    let o = g
+        .cmd()
+        .args(["create", g.master().to_str().unwrap(), &slave, "push-pem"])
+        .arg("--identity")
+        .arg(&sshd.operator_key)
+        .arg("--remote-georep")
+        .arg(bin())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "push-pem: {}", stderr(&o));
+    let mut s = Session { g, child: None };
+    s.run_with_slave(&slave);
+    (s, slave)
+}
+
+fn agents_for(g: &Georep) -> Vec<i32> {
+    pids_with_cmdline(&["agent", "--volume", g.slave().to_str().unwrap()])
+}
+
+/// Waits until the slave equals the master; how long that took. Panics with the log after
+/// `limit`.
+fn resumed(s: &Session, limit: Duration, what: &str) -> Duration {
+    let t = Instant::now();
+    if let Err(msg) = wait_trees_equal(&s.g.master(), &s.g.slave(), limit, &|| s.idle()) {
+        let kept = s.keep_log();
+        panic!(
+            "{what}: not resumed within {limit:?}: {msg}\nstatus: {}\nlog: {}\n{}",
+            s.status(),
+            kept.display(),
+            tail(&s.log(), 30)
+        );
+    }
+    t.elapsed()
+}
+
+/// Review hole 7 (issue 13): a connection that goes silent mid-batch without either side
+/// hearing of it. Before the fix the old agent kept the brick lock and every reconnection was
+/// refused ("already applying") until TCP keepalive gave up, hours later. Now the master's SSH
+/// keepalive notices within ~20 s, and its new connection ends the stale agent and takes over.
+#[test]
+fn a_link_blackholed_mid_batch_resumes_within_30_s_and_loses_nothing() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let mut proxy = Proxy::start(sshd.port);
+    make_varied_tree(&g.master(), 1 << 20);
+    let (s, _slave) = session_through(&g, &sshd, &proxy);
+    s.converge("the first sync");
+    assert_eq!(agents_for(&g).len(), 1);
+
+    // Mid-batch: a large file is on its way when the link dies.
+    write_random(&g.master().join("big/blob"), 256 << 20, 7);
+    assert!(
+        wait_until(Duration::from_secs(30), || !files_being_received(
+            &g.slave()
+        )
+        .is_empty()),
+        "the big file never started arriving"
+    );
+    let stale = agents_for(&g);
+    assert_eq!(stale.len(), 1);
+    let before = proxy.accepted();
+    let cut = Instant::now();
+    assert!(proxy.blackhole() >= 1);
+    for i in 0..20 {
+        write(
+            &g.master().join(format!("after/{i}")),
+            b"written after the cut",
+        );
+    }
+    // The master gives up on the link and reconnects; its new connection ends the stale agent
+    // at once (without that, the stale agent would last until its own 30 s silence limit).
+    assert!(
+        wait_until(Duration::from_secs(60), || proxy.accepted() > before),
+        "the master never reconnected"
+    );
+    let reconnected = cut.elapsed();
+    let alive =
+        |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(stale[0])),
+        "the stale agent outlived the master's reconnection ({reconnected:?} after the cut)"
+    );
+    let took = resumed(&s, Duration::from_secs(120), "after a half-open cut");
+    let since_cut = cut.elapsed();
+    eprintln!("half-open cut mid-batch: the master reconnected {reconnected:?} after the cut; replication resumed and converged {since_cut:?} after it ({took:?} of waiting)");
+    // The new connection replaced the stale one: one agent, not two.
+    assert_eq!(agents_for(&g).len(), 1, "the stale agent still runs");
+    let st = s.status();
+    assert_eq!(st["status"], "Active", "{st}");
+    assert!(st["disconnects"].as_u64().unwrap() >= 1, "{st}");
+    assert!(
+        st["last_disconnect"]
+            .as_str()
+            .is_some_and(|d| d.contains("127.0.0.1")),
+        "the status should say which link was lost: {st}"
+    );
+    // The target: resumed within 30 s of the cut (the master's keepalive gives up after ~20 s).
+    assert!(
+        since_cut < Duration::from_secs(60),
+        "resumed only after {since_cut:?}"
+    );
+}
+
+/// A cut both sides see (a reset link): the master reconnects at once and converges.
+#[test]
+fn a_link_cut_mid_batch_resumes_and_loses_nothing() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let mut proxy = Proxy::start(sshd.port);
+    make_varied_tree(&g.master(), 1 << 20);
+    let (s, _slave) = session_through(&g, &sshd, &proxy);
+    s.converge("the first sync");
+    let before = proxy.accepted();
+    write_random(&g.master().join("big/blob"), 128 << 20, 8);
+    assert!(wait_until(Duration::from_secs(30), || {
+        !files_being_received(&g.slave()).is_empty()
+    }));
+    assert!(proxy.cut() >= 1);
+    write(&g.master().join("after"), b"x");
+    resumed(&s, Duration::from_secs(60), "after a cut");
+    assert!(proxy.accepted() > before, "the master never reconnected");
+    assert!(
+        wait_until(Duration::from_secs(10), || agents_for(&g).len() == 1),
+        "{:?}",
+        agents_for(&g)
+    );
+}
+
+fn enc(m: &Message) -> Vec<u8> {
+    let mut v = Vec::new();
+    frame::encode(m, &mut v);
+    v
+}
+
+/// Starts `georep agent` on `g.slave()` after a replicate handshake; the caller keeps stdin.
+fn handshaken_agent(g: &Georep, brick: &str) -> std::process::Child {
+    let mut c = g
+        .cmd()
+        .args(["agent", "--volume", g.slave().to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = PREAMBLE.to_vec();
+    input.extend(enc(&Message::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        georep_version: "test".into(),
+        session: "s".into(),
+        master_node: "tester".into(),
+        brick: brick.into(),
+        slave_volume: "v".into(),
+        epoch: 0,
+        compression: 0,
+        replica_set: String::new(),
+        trash_days: 0,
+        mode: MODE_REPLICATE,
+    })));
+    c.stdin.as_mut().unwrap().write_all(&input).unwrap();
+    c
+}
+
+/// Review hole 7 (issue 13): the agent gives up a master it has not heard from for
+/// `SILENCE_LIMIT` (30 s), so a half-open connection cannot hold the brick lock for good. The
+/// control, run alongside: a master that only heartbeats keeps its agent.
+#[test]
+fn the_agent_gives_up_a_silent_master_but_not_a_heartbeating_one() {
+    let g = Georep::new();
+    let t = Instant::now();
+    let mut silent = handshaken_agent(&g, "/silent");
+    let mut beating = handshaken_agent(&g, "/beating");
+    let limit = SILENCE_LIMIT;
+    let mut silent_done = None;
+    while t.elapsed() < limit + Duration::from_secs(15) {
+        if silent_done.is_none() {
+            if let Some(st) = silent.try_wait().unwrap() {
+                silent_done = Some((st, t.elapsed()));
+            }
+        }
+        let wrote = beating
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(&enc(&Message::Heartbeat));
+        if wrote.is_err() || beating.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            use std::io::Read;
+            beating
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!(
+                "the heartbeating master's agent gave up after {:?}: {err}",
+                t.elapsed()
+            );
+        }
+        if silent_done.is_some() && t.elapsed() > limit + Duration::from_secs(5) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let Some((st, after)) = silent_done else {
+        let _ = silent.kill();
+        let _ = silent.wait();
+        panic!("the silent master's agent never gave up");
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    silent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!st.success());
+    assert!(
+        after >= limit && after < limit + Duration::from_secs(10),
+        "gave up after {after:?}: {err}"
+    );
+    assert!(err.contains("no word from the peer for 30 s"), "{err}");
+    drop(beating.stdin.take());
+    let st = beating.wait().unwrap();
+    assert!(st.success(), "the heartbeating agent ended badly: {st}");
+}
+
+/// Found by the test above: two agents opening a new volume's `agent.db` at the same moment
+/// (two bricks of a distributed volume starting together) could fail with "database is
+/// locked", since switching a new SQLite file to WAL does not wait for the busy handler.
+#[test]
+fn agents_of_several_bricks_starting_at_once_on_a_new_volume_all_get_in() {
+    for round in 0..20 {
+        let g = Georep::new();
+        let agents: Vec<_> = (0..8)
+            .map(|i| handshaken_agent(&g, &format!("/brick{i}")))
+            .collect();
+        for (i, mut a) in agents.into_iter().enumerate() {
+            drop(a.stdin.take());
+            let out = a.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}, agent {i}: {}",
+                stderr(&out)
+            );
+        }
+    }
+}
