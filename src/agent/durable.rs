@@ -44,6 +44,9 @@ impl SharedWriter {
     }
 }
 
+/// Batches applied and waiting for their sync and ack, at most.
+const MAX_PENDING: usize = 1024;
+
 /// A batch whose ops were all applied, waiting to be made durable.
 pub struct Applied {
     pub id: u64,
@@ -105,9 +108,13 @@ impl Durability {
         self.shared.q.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands over a fully applied batch; fails if an earlier sync failed.
+    /// Hands over a fully applied batch; fails if an earlier sync failed. Waits while
+    /// `MAX_PENDING` batches are queued: a master that stops reading acks stops being read.
     pub fn push(&self, b: Applied) -> Result<()> {
         let mut q = self.lock();
+        while q.failed.is_none() && q.pending.len() >= MAX_PENDING {
+            q = self.shared.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
         if let Some(e) = &q.failed {
             return Err(anyhow!("{e}"));
         }
@@ -152,6 +159,8 @@ fn run(s: &Shared, t: &Target, w: &SharedWriter) {
                 return;
             }
             q.busy = true;
+            // Room again for a pusher waiting on MAX_PENDING.
+            s.cv.notify_all();
             std::mem::take(&mut q.pending)
         };
         let r =

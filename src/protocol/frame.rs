@@ -72,12 +72,15 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, FrameError> {
     let msg = match body[0] {
         KIND_MSG => {
             super::path::take_decode_error();
-            postcard::from_bytes(&body[1..]).map_err(|e| {
-                match super::path::take_decode_error() {
-                    Some(pe) => FrameError::Path(pe),
-                    None => FrameError::Malformed(e.to_string()),
-                }
-            })?
+            let m: Message =
+                postcard::from_bytes(&body[1..]).map_err(
+                    |e| match super::path::take_decode_error() {
+                        Some(pe) => FrameError::Path(pe),
+                        None => FrameError::Malformed(e.to_string()),
+                    },
+                )?;
+            m.check_limits().map_err(FrameError::Malformed)?;
+            m
         }
         KIND_CHUNK => Message::Chunk(body[1..].to_vec()),
         k => return Err(FrameError::UnknownKind(k)),

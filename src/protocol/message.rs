@@ -240,7 +240,118 @@ pub enum Message {
     },
 }
 
+/// Longest symlink target accepted (Linux: PATH_MAX less the NUL).
+pub const MAX_SYMLINK_TARGET: usize = 4095;
+/// Longest free text (names in `Hello`/`Welcome`, error messages) accepted.
+pub const MAX_TEXT: usize = 64 << 10;
+
+/// Bytes a decoded message holds beyond its variable parts (enum, struct, allocation overhead).
+const FIXED_WEIGHT: usize = 128;
+
+fn paths_weight<'a>(paths: impl IntoIterator<Item = &'a RelPath>) -> usize {
+    paths
+        .into_iter()
+        .map(|p| p.as_bytes().len() + 32)
+        .sum::<usize>()
+}
+
 impl Message {
+    /// About how many bytes this message holds once decoded: what a reader that queues
+    /// messages charges against its memory budget.
+    pub fn weight(&self) -> usize {
+        FIXED_WEIGHT
+            + match self {
+                Message::Chunk(d) => d.len(),
+                Message::Op(op) => {
+                    op.target().as_bytes().len()
+                        + match op {
+                            Op::Symlink { target, .. } => target.len(),
+                            Op::Link { target, .. } => target.as_bytes().len(),
+                            _ => 0,
+                        }
+                }
+                Message::FileBegin(f) => f.path.as_bytes().len(),
+                Message::List { paths, .. } => paths.as_deref().map_or(0, paths_weight),
+                Message::Fetch { paths } | Message::ChangedPaths(paths) => paths_weight(paths),
+                Message::Listing(entries) => entries
+                    .iter()
+                    .map(|e| {
+                        FIXED_WEIGHT
+                            + e.path.as_bytes().len()
+                            + e.target.as_ref().map_or(0, Vec::len)
+                    })
+                    .sum(),
+                Message::Failed(f) => f.path.as_bytes().len() + f.message.len(),
+                Message::Error(e) => e.message.len(),
+                Message::Hello(h) => {
+                    h.georep_version.len()
+                        + h.session.len()
+                        + h.master_node.len()
+                        + h.brick.len()
+                        + h.slave_volume.len()
+                        + h.replica_set.len()
+                }
+                Message::Welcome(w) => {
+                    w.georep_version.len()
+                        + w.volume_id.len()
+                        + w.slave_host.len()
+                        + w.passive_to.as_ref().map_or(0, String::len)
+                        + w.previous_active.as_ref().map_or(0, String::len)
+                }
+                _ => 0,
+            }
+    }
+
+    /// Limits the codec enforces beyond what the types express: symlink targets within
+    /// `MAX_SYMLINK_TARGET`, free text within `MAX_TEXT`.
+    pub fn check_limits(&self) -> Result<(), String> {
+        let target = |t: &[u8]| {
+            if t.len() > MAX_SYMLINK_TARGET {
+                Err(format!(
+                    "symlink target of {} bytes, over the {MAX_SYMLINK_TARGET}-byte limit",
+                    t.len()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let text = |what: &str, s: &str| {
+            if s.len() > MAX_TEXT {
+                Err(format!(
+                    "{what} of {} bytes, over the {MAX_TEXT}-byte limit",
+                    s.len()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Message::Op(Op::Symlink { target: t, .. }) => target(t),
+            Message::Listing(entries) => entries
+                .iter()
+                .filter_map(|e| e.target.as_deref())
+                .try_for_each(target),
+            Message::Failed(f) => text("failure message", &f.message),
+            Message::Error(e) => text("error message", &e.message),
+            Message::Hello(h) => [
+                &h.georep_version,
+                &h.session,
+                &h.master_node,
+                &h.brick,
+                &h.slave_volume,
+                &h.replica_set,
+            ]
+            .into_iter()
+            .try_for_each(|s| text("a Hello field", s)),
+            Message::Welcome(w) => [&w.georep_version, &w.volume_id, &w.slave_host]
+                .into_iter()
+                .chain(w.passive_to.as_ref())
+                .chain(w.previous_active.as_ref())
+                .try_for_each(|s| text("a Welcome field", s)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Message::Hello(_) => "Hello",
@@ -267,5 +378,62 @@ impl Message {
             Message::ChangesEnd { .. } => "ChangesEnd",
             Message::Bye => "Bye",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    /// The read-ahead's budget counts what a message holds, not a flat 128 bytes.
+    #[test]
+    fn weight_counts_the_variable_parts() {
+        let meta = Meta {
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        };
+        let link = Message::Op(Op::Symlink {
+            path: p("l"),
+            target: vec![b'x'; 4000],
+            meta,
+        });
+        assert!(link.weight() >= 4000);
+        let list = Message::Fetch {
+            paths: (0..100).map(|i| p(&format!("{i:0>200}"))).collect(),
+        };
+        assert!(list.weight() >= 100 * 200);
+        assert!(Message::Chunk(vec![0; 1 << 20]).weight() >= 1 << 20);
+        assert!(Message::Heartbeat.weight() > 0);
+    }
+
+    #[test]
+    fn limits_beyond_the_types() {
+        let meta = Meta {
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        };
+        let link = |n| {
+            Message::Op(Op::Symlink {
+                path: p("l"),
+                target: vec![b'x'; n],
+                meta: meta.clone(),
+            })
+        };
+        assert!(link(MAX_SYMLINK_TARGET).check_limits().is_ok());
+        assert!(link(MAX_SYMLINK_TARGET + 1).check_limits().is_err());
+        let err = Message::Error(ErrorMsg {
+            message: "e".repeat(MAX_TEXT + 1),
+        });
+        assert!(err.check_limits().is_err());
     }
 }

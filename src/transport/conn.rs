@@ -281,8 +281,6 @@ impl Budget {
 /// A group is handed over once it holds this many bytes of content.
 const AHEAD_GROUP_BYTES: usize = 1 << 20;
 const AHEAD_GROUP_MSGS: usize = 1024;
-/// What a message other than content counts against the budget (its decoded size, roughly).
-const AHEAD_MSG_BYTES: usize = 128;
 
 impl ReadAhead {
     /// Reads `r` on a new thread, holding at most about `max_bytes` of decoded messages.
@@ -302,10 +300,7 @@ impl ReadAhead {
                 let end = loop {
                     match r.read() {
                         Ok(Some(m)) => {
-                            bytes += match &m {
-                                Message::Chunk(d) => d.len().max(AHEAD_MSG_BYTES),
-                                _ => AHEAD_MSG_BYTES,
-                            };
+                            bytes += m.weight();
                             group.push(m);
                             if bytes >= AHEAD_GROUP_BYTES
                                 || group.len() >= AHEAD_GROUP_MSGS

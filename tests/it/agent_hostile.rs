@@ -647,3 +647,46 @@ fn fetching_a_fifo_is_refused_at_once_and_the_rest_still_arrives() {
     );
     s.assert_outside_untouched();
 }
+
+/// Review hole 3 (issue 13): a symlink target is an unbounded byte string on the wire, and the
+/// read-ahead charged every message other than content 128 bytes, so a stream of huge targets
+/// could hold far more than its 32 MiB. Targets over 4095 bytes (PATH_MAX) are refused at
+/// decode; the longest legal one is applied.
+#[test]
+fn a_symlink_target_over_path_max_is_refused_at_decode() {
+    let s = Sandbox::new();
+    let ok = vec![b'x'; 4095];
+    let input = stream(&[
+        begin(1, 1),
+        op(Op::Symlink {
+            path: p("longest"),
+            target: ok.clone(),
+            meta: meta(0o777),
+        }),
+        end(1, 1),
+    ]);
+    let (o, msgs) = s.run(&input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(msgs.contains(&Message::Ack(Ack { id: 1 })), "{msgs:?}");
+    use std::os::unix::ffi::OsStrExt;
+    assert_eq!(
+        std::fs::read_link(s.root.join("longest"))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        &ok[..]
+    );
+    s.refused(
+        &stream(&[
+            begin(2, 1),
+            op(Op::Symlink {
+                path: p("huge"),
+                target: vec![b'x'; 1 << 20],
+                meta: meta(0o777),
+            }),
+            end(2, 1),
+        ]),
+        "over the 4095-byte limit",
+    );
+    assert!(!exists(&s.root.join("huge")));
+}
