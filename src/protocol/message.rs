@@ -426,7 +426,7 @@ mod tests {
             Message::Op(Op::Symlink {
                 path: p("l"),
                 target: vec![b'x'; n],
-                meta: meta.clone(),
+                meta,
             })
         };
         assert!(link(MAX_SYMLINK_TARGET).check_limits().is_ok());
