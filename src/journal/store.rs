@@ -1,7 +1,10 @@
 //! journal.db: the append-only, ordered change log of one brick (SQLite, WAL).
 //!
 //! Invariant: `seq` is strictly increasing in append order; records are only ever removed from
-//! the front (trim), never rewritten.
+//! the front (trim), never rewritten. The record at the position a reader has reached is kept
+//! (trim stops short of it), and the file has a random identity made when it is created: a
+//! reader that remembers both can tell a journal that went back (a lost WAL tail, an older copy)
+//! or was replaced, instead of skipping what it renumbered.
 
 use super::record::{RecOp, Record};
 use crate::protocol::RelPath;
@@ -13,6 +16,15 @@ const FORMAT_VERSION: &str = "1";
 
 pub struct JournalStore {
     db: Connection,
+    id: String,
+    /// The file's (device, inode) when opened: a journal.db replaced since is another file.
+    file: Option<(u64, u64)>,
+    path: std::path::PathBuf,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl JournalStore {
@@ -30,7 +42,45 @@ impl JournalStore {
                 ts_ns INTEGER NOT NULL, op INTEGER NOT NULL, path BLOB NOT NULL,
                 path2 BLOB, note TEXT);",
         )?;
-        Ok(JournalStore { db })
+        let mut b = [0u8; 16];
+        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty())
+            .context("reading random bytes for the journal's identity")?;
+        let fresh: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        db.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('journal_id', ?1)",
+            [&fresh],
+        )?;
+        let id = db.query_row("SELECT value FROM meta WHERE key = 'journal_id'", [], |r| {
+            r.get(0)
+        })?;
+        Ok(JournalStore {
+            db,
+            id,
+            file: file_id(path),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// This journal's identity, made when the file was created.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the path now names another file than the one opened (deleted or replaced).
+    pub fn replaced(&self) -> bool {
+        file_id(&self.path) != self.file
+    }
+
+    /// The time of record `seq`, if the journal holds it.
+    pub fn ts_at(&self, seq: u64) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT ts_ns FROM records WHERE seq = ?1",
+                [seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Appends `recs` in one transaction; returns the last seq assigned.
@@ -126,10 +176,11 @@ impl JournalStore {
         )? as u64)
     }
 
-    /// Removes records up to and including `seq` (they are on the slave).
+    /// Removes records before `seq` (they are on the slave); record `seq` itself stays, as the
+    /// anchor a reader checks its position against (`ts_at`).
     pub fn trim(&self, upto: u64) -> Result<()> {
         self.db
-            .execute("DELETE FROM records WHERE seq <= ?1", [upto as i64])?;
+            .execute("DELETE FROM records WHERE seq < ?1", [upto as i64])?;
         Ok(())
     }
 }

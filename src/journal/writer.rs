@@ -505,6 +505,12 @@ impl Writer {
                 self.commit()?;
             }
             if self.last_marker.elapsed() >= MARKER_EVERY {
+                if self.store.replaced() {
+                    // Records written on would go to a file nobody reads any more.
+                    anyhow::bail!(
+                        "journal.db was deleted or replaced under the journal writer: it stops, and the next writer records a gap (hybrid crawl)"
+                    );
+                }
                 self.write_marker();
             }
             if self

@@ -212,7 +212,7 @@ impl Worker {
     /// replica volumes waits as Passive while another brick of its set is Active.
     pub fn run(mut self) -> Result<()> {
         let index = Index::open(&self.dir.join("index.db"))?;
-        let journal = JournalStore::open(&self.dir.join("journal.db"))?;
+        let mut journal = JournalStore::open(&self.dir.join("journal.db"))?;
         if self.status.stime_ns == 0 {
             // A session deleted without reset-sync-time keeps its index and stime.
             self.status.stime_ns = index
@@ -224,6 +224,10 @@ impl Worker {
         let mut backoff = Duration::from_millis(200);
         while !self.stopping() {
             self.reload_config();
+            if journal.replaced() {
+                // Its identity differs from what the index recorded: `serve` crawls for it.
+                journal = JournalStore::open(&self.dir.join("journal.db"))?;
+            }
             // A Faulty or Passive worker stays so while it retries: no flapping.
             if !matches!(self.status.status.as_str(), "Passive" | "Faulty") {
                 self.status.status = "Initializing...".into();
@@ -372,6 +376,21 @@ impl Worker {
             }
             shipper.ignore_deletes = self.opts.ignore_deletes;
             shipper.set_bwlimit(self.opts.bwlimit);
+            if journal.replaced() {
+                // `run` opens the new one; its other identity makes the next turn crawl.
+                tracing::warn!(
+                    brick = %self.brick,
+                    "{} was deleted or replaced while the worker read it: reopening it, then a hybrid crawl",
+                    self.dir.join("journal.db").display()
+                );
+                return Ok(Exit::Reconnect);
+            }
+            if let Some(why) = position_lost(index, journal)? {
+                tracing::warn!(brick = %self.brick, "{why}: hybrid crawl");
+                let last = journal.last_seq()?;
+                self.hybrid(shipper, index, journal, last, Some(&why))?;
+                continue;
+            }
             let seq: u64 = index
                 .get_meta("journal_seq")?
                 .map(|s| s.parse())
@@ -492,7 +511,7 @@ impl Worker {
                 continue;
             }
             incomplete_upto = 0;
-            index.set_meta("journal_seq", &last.to_string())?;
+            set_position(index, journal, last)?;
             journal.trim(last)?;
             self.status.journal_seq = last;
             self.status.entries += entries;
@@ -558,7 +577,7 @@ impl Worker {
         self.status.entries += (after.deleted - before.deleted) + (after.renamed - before.renamed);
         shipper.failures = out.failures;
         self.settle_failures(shipper, index, &[])?;
-        index.set_meta("journal_seq", &gap_seq.to_string())?;
+        set_position(index, journal, gap_seq)?;
         journal.trim(gap_seq)?;
         self.status.journal_seq = gap_seq;
         self.advance_stime(index, Some(started))?;
@@ -605,5 +624,64 @@ impl Worker {
         }
         self.update_checkpoint();
         Ok(())
+    }
+}
+
+/// Records in the index that everything up to journal record `seq` is on the slave, with what
+/// identifies that position: the journal's identity and the record's time.
+fn set_position(index: &Index, journal: &JournalStore, seq: u64) -> Result<()> {
+    let anchor = journal
+        .ts_at(seq)?
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    // Any order is safe: a crash between these leaves a position that does not match, which
+    // costs one hybrid crawl.
+    index.set_meta("journal_seq", &seq.to_string())?;
+    index.set_meta("journal_anchor_ts", &anchor)?;
+    index.set_meta("journal_id", journal.id())?;
+    Ok(())
+}
+
+/// Why the index's position in the journal no longer means what it meant, if it does not: the
+/// journal was replaced (another identity), or went back (a lost WAL tail after a power loss,
+/// an older copy restored) so that its records are numbered again below the position, or the
+/// record at the position is not the one the index saw. Records after such a position would be
+/// skipped, and a restart GAP among them never seen: the caller crawls instead.
+fn position_lost(index: &Index, journal: &JournalStore) -> Result<Option<String>> {
+    let seq: u64 = index
+        .get_meta("journal_seq")?
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0);
+    if seq == 0 {
+        return Ok(None);
+    }
+    if let Some(id) = index.get_meta("journal_id")?.filter(|i| !i.is_empty()) {
+        if id != journal.id() {
+            return Ok(Some(format!(
+                "journal.db is not the journal the index followed (identity {} instead of {id}): it was deleted or replaced",
+                journal.id()
+            )));
+        }
+    }
+    let last = journal.last_seq()?;
+    if last < seq {
+        return Ok(Some(format!(
+            "journal.db went back: it ends at record {last}, the index had reached {seq} (a lost tail after a power loss, or an older copy)"
+        )));
+    }
+    let Some(anchor) = index
+        .get_meta("journal_anchor_ts")?
+        .filter(|a| !a.is_empty())
+    else {
+        // Written by an older georep: nothing to compare yet.
+        return Ok(None);
+    };
+    match journal.ts_at(seq)? {
+        Some(ts) if ts.to_string() == anchor => Ok(None),
+        found => Ok(Some(format!(
+            "journal.db went back and was renumbered: record {seq} is {} where the index saw one of {anchor}",
+            found.map_or("missing".to_string(), |t| format!("one of {t}"))
+        ))),
     }
 }

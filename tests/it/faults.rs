@@ -262,3 +262,88 @@ fn agents_of_several_bricks_starting_at_once_on_a_new_volume_all_get_in() {
         }
     }
 }
+
+/// Kills the session and its journal writer, so nothing records what happens next.
+fn kill_all(s: &mut Session) {
+    let writer = s.writer_pid();
+    signal(writer, rustix::process::Signal::KILL);
+    s.kill9();
+    assert!(wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{writer}")).exists()
+    }));
+}
+
+fn copy_journal(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let name = format!("journal.db{suffix}");
+        let _ = std::fs::remove_file(to.join(&name));
+        if from.join(&name).exists() {
+            std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Review hole 2 (issue 13): journal.db came back numbered below the index's position (an
+/// older copy, or a power loss that kept index.db's WAL but not journal.db's), so the restart
+/// GAP got a sequence number the worker had already passed: it was never seen, and what changed
+/// while nothing ran never reached the slave. Likewise a journal.db deleted and made anew. Now
+/// the index remembers the journal's identity and the record at its position; any mismatch is
+/// a hybrid crawl.
+#[test]
+fn a_journal_that_went_back_or_was_replaced_is_crawled_not_trusted() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    write(&g.master().join("a"), b"1");
+    s.converge("start");
+    let dir = s.brick_dir();
+    let old = g.path("journal-copy");
+
+    // An early copy of the journal, taken while nothing writes it.
+    kill_all(&mut s);
+    copy_journal(&dir, &old);
+    s.run();
+    for i in 0..100 {
+        write(
+            &g.master().join(format!("later/{i}")),
+            b"moves the journal on",
+        );
+    }
+    s.converge("after the copy");
+    let crawls = s.status()["hybrid_crawls"].as_u64().unwrap();
+
+    // The journal goes back to the copy; meanwhile the master changes, unjournaled.
+    kill_all(&mut s);
+    copy_journal(&old, &dir);
+    write(
+        &g.master().join("made-while-down"),
+        b"only a crawl sees this",
+    );
+    std::fs::remove_file(g.master().join("a")).unwrap();
+    s.run();
+    s.converge("a journal that went back");
+    assert!(
+        s.status()["hybrid_crawls"].as_u64().unwrap() > crawls,
+        "{}",
+        s.status()
+    );
+    assert!(
+        s.log().contains("journal.db went back"),
+        "{}",
+        tail(&s.log(), 20)
+    );
+
+    // journal.db deleted: a new one, with another identity.
+    kill_all(&mut s);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("journal.db{suffix}")));
+    }
+    write(&g.master().join("made-while-deleted"), b"x");
+    s.run();
+    s.converge("a journal made anew");
+    assert!(
+        s.log().contains("is not the journal the index followed"),
+        "{}",
+        tail(&s.log(), 20)
+    );
+}
