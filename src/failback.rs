@@ -86,6 +86,16 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
             local(t)
         ));
     }
+    // Fence first: a batch in flight (up to a million ops) would otherwise go on writing into
+    // the promoted volume, and be acknowledged. Held until the volume is promoted: no
+    // replicating connection gets in meanwhile.
+    let (_fence, ended) =
+        crate::agent::locks::fence_replication(&state_dir, Duration::from_secs(30))?;
+    if ended > 0 {
+        out.push(format!(
+            "ended {ended} replicating connection(s) still applying here; nothing they had not applied is applied"
+        ));
+    }
     // Journal the DR volume before it becomes writable: every change made there during the
     // disaster is recorded (failback uses it besides the tree compare).
     let dr_brick = Brick {

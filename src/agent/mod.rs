@@ -8,6 +8,7 @@
 pub mod apply;
 mod direct;
 mod durable;
+pub mod locks;
 pub mod state;
 
 use crate::fsutil;
@@ -16,9 +17,10 @@ use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter, ReadAh
 use anyhow::{anyhow, bail, Context, Result};
 use apply::{Applier, ApplyError};
 use durable::{Applied, Durability, SharedWriter};
+use locks::{brick_tmp, claim_replica_set, Claim, Fence};
 use rustix::fd::AsFd;
 use state::AgentState;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How far the agent decodes ahead of what it has applied (bytes of messages).
 const READ_AHEAD_BYTES: usize = 32 << 20;
@@ -102,6 +104,9 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     if hello.mode != protocol::MODE_REPLICATE {
         bail!("unknown connection mode {} from the master", hello.mode);
     }
+    // Held for the connection's life: a failover waits for it (ending this process) before it
+    // promotes the volume, and once promoted the role check below refuses.
+    let _fence = Fence::enter(&state_dir)?;
     let promoted = state.role()? == "primary";
     if hello.epoch < state.epoch && !promoted {
         bail!(
@@ -558,36 +563,6 @@ fn open_trash(state_dir: &Path, keep_days: u32) -> Result<rustix::fd::OwnedFd> {
     fsutil::open_root(&dir).with_context(|| format!("opening {}", dir.display()))
 }
 
-enum Claim {
-    /// This brick is Active for its replica set (the lock is held for the connection's life);
-    /// the brick that was Active before, when it was another one.
-    Active(Option<std::fs::File>, Option<String>),
-    /// Another brick of the set is Active.
-    Passive(String),
-}
-
-/// One brick per replica set may ship at a time: the first to connect holds an flock in
-/// `.georep/active/` until its connection ends; the others are told they are Passive.
-fn claim_replica_set(state_dir: &Path, set: &str, brick_key: &str) -> Result<Claim> {
-    if set.is_empty() {
-        return Ok(Claim::Active(None, None));
-    }
-    let dir = state_dir.join("active");
-    let name = crate::session::slug(set);
-    let holder = dir.join(format!("{name}.holder"));
-    let Some(lock) =
-        fsutil::lock_exclusive(&dir.join(format!("{name}.lock")), std::time::Duration::ZERO)?
-    else {
-        let who = std::fs::read_to_string(&holder).unwrap_or_default();
-        return Ok(Claim::Passive(who.trim().to_string()));
-    };
-    let prev = std::fs::read_to_string(&holder).unwrap_or_default();
-    let prev = prev.trim();
-    let previous = (!prev.is_empty() && prev != brick_key).then(|| prev.to_string());
-    fsutil::atomic_write(&holder, format!("{brick_key}\n").as_bytes())?;
-    Ok(Claim::Active(Some(lock), previous))
-}
-
 /// Streams the slave tree (without `.georep`) to the master, or only the named `paths` that
 /// exist: `Listing`s, then `ListEnd`.
 /// Entries per `Listing` message.
@@ -668,55 +643,6 @@ fn send_listing(
     Ok(())
 }
 
-/// Ends the agent holding `lock_path` (its pid is in `pid_path`) and takes the lock.
-fn replace_stale_holder(
-    lock_path: &Path,
-    pid_path: &Path,
-    brick_key: &str,
-) -> Result<std::fs::File> {
-    use rustix::process::{kill_process, Pid, Signal};
-    let held = || {
-        anyhow!(
-            "another georep connection from brick {brick_key} is still applying to this volume and did not end when told to (lock {}); a retry may help",
-            lock_path.display()
-        )
-    };
-    let pid = std::fs::read_to_string(pid_path)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|&p| p > 0 && p != std::process::id() as i32 && is_agent(p))
-        .and_then(Pid::from_raw);
-    let Some(pid) = pid else {
-        // Taken between our try and now, or by something that is not an agent: wait a little.
-        return fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(2))?
-            .ok_or_else(held);
-    };
-    tracing::warn!(
-        brick = %brick_key,
-        "a new connection from this brick replaces the one still held by agent pid {} (the master reconnected: the old link is presumed dead)",
-        pid.as_raw_nonzero()
-    );
-    for (signal, patience) in [(Signal::TERM, 5), (Signal::KILL, 5)] {
-        let _ = kill_process(pid, signal);
-        if let Some(l) =
-            fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(patience))?
-        {
-            return Ok(l);
-        }
-    }
-    Err(held())
-}
-
-/// Whether process `pid` is a georep agent (its command line has `agent --volume`).
-fn is_agent(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-        let words: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-        words
-            .windows(2)
-            .any(|w| w == [&b"agent"[..], &b"--volume"[..]])
-    })
-}
-
 fn next_op(b: &mut BatchState) -> Result<u32> {
     if b.seen >= b.declared {
         bail!(
@@ -727,30 +653,4 @@ fn next_op(b: &mut BatchState) -> Result<u32> {
     }
     b.seen += 1;
     Ok(b.seen - 1)
-}
-
-/// This brick's private temp directory, emptied of what a previous connection left, and the
-/// lock that keeps a second connection from the same brick out while we run.
-///
-/// A brick has one worker at a time on its master node (the worker's own lock there), so a new
-/// connection from the same brick means the master gave up on the old one: a link that died
-/// without the DR side hearing of it (half-open). The agent still serving it is told to go
-/// (SIGTERM, then SIGKILL), and this connection takes over; what the old one had not acked is
-/// sent again, and applying it twice leaves the same tree.
-fn brick_tmp(state_dir: &Path, brick_key: &str) -> Result<(PathBuf, std::fs::File)> {
-    let h = blake3::hash(brick_key.as_bytes()).to_hex();
-    let base = state_dir.join("tmp");
-    std::fs::create_dir_all(&base)?;
-    let lock_path = base.join(format!("{}.lock", &h[..16]));
-    let pid_path = base.join(format!("{}.pid", &h[..16]));
-    let lock = match fsutil::lock_exclusive(&lock_path, std::time::Duration::ZERO)? {
-        Some(l) => l,
-        None => replace_stale_holder(&lock_path, &pid_path, brick_key)?,
-    };
-    fsutil::atomic_write(&pid_path, format!("{}\n", std::process::id()).as_bytes())?;
-    let dir = base.join(&h[..16]);
-    std::fs::create_dir_all(&dir)?;
-    let fd = fsutil::open_root(&dir)?;
-    fsutil::empty_dir(fd.as_fd()).with_context(|| format!("cleaning {}", dir.display()))?;
-    Ok((dir, lock))
 }

@@ -347,3 +347,76 @@ fn a_journal_that_went_back_or_was_replaced_is_crawled_not_trusted() {
         tail(&s.log(), 20)
     );
 }
+
+/// Every entry of `root` (not `.georep`), by path.
+fn names(root: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    snapshot(root).into_keys().collect()
+}
+
+/// Review hole 4 (issue 13): the role was checked at the handshake and at `BatchBegin`, so the
+/// batch in flight (up to a million ops) went on writing into the promoted, writable volume and
+/// was acknowledged. Now failover ends the replicating connection before it promotes: nothing
+/// is applied after `failover` returns, with a batch in flight, not a paused session.
+#[test]
+fn failover_with_a_batch_in_flight_applies_nothing_after_the_promotion() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    write(&g.master().join("first"), b"1");
+    s.converge("start");
+    // Many files at 1 MiB/s: a batch stays in flight for seconds.
+    let (ms, ss) = (g.master(), g.slave());
+    let (ms, ss) = (ms.to_str().unwrap(), ss.to_str().unwrap());
+    g.ok(&["config", ms, ss, "bwlimit", "1M"]);
+    g.ok(&["pause", ms, ss]);
+    let burst = g.master().join("burst");
+    std::fs::create_dir_all(&burst).unwrap();
+    for i in 0..10_000 {
+        std::fs::write(burst.join(i.to_string()), [b'x'; 1024]).unwrap();
+    }
+    g.ok(&["resume", ms, ss]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            std::fs::read_dir(g.slave().join("burst")).is_ok_and(|d| d.count() > 100)
+        }),
+        "the burst never started arriving"
+    );
+    // Read before failover: failover makes a session of its own in this test's one home.
+    let status_file = s.brick_dir().join("status.json");
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&status_file).unwrap()).unwrap()
+    };
+    let o = g.run(&["failover", g.slave().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let at_promotion = names(&g.slave());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let arrived = at_promotion.len();
+    assert!(
+        arrived < 10_000,
+        "the whole burst arrived before the failover: the test proves nothing ({arrived})"
+    );
+    assert!(out.contains("ended 1 replicating connection"), "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    let later = names(&g.slave());
+    let appeared: Vec<_> = later.difference(&at_promotion).take(5).collect();
+    assert!(
+        later == at_promotion,
+        "{} entries appeared on the promoted volume after failover returned, e.g. {appeared:?}",
+        later.difference(&at_promotion).count()
+    );
+    assert!(agents_for(&g).is_empty(), "{:?}", agents_for(&g));
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("failover"))
+        }),
+        "the master should say it is fenced: {}",
+        status()
+    );
+    eprintln!(
+        "failover with a batch in flight: {arrived} of 10000 entries had arrived; the master was told it is fenced {:?} after",
+        t.elapsed()
+    );
+    s.kill9();
+}
