@@ -148,7 +148,11 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     let tmp_fd = fsutil::open_root(&tmp)?;
     let mut applier = Applier::new(root_fd, tmp_fd);
     if hello.trash_days > 0 {
-        applier.set_trash(Some(open_trash(&state_dir, hello.trash_days)?));
+        applier.set_trash(Some(open_trash(
+            &state_dir,
+            &hello.session,
+            hello.trash_days,
+        )?));
     }
     let previous_stime_ns = match &previous_active {
         Some(prev) => state
@@ -535,13 +539,31 @@ fn send_file(
     read_error.map_or(Ok(()), Err)
 }
 
-/// Today's trash directory (`.georep/trash/<YYYY-MM-DD>`), after removing days older than
-/// `keep_days`.
-fn open_trash(state_dir: &Path, keep_days: u32) -> Result<rustix::fd::OwnedFd> {
+/// Today's trash directory (`.georep/trash/<YYYY-MM-DD>`). Days older than the longest retention any session asked for on
+/// this volume are purged: one session's short retention never empties another's trash.
+fn open_trash(state_dir: &Path, session: &str, keep_days: u32) -> Result<rustix::fd::OwnedFd> {
     let base = state_dir.join("trash");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let mine = base.join(format!(".keep-{}", crate::session::slug(session)));
+    fsutil::atomic_write(&mine, format!("{keep_days}\n").as_bytes())?;
+    let longest = std::fs::read_dir(&base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".keep-"))
+        .filter_map(|e| {
+            std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(u64::from(keep_days));
     let today = chrono::Local::now().date_naive();
-    let oldest = today - chrono::Days::new(u64::from(keep_days));
-    if let Ok(rd) = std::fs::read_dir(&base) {
+    // A retention reaching before the calendar's start purges nothing.
+    let oldest = today.checked_sub_days(chrono::Days::new(longest));
+    if let (Some(oldest), Ok(rd)) = (oldest, std::fs::read_dir(&base)) {
         for e in rd.flatten() {
             let name = e.file_name();
             let Some(day) = name

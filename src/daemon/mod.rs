@@ -187,6 +187,27 @@ pub struct CreateOptions {
 /// `georep create MASTER SLAVE [push-pem] [no-verify] [ssh-port N] [force]`.
 pub fn create(home: &Home, master: &str, slave: &str, o: &CreateOptions) -> Result<SessionConfig> {
     let exists = SessionConfig::exists(home, master, slave)?;
+    // A failed create leaves no session key behind (nor a pinned host key) that it made.
+    let ssh_dir = SessionConfig::new(home, master, slave)
+        .ok()
+        .map(|c| crate::keys::ssh_dir(home, &c.name))
+        .filter(|d| !d.exists());
+    let r = create_inner(home, master, slave, o, exists);
+    if r.is_err() {
+        if let Some(d) = ssh_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    r
+}
+
+fn create_inner(
+    home: &Home,
+    master: &str,
+    slave: &str,
+    o: &CreateOptions,
+    exists: bool,
+) -> Result<SessionConfig> {
     if exists && !o.force {
         bail!("session {master} -> {slave} already exists: add `force` to update it, or `georep delete {master} {slave}` first");
     }
@@ -268,10 +289,12 @@ fn push_pem(home: &Home, cfg: &SessionConfig, mastervol: &str, o: &CreateOptions
     use crate::transport::ssh::{self, HostKeyPolicy};
     let spec = cfg.slave_spec()?;
     let pinned = crate::keys::pinned_host_key(home, &cfg.name)?;
+    // A pinned key stays pinned, `force` or not: only `--host-key` replaces it (a changed key
+    // is what a man in the middle offers too).
     let policy = match (&o.host_key, pinned) {
         (Some(fp), _) => HostKeyPolicy::Fingerprint(fp.clone()),
-        (None, Some(k)) if !o.force => HostKeyPolicy::Pinned(k),
-        _ => HostKeyPolicy::FirstUse,
+        (None, Some(k)) => HostKeyPolicy::Pinned(k),
+        (None, None) => HostKeyPolicy::FirstUse,
     };
     let target = cfg.ssh_target(policy)?;
     let creds = operator_credentials(o.identity.as_deref())?;

@@ -690,3 +690,45 @@ fn a_symlink_target_over_path_max_is_refused_at_decode() {
     );
     assert!(!exists(&s.root.join("huge")));
 }
+
+fn hello_with_trash(session: &str, days: u32) -> Vec<u8> {
+    let Message::Hello(mut h) = hello(PROTOCOL_VERSION) else {
+        unreachable!()
+    };
+    h.session = session.into();
+    h.trash_days = days;
+    let mut v = PREAMBLE.to_vec();
+    v.extend(enc(&Message::Hello(h)));
+    v.extend(enc(&Message::Bye));
+    v
+}
+
+/// Review hole 8 (issue 13): a trash retention past the calendar's start panicked the agent,
+/// and one session's short retention purged the trash another session keeps longer.
+#[test]
+fn trash_retention_is_the_longest_any_session_asked_for_and_never_panics() {
+    let s = Sandbox::new();
+    let (o, _) = s.run(&hello_with_trash("huge", u32::MAX));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trash = s.root.join(".georep/trash");
+    let day = |ago: u64| {
+        let d = chrono::Local::now().date_naive() - chrono::Days::new(ago);
+        trash.join(d.format("%Y-%m-%d").to_string())
+    };
+    let old = day(20);
+    write(&old.join("kept"), b"deleted 20 days ago");
+    // "huge" asked for u32::MAX days: nothing is purged while it stands.
+    let (o, _) = s.run(&hello_with_trash("short", 7));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        exists(&old.join("kept")),
+        "a 7-day session purged the trash of a longer one"
+    );
+    std::fs::remove_file(trash.join(".keep-huge")).unwrap();
+    let (o, _) = s.run(&hello_with_trash("short", 7));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !exists(&old),
+        "past every session's retention, the day is purged"
+    );
+}

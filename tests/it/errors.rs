@@ -173,8 +173,22 @@ fn create_refuses_slave_words_a_remote_shell_would_run() {
             "{slave} {extra:?} left a session behind"
         );
     }
+    // Review hole 8 (issue 13): a create that fails after making the session key (here: no
+    // host key given) leaves no key behind.
+    let o = g.run(&["create", m, "h::/dr/x", "no-verify"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let keys = |g: &Georep| {
+        std::fs::read_dir(g.path("home/state/sessions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|s| s.path().join("ssh").exists())
+            .count()
+    };
+    assert_eq!(keys(&g), 0, "a failed create left a session key");
     let o = g.run(&["create", m, "h::/dr/x", "no-verify", "--host-key", fp]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(keys(&g), 1);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("command=\"'georep' agent --volume '/dr/x'\",restrict ssh-ed25519 "),

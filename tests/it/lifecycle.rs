@@ -787,6 +787,7 @@ fn chrono_free_today(trash: &Path) -> PathBuf {
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.is_dir())
         .collect();
     assert_eq!(days.len(), 1, "{days:?}");
     days[0].clone()

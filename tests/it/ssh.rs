@@ -173,6 +173,28 @@ fn changed_host_key_is_refused_with_both_fingerprints() {
         !exists(&g.slave().join("f")),
         "nothing reached the impostor"
     );
+    // Review hole 8 (issue 13): `push-pem force` used to drop the pinned key back to trust on
+    // first use, so an impostor got pinned. Only `--host-key` re-pins.
+    let o = push_pem(&g, &sshd, &["force"]);
+    assert!(
+        !o.status.success(),
+        "push-pem force trusted a changed host key"
+    );
+    assert!(stderr(&o).matches("SHA256:").count() >= 2, "{}", stderr(&o));
+    let shown = stderr(&o)
+        .split("offered ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| c == ';' || c.is_whitespace()).next())
+        .unwrap_or_else(|| panic!("no offered key in {}", stderr(&o)))
+        .to_string();
+    let o = push_pem(&g, &sshd, &["force", "--host-key", &shown]);
+    assert!(
+        o.status.success(),
+        "re-pinning with --host-key: {}",
+        stderr(&o)
+    );
+    g.ok(&["sync", g.master().to_str().unwrap(), &slave, "--once"]);
+    assert!(exists(&g.slave().join("f")));
 }
 
 #[test]
