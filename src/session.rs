@@ -36,10 +36,13 @@ impl SlaveSpec {
             if host.is_empty() {
                 bail!("slave {s:?} names no host before '::'");
             }
+            if vol.contains("::") {
+                bail!("slave {s:?}: put an IPv6 address in brackets: [fe80::1]::volume");
+            }
             let bad_host = host.starts_with('-')
                 || !host
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
             if bad_host {
                 bail!("slave {s:?}: {host:?} is not a host name or address (IPv6 goes in brackets: [::1]::volume)");
             }
@@ -188,6 +191,7 @@ mod tests {
             "-l@h::gv1",
             "u;id@h::gv1",
             "[::1::gv1",
+            "fe80::1::gv1",
         ] {
             assert!(SlaveSpec::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -102,6 +102,11 @@ fn replace_stale_holder(
         pid.as_raw_nonzero()
     );
     for (signal, patience) in [(Signal::TERM, 5), (Signal::KILL, 5)] {
+        // Still the holder (not a new process with its pid)?
+        if !holds_flock(pid.as_raw_nonzero().get(), lock_path) {
+            return fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(2))?
+                .ok_or_else(held);
+        }
         let _ = kill_process(pid, signal);
         if let Some(l) =
             fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(patience))?
@@ -112,29 +117,32 @@ fn replace_stale_holder(
     Err(held())
 }
 
-/// Whether process `pid` holds an flock on `path` (per /proc/locks): the holder of a lock, not
-/// whatever process has its old pid now.
+/// Whether process `pid` holds an flock on `path`: /proc/locks lists a FLOCK of that pid on
+/// the file's inode, and the process has `path` open. (Only the inode is compared in
+/// /proc/locks: on btrfs its device number is not the one `stat` reports.) The holder of the
+/// lock, then, not whatever process has a stale pid now.
 fn holds_flock(pid: i32, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::metadata(path) else {
         return false;
     };
-    let dev = m.dev();
-    let want = format!(
-        "{:02x}:{:02x}:{}",
-        rustix::fs::major(dev),
-        rustix::fs::minor(dev),
-        m.ino()
-    );
-    std::fs::read_to_string("/proc/locks").is_ok_and(|t| {
+    let ino = m.ino().to_string();
+    let listed = std::fs::read_to_string("/proc/locks").is_ok_and(|t| {
         t.lines().any(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
             // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"
             w.get(1) == Some(&"FLOCK")
                 && w.get(4).and_then(|p| p.parse::<i32>().ok()) == Some(pid)
-                && w.get(5) == Some(&want.as_str())
+                && w.get(5).and_then(|d| d.rsplit(':').next()) == Some(ino.as_str())
         })
-    })
+    });
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    listed
+        && std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == canonical))
 }
 
 /// The shared side of `fence.lock`, held by a replicating connection for its life.

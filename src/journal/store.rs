@@ -28,6 +28,16 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 impl JournalStore {
+    /// Opens `path` only if it exists: a reader must not create the journal a writer is about
+    /// to create (two processes making one SQLite file at one path can share a WAL between two
+    /// files). `None` when it is not there (yet).
+    pub fn open_existing(path: &Path) -> Result<Option<JournalStore>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open(path).map(Some)
+    }
+
     pub fn open(path: &Path) -> Result<JournalStore> {
         // A lost tail implies the writer restarted, which records a gap: NORMAL is enough.
         let db = crate::db::open(

@@ -138,6 +138,12 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(());
         }
+        if self.store.replaced() {
+            // Records written on would go to a file nobody reads any more.
+            anyhow::bail!(
+                "journal.db was deleted or replaced under the journal writer: it stops, and the next writer records a gap (hybrid crawl)"
+            );
+        }
         self.last_seq = self.store.append(&self.pending)?;
         self.pending.clear();
         self.first_pending = None;
@@ -505,12 +511,6 @@ impl Writer {
                 self.commit()?;
             }
             if self.last_marker.elapsed() >= MARKER_EVERY {
-                if self.store.replaced() {
-                    // Records written on would go to a file nobody reads any more.
-                    anyhow::bail!(
-                        "journal.db was deleted or replaced under the journal writer: it stops, and the next writer records a gap (hybrid crawl)"
-                    );
-                }
                 self.write_marker();
             }
             if self

@@ -1,6 +1,6 @@
-//! The master's half of connection liveness: a writer that sends `Heartbeat` whenever the
-//! stream to the agent has been quiet for `protocol::HEARTBEAT_EVERY`, from a thread of its
-//! own, so that a master busy elsewhere (a long walk, hashing a large file, waiting for acks)
+//! The master's half of connection liveness: a writer that sends `Heartbeat` (after flushing
+//! what is buffered) whenever no byte has reached the transport for
+//! `protocol::HEARTBEAT_EVERY`, from a thread of its own, so that a master busy elsewhere (a long walk, hashing a large file, waiting for acks)
 //! still shows the agent it is alive. The agent gives up a connection that stays silent for
 //! `protocol::SILENCE_LIMIT` (a half-open link: NAT timeout, cable, partition), which frees the
 //! volume's brick lock for the master's next connection.
@@ -10,24 +10,17 @@
 
 use crate::protocol::{self, Message};
 use crate::transport::conn::FrameWriter;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 struct Inner {
     w: Mutex<FrameWriter>,
-    /// Milliseconds since `base` when the stream was last written (or a heartbeat went).
-    last: AtomicU64,
-    base: Instant,
     stop: AtomicBool,
 }
 
 impl Inner {
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
-    }
-
     fn lock(&self) -> MutexGuard<'_, FrameWriter> {
         self.w.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -43,33 +36,40 @@ impl LiveWriter {
     pub fn new(w: FrameWriter, every: Duration) -> LiveWriter {
         let inner = Arc::new(Inner {
             w: Mutex::new(w),
-            last: AtomicU64::new(0),
-            base: Instant::now(),
             stop: AtomicBool::new(false),
         });
         let i = inner.clone();
         let tick = (every / 5).max(Duration::from_millis(10));
         let beat = std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || loop {
-                std::thread::park_timeout(tick);
-                if i.stop.load(Ordering::SeqCst) {
-                    return;
+            .spawn(move || {
+                // What counts is bytes reaching the transport, not frames queued: a batch of
+                // small ops can sit in the writer's buffer for a long time.
+                let (mut wire, mut moved) = (0u64, Instant::now());
+                loop {
+                    std::thread::park_timeout(tick);
+                    if i.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    // Held by the shipping thread: it is writing; look again next tick.
+                    let Ok(mut w) = i.w.try_lock() else { continue };
+                    if w.wire_bytes() != wire {
+                        (wire, moved) = (w.wire_bytes(), Instant::now());
+                        continue;
+                    }
+                    if moved.elapsed() < every {
+                        continue;
+                    }
+                    // Pushes out whatever is buffered, with a heartbeat after it.
+                    let sent = w.send(&Message::Heartbeat).and_then(|()| w.flush());
+                    (wire, moved) = (w.wire_bytes(), Instant::now());
+                    drop(w);
+                    if let Err(e) = sent {
+                        // The shipping thread meets the same error on its next write or read.
+                        tracing::debug!("heartbeat not sent: {e}");
+                        return;
+                    }
                 }
-                let quiet = i.now_ms().saturating_sub(i.last.load(Ordering::SeqCst));
-                if quiet < every.as_millis() as u64 {
-                    continue;
-                }
-                // Held by the shipping thread: it is writing, which is a sign of life itself.
-                let Ok(mut w) = i.w.try_lock() else { continue };
-                let sent = w.send(&Message::Heartbeat).and_then(|()| w.flush());
-                drop(w);
-                if let Err(e) = sent {
-                    // The shipping thread meets the same error on its next write or read.
-                    tracing::debug!("heartbeat not sent: {e}");
-                    return;
-                }
-                i.last.store(i.now_ms(), Ordering::SeqCst);
             })
             .ok();
         LiveWriter { inner, beat }
@@ -79,11 +79,9 @@ impl LiveWriter {
         LiveWriter::new(w, protocol::HEARTBEAT_EVERY)
     }
 
-    /// The writer, for frames; counts as activity.
+    /// The writer, for frames.
     pub fn lock(&self) -> MutexGuard<'_, FrameWriter> {
-        let g = self.inner.lock();
-        self.inner.last.store(self.inner.now_ms(), Ordering::SeqCst);
-        g
+        self.inner.lock()
     }
 
     pub fn wire_bytes(&self) -> u64 {
@@ -105,8 +103,6 @@ impl LiveWriter {
             &mut self.inner,
             Arc::new(Inner {
                 w: Mutex::new(FrameWriter::new(Box::new(std::io::sink()))),
-                last: AtomicU64::new(0),
-                base: Instant::now(),
                 stop: AtomicBool::new(true),
             }),
         );
@@ -176,5 +172,22 @@ mod tests {
         let after = heartbeats(&out);
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(heartbeats(&out), after, "still beating after into_inner");
+    }
+
+    /// Review finding: frames queued in the writer's buffer (small ops of a long batch) are not
+    /// a sign of life; nothing reached the agent. The heartbeat flushes them out.
+    #[test]
+    fn frames_stuck_in_the_buffer_do_not_suppress_the_heartbeat() {
+        let out = Shared::default();
+        let w = LiveWriter::new(
+            FrameWriter::new(Box::new(out.clone())),
+            Duration::from_millis(100),
+        );
+        for _ in 0..20 {
+            w.lock().send(&Message::Bye).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(heartbeats(&out) >= 2, "{} heartbeats", heartbeats(&out));
+        drop(w);
     }
 }

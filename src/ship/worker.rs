@@ -225,8 +225,15 @@ impl Worker {
         while !self.stopping() {
             self.reload_config();
             if journal.replaced() {
-                // Its identity differs from what the index recorded: `serve` crawls for it.
-                journal = JournalStore::open(&self.dir.join("journal.db"))?;
+                // Made again by the journal writer (never here): its identity differs from
+                // what the index recorded, so `serve` crawls for it.
+                match JournalStore::open_existing(&self.dir.join("journal.db"))? {
+                    Some(j) => journal = j,
+                    None => {
+                        self.nap(Duration::from_millis(200));
+                        continue;
+                    }
+                }
             }
             // A Faulty or Passive worker stays so while it retries: no flapping.
             if !matches!(self.status.status.as_str(), "Passive" | "Faulty") {

@@ -25,7 +25,6 @@ const IGNORED: &[&str] = &[
     "no-x11-forwarding",
     "no-user-rc",
     "no-touch-required",
-    "verify-required",
     "pty",
     "port-forwarding",
     "agent-forwarding",
@@ -97,8 +96,16 @@ pub fn parse_options(opts: &str) -> Result<KeyOptions, String> {
 /// Whether `ip` is allowed by a `from=` pattern list: comma-separated patterns with `*` and `?`
 /// wildcards or CIDR `addr/len`, each negated by a leading `!`. A matching negated pattern
 /// refuses; otherwise some positive pattern must match. Host names are not looked up (as with
-/// sshd's default `UseDNS no`), so only address patterns can match.
+/// sshd's default `UseDNS no`), so only address patterns can match. A malformed CIDR pattern
+/// refuses the whole list (sshd refuses the line): a broken `!` entry must not fail open.
 pub fn from_matches(list: &str, ip: IpAddr) -> bool {
+    let malformed = list
+        .split(',')
+        .map(|p| p.trim().trim_start_matches('!'))
+        .any(|p| p.contains('/') && cidr_parts(p).is_none());
+    if malformed {
+        return false;
+    }
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
@@ -123,11 +130,16 @@ pub fn from_matches(list: &str, ip: IpAddr) -> bool {
     allowed
 }
 
+/// The network and prefix length of `addr/len`, when well formed.
+fn cidr_parts(pat: &str) -> Option<(IpAddr, u32)> {
+    let (addr, len) = pat.split_once('/')?;
+    let (net, len) = (addr.parse::<IpAddr>().ok()?, len.parse::<u32>().ok()?);
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((net, len))
+}
+
 fn cidr_contains(pat: &str, ip: IpAddr) -> bool {
-    let Some((addr, len)) = pat.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(len)) = (addr.parse::<IpAddr>(), len.parse::<u32>()) else {
+    let Some((net, len)) = cidr_parts(pat) else {
         return false;
     };
     match (net, ip) {
@@ -206,6 +218,7 @@ mod tests {
             r#"command="a",command="b""#,
             "restrict,",
             "bogus-option",
+            "verify-required",
             r#"command="a"x"#,
         ] {
             assert!(parse_options(bad).is_err(), "{bad:?} parsed");
@@ -226,6 +239,12 @@ mod tests {
         assert!(from_matches("127.0.0.1", ip("::ffff:127.0.0.1")));
         assert!(!from_matches("dr1.example.com", ip("127.0.0.1")));
         assert!(from_matches("0.0.0.0/0", ip("192.0.2.1")));
+        // A broken entry refuses the list, negated ones included (no failing open).
+        assert!(!from_matches("127.0.0.1,!10.0.0.0/33", ip("127.0.0.1")));
+        assert!(!from_matches(
+            "127.0.0.1,!10.1.0.0/255.255.0.0",
+            ip("127.0.0.1")
+        ));
     }
 
     #[test]

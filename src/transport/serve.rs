@@ -97,15 +97,17 @@ fn lookup(file: &Path, key: &PublicKey, peer: Option<IpAddr>) -> Lookup {
         let opts = match authkeys::parse_options(opts) {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!("{at}: {e}: the key is refused until the line is fixed");
-                return Lookup::Refused;
+                tracing::warn!("{at}: {e}: this line allows nothing until it is fixed");
+                continue;
             }
         };
+        // As sshd: a line whose options refuse this client does not end the search; a later
+        // line for the same key (another site's from=) may allow it.
         if let Some(from) = &opts.from {
             let ok = peer.is_some_and(|ip| authkeys::from_matches(from, ip));
             if !ok {
                 tracing::warn!(?peer, "{at}: client address not allowed by from=\"{from}\"");
-                return Lookup::Refused;
+                continue;
             }
         }
         if let Some(exp) = &opts.expiry {
@@ -113,11 +115,11 @@ fn lookup(file: &Path, key: &PublicKey, peer: Option<IpAddr>) -> Lookup {
                 Ok(false) => {}
                 Ok(true) => {
                     tracing::warn!("{at}: key expired (expiry-time=\"{exp}\")");
-                    return Lookup::Refused;
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!("{at}: {e}: the key is refused until the line is fixed");
-                    return Lookup::Refused;
+                    continue;
                 }
             }
         }
@@ -567,6 +569,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(lookup(&f, key.public_key(), lo), Lookup::Refused);
+        // As sshd: one site's line refusing this client does not hide another site's line.
+        std::fs::write(
+            &f,
+            format!(
+                "from=\"10.0.0.0/8\",command=\"georep agent --volume a\" {public}\nfrom=\"127.0.0.1\",command=\"georep agent --volume b\" {public}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            lookup(&f, key.public_key(), lo),
+            Lookup::Allowed(Some("georep agent --volume b".into()))
+        );
     }
 
     #[test]
