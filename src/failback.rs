@@ -109,6 +109,7 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
     } else {
         0
     };
+    crate::brickid::ensure(&root)?;
     crate::daemon::ensure_writer(home, &dr_session, &dr_brick)
         .with_context(|| format!("starting a journal on {}", root.display()))?;
     let start = crate::journal::JournalStore::open(&journal_path)?

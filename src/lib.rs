@@ -15,6 +15,7 @@
 //! - `failback`  — failover (DR side), resync --reverse with conflict copies, failback.
 //! - `verify`    — `georep verify`: master vs slave listing (and checksums), read-only.
 //! - `shellword` — words that reach a command line on the slave host: checked and quoted.
+//! - `brickid`   — a master brick's identity file: an unmounted brick is never replicated.
 //! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
 //! - `logging`   — tracing setup.
 //!
@@ -24,6 +25,7 @@
 //! - Nothing makes a network round trip per file: batches stream, acks come back in order.
 
 pub mod agent;
+pub mod brickid;
 pub mod cli;
 pub mod config;
 pub mod crawl;

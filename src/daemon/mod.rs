@@ -276,6 +276,11 @@ fn create_inner(
         let _ = std::fs::remove_dir_all(&dir);
         probe?.close()?;
     }
+    for b in &bricks {
+        let dir = session::brick_state_dir(home, &cfg.name, b);
+        let index = crate::crawl::index::Index::open(&dir.join("index.db"))?;
+        crate::brickid::adopt(b, &index)?;
+    }
     cfg.save(home)?;
     for b in &bricks {
         ensure_writer(home, &cfg.name, b)?;

@@ -77,6 +77,14 @@ impl Writer {
         let store = JournalStore::open(journal)?;
         let inotify = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
             .context("creating an inotify instance (fs.inotify.max_user_instances reached?)")?;
+        // Only on an initialised brick: on an unmounted one (an empty mountpoint) the writer
+        // would make `.georep` and journal the wrong directory.
+        if crate::brickid::read(root)?.is_none() {
+            anyhow::bail!(
+                "brick {} has no identity (.georep/brick-id-<node>): is its filesystem mounted? The journal writer starts once it is (`georep create ... force` accepts the brick as it is)",
+                root.display()
+            );
+        }
         let state = root.join(OsStr::from_bytes(STATE_DIR));
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let state_wd = inotify::add_watch(&inotify, &state, WatchFlags::CLOSE_WRITE)

@@ -203,6 +203,7 @@ fn sync_brick(
     };
     let index_path = state_dir.join("index.db");
     let index = Index::open(&index_path)?;
+    crate::brickid::check(brick, &index)?;
     let mut slot = 0u64;
     let (mut shipper, first) = match opts.rescan_slave {
         Some(checksum) => {

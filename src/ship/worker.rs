@@ -240,6 +240,11 @@ impl Worker {
                 self.status.status = "Initializing...".into();
                 self.save();
             }
+            if let Err(e) = crate::brickid::check(&self.brick, &index) {
+                self.faulty(&e);
+                self.nap(Duration::from_secs(2));
+                continue;
+            }
             let shipper = transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
                 connect(
                     t.as_ref(),

@@ -420,3 +420,58 @@ fn failover_with_a_batch_in_flight_applies_nothing_after_the_promotion() {
     );
     s.kill9();
 }
+
+/// Issue 13, master-side faults: a brick whose filesystem is not mounted is an empty
+/// mountpoint. Crawled as it is, it would delete the whole DR copy. The brick's identity
+/// (`.georep/brick-id`) is missing there: the worker goes Faulty naming the brick, the slave
+/// keeps everything, and replication resumes once the brick is back. The same for `sync --once`.
+#[test]
+fn an_unmounted_brick_never_empties_the_dr_copy() {
+    let g = Georep::new();
+    make_varied_tree(&g.master(), 1 << 20);
+    let mut s = Session::start(&g);
+    s.converge("start");
+    let before = snapshot(&g.slave());
+    assert!(before.len() > 50);
+
+    // "Unmount": the brick's directory is replaced by an empty one while nothing runs.
+    kill_all(&mut s);
+    let away = g.path("brick-filesystem");
+    std::fs::rename(g.master(), &away).unwrap();
+    std::fs::create_dir(g.master()).unwrap();
+    let o = g.run(&[
+        "sync",
+        g.master().to_str().unwrap(),
+        g.slave().to_str().unwrap(),
+        "--once",
+    ]);
+    assert!(
+        !o.status.success(),
+        "sync --once replicated an unmounted brick"
+    );
+    assert!(stderr(&o).contains("lost its identity"), "{}", stderr(&o));
+    assert!(snapshot(&g.slave()) == before);
+    s.run();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            s.status()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("lost its identity") && e.contains("mounted"))
+        }),
+        "{}",
+        s.status()
+    );
+    assert_eq!(s.status()["status"], "Faulty");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        snapshot(&g.slave()) == before,
+        "the slave changed while the brick was unmounted"
+    );
+
+    // "Remount": the worker finds its brick again and carries on.
+    std::fs::remove_dir(g.master()).unwrap();
+    std::fs::rename(&away, g.master()).unwrap();
+    write(&g.master().join("after-remount"), b"x");
+    s.converge("the brick is back");
+    s.kill9();
+}
