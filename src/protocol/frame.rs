@@ -219,4 +219,46 @@ mod tests {
         let err = decode(&buf).unwrap_err();
         assert!(err.to_string().contains("'..'"), "{err}");
     }
+
+    /// Fuzzing (issue 13): cases per run from `PROPTEST_CASES` (CI: the default below).
+    fn fuzz_config() -> proptest::test_runner::Config {
+        proptest::test_runner::Config {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512),
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// Any bytes: a frame, a request for more, or an error; never a panic.
+        #[test]
+        fn fuzz_decode_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode(&bytes);
+        }
+
+        /// Any body behind a valid header and checksum, so the message decoder itself is
+        /// fed hostile bytes: a message (with valid paths and limits) or an error.
+        #[test]
+        fn fuzz_decode_hostile_bodies(kind in 0u8..3, body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut buf = vec![0u8; HEADER];
+            buf.push(kind);
+            buf.extend_from_slice(&body);
+            finish(&mut buf, 0);
+            if let Ok(Decoded::Frame(m, used)) = decode(&buf) {
+                prop_assert_eq!(used, buf.len());
+                prop_assert!(m.check_limits().is_ok());
+                // What decodes re-encodes to something that decodes the same.
+                let mut again = Vec::new();
+                encode(&m, &mut again);
+                prop_assert_eq!(decode(&again).unwrap(), Decoded::Frame(m, again.len()));
+            }
+        }
+    }
 }

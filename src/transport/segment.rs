@@ -305,4 +305,29 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("header"), "{e}");
     }
+
+    /// Fuzzing (issue 13): any bytes as a compressed stream read to the end or fail; never a
+    /// panic, never more than a segment's limit held.
+    #[test]
+    fn fuzz_segment_reader_never_panics() {
+        use proptest::prelude::*;
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases,
+            failure_persistence: None,
+            ..Default::default()
+        });
+        runner
+            .run(&proptest::collection::vec(any::<u8>(), 0..4096), |bytes| {
+                let mut out = Vec::new();
+                if let Ok(mut r) = SegmentReader::new(&bytes[..]) {
+                    let _ = std::io::Read::read_to_end(&mut r, &mut out);
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

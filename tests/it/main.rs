@@ -9,6 +9,7 @@ mod converge_regressions;
 mod dr;
 mod errors;
 mod faults;
+mod fuzz;
 mod lifecycle;
 mod ssh;
 mod sync;
