@@ -53,6 +53,20 @@ pub fn open_regular_beneath(
     Ok(Some(fd))
 }
 
+/// Opens the directory `rel` beneath `root` without crossing into another filesystem: the
+/// agent's writes must all be on the one filesystem its `syncfs` makes durable before an ack,
+/// so a mount inside the slave root is refused (`EXDEV`) rather than written unsynced.
+pub fn open_dir_beneath_one_fs(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
+    let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+    Ok(rfs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        BENEATH.union(ResolveFlags::NO_XDEV),
+    )?)
+}
+
 /// Opens the directory `rel` beneath `root` for reading entries and `*at` calls.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
     open_beneath(root, rel, OFlags::RDONLY | OFlags::DIRECTORY)

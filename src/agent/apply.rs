@@ -79,11 +79,11 @@ impl Parents {
         }
         let hit = matches!(&self.cache, Some((p, _)) if p == parent);
         if !hit {
-            let fd = fsutil::open_dir_beneath(self.root.as_fd(), parent).map_err(|e| {
+            let fd = fsutil::open_dir_beneath_one_fs(self.root.as_fd(), parent).map_err(|e| {
                 let mut err = ApplyError::new(path, what, e);
                 if matches!(err.errno, libc::ENOTDIR | libc::ELOOP | libc::EXDEV) {
                     err.message = format!(
-                        "{what} {path}: a parent directory on the slave is a symlink or not a directory, and georep never writes through one (the next crawl replaces it; remove it on the slave if it was made there)"
+                        "{what} {path}: a parent directory on the slave is a symlink, not a directory, or a mount of another filesystem (which the agent's sync before each ack would not cover); georep never writes through one (remove it, or unmount it, on the slave)"
                     );
                 }
                 err

@@ -196,3 +196,29 @@ fn create_refuses_slave_words_a_remote_shell_would_run() {
     );
     g.ok(&["delete", m, "h::/dr/x"]);
 }
+
+/// Review hole 8 (issue 13): a filesystem mounted inside the slave root escaped the agent's
+/// `syncfs` of the root, so an ack could cover writes that were not durable. The agent no
+/// longer crosses into another filesystem: those paths fail, named, and nothing is written
+/// into the mount; the rest replicates.
+#[test]
+fn a_mount_inside_the_slave_root_is_never_written() {
+    assert!(is_root(), "this test needs root to mount a tmpfs");
+    let g = Georep::new();
+    let m = g.master();
+    write(&m.join("top"), b"replicates");
+    write(&m.join("mnt/file"), b"would escape the sync");
+    write(&m.join("mnt/sub/deep"), b"too");
+    fs::create_dir_all(g.slave().join("mnt")).unwrap();
+    let _m = Mount::tmpfs(&g.slave().join("mnt"), "1m");
+    let o = sync_raw(&g, m.to_str().unwrap(), g.slave().to_str().unwrap());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("mnt/file") && e.contains("mount"), "{e}");
+    assert_eq!(fs::read(g.slave().join("top")).unwrap(), b"replicates");
+    assert_eq!(
+        fs::read_dir(g.slave().join("mnt")).unwrap().count(),
+        0,
+        "something was written into the mount"
+    );
+}

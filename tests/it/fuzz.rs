@@ -164,6 +164,7 @@ fn fuzz_hostile_op_sequences_never_touch_anything_outside_the_root() {
                 strays
             );
             let _ = std::fs::remove_dir_all(&root);
+            let _ = std::fs::remove_dir_all(&out);
             Ok(())
         },
     );
