@@ -804,3 +804,40 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
+
+/// Found in review (issue 13): the agent reaches its state (agent.db, temp files, locks,
+/// trash) through `.georep` by path. A `.georep` planted as a symlink, or as a directory of
+/// another user, is refused; nothing is written through it.
+#[test]
+fn a_planted_state_directory_is_refused() {
+    let s = Sandbox::new();
+    std::os::unix::fs::symlink(&s.outside, s.root.join(".georep")).unwrap();
+    let (o, _) = s.run(&stream(&[]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a directory owned by this user"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(s.root.join(".georep")).unwrap();
+    std::fs::create_dir(s.root.join(".georep")).unwrap();
+    std::os::unix::fs::chown(s.root.join(".georep"), Some(4321), Some(4321)).unwrap();
+    let (o, _) = s.run(&stream(&[]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a directory owned by this user"),
+        "{}",
+        stderr(&o)
+    );
+    // The control: a .georep of this user, open to others (an older georep's), is closed.
+    std::os::unix::fs::chown(s.root.join(".georep"), Some(0), Some(0)).unwrap();
+    chmod(&s.root.join(".georep"), 0o777);
+    let (o, _) = s.run(&stream(&[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(s.root.join(".georep"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
