@@ -450,6 +450,13 @@ impl Worker {
                 .filter(|r| r.op == RecOp::Marker)
                 .map(|r| r.ts_ns)
                 .max();
+            // A failed path changed again is shipped again with this window: if it goes
+            // through, its failure is over now, not at its next scheduled retry (which may be
+            // minutes away and holds LAST_SYNCED back meanwhile).
+            let mut settled = retry.clone();
+            if self.status.failures > 0 {
+                settled.extend(window.touched.iter().chain(&window.removed).cloned());
+            }
             let plan = crawl::plan_paths(
                 &self.brick.path,
                 index,
@@ -480,7 +487,7 @@ impl Worker {
                 shipper.failures.clear();
                 shipper.ship(plan.ops, index, self.opts.batch_ops, self.opts.batch_bytes)?;
             }
-            self.settle_failures(shipper, index, &retry)?;
+            self.settle_failures(shipper, index, &settled)?;
             if incomplete {
                 // Something this window wrote was moved away before it was read, by a change
                 // whose record is not in the window yet. What was planned is shipped (planning
