@@ -94,7 +94,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
         bail!("slave root {} on {host} is not a directory", root.display());
     }
     let state_dir = root.join(".georep");
-    check_state_dir(&state_dir, &host)?;
+    state::check_state_dir(&state_dir, &host)?;
     let mut state = AgentState::open(&state_dir)?;
     let brick_key = format!("{}:{}", hello.master_node, hello.brick);
     if hello.mode == protocol::MODE_REVERSE {
@@ -349,36 +349,6 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             m => bail!("unexpected {} from the master", m.name()),
         }
     }
-}
-
-/// Makes `.georep` (0700) or checks the one there: a real directory, not a symlink, owned by
-/// this user and closed to others, since the agent's state, temp files, locks and trash are
-/// reached through it by path. A `.georep` planted by someone else (a symlink to elsewhere, a
-/// directory others can write) is refused, naming the fix.
-fn check_state_dir(state_dir: &Path, host: &str) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(state_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("creating {} on {host}", state_dir.display()))
-        }
-    }
-    let m = std::fs::symlink_metadata(state_dir)
-        .with_context(|| format!("reading {} on {host}", state_dir.display()))?;
-    let uid = rustix::process::geteuid().as_raw();
-    if !m.is_dir() || m.uid() != uid {
-        bail!(
-            "{} on {host} is not a directory owned by this user (uid {uid}): georep keeps its state there and does not follow a symlink or use another user's directory; remove it and run again",
-            state_dir.display()
-        );
-    }
-    if m.mode() & 0o022 != 0 {
-        // Made by an older georep with the umask's mode: close it.
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("closing {} on {host} to other users", state_dir.display()))?;
-    }
-    Ok(())
 }
 
 /// This agent's Welcome (Active, no takeover; callers set the rest).

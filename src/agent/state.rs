@@ -4,7 +4,7 @@
 //! Invariant: `last_batch` for a brick is written only after the batch's data was synced, so a
 //! master that resumes from it never skips a change.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
@@ -188,4 +188,34 @@ fn new_volume_id() -> Result<String> {
     rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty())
         .context("reading random bytes for the volume id")?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Makes `.georep` (0700) or checks the one there: a real directory, not a symlink, owned by
+/// this user and closed to others, since the agent's state, temp files, locks and trash are
+/// reached through it by path. A `.georep` planted by someone else (a symlink to elsewhere, a
+/// directory others can write) is refused, naming the fix.
+pub(super) fn check_state_dir(state_dir: &Path, host: &str) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(state_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating {} on {host}", state_dir.display()))
+        }
+    }
+    let m = std::fs::symlink_metadata(state_dir)
+        .with_context(|| format!("reading {} on {host}", state_dir.display()))?;
+    let uid = rustix::process::geteuid().as_raw();
+    if !m.is_dir() || m.uid() != uid {
+        bail!(
+            "{} on {host} is not a directory owned by this user (uid {uid}): georep keeps its state there and does not follow a symlink or use another user's directory; remove it and run again",
+            state_dir.display()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        // Made by an older georep with the umask's mode: close it.
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("closing {} on {host} to other users", state_dir.display()))?;
+    }
+    Ok(())
 }

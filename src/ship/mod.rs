@@ -9,6 +9,7 @@ pub mod batch;
 pub mod changes;
 pub mod live;
 pub mod pipeline;
+mod position;
 pub mod worker;
 
 use crate::config::{Home, SyncOptions};

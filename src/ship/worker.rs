@@ -11,6 +11,7 @@
 
 use super::changes;
 use super::pipeline::Shipper;
+use super::position::{position_lost, set_position};
 use super::{connect, crawl_until_converged, transport_for};
 use crate::config::{Home, SyncOptions};
 use crate::crawl::{self, index::Index, walk::Excludes};
@@ -643,64 +644,5 @@ impl Worker {
         }
         self.update_checkpoint();
         Ok(())
-    }
-}
-
-/// Records in the index that everything up to journal record `seq` is on the slave, with what
-/// identifies that position: the journal's identity and the record's time.
-fn set_position(index: &Index, journal: &JournalStore, seq: u64) -> Result<()> {
-    let anchor = journal
-        .ts_at(seq)?
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    // Any order is safe: a crash between these leaves a position that does not match, which
-    // costs one hybrid crawl.
-    index.set_meta("journal_seq", &seq.to_string())?;
-    index.set_meta("journal_anchor_ts", &anchor)?;
-    index.set_meta("journal_id", journal.id())?;
-    Ok(())
-}
-
-/// Why the index's position in the journal no longer means what it meant, if it does not: the
-/// journal was replaced (another identity), or went back (a lost WAL tail after a power loss,
-/// an older copy restored) so that its records are numbered again below the position, or the
-/// record at the position is not the one the index saw. Records after such a position would be
-/// skipped, and a restart GAP among them never seen: the caller crawls instead.
-fn position_lost(index: &Index, journal: &JournalStore) -> Result<Option<String>> {
-    let seq: u64 = index
-        .get_meta("journal_seq")?
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(0);
-    if seq == 0 {
-        return Ok(None);
-    }
-    if let Some(id) = index.get_meta("journal_id")?.filter(|i| !i.is_empty()) {
-        if id != journal.id() {
-            return Ok(Some(format!(
-                "journal.db is not the journal the index followed (identity {} instead of {id}): it was deleted or replaced",
-                journal.id()
-            )));
-        }
-    }
-    let last = journal.last_seq()?;
-    if last < seq {
-        return Ok(Some(format!(
-            "journal.db went back: it ends at record {last}, the index had reached {seq} (a lost tail after a power loss, or an older copy)"
-        )));
-    }
-    let Some(anchor) = index
-        .get_meta("journal_anchor_ts")?
-        .filter(|a| !a.is_empty())
-    else {
-        // Written by an older georep: nothing to compare yet.
-        return Ok(None);
-    };
-    match journal.ts_at(seq)? {
-        Some(ts) if ts.to_string() == anchor => Ok(None),
-        found => Ok(Some(format!(
-            "journal.db went back and was renumbered: record {seq} is {} where the index saw one of {anchor}",
-            found.map_or("missing".to_string(), |t| format!("one of {t}"))
-        ))),
     }
 }

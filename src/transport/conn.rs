@@ -5,6 +5,7 @@
 //! the middle of a frame is an error.
 
 use super::segment::{self, Compressor, SegmentReader};
+pub use super::silence::Silence;
 use crate::protocol::frame::{self, Decoded, FrameError};
 use crate::protocol::{Message, PREAMBLE};
 use std::io::{self, Read, Write};
@@ -186,56 +187,6 @@ impl FrameReader {
 /// the groups are small too, and a bound of a few groups let the input pipe fill up. A full pipe
 /// makes sshd queue the channel's data in a buffer that it grows, copies and zeroes over and over
 /// (sshd used three times the CPU of the whole transfer that way, measured on 10,000 small files).
-/// How long a read of the underlying stream has been waiting for data, shared between the
-/// thread that reads and the one that decides the peer is gone.
-#[derive(Clone)]
-pub struct Silence(Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>);
-
-impl Silence {
-    /// Wraps `inner`: every read marks when it started waiting, and clears the mark when data
-    /// (or the end) arrives. Time spent not reading (the applier is behind) never counts.
-    pub fn watch(inner: BoxRead) -> (BoxRead, Silence) {
-        let s = Silence(Arc::new((
-            std::time::Instant::now(),
-            std::sync::atomic::AtomicU64::new(0),
-        )));
-        (
-            Box::new(Watched {
-                inner,
-                s: s.clone(),
-            }),
-            s,
-        )
-    }
-
-    /// How long the read in progress has been waiting; zero when none is.
-    pub fn waited(&self) -> std::time::Duration {
-        let since = self.0 .1.load(std::sync::atomic::Ordering::SeqCst);
-        if since == 0 {
-            return std::time::Duration::ZERO;
-        }
-        let now = self.0 .0.elapsed().as_millis() as u64;
-        std::time::Duration::from_millis(now.saturating_sub(since))
-    }
-}
-
-struct Watched {
-    inner: BoxRead,
-    s: Silence,
-}
-
-impl Read for Watched {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mark = &self.s.0 .1;
-        // +1: zero means "not waiting".
-        let started = self.s.0 .0.elapsed().as_millis() as u64 + 1;
-        mark.store(started, std::sync::atomic::Ordering::SeqCst);
-        let r = self.inner.read(buf);
-        mark.store(0, std::sync::atomic::Ordering::SeqCst);
-        r
-    }
-}
-
 pub struct ReadAhead {
     rx: mpsc::Receiver<(Result<Vec<Message>, ConnError>, usize)>,
     group: std::vec::IntoIter<Message>,

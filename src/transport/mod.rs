@@ -9,6 +9,7 @@ pub mod conn;
 pub mod local;
 pub mod segment;
 pub mod serve;
+pub mod silence;
 pub mod ssh;
 
 use anyhow::Result;
