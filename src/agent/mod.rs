@@ -93,6 +93,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     if !meta.is_dir() {
         bail!("slave root {} on {host} is not a directory", root.display());
     }
+    refuse_nested(root, &host)?;
     let state_dir = root.join(".georep");
     state::check_state_dir(&state_dir, &host)?;
     let mut state = AgentState::open(&state_dir)?;
@@ -349,6 +350,23 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             m => bail!("unexpected {} from the master", m.name()),
         }
     }
+}
+
+/// A slave root inside another slave volume would be replicated over by that volume's
+/// sessions: its files and its `.georep` state deleted or overwritten as extras. Refused.
+fn refuse_nested(root: &Path, host: &str) -> Result<()> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    for outer in root.ancestors().skip(1) {
+        if outer.join(".georep/agent.db").exists() {
+            bail!(
+                "slave root {} on {host} is inside slave volume {}: that volume's sessions would overwrite or delete it. Use a slave root outside {}",
+                root.display(),
+                outer.display(),
+                outer.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// This agent's Welcome (Active, no takeover; callers set the rest).

@@ -222,3 +222,23 @@ fn a_mount_inside_the_slave_root_is_never_written() {
         "something was written into the mount"
     );
 }
+
+/// Review hole 8 (issue 13): a slave root inside another slave volume is refused (that
+/// volume's sessions would delete the inner one's files and state as extras). The control:
+/// the outer volume itself replicates.
+#[test]
+fn a_slave_root_inside_another_slave_volume_is_refused() {
+    let g = Georep::new();
+    let m = g.master();
+    write(&m.join("f"), b"x");
+    g.sync_equal();
+    let inner = g.slave().join("inner");
+    fs::create_dir_all(&inner).unwrap();
+    let other = g.path("other-master");
+    write(&other.join("g"), b"y");
+    let o = sync_raw(&g, other.to_str().unwrap(), inner.to_str().unwrap());
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("is inside slave volume"), "{e}");
+    assert!(!exists(&inner.join("g")) && !exists(&inner.join(".georep")));
+}
