@@ -115,6 +115,51 @@ pub struct Applier {
     unnamed: bool,
 }
 
+/// With a trash: keeps the entry at `name` that `tmpname` (in `tmp`) is about to replace. A
+/// file, symlink or special file gets a hard link in the trash (the rename over it stays
+/// atomic for readers); a directory (a type change) is moved there whole. Another link of the
+/// same inode (a relink) is not a replacement. Returns whether a directory was moved. A failure
+/// to keep it is logged and the replacement goes on, as a delete does.
+fn keep_replaced(
+    trash: BorrowedFd<'_>,
+    tmp: BorrowedFd<'_>,
+    tmpname: &str,
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &RelPath,
+) -> bool {
+    let Ok(Some(old)) = fsutil::lstat_at(parent, name) else {
+        return false;
+    };
+    let new = fsutil::lstat_at(tmp, tmpname.as_bytes()).ok().flatten();
+    if new.is_some_and(|n| {
+        (n.stx_ino, n.stx_dev_major, n.stx_dev_minor)
+            == (old.stx_ino, old.stx_dev_major, old.stx_dev_minor)
+    }) {
+        return false;
+    }
+    let is_dir = fsutil::is_dir_mode(old.stx_mode as u32);
+    match into_trash(trash, parent, name, path, !is_dir) {
+        Ok(()) => is_dir,
+        Err(e) => {
+            tracing::warn!("keeping the replaced {path} in the trash failed ({e}); replacing it");
+            false
+        }
+    }
+}
+
+/// With a trash: a non-directory about to be replaced by a directory is moved there.
+fn keep_replaced_by_dir(
+    trash: BorrowedFd<'_>,
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    path: &RelPath,
+) {
+    if let Err(e) = into_trash(trash, parent, name, path, false) {
+        tracing::warn!("keeping the replaced {path} in the trash failed ({e}); replacing it");
+    }
+}
+
 /// Moves (`link == false`) or hard-links `name` in `parent` into `trash` under `path`, creating
 /// the parent directories there; a name already in the trash gets a `.~N~` suffix (nothing
 /// kept is ever replaced). Never follows a symlink.
@@ -349,8 +394,12 @@ impl Applier {
     /// of another kind included: the master said this path is now this entry).
     fn replace_into(&mut self, path: &RelPath, tmpname: &str, what: &str) -> ApplyResult {
         let tmp = self.tmp.as_fd();
+        let trash = self.trash.as_ref().map(|t| t.as_fd());
         let mut replaced_dir = false;
         let r = self.parents.with_parent(path, what, |parent, name| {
+            if let Some(t) = trash {
+                replaced_dir |= keep_replaced(t, tmp, tmpname, parent, name, path);
+            }
             match rfs::renameat(tmp, tmpname, parent, name) {
                 Ok(()) => Ok(()),
                 Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
@@ -517,6 +566,7 @@ impl Applier {
                 .map_err(|e| ApplyError::new(path, "setting attributes of", e));
         }
         let as_root = self.as_root;
+        let trash = self.trash.as_ref().map(|t| t.as_fd());
         let mut replaced = false;
         self.parents
             .with_parent(path, "creating directory", |parent, name| {
@@ -526,6 +576,9 @@ impl Applier {
                         let st = fsutil::lstat_at(parent, name)?;
                         if !st.is_some_and(|s| fsutil::is_dir_mode(s.stx_mode as u32)) {
                             replaced = true;
+                            if let Some(t) = trash {
+                                keep_replaced_by_dir(t, parent, name, path);
+                            }
                             fsutil::remove_tree(parent, name)?;
                             rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
                         }
@@ -679,20 +732,7 @@ impl Applier {
             self.discard(&f.tmpname);
             return Err(Ok(ApplyError::new(&f.path, "setting attributes of", e)));
         }
-        if let Some(t) = self.trash.as_ref().map(|t| t.as_fd()) {
-            // The version being replaced goes to the trash first (a hard link: same inode).
-            let _ =
-                self.parents
-                    .with_parent(&f.path, "keeping the old version of", |parent, name| {
-                        match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-                            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                                into_trash(t, parent, name, &f.path, true)
-                            }
-                            _ => Ok(()),
-                        }
-                    })
-                    .map_err(|e| tracing::warn!("{}", e.message));
-        }
+        // The version being replaced goes to the trash in `replace_into` (a hard link).
         match &f.tmpname {
             Some(t) => {
                 drop(fd);

@@ -781,6 +781,56 @@ fn trash_retention_keeps_deleted_and_overwritten_files_on_the_slave() {
     assert!(!exists(&day.join("docs/report.txt.~1~")));
 }
 
+/// Review hole 8 (issue 13): with a trash, a rename over a file, a symlink replaced by a file
+/// and type changes (file → directory, directory → file) used to destroy the old entry on the
+/// slave. Each old version is in the trash now.
+#[test]
+fn trash_keeps_what_renames_and_type_changes_replace() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    write(&m.join("target.txt"), b"the old target");
+    write(&m.join("source.txt"), b"renamed over it");
+    std::os::unix::fs::symlink("nowhere", m.join("was-link")).unwrap();
+    write(&m.join("was-file"), b"a file that becomes a directory");
+    write(
+        &m.join("was-dir/inner.txt"),
+        b"a directory that becomes a file",
+    );
+    let n = Node::main(&g);
+    n.ok(&["create", ms, ss]);
+    n.ok(&["config", ms, ss, "trash-retention", "7"]);
+    let st = Started {
+        n,
+        master: ms.into(),
+        slave: ss.into(),
+    };
+    st.op("start");
+    st.converge(&m, &s, "start");
+    fs::rename(m.join("source.txt"), m.join("target.txt")).unwrap();
+    fs::remove_file(m.join("was-link")).unwrap();
+    write(&m.join("was-link"), b"now a file");
+    fs::remove_file(m.join("was-file")).unwrap();
+    write(&m.join("was-file/child"), b"now a directory");
+    fs::remove_dir_all(m.join("was-dir")).unwrap();
+    write(&m.join("was-dir"), b"now a file");
+    st.converge(&m, &s, "replacements");
+    let day = chrono_free_today(&s.join(".georep/trash"));
+    assert_eq!(fs::read(day.join("target.txt")).unwrap(), b"the old target");
+    assert_eq!(
+        fs::read_link(day.join("was-link")).unwrap().to_str(),
+        Some("nowhere")
+    );
+    assert_eq!(
+        fs::read(day.join("was-file")).unwrap(),
+        b"a file that becomes a directory"
+    );
+    assert_eq!(
+        fs::read(day.join("was-dir/inner.txt")).unwrap(),
+        b"a directory that becomes a file"
+    );
+}
+
 /// The only day directory in a trash.
 fn chrono_free_today(trash: &Path) -> PathBuf {
     let days: Vec<PathBuf> = fs::read_dir(trash)
