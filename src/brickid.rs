@@ -67,9 +67,24 @@ pub fn ensure(brick: &Path) -> Result<String> {
 /// shipped; records the identity the first time. The error names the brick and the likely
 /// cause; a retry helps once the brick is back (remounted).
 pub fn check(brick: &Brick, index: &Index) -> Result<()> {
+    check_or_adopt(brick, index, true)
+}
+
+/// `check` for a running session: a brick with no identity at all is never adopted there (it
+/// got one at `create`; without one it is most likely an empty mountpoint, or a session from
+/// an older georep that `create … force` brings up to date).
+pub fn check_running(brick: &Brick, index: &Index) -> Result<()> {
+    check_or_adopt(brick, index, false)
+}
+
+fn check_or_adopt(brick: &Brick, index: &Index, may_adopt: bool) -> Result<()> {
     let recorded = index.get_meta("brick_id")?.filter(|s| !s.is_empty());
     let on_disk = read(&brick.path)?;
     match (recorded, on_disk) {
+        (None, None) if !may_adopt => bail!(
+            "brick {brick} has no identity ({} is missing): is its filesystem mounted? If it is, run `georep create <mastervol> <slave> force` on this node once (sessions made by an older georep need it); georep does not touch the slave until then, and retries",
+            brick.path.join(file()).display()
+        ),
         (Some(r), Some(d)) if r == d => Ok(()),
         (Some(r), Some(d)) => bail!(
             "brick {brick} is another directory than the one this session replicated (identity {d}, expected {r} in {}): georep does not touch the slave from it. If the brick was replaced on purpose, `georep create <mastervol> <slave> force` accepts it",

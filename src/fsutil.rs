@@ -162,11 +162,13 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         Err(Errno::ISDIR) | Err(Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
-    let sub = match rfs::openat(
+    // Never into another filesystem mounted there: that would empty it.
+    let sub = match rfs::openat2(
         dir,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
+        BENEATH.union(ResolveFlags::NO_XDEV),
     ) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(()),

@@ -131,11 +131,14 @@ fn keep_replaced(
     let Ok(Some(old)) = fsutil::lstat_at(parent, name) else {
         return false;
     };
-    let new = fsutil::lstat_at(tmp, tmpname.as_bytes()).ok().flatten();
-    if new.is_some_and(|n| {
-        (n.stx_ino, n.stx_dev_major, n.stx_dev_minor)
-            == (old.stx_ino, old.stx_dev_major, old.stx_dev_minor)
-    }) {
+    // No source (a replayed Unstash whose Stash found nothing): the rename will fail and
+    // replace nothing, so nothing goes to the trash either.
+    let Some(new) = fsutil::lstat_at(tmp, tmpname.as_bytes()).ok().flatten() else {
+        return false;
+    };
+    if (new.stx_ino, new.stx_dev_major, new.stx_dev_minor)
+        == (old.stx_ino, old.stx_dev_major, old.stx_dev_minor)
+    {
         return false;
     }
     let is_dir = fsutil::is_dir_mode(old.stx_mode as u32);

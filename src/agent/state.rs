@@ -206,9 +206,17 @@ pub(super) fn check_state_dir(state_dir: &Path, host: &str) -> Result<()> {
     let m = std::fs::symlink_metadata(state_dir)
         .with_context(|| format!("reading {} on {host}", state_dir.display()))?;
     let uid = rustix::process::geteuid().as_raw();
-    if !m.is_dir() || m.uid() != uid {
+    if !m.is_dir() {
         bail!(
-            "{} on {host} is not a directory owned by this user (uid {uid}): georep keeps its state there and does not follow a symlink or use another user's directory; remove it and run again",
+            "{} on {host} is not a directory owned by this user (uid {uid}) but a symlink or another file: georep keeps its state there and never follows one; remove it and run again",
+            state_dir.display()
+        );
+    }
+    if m.uid() != uid {
+        bail!(
+            "{} on {host} is not a directory owned by this user (uid {uid}; it is owned by uid {}): georep does not keep its state in another user's directory. If it is this volume's own state from an agent run as that user, `chown -R {uid} {}` keeps it (its agent.db holds the volume's role and epoch: do not remove it)",
+            state_dir.display(),
+            m.uid(),
             state_dir.display()
         );
     }

@@ -241,7 +241,7 @@ impl Worker {
                 self.status.status = "Initializing...".into();
                 self.save();
             }
-            if let Err(e) = crate::brickid::check(&self.brick, &index) {
+            if let Err(e) = crate::brickid::check_running(&self.brick, &index) {
                 self.faulty(&e);
                 self.nap(Duration::from_secs(2));
                 continue;
@@ -333,6 +333,7 @@ impl Worker {
         journal: &JournalStore,
         previous: &str,
     ) -> Result<()> {
+        crate::brickid::check_running(&self.brick, index)?;
         tracing::info!(brick = %self.brick, "taking over from {previous}");
         self.status.crawl = "Hybrid Crawl".into();
         self.save();
@@ -575,6 +576,9 @@ impl Worker {
         gap_seq: u64,
         why: Option<&str>,
     ) -> Result<()> {
+        // The brick may have gone since the connection was made (unmounted mid-session): a
+        // crawl of an empty mountpoint would delete the DR copy.
+        crate::brickid::check_running(&self.brick, index)?;
         tracing::info!(brick = %self.brick, "hybrid crawl: {}", why.unwrap_or("journal gap"));
         self.status.crawl = "Hybrid Crawl".into();
         self.status.hybrid_crawls += 1;

@@ -841,3 +841,53 @@ fn a_planted_state_directory_is_refused() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// Found in review: with a trash, a replayed rename (its batch applied, the ack lost, the
+/// batch sent again) found nothing to stash, and its Unstash then moved the correctly renamed
+/// entry into the trash. Replaying a batch must leave the same tree, trash or not.
+#[test]
+fn a_replayed_rename_with_a_trash_leaves_the_renamed_entry_in_place() {
+    let s = Sandbox::new();
+    let Message::Hello(mut h) = hello(PROTOCOL_VERSION) else {
+        unreachable!()
+    };
+    h.trash_days = 7;
+    let made = [
+        begin(1, 2),
+        op(Op::Mkdir {
+            path: p("a"),
+            meta: meta(0o755),
+        }),
+        op(Op::Mkdir {
+            path: p("a/x"),
+            meta: meta(0o755),
+        }),
+        end(1, 2),
+    ]
+    .concat();
+    let rename = [
+        begin(2, 2),
+        op(Op::Stash {
+            from: p("a"),
+            slot: 1,
+        }),
+        op(Op::Unstash {
+            slot: 1,
+            to: p("b"),
+        }),
+        end(2, 2),
+    ]
+    .concat();
+    let mut input = PREAMBLE.to_vec();
+    input.extend(enc(&Message::Hello(h)));
+    input.extend(made);
+    input.extend(rename.clone());
+    input.extend(rename);
+    input.extend(enc(&Message::Bye));
+    let (o, _) = s.run(&input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::metadata(s.root.join("b/x")).is_ok_and(|m| m.is_dir()),
+        "the replay moved the renamed entry away"
+    );
+}
