@@ -17,13 +17,22 @@ pub const BENEATH: ResolveFlags = ResolveFlags::BENEATH
 
 /// Opens `rel` (bytes, relative, may be empty for the root itself) beneath `root`.
 pub fn open_beneath(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+    open_resolved(root, rel, flags, BENEATH)
+}
+
+fn open_resolved(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    flags: OFlags,
+    resolve: ResolveFlags,
+) -> io::Result<OwnedFd> {
     let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
     Ok(rfs::openat2(
         root,
         rel,
         flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
-        BENEATH,
+        resolve,
     )?)
 }
 
@@ -57,14 +66,12 @@ pub fn open_regular_beneath(
 /// agent's writes must all be on the one filesystem its `syncfs` makes durable before an ack,
 /// so a mount inside the slave root is refused (`EXDEV`) rather than written unsynced.
 pub fn open_dir_beneath_one_fs(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
-    let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
-    Ok(rfs::openat2(
+    open_resolved(
         root,
         rel,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
+        OFlags::RDONLY | OFlags::DIRECTORY,
         BENEATH.union(ResolveFlags::NO_XDEV),
-    )?)
+    )
 }
 
 /// Opens the directory `rel` beneath `root` for reading entries and `*at` calls.
@@ -248,7 +255,8 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
+/// Opens (creating) a lock file for `flock`.
+pub fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
     use anyhow::Context;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

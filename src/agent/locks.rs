@@ -152,7 +152,7 @@ impl Fence {
     /// Enters the volume for replication; refused while a failover is fencing it.
     pub(super) fn enter(state_dir: &Path) -> Result<Fence> {
         let path = state_dir.join("fence.lock");
-        let f = open_fence(&path)?;
+        let f = fsutil::open_lock(&path)?;
         match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
             Ok(()) => Ok(Fence(f)),
             Err(_) => bail!(
@@ -163,22 +163,13 @@ impl Fence {
     }
 }
 
-fn open_fence(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
 /// For `failover`: ends every replicating connection on the volume whose state is in
 /// `state_dir` (SIGTERM, SIGKILL after 5 s) and returns the exclusive fence, held until the
 /// volume is promoted, with how many agents were ended. Nothing those connections had not
 /// applied yet is applied, and nothing they had not acknowledged is acknowledged.
 pub fn fence_replication(state_dir: &Path, patience: Duration) -> Result<(std::fs::File, usize)> {
     let path = state_dir.join("fence.lock");
-    let f = open_fence(&path)?;
+    let f = fsutil::open_lock(&path)?;
     let until = Instant::now() + patience;
     let mut told: Vec<(i32, Instant)> = Vec::new();
     loop {

@@ -381,6 +381,7 @@ impl Worker {
         let mut incomplete_upto = 0u64;
         let mut incomplete_since = Instant::now();
         let mut incomplete_first = Instant::now();
+        let mut check_position = true;
         loop {
             if self.stopping() {
                 return Ok(Exit::Stop);
@@ -399,7 +400,15 @@ impl Worker {
                 );
                 return Ok(Exit::Reconnect);
             }
-            if let Some(why) = position_lost(index, journal)? {
+            // Once a connection: the journal can only go back or be replaced while nothing
+            // runs (a power loss, a restored copy), or under a running worker, which sees the
+            // file replaced just above and reconnects.
+            let check = std::mem::take(&mut check_position);
+            if let Some(why) = check
+                .then(|| position_lost(index, journal))
+                .transpose()?
+                .flatten()
+            {
                 tracing::warn!(brick = %self.brick, "{why}: hybrid crawl");
                 let last = journal.last_seq()?;
                 self.hybrid(shipper, index, journal, last, Some(&why))?;

@@ -127,16 +127,20 @@ impl Sandbox {
         }
     }
 
-    fn run(&self, input: &[u8]) -> (Output, Vec<Message>) {
-        let mut c = self
-            ._g
+    /// `georep agent` on this root, all three streams piped.
+    fn spawn(&self) -> std::process::Child {
+        self._g
             .cmd()
             .args(["agent", "--volume", self.root.to_str().unwrap()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn run(&self, input: &[u8]) -> (Output, Vec<Message>) {
+        let mut c = self.spawn();
         let mut stdin = c.stdin.take().unwrap();
         // The agent may stop reading early (that is the point); ignore EPIPE.
         let _ = stdin.write_all(input);
@@ -611,16 +615,8 @@ fn fetching_a_fifo_is_refused_at_once_and_the_rest_still_arrives() {
     input.extend(enc(&Message::Bye));
 
     let (tx, rx) = std::sync::mpsc::channel();
-    let child =
-        s._g.cmd()
-            .args(["agent", "--volume", s.root.to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+    let mut child = s.spawn();
     let pid = child.id() as i32;
-    let mut child = child;
     child.stdin.take().unwrap().write_all(&input).unwrap();
     std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
     let out = match rx.recv_timeout(std::time::Duration::from_secs(20)) {
