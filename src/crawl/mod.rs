@@ -133,6 +133,11 @@ pub struct Window {
     /// Directories a record made (created, or moved in from a place the writer did not
     /// watch), under final names.
     pub made_dirs: BTreeSet<RelPath>,
+    /// Names whose content or attributes a record changed after a rename of the window moved
+    /// them (or an ancestor), kept when they are removed: final name → name at the start of
+    /// the window, where the index holds the entry. A change through a name of a hard-linked
+    /// file changed its other names too, which only the indexed row leads to.
+    pub changed_through: BTreeMap<RelPath, RelPath>,
 }
 
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
@@ -152,6 +157,7 @@ pub fn plan_paths(
         written,
         hard_links_made,
         made_dirs,
+        changed_through,
     } = window;
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
@@ -191,9 +197,21 @@ pub fn plan_paths(
         // The inode the name has now, and the one the slave has for it (they differ when the
         // name was deleted or replaced: its former partners may have changed through it).
         let (now, was) = look(p, &mut seen)?;
-        for e in now.iter().chain(was.iter()) {
+        // Changed through a name that a rename of this window gave it: the index knows the
+        // entry under the name it had before.
+        let start = changed_through.get(p);
+        let before = match start {
+            Some(s) => index.get(s)?,
+            None => None,
+        };
+        for e in now.iter().chain(was.iter()).chain(before.iter()) {
             if e.kind == Kind::File && e.nlink > 1 {
                 for q in index.files_with_ino(e.ino)? {
+                    // The name itself, where the index still has it: its rename or delete is
+                    // planned with its directory's.
+                    if Some(&q) == start {
+                        continue;
+                    }
                     // A partner gone from its indexed name without a record of its own was
                     // moved with a directory: its new name is unknown here.
                     if !dirty.contains(&q) && look(&q, &mut seen)?.0.is_none_or(|x| x.ino != e.ino)

@@ -6,7 +6,7 @@
 use crate::crawl::Window;
 use crate::journal::{RecOp, Record};
 use crate::protocol::RelPath;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The dirty set of `records` (in order): each path changed, and its parent (whose entries and
 /// mtime changed with it).
@@ -17,6 +17,9 @@ pub fn dirty_paths(records: &[Record]) -> BTreeSet<RelPath> {
 /// What a window of records says changed, every path under its final name.
 pub fn changes(records: &[Record]) -> Window {
     let mut c = Window::default();
+    // The renames so far, in order: a name's place at the start of the window is found by
+    // undoing them, last first.
+    let mut renames: Vec<(&RelPath, &RelPath)> = Vec::new();
     for r in records {
         if !r.op.has_path() {
             continue;
@@ -30,6 +33,8 @@ pub fn changes(records: &[Record]) -> Window {
                     rename_in(&mut c.touched, &r.path, to, true);
                     rename_in(&mut c.written, &r.path, to, false);
                     rename_in(&mut c.made_dirs, &r.path, to, false);
+                    rename_keys(&mut c.changed_through, &r.path, to);
+                    renames.push((&r.path, to));
                     c.removed.insert(r.path.clone());
                     add(&mut c.dirty, to);
                 }
@@ -47,6 +52,12 @@ pub fn changes(records: &[Record]) -> Window {
                 if op == RecOp::Data {
                     c.written.insert(r.path.clone());
                 }
+                if matches!(op, RecOp::Data | RecOp::Meta) && !renames.is_empty() {
+                    let start = start_name(&renames, &r.path);
+                    if start != r.path {
+                        c.changed_through.entry(r.path.clone()).or_insert(start);
+                    }
+                }
                 c.hard_links_made |= op == RecOp::Link;
                 if op == RecOp::Mkdir {
                     c.made_dirs.insert(r.path.clone());
@@ -56,6 +67,30 @@ pub fn changes(records: &[Record]) -> Window {
         add(&mut c.dirty, &r.path);
     }
     c
+}
+
+/// Where `p` was at the start of the window: `renames` undone, last first.
+fn start_name(renames: &[(&RelPath, &RelPath)], p: &RelPath) -> RelPath {
+    let mut p = p.clone();
+    for (from, to) in renames.iter().rev() {
+        if p.starts_with(to) {
+            p = p.rebase(to, from);
+        }
+    }
+    p
+}
+
+/// A rename among the keys of `map`: `from` and what lies beneath it move to `to`.
+fn rename_keys(map: &mut BTreeMap<RelPath, RelPath>, from: &RelPath, to: &RelPath) {
+    let moved: Vec<RelPath> = map
+        .keys()
+        .filter(|k| k.starts_with(from))
+        .cloned()
+        .collect();
+    for k in moved {
+        let v = map.remove(&k).unwrap();
+        map.insert(k.rebase(from, to), v);
+    }
 }
 
 /// A rename in `set`: what lies beneath `from` moves beneath `to`, and `from` itself becomes
@@ -131,6 +166,32 @@ mod tests {
                 "b/a2/g",
                 "b/a2/x",
                 "b/a2/x/f"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_change_after_renames_keeps_the_name_it_had_at_the_start() {
+        let recs = vec![
+            rec(RecOp::Rename, "a/x", Some("b")),
+            rec(RecOp::Rename, "a", Some("c/a")),
+            rec(RecOp::Meta, "b/f", None),
+            rec(RecOp::Data, "c/a/g", None),
+            rec(RecOp::Data, "new", None),
+            rec(RecOp::Rename, "b", Some("c/a/b")),
+            rec(RecOp::Unlink, "c/a/b/f", None),
+        ];
+        let w = changes(&recs);
+        let got: Vec<(String, String)> = w
+            .changed_through
+            .iter()
+            .map(|(k, v)| (k.display(), v.display()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("c/a/b/f".into(), "a/x/f".into()),
+                ("c/a/g".into(), "a/g".into())
             ]
         );
     }

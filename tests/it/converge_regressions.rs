@@ -367,3 +367,55 @@ fn a_window_waiting_for_a_lost_record_crawls_although_markers_keep_coming() {
     );
     s.converge("after the crawl");
 }
+
+/// Journal seed 98130 (all three live modes): a chmod through a name of a hard-linked file in a
+/// directory renamed in the same window, then the directory removed. The record named the new
+/// path, the index held the file under the old one, so the other name (which took the new mode)
+/// was never compared.
+#[test]
+fn chmod_through_a_renamed_hard_link_then_removed_reaches_the_other_name() {
+    both(&[
+        write(b"-dash", 0, 2906342708782435087),
+        mkdir_p(b"latin1-\xe9/.hidden/d"),
+        rename(b"latin1-\xe9/.hidden", b"x y"),
+        mkdir_p(b"latin1-\xe9/d/was-a-file"),
+        link(b"-dash", b"x y/c"),
+        mkdir_p(b"x y/latin1-\xe9"),
+        sync(),
+        rename(b"x y/latin1-\xe9", b"latin1-\xe9/d/was-a-file/new\nline"),
+        rename(b"x y", b"latin1-\xe9/d/was-a-file/new\nline/sub"),
+        chmod(b"latin1-\xe9/d/was-a-file/new\nline/sub/c", 0o755),
+        rm_r(b"latin1-\xe9/d/was-a-file"),
+    ]);
+}
+
+/// The same with content: a rewrite (mtime put back) through a hard link whose directory was
+/// renamed, then the directory removed: the other name must get the new content.
+#[test]
+fn rewrite_through_a_renamed_hard_link_then_removed_reaches_the_other_name() {
+    both(&[
+        write(b"f", 1641, 6046674014260065969),
+        mkdir_p(b"d"),
+        link(b"f", b"d/c"),
+        sync(),
+        rename(b"d", b"e"),
+        rewrite(b"e/c", 15925961433306790276),
+        rm_r(b"e"),
+    ]);
+}
+
+/// The same change through a renamed hard link that stays: both names end with the new mode
+/// and content, still one inode on the slave.
+#[test]
+fn change_through_a_renamed_hard_link_that_stays_reaches_the_other_name() {
+    both(&[
+        write(b"f", 1641, 6046674014260065969),
+        mkdir_p(b"d/sub"),
+        link(b"f", b"d/sub/c"),
+        sync(),
+        rename(b"d/sub", b"d/sub2"),
+        rename(b"d", b"e"),
+        chmod(b"e/sub2/c", 0o700),
+        rewrite(b"e/sub2/c", 15925961433306790276),
+    ]);
+}
