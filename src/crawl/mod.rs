@@ -446,6 +446,9 @@ struct Builder {
     /// non-directory): deletes beneath them are moot. `Mkdir` over a directory keeps its
     /// contents, so stale children there are deleted one by one.
     replacing: HashSet<RelPath>,
+    /// Multiply-linked files whose content this plan sends (a new inode on the slave): every
+    /// other name of theirs must be linked to it, even one that is otherwise unchanged.
+    sent: HashSet<u64>,
     stats: PlanStats,
 }
 
@@ -529,6 +532,9 @@ impl Builder {
                 }
                 self.stats.files += 1;
                 self.stats.bytes += e.size;
+                if e.nlink > 1 {
+                    self.sent.insert(e.ino);
+                }
                 let known = old.filter(|o| o.size == e.size && o.hash.is_some());
                 PlannedOp {
                     op: PlanOp::File {
@@ -786,6 +792,14 @@ impl Diff {
                     let leader = self.leader(e).cloned();
                     let c = match old.change_to(e) {
                         _ if e.kind == Kind::File && self.torn.contains(&e.ino) => Change::Data,
+                        // Unchanged on the slave, but another name of its inode gets its
+                        // content sent (a new inode there): link this one to it.
+                        _ if e.kind == Kind::File
+                            && b.sent.contains(&e.ino)
+                            && leader.as_ref().is_some_and(|l| l != path) =>
+                        {
+                            Change::Data
+                        }
                         c => c,
                     };
                     b.update(path, &old, e, c, leader.as_ref());
@@ -1114,6 +1128,50 @@ mod tests {
                 if *path == p("b") && *target == p("a")),
             "{ops:?}"
         );
+    }
+
+    #[test]
+    fn a_hard_link_moved_along_with_its_directory_joins_the_name_whose_content_is_sent() {
+        // Harness seed 98025: "a" needs its content sent (its row is stale, say poisoned) and
+        // is the group's leader; its other name moved along with a renamed directory (d → F),
+        // unchanged. The slave's F/n must become a link to the new "a", not stay apart.
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let dir_entry = Entry {
+            kind: Kind::Dir,
+            ino: 9,
+            nlink: 2,
+            hash: None,
+            ..linked(1)
+        };
+        let mut d = Diff::default();
+        for (name, e) in [("a", linked(1)), ("b/n", linked(1))] {
+            d.links.entry(e.ino).or_default().push(p(name));
+            d.saw(&e);
+        }
+        d.compare(&index, p("a"), linked(0), linked(1)).unwrap();
+        d.gone.insert(p("_d"), dir_entry.clone());
+        d.gone.insert(p("_d/n"), linked(1));
+        d.new.insert(p("b"), dir_entry.clone());
+        d.new.insert(p("b/n"), linked(1));
+        d.dirs.insert(p("b"), dir_entry);
+        let ops = ops_of(d);
+        let sent: Vec<&RelPath> = ops
+            .iter()
+            .filter_map(|o| match o {
+                PlanOp::File { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect();
+        let linked_to: Vec<(&RelPath, &RelPath)> = ops
+            .iter()
+            .filter_map(|o| match o {
+                PlanOp::Op(Op::Link { path, target }) => Some((path, target)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![&p("a")], "{ops:?}");
+        assert_eq!(linked_to, vec![(&p("b/n"), &p("a"))], "{ops:?}");
     }
 
     #[test]
