@@ -368,11 +368,25 @@ pub fn plan_paths(
             if dirty.contains(&q) {
                 continue;
             }
-            if let Some(e) = walk::lstat_beneath(&root_fd, &q)?.filter(|e| e.ino == ino) {
-                d.saw(&e);
+            let Some(e) = walk::lstat_beneath(&root_fd, &q)?.filter(|e| e.ino == ino) else {
+                continue;
+            };
+            let Some(row) = index
+                .get(&q)?
+                .filter(|o| o.ino == ino && !e.reused_inode_of(o))
+            else {
+                continue;
+            };
+            d.saw(&e);
+            if row.change_to(&e) != Change::Data {
                 d.stable_link.insert(ino, q);
                 break;
             }
+            // Its row is behind the disk: the content changed through a name this window
+            // cannot see (written, then removed), so the slave's copy is not current and must
+            // not lead. It is sent again, or linked to a name that is.
+            d.links.entry(ino).or_default().push(q.clone());
+            d.compare(index, q, row, e)?;
         }
     }
     d.targeted = Some(dirty);
@@ -1172,6 +1186,60 @@ mod tests {
             .collect();
         assert_eq!(sent, vec![&p("a")], "{ops:?}");
         assert_eq!(linked_to, vec![(&p("b/n"), &p("a"))], "{ops:?}");
+    }
+
+    #[test]
+    fn a_hard_link_whose_row_is_behind_does_not_lead_a_new_name() {
+        // Journal seed 300054: "p/x" was written through a name made and removed within the
+        // window, so its row is behind the disk; the window found the new name "d/c/y" by
+        // listing the new directory "d". Linking "d/c/y" to the slave's "p/x" would keep the
+        // old content under both names (and the new row would vouch for the new content).
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("p")).unwrap();
+        std::fs::write(root.join("p/x"), b"old").unwrap();
+        let index = Index::open(&tmp.path().join("index.db")).unwrap();
+        let fd = fsutil::open_root(&root).unwrap();
+        let stat = |s: &str| walk::lstat_beneath(&fd, &p(s)).unwrap().unwrap();
+        let rows: Vec<Mutation> = ["p", "p/x"]
+            .into_iter()
+            .map(|s| Mutation::Upsert(p(s), stat(s)))
+            .collect();
+        index.apply(&rows).unwrap();
+        index
+            .apply(&[Mutation::Upsert(
+                RelPath::root(),
+                walk::lstat_beneath(&fd, &RelPath::root()).unwrap().unwrap(),
+            )])
+            .unwrap();
+        std::fs::create_dir_all(root.join("d/c")).unwrap();
+        std::fs::hard_link(root.join("p/x"), root.join("d/c/y")).unwrap();
+        std::fs::write(root.join("p/x"), b"new content").unwrap();
+        let window = Window {
+            dirty: BTreeSet::from([RelPath::root(), p("d")]),
+            touched: BTreeSet::from([p("d")]),
+            made_dirs: BTreeSet::from([p("d")]),
+            ..Window::default()
+        };
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        let ops: Vec<&PlanOp> = plan.ops.iter().map(|o| &o.op).collect();
+        let sent: Vec<&RelPath> = ops
+            .iter()
+            .filter_map(|o| match o {
+                PlanOp::File { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect();
+        let linked_to: Vec<(&RelPath, &RelPath)> = ops
+            .iter()
+            .filter_map(|o| match o {
+                PlanOp::Op(Op::Link { path, target }) => Some((path, target)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![&p("d/c/y")], "{ops:?}");
+        assert_eq!(linked_to, vec![(&p("p/x"), &p("d/c/y"))], "{ops:?}");
     }
 
     #[test]
