@@ -6,6 +6,7 @@ mod agent_hostile;
 mod continuous;
 mod converge;
 mod converge_regressions;
+mod crash;
 mod dr;
 mod errors;
 mod faults;
