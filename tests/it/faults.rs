@@ -1,7 +1,7 @@
 //! Links that fail the way real ones do, through a fault proxy in the SSH path (real OpenSSH
-//! sshd): a connection blackholed mid-batch (half-open: the DR side never hears of it) and a
-//! connection cut on both sides. Each time replication resumes, nothing is lost, and the
-//! status says what happened. Also: the agent gives up a silent master by itself.
+//! sshd): a connection blackholed mid-batch (half-open: the DR side never hears of it), a
+//! connection cut on both sides, a path stalled past the keepalives, and a long link. Each
+//! time replication resumes, nothing is lost, and the status says what happened. Also: the agent gives up a silent master by itself.
 
 use crate::util::proxy::Proxy;
 use crate::util::*;
@@ -139,6 +139,75 @@ fn a_link_cut_mid_batch_resumes_and_loses_nothing() {
         wait_until(Duration::from_secs(10), || agents_for(&g).len() == 1),
         "{:?}",
         agents_for(&g)
+    );
+}
+
+/// A path that stalls for longer than the keepalives (the master's SSH keepalive gives up
+/// after ~20 s, the agent's silence limit is 30 s), mid-batch, then flows again: nothing is
+/// lost and one agent is left.
+#[test]
+fn a_link_stalled_longer_than_the_keepalive_resumes_and_loses_nothing() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let proxy = Proxy::start(sshd.port);
+    make_varied_tree(&g.master(), 1 << 20);
+    let (s, _slave) = session_through(&g, &sshd, &proxy);
+    s.converge("the first sync");
+    write_random(&g.master().join("big/blob"), 128 << 20, 9);
+    assert!(
+        wait_until(Duration::from_secs(30), || !files_being_received(
+            &g.slave()
+        )
+        .is_empty()),
+        "the big file never started arriving"
+    );
+    proxy.stall(true);
+    let stalled = Instant::now();
+    for i in 0..20 {
+        write(
+            &g.master().join(format!("during/{i}")),
+            b"written while the path stalled",
+        );
+    }
+    std::thread::sleep(Duration::from_secs(35));
+    proxy.stall(false);
+    let took = resumed(&s, Duration::from_secs(120), "after a 35 s stall");
+    eprintln!(
+        "stall of 35 s mid-batch: converged {:?} after the path flowed again ({:?} after the stall began)",
+        took,
+        stalled.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || agents_for(&g).len() == 1),
+        "agents left: {:?}",
+        agents_for(&g)
+    );
+    assert_eq!(s.status()["status"], "Active", "{}", s.status());
+}
+
+/// A long link (every chunk delayed 60 ms each way, so a round trip takes 120 ms or more):
+/// a first sync and every kind of change arrive whole.
+#[test]
+fn a_long_link_converges_and_loses_nothing() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let proxy = Proxy::start(sshd.port);
+    proxy.delay(60);
+    make_varied_tree(&g.master(), 4 << 20);
+    let (s, _slave) = session_through(&g, &sshd, &proxy);
+    let t = Instant::now();
+    s.converge("the first sync over a long link");
+    let first = t.elapsed();
+    let m = g.master();
+    write_random(&m.join("new/big"), 8 << 20, 3);
+    std::fs::rename(m.join("new"), m.join("renamed")).unwrap();
+    write(&m.join("renamed/small"), b"small");
+    std::fs::hard_link(m.join("renamed/small"), m.join("small-link")).unwrap();
+    let t = Instant::now();
+    s.converge("changes over a long link");
+    eprintln!(
+        "long link (60 ms each way per chunk): first sync {first:?}, changes {:?}",
+        t.elapsed()
     );
 }
 

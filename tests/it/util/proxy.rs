@@ -1,11 +1,13 @@
 //! A TCP relay on loopback that sits in the SSH path and misbehaves on demand, as links do:
 //! it cuts connections (both sides see the close), or blackholes them (half-open: nothing
 //! more is delivered either way and neither side ever hears of it, as with a NAT timeout, a
-//! pulled cable or a partition). New connections after a fault pass normally.
+//! pulled cable or a partition). New connections after a fault pass normally. It can also
+//! stall the whole path for a while (nothing moves, nothing is lost: the data waits in the
+//! buffers, as behind a congested or flapping link) and delay what it relays (a long link).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +17,18 @@ struct Conn {
     frozen: Arc<AtomicBool>,
 }
 
+/// What every relayed connection obeys, old and new.
+#[derive(Clone, Default)]
+struct Path {
+    /// Nothing is read or passed on while set.
+    stalled: Arc<AtomicBool>,
+    /// Each chunk waits this long before it is passed on.
+    delay_ms: Arc<AtomicU64>,
+}
+
 pub struct Proxy {
     pub port: u16,
+    path: Path,
     conns: Arc<Mutex<Vec<Conn>>>,
     accepted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -33,7 +45,8 @@ impl Proxy {
         let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, a, s) = (conns.clone(), accepted.clone(), stop.clone());
+        let path = Path::default();
+        let (c, a, s, pa) = (conns.clone(), accepted.clone(), stop.clone(), path.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let down = match listener.accept() {
@@ -52,11 +65,13 @@ impl Proxy {
                     down.try_clone().unwrap(),
                     up.try_clone().unwrap(),
                     frozen.clone(),
+                    pa.clone(),
                 );
                 pump(
                     up.try_clone().unwrap(),
                     down.try_clone().unwrap(),
                     frozen.clone(),
+                    pa.clone(),
                 );
                 c.lock().unwrap().push(Conn { down, up, frozen });
                 a.fetch_add(1, Ordering::SeqCst);
@@ -64,6 +79,7 @@ impl Proxy {
         });
         Proxy {
             port,
+            path,
             conns,
             accepted,
             stop,
@@ -87,6 +103,17 @@ impl Proxy {
         n
     }
 
+    /// Stalls the whole path (every connection, and new ones) or lets it go again: nothing is
+    /// lost, it waits.
+    pub fn stall(&self, on: bool) {
+        self.path.stalled.store(on, Ordering::SeqCst);
+    }
+
+    /// Delays every chunk relayed from now on by `ms` (each way).
+    pub fn delay(&self, ms: u64) {
+        self.path.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Every open connection is closed on both sides, as a reset link would be.
     pub fn cut(&mut self) -> usize {
         let conns: Vec<Conn> = self.conns.lock().unwrap().drain(..).collect();
@@ -101,7 +128,7 @@ impl Proxy {
 
 /// Copies `from` to `to` until the end, or until `frozen`: then nothing more is delivered
 /// and the end, if it comes, is not passed on either.
-fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>, path: Path) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -109,6 +136,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
                 // Stop reading too: the sender's window fills, as on a dead path.
                 std::thread::sleep(Duration::from_secs(3600));
                 return;
+            }
+            while path.stalled.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
             }
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => {
@@ -118,6 +148,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
                     return;
                 }
                 Ok(n) => {
+                    let delay = path.delay_ms.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        std::thread::sleep(Duration::from_millis(delay));
+                    }
+                    while path.stalled.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                     if frozen.load(Ordering::SeqCst) {
                         continue;
                     }
