@@ -460,6 +460,14 @@ impl Index {
         Ok(out)
     }
 
+    /// An unresolved failure of the slave side with one of `errnos` (the first by path).
+    pub fn slave_failure_with(&self, errnos: &[i32]) -> Result<Option<FailureRow>> {
+        Ok(self
+            .failures()?
+            .into_iter()
+            .find(|f| f.side == "slave" && errnos.contains(&f.errno)))
+    }
+
     pub fn failure_count(&self) -> Result<u64> {
         Ok(self
             .db

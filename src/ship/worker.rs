@@ -92,6 +92,8 @@ pub struct Worker {
     /// Modification time of the session file when `session` was read.
     cfg_mtime: Option<std::time::SystemTime>,
     cfg_checked: Instant,
+    /// The brick is Faulty because the DR volume is full (see `report_full_volume`).
+    full_volume: bool,
 }
 
 /// Why `serve` returned without an error.
@@ -128,6 +130,7 @@ impl Worker {
             slot: 0,
             cfg_mtime: config_mtime(home, &session.name),
             cfg_checked: Instant::now(),
+            full_volume: false,
         })
     }
 
@@ -642,6 +645,40 @@ impl Worker {
             }
         }
         self.status.failures = index.failure_count()?;
+        self.report_full_volume(index)
+    }
+
+    /// A DR volume that is full fails every path it is sent: the brick is Faulty, naming the
+    /// volume, a path and the fix, while the failed paths are retried; Active again once none
+    /// is left failing for lack of space.
+    fn report_full_volume(&mut self, index: &Index) -> Result<()> {
+        let full = if self.status.failures > 0 {
+            index.slave_failure_with(&[libc::ENOSPC, libc::EDQUOT])?
+        } else {
+            None
+        };
+        match full {
+            Some(ref f) => {
+                let msg = format!(
+                    "the DR volume {} is out of space (or quota): {} failed: {}; free space there and georep retries it ({} path(s) waiting, `georep status MASTER SLAVE detail` lists them)",
+                    self.session.slave, f.path, f.message, self.status.failures
+                );
+                if self.status.last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(brick = %self.brick, "{msg}");
+                    self.status.status = "Faulty".into();
+                    self.status.last_error = Some(msg);
+                    self.save();
+                }
+            }
+            None if self.full_volume => {
+                tracing::info!(brick = %self.brick, "the DR volume {} has room again", self.session.slave);
+                self.status.status = "Active".into();
+                self.status.last_error = None;
+                self.save();
+            }
+            None => {}
+        }
+        self.full_volume = full.is_some();
         Ok(())
     }
 

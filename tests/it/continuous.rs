@@ -579,6 +579,77 @@ fn failure_is_retried_and_stime_never_passes_it() {
     );
 }
 
+/// Issue 13: a full DR volume. The brick goes Faulty, naming the volume, the path and the fix
+/// (in `status` and `status … detail`); nothing half-written is visible; once the volume has
+/// room (here: the tmpfs grows), the failed path goes through, the brick is Active again and
+/// nothing is left in the agent's temporary directory. Needs root (tmpfs).
+#[test]
+fn a_full_dr_volume_is_faulty_naming_it_and_converges_once_it_has_room() {
+    assert!(is_root(), "this test needs root to mount a small tmpfs");
+    let g = Georep::new();
+    let _m = Mount::tmpfs(&g.slave(), "1m");
+    let s = Session::start(&g);
+    write(&g.master().join("fits"), b"fits");
+    s.converge("start");
+    // Made whole before it appears on the master, so no smaller version of it ever exists.
+    write_random(&g.path("too-big.bin"), 3 << 20, 2);
+    fs::rename(g.path("too-big.bin"), g.master().join("too-big.bin")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || s.status()["status"] == "Faulty"),
+        "the brick never went Faulty: {}",
+        s.status()
+    );
+    let st = s.status();
+    let err = st["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains("out of space")
+            && err.contains("too-big.bin")
+            && err.contains(g.slave().to_str().unwrap())
+            && err.contains("free space"),
+        "{st}"
+    );
+    let (ms, ss) = (
+        g.master().to_str().unwrap().to_string(),
+        g.slave().to_str().unwrap().to_string(),
+    );
+    let table = g.ok(&["status", &ms, &ss, "detail"]);
+    assert!(
+        table.contains("Faulty") && table.contains("out of space"),
+        "{table}"
+    );
+    assert!(
+        !exists(&g.slave().join("too-big.bin")),
+        "a partial file is visible on the slave"
+    );
+    // Room again: the failed path is retried and goes through.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(g.slave())
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    s.converge("once the DR volume has room");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let st = s.status();
+            st["status"] == "Active" && st["failures"] == 0 && st["last_error"].is_null()
+        }),
+        "still not Active: {}",
+        s.status()
+    );
+    let tmp: Vec<_> = fs::read_dir(g.slave().join(".georep/tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        tmp.is_empty(),
+        "left in the agent's temp directory: {tmp:?}"
+    );
+}
+
 #[test]
 fn status_table_follows_the_session() {
     let g = Georep::new();
