@@ -96,7 +96,8 @@ pub fn ensure_writer(home: &Home, session: &str, brick: &Brick) -> Result<()> {
         return Ok(()); // running
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let journal = JournalStore::open(&dir.join("journal.db"))?;
+    // No writer runs: a broken journal is moved aside here (the writer would do it too).
+    let journal = JournalStore::open_or_replace(&dir.join("journal.db"))?;
     let before = journal.last_seq()?;
     let log_path = log_dir(home, session).join(format!(
         "journal-{}.log",

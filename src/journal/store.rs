@@ -22,6 +22,18 @@ pub struct JournalStore {
     path: std::path::PathBuf,
 }
 
+/// Whether an error opening a journal says the file is not a database or is corrupt.
+fn is_broken(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<rusqlite::Error>())
+        .any(|r| {
+            matches!(
+                r.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+            )
+        })
+}
+
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
@@ -36,6 +48,36 @@ impl JournalStore {
             return Ok(None);
         }
         Self::open(path).map(Some)
+    }
+
+    /// The writer's open: a file that is not an SQLite database, or a corrupt one, is moved
+    /// aside (`journal.db.broken-<time>`) and a new journal starts. It has a new identity, so
+    /// the worker crawls the brick instead of trusting the records it lost.
+    pub fn open_or_replace(path: &Path) -> Result<JournalStore> {
+        match Self::open(path) {
+            Err(e) if is_broken(&e) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".broken-{now}"));
+                std::fs::rename(path, &aside).with_context(|| {
+                    format!("moving the broken journal {} aside", path.display())
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+                tracing::warn!(
+                    "journal {} is broken ({e:#}): moved aside to {}; a new journal starts, and the worker crawls the brick to find what the lost records said",
+                    path.display(),
+                    Path::new(&aside).display()
+                );
+                Self::open(path)
+            }
+            r => r,
+        }
     }
 
     pub fn open(path: &Path) -> Result<JournalStore> {

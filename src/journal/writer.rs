@@ -74,7 +74,7 @@ pub struct Writer {
 impl Writer {
     /// Watches `root` recursively and records the starting GAP.
     pub fn start(root: &Path, journal: &Path) -> Result<Writer> {
-        let store = JournalStore::open(journal)?;
+        let store = JournalStore::open_or_replace(journal)?;
         let inotify = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
             .context("creating an inotify instance (fs.inotify.max_user_instances reached?)")?;
         // Only on an initialised brick: on an unmounted one (an empty mountpoint) the writer
