@@ -133,11 +133,13 @@ pub struct Window {
     /// Directories a record made (created, or moved in from a place the writer did not
     /// watch), under final names.
     pub made_dirs: BTreeSet<RelPath>,
-    /// Names whose content or attributes a record changed after a rename of the window moved
-    /// them (or an ancestor), kept when they are removed: final name → name at the start of
-    /// the window, where the index holds the entry. A change through a name of a hard-linked
-    /// file changed its other names too, which only the indexed row leads to.
-    pub changed_through: BTreeMap<RelPath, RelPath>,
+    /// Names whose content or attributes a record changed and that a rename of the window
+    /// moved (or an ancestor), kept when they are removed: final name → the names they had at
+    /// the start of the window, where the index holds the entries. A change through a name of
+    /// a hard-linked file changed its other names too, which only the indexed row leads to.
+    /// (A name made after its parent was renamed away maps to that parent's old place: extra
+    /// rows compared, never fewer.)
+    pub changed_through: BTreeMap<RelPath, BTreeSet<RelPath>>,
 }
 
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
@@ -199,19 +201,13 @@ pub fn plan_paths(
         let (now, was) = look(p, &mut seen)?;
         // Changed through a name that a rename of this window gave it: the index knows the
         // entry under the name it had before.
-        let start = changed_through.get(p);
-        let before = match start {
-            Some(s) => index.get(s)?,
-            None => None,
-        };
+        let mut before = Vec::new();
+        for s in changed_through.get(p).into_iter().flatten() {
+            before.extend(index.get(s)?);
+        }
         for e in now.iter().chain(was.iter()).chain(before.iter()) {
             if e.kind == Kind::File && e.nlink > 1 {
                 for q in index.files_with_ino(e.ino)? {
-                    // The name itself, where the index still has it: its rename or delete is
-                    // planned with its directory's.
-                    if Some(&q) == start {
-                        continue;
-                    }
                     // A partner gone from its indexed name without a record of its own was
                     // moved with a directory: its new name is unknown here.
                     if !dirty.contains(&q) && look(&q, &mut seen)?.0.is_none_or(|x| x.ino != e.ino)
@@ -360,6 +356,8 @@ pub fn plan_paths(
             d.links.entry(*ino).or_default().push(p.clone());
         }
     }
+    inos.sort_unstable();
+    inos.dedup();
     for ino in inos {
         if d.stable_link.contains_key(&ino) {
             continue;
@@ -369,6 +367,11 @@ pub fn plan_paths(
                 continue;
             }
             let Some(e) = walk::lstat_beneath(&root_fd, &q)?.filter(|e| e.ino == ino) else {
+                // Gone from its indexed name without a record (moved with a directory): if
+                // this plan sends the content, its slave copy stops sharing the inode. Only a
+                // crawl finds where it went.
+                index.apply(&[Mutation::Poison(q.clone())])?;
+                needs_crawl = true;
                 continue;
             };
             let Some(row) = index

@@ -52,11 +52,13 @@ pub fn changes(records: &[Record]) -> Window {
                 if op == RecOp::Data {
                     c.written.insert(r.path.clone());
                 }
-                if matches!(op, RecOp::Data | RecOp::Meta) && !renames.is_empty() {
+                if matches!(op, RecOp::Data | RecOp::Meta) {
+                    // Kept even before any rename: a later one moves the name.
                     let start = start_name(&renames, &r.path);
-                    if start != r.path {
-                        c.changed_through.entry(r.path.clone()).or_insert(start);
-                    }
+                    c.changed_through
+                        .entry(r.path.clone())
+                        .or_default()
+                        .insert(start);
                 }
                 c.hard_links_made |= op == RecOp::Link;
                 if op == RecOp::Mkdir {
@@ -66,6 +68,11 @@ pub fn changes(records: &[Record]) -> Window {
         }
         add(&mut c.dirty, &r.path);
     }
+    // Only names that moved are of use: the others are looked up where they are.
+    c.changed_through.retain(|k, starts| {
+        starts.remove(k);
+        !starts.is_empty()
+    });
     c
 }
 
@@ -80,16 +87,20 @@ fn start_name(renames: &[(&RelPath, &RelPath)], p: &RelPath) -> RelPath {
     p
 }
 
-/// A rename among the keys of `map`: `from` and what lies beneath it move to `to`.
-fn rename_keys(map: &mut BTreeMap<RelPath, RelPath>, from: &RelPath, to: &RelPath) {
+/// A rename among the keys of `map`: `from` and what lies beneath it move to `to`, merging
+/// with what a key there already holds (a name replaced by the rename keeps its own starts).
+fn rename_keys(map: &mut BTreeMap<RelPath, BTreeSet<RelPath>>, from: &RelPath, to: &RelPath) {
+    use std::ops::Bound;
     let moved: Vec<RelPath> = map
-        .keys()
+        .range((Bound::Included(from.clone()), Bound::Unbounded))
+        .map(|(k, _)| k)
+        .take_while(|k| k.as_bytes() < upper(from).as_slice())
         .filter(|k| k.starts_with(from))
         .cloned()
         .collect();
     for k in moved {
         let v = map.remove(&k).unwrap();
-        map.insert(k.rebase(from, to), v);
+        map.entry(k.rebase(from, to)).or_default().extend(v);
     }
 }
 
@@ -173,27 +184,38 @@ mod tests {
     #[test]
     fn a_change_after_renames_keeps_the_name_it_had_at_the_start() {
         let recs = vec![
+            // Changed before any rename, then moved: kept too.
+            rec(RecOp::Meta, "d/h", None),
             rec(RecOp::Rename, "a/x", Some("b")),
             rec(RecOp::Rename, "a", Some("c/a")),
             rec(RecOp::Meta, "b/f", None),
             rec(RecOp::Data, "c/a/g", None),
+            // Never moved: looked up where it is.
             rec(RecOp::Data, "new", None),
             rec(RecOp::Rename, "b", Some("c/a/b")),
             rec(RecOp::Unlink, "c/a/b/f", None),
+            rec(RecOp::Rename, "d", Some("e")),
+            // Moved onto a name that holds a change already: both are kept.
+            rec(RecOp::Rename, "s", Some("t")),
+            rec(RecOp::Meta, "t/k", None),
+            rec(RecOp::Rename, "t/k", Some("e/h")),
         ];
         let w = changes(&recs);
         let got: Vec<(String, String)> = w
             .changed_through
             .iter()
-            .map(|(k, v)| (k.display(), v.display()))
+            .flat_map(|(k, v)| v.iter().map(|s| (k.display(), s.display())))
             .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("c/a/b/f".into(), "a/x/f".into()),
-                ("c/a/g".into(), "a/g".into())
-            ]
-        );
+        let want: Vec<(String, String)> = [
+            ("c/a/b/f", "a/x/f"),
+            ("c/a/g", "a/g"),
+            ("e/h", "d/h"),
+            ("e/h", "s/k"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

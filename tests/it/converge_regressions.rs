@@ -419,3 +419,21 @@ fn change_through_a_renamed_hard_link_that_stays_reaches_the_other_name() {
         rewrite(b"e/sub2/c", 15925961433306790276),
     ]);
 }
+
+/// Found in review of the fix above: a name made after its parent's old place was renamed away
+/// maps back to that place, which now holds another name of the same file (moved along); the
+/// moved name must still get the new content (its indexed name is poisoned and crawled).
+#[test]
+fn a_link_made_where_a_renamed_directory_was_and_written_through_updates_the_moved_name() {
+    both(&[
+        mkdir_p(b"a"),
+        write(b"a/x", 1641, 6046674014260065969),
+        link(b"a/x", b"p"),
+        sync(),
+        rename(b"a", b"b"),
+        rename(b"b", b"c"),
+        mkdir_p(b"b"),
+        link(b"c/x", b"b/x"),
+        append(b"b/x", 50),
+    ]);
+}
