@@ -104,6 +104,11 @@ pub struct Shipper {
     /// Multiply-linked files whose content went out in the current `ship` call, by inode, with
     /// the stat taken when they were read (see `send_op`).
     sent_inodes: HashMap<u64, Entry>,
+    /// Paths a failed op of the current plan poisoned: a later op's row for them must not
+    /// vouch for them (a rename whose source was missing on the slave, followed by the
+    /// renamed file's hash check that found nothing to send, left a row for a file the slave
+    /// does not have).
+    poisoned: HashSet<RelPath>,
     /// Link targets of the current `ship` call whose File op did not put the planned inode on
     /// the slave at that path (replaced on the master since the plan, changed while read,
     /// gone): the planned inode, and the name that leads its links instead once one carried
@@ -174,6 +179,7 @@ impl Shipper {
             previous_stime_ns: 0,
             stime_ns: 0,
             sent_inodes: HashMap::new(),
+            poisoned: HashSet::new(),
             relink: HashMap::new(),
             stime_sent: 0,
         }
@@ -231,6 +237,11 @@ impl Shipper {
                 for s in f.sent {
                     let failed = s.force_fail || s.wire.is_some_and(|w| f.failed.contains(&w));
                     if failed {
+                        for m in &s.fail {
+                            if let Mutation::Poison(p) = m {
+                                self.poisoned.insert(p.clone());
+                            }
+                        }
                         muts.extend(s.fail);
                         continue;
                     }
@@ -246,7 +257,12 @@ impl Shipper {
                         SentKind::Rename => self.stats.renamed += 1,
                         SentKind::Other | SentKind::Nothing => {}
                     }
-                    muts.extend(s.ok);
+                    let poisoned = &self.poisoned;
+                    muts.extend(
+                        s.ok.into_iter().filter(
+                            |m| !matches!(m, Mutation::Upsert(p, _) if poisoned.contains(p)),
+                        ),
+                    );
                 }
                 let t = std::time::Instant::now();
                 index
@@ -602,6 +618,7 @@ impl Shipper {
     /// sent of hard-linked files no longer counts.
     pub fn begin_plan(&mut self) {
         self.sent_inodes.clear();
+        self.poisoned.clear();
         self.relink.clear();
     }
 

@@ -437,3 +437,37 @@ fn a_link_made_where_a_renamed_directory_was_and_written_through_updates_the_mov
         append(b"b/x", 50),
     ]);
 }
+
+/// Journal seed 320219: a file renamed out of a directory, the directory removed and a file
+/// made in its place, all before the worker read the records. The window that only knew of a
+/// change inside the directory found a file at its path and replaced the slave's directory,
+/// dropping the file the rename moved out; the RENAME that came next found nothing to move, and
+/// the renamed file's hash check (nothing to send) left a row for a file the slave never got.
+#[test]
+fn a_directory_replaced_before_its_records_came_keeps_what_was_renamed_out_of_it() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("L")).unwrap();
+    crate::util::write(&m.join("L/f"), b"renamed out of L before L was replaced");
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    crate::util::write(&m.join("L/g"), b"a change inside L");
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("CREATE", "L/g")),
+        "the writer never journaled L/g"
+    );
+    // What follows happens on disk while its records wait behind the stopped writer.
+    signal(writer, Signal::STOP);
+    fs::rename(m.join("L/f"), m.join("x")).unwrap();
+    fs::remove_dir_all(m.join("L")).unwrap();
+    crate::util::write(&m.join("L"), b"a file now");
+    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
+    signal(worker, Signal::CONT);
+    wait_until(Duration::from_millis(500), || {
+        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
+    });
+    signal(writer, Signal::CONT);
+    s.converge("after the records came");
+}
