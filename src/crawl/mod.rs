@@ -298,18 +298,6 @@ pub fn plan_paths(
                 Change::None => {}
                 c => d.updates.push((p.clone(), o, e, c)),
             },
-            // An indexed directory replaced on the disk (by another kind of entry, or another
-            // directory) though no record of this window removed it: the disk is ahead of the
-            // records. Replacing it on the slave now would drop what a rename not journaled
-            // yet moves out of it (journal seed 320219): the window is planned again once the
-            // records say what happened.
-            (Some(e), Some(o))
-                if o.kind == Kind::Dir
-                    && (e.kind != Kind::Dir || e.ino != o.ino || e.reused_inode_of(&o))
-                    && !p.self_and_ancestors().any(|x| removed.contains(&x)) =>
-            {
-                incomplete = true;
-            }
             (Some(e), Some(o)) => d.compare(index, p.clone(), o, e)?,
         }
     }
