@@ -1099,6 +1099,21 @@ mod tests {
         ops_of(d)
     }
 
+    /// The paths a plan sends content to, and its links (path, target), in plan order.
+    fn sent_and_linked<'a>(
+        ops: impl Iterator<Item = &'a PlanOp>,
+    ) -> (Vec<&'a RelPath>, Vec<(&'a RelPath, &'a RelPath)>) {
+        let (mut sent, mut linked) = (Vec::new(), Vec::new());
+        for o in ops {
+            match o {
+                PlanOp::File { path, .. } => sent.push(path),
+                PlanOp::Op(Op::Link { path, target }) => linked.push((path, target)),
+                _ => {}
+            }
+        }
+        (sent, linked)
+    }
+
     /// The plan's ops, less the index-only one that marks the root stale: these diffs did not
     /// read it, so its attributes cannot be set again after the ops in it.
     fn ops_of(d: Diff) -> Vec<PlanOp> {
@@ -1173,20 +1188,7 @@ mod tests {
         d.new.insert(p("b/n"), linked(1));
         d.dirs.insert(p("b"), dir_entry);
         let ops = ops_of(d);
-        let sent: Vec<&RelPath> = ops
-            .iter()
-            .filter_map(|o| match o {
-                PlanOp::File { path, .. } => Some(path),
-                _ => None,
-            })
-            .collect();
-        let linked_to: Vec<(&RelPath, &RelPath)> = ops
-            .iter()
-            .filter_map(|o| match o {
-                PlanOp::Op(Op::Link { path, target }) => Some((path, target)),
-                _ => None,
-            })
-            .collect();
+        let (sent, linked_to) = sent_and_linked(ops.iter());
         assert_eq!(sent, vec![&p("a")], "{ops:?}");
         assert_eq!(linked_to, vec![(&p("b/n"), &p("a"))], "{ops:?}");
     }
@@ -1203,18 +1205,14 @@ mod tests {
         std::fs::write(root.join("p/x"), b"old").unwrap();
         let index = Index::open(&tmp.path().join("index.db")).unwrap();
         let fd = fsutil::open_root(&root).unwrap();
-        let stat = |s: &str| walk::lstat_beneath(&fd, &p(s)).unwrap().unwrap();
-        let rows: Vec<Mutation> = ["p", "p/x"]
+        let rows: Vec<Mutation> = [RelPath::root(), p("p"), p("p/x")]
             .into_iter()
-            .map(|s| Mutation::Upsert(p(s), stat(s)))
+            .map(|q| {
+                let e = walk::lstat_beneath(&fd, &q).unwrap().unwrap();
+                Mutation::Upsert(q, e)
+            })
             .collect();
         index.apply(&rows).unwrap();
-        index
-            .apply(&[Mutation::Upsert(
-                RelPath::root(),
-                walk::lstat_beneath(&fd, &RelPath::root()).unwrap().unwrap(),
-            )])
-            .unwrap();
         std::fs::create_dir_all(root.join("d/c")).unwrap();
         std::fs::hard_link(root.join("p/x"), root.join("d/c/y")).unwrap();
         std::fs::write(root.join("p/x"), b"new content").unwrap();
@@ -1227,20 +1225,7 @@ mod tests {
         let excludes = Excludes::new(&[]).unwrap();
         let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
         let ops: Vec<&PlanOp> = plan.ops.iter().map(|o| &o.op).collect();
-        let sent: Vec<&RelPath> = ops
-            .iter()
-            .filter_map(|o| match o {
-                PlanOp::File { path, .. } => Some(path),
-                _ => None,
-            })
-            .collect();
-        let linked_to: Vec<(&RelPath, &RelPath)> = ops
-            .iter()
-            .filter_map(|o| match o {
-                PlanOp::Op(Op::Link { path, target }) => Some((path, target)),
-                _ => None,
-            })
-            .collect();
+        let (sent, linked_to) = sent_and_linked(ops.iter().copied());
         assert_eq!(sent, vec![&p("d/c/y")], "{ops:?}");
         assert_eq!(linked_to, vec![(&p("p/x"), &p("d/c/y"))], "{ops:?}");
     }
