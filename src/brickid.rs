@@ -41,16 +41,21 @@ pub fn read(brick: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Gives `brick` an identity if it has none; the brick must exist (georep never creates one).
-pub fn ensure(brick: &Path) -> Result<String> {
+/// The master brick `brick` is a directory: the error names it (georep never creates one).
+pub fn usable(brick: &Path) -> Result<()> {
     match std::fs::metadata(brick) {
-        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => bail!("master brick {} is not a directory", brick.display()),
         Err(e) => bail!(
             "master brick {} is not usable ({e}): create it, mount it, or check the path (georep never creates a master brick)",
             brick.display()
         ),
     }
+}
+
+/// Gives `brick` an identity if it has none; the brick must exist (georep never creates one).
+pub fn ensure(brick: &Path) -> Result<String> {
+    usable(brick)?;
     if let Some(id) = read(brick)? {
         return Ok(id);
     }

@@ -1,6 +1,8 @@
 //! Logging through `tracing` to stderr; `GEOREP_LOG` (e.g. `info`, `georep=debug`) sets the
-//! level, and `set_level` changes it while running (config `log-level`).
+//! level, and `set_level` changes it while running (config `log-level`). Colour only on a
+//! terminal: the daemons' stderr is a log file under `$GEOREP_HOME/log`, kept plain text.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use tracing_subscriber::{filter::EnvFilter, prelude::*, reload, Registry};
 
@@ -9,9 +11,11 @@ static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 pub fn init() {
     let filter = EnvFilter::try_from_env("GEOREP_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let (filter, handle) = reload::Layer::new(filter);
-    let subscriber = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let subscriber = tracing_subscriber::registry().with(filter).with(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr),
+    );
     if subscriber.try_init().is_ok() {
         let _ = RELOAD.set(handle);
     }

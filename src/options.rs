@@ -145,12 +145,22 @@ fn show_size(n: u64) -> String {
     n.to_string()
 }
 
-/// `now`, `YYYY-MM-DD HH:MM:SS` (local time) or RFC 3339, as ns since the epoch.
+/// `now`, `YYYY-MM-DD HH:MM:SS` (local time, or followed by `UTC` or an offset such as `+01:00`,
+/// as `show_time` prints it) or RFC 3339, as ns since the epoch.
 pub fn parse_time(s: &str) -> Result<i64> {
     if s == "now" {
         return Ok(crate::journal::record::now_ns());
     }
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return t
+            .timestamp_nanos_opt()
+            .ok_or_else(|| anyhow!("{s:?} is out of range"));
+    }
+    let zoned = s
+        .strip_suffix(" UTC")
+        .map(|t| format!("{t} +00:00"))
+        .unwrap_or_else(|| s.to_string());
+    if let Ok(t) = chrono::DateTime::parse_from_str(&zoned, "%Y-%m-%d %H:%M:%S %:z") {
         return t
             .timestamp_nanos_opt()
             .ok_or_else(|| anyhow!("{s:?} is out of range"));
@@ -167,12 +177,14 @@ pub fn parse_time(s: &str) -> Result<i64> {
         .ok_or_else(|| anyhow!("{s:?} is out of range"))
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in local time.
+/// `YYYY-MM-DD HH:MM:SS` in local time with its zone: `UTC`, or the offset (`+01:00`).
 pub fn show_time(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns)
-        .with_timezone(&chrono::Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
+    let t = chrono::DateTime::from_timestamp_nanos(ns).with_timezone(&chrono::Local);
+    if t.offset().local_minus_utc() == 0 {
+        t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    } else {
+        t.format("%Y-%m-%d %H:%M:%S %:z").to_string()
+    }
 }
 
 fn parse_bool(s: &str) -> Result<bool> {
@@ -332,7 +344,16 @@ mod tests {
         assert_eq!(show_size(64 << 20), "64M");
         assert_eq!(show_size(1000), "1000");
         let t = parse_time("2026-11-21 08:26:23").unwrap();
-        assert_eq!(show_time(t), "2026-11-21 08:26:23");
+        assert!(
+            show_time(t).starts_with("2026-11-21 08:26:23 "),
+            "{}",
+            show_time(t)
+        );
+        // What status prints is read back as the same instant, zone included.
+        assert_eq!(parse_time(&show_time(t)).unwrap(), t);
+        let utc = parse_time("2026-11-21 08:26:23 UTC").unwrap();
+        assert_eq!(parse_time("2026-11-21 09:26:23 +01:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-21T08:26:23Z").unwrap(), utc);
         assert!(parse_time("yesterday").is_err());
     }
 

@@ -234,20 +234,67 @@ impl SessionConfig {
         home.etc.join("sessions").join(format!("{name}.toml"))
     }
 
+    /// The session's name: the one `create ... name N` gave it, else the generated
+    /// `<mastervol>_<slavehost>_<slavevol>`.
     pub fn name_for(home: &Home, master: &str, slave: &str) -> Result<String> {
         let vol = Volume::resolve(home, master)?;
         let spec = SlaveSpec::parse(slave)?;
-        Ok(session_name(&vol, &spec))
+        let generated = session_name(&vol, &spec);
+        if Self::file(home, &generated).exists() {
+            return Ok(generated);
+        }
+        for name in Self::names(home) {
+            let Ok(c) = Self::load_by_name(home, &name) else {
+                continue;
+            };
+            if c.slave == slave && same_volume(home, master, &c.master) {
+                return Ok(name);
+            }
+        }
+        Ok(generated)
+    }
+
+    /// Every session defined on this node, by name.
+    pub fn names(home: &Home) -> Vec<String> {
+        let mut names: Vec<_> = match std::fs::read_dir(home.etc.join("sessions")) {
+            Ok(rd) => rd
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".toml")
+                        .map(String::from)
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
     }
 
     pub fn exists(home: &Home, master: &str, slave: &str) -> Result<bool> {
         Ok(Self::file(home, &Self::name_for(home, master, slave)?).exists())
     }
 
-    pub fn new(home: &Home, master: &str, slave: &str) -> Result<SessionConfig> {
+    /// A new session; `name` is the operator's short name (checked like a volume name), else
+    /// the generated one.
+    pub fn new(
+        home: &Home,
+        master: &str,
+        slave: &str,
+        name: Option<&str>,
+    ) -> Result<SessionConfig> {
+        let name = match name {
+            Some(n) => {
+                crate::volume::validate_name(n)
+                    .map_err(|e| anyhow::anyhow!("session name: {e}"))?;
+                n.to_string()
+            }
+            None => Self::name_for(home, master, slave)?,
+        };
         Ok(SessionConfig {
             format: SESSION_FORMAT,
-            name: Self::name_for(home, master, slave)?,
+            name,
             master: master.to_string(),
             slave: slave.to_string(),
             excludes: Vec::new(),
@@ -271,6 +318,14 @@ impl SessionConfig {
 
     pub fn load_by_name(home: &Home, name: &str) -> Result<SessionConfig> {
         Self::load_named(home, name, name, "")
+    }
+
+    /// The session named `name` on this node, if there is one.
+    pub fn named(home: &Home, name: &str) -> Option<SessionConfig> {
+        if crate::volume::validate_name(name).is_err() || !Self::file(home, name).exists() {
+            return None;
+        }
+        Self::load_by_name(home, name).ok()
     }
 
     fn load_named(home: &Home, name: &str, master: &str, slave: &str) -> Result<SessionConfig> {
@@ -364,4 +419,14 @@ impl SessionConfig {
             host_key,
         })
     }
+}
+
+/// `MASTER` as given on the command line names a session's master volume `stored` (by name or
+/// path).
+pub fn same_volume(home: &Home, given: &str, stored: &str) -> bool {
+    given == stored
+        || Volume::resolve(home, given)
+            .ok()
+            .zip(Volume::resolve(home, stored).ok())
+            .is_some_and(|(a, b)| a.name == b.name)
 }

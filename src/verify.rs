@@ -106,7 +106,7 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
     let started = Instant::now();
     let vol = Volume::resolve(home, master)?;
     let spec = SlaveSpec::parse(slave)?;
-    let name = session::session_name(&vol, &spec);
+    let name = SessionConfig::name_for(home, master, slave)?;
     let excludes = match SessionConfig::load_by_name(home, &name) {
         Ok(cfg) => cfg.excludes,
         Err(_) => Vec::new(),

@@ -138,7 +138,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                 tracing::info!(brick = %brick_key, active = %holder, "passive connection");
                 w.send_flush(&Message::Welcome(Welcome {
                     passive_to: Some(holder),
-                    ..welcome(&state, &host, state.last_batch(&brick_key)?)
+                    ..welcome(&state, &host, state.last_batch(&brick_key)?)?
                 }))?;
                 return Ok(());
             }
@@ -166,7 +166,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     w.send_flush(&Message::Welcome(Welcome {
         previous_active,
         previous_stime_ns,
-        ..welcome(&state, &host, state.last_batch(&brick_key)?)
+        ..welcome(&state, &host, state.last_batch(&brick_key)?)?
     }))?;
     if hello.compression != 0 {
         r = r.into_decompressed()?;
@@ -370,8 +370,8 @@ fn refuse_nested(root: &Path, host: &str) -> Result<()> {
 }
 
 /// This agent's Welcome (Active, no takeover; callers set the rest).
-fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Welcome {
-    Welcome {
+fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Result<Welcome> {
+    Ok(Welcome {
         protocol: PROTOCOL_VERSION,
         georep_version: env!("CARGO_PKG_VERSION").to_string(),
         volume_id: state.volume_id.clone(),
@@ -381,7 +381,8 @@ fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Welcome {
         passive_to: None,
         previous_active: None,
         previous_stime_ns: 0,
-    }
+        replicated_from: state.replicated_from(protocol::MAX_REPLICATED_FROM)?,
+    })
 }
 
 fn utc(ns: i64) -> String {
@@ -400,7 +401,7 @@ fn serve_reverse(
     mut r: FrameReader,
     w: &mut FrameWriter,
 ) -> Result<()> {
-    w.send(&Message::Welcome(welcome(state, host, 0)))?;
+    w.send(&Message::Welcome(welcome(state, host, 0)?))?;
     w.flush()?;
     if hello.compression != 0 {
         r = r.into_decompressed()?;

@@ -140,6 +140,15 @@ impl AgentState {
         Ok(out)
     }
 
+    /// Master bricks that made batches durable here (at most `limit`).
+    pub fn replicated_from(&self, limit: usize) -> Result<Vec<String>> {
+        let mut st = self
+            .db
+            .prepare("SELECT brick FROM bricks WHERE last_batch > 0 ORDER BY brick LIMIT ?1")?;
+        let rows = st.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn last_batch(&self, brick: &str) -> Result<u64> {
         Ok(self
             .db

@@ -2,359 +2,83 @@
 //! domain module.
 
 use crate::config::{Home, SyncOptions};
+use crate::session::SessionConfig;
 use crate::volume::{self, Volume};
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "georep",
-    version,
-    about = "Asynchronous geo-replication of directory trees for disaster recovery",
-    long_about = None
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub cmd: Cmd,
-}
+mod args;
+pub use args::*;
 
-#[derive(Subcommand, Debug)]
-pub enum Cmd {
-    /// Manage volumes (named sets of bricks)
-    #[command(subcommand)]
-    Volume(VolumeCmd),
-    /// Replicate a master volume or path to a slave until they are equal
-    Sync(SyncArgs),
-    /// Slave side: apply a master's stream from stdin, answer on stdout (run by sshd or georep)
-    Agent(AgentArgs),
-    /// Register a session MASTER -> SLAVE and start journaling its bricks on this node
-    Create(CreateArgs),
-    /// Start replicating: a monitor in the background runs one worker per local brick
-    Start(StartArgs),
-    /// Stop replicating (journaling goes on; start resumes from the journal)
-    Stop(WordArgs),
-    /// Stop shipping but keep the session running; the journal keeps recording
-    Pause(SessionArgs),
-    /// Continue a paused session (it catches up with a History Crawl)
-    Resume(SessionArgs),
-    /// Remove the session on this node (`reset-sync-time` also forgets what the slave has)
-    Delete(WordArgs),
-    /// List, get, set (`KEY VALUE`) or reset (`!KEY`) session options (docs/config.md)
-    Config(ConfigArgs),
-    /// Paths that could not be replicated, with the error and the number of attempts
-    Failures(FailuresArgs),
-    /// Compare master and slave without copying; exit 0 only when they are equal
-    Verify(VerifyArgs),
-    /// DR host: promote the slave volume (fences the old master) and print the RPO
-    Failover(FailoverArgs),
-    /// Recovered master: bring back what changed on the DR side (`--reverse`)
-    Resync(ResyncArgs),
-    /// Recovered master: demote the DR volume, final reverse pass, resume replication
-    Failback(SessionArgs),
-    /// Session monitor (started by `start`)
-    #[command(hide = true)]
-    Monitor(MonitorArgs),
-    /// One brick's worker (started by the monitor)
-    #[command(hide = true)]
-    Worker(JournalArgs),
-    /// Journal writer of one brick (started by create/start)
-    #[command(hide = true)]
-    Journal(JournalArgs),
-    /// Slave side of push-pem: install a session key confined to one volume's agent
-    #[command(hide = true)]
-    AuthorizeKey(AuthorizeKeyArgs),
-    /// Embedded SSH server that only runs the agent (DR hosts without OpenSSH)
-    Serve(ServeArgs),
-    /// Sessions on this node: one row per brick, with LAST_SYNCED
-    Status(StatusArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct SessionArgs {
-    /// Master volume name or absolute path
-    pub master: String,
-    /// Slave: absolute path, local volume name, or [user@]host[:port]::volume
-    pub slave: String,
-}
-
-#[derive(Args, Debug)]
-pub struct CreateArgs {
-    #[command(flatten)]
-    pub session: SessionArgs,
-    /// `push-pem`, `no-verify`, `ssh-port N`, `force`
-    #[arg(value_name = "OPTION")]
-    pub options: Vec<String>,
-    /// Your own SSH key for push-pem (default: ~/.ssh/id_ed25519, id_ecdsa, then ssh-agent)
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<std::path::PathBuf>,
-    /// Pin the slave's host key up front (SHA256:... as ssh-keygen -l prints it)
-    #[arg(long, value_name = "FINGERPRINT")]
-    pub host_key: Option<String>,
-    /// Path of georep on the slave host (default: georep in its PATH)
-    #[arg(long, value_name = "PATH")]
-    pub remote_georep: Option<String>,
-    /// Create the slave volume root if it does not exist (push-pem)
-    #[arg(long)]
-    pub create_root: bool,
-}
-
-/// A session and trailing keywords (`force`, `reset-sync-time`).
-#[derive(Args, Debug)]
-pub struct WordArgs {
-    #[command(flatten)]
-    pub session: SessionArgs,
-    #[arg(value_name = "OPTION")]
-    pub words: Vec<String>,
-}
-
-impl WordArgs {
-    /// The keywords, each checked against `allowed`.
-    fn flags(&self, allowed: &[&str]) -> Result<Vec<&str>> {
-        self.words
-            .iter()
-            .map(|w| {
-                if allowed.contains(&w.as_str()) {
-                    Ok(w.as_str())
-                } else {
-                    bail!("unknown option {w:?}: expected {}", allowed.join(" or "))
-                }
-            })
-            .collect()
+/// A master or slave as typed: a relative path (`./src`, `../dr`, `.`, anything with a `/`
+/// that is not `host::volume`) becomes absolute; volume names and remote slaves are kept.
+pub fn local_path(arg: &str) -> Result<String> {
+    use std::path::Component;
+    if arg.contains("::")
+        || arg.starts_with('/')
+        || !(arg == "." || arg == ".." || arg.contains('/'))
+    {
+        return Ok(arg.to_string());
     }
-}
-
-#[derive(Args, Debug)]
-pub struct ConfigArgs {
-    #[command(flatten)]
-    pub session: SessionArgs,
-    /// Option name; `!KEY` resets it to its default
-    pub key: Option<String>,
-    /// New value
-    pub value: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct FailuresArgs {
-    #[command(flatten)]
-    pub session: SessionArgs,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct FailoverArgs {
-    /// The slave volume name on this host, or its path
-    pub volume: String,
-    /// Switchover: first wait until every master brick confirmed all its changes are here
-    #[arg(long)]
-    pub planned: bool,
-    /// With --planned: how long to wait, in seconds
-    #[arg(long, default_value_t = 120)]
-    pub timeout: u64,
-}
-
-#[derive(Args, Debug)]
-pub struct ResyncArgs {
-    /// From the slave back to the master (the only direction resync has)
-    #[arg(long, required = true)]
-    pub reverse: bool,
-    #[command(flatten)]
-    pub session: SessionArgs,
-    /// List what would move and the conflicts; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Also compare contents (blake3 on the DR side against what was shipped)
-    #[arg(long)]
-    pub checksum: bool,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub session: SessionArgs,
-    /// Also compare file contents (blake3 on both sides; reads everything)
-    #[arg(long)]
-    pub checksum: bool,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct MonitorArgs {
-    #[arg(long)]
-    pub session: String,
-}
-
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    /// Master volume name or path, optionally the slave, optionally `detail`
-    #[arg(value_name = "MASTER [SLAVE] [detail]")]
-    pub words: Vec<String>,
-    /// Print JSON (every detail column, UTC timestamps)
-    #[arg(long)]
-    pub json: bool,
-    /// Exit 0 OK, 1 WARNING, 2 CRITICAL with a one-line reason (for cron and Nagios)
-    #[arg(long)]
-    pub check: bool,
-    /// With --check: lag (seconds since LAST_SYNCED) above which the check is CRITICAL
-    /// (WARNING above half of it)
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    pub max_lag: u64,
-}
-
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// Address and port to listen on, e.g. 0.0.0.0:2222
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: String,
-    /// Host key (OpenSSH format; made on first start if missing)
-    #[arg(long, value_name = "FILE")]
-    pub host_key: std::path::PathBuf,
-    /// Keys allowed to run the agent, one per line as in OpenSSH (command="...", from="..."
-    /// and expiry-time="..." honoured)
-    #[arg(long, value_name = "FILE")]
-    pub authorized_keys: std::path::PathBuf,
-    /// Also accept keys listed without command="..." (they may then run the agent for any
-    /// volume they name)
-    #[arg(long)]
-    pub allow_unforced: bool,
-    /// Close a connection that has not authenticated within this many seconds (as OpenSSH's
-    /// LoginGraceTime)
-    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub login_grace_time: u64,
-    /// At most this many connections may wait for authentication at once; more are dropped
-    /// (as OpenSSH's MaxStartups)
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10000))]
-    pub max_startups: u64,
-}
-
-#[derive(Args, Debug)]
-pub struct AuthorizeKeyArgs {
-    #[arg(long)]
-    pub volume: String,
-    #[arg(long)]
-    pub key: String,
-    #[arg(long)]
-    pub comment: String,
-    #[arg(long, default_value = "georep")]
-    pub georep: String,
-    #[arg(long)]
-    pub create_root: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct StartArgs {
-    #[command(flatten)]
-    pub session: SessionArgs,
-    /// `force`: no error when already running
-    #[arg(value_name = "OPTION")]
-    pub words: Vec<String>,
-    /// Run the monitor in the foreground (systemd) until SIGINT/SIGTERM
-    #[arg(long)]
-    pub foreground: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct JournalArgs {
-    #[arg(long)]
-    pub session: String,
-    #[arg(long)]
-    pub brick: std::path::PathBuf,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum VolumeCmd {
-    /// Create a volume: `georep volume create NAME [replica N] [node:]/path...`
-    Create {
-        name: String,
-        #[arg(required = true, num_args = 1.., value_name = "[replica N] BRICK")]
-        args: Vec<String>,
-    },
-    /// List volumes
-    List,
-    /// Show a volume's bricks
-    Info { name: String },
-    /// Delete a volume definition (brick data is not touched)
-    Delete { name: String },
-}
-
-#[derive(Args, Debug)]
-pub struct SyncArgs {
-    /// Master volume name or absolute path
-    pub master: String,
-    /// Slave: absolute path, local volume name, or [user@]host[:port]::volume
-    pub slave: String,
-    /// Crawl, ship and apply until the slave equals the master, then exit
-    /// (continuous replication is a session: `georep create` + `georep start`)
-    #[arg(long, required = true)]
-    pub once: bool,
-    /// Print the result as JSON
-    #[arg(long)]
-    pub json: bool,
-    /// Exclude entries matching this glob (name, or brick-relative path if it has a '/')
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
-    /// zstd level of the stream, 0 = off (default: off to a local slave, 1 over a network)
-    #[arg(long, value_name = "LEVEL")]
-    pub compression: Option<i32>,
-    /// Batches in flight without an acknowledgement
-    #[arg(long)]
-    pub window: Option<usize>,
-    /// Seal a batch at this many ops
-    #[arg(long)]
-    pub batch_ops: Option<u32>,
-    /// Seal a batch at this many content bytes
-    #[arg(long)]
-    pub batch_bytes: Option<u64>,
-    /// First re-read the slave's tree instead of trusting what was sent before (repairs a slave
-    /// changed behind georep's back, as `georep verify` reports it)
-    #[arg(long)]
-    pub rescan_slave: bool,
-    /// With --rescan-slave: also compare contents (blake3 on both sides)
-    #[arg(long, requires = "rescan_slave")]
-    pub checksum: bool,
-}
-
-impl TryFrom<&SyncArgs> for SyncOptions {
-    type Error = anyhow::Error;
-    fn try_from(a: &SyncArgs) -> Result<SyncOptions> {
-        let d = SyncOptions::default();
-        SyncOptions {
-            compression: a.compression.or(d.compression),
-            window: a.window.unwrap_or(d.window),
-            batch_ops: a.batch_ops.unwrap_or(d.batch_ops),
-            batch_bytes: a.batch_bytes.unwrap_or(d.batch_bytes),
-            excludes: a.exclude.clone(),
-            rescan_slave: match (a.rescan_slave, a.checksum) {
-                (false, _) => None,
-                (true, c) => Some(c),
-            },
-            ..d
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut out = std::path::PathBuf::new();
+    for c in cwd.join(arg).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
         }
-        .validate()
+    }
+    out.to_str().map(String::from).with_context(|| {
+        format!("{arg:?}: the absolute path is not UTF-8; give it as an absolute path")
+    })
+}
+
+/// `MASTER SLAVE [WORD...]`, or a session's name then the words: the master and slave, and
+/// the words left. A name counts as a session's when no slave follows it (nothing, or a word
+/// `is_word` accepts).
+fn session_and_words<'a>(
+    home: &Home,
+    command: &str,
+    master: &str,
+    rest: &'a [String],
+    is_word: impl Fn(&str) -> bool,
+) -> Result<(String, String, &'a [String])> {
+    match rest.split_first() {
+        Some((slave, words)) if !is_word(slave) => Ok((local_path(master)?, local_path(slave)?, words)),
+        _ => match SessionConfig::named(home, master) {
+            Some(c) => Ok((c.master, c.slave, rest)),
+            None => bail!(
+                "no session named {master:?} on this node: give `georep {command} MASTER SLAVE`, or a session's name (`georep status` lists them)"
+            ),
+        },
     }
 }
 
-#[derive(Args, Debug)]
-pub struct AgentArgs {
-    /// Slave volume name registered on this host, or an absolute path
-    #[arg(long, required_unless_present = "probe")]
-    pub volume: Option<String>,
-    /// Print this agent's version and protocol and exit (used by push-pem)
-    #[arg(long)]
-    pub probe: bool,
+fn session(home: &Home, command: &str, a: &SessionArgs) -> Result<(String, String)> {
+    let rest: Vec<String> = a.slave.iter().cloned().collect();
+    let (m, s, _) = session_and_words(home, command, &a.master, &rest, |_| false)?;
+    Ok((m, s))
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let home = Home::from_env();
     match cli.cmd {
         Cmd::Volume(v) => volume_cmd(&home, v),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "georep", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ManPages { dir } => {
+            man_pages(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Sync(a) => {
             let opts: SyncOptions = (&a).try_into()?;
-            let report = crate::ship::sync_once(&home, &a.master, &a.slave, &opts)?;
+            let (m, s) = (local_path(&a.master)?, local_path(&a.slave)?);
+            let report = crate::ship::sync_once(&home, &m, &s, &opts)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -370,6 +94,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Create(a) => {
+            let (master, slave) = (local_path(&a.master)?, local_path(&a.slave)?);
             let mut o = crate::daemon::CreateOptions {
                 verify: true,
                 identity: a.identity.clone(),
@@ -388,23 +113,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                         let p = words.next().context("ssh-port needs a number")?;
                         o.ssh_port = Some(p.parse().with_context(|| format!("ssh-port {p:?} is not a port number"))?);
                     }
-                    other => bail!("unknown create option {other:?}: expected push-pem, no-verify, ssh-port N or force"),
+                    "name" => o.name = Some(words.next().context("name needs a session name, e.g. `name gv0-dr1`")?.clone()),
+                    other => bail!("unknown word {other:?} for `georep create`: expected push-pem, no-verify, ssh-port N, name NAME or force"),
                 }
             }
-            let cfg = crate::daemon::create(&home, &a.session.master, &a.session.slave, &o)?;
+            let cfg = crate::daemon::create(&home, &master, &slave, &o)?;
             println!(
-                "Creating geo-replication session between {} & {} has been successful ({})",
-                a.session.master, a.session.slave, cfg.name
+                "Creating geo-replication session between {master} & {slave} has been successful (session name {}; systemd: georep@{}.service)",
+                cfg.name, cfg.name
             );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Start(a) => {
-            let force = match a.words.as_slice() {
-                [] => false,
-                [w] if w == "force" => true,
-                w => bail!("unknown start options {w:?}: expected force"),
-            };
-            let (m, sl) = (&a.session.master, &a.session.slave);
+            let (m, sl, words) =
+                session_and_words(&home, "start", &a.master, &a.words, |w| w == "force")?;
+            let force = !check_words("start", words, &["force"])?.is_empty();
+            let (m, sl) = (&m, &sl);
             if !a.foreground {
                 crate::daemon::start(&home, m, sl, force, false)?;
                 println!("Starting geo-replication session between {m} & {sl} has been successful");
@@ -414,38 +138,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stop(a) => {
-            let force = a.flags(&["force"])?.contains(&"force");
-            let (m, sl) = (&a.session.master, &a.session.slave);
+            let (m, sl, words) =
+                session_and_words(&home, "stop", &a.master, &a.words, |w| w == "force")?;
+            let force = !check_words("stop", words, &["force"])?.is_empty();
+            let (m, sl) = (&m, &sl);
             crate::daemon::stop(&home, m, sl, force)?;
             println!("Stopping geo-replication session between {m} & {sl} has been successful");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pause(a) => {
-            crate::daemon::pause(&home, &a.master, &a.slave)?;
-            println!(
-                "Pausing geo-replication session between {} & {} has been successful",
-                a.master, a.slave
-            );
+            let (m, s) = session(&home, "pause", &a)?;
+            crate::daemon::pause(&home, &m, &s)?;
+            println!("Pausing geo-replication session between {m} & {s} has been successful");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Resume(a) => {
-            crate::daemon::resume(&home, &a.master, &a.slave)?;
-            println!(
-                "Resuming geo-replication session between {} & {} has been successful",
-                a.master, a.slave
-            );
+            let (m, s) = session(&home, "resume", &a)?;
+            crate::daemon::resume(&home, &m, &s)?;
+            println!("Resuming geo-replication session between {m} & {s} has been successful");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Delete(a) => {
-            let reset = a.flags(&["reset-sync-time"])?.contains(&"reset-sync-time");
-            let (m, sl) = (&a.session.master, &a.session.slave);
+            let (m, sl, words) = session_and_words(&home, "delete", &a.master, &a.words, |w| {
+                w == "reset-sync-time"
+            })?;
+            let reset = !check_words("delete", words, &["reset-sync-time"])?.is_empty();
+            let (m, sl) = (&m, &sl);
             crate::daemon::delete(&home, m, sl, reset)?;
             println!("Deleting geo-replication session between {m} & {sl} has been successful");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Config(a) => config_cmd(&home, a),
         Cmd::Failures(a) => {
-            let list = crate::status::failures(&home, &a.session.master, &a.session.slave)?;
+            let (m, s) = session(&home, "failures", &a.session)?;
+            let list = crate::status::failures(&home, &m, &s)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
@@ -465,7 +191,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Verify(a) => {
-            let r = crate::verify::verify(&home, &a.session.master, &a.session.slave, a.checksum)?;
+            let (m, s) = session(&home, "verify", &a.session)?;
+            let r = crate::verify::verify(&home, &m, &s, a.checksum)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -509,18 +236,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Resync(a) => {
-            let (m, s) = (&a.session.master, &a.session.slave);
-            let r = crate::failback::resync_reverse(&home, m, s, a.dry_run, a.checksum, false)?;
+            let (m, s) = session(&home, "resync", &a.session)?;
+            let r = crate::failback::resync_reverse(&home, &m, &s, a.dry_run, a.checksum, false)?;
             print_reverse(&r, a.json)
         }
         Cmd::Failback(a) => {
-            let r = crate::failback::failback(&home, &a.master, &a.slave)?;
+            let (m, s) = session(&home, "failback", &a)?;
+            let r = crate::failback::failback(&home, &m, &s)?;
             let code = print_reverse(&r, false)?;
             if r.failures.is_empty() {
                 println!(
-                    "Failback of {} & {} has been successful: the DR volume is a slave again (epoch {}), replication restarted",
-                    a.master,
-                    a.slave,
+                    "Failback of {m} & {s} has been successful: the DR volume is a slave again (epoch {}), replication restarted",
                     r.demoted_to_epoch.unwrap_or_default()
                 );
             }
@@ -592,18 +318,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn status_cmd(home: &Home, a: StatusArgs) -> Result<ExitCode> {
-    let mut words: Vec<&str> = a.words.iter().map(String::as_str).collect();
-    let detail = words.last() == Some(&"detail");
+    let mut words: Vec<String> = a.words.clone();
+    let detail = words.last().is_some_and(|w| w == "detail");
     if detail {
         words.pop();
     }
     let (master, slave) = match words.as_slice() {
         [] => (None, None),
-        [m] => (Some(*m), None),
-        [m, s] => (Some(*m), Some(*s)),
-        _ => bail!("usage: georep status [MASTER [SLAVE]] [detail] [--json] [--check]"),
+        [m] => match SessionConfig::named(home, m) {
+            Some(c) => (Some(c.master), Some(c.slave)),
+            None => (Some(local_path(m)?), None),
+        },
+        [m, w] if SessionConfig::named(home, m).is_some_and(|c| c.slave != *w) => bail!(
+            "unknown word {w:?} for `georep status {m}`: expected detail ({m} is a session's name)"
+        ),
+        [m, s] => (Some(local_path(m)?), Some(local_path(s)?)),
+        [_, _, w, ..] => bail!(
+            "unknown word {w:?} for `georep status`: expected detail (usage: georep status [MASTER [SLAVE]] [detail] [--json] [--check])"
+        ),
     };
-    let rows = crate::status::rows(home, master, slave)?;
+    let rows = crate::status::rows(home, master.as_deref(), slave.as_deref())?;
     if a.check {
         let (code, line) = crate::status::check(&rows, a.max_lag);
         println!("{line}");
@@ -654,9 +388,19 @@ fn print_reverse(r: &crate::failback::ReverseReport, json: bool) -> Result<ExitC
 
 fn config_cmd(home: &Home, a: ConfigArgs) -> Result<ExitCode> {
     use crate::options;
-    let (m, s) = (&a.session.master, &a.session.slave);
-    let mut cfg = crate::session::SessionConfig::load(home, m, s)?;
-    match (a.key.as_deref(), a.value.as_deref()) {
+    let is_key = |w: &str| {
+        let k = w.strip_prefix('!').unwrap_or(w);
+        options::OPTIONS.iter().any(|d| d.key == k)
+    };
+    let (m, s, rest) = session_and_words(home, "config", &a.master, &a.words, is_key)?;
+    let (key, value) = match rest {
+        [] => (None, None),
+        [k] => (Some(k.as_str()), None),
+        [k, v] => (Some(k.as_str()), Some(v.as_str())),
+        [_, _, w, ..] => bail!("unknown word {w:?} for `georep config`: it takes one KEY and one VALUE (quote a value with spaces)"),
+    };
+    let mut cfg = crate::session::SessionConfig::load(home, &m, &s)?;
+    match (key, value) {
         (None, _) => {
             for d in options::OPTIONS {
                 println!("{}: {}", d.key, options::get(&cfg, d.key)?);
@@ -743,4 +487,30 @@ fn volume_cmd(home: &Home, cmd: VolumeCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `georep.1` and one page per visible subcommand (`georep-sync.1`, ...), from the clap
+/// definitions.
+fn man_pages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = command();
+    let write = |name: &str, c: clap::Command| -> Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c)
+            .title(name.to_uppercase())
+            .render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
+    };
+    write("georep", cmd.clone())?;
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("georep-{}", sub.get_name());
+        write(
+            &name,
+            sub.clone()
+                .name(name.clone())
+                .version(env!("CARGO_PKG_VERSION")),
+        )?;
+    }
+    Ok(())
 }

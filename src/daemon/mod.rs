@@ -183,19 +183,43 @@ pub struct CreateOptions {
     pub host_key: Option<String>,
     pub remote_georep: Option<String>,
     pub create_root: bool,
+    /// `name NAME`: the session's short name (default: generated from master and slave).
+    pub name: Option<String>,
 }
 
-/// `georep create MASTER SLAVE [push-pem] [no-verify] [ssh-port N] [force]`.
+/// `georep create MASTER SLAVE [push-pem] [no-verify] [ssh-port N] [name NAME] [force]`.
 pub fn create(home: &Home, master: &str, slave: &str, o: &CreateOptions) -> Result<SessionConfig> {
     let exists = SessionConfig::exists(home, master, slave)?;
-    // A failed create leaves no session key behind (nor a pinned host key) that it made.
-    let ssh_dir = SessionConfig::new(home, master, slave)
-        .ok()
-        .map(|c| crate::keys::ssh_dir(home, &c.name))
-        .filter(|d| !d.exists());
+    let name = if exists {
+        let current = SessionConfig::name_for(home, master, slave)?;
+        if let Some(n) = o.name.as_deref().filter(|n| *n != current) {
+            bail!("session {master} -> {slave} already exists as {current}: `georep delete {current}` it first to name it {n}");
+        }
+        current
+    } else {
+        let cfg = SessionConfig::new(home, master, slave, o.name.as_deref())?;
+        if let Some(other) = SessionConfig::named(home, &cfg.name) {
+            bail!(
+                "a session named {} already exists ({} -> {}): pick another name",
+                cfg.name,
+                other.master,
+                other.slave
+            );
+        }
+        cfg.name
+    };
+    // A failed create leaves nothing behind that it made: no session key, no pinned host key,
+    // no state directory.
+    let made: Vec<PathBuf> = [
+        crate::keys::ssh_dir(home, &name),
+        home.state.join("sessions").join(&name),
+    ]
+    .into_iter()
+    .filter(|d| !d.exists())
+    .collect();
     let r = create_inner(home, master, slave, o, exists);
     if r.is_err() {
-        if let Some(d) = ssh_dir {
+        for d in made {
             let _ = std::fs::remove_dir_all(d);
         }
     }
@@ -215,7 +239,7 @@ fn create_inner(
     let mut cfg = if exists {
         SessionConfig::load(home, master, slave)?
     } else {
-        SessionConfig::new(home, master, slave)?
+        SessionConfig::new(home, master, slave, o.name.as_deref())?
     };
     if o.ssh_port.is_some() {
         cfg.ssh_port = o.ssh_port;
@@ -231,6 +255,10 @@ fn create_inner(
         .into_iter()
         .cloned()
         .collect();
+    // The master first: a mistyped master path is named as such, never blamed on the slave.
+    for b in &bricks {
+        crate::brickid::usable(&b.path)?;
+    }
     if !spec.is_local() {
         if o.push_pem {
             push_pem(home, &cfg, &vol.name, o)?;
@@ -274,8 +302,30 @@ fn create_inner(
             &opts,
         )
         .with_context(|| format!("verifying slave {slave} (use no-verify to skip)"));
+        // A slave that holds files no brick of this master volume sent is somebody's data:
+        // replicating onto it makes it equal to the master (extras removed), so it takes `force`.
+        let census = match probe {
+            Ok(mut p) if !o.force && !replicated_by(&p.replicated_from, &vol) => {
+                let c = p.slave_census(&index);
+                p.close()?;
+                c?
+            }
+            Ok(p) => {
+                p.close()?;
+                (0, None)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let _ = std::fs::remove_dir_all(&dir);
-        probe?.close()?;
+        if let (n, Some(first)) = census {
+            bail!(
+                "slave {slave} already holds {n} {} (for example {first}) that no brick of {master} sent: add `force` to replicate onto it (files equal in size, mtime, owner and mode are kept, everything else is made equal to the master and extras are removed, or kept in the slave's trash when `trash-retention` is set), or pick an empty slave",
+                if n == 1 { "entry" } else { "entries" }
+            );
+        }
     }
     for b in &bricks {
         let dir = session::brick_state_dir(home, &cfg.name, b);
@@ -287,6 +337,14 @@ fn create_inner(
         ensure_writer(home, &cfg.name, b)?;
     }
     Ok(cfg)
+}
+
+/// Whether a brick of `vol` (on any node) has replicated onto the slave, as its agent says:
+/// then what the slave holds came from this master volume.
+fn replicated_by(replicated_from: &[String], vol: &crate::volume::Volume) -> bool {
+    vol.bricks
+        .iter()
+        .any(|b| replicated_from.contains(&b.to_string()))
 }
 
 /// Sets up the session key on the slave with the operator's own credentials.

@@ -67,6 +67,9 @@ pub struct Welcome {
     /// is on the slave; a file changed later may be there in another version with the same
     /// size and mtime, which the takeover must not adopt unchecked.
     pub previous_stime_ns: i64,
+    /// Master bricks (`node:brick`) that have made batches durable on this volume, at most
+    /// `MAX_REPLICATED_FROM`: `create` knows a slave it may replicate onto without `force`.
+    pub replicated_from: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -16,7 +16,9 @@ pub use path::RelPath;
 pub const PREAMBLE: &[u8; 8] = b"GEOREP\0\x01";
 /// The protocol version this build speaks (5: the master heartbeats, the agent drops a
 /// silent connection).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
+/// Largest number of bricks `Welcome.replicated_from` names.
+pub const MAX_REPLICATED_FROM: usize = 256;
 /// The master sends `Heartbeat` after this long without writing anything else.
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// An agent that has waited this long for a byte from the master gives the connection up

@@ -149,7 +149,7 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
             }
         }
     }
-    let session = session::session_name(&vol, &spec);
+    let session = session::SessionConfig::name_for(home, master, slave)?;
     let transport = transport_for(home, &session, &spec)?;
     let excludes = Excludes::new(&opts.excludes)?;
     let bricks = vol.local_bricks_for("sync")?;
@@ -159,8 +159,12 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
         bricks: bricks.len(),
         ..Default::default()
     };
+    // A sync that fails leaves no state behind that it made (what it shipped is found again by
+    // the next first sync, which lists the slave).
+    let session_state = home.state.join("sessions").join(&session);
+    let made = !session_state.exists();
     for brick in bricks {
-        sync_brick(
+        let r = sync_brick(
             home,
             &spec,
             &session,
@@ -169,7 +173,13 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
             &excludes,
             opts,
             &mut report,
-        )?;
+        );
+        if let Err(e) = r {
+            if made {
+                let _ = std::fs::remove_dir_all(&session_state);
+            }
+            return Err(e);
+        }
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.master_peak_rss_kb = crate::transport::local::self_peak_rss_kb();
@@ -206,7 +216,13 @@ fn sync_brick(
     let index = Index::open(&index_path)?;
     crate::brickid::check(brick, &index)?;
     let mut slot = 0u64;
-    let (mut shipper, first) = match opts.rescan_slave {
+    // A first sync (nothing known of the slave) lists the slave once: what it already holds
+    // equal in size, mtime, owner and mode is kept, extras are removed.
+    let rescan = match opts.rescan_slave {
+        None if index.is_empty()? => Some(false),
+        r => r,
+    };
+    let (mut shipper, first) = match rescan {
         Some(checksum) => {
             let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
             shipper.seed_index_from_slave(&index, checksum, None)?;
@@ -351,6 +367,7 @@ pub fn connect(
     shipper.ignore_deletes = opts.ignore_deletes;
     shipper.set_bwlimit(opts.bwlimit);
     shipper.previous_active = welcome.previous_active;
+    shipper.replicated_from = welcome.replicated_from;
     shipper.previous_stime_ns = welcome.previous_stime_ns;
     Ok(shipper)
 }

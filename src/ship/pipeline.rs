@@ -97,6 +97,8 @@ pub struct Shipper {
     /// Set by the handshake when another brick of the replica set was Active before us, with
     /// that brick's last stime on the slave.
     pub previous_active: Option<String>,
+    /// Master bricks that have replicated onto this slave (the handshake's `replicated_from`).
+    pub replicated_from: Vec<String>,
     pub previous_stime_ns: i64,
     /// The brick's stime, carried by every batch so the slave knows its RPO (failover).
     pub stime_ns: i64,
@@ -176,6 +178,7 @@ impl Shipper {
             bwlimit: 0,
             bw_base: (std::time::Instant::now(), 0),
             previous_active: None,
+            replicated_from: Vec::new(),
             previous_stime_ns: 0,
             stime_ns: 0,
             sent_inodes: HashMap::new(),
@@ -388,23 +391,51 @@ impl Shipper {
         checksum: bool,
         paths: Option<Vec<RelPath>>,
     ) -> Result<Vec<protocol::ListEntry>> {
+        let mut out = Vec::new();
+        self.list_each(index, checksum, paths, &mut |mut v| out.append(&mut v))?;
+        Ok(out)
+    }
+
+    /// How many entries the slave holds, and the first one listed; memory does not grow with
+    /// the slave's tree (`create` asks before replicating onto a slave no session filled).
+    pub fn slave_census(&mut self, index: &Index) -> Result<(u64, Option<RelPath>)> {
+        let mut first = None;
+        let n = self.list_each(index, false, None, &mut |v| {
+            if first.is_none() {
+                first = v.into_iter().next().map(|e| e.path);
+            }
+        })?;
+        Ok((n, first))
+    }
+
+    /// Lists the slave (or `paths` on it), handing each chunk to `on` as it arrives; returns
+    /// the number of entries.
+    fn list_each(
+        &mut self,
+        index: &Index,
+        checksum: bool,
+        paths: Option<Vec<RelPath>>,
+        on: &mut dyn FnMut(Vec<protocol::ListEntry>),
+    ) -> Result<u64> {
         while !self.inflight.is_empty() {
             self.wait_one(index)?;
         }
         self.request(&Message::List { checksum, paths })?;
-        let mut out = Vec::new();
+        let mut seen = 0u64;
         loop {
             match self.reply(index)? {
-                Message::Listing(mut v) => out.append(&mut v),
+                Message::Listing(v) => {
+                    seen += v.len() as u64;
+                    on(v);
+                }
                 Message::ListEnd { entries } => {
-                    if entries != out.len() as u64 {
+                    if entries != seen {
                         bail!(
-                            "the agent on {} listed {} entries but announced {entries}",
+                            "the agent on {} listed {seen} entries but announced {entries}",
                             self.peer,
-                            out.len()
                         );
                     }
-                    return Ok(out);
+                    return Ok(seen);
                 }
                 m => bail!("unexpected {} from the agent during a listing", m.name()),
             }

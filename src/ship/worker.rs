@@ -286,7 +286,7 @@ impl Worker {
             let pending = index.get_meta("takeover_from")?.filter(|p| !p.is_empty());
             let result = match shipper.previous_active.clone().or(pending) {
                 Some(prev) => self.take_over(&mut shipper, &index, &journal, &prev),
-                None => Ok(()),
+                None => self.first_sync(&mut shipper, &index),
             }
             .and_then(|()| self.serve(&mut shipper, &index, &journal));
             match result {
@@ -368,6 +368,20 @@ impl Worker {
         )?;
         index.set_meta("takeover_from", "")?;
         self.status.takeovers += 1;
+        Ok(())
+    }
+
+    /// Nothing is known of the slave (a new session, or a slave recreated): read its tree once,
+    /// so the first hybrid crawl keeps what it already holds equal in size, mtime, owner and
+    /// mode, and removes extras.
+    fn first_sync(&mut self, shipper: &mut Shipper, index: &Index) -> Result<()> {
+        if !index.is_empty()? {
+            return Ok(());
+        }
+        self.status.crawl = "Hybrid Crawl".into();
+        self.save();
+        let listed = shipper.seed_index_from_slave(index, false, None)?;
+        tracing::info!(brick = %self.brick, entries = listed, "first sync: slave listing read");
         Ok(())
     }
 

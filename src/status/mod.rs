@@ -111,23 +111,6 @@ fn utc_time(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn session_names(home: &crate::config::Home) -> Vec<String> {
-    let mut names: Vec<_> = match std::fs::read_dir(home.etc.join("sessions")) {
-        Ok(rd) => rd
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".toml")
-                    .map(String::from)
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
-}
-
 /// Rows for every session on this node (optionally one master volume, one slave).
 pub fn rows(
     home: &crate::config::Home,
@@ -138,9 +121,9 @@ pub fn rows(
     use crate::session::SessionConfig;
     let mut out = Vec::new();
     let mut matched = false;
-    for name in session_names(home) {
+    for name in crate::session::SessionConfig::names(home) {
         let cfg = SessionConfig::load_by_name(home, &name)?;
-        if master.is_some_and(|m| !same_volume(home, m, &cfg.master))
+        if master.is_some_and(|m| !crate::session::same_volume(home, m, &cfg.master))
             || slave.is_some_and(|s| s != cfg.slave)
         {
             continue;
@@ -151,11 +134,12 @@ pub fn rows(
         let (slave_col, user, node) = match &spec.host {
             Some(h) => (
                 format!(
-                    "ssh://{}{h}::{}",
+                    "ssh://{}{}::{}",
                     spec.user
                         .as_ref()
                         .map(|u| format!("{u}@"))
                         .unwrap_or_default(),
+                    host_port(h, spec.port.or(cfg.ssh_port)),
                     spec.volume
                 ),
                 spec.user.clone().unwrap_or_else(|| "root".into()),
@@ -241,13 +225,17 @@ pub fn rows(
     Ok(out)
 }
 
-/// `MASTER` as given on the command line names the session's master volume (by name or path).
-fn same_volume(home: &crate::config::Home, given: &str, stored: &str) -> bool {
-    given == stored
-        || crate::volume::Volume::resolve(home, given)
-            .ok()
-            .zip(crate::volume::Volume::resolve(home, stored).ok())
-            .is_some_and(|(a, b)| a.name == b.name)
+/// `host`, or `host:port` for a port other than 22 (IPv6 addresses in brackets).
+fn host_port(host: &str, port: Option<u16>) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    match port.filter(|p| *p != 22) {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
 }
 
 /// `status --check`: (exit code, one line). CRITICAL: a Faulty or Stopped brick, lag over
@@ -341,20 +329,24 @@ pub fn failures(home: &crate::config::Home, master: &str, slave: &str) -> Result
     Ok(out)
 }
 
-/// The Gluster-style table; `detail` adds the counters, checkpoint columns, backlog, lag and
-/// the last error.
+/// The default table's width budget: long paths are shortened in the middle to fit it.
+pub const TABLE_WIDTH: usize = 120;
+/// A shortened path keeps at least this many characters.
+const MIN_PATH_WIDTH: usize = 16;
+
+/// The Gluster-style table. By default one row per brick in about 120 columns: MASTER NODE,
+/// MASTER VOL, MASTER BRICK, SLAVE (`ssh://user@host[:port]::volume`, which also names the
+/// slave user and node), STATUS, CRAWL STATUS, LAST_SYNCED; long paths are shortened in the
+/// middle. `detail` keeps every value whole and adds SLAVE USER, SLAVE NODE, the counters,
+/// checkpoint columns, backlog, lag and the last error.
 pub fn table(rows: &[Row], detail: bool) -> String {
-    let mut header = vec![
-        "MASTER NODE",
-        "MASTER VOL",
-        "MASTER BRICK",
-        "SLAVE USER",
-        "SLAVE",
-        "SLAVE NODE",
-        "STATUS",
-        "CRAWL STATUS",
-        "LAST_SYNCED",
-    ];
+    let mut header = vec!["MASTER NODE", "MASTER VOL", "MASTER BRICK"];
+    if detail {
+        header.extend(["SLAVE USER", "SLAVE", "SLAVE NODE"]);
+    } else {
+        header.push("SLAVE");
+    }
+    header.extend(["STATUS", "CRAWL STATUS", "LAST_SYNCED"]);
     if detail {
         header.extend([
             "ENTRY",
@@ -376,13 +368,17 @@ pub fn table(rows: &[Row], detail: bool) -> String {
                 r.master_node.clone(),
                 r.master_vol.clone(),
                 r.master_brick.clone(),
-                r.slave_user.clone(),
-                r.slave.clone(),
-                r.slave_node.clone(),
+            ];
+            if detail {
+                c.extend([r.slave_user.clone(), r.slave.clone(), r.slave_node.clone()]);
+            } else {
+                c.push(r.slave.clone());
+            }
+            c.extend([
                 r.status.clone(),
                 r.crawl_status.clone(),
                 r.last_synced.clone(),
-            ];
+            ]);
             if detail {
                 c.extend([
                     r.entries.to_string(),
@@ -402,16 +398,32 @@ pub fn table(rows: &[Row], detail: bool) -> String {
             c
         })
         .collect();
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let width = |s: &str| s.chars().count();
+    let mut w: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for c in &cells {
         for (i, v) in c.iter().enumerate() {
-            w[i] = w[i].max(v.len());
+            w[i] = w[i].max(width(v));
+        }
+    }
+    if !detail {
+        // MASTER VOL, MASTER BRICK and SLAVE give way, widest first, down to a readable width.
+        let shrinkable = [1, 2, 3];
+        let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * (w.len() - 1);
+        while total(&w) > TABLE_WIDTH {
+            let Some(&i) = shrinkable
+                .iter()
+                .filter(|&&i| w[i] > MIN_PATH_WIDTH.max(width(header[i])))
+                .max_by_key(|&&i| w[i])
+            else {
+                break;
+            };
+            w[i] -= 1;
         }
     }
     let line = |v: Vec<&str>| {
         v.iter()
             .enumerate()
-            .map(|(i, s)| format!("{s:<width$}", width = w[i]))
+            .map(|(i, s)| format!("{:<width$}", shorten_middle(s, w[i]), width = w[i]))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
@@ -445,4 +457,97 @@ pub fn table(rows: &[Row], detail: bool) -> String {
         }
     }
     out
+}
+
+/// `s` in at most `max` characters: its start and end with `…` between when it is longer.
+pub fn shorten_middle(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max || max < 3 {
+        return s.to_string();
+    }
+    let keep = max - 1;
+    let head = keep / 2;
+    let tail = keep - head;
+    let start: String = s.chars().take(head).collect();
+    let end: String = s.chars().skip(n - tail).collect();
+    format!("{start}…{end}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(brick: &str, slave: &str) -> Row {
+        Row {
+            master_node: "gfs-node1".into(),
+            master_vol: "gv0".into(),
+            master_brick: brick.into(),
+            slave_user: "root".into(),
+            slave: slave.into(),
+            slave_node: "dr1".into(),
+            status: "Active".into(),
+            crawl_status: "Changelog Crawl".into(),
+            last_synced: "2026-12-04 06:04:02 UTC".into(),
+            last_synced_utc: None,
+            lag_seconds: Some(1),
+            entries: 0,
+            data: 0,
+            meta: 0,
+            failures: 0,
+            backlog_records: 0,
+            backlog_bytes: 0,
+            checkpoint_time: "N/A".into(),
+            checkpoint_time_utc: None,
+            checkpoint_completed: "N/A".into(),
+            checkpoint_completion_time: "N/A".into(),
+            checkpoint_completion_time_utc: None,
+            hybrid_crawls: 0,
+            takeovers: 0,
+            last_error: None,
+            disconnects: 0,
+            last_disconnect: None,
+        }
+    }
+
+    fn widest(t: &str) -> usize {
+        t.lines().map(|l| l.chars().count()).max().unwrap()
+    }
+
+    #[test]
+    fn the_table_fits_120_columns_and_shortens_long_paths_in_the_middle() {
+        let normal = table(
+            &[row("/bricks/brick1", "ssh://root@dr1:2222::gv0-dr")],
+            false,
+        );
+        assert!(widest(&normal) <= TABLE_WIDTH, "{normal}");
+        assert!(
+            normal.contains(" /bricks/brick1 ") && normal.contains("ssh://root@dr1:2222::gv0-dr"),
+            "{normal}"
+        );
+        let long = format!("/data/{}brick-end", "very-long-directory-name/".repeat(6));
+        let t = table(
+            &[row(
+                &long,
+                "ssh://replication@dr-site-1.example.com::/dr/volumes/gv0",
+            )],
+            false,
+        );
+        assert!(widest(&t) <= TABLE_WIDTH, "{t}");
+        assert!(
+            t.contains(" /data/very") && t.contains("/brick-end ") && t.contains('…'),
+            "{t}"
+        );
+        // detail keeps everything whole.
+        let d = table(&[row(&long, "ssh://root@dr1::gv0")], true);
+        assert!(
+            d.contains(&long) && d.contains("SLAVE USER") && d.contains("SLAVE NODE"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn shortening_keeps_both_ends() {
+        assert_eq!(shorten_middle("/abcdefghij", 7), "/ab…hij");
+        assert_eq!(shorten_middle("/short", 16), "/short");
+    }
 }

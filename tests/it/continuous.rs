@@ -670,12 +670,37 @@ fn status_table_follows_the_session() {
     let t = g.ok(&["status", ms, ss]);
     let row = t.lines().nth(2).unwrap();
     assert!(row.starts_with("node1 ") && row.contains("Active"), "{t}");
-    let synced = row.split_whitespace().rev().take(2).collect::<Vec<_>>();
+    // LAST_SYNCED: a local date and time with its zone (UTC, or an offset), the same instant
+    // as the JSON's UTC time.
+    let synced: Vec<&str> = row.split_whitespace().rev().take(3).collect();
+    let (date, time, zone) = (synced[2], synced[1], synced[0]);
     assert!(
-        synced[1].len() == 10 && synced[1].starts_with("20"),
-        "LAST_SYNCED is a date: {row}"
+        date.len() == 10 && date.starts_with("20") && time.len() == 8,
+        "LAST_SYNCED is a date and time: {row}"
     );
+    let zone_ok = zone == "UTC"
+        || (zone.len() == 6
+            && (zone.starts_with('+') || zone.starts_with('-'))
+            && &zone[3..4] == ":");
+    assert!(zone_ok, "LAST_SYNCED shows its zone: {row}");
+    assert!(t.lines().all(|l| l.chars().count() <= 150), "{t}");
     let j: serde_json::Value = serde_json::from_str(&g.ok(&["status", "--json"])).unwrap();
+    let shown = g.ok(&[
+        "config",
+        ms,
+        ss,
+        "checkpoint",
+        &format!("{date} {time} {zone}"),
+    ]);
+    assert!(shown.contains(&format!("{date} {time} {zone}")), "{shown}");
+    let cp: serde_json::Value = serde_json::from_str(&g.ok(&["status", "--json"])).unwrap();
+    if zone == "UTC" {
+        assert_eq!(
+            cp[0]["checkpoint_time_utc"],
+            format!("{date}T{time}Z"),
+            "the time shown is read back as the same instant: {row}"
+        );
+    }
     assert_eq!(j[0]["status"], "Active");
     assert_eq!(j[0]["crawl_status"], "Changelog Crawl");
     assert!(

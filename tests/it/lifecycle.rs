@@ -178,7 +178,8 @@ impl Drop for Started<'_> {
     }
 }
 
-const COLUMNS: &str = "MASTER NODE  MASTER VOL  MASTER BRICK  SLAVE USER  SLAVE  SLAVE NODE  STATUS  CRAWL STATUS  LAST_SYNCED";
+const COLUMNS: &str =
+    "MASTER NODE  MASTER VOL  MASTER BRICK  SLAVE  STATUS  CRAWL STATUS  LAST_SYNCED";
 
 fn header_words(table: &str) -> Vec<String> {
     table
@@ -642,14 +643,22 @@ fn delete_keeps_sync_time_unless_reset() {
     );
     st.op("stop");
     st.n.ok(&["delete", ms, ss, "reset-sync-time"]);
+    // Forgotten: the new session re-reads the slave. What is equal stays (nothing re-sent);
+    // a file changed there behind georep's back and an extra file are repaired.
+    let victim = walk_files(&s)
+        .into_iter()
+        .find(|p| !p.starts_with(s.join(".georep")) && fs::metadata(p).unwrap().len() > 1)
+        .unwrap();
+    fs::write(&victim, b"x").unwrap();
+    write(&s.join("extra-on-the-slave"), b"not on the master");
     st.n.ok(&["create", ms, ss]);
     assert_eq!(st.row()["last_synced"], "N/A");
     st.op("start");
     st.converge(&m, &s, "after reset-sync-time");
     let r = st.row();
     assert!(
-        n(&r, "data") + 2 >= files,
-        "reset-sync-time should send all {files} files (2 are hard links) again: {r:#}"
+        n(&r, "data") >= 1 && n(&r, "data") < files / 2,
+        "reset-sync-time re-reads the slave: only the changed file is sent again, not all {files}: {r:#}"
     );
 }
 
