@@ -3,18 +3,28 @@
 # on a loopback port when sshd is installed (its own config, host key and authorized_keys; never
 # the system sshd), otherwise `georep serve`. Builds georep, makes a sample master volume,
 # sets up keys with `create push-pem`, replicates, changes the master while the session runs,
-# and ends with the status table. Everything lives under $DEMO_DIR (default /tmp/georep-demo).
+# and ends with the status table. Everything lives in a directory of its own per run ($DEMO_DIR,
+# default a new mktemp directory); the demo stops only what it started, by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo: cargo is required (install Rust with rustup)" >&2; exit 1; }
 command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc; }
 
-echo "== building georep (release)"
-cargo build --release --locked -q
+if [ -x target/release/georep ]; then
+    echo "== building georep (release; seconds when only a little changed)"
+else
+    echo "== building georep (release; the first build takes about 3 to 5 minutes on 2 cores)"
+fi
+cargo build --release --locked
 GEOREP=$PWD/target/release/georep
-DEMO=${DEMO_DIR:-/tmp/georep-demo}
-pkill -f "$DEMO/" 2>/dev/null || true
-rm -rf "$DEMO"
+if [ -n "${DEMO_DIR:-}" ]; then
+    DEMO=$DEMO_DIR
+    mkdir -p "$DEMO"
+    [ -z "$(ls -A "$DEMO")" ] || { echo "demo: $DEMO is not empty: give an empty or new DEMO_DIR" >&2; exit 1; }
+else
+    DEMO=$(mktemp -d /tmp/georep-demo.XXXXXX)
+fi
+echo "== demo directory: $DEMO"
 mkdir -p "$DEMO/dr" "$DEMO/ssh"
 export GEOREP_HOME=$DEMO/master-home GEOREP_NODE=${GEOREP_NODE:-$(hostname)}
 DR_HOME=$DEMO/dr-home
@@ -22,14 +32,16 @@ M=$DEMO/site-a/brick1 S=$DEMO/site-b/dr1
 USER_NAME=$(id -un)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PIDS=()
+SLAVE=""
 cleanup() {
-    # The session first (clean stop), then the DR site's server.
-    "$GEOREP" stop gv0 "$SLAVE" force >/dev/null 2>&1 || true
+    # The session first (clean stop), then the DR site's server: only what this run started.
+    [ -n "$SLAVE" ] && "$GEOREP" stop gv0 "$SLAVE" force >/dev/null 2>&1 || true
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         kill -TERM "${PIDS[i]}" 2>/dev/null || true
         wait "${PIDS[i]}" 2>/dev/null || true
     done
-    "$GEOREP" delete gv0 "$SLAVE" >/dev/null 2>&1 || true
+    PIDS=()
+    [ -n "$SLAVE" ] && "$GEOREP" delete gv0 "$SLAVE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -83,20 +95,21 @@ echo "secret" > "$M/projects/apollo/.env" && chmod 600 "$M/projects/apollo/.env"
 
 if [ -n "$SSHD" ]; then
     echo "== georep create gv0 $SLAVE push-pem (session key, pinned host key, forced command)"
-    "$GEOREP" create gv0 "$SLAVE" push-pem --identity "$DEMO/ssh/operator" --remote-georep "$GEOREP"
+    "$GEOREP" create gv0 "$SLAVE" push-pem name gv0-dr1 --identity "$DEMO/ssh/operator" --remote-georep "$GEOREP"
     grep georep: "$DEMO/ssh/authorized_keys"
 else
     FP=$(grep -o 'SHA256:[^ ]*' "$DEMO/ssh/serve.out" | head -1)
     echo "== georep create gv0 $SLAVE no-verify --host-key $FP (keys managed by hand for serve)"
-    "$GEOREP" create gv0 "$SLAVE" no-verify --host-key "$FP" --remote-georep "$GEOREP" \
+    "$GEOREP" create gv0 "$SLAVE" no-verify name gv0-dr1 --host-key "$FP" --remote-georep "$GEOREP" \
         | tee /dev/stderr | grep '^command=' >> "$DEMO/ssh/authorized_keys"
 fi
 
 echo "== first sync over SSH (hybrid crawl against an empty index)"
-"$GEOREP" sync gv0 "$SLAVE" --once
+"$GEOREP" sync gv0 "$SLAVE"
 
-echo "== start the session (monitor in the background); change the master while it runs"
-"$GEOREP" start gv0 "$SLAVE"
+echo "== georep start gv0-dr1 (the session by its name; a monitor in the background)"
+echo "   then change the master while it runs"
+"$GEOREP" start gv0-dr1
 sleep 1
 echo 'fn main() { println!("hello, DR"); }' > "$M/projects/apollo/src/main.rs"
 mv "$M/photos/2026" "$M/photos/archive-2026"
@@ -125,3 +138,20 @@ echo
 "$GEOREP" status gv0 "$SLAVE" detail
 echo
 "$GEOREP" status
+
+echo
+echo "== what happened"
+cleanup
+trap - EXIT
+cat <<DONE
+The session gv0-dr1 (gv0 -> $SLAVE) replicated a sample tree over SSH, then the changes made
+while it ran; it is now stopped and deleted, and the DR site's server is stopped.
+  master brick:  $M
+  DR copy:       $S
+  logs:          $GEOREP_HOME/log/gv0-dr1/
+Next, with GEOREP_HOME=$GEOREP_HOME:
+  $GEOREP sync $M /tmp/my-copy       one pass into a new local copy
+  $GEOREP verify $M /tmp/my-copy     compare without copying
+  $GEOREP create --help              sessions, push-pem and names; see docs/runbook.md
+Remove everything with: rm -rf $DEMO
+DONE

@@ -9,6 +9,9 @@ command -v cc >/dev/null || need_apt+=(gcc)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# scripts/install.sh's test reads the man pages it installs with `man -l`.
+command -v man >/dev/null || need_apt+=(man-db)
+command -v strip >/dev/null || need_apt+=(binutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

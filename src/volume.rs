@@ -190,8 +190,13 @@ impl Volume {
         let path = Self::file(home, name);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
+                let here = if Path::new(name).is_dir() {
+                    format!(" (to use the directory {name} here, give it as a path: ./{name})")
+                } else {
+                    String::new()
+                };
                 anyhow::anyhow!(
-                    "volume {name} does not exist on {} (looked in {}): create it with `georep volume create {name} <brick>...` or pass an absolute path",
+                    "volume {name} does not exist on {} (looked in {}): create it with `georep volume create {name} <brick>...` or pass a path{here}",
                     node_name(),
                     path.display()
                 )

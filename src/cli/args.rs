@@ -31,10 +31,18 @@ pub struct Cli {
 pub enum Cmd {
     /// Manage volumes (named sets of bricks)
     #[command(subcommand)]
+    #[command(after_help = "\
+Examples:
+  georep volume create gv0 /bricks/brick1
+  georep volume create gv0 replica 2 n1:/bricks/b1 n2:/bricks/b1
+  georep volume info gv0")]
     Volume(VolumeCmd),
     /// Replicate a master volume or path to a slave until they are equal
     Sync(SyncArgs),
     /// Slave side: apply a master's stream from stdin, answer on stdout (run by sshd or georep)
+    #[command(after_help = "\
+Run by sshd through the forced command push-pem installs, or by `georep serve`; not by hand.
+Example (authorized_keys): command=\"'georep' agent --volume 'gv0-dr'\",restrict ssh-ed25519 AAAA...")]
     Agent(AgentArgs),
     /// Register a session MASTER -> SLAVE and start journaling its bricks on this node
     #[command(after_help = "\
@@ -68,8 +76,14 @@ Words: force   no error if the session is not running
 Example: georep stop gv0 root@dr1::gv0-dr")]
     Stop(WordArgs),
     /// Stop shipping but keep the session running; the journal keeps recording
+    #[command(
+        after_help = "Example: georep pause gv0 root@dr1::gv0-dr      (or: georep pause gv0-dr1)"
+    )]
     Pause(SessionArgs),
     /// Continue a paused session (it catches up with a History Crawl)
+    #[command(
+        after_help = "Example: georep resume gv0 root@dr1::gv0-dr     (or: georep resume gv0-dr1)"
+    )]
     Resume(SessionArgs),
     /// Remove the session on this node (`reset-sync-time` also forgets what the slave has)
     #[command(after_help = "\
@@ -81,14 +95,32 @@ Example: georep delete gv0 root@dr1::gv0-dr")]
     /// List, get, set (`KEY VALUE`) or reset (`!KEY`) session options (docs/config.md)
     Config(ConfigArgs),
     /// Paths that could not be replicated, with the error and the number of attempts
+    #[command(after_help = "\
+Exit 0 when no path failed, 1 when some did.
+Example: georep failures gv0 root@dr1::gv0-dr --json")]
     Failures(FailuresArgs),
     /// Compare master and slave without copying; exit 0 only when they are equal
+    #[command(after_help = "\
+Examples:
+  georep verify gv0 root@dr1::gv0-dr
+  georep verify gv0-dr1 --checksum --json        (reads every file on both sides)")]
     Verify(VerifyArgs),
     /// DR host: promote the slave volume (fences the old master) and print the RPO
+    #[command(after_help = "\
+Run on the DR host. See docs/runbook.md.
+Examples:
+  georep failover gv0-dr                         (the master site is gone)
+  georep failover gv0-dr --planned --timeout 300 (switchover: loses nothing)")]
     Failover(FailoverArgs),
     /// Recovered master: bring back what changed on the DR side (`--reverse`)
+    #[command(after_help = "\
+Examples:
+  georep resync --reverse gv0 root@dr1::gv0-dr --dry-run
+  georep resync --reverse gv0-dr1")]
     Resync(ResyncArgs),
     /// Recovered master: demote the DR volume, final reverse pass, resume replication
+    #[command(after_help = "\
+Example: georep failback gv0 root@dr1::gv0-dr    (after resync --reverse; see docs/runbook.md)")]
     Failback(SessionArgs),
     /// Session monitor (started by `start`)
     #[command(hide = true)]
@@ -103,6 +135,10 @@ Example: georep delete gv0 root@dr1::gv0-dr")]
     #[command(hide = true)]
     AuthorizeKey(AuthorizeKeyArgs),
     /// Embedded SSH server that only runs the agent (DR hosts without OpenSSH)
+    #[command(after_help = "\
+Example:
+  georep serve --listen 0.0.0.0:2222 --host-key /etc/georep/serve_host_key \\
+      --authorized-keys /etc/georep/serve_authorized_keys")]
     Serve(ServeArgs),
     /// Sessions on this node: one row per brick, with LAST_SYNCED
     #[command(after_help = "\

@@ -46,9 +46,17 @@ fn session_and_words<'a>(
     rest: &'a [String],
     is_word: impl Fn(&str) -> bool,
 ) -> Result<(String, String, &'a [String])> {
+    let named = SessionConfig::named(home, master);
+    // After a session's name, a word that cannot be a slave is one of the command's words
+    // (and an unknown one is named as such).
+    let slave_like = |w: &str| {
+        w.contains('/') || w.contains("::") || Volume::load(home, w).is_ok() || named.is_none()
+    };
     match rest.split_first() {
-        Some((slave, words)) if !is_word(slave) => Ok((local_path(master)?, local_path(slave)?, words)),
-        _ => match SessionConfig::named(home, master) {
+        Some((slave, words)) if !is_word(slave) && slave_like(slave) => {
+            Ok((local_path(master)?, local_path(slave)?, words))
+        }
+        _ => match named {
             Some(c) => Ok((c.master, c.slave, rest)),
             None => bail!(
                 "no session named {master:?} on this node: give `georep {command} MASTER SLAVE`, or a session's name (`georep status` lists them)"

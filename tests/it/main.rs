@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod fuzz;
 mod lifecycle;
+mod operator;
 mod ssh;
 mod sync;
 mod verify;

@@ -488,6 +488,11 @@ fn ssh_outage_shows_faulty_then_the_session_catches_up() {
         table.contains(" Faulty ") && table.contains("last error") && table.contains(&host),
         "the table shows Faulty with the reason:\n{table}"
     );
+    // The SLAVE column keeps the non-default port (detail: every value whole).
+    assert!(
+        table.contains(&format!("ssh://{slave}")),
+        "SLAVE shows {slave}:\n{table}"
+    );
     let o = g.run(&["status", ms, &slave, "--check"]);
     assert_eq!(
         o.status.code(),
