@@ -237,7 +237,13 @@ fn sync_brick(
                 brick,
                 opts,
             };
-            c.while_crawling(&index_path, excludes, &mut slot)?
+            let (mut shipper, first) = c.while_crawling(&index_path, excludes, &mut slot)?;
+            if index.is_empty()? {
+                // The handshake found a recreated slave (another volume id) and emptied the
+                // index: list it, as a first sync does.
+                shipper.seed_index_from_slave(&index, false, None)?;
+            }
+            (shipper, first)
         }
     };
     let outcome = crawl_until_converged(

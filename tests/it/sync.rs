@@ -323,6 +323,20 @@ fn slave_recreated_gets_everything_again() {
     fs::create_dir(g.slave()).unwrap();
     let r = g.sync_equal();
     assert_eq!(n(&r, "files_sent"), 2, "{r}");
+    // A slave recreated from a backup (a new volume, old files, and some the master no longer
+    // has): it is listed, what is equal is kept, extras are removed.
+    fs::remove_dir_all(g.slave()).unwrap();
+    let st = std::process::Command::new("cp")
+        .args(["-a", "--", &format!("{}/.", g.master().display())])
+        .arg(g.slave())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::remove_dir_all(g.slave().join(".georep")).unwrap();
+    write(&g.slave().join("restored-but-deleted-since"), b"old");
+    let r = g.sync_equal();
+    assert_eq!(n(&r, "files_sent"), 0, "{r}");
+    assert_eq!(n(&r, "deleted"), 1, "{r}");
 }
 
 #[test]
