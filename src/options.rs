@@ -33,6 +33,93 @@ pub struct SessionOptions {
     /// Days the slave keeps deleted and overwritten files in `.georep/trash/`; 0 = off.
     #[serde(default)]
     pub trash_retention_days: Option<u32>,
+    /// Seconds between scrub passes; 0 = off.
+    #[serde(default)]
+    pub scrub_interval_secs: Option<u64>,
+    /// A scrub pass hashes the contents of 1 file in N (1: all, 0: none).
+    #[serde(default)]
+    pub scrub_checksum_every: Option<u32>,
+    #[serde(default)]
+    pub scrub_repair: Option<bool>,
+}
+
+/// Scrub defaults: a pass an hour; contents rotate through the tree in a day (1/24 a pass);
+/// differences are repaired.
+pub const SCRUB_INTERVAL_SECS: u64 = 3600;
+pub const SCRUB_CHECKSUM_EVERY: u32 = 24;
+
+/// The scrub settings of a session.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scrub {
+    /// None: off.
+    pub interval: Option<std::time::Duration>,
+    pub checksum_every: u32,
+    pub repair: bool,
+}
+
+pub fn scrub(cfg: &SessionConfig) -> Scrub {
+    let o = &cfg.options;
+    let secs = o.scrub_interval_secs.unwrap_or(SCRUB_INTERVAL_SECS);
+    Scrub {
+        interval: (secs > 0).then(|| std::time::Duration::from_secs(secs)),
+        checksum_every: o.scrub_checksum_every.unwrap_or(SCRUB_CHECKSUM_EVERY),
+        repair: o.scrub_repair.unwrap_or(true),
+    }
+}
+
+/// `90`, `90s`, `30m`, `1h`, `1d` as seconds.
+fn parse_duration(key: &str, s: &str) -> Result<u64> {
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("{key}: {s:?} is not a duration: use e.g. 90s, 30m, 1h or 0 (off)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("{key}: {s:?}: the unit is s, m, h or d"),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v <= 365 * 86400)
+        .ok_or_else(|| anyhow!("{key}: {s:?} is more than a year"))
+}
+
+fn show_duration(secs: u64) -> String {
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if secs != 0 && secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// `all`, `off` (or 0) or `1/N`: the share of files whose contents one scrub pass hashes.
+fn parse_share(s: &str) -> Result<u32> {
+    match s {
+        "all" | "1" => Ok(1),
+        "off" | "0" | "none" => Ok(0),
+        _ => {
+            let n = s
+                .strip_prefix("1/")
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| (1..=100_000).contains(n));
+            n.ok_or_else(|| {
+                anyhow!("scrub-checksum {s:?}: use all, off, or 1/N (N up to 100000): each pass hashes one file in N, in turn")
+            })
+        }
+    }
+}
+
+fn show_share(n: u32) -> String {
+    match n {
+        0 => "off".into(),
+        1 => "all".into(),
+        n => format!("1/{n}"),
+    }
 }
 
 pub struct OptionDef {
@@ -102,6 +189,21 @@ pub const OPTIONS: &[OptionDef] = &[
         key: "trash-retention",
         default: "0",
         help: "days the slave keeps deleted and overwritten files under .georep/trash/; 0 = off",
+    },
+    OptionDef {
+        key: "scrub-interval",
+        default: "1h",
+        help: "time between scrub passes that compare the DR copy with the brick (90s, 30m, 1h, 1d); 0 = off",
+    },
+    OptionDef {
+        key: "scrub-checksum",
+        default: "1/24",
+        help: "contents a scrub pass hashes: 1/N of the files in turn (all of them over N passes), all, or off",
+    },
+    OptionDef {
+        key: "scrub-repair",
+        default: "true",
+        help: "false: a scrub only reports differences (status WARNING, LAST_SYNCED held) and changes nothing",
     },
 ];
 
@@ -225,6 +327,9 @@ pub fn get(cfg: &SessionConfig, key: &str) -> Result<String> {
         "remote-georep" => cfg.remote_georep.clone(),
         "bwlimit" => o.bwlimit.map(show_size),
         "trash-retention" => o.trash_retention_days.map(|v| v.to_string()),
+        "scrub-interval" => o.scrub_interval_secs.map(show_duration),
+        "scrub-checksum" => o.scrub_checksum_every.map(show_share),
+        "scrub-repair" => o.scrub_repair.map(|v| v.to_string()),
         _ => unreachable!("every OPTIONS key is handled"),
     };
     Ok(v.unwrap_or_else(|| d.default.to_string()))
@@ -278,6 +383,9 @@ pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
         }
         "bwlimit" => o.bwlimit = Some(parse_size(value)?),
         "trash-retention" => o.trash_retention_days = Some(parse_num(key, value, 0, 3650)?),
+        "scrub-interval" => o.scrub_interval_secs = Some(parse_duration(key, value)?),
+        "scrub-checksum" => o.scrub_checksum_every = Some(parse_share(value)?),
+        "scrub-repair" => o.scrub_repair = Some(parse_bool(value)?),
         _ => unreachable!("every OPTIONS key is handled"),
     }
     Ok(())
@@ -300,6 +408,9 @@ pub fn reset(cfg: &mut SessionConfig, key: &str) -> Result<()> {
         "remote-georep" => cfg.remote_georep = None,
         "bwlimit" => o.bwlimit = None,
         "trash-retention" => o.trash_retention_days = None,
+        "scrub-interval" => o.scrub_interval_secs = None,
+        "scrub-checksum" => o.scrub_checksum_every = None,
+        "scrub-repair" => o.scrub_repair = None,
         _ => unreachable!("every OPTIONS key is handled"),
     }
     Ok(())
@@ -355,6 +466,19 @@ mod tests {
         assert_eq!(parse_time("2026-11-21 09:26:23 +01:00").unwrap(), utc);
         assert_eq!(parse_time("2026-11-21T08:26:23Z").unwrap(), utc);
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn scrub_settings_read_back_as_set() {
+        assert_eq!(parse_duration("k", "90").unwrap(), 90);
+        assert_eq!(parse_duration("k", "30m").unwrap(), 1800);
+        assert_eq!(show_duration(parse_duration("k", "1h").unwrap()), "1h");
+        assert_eq!(show_duration(90), "90s");
+        assert!(parse_duration("k", "1w").is_err() && parse_duration("k", "h").is_err());
+        assert_eq!(parse_share("1/24").unwrap(), 24);
+        assert_eq!(show_share(parse_share("all").unwrap()), "all");
+        assert_eq!(parse_share("off").unwrap(), 0);
+        assert!(parse_share("1/0").is_err() && parse_share("half").is_err());
     }
 
     #[test]

@@ -225,6 +225,10 @@ pub struct SessionConfig {
     /// Options set with `georep config` (unset = default).
     #[serde(default)]
     pub options: crate::options::SessionOptions,
+    /// `create … force`: the first crawl may make a slave that holds files no brick of the
+    /// volume sent equal to the master (without it, such a slave makes the worker Faulty).
+    #[serde(default)]
+    pub adopt_slave: bool,
 }
 
 const SESSION_FORMAT: u32 = 1;
@@ -240,18 +244,19 @@ impl SessionConfig {
         let vol = Volume::resolve(home, master)?;
         let spec = SlaveSpec::parse(slave)?;
         let generated = session_name(&vol, &spec);
-        if Self::file(home, &generated).exists() {
-            return Ok(generated);
+        Ok(Self::find(home, master, slave, &generated).unwrap_or(generated))
+    }
+
+    /// The session of `master` -> `slave` on this node, by its generated name first.
+    fn find(home: &Home, master: &str, slave: &str, generated: &str) -> Option<String> {
+        let is_it = |name: &str| {
+            Self::load_by_name(home, name)
+                .is_ok_and(|c| c.slave == slave && same_volume(home, master, &c.master))
+        };
+        if is_it(generated) {
+            return Some(generated.to_string());
         }
-        for name in Self::names(home) {
-            let Ok(c) = Self::load_by_name(home, &name) else {
-                continue;
-            };
-            if c.slave == slave && same_volume(home, master, &c.master) {
-                return Ok(name);
-            }
-        }
-        Ok(generated)
+        Self::names(home).into_iter().find(|n| is_it(n))
     }
 
     /// Every session defined on this node, by name.
@@ -273,7 +278,9 @@ impl SessionConfig {
     }
 
     pub fn exists(home: &Home, master: &str, slave: &str) -> Result<bool> {
-        Ok(Self::file(home, &Self::name_for(home, master, slave)?).exists())
+        let vol = Volume::resolve(home, master)?;
+        let generated = session_name(&vol, &SlaveSpec::parse(slave)?);
+        Ok(Self::find(home, master, slave, &generated).is_some())
     }
 
     /// A new session; `name` is the operator's short name (checked like a volume name), else
@@ -302,6 +309,7 @@ impl SessionConfig {
             ssh_port: None,
             remote_georep: None,
             options: Default::default(),
+            adopt_slave: false,
         })
     }
 

@@ -165,45 +165,60 @@ fn compare_brick(
     let local = walk::list_subtree(&root, &RelPath::root(), excludes)
         .with_context(|| format!("walking brick {}", brick.path.display()))?;
     report.master_entries += local.len() as u64;
+    let hash = |path: &RelPath, m: &Entry, s: &ListEntry| -> Result<Option<[u8; 32]>> {
+        if checksum && m.kind == Kind::File && s.hash.is_some() {
+            Ok(Some(crate::crawl::hash_beneath(&root, path).with_context(
+                || format!("reading {path} on the master"),
+            )?))
+        } else {
+            Ok(None)
+        }
+    };
+    let (slave_entries, found) = differences(&local, slave_list, excludes, hash)?;
+    report.slave_entries += slave_entries;
+    report
+        .differences
+        .extend(found.into_iter().map(|(path, what)| Difference {
+            brick: brick.to_string(),
+            path: path.display(),
+            what,
+        }));
+    Ok(())
+}
+
+/// Every difference between the master's entries `local` and the slave's `slave_list` (excluded
+/// paths ignored), with the number of slave entries compared. `hash` gives the master's content
+/// hash of a file when the slave's is known and it is to be compared.
+pub(crate) fn differences(
+    local: &[(RelPath, Entry)],
+    slave_list: &[ListEntry],
+    excludes: &Excludes,
+    mut hash: impl FnMut(&RelPath, &Entry, &ListEntry) -> Result<Option<[u8; 32]>>,
+) -> Result<(u64, Vec<(RelPath, String)>)> {
     let slave: std::collections::BTreeMap<&RelPath, &ListEntry> = slave_list
         .iter()
         .filter(|e| !excludes.is_excluded(&e.path))
         .map(|e| (&e.path, e))
         .collect();
-    report.slave_entries += slave.len() as u64;
-    let mut diff = |path: &RelPath, what: String| {
-        report.differences.push(Difference {
-            brick: brick.to_string(),
-            path: path.display(),
-            what,
-        })
-    };
+    let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (path, m) in &local {
+    for (path, m) in local {
         seen.insert(path);
         let Some(s) = slave.get(path) else {
-            diff(path, "missing on the slave".into());
+            out.push((path.clone(), "missing on the slave".to_string()));
             continue;
         };
-        let m_hash = if checksum && m.kind == Kind::File && s.hash.is_some() {
-            Some(
-                crate::crawl::hash_beneath(&root, path)
-                    .with_context(|| format!("reading {path} on the master"))?,
-            )
-        } else {
-            None
-        };
-        for what in compare(m, s, m_hash) {
-            diff(path, what);
+        for what in compare(m, s, hash(path, m, s)?) {
+            out.push((path.clone(), what));
         }
     }
     for (path, _) in slave.iter().filter(|(p, _)| !seen.contains(*p)) {
-        diff(path, "only on the slave".into());
+        out.push(((*path).clone(), "only on the slave".to_string()));
     }
-    for (path, what) in link_group_differences(&local, &slave) {
-        diff(path, what);
+    for (path, what) in link_group_differences(local, &slave) {
+        out.push((path.clone(), what));
     }
-    Ok(())
+    Ok((slave.len() as u64, out))
 }
 
 /// Hard-link groups: a name on both sides must share its inode with the same other names on

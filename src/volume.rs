@@ -127,6 +127,21 @@ impl Volume {
         self.bricks.chunks(self.replica as usize)
     }
 
+    /// Whether the whole volume is one replica set: then the slave holds only what its one
+    /// Active brick sends, and a slave entry the brick lacks is an extra. With several sets
+    /// (distributed), each brick's files are the others' "extras".
+    pub fn is_one_set(&self) -> bool {
+        self.replica_sets().count() == 1
+    }
+
+    /// Whether a brick of this volume (on any node) has replicated onto a slave whose agent
+    /// names these bricks (`Welcome.replicated_from`).
+    pub fn replicated_by(&self, replicated_from: &[String]) -> bool {
+        self.bricks
+            .iter()
+            .any(|b| replicated_from.contains(&b.to_string()))
+    }
+
     /// The bricks this node ships: the first local brick of each replica set.
     pub fn local_active_bricks(&self) -> Vec<&Brick> {
         self.replica_sets()

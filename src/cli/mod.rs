@@ -67,7 +67,10 @@ fn session_and_words<'a>(
 
 fn session(home: &Home, command: &str, a: &SessionArgs) -> Result<(String, String)> {
     let rest: Vec<String> = a.slave.iter().cloned().collect();
-    let (m, s, _) = session_and_words(home, command, &a.master, &rest, |_| false)?;
+    let (m, s, words) = session_and_words(home, command, &a.master, &rest, |_| false)?;
+    if let Some(w) = words.first() {
+        bail!("unknown word {w:?} for `georep {command} {}`: give MASTER SLAVE, or the session's name alone", a.master);
+    }
     Ok((m, s))
 }
 

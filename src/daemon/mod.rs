@@ -222,6 +222,9 @@ pub fn create(home: &Home, master: &str, slave: &str, o: &CreateOptions) -> Resu
         for d in made {
             let _ = std::fs::remove_dir_all(d);
         }
+        if !exists {
+            let _ = std::fs::remove_file(SessionConfig::file(home, &name));
+        }
     }
     r
 }
@@ -243,6 +246,10 @@ fn create_inner(
     };
     if o.ssh_port.is_some() {
         cfg.ssh_port = o.ssh_port;
+    }
+    if o.force {
+        // The operator accepts replicating onto whatever the slave holds.
+        cfg.adopt_slave = true;
     }
     if let Some(g) = &o.remote_georep {
         crate::shellword::check("--remote-georep", g)?;
@@ -305,7 +312,7 @@ fn create_inner(
         // A slave that holds files no brick of this master volume sent is somebody's data:
         // replicating onto it makes it equal to the master (extras removed), so it takes `force`.
         let census = match probe {
-            Ok(mut p) if !o.force && !replicated_by(&p.replicated_from, &vol) => {
+            Ok(mut p) if !o.force && !vol.replicated_by(&p.replicated_from) => {
                 let c = p.slave_census(&index);
                 p.close()?;
                 c?
@@ -337,14 +344,6 @@ fn create_inner(
         ensure_writer(home, &cfg.name, b)?;
     }
     Ok(cfg)
-}
-
-/// Whether a brick of `vol` (on any node) has replicated onto the slave, as its agent says:
-/// then what the slave holds came from this master volume.
-fn replicated_by(replicated_from: &[String], vol: &crate::volume::Volume) -> bool {
-    vol.bricks
-        .iter()
-        .any(|b| replicated_from.contains(&b.to_string()))
 }
 
 /// Sets up the session key on the slave with the operator's own credentials.

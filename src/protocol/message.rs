@@ -350,7 +350,19 @@ impl Message {
                 .into_iter()
                 .chain(w.passive_to.as_ref())
                 .chain(w.previous_active.as_ref())
-                .try_for_each(|s| text("a Welcome field", s)),
+                .chain(&w.replicated_from)
+                .try_for_each(|s| text("a Welcome field", s))
+                .and_then(|()| {
+                    if w.replicated_from.len() > crate::protocol::MAX_REPLICATED_FROM {
+                        Err(format!(
+                            "a Welcome naming {} bricks, over the {} limit",
+                            w.replicated_from.len(),
+                            crate::protocol::MAX_REPLICATED_FROM
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }),
             _ => Ok(()),
         }
     }

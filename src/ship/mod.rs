@@ -10,6 +10,7 @@ pub mod changes;
 pub mod live;
 pub mod pipeline;
 mod position;
+pub mod scrub;
 pub mod worker;
 
 use crate::config::{Home, SyncOptions};
@@ -19,7 +20,7 @@ use crate::session::{self, SlaveSpec};
 use crate::transport::conn::{FrameReader, FrameWriter};
 use crate::transport::{local::LocalTransport, Transport};
 use crate::volume::{Brick, Volume};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use pipeline::{Failure, Shipper};
 use serde::Serialize;
 use std::io::IsTerminal;
@@ -162,12 +163,16 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
     // A sync that fails leaves no state behind that it made (what it shipped is found again by
     // the next first sync, which lists the slave).
     let session_state = home.state.join("sessions").join(&session);
-    let made = !session_state.exists();
+    std::fs::create_dir_all(home.state.join("sessions"))
+        .with_context(|| format!("creating {}", home.state.join("sessions").display()))?;
+    // Made by this run (and no other): only then is it removed on failure.
+    let made = std::fs::create_dir(&session_state).is_ok();
     for brick in bricks {
         let r = sync_brick(
             home,
             &spec,
             &session,
+            vol.is_one_set(),
             brick,
             transport.as_ref(),
             &excludes,
@@ -191,6 +196,7 @@ fn sync_brick(
     home: &Home,
     spec: &SlaveSpec,
     session: &str,
+    one_set: bool,
     brick: &Brick,
     transport: &dyn Transport,
     excludes: &Excludes,
@@ -218,14 +224,18 @@ fn sync_brick(
     let mut slot = 0u64;
     // A first sync (nothing known of the slave) lists the slave once: what it already holds
     // equal in size, mtime, owner and mode is kept, extras are removed.
-    let rescan = match opts.rescan_slave {
-        None if index.is_empty()? => Some(false),
-        r => r,
-    };
-    let (mut shipper, first) = match rescan {
+    // (Only on a volume of one replica set: with several, each brick's files are the others'
+    // extras.)
+    let first_sync = opts.rescan_slave.is_none() && one_set && index.is_empty()?;
+    let (mut shipper, first) = match opts.rescan_slave {
         Some(checksum) => {
             let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
             shipper.seed_index_from_slave(&index, checksum, None)?;
+            (shipper, None)
+        }
+        None if first_sync => {
+            let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
+            list_for_first_sync(&mut shipper, &index, brick)?;
             (shipper, None)
         }
         None => {
@@ -238,10 +248,10 @@ fn sync_brick(
                 opts,
             };
             let (mut shipper, first) = c.while_crawling(&index_path, excludes, &mut slot)?;
-            if index.is_empty()? {
+            if one_set && index.is_empty()? {
                 // The handshake found a recreated slave (another volume id) and emptied the
                 // index: list it, as a first sync does.
-                shipper.seed_index_from_slave(&index, false, None)?;
+                list_for_first_sync(&mut shipper, &index, brick)?;
             }
             (shipper, first)
         }
@@ -268,6 +278,28 @@ fn sync_brick(
     report.failures.extend(outcome.failures);
     report.agent_peak_rss_kb = report.agent_peak_rss_kb.max(agent_rss);
     Ok(())
+}
+
+/// A first sync's listing of the slave (the index is empty): what the slave holds becomes the
+/// index, so the crawl keeps what is equal and removes extras. Refused when the brick is empty
+/// and the slave is not: most likely an unmounted filesystem, whose crawl would empty the DR
+/// copy. Returns the number of slave entries.
+pub(crate) fn list_for_first_sync(
+    shipper: &mut Shipper,
+    index: &Index,
+    brick: &Brick,
+) -> Result<usize> {
+    let n = shipper.seed_index_from_slave(index, false, None)?;
+    let empty = std::fs::read_dir(&brick.path)
+        .map(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".georep")))
+        .unwrap_or(false);
+    if n > 0 && empty {
+        index.clear()?;
+        bail!(
+            "master brick {brick} is empty but the slave holds {n} entries: is the brick's filesystem mounted? georep does not empty a slave from an empty brick on a first sync (retried until the brick has files); if the brick is meant to be empty, `georep sync <master> <slave> --rescan-slave` makes the slave equal to it"
+        );
+    }
+    Ok(n)
 }
 
 /// Connects to the slave agent for `brick`, checks the handshake and the slave volume's

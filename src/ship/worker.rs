@@ -94,6 +94,9 @@ pub struct Worker {
     cfg_checked: Instant,
     /// The brick is Faulty because the DR volume is full (see `report_full_volume`).
     full_volume: bool,
+    scrub: super::scrub::Scheduler,
+    /// The volume is one replica set (the scrub compares the whole slave with this brick).
+    one_set: bool,
 }
 
 /// Why `serve` returned without an error.
@@ -115,8 +118,13 @@ impl Worker {
         let dir = session::brick_state_dir(home, &session.name, brick);
         let mut status = BrickStatus::load(&dir).unwrap_or_default();
         status.last_error = None;
+        status.started_ns = now_ns();
+        status.scrub_running = false;
         let mut opts = crate::options::sync_options(session);
-        opts.replica_set = replica_set.map(|n| format!("{}#{n}", session.name));
+        // The lock key is the same on every node whatever short name each gave the session.
+        let vol = session.volume(home)?;
+        let generated = session::session_name(&vol, &session.slave_spec()?);
+        opts.replica_set = replica_set.map(|n| format!("{generated}#{n}"));
         Ok(Worker {
             home: home.clone(),
             spec: session.slave_spec()?,
@@ -131,6 +139,8 @@ impl Worker {
             cfg_mtime: config_mtime(home, &session.name),
             cfg_checked: Instant::now(),
             full_volume: false,
+            scrub: Default::default(),
+            one_set: vol.is_one_set(),
         })
     }
 
@@ -374,13 +384,28 @@ impl Worker {
     /// Nothing is known of the slave (a new session, or a slave recreated): read its tree once,
     /// so the first hybrid crawl keeps what it already holds equal in size, mtime, owner and
     /// mode, and removes extras.
+    ///
+    /// A slave holding files no brick of the volume sent is somebody's data: without `create …
+    /// force` the worker is Faulty, naming it, and touches nothing. On a volume of several
+    /// replica sets (distributed) nothing is listed: each brick's files are the others' extras.
     fn first_sync(&mut self, shipper: &mut Shipper, index: &Index) -> Result<()> {
-        if !index.is_empty()? {
+        let vol = self.session.volume(&self.home)?;
+        if !index.is_empty()? || !vol.is_one_set() {
             return Ok(());
         }
         self.status.crawl = "Hybrid Crawl".into();
         self.save();
-        let listed = shipper.seed_index_from_slave(index, false, None)?;
+        let listed = super::list_for_first_sync(shipper, index, &self.brick)?;
+        if listed > 0 && !self.session.adopt_slave && !vol.replicated_by(&shipper.replicated_from) {
+            index.clear()?;
+            anyhow::bail!(
+                "slave {} holds {listed} entries that no brick of {} sent: georep does not replicate onto it (it would make it equal to the master and remove the rest) until `georep create {} {} force` says to",
+                self.session.slave,
+                vol.name,
+                self.session.master,
+                self.session.slave
+            );
+        }
         tracing::info!(brick = %self.brick, entries = listed, "first sync: slave listing read");
         Ok(())
     }
@@ -408,6 +433,7 @@ impl Worker {
             }
             shipper.ignore_deletes = self.opts.ignore_deletes;
             shipper.set_bwlimit(self.opts.bwlimit);
+            self.scrub_turn(shipper, index, journal)?;
             if journal.replaced() {
                 // `run` opens the new one; its other identity makes the next turn crawl.
                 tracing::warn!(
@@ -593,6 +619,132 @@ impl Worker {
         }
     }
 
+    /// The scrub: records a pass that ended (and repairs what it found), starts one when due
+    /// (`scrub-interval` after the last, or `georep scrub --now`).
+    fn scrub_turn(
+        &mut self,
+        shipper: &mut Shipper,
+        index: &Index,
+        journal: &JournalStore,
+    ) -> Result<()> {
+        use super::scrub;
+        let settings = crate::options::scrub(&self.session);
+        if !self.one_set {
+            // Several replica sets ship into one slave: another brick's files would be extras.
+            return Ok(());
+        }
+        if let Some((pass, started, r)) = self.scrub.finished() {
+            self.status.scrub_running = false;
+            let o = match r {
+                Ok(o) => o,
+                Err(e) => {
+                    // Not a difference: the next pass tries again (a link cut meanwhile).
+                    tracing::warn!(brick = %self.brick, "scrub pass {} failed: {e:#}", pass.number);
+                    self.save();
+                    return Ok(());
+                }
+            };
+            let mut summary = scrub::summary(&pass, started, now_ns(), &o);
+            for f in &o.found {
+                tracing::warn!(brick = %self.brick, path = %f.path, "scrub: {}", f.what);
+            }
+            tracing::info!(brick = %self.brick, pass = pass.number, entries = o.entries, bytes_hashed = o.bytes_hashed, differences = o.found.len(), "scrub pass done");
+            if o.found.is_empty() {
+                self.status.scrub_hold_ns = None;
+                self.status.scrub = Some(summary);
+                self.save();
+                return Ok(());
+            }
+            // LAST_SYNCED vouches for nothing after this pass's start until it is repaired.
+            self.status.scrub_hold_ns = Some(
+                self.status
+                    .scrub_hold_ns
+                    .unwrap_or(i64::MAX)
+                    .min(pass.stime_ns),
+            );
+            if !settings.repair {
+                self.status.scrub = Some(summary);
+                self.save();
+                return Ok(());
+            }
+            // Repaired as `sync --rescan-slave` does: the index from the slave, the files with
+            // other contents unknown, then a hybrid crawl ships the difference.
+            let repair = (|| -> Result<()> {
+                crate::brickid::check_running(&self.brick, index)?;
+                shipper.seed_index_from_slave(index, false, None)?;
+                let poison: Vec<_> = o
+                    .content
+                    .iter()
+                    .map(|p| crate::crawl::index::Mutation::Poison(p.clone()))
+                    .collect();
+                index.apply(&poison)?;
+                let last = journal.last_seq()?;
+                self.hybrid(shipper, index, journal, last, Some("scrub repair"))
+            })();
+            match repair {
+                Ok(()) if self.status.failures == 0 => {
+                    summary.repaired = summary.differences;
+                    self.status.scrub_hold_ns = None;
+                }
+                Ok(()) => {
+                    summary.repair_failed = Some(format!(
+                        "{} path(s) failed: `georep failures` lists them",
+                        self.status.failures
+                    ))
+                }
+                Err(e) => summary.repair_failed = Some(format!("{e:#}")),
+            }
+            let failed = summary.repair_failed.clone();
+            self.status.scrub = Some(summary);
+            self.save();
+            if let Some(e) = failed {
+                tracing::warn!(brick = %self.brick, "scrub repair failed: {e}");
+            }
+            return Ok(());
+        }
+        if self.scrub.is_running() {
+            return Ok(());
+        }
+        let request = self.dir.join("scrub.request");
+        let requested = std::fs::read_to_string(&request).ok();
+        let last = self
+            .status
+            .scrub
+            .as_ref()
+            .map_or(self.status.started_ns, |s| {
+                s.finished_ns.max(self.status.started_ns)
+            });
+        let due = settings
+            .interval
+            .is_some_and(|iv| now_ns() - last >= iv.as_nanos() as i64);
+        if requested.is_none() && !due {
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&request);
+        let pass = scrub::Pass {
+            number: self.status.scrub.as_ref().map_or(0, |s| s.pass) + 1,
+            checksum_every: if requested.as_deref().is_some_and(|r| r.trim() == "checksum") {
+                1
+            } else {
+                settings.checksum_every
+            },
+            stime_ns: self.status.stime_ns,
+        };
+        let target = scrub::Target {
+            transport: transport_for(&self.home, &self.session.name, &self.spec)?,
+            spec: self.spec.clone(),
+            session: self.session.name.clone(),
+            brick: self.brick.clone(),
+            excludes: self.excludes.clone(),
+            scratch: self.dir.join("scrub.db"),
+        };
+        tracing::info!(brick = %self.brick, pass = pass.number, "scrub pass starts");
+        self.scrub.start(target, pass, now_ns())?;
+        self.status.scrub_running = true;
+        self.save();
+        Ok(())
+    }
+
     /// Resolves a gap: crawl until the slave equals the brick, then trust records after it.
     fn hybrid(
         &mut self,
@@ -700,6 +852,11 @@ impl Worker {
         if self.status.failures > 0 {
             return Ok(());
         }
+        // A scrub found differences not repaired: LAST_SYNCED stays where that pass started.
+        let ts = match (ts, self.status.scrub_hold_ns) {
+            (Some(t), Some(h)) => Some(t.min(h)),
+            (t, _) => t,
+        };
         if let Some(ts) = ts {
             if ts > self.status.stime_ns {
                 self.status.stime_ns = ts;

@@ -41,6 +41,38 @@ pub struct BrickStatus {
     pub disconnects: u64,
     #[serde(default)]
     pub last_disconnect: Option<String>,
+    /// When this worker started (a scrub pass is due an interval after it, or after the last).
+    #[serde(default)]
+    pub started_ns: i64,
+    /// The last completed scrub pass.
+    #[serde(default)]
+    pub scrub: Option<ScrubStatus>,
+    #[serde(default)]
+    pub scrub_running: bool,
+    /// LAST_SYNCED is held at this time: a scrub found differences that are not repaired.
+    #[serde(default)]
+    pub scrub_hold_ns: Option<i64>,
+}
+
+/// The result of a scrub pass, as `status detail` and `--json` show it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ScrubStatus {
+    pub pass: u64,
+    pub started_ns: i64,
+    pub finished_ns: i64,
+    /// Entries compared on the master.
+    pub entries: u64,
+    /// Content bytes hashed, both sides.
+    pub bytes_hashed: u64,
+    /// `all`, `off` or `1/N`: the share of files whose contents were hashed.
+    pub checksum: String,
+    pub differences: u64,
+    /// Differences repaired after the pass (0 with `scrub-repair false`).
+    pub repaired: u64,
+    /// Why the repair failed, when it did.
+    pub repair_failed: Option<String>,
+    /// The first differences, `path: what`.
+    pub paths: Vec<String>,
 }
 
 impl BrickStatus {

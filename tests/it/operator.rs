@@ -65,6 +65,13 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The tree's snapshot without its root directory (whose mtime the agent's `.georep` changes).
+fn beneath(root: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Snap> {
+    let mut s = snapshot(root);
+    s.remove(Path::new(""));
+    s
+}
+
 fn inode(p: &Path) -> (u64, i64, i64) {
     let m = fs::symlink_metadata(p).unwrap();
     (m.ino(), m.mtime(), m.mtime_nsec())
@@ -224,6 +231,10 @@ fn an_unknown_word_is_named_with_the_valid_ones() {
         (
             vec!["create", ms, ss, "push-perm"],
             "unknown word \"push-perm\" for `georep create`",
+        ),
+        (
+            vec!["pause", "gv0-dr1", "now"],
+            "unknown word \"now\" for `georep pause gv0-dr1`",
         ),
     ] {
         let o = g.run(&args);
@@ -409,5 +420,81 @@ fn install_puts_binary_man_pages_completions_and_units_under_a_prefix() {
     );
     for d in ["runbook.md", "config.md", "status.md", "README.md"] {
         assert!(prefix.join("share/doc/georep").join(d).exists(), "{d}");
+    }
+}
+
+#[test]
+fn an_empty_brick_never_empties_a_slave_on_a_first_sync() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    // The brick's filesystem is not mounted: an empty directory. The DR copy has everything.
+    make_varied_tree(&s, 1);
+    let before = beneath(&s);
+    let o = g.run(&["sync", m.to_str().unwrap(), s.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is empty but the slave holds") && stderr(&o).contains("mounted"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(beneath(&s) == before, "the DR copy was touched");
+    // Asked explicitly, the slave is made equal to the empty brick.
+    g.ok(&[
+        "sync",
+        m.to_str().unwrap(),
+        s.to_str().unwrap(),
+        "--rescan-slave",
+    ]);
+    assert_trees_equal(&m, &s);
+}
+
+#[test]
+fn a_session_created_without_a_check_leaves_a_foreign_slave_alone() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    write(&m.join("mine"), b"master data");
+    write(&s.join("theirs"), b"somebody's data");
+    let before = beneath(&s);
+    // no-verify skips create's look at the slave: the worker's first crawl looks instead.
+    g.ok(&["create", ms, ss, "no-verify"]);
+    let fg = Foreground::start(&g, &[ms, ss]);
+    let faulty = wait_until(Duration::from_secs(20), || {
+        let j: serde_json::Value =
+            serde_json::from_str(&g.ok(&["status", ms, ss, "--json"])).unwrap();
+        j[0]["status"] == "Faulty"
+            && j[0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no brick of") && e.contains("force"))
+    });
+    assert!(faulty, "{}", g.ok(&["status", ms, ss, "detail"]));
+    assert!(beneath(&s) == before, "a foreign slave was touched");
+    fg.stop();
+    g.ok(&["create", ms, ss, "force"]);
+    let fg = Foreground::start(&g, &[ms, ss]);
+    wait_trees_equal(&m, &s, Duration::from_secs(30), &|| true)
+        .unwrap_or_else(|d| panic!("after create force: {d}"));
+    fg.stop();
+}
+
+#[test]
+fn a_distributed_volume_keeps_every_bricks_files_on_a_first_sync() {
+    let g = Georep::new();
+    let (b1, b2, s) = (g.path("b1"), g.path("b2"), g.slave());
+    write(&b1.join("dir/from-b1"), b"one");
+    write(&b2.join("dir/from-b2"), b"two");
+    g.ok(&[
+        "volume",
+        "create",
+        "gv",
+        b1.to_str().unwrap(),
+        b2.to_str().unwrap(),
+    ]);
+    for round in 0..2 {
+        g.ok(&["sync", "gv", s.to_str().unwrap()]);
+        assert!(
+            exists(&s.join("dir/from-b1")) && exists(&s.join("dir/from-b2")),
+            "round {round}: a brick's files were taken for the other's extras"
+        );
     }
 }

@@ -1,0 +1,236 @@
+//! The scheduled scrub (issue 19): a `verify` pass a running worker makes by itself, so that
+//! the status never looks healthy while the DR copy is wrong — whether from a bug or from a
+//! write on the DR site behind georep's back.
+//!
+//! A pass runs on a thread of its own over a read-only (reverse-mode) connection, so shipping
+//! goes on meanwhile. Changes in flight are not differences: only what LAST_SYNCED vouches for is
+//! judged — an entry whose inode changed (ctime) after the stime the pass started from, or a
+//! name gone from a directory changed since, is skipped (the next pass sees it settled). It compares names, kinds, sizes, modes, owners, mtimes, link targets and
+//! hard-link groups of every entry, and the contents of a rotating share of the files (`1/N` of
+//! them a pass, chosen by a hash of the path and the pass number, so every file is hashed once
+//! every N passes). What it finds is repaired by the worker through the normal pipeline, as
+//! `sync --rescan-slave` does: the index is rebuilt from the slave, the files found with other
+//! contents are marked unknown, and a hybrid crawl ships the difference.
+
+use super::connect;
+use crate::config::SyncOptions;
+use crate::crawl::entry::{Entry, Kind};
+use crate::crawl::index::Index;
+use crate::crawl::walk::{self, Excludes};
+use crate::protocol::RelPath;
+use crate::session::SlaveSpec;
+use crate::transport::Transport;
+use crate::volume::Brick;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+/// Paths named in the status and the logs' summary: the first few.
+pub const SHOWN_PATHS: usize = 10;
+
+/// What a pass is asked to do.
+#[derive(Clone, Debug)]
+pub struct Pass {
+    /// Pass number (the rotation of the content share).
+    pub number: u64,
+    /// Hash the contents of 1 file in `checksum_every` (1: all, 0: none).
+    pub checksum_every: u32,
+    /// The worker's stime when the pass started: every change made before it is on the slave.
+    pub stime_ns: i64,
+}
+
+impl Pass {
+    /// Whether this pass hashes `path`'s content.
+    pub fn hashes(&self, path: &RelPath) -> bool {
+        match self.checksum_every {
+            0 => false,
+            1 => true,
+            n => {
+                let h = blake3::hash(path.as_bytes());
+                let v = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+                v % n as u64 == self.number % n as u64
+            }
+        }
+    }
+}
+
+/// One difference a pass found.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub path: RelPath,
+    pub what: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Entries compared (master side).
+    pub entries: u64,
+    /// Content bytes hashed on both sides.
+    pub bytes_hashed: u64,
+    pub found: Vec<Found>,
+    /// Files whose contents differ with equal attributes: the repair must resend them.
+    pub content: Vec<RelPath>,
+}
+
+/// Where a pass runs: everything a thread needs, owned.
+pub struct Target {
+    pub transport: Box<dyn Transport>,
+    pub spec: SlaveSpec,
+    pub session: String,
+    pub brick: Brick,
+    pub excludes: Excludes,
+    /// A scratch index for the connection (the session's own is the worker's).
+    pub scratch: PathBuf,
+}
+
+/// Compares the brick with the slave once.
+pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
+    let _ = std::fs::remove_file(&t.scratch);
+    let index = Index::open(&t.scratch)?;
+    let mut shipper = connect(
+        t.transport.as_ref(),
+        &index,
+        &t.spec,
+        &t.session,
+        &t.brick,
+        &SyncOptions {
+            reverse: true,
+            ..SyncOptions::default()
+        },
+    )?;
+    let mut slave = shipper.list_slave(&index, false)?;
+    let root = t.brick.open()?;
+    let local = walk::list_subtree(&root, &RelPath::root(), &t.excludes)
+        .with_context(|| format!("walking brick {}", t.brick.path.display()))?;
+    // The contents of this pass's share of the files equal in size and mtime on both sides.
+    let by_path: std::collections::HashMap<&RelPath, &Entry> =
+        local.iter().map(|(p, e)| (p, e)).collect();
+    let wanted: Vec<RelPath> = slave
+        .iter()
+        .filter(|s| {
+            Kind::from_u8(s.kind) == Kind::File
+                && pass.hashes(&s.path)
+                && by_path
+                    .get(&s.path)
+                    .is_some_and(|m| m.kind == Kind::File && m.size == s.size && m.meta() == s.meta)
+        })
+        .map(|s| s.path.clone())
+        .collect();
+    let mut hashes = shipper.slave_hashes(&index, &wanted)?;
+    shipper.close()?;
+    let _ = std::fs::remove_file(&t.scratch);
+    let mut out = Outcome {
+        entries: local.len() as u64,
+        ..Default::default()
+    };
+    for s in slave.iter_mut() {
+        s.hash = hashes.remove(&s.path);
+    }
+    let mut content = Vec::new();
+    let (_, found) = crate::verify::differences(&local, &slave, &t.excludes, |path, m, s| {
+        if m.kind != Kind::File || s.hash.is_none() {
+            return Ok(None);
+        }
+        let h = crate::crawl::hash_beneath(&root, path)
+            .with_context(|| format!("reading {path} on the master"))?;
+        out.bytes_hashed += 2 * m.size;
+        if Some(h) != s.hash {
+            content.push(path.clone());
+        }
+        Ok(Some(h))
+    })?;
+    // Only what the stime vouches for: the entry (or, for a name only the slave has, the
+    // nearest directory the master still has) unchanged since.
+    let root_entry = walk::root_entry(&root)
+        .map(|(e, _)| e)
+        .with_context(|| format!("reading brick {}", t.brick.path.display()))?;
+    let settled = |e: &Entry| {
+        e.ctime_sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(e.ctime_nsec as i64)
+            < pass.stime_ns
+    };
+    let vouched = |path: &RelPath| -> bool {
+        let mut p = path.clone();
+        loop {
+            if let Some(e) = by_path.get(&p) {
+                return settled(e);
+            }
+            match p.parent() {
+                Some(parent) if !parent.is_root() => p = parent,
+                _ => return settled(&root_entry),
+            }
+        }
+    };
+    out.content = content.into_iter().filter(|p| vouched(p)).collect();
+    out.found = found
+        .into_iter()
+        .filter(|(path, _)| vouched(path))
+        .map(|(path, what)| Found { path, what })
+        .collect();
+    Ok(out)
+}
+
+/// The pass running on its thread, if any.
+#[derive(Default)]
+pub struct Scheduler {
+    running: Option<(std::thread::JoinHandle<Result<Outcome>>, Pass, i64)>,
+}
+
+impl Scheduler {
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts `pass` on a thread of its own.
+    pub fn start(&mut self, target: Target, pass: Pass, now_ns: i64) -> Result<()> {
+        let p = pass.clone();
+        let h = std::thread::Builder::new()
+            .name("scrub".into())
+            .spawn(move || run(&target, &p))
+            .context("starting the scrub thread")?;
+        self.running = Some((h, pass, now_ns));
+        Ok(())
+    }
+
+    /// The pass that ended since the last call: (the pass, when it started, what it found).
+    pub fn finished(&mut self) -> Option<(Pass, i64, Result<Outcome>)> {
+        if !self.running.as_ref()?.0.is_finished() {
+            return None;
+        }
+        let (h, pass, started) = self.running.take()?;
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the scrub thread panicked")));
+        Some((pass, started, r))
+    }
+}
+
+/// What `status` shows of a pass that completed.
+pub fn summary(
+    pass: &Pass,
+    started_ns: i64,
+    finished_ns: i64,
+    o: &Outcome,
+) -> crate::status::ScrubStatus {
+    crate::status::ScrubStatus {
+        pass: pass.number,
+        started_ns,
+        finished_ns,
+        entries: o.entries,
+        bytes_hashed: o.bytes_hashed,
+        checksum: match pass.checksum_every {
+            0 => "off".into(),
+            1 => "all".into(),
+            n => format!("1/{n}"),
+        },
+        differences: o.found.len() as u64,
+        repaired: 0,
+        repair_failed: None,
+        paths: o
+            .found
+            .iter()
+            .take(SHOWN_PATHS)
+            .map(|f| format!("{}: {}", f.path, f.what))
+            .collect(),
+    }
+}
