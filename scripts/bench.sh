@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|intake|ssh|ssh-big|ssh-small|all|scale]
+# Usage: scripts/bench.sh [small|big|latency|scrub|intake|ssh|ssh-big|ssh-small|all|scale]
 #        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
 #        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
 #        (BENCH_DIR=/path to choose where data goes)
@@ -112,24 +112,20 @@ if [ "$what" = big ] || [ "$what" = all ]; then
     row "georep --compression 0, 1 GiB random" "$g_ms" "$(ratio "$g_ms" "$cp_big")" "${g_mrss} KiB" "${g_arss} KiB"
 fi
 
-# Continuous replication: write-close on the master -> new content readable on the slave.
-if [ "$what" = latency ] || [ "$what" = all ]; then
-    m=$BASE/lat-m s=$BASE/lat-s home=$BASE/lat-home
-    mkdir -p "$m" "$s"
-    GEOREP_HOME=$home "$BIN" create "$m" "$s" >/dev/null
-    GEOREP_HOME=$home "$BIN" start "$m" "$s" --foreground 2>"$BASE/lat.log" &
-    spid=$!   # the monitor in the foreground: killing it stops its worker too
-    python3 - "$m" "$s" "$BASE/lat.txt" <<'PY'
+# Write-close on the master -> new content readable on the slave, 200 times: "p50 p99 max n"
+# into $3. $4: the directory under the master to write in (default lat).
+measure_latency() {
+    python3 - "$1" "$2" "$3" "${4:-lat}" <<'PY'
 import os, sys, time
-m, s, out = sys.argv[1:4]
-os.makedirs(f"{m}/lat", exist_ok=True)
-deadline = time.time() + 30
-while not os.path.isdir(f"{s}/lat") and time.time() < deadline:
+m, s, out, d = sys.argv[1:5]
+os.makedirs(f"{m}/{d}", exist_ok=True)
+deadline = time.time() + 60
+while not os.path.isdir(f"{s}/{d}") and time.time() < deadline:
     time.sleep(0.01)
 time.sleep(0.5)
 lat = []
 for i in range(200):
-    name = f"lat/f{i % 20}"
+    name = f"{d}/f{i % 20}"
     data = f"change {i}\n".encode()
     with open(f"{m}/{name}", "wb") as f:
         f.write(data)
@@ -150,12 +146,61 @@ lat.sort()
 p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
 open(out, "w").write(f"{p(0.5):.1f} {p(0.99):.1f} {lat[-1]:.1f} {len(lat)}\n")
 PY
+
+}
+
+# Continuous replication: write-close on the master -> new content readable on the slave.
+if [ "$what" = latency ] || [ "$what" = all ]; then
+    m=$BASE/lat-m s=$BASE/lat-s home=$BASE/lat-home
+    mkdir -p "$m" "$s"
+    GEOREP_HOME=$home "$BIN" create "$m" "$s" >/dev/null
+    GEOREP_HOME=$home "$BIN" start "$m" "$s" --foreground 2>"$BASE/lat.log" &
+    spid=$!   # the monitor in the foreground: killing it stops its worker too
+    measure_latency "$m" "$s" "$BASE/lat.txt"
     kill -INT $spid; wait $spid || true
     GEOREP_HOME=$home "$BIN" delete "$m" "$s" >/dev/null
     read -r p50 p99 pmax n < "$BASE/lat.txt"
     row "latency p50 over $n single-file changes" "$p50" "-" "-" "-"
     row "latency p99 over $n single-file changes" "$p99" "-" "-" "-"
     row "latency max over $n single-file changes" "$pmax" "-" "-" "-"
+fi
+
+# The scrub (issue 19): live latency on a 100,000-file tree, idle and while scrub passes run
+# back to back (scrub-interval 1s), side by side in the same run.
+if [ "$what" = scrub ] || [ "$what" = all ]; then
+    m=$BASE/scrub-m s=$BASE/scrub-s home=$BASE/scrub-home
+    mkdir -p "$m" "$s"
+    python3 - "$m" <<'PY'
+import os, sys
+m = sys.argv[1]
+for d in range(1000):
+    os.makedirs(f"{m}/t/d{d:04}", exist_ok=True)
+    for f in range(100):
+        with open(f"{m}/t/d{d:04}/f{f:03}", "wb") as fh:
+            fh.write(b"x" * 64)
+PY
+    GEOREP_HOME=$home "$BIN" create "$m" "$s" >/dev/null
+    GEOREP_HOME=$home "$BIN" config "$m" "$s" scrub-interval 0 >/dev/null
+    GEOREP_HOME=$home "$BIN" start "$m" "$s" --foreground 2>"$BASE/scrub.log" &
+    spid=$!
+    measure_latency "$m" "$s" "$BASE/scrub-idle.txt" idle
+    GEOREP_HOME=$home "$BIN" config "$m" "$s" scrub-interval 1s >/dev/null
+    # Wait for the first pass to start, then measure while passes follow each other.
+    for _ in $(seq 300); do
+        GEOREP_HOME=$home "$BIN" status "$m" "$s" --json | grep -q '"scrub_running": true' && break
+        sleep 0.1
+    done
+    measure_latency "$m" "$s" "$BASE/scrub-busy.txt" busy
+    passes=$(GEOREP_HOME=$home "$BIN" status "$m" "$s" --json | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print((r.get("scrub") or {}).get("pass", 0), (r.get("scrub") or {}).get("finished_ns", 0) - (r.get("scrub") or {}).get("started_ns", 0))')
+    kill -INT $spid; wait $spid || true
+    GEOREP_HOME=$home "$BIN" delete "$m" "$s" >/dev/null
+    read -r i50 i99 imax n < "$BASE/scrub-idle.txt"
+    read -r b50 b99 bmax n < "$BASE/scrub-busy.txt"
+    read -r npass pass_ns <<< "$passes"
+    row "latency p50, 100k-file tree, idle" "$i50" "-" "-" "-"
+    row "latency p50, same, scrub passes running" "$b50" "$(ratio "$b50" "$i50")" "-" "-"
+    row "latency p99, idle / scrubbing" "$i99 / $b99" "-" "-" "-"
+    row "scrub passes done; last pass (ms)" "$npass" "$((pass_ns / 1000000)) ms" "-" "-"
 fi
 
 # Journal intake: files created as fast as one process can, all recorded without a gap.

@@ -46,7 +46,7 @@ fn kind_name(k: Kind) -> &'static str {
 }
 
 /// What differs between the master's `m` and the slave's `s` at one path (empty = equal).
-fn compare(m: &Entry, s: &ListEntry, m_hash: Option<[u8; 32]>) -> Vec<String> {
+pub(crate) fn compare(m: &Entry, s: &ListEntry, m_hash: Option<[u8; 32]>) -> Vec<String> {
     let sk = Kind::from_u8(s.kind);
     if m.kind != sk {
         return vec![format!(

@@ -105,6 +105,16 @@ Examples:
   georep verify gv0 root@dr1::gv0-dr
   georep verify gv0-dr1 --checksum --json        (reads every file on both sides)")]
     Verify(VerifyArgs),
+    /// The last scrub of each brick (the DR copy compared with it), or start one (`--now`)
+    #[command(after_help = "\
+A running session compares its DR copy with the brick every scrub-interval (default 1h),
+hashing the contents of a rotating share of the files (scrub-checksum, default 1/24), and
+repairs what differs (scrub-repair). See docs/runbook.md, \"Reading a scrub\".
+
+Examples:
+  georep scrub gv0 root@dr1::gv0-dr
+  georep scrub gv0-dr1 --now --checksum          (hash every file this pass)")]
+    Scrub(ScrubArgs),
     /// DR host: promote the slave volume (fences the old master) and print the RPO
     #[command(after_help = "\
 Run on the DR host. See docs/runbook.md.
@@ -257,6 +267,20 @@ pub struct ConfigArgs {
     /// its default) and a new value
     #[arg(value_name = "SLAVE] [KEY] [VALUE", num_args = 0..=3)]
     pub words: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScrubArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Start a pass now on every local brick of the running session
+    #[arg(long)]
+    pub now: bool,
+    /// With --now: hash the contents of every file in this pass
+    #[arg(long, requires = "now")]
+    pub checksum: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -201,6 +201,54 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::Scrub(a) => {
+            let (m, s) = session(&home, "scrub", &a.session)?;
+            if a.now {
+                for line in crate::daemon::request_scrub(&home, &m, &s, a.checksum)? {
+                    println!("{line}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows = crate::status::rows(&home, Some(&m), Some(&s))?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &rows
+                            .iter()
+                            .map(|r| serde_json::json!({
+                                "master_node": r.master_node, "master_brick": r.master_brick,
+                                "last_scrub": r.last_scrub, "last_scrub_utc": r.last_scrub_utc,
+                                "scrub": r.scrub, "scrub_running": r.scrub_running,
+                                "scrub_interval_seconds": r.scrub_interval_seconds,
+                            }))
+                            .collect::<Vec<_>>()
+                    )?
+                );
+            } else {
+                for r in &rows {
+                    let line = crate::status::scrub_line(r).unwrap_or_else(|| {
+                        format!(
+                            "no scrub pass yet{}",
+                            if r.scrub_running {
+                                " (one is running)"
+                            } else {
+                                ""
+                            }
+                        )
+                    });
+                    println!("{}:{} {line}", r.master_node, r.master_brick);
+                }
+            }
+            let differ = rows
+                .iter()
+                .any(|r| r.scrub.as_ref().is_some_and(|s| s.differences > 0));
+            Ok(if differ {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::Verify(a) => {
             let (m, s) = session(&home, "verify", &a.session)?;
             let r = crate::verify::verify(&home, &m, &s, a.checksum)?;

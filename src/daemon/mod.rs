@@ -346,6 +346,38 @@ fn create_inner(
     Ok(cfg)
 }
 
+/// `georep scrub --now`: asks each local active brick's worker for a pass (read by the worker
+/// within a second; `checksum`: hash every file this pass).
+pub fn request_scrub(
+    home: &Home,
+    master: &str,
+    slave: &str,
+    checksum: bool,
+) -> Result<Vec<String>> {
+    let cfg = SessionConfig::load(home, master, slave)?;
+    if !monitor::is_running(home, &cfg.name) {
+        bail!("session {} is not running on this node: `georep start {}` first (a scrub runs in the session's workers)", cfg.name, cfg.name);
+    }
+    let vol = cfg.volume(home)?;
+    if !vol.is_one_set() {
+        bail!("volume {} has several replica sets shipping into one slave: a scrub compares the slave with one brick, so it runs on volumes of one replica set only (`georep verify` compares the whole volume)", vol.name);
+    }
+    let mut out = Vec::new();
+    for b in vol.local_bricks_for("scrub")? {
+        let dir = session::brick_state_dir(home, &cfg.name, b);
+        crate::fsutil::atomic_write(
+            &dir.join("scrub.request"),
+            if checksum { b"checksum\n" } else { b"\n" },
+        )?;
+        out.push(format!(
+            "scrub requested on {b}{}: `georep scrub {}` shows the result",
+            if checksum { " (every file hashed)" } else { "" },
+            cfg.name
+        ));
+    }
+    Ok(out)
+}
+
 /// Sets up the session key on the slave with the operator's own credentials.
 fn push_pem(home: &Home, cfg: &SessionConfig, mastervol: &str, o: &CreateOptions) -> Result<()> {
     use crate::shellword::{self, Word};

@@ -396,6 +396,21 @@ impl Shipper {
         Ok(out)
     }
 
+    /// The slave's entries at `paths` (those that exist), with content hashes when `checksum`;
+    /// one request per `MAX_LIST_PATHS` paths.
+    pub fn list_paths(
+        &mut self,
+        index: &Index,
+        checksum: bool,
+        paths: &[RelPath],
+    ) -> Result<Vec<protocol::ListEntry>> {
+        let mut out = Vec::new();
+        for chunk in paths.chunks(protocol::MAX_LIST_PATHS) {
+            out.extend(self.list(index, checksum, Some(chunk.to_vec()))?);
+        }
+        Ok(out)
+    }
+
     /// How many entries the slave holds, and the first one listed; memory does not grow with
     /// the slave's tree (`create` asks before replicating onto a slave no session filled).
     pub fn slave_census(&mut self, index: &Index) -> Result<(u64, Option<RelPath>)> {

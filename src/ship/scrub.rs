@@ -116,8 +116,6 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
         .map(|s| s.path.clone())
         .collect();
     let mut hashes = shipper.slave_hashes(&index, &wanted)?;
-    shipper.close()?;
-    let _ = std::fs::remove_file(&t.scratch);
     let mut out = Outcome {
         entries: local.len() as u64,
         ..Default::default()
@@ -125,31 +123,20 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
     for s in slave.iter_mut() {
         s.hash = hashes.remove(&s.path);
     }
-    let mut content = Vec::new();
-    let (_, found) = crate::verify::differences(&local, &slave, &t.excludes, |path, m, s| {
-        if m.kind != Kind::File || s.hash.is_none() {
-            return Ok(None);
-        }
-        let h = crate::crawl::hash_beneath(&root, path)
-            .with_context(|| format!("reading {path} on the master"))?;
-        out.bytes_hashed += 2 * m.size;
-        if Some(h) != s.hash {
-            content.push(path.clone());
-        }
-        Ok(Some(h))
-    })?;
-    // Only what the stime vouches for: the entry (or, for a name only the slave has, the
-    // nearest directory the master still has) unchanged since.
-    let root_entry = walk::root_entry(&root)
-        .map(|(e, _)| e)
-        .with_context(|| format!("reading brick {}", t.brick.path.display()))?;
+    // Only what the stime vouches for, less the coarse clock the kernel stamps ctime with.
+    let vouched_before = pass.stime_ns - CLOCK_MARGIN.as_nanos() as i64;
     let settled = |e: &Entry| {
         e.ctime_sec
             .saturating_mul(1_000_000_000)
             .saturating_add(e.ctime_nsec as i64)
-            < pass.stime_ns
+            < vouched_before
     };
-    let vouched = |path: &RelPath| -> bool {
+    let root_entry = walk::root_entry(&root)
+        .map(|(e, _)| e)
+        .with_context(|| format!("reading brick {}", t.brick.path.display()))?;
+    // The entry, or for a name only the slave has, the nearest directory the master still has,
+    // unchanged since.
+    let vouched = |by_path: &std::collections::HashMap<&RelPath, &Entry>, path: &RelPath| {
         let mut p = path.clone();
         loop {
             if let Some(e) = by_path.get(&p) {
@@ -161,12 +148,129 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
             }
         }
     };
-    out.content = content.into_iter().filter(|p| vouched(p)).collect();
-    out.found = found
+    let mut content = Vec::new();
+    let (_, found) = crate::verify::differences(&local, &slave, &t.excludes, |path, m, s| {
+        if m.kind != Kind::File || s.hash.is_none() {
+            return Ok(None);
+        }
+        let h = match crate::crawl::hash_beneath(&root, path) {
+            Ok(h) => h,
+            // Removed or replaced since the walk: in flight.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {path} on the master")),
+        };
+        out.bytes_hashed += 2 * m.size;
+        // Changed while it was read (after the walk): in flight, not a difference.
+        let now = walk::lstat_beneath(&root, path).ok().flatten();
+        if now.is_none_or(|e| !settled(&e)) {
+            return Ok(None);
+        }
+        if Some(h) != s.hash {
+            content.push(path.clone());
+        }
+        Ok(Some(h))
+    })?;
+    let found: Vec<(RelPath, String)> = found
         .into_iter()
-        .filter(|(path, _)| vouched(path))
+        .filter(|(p, _)| vouched(&by_path, p))
+        .collect();
+    // A second look, once what was in flight has landed: the slave shows an op being applied
+    // (a directory's mtime before its attributes are set again) that no master ctime tells.
+    let confirmed = if found.is_empty() {
+        found
+    } else {
+        std::thread::sleep(SETTLE);
+        confirm(&mut shipper, &index, &root, found, &content, &settled)?
+    };
+    shipper.close()?;
+    let _ = std::fs::remove_file(&t.scratch);
+    let still: std::collections::HashSet<&RelPath> = confirmed.iter().map(|(p, _)| p).collect();
+    out.content = content.into_iter().filter(|p| still.contains(p)).collect();
+    out.found = confirmed
+        .into_iter()
         .map(|(path, what)| Found { path, what })
         .collect();
+    Ok(out)
+}
+
+/// How far the kernel's ctime may lag the clock stime is read from (timestamps come from a
+/// coarse clock).
+const CLOCK_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a pass waits before its second look at what it found.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a name the master does not have is vouched for now: its nearest directory on the
+/// master is unchanged since the stime.
+fn vouched_now(
+    root: &rustix::fd::OwnedFd,
+    path: &RelPath,
+    settled: &dyn Fn(&Entry) -> bool,
+) -> bool {
+    let mut p = path.clone();
+    loop {
+        match walk::lstat_beneath(root, &p) {
+            Ok(Some(e)) => return settled(&e),
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => return false,
+        }
+    }
+}
+
+/// Keeps the differences that are still there: the master's entry (now) still vouched for and
+/// still different from the slave's (now). Hard-link group differences are kept when both
+/// names are still there and vouched for.
+fn confirm(
+    shipper: &mut super::pipeline::Shipper,
+    index: &Index,
+    root: &rustix::fd::OwnedFd,
+    found: Vec<(RelPath, String)>,
+    content: &[RelPath],
+    settled: &dyn Fn(&Entry) -> bool,
+) -> Result<Vec<(RelPath, String)>> {
+    let mut paths: Vec<RelPath> = found.iter().map(|(p, _)| p.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    let slave: std::collections::HashMap<RelPath, crate::protocol::ListEntry> = shipper
+        .list_paths(index, !content.is_empty(), &paths)?
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect();
+    let mut out = Vec::new();
+    for (path, what) in found {
+        if !vouched_now(root, &path, settled) {
+            continue;
+        }
+        let master = walk::lstat_beneath(root, &path).ok().flatten();
+        let still = match (&master, slave.get(&path)) {
+            (None, None) => false,
+            (Some(_), None) | (None, Some(_)) => true,
+            (Some(m), Some(s)) if what.starts_with("hard links differ") => {
+                m.kind == Kind::from_u8(s.kind)
+            }
+            (Some(m), Some(s)) => {
+                let h = if content.contains(&path) && m.kind == Kind::File && s.hash.is_some() {
+                    crate::crawl::hash_beneath(root, &path).ok()
+                } else {
+                    None
+                };
+                !crate::verify::compare(m, s, h).is_empty()
+            }
+        };
+        if still {
+            out.push((path, what));
+        }
+    }
     Ok(out)
 }
 

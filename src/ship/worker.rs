@@ -7,9 +7,13 @@
 //! - `journal_seq` (in the index) moves past a record only after the ops for it were
 //!   acknowledged; the journal is trimmed only up to `journal_seq`.
 //! - stime only moves forward, and never while a failure is unresolved: LAST_SYNCED is a
-//!   guarantee, not a hope.
+//!   guarantee, not a hope. The one step back: a scrub pass that finds differences sets it
+//!   back to the stime the pass started from, and holds it there until they are repaired.
 
 use super::changes;
+
+#[path = "worker_scrub.rs"]
+mod worker_scrub;
 use super::pipeline::Shipper;
 use super::position::{position_lost, set_position};
 use super::{connect, crawl_until_converged, transport_for};
@@ -259,6 +263,9 @@ impl Worker {
                 self.nap(Duration::from_secs(2));
                 continue;
             }
+            // This session replicated to a slave here before (a slave found recreated, or with
+            // its agent.db lost, is still the session's own to make equal).
+            let had_slave = index.get_meta("slave_volume_id")?.is_some();
             let shipper = transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
                 connect(
                     t.as_ref(),
@@ -296,7 +303,7 @@ impl Worker {
             let pending = index.get_meta("takeover_from")?.filter(|p| !p.is_empty());
             let result = match shipper.previous_active.clone().or(pending) {
                 Some(prev) => self.take_over(&mut shipper, &index, &journal, &prev),
-                None => self.first_sync(&mut shipper, &index),
+                None => self.first_sync(&mut shipper, &index, had_slave),
             }
             .and_then(|()| self.serve(&mut shipper, &index, &journal));
             match result {
@@ -388,7 +395,7 @@ impl Worker {
     /// A slave holding files no brick of the volume sent is somebody's data: without `create …
     /// force` the worker is Faulty, naming it, and touches nothing. On a volume of several
     /// replica sets (distributed) nothing is listed: each brick's files are the others' extras.
-    fn first_sync(&mut self, shipper: &mut Shipper, index: &Index) -> Result<()> {
+    fn first_sync(&mut self, shipper: &mut Shipper, index: &Index, had_slave: bool) -> Result<()> {
         let vol = self.session.volume(&self.home)?;
         if !index.is_empty()? || !vol.is_one_set() {
             return Ok(());
@@ -396,7 +403,11 @@ impl Worker {
         self.status.crawl = "Hybrid Crawl".into();
         self.save();
         let listed = super::list_for_first_sync(shipper, index, &self.brick)?;
-        if listed > 0 && !self.session.adopt_slave && !vol.replicated_by(&shipper.replicated_from) {
+        if listed > 0
+            && !had_slave
+            && !self.session.adopt_slave
+            && !vol.replicated_by(&shipper.replicated_from)
+        {
             index.clear()?;
             anyhow::bail!(
                 "slave {} holds {listed} entries that no brick of {} sent: georep does not replicate onto it (it would make it equal to the master and remove the rest) until `georep create {} {} force` says to",
@@ -617,132 +628,6 @@ impl Worker {
                 tracing::info!(brick = %self.brick, "journal writer stopped; waiting for it to come back");
             }
         }
-    }
-
-    /// The scrub: records a pass that ended (and repairs what it found), starts one when due
-    /// (`scrub-interval` after the last, or `georep scrub --now`).
-    fn scrub_turn(
-        &mut self,
-        shipper: &mut Shipper,
-        index: &Index,
-        journal: &JournalStore,
-    ) -> Result<()> {
-        use super::scrub;
-        let settings = crate::options::scrub(&self.session);
-        if !self.one_set {
-            // Several replica sets ship into one slave: another brick's files would be extras.
-            return Ok(());
-        }
-        if let Some((pass, started, r)) = self.scrub.finished() {
-            self.status.scrub_running = false;
-            let o = match r {
-                Ok(o) => o,
-                Err(e) => {
-                    // Not a difference: the next pass tries again (a link cut meanwhile).
-                    tracing::warn!(brick = %self.brick, "scrub pass {} failed: {e:#}", pass.number);
-                    self.save();
-                    return Ok(());
-                }
-            };
-            let mut summary = scrub::summary(&pass, started, now_ns(), &o);
-            for f in &o.found {
-                tracing::warn!(brick = %self.brick, path = %f.path, "scrub: {}", f.what);
-            }
-            tracing::info!(brick = %self.brick, pass = pass.number, entries = o.entries, bytes_hashed = o.bytes_hashed, differences = o.found.len(), "scrub pass done");
-            if o.found.is_empty() {
-                self.status.scrub_hold_ns = None;
-                self.status.scrub = Some(summary);
-                self.save();
-                return Ok(());
-            }
-            // LAST_SYNCED vouches for nothing after this pass's start until it is repaired.
-            self.status.scrub_hold_ns = Some(
-                self.status
-                    .scrub_hold_ns
-                    .unwrap_or(i64::MAX)
-                    .min(pass.stime_ns),
-            );
-            if !settings.repair {
-                self.status.scrub = Some(summary);
-                self.save();
-                return Ok(());
-            }
-            // Repaired as `sync --rescan-slave` does: the index from the slave, the files with
-            // other contents unknown, then a hybrid crawl ships the difference.
-            let repair = (|| -> Result<()> {
-                crate::brickid::check_running(&self.brick, index)?;
-                shipper.seed_index_from_slave(index, false, None)?;
-                let poison: Vec<_> = o
-                    .content
-                    .iter()
-                    .map(|p| crate::crawl::index::Mutation::Poison(p.clone()))
-                    .collect();
-                index.apply(&poison)?;
-                let last = journal.last_seq()?;
-                self.hybrid(shipper, index, journal, last, Some("scrub repair"))
-            })();
-            match repair {
-                Ok(()) if self.status.failures == 0 => {
-                    summary.repaired = summary.differences;
-                    self.status.scrub_hold_ns = None;
-                }
-                Ok(()) => {
-                    summary.repair_failed = Some(format!(
-                        "{} path(s) failed: `georep failures` lists them",
-                        self.status.failures
-                    ))
-                }
-                Err(e) => summary.repair_failed = Some(format!("{e:#}")),
-            }
-            let failed = summary.repair_failed.clone();
-            self.status.scrub = Some(summary);
-            self.save();
-            if let Some(e) = failed {
-                tracing::warn!(brick = %self.brick, "scrub repair failed: {e}");
-            }
-            return Ok(());
-        }
-        if self.scrub.is_running() {
-            return Ok(());
-        }
-        let request = self.dir.join("scrub.request");
-        let requested = std::fs::read_to_string(&request).ok();
-        let last = self
-            .status
-            .scrub
-            .as_ref()
-            .map_or(self.status.started_ns, |s| {
-                s.finished_ns.max(self.status.started_ns)
-            });
-        let due = settings
-            .interval
-            .is_some_and(|iv| now_ns() - last >= iv.as_nanos() as i64);
-        if requested.is_none() && !due {
-            return Ok(());
-        }
-        let _ = std::fs::remove_file(&request);
-        let pass = scrub::Pass {
-            number: self.status.scrub.as_ref().map_or(0, |s| s.pass) + 1,
-            checksum_every: if requested.as_deref().is_some_and(|r| r.trim() == "checksum") {
-                1
-            } else {
-                settings.checksum_every
-            },
-            stime_ns: self.status.stime_ns,
-        };
-        let target = scrub::Target {
-            transport: transport_for(&self.home, &self.session.name, &self.spec)?,
-            spec: self.spec.clone(),
-            session: self.session.name.clone(),
-            brick: self.brick.clone(),
-            excludes: self.excludes.clone(),
-            scratch: self.dir.join("scrub.db"),
-        };
-        tracing::info!(brick = %self.brick, pass = pass.number, "scrub pass starts");
-        self.scrub.start(target, pass, now_ns())?;
-        self.status.scrub_running = true;
-        self.save();
-        Ok(())
     }
 
     /// Resolves a gap: crawl until the slave equals the brick, then trust records after it.

@@ -5,6 +5,9 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod table;
+pub use table::{scrub_line, shorten_middle, table, TABLE_WIDTH};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct BrickStatus {
     /// Created, Initializing..., Active, Faulty, Stopped
@@ -49,6 +52,9 @@ pub struct BrickStatus {
     pub scrub: Option<ScrubStatus>,
     #[serde(default)]
     pub scrub_running: bool,
+    /// Why the last pass could not complete (cleared by the next that does).
+    #[serde(default)]
+    pub scrub_error: Option<String>,
     /// LAST_SYNCED is held at this time: a scrub found differences that are not repaired.
     #[serde(default)]
     pub scrub_hold_ns: Option<i64>,
@@ -133,6 +139,22 @@ pub struct Row {
     /// reason (kept after the worker reconnects).
     pub disconnects: u64,
     pub last_disconnect: Option<String>,
+    /// When the last scrub pass completed (local, or N/A), and its UTC time.
+    pub last_scrub: String,
+    pub last_scrub_utc: Option<String>,
+    /// The last completed scrub pass: entries compared, bytes hashed, differences found and
+    /// repaired, the first paths (absent before the first pass).
+    pub scrub: Option<ScrubStatus>,
+    pub scrub_running: bool,
+    /// Why the last pass could not complete, when it could not.
+    pub scrub_error: Option<String>,
+    /// `scrub-interval` in seconds (absent: off).
+    pub scrub_interval_seconds: Option<u64>,
+    /// LAST_SYNCED is held here: the last scrub found differences not repaired.
+    pub scrub_hold_utc: Option<String>,
+    /// When the brick's worker started (ns since the epoch; absent when not running).
+    #[serde(skip)]
+    pub worker_started_ns: Option<i64>,
 }
 
 fn local_time(ns: i64) -> String {
@@ -183,6 +205,7 @@ pub fn rows(
                 "localhost".into(),
             ),
         };
+        let scrub_interval = crate::options::scrub(&cfg).interval.map(|d| d.as_secs());
         let running = monitor::is_running(home, &name);
         let paused = monitor::is_paused(home, &name);
         let now = crate::journal::record::now_ns();
@@ -246,6 +269,18 @@ pub fn rows(
                 last_error: st.last_error,
                 disconnects: st.disconnects,
                 last_disconnect: st.last_disconnect,
+                last_scrub: st
+                    .scrub
+                    .as_ref()
+                    .map(|s| local_time(s.finished_ns))
+                    .unwrap_or_else(|| "N/A".into()),
+                last_scrub_utc: st.scrub.as_ref().map(|s| utc_time(s.finished_ns)),
+                scrub: st.scrub.clone(),
+                scrub_running: running && st.scrub_running,
+                scrub_error: st.scrub_error.clone(),
+                scrub_interval_seconds: scrub_interval,
+                scrub_hold_utc: st.scrub_hold_ns.map(utc_time),
+                worker_started_ns: (running && st.started_ns > 0).then_some(st.started_ns),
             });
         }
     }
@@ -274,6 +309,7 @@ fn host_port(host: &str, port: Option<u16>) -> String {
 /// `max_lag`, no session; WARNING: failures, Paused, lag over half of `max_lag`, still
 /// initializing; else OK.
 pub fn check(rows: &[Row], max_lag: u64) -> (u8, String) {
+    let now_ns = crate::journal::record::now_ns();
     let mut crit = Vec::new();
     let mut warn = Vec::new();
     if rows.is_empty() {
@@ -308,6 +344,7 @@ pub fn check(rows: &[Row], max_lag: u64) -> (u8, String) {
                 r.failures
             ));
         }
+        scrub_check(r, &who, now_ns, &mut crit, &mut warn);
     }
     let max_seen = rows.iter().filter_map(|r| r.lag_seconds).max();
     if !crit.is_empty() {
@@ -323,6 +360,42 @@ pub fn check(rows: &[Row], max_lag: u64) -> (u8, String) {
                 max_seen.unwrap_or(0)
             ),
         )
+    }
+}
+
+/// The scrub's part of `--check`: WARNING when the last pass found differences (until a pass
+/// finds none), CRITICAL when their repair failed or no pass completed in 3 intervals.
+fn scrub_check(r: &Row, who: &str, now_ns: i64, crit: &mut Vec<String>, warn: &mut Vec<String>) {
+    if let Some(s) = &r.scrub {
+        if let Some(e) = &s.repair_failed {
+            crit.push(format!(
+                "{who}: the scrub found {} difference(s) and their repair failed: {e}",
+                s.differences
+            ));
+        } else if s.differences > 0 {
+            warn.push(format!(
+                "{who}: the last scrub found {} difference(s){} between the DR copy and the brick ({}{}): a bug or a write on the DR site; `georep status detail` lists them",
+                s.differences,
+                if s.repaired == s.differences { ", repaired" } else { ", not repaired (scrub-repair is off)" },
+                s.paths.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                if s.differences > 3 { "; ..." } else { "" }
+            ));
+        }
+    }
+    if r.status != "Active" {
+        return;
+    }
+    if let (Some(iv), Some(started)) = (r.scrub_interval_seconds, r.worker_started_ns) {
+        let since = r
+            .scrub
+            .as_ref()
+            .map_or(started, |s| s.finished_ns.max(started));
+        let late = (now_ns - since) / 1_000_000_000;
+        if late > 3 * iv as i64 {
+            crit.push(format!(
+                "{who}: no scrub pass completed in {late} s (scrub-interval {iv} s): see the worker's log"
+            ));
+        }
     }
 }
 
@@ -361,225 +434,50 @@ pub fn failures(home: &crate::config::Home, master: &str, slave: &str) -> Result
     Ok(out)
 }
 
-/// The default table's width budget: long paths are shortened in the middle to fit it.
-pub const TABLE_WIDTH: usize = 120;
-/// A shortened path keeps at least this many characters.
-const MIN_PATH_WIDTH: usize = 16;
-
-/// The Gluster-style table. By default one row per brick in about 120 columns: MASTER NODE,
-/// MASTER VOL, MASTER BRICK, SLAVE (`ssh://user@host[:port]::volume`, which also names the
-/// slave user and node), STATUS, CRAWL STATUS, LAST_SYNCED; long paths are shortened in the
-/// middle. `detail` keeps every value whole and adds SLAVE USER, SLAVE NODE, the counters,
-/// checkpoint columns, backlog, lag and the last error.
-pub fn table(rows: &[Row], detail: bool) -> String {
-    let mut header = vec!["MASTER NODE", "MASTER VOL", "MASTER BRICK"];
-    if detail {
-        header.extend(["SLAVE USER", "SLAVE", "SLAVE NODE"]);
-    } else {
-        header.push("SLAVE");
-    }
-    header.extend(["STATUS", "CRAWL STATUS", "LAST_SYNCED"]);
-    if detail {
-        header.extend([
-            "ENTRY",
-            "DATA",
-            "META",
-            "FAILURES",
-            "CHECKPOINT TIME",
-            "CHECKPOINT COMPLETED",
-            "CHECKPOINT COMPLETION TIME",
-            "BACKLOG",
-            "BACKLOG BYTES",
-            "LAG",
-        ]);
-    }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut c = vec![
-                r.master_node.clone(),
-                r.master_vol.clone(),
-                r.master_brick.clone(),
-            ];
-            if detail {
-                c.extend([r.slave_user.clone(), r.slave.clone(), r.slave_node.clone()]);
-            } else {
-                c.push(r.slave.clone());
-            }
-            c.extend([
-                r.status.clone(),
-                r.crawl_status.clone(),
-                r.last_synced.clone(),
-            ]);
-            if detail {
-                c.extend([
-                    r.entries.to_string(),
-                    r.data.to_string(),
-                    r.meta.to_string(),
-                    r.failures.to_string(),
-                    r.checkpoint_time.clone(),
-                    r.checkpoint_completed.clone(),
-                    r.checkpoint_completion_time.clone(),
-                    r.backlog_records.to_string(),
-                    crate::ship::human_bytes(r.backlog_bytes),
-                    r.lag_seconds
-                        .map(|l| format!("{l} s"))
-                        .unwrap_or_else(|| "N/A".into()),
-                ]);
-            }
-            c
-        })
-        .collect();
-    let width = |s: &str| s.chars().count();
-    let mut w: Vec<usize> = header.iter().map(|h| width(h)).collect();
-    for c in &cells {
-        for (i, v) in c.iter().enumerate() {
-            w[i] = w[i].max(width(v));
-        }
-    }
-    if !detail {
-        // MASTER VOL, MASTER BRICK and SLAVE give way, widest first, down to a readable width.
-        let shrinkable = [1, 2, 3];
-        let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * (w.len() - 1);
-        while total(&w) > TABLE_WIDTH {
-            let Some(&i) = shrinkable
-                .iter()
-                .filter(|&&i| w[i] > MIN_PATH_WIDTH.max(width(header[i])))
-                .max_by_key(|&&i| w[i])
-            else {
-                break;
-            };
-            w[i] -= 1;
-        }
-    }
-    let line = |v: Vec<&str>| {
-        v.iter()
-            .enumerate()
-            .map(|(i, s)| format!("{:<width$}", shorten_middle(s, w[i]), width = w[i]))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(header.to_vec());
-    out.push('\n');
-    out.push_str(&"-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1)));
-    out.push('\n');
-    for c in &cells {
-        out.push_str(&line(c.iter().map(String::as_str).collect()));
-        out.push('\n');
-    }
-    if detail {
-        for r in rows.iter().filter(|r| r.last_error.is_some()) {
-            out.push_str(&format!(
-                "\n{}:{} last error: {}\n",
-                r.master_node,
-                r.master_brick,
-                r.last_error.as_deref().unwrap_or_default()
-            ));
-        }
-        for r in rows.iter().filter(|r| r.last_disconnect.is_some()) {
-            out.push_str(&format!(
-                "\n{}:{} connection lost {} time(s), last at {}\n",
-                r.master_node,
-                r.master_brick,
-                r.disconnects,
-                r.last_disconnect.as_deref().unwrap_or_default()
-            ));
-        }
-    }
-    out
-}
-
-/// `s` in at most `max` characters: its start and end with `…` between when it is longer.
-pub fn shorten_middle(s: &str, max: usize) -> String {
-    let n = s.chars().count();
-    if n <= max || max < 3 {
-        return s.to_string();
-    }
-    let keep = max - 1;
-    let head = keep / 2;
-    let tail = keep - head;
-    let start: String = s.chars().take(head).collect();
-    let end: String = s.chars().skip(n - tail).collect();
-    format!("{start}…{end}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(brick: &str, slave: &str) -> Row {
-        Row {
-            master_node: "gfs-node1".into(),
-            master_vol: "gv0".into(),
-            master_brick: brick.into(),
-            slave_user: "root".into(),
-            slave: slave.into(),
-            slave_node: "dr1".into(),
-            status: "Active".into(),
-            crawl_status: "Changelog Crawl".into(),
-            last_synced: "2026-12-04 06:04:02 UTC".into(),
-            last_synced_utc: None,
-            lag_seconds: Some(1),
-            entries: 0,
-            data: 0,
-            meta: 0,
-            failures: 0,
-            backlog_records: 0,
-            backlog_bytes: 0,
-            checkpoint_time: "N/A".into(),
-            checkpoint_time_utc: None,
-            checkpoint_completed: "N/A".into(),
-            checkpoint_completion_time: "N/A".into(),
-            checkpoint_completion_time_utc: None,
-            hybrid_crawls: 0,
-            takeovers: 0,
-            last_error: None,
-            disconnects: 0,
-            last_disconnect: None,
-        }
-    }
-
-    fn widest(t: &str) -> usize {
-        t.lines().map(|l| l.chars().count()).max().unwrap()
+    fn scrubbed(differences: u64, repaired: u64, repair_failed: Option<&str>) -> Row {
+        let mut r = table::tests::row("/bricks/b1", "ssh://root@dr1::gv0");
+        r.scrub = Some(ScrubStatus {
+            pass: 3,
+            finished_ns: crate::journal::record::now_ns(),
+            differences,
+            repaired,
+            repair_failed: repair_failed.map(String::from),
+            paths: vec!["a/b: missing on the slave".into()],
+            ..Default::default()
+        });
+        r.scrub_interval_seconds = Some(3600);
+        r.worker_started_ns = Some(crate::journal::record::now_ns());
+        r
     }
 
     #[test]
-    fn the_table_fits_120_columns_and_shortens_long_paths_in_the_middle() {
-        let normal = table(
-            &[row("/bricks/brick1", "ssh://root@dr1:2222::gv0-dr")],
-            false,
-        );
-        assert!(widest(&normal) <= TABLE_WIDTH, "{normal}");
+    fn the_scrub_turns_the_check_warning_then_critical() {
+        assert_eq!(check(&[scrubbed(0, 0, None)], 300).0, 0);
+        let (code, line) = check(&[scrubbed(2, 2, None)], 300);
+        assert_eq!(code, 1, "{line}");
         assert!(
-            normal.contains(" /bricks/brick1 ") && normal.contains("ssh://root@dr1:2222::gv0-dr"),
-            "{normal}"
+            line.contains("2 difference(s), repaired") && line.contains("a/b"),
+            "{line}"
         );
-        let long = format!("/data/{}brick-end", "very-long-directory-name/".repeat(6));
-        let t = table(
-            &[row(
-                &long,
-                "ssh://replication@dr-site-1.example.com::/dr/volumes/gv0",
-            )],
-            false,
-        );
-        assert!(widest(&t) <= TABLE_WIDTH, "{t}");
+        let (code, line) = check(&[scrubbed(2, 0, None)], 300);
+        assert!(code == 1 && line.contains("not repaired"), "{line}");
+        let (code, line) = check(&[scrubbed(2, 0, Some("no space"))], 300);
         assert!(
-            t.contains(" /data/very") && t.contains("/brick-end ") && t.contains('…'),
-            "{t}"
+            code == 2 && line.contains("repair failed: no space"),
+            "{line}"
         );
-        // detail keeps everything whole.
-        let d = table(&[row(&long, "ssh://root@dr1::gv0")], true);
+        // No pass completed within 3 intervals of the worker's start.
+        let mut late = scrubbed(0, 0, None);
+        late.scrub = None;
+        late.worker_started_ns = Some(crate::journal::record::now_ns() - 4 * 3600 * 1_000_000_000);
+        let (code, line) = check(&[late], 300);
         assert!(
-            d.contains(&long) && d.contains("SLAVE USER") && d.contains("SLAVE NODE"),
-            "{d}"
+            code == 2 && line.contains("no scrub pass completed"),
+            "{line}"
         );
-    }
-
-    #[test]
-    fn shortening_keeps_both_ends() {
-        assert_eq!(shorten_middle("/abcdefghij", 7), "/ab…hij");
-        assert_eq!(shorten_middle("/short", 16), "/short");
     }
 }

@@ -13,6 +13,7 @@ mod faults;
 mod fuzz;
 mod lifecycle;
 mod operator;
+mod scrub;
 mod ssh;
 mod sync;
 mod verify;
