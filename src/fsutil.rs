@@ -295,3 +295,15 @@ pub fn lock_exclusive(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Lowers the calling thread's CPU priority (nice 10) and I/O priority (best effort, lowest),
+/// for background reads (a scrub, verify) that must not slow the live stream. Best effort.
+pub fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        // ioprio_set(IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_BE << 13 | 7)
+        libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7);
+    }
+}

@@ -401,6 +401,9 @@ fn serve_reverse(
     mut r: FrameReader,
     w: &mut FrameWriter,
 ) -> Result<()> {
+    // Reads for verify, a scrub or a resync: they yield the CPU and the disk to the agent
+    // that applies the live stream.
+    crate::fsutil::lower_priority();
     w.send(&Message::Welcome(welcome(state, host, 0)?))?;
     w.flush()?;
     if hello.compression != 0 {

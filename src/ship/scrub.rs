@@ -290,7 +290,11 @@ impl Scheduler {
         let p = pass.clone();
         let h = std::thread::Builder::new()
             .name("scrub".into())
-            .spawn(move || run(&target, &p))
+            .spawn(move || {
+                // Shipping goes first: the pass takes what CPU and disk are left.
+                crate::fsutil::lower_priority();
+                run(&target, &p)
+            })
             .context("starting the scrub thread")?;
         self.running = Some((h, pass, now_ns));
         Ok(())

@@ -685,18 +685,7 @@ fn replica_bricks_one_active_one_passive_and_takeover() {
     ];
     make_varied_tree(&b1, 3);
     // Replicas of one volume: same names, content, owners and times.
-    let mirror = || {
-        let st = std::process::Command::new("cp")
-            .args([
-                "-a",
-                "--",
-                &format!("{}/.", b1.display()),
-                b2.to_str().unwrap(),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let mirror = || copy_tree(&b1, &b2);
     fs::create_dir_all(&b2).unwrap();
     mirror();
     for n in [&n1, &n2] {

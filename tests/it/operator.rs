@@ -112,16 +112,7 @@ fn a_first_sync_adopts_a_preseeded_slave_and_removes_its_extras() {
     let (m, s) = (g.master(), g.slave());
     make_varied_tree(&m, 3);
     // The DR site seeded by disk: a full copy (owners, modes, times kept), plus extras.
-    let st = std::process::Command::new("cp")
-        .args([
-            "-a",
-            "--",
-            &format!("{}/.", m.display()),
-            s.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    copy_tree(&m, &s);
     write(&s.join("extra-file"), b"only on the slave");
     write(&s.join("extra-dir/deep/f"), b"only on the slave");
     let seeded = s.join("many/f001");
@@ -148,11 +139,7 @@ fn a_session_onto_a_slave_it_did_not_fill_needs_force_then_adopts_it() {
     let (m, s) = (g.master(), g.slave());
     let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
     make_varied_tree(&m, 2);
-    let st = std::process::Command::new("cp")
-        .args(["-a", "--", &format!("{}/.", m.display()), ss])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    copy_tree(&m, &s);
     write(&s.join("somebody-else's"), b"data");
     let o = g.run(&["create", ms, ss]);
     assert_eq!(o.status.code(), Some(2));

@@ -326,12 +326,7 @@ fn slave_recreated_gets_everything_again() {
     // A slave recreated from a backup (a new volume, old files, and some the master no longer
     // has): it is listed, what is equal is kept, extras are removed.
     fs::remove_dir_all(g.slave()).unwrap();
-    let st = std::process::Command::new("cp")
-        .args(["-a", "--", &format!("{}/.", g.master().display())])
-        .arg(g.slave())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    copy_tree(&g.master(), &g.slave());
     fs::remove_dir_all(g.slave().join(".georep")).unwrap();
     write(&g.slave().join("restored-but-deleted-since"), b"old");
     let r = g.sync_equal();

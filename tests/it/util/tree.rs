@@ -264,3 +264,15 @@ pub fn make_varied_tree(root: &Path, big_file: u64) {
     set_mtime(&root.join("many"), 1_500_000_000, 999_999_999);
     set_mtime(&root.join("empty-dir"), 1_234_567_890, 1);
 }
+
+/// `cp -a from/. to`: a copy with owners, modes, times and hard links kept (a DR site seeded
+/// by disk, a replica brick).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
