@@ -295,6 +295,11 @@ impl SessionConfig {
             Some(n) => {
                 crate::volume::validate_name(n)
                     .map_err(|e| anyhow::anyhow!("session name: {e}"))?;
+                // Generated names join their parts with '_': a short name without one can
+                // never be another pair's generated name.
+                if n.contains('_') {
+                    bail!("session name {n:?}: use letters, digits, '-' and '.' ('_' is kept for generated names)");
+                }
                 n.to_string()
             }
             None => Self::name_for(home, master, slave)?,
@@ -319,9 +324,16 @@ impl SessionConfig {
             .map_err(|e| anyhow::anyhow!("writing session {}: {e}", path.display()))
     }
 
+    /// The session of `master` -> `slave` (never another pair's, whatever its name).
     pub fn load(home: &Home, master: &str, slave: &str) -> Result<SessionConfig> {
-        let name = Self::name_for(home, master, slave)?;
-        Self::load_named(home, &name, master, slave)
+        let vol = Volume::resolve(home, master)?;
+        let generated = session_name(&vol, &SlaveSpec::parse(slave)?);
+        match Self::find(home, master, slave, &generated) {
+            Some(name) => Self::load_named(home, &name, master, slave),
+            None => bail!(
+                "no session {master} -> {slave} on this node: create it with `georep create {master} {slave}`"
+            ),
+        }
     }
 
     pub fn load_by_name(home: &Home, name: &str) -> Result<SessionConfig> {

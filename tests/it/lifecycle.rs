@@ -83,6 +83,18 @@ impl<'a> Started<'a> {
         s
     }
 
+    /// `create … name NAME`, then start.
+    fn named(n: Node<'a>, master: &str, slave: &str, name: &str) -> Started<'a> {
+        n.ok(&["create", master, slave, "name", name]);
+        let s = Started {
+            n,
+            master: master.into(),
+            slave: slave.into(),
+        };
+        s.op("start");
+        s
+    }
+
     fn simple(g: &'a Georep) -> Started<'a> {
         let (m, s) = (g.master(), g.slave());
         Started::new(Node::main(g), m.to_str().unwrap(), s.to_str().unwrap())
@@ -692,9 +704,11 @@ fn replica_bricks_one_active_one_passive_and_takeover() {
         n.ok(&["volume", "create", "gv", "replica", "2", &spec[0], &spec[1]]);
     }
     assert_trees_equal(&b1, &b2);
-    let st1 = Started::new(n1, "gv", ss);
+    // Each node names its session differently: the replica set is still one (its lock key is
+    // the generated name, the same on both nodes).
+    let st1 = Started::named(n1, "gv", ss, "gv-dr-from-n1");
     st1.converge(&b1, &s, "n1 start");
-    let st2 = Started::new(n2, "gv", ss);
+    let st2 = Started::named(n2, "gv", ss, "gv-dr-from-n2");
     st2.wait_status("n2 passive", Duration::from_secs(20), |r| {
         r["status"] == "Passive"
     });

@@ -485,3 +485,37 @@ fn a_distributed_volume_keeps_every_bricks_files_on_a_first_sync() {
         );
     }
 }
+
+#[test]
+fn a_short_name_never_stands_for_another_pairs_session() {
+    let g = Georep::new();
+    let other = g.path("other-master");
+    fs::create_dir_all(&other).unwrap();
+    g.ok(&["volume", "create", "a", g.master().to_str().unwrap()]);
+    g.ok(&["volume", "create", "b", other.to_str().unwrap()]);
+    g.ok(&["volume", "create", "dr", g.slave().to_str().unwrap()]);
+    // The generated name of b -> dr, given by hand to a -> dr.
+    let out = g.ok(&["create", "b", "dr", "no-verify"]);
+    let generated = out
+        .split("session name ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap()
+        .to_string();
+    assert!(generated.contains('_'), "{generated}");
+    // A short name can never be a generated one: it has no '_'.
+    let o = g.run(&["create", "a", "dr", "no-verify", "name", &generated]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("'_' is kept for generated names"),
+        "{}",
+        stderr(&o)
+    );
+    g.ok(&["create", "a", "dr", "no-verify", "name", "a-dr"]);
+    // Each pair finds its own session, by pair or by name.
+    g.ok(&["delete", "b", "dr"]);
+    let o = g.run(&["delete", "b", "dr"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&g.ok(&["status", "a-dr", "--json"])).unwrap();
+    assert_eq!(j[0]["master_vol"], "a", "{j:#}");
+}
