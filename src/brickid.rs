@@ -41,6 +41,14 @@ pub fn read(brick: &Path) -> Result<Option<String>> {
     }
 }
 
+/// Whether the brick holds nothing but georep's own `.georep` (an empty mountpoint, most
+/// likely, when the slave has files); unreadable counts as not empty.
+pub fn is_empty(brick: &Path) -> bool {
+    std::fs::read_dir(brick)
+        .map(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".georep")))
+        .unwrap_or(false)
+}
+
 /// The master brick `brick` is a directory: the error names it (georep never creates one).
 pub fn usable(brick: &Path) -> Result<()> {
     match std::fs::metadata(brick) {
@@ -103,10 +111,7 @@ fn check_or_adopt(brick: &Brick, index: &Index, may_adopt: bool) -> Result<()> {
         (None, None) => {
             // A brick replicated by an older georep, or a first sync of a plain path. An empty
             // brick whose index lists entries is most likely an empty mountpoint.
-            let empty = std::fs::read_dir(&brick.path)
-                .map(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".georep")))
-                .unwrap_or(false);
-            if empty && !index.is_empty()? {
+            if is_empty(&brick.path) && !index.is_empty()? {
                 bail!(
                     "brick {brick} is empty and has no identity, but this session replicated entries from it: is its filesystem mounted? georep does not empty the slave from it. If it was emptied on purpose, `georep create <mastervol> <slave> force` accepts it as it is"
                 );

@@ -114,7 +114,8 @@ fn parse_share(s: &str) -> Result<u32> {
     }
 }
 
-fn show_share(n: u32) -> String {
+/// `off`, `all` or `1/N`, as `scrub-checksum` is written.
+pub fn show_share(n: u32) -> String {
     match n {
         0 => "off".into(),
         1 => "all".into(),

@@ -290,10 +290,7 @@ pub(crate) fn list_for_first_sync(
     brick: &Brick,
 ) -> Result<usize> {
     let n = shipper.seed_index_from_slave(index, false, None)?;
-    let empty = std::fs::read_dir(&brick.path)
-        .map(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ".georep")))
-        .unwrap_or(false);
-    if n > 0 && empty {
+    if n > 0 && crate::brickid::is_empty(&brick.path) {
         index.clear()?;
         bail!(
             "master brick {brick} is empty but the slave holds {n} entries: is the brick's filesystem mounted? georep does not empty a slave from an empty brick on a first sync (retried until the brick has files); if the brick is meant to be empty, `georep sync <master> <slave> --rescan-slave` makes the slave equal to it"

@@ -134,19 +134,13 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
     let root_entry = walk::root_entry(&root)
         .map(|(e, _)| e)
         .with_context(|| format!("reading brick {}", t.brick.path.display()))?;
-    // The entry, or for a name only the slave has, the nearest directory the master still has,
-    // unchanged since.
-    let vouched = |by_path: &std::collections::HashMap<&RelPath, &Entry>, path: &RelPath| {
-        let mut p = path.clone();
-        loop {
-            if let Some(e) = by_path.get(&p) {
-                return settled(e);
-            }
-            match p.parent() {
-                Some(parent) if !parent.is_root() => p = parent,
-                _ => return settled(&root_entry),
-            }
-        }
+    // From the walk: the root is not in it.
+    let walked = |p: &RelPath| -> Result<Option<Entry>, ()> {
+        Ok(if p.is_root() {
+            Some(root_entry.clone())
+        } else {
+            by_path.get(p).map(|e| (*e).clone())
+        })
     };
     let mut content = Vec::new();
     let (_, found) = crate::verify::differences(&local, &slave, &t.excludes, |path, m, s| {
@@ -179,7 +173,7 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
     })?;
     let found: Vec<(RelPath, String)> = found
         .into_iter()
-        .filter(|(p, _)| vouched(&by_path, p))
+        .filter(|(p, _)| vouched(p, walked, &settled))
         .collect();
     // A second look, once what was in flight has landed: the slave shows an op being applied
     // (a directory's mtime before its attributes are set again) that no master ctime tells.
@@ -206,25 +200,22 @@ const CLOCK_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a pass waits before its second look at what it found.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Whether a name the master does not have is vouched for now: its nearest directory on the
-/// master is unchanged since the stime.
-fn vouched_now(
-    root: &rustix::fd::OwnedFd,
+/// Whether the master's entry at `path` — or, for a name the master does not have, its nearest
+/// directory the master has — is unchanged since the stime (`settled`). `master` gives the
+/// master's entry at a path (`Err`: cannot tell, so not vouched for).
+fn vouched(
     path: &RelPath,
+    master: impl Fn(&RelPath) -> Result<Option<Entry>, ()>,
     settled: &dyn Fn(&Entry) -> bool,
 ) -> bool {
-    let mut p = path.clone();
-    loop {
-        match walk::lstat_beneath(root, &p) {
+    for p in path.self_and_ancestors() {
+        match master(&p) {
             Ok(Some(e)) => return settled(&e),
             Ok(None) => {}
-            Err(_) => return false,
-        }
-        match p.parent() {
-            Some(parent) => p = parent,
-            None => return false,
+            Err(()) => return false,
         }
     }
+    false
 }
 
 /// Keeps the differences that are still there: the master's entry (now) still vouched for and
@@ -248,7 +239,11 @@ fn confirm(
         .collect();
     let mut out = Vec::new();
     for (path, what) in found {
-        if !vouched_now(root, &path, settled) {
+        if !vouched(
+            &path,
+            |p| walk::lstat_beneath(root, p).map_err(|_| ()),
+            settled,
+        ) {
             continue;
         }
         let master = walk::lstat_beneath(root, &path).ok().flatten();
@@ -326,11 +321,7 @@ pub fn summary(
         finished_ns,
         entries: o.entries,
         bytes_hashed: o.bytes_hashed,
-        checksum: match pass.checksum_every {
-            0 => "off".into(),
-            1 => "all".into(),
-            n => format!("1/{n}"),
-        },
+        checksum: crate::options::show_share(pass.checksum_every),
         differences: o.found.len() as u64,
         repaired: 0,
         repair_failed: None,

@@ -396,10 +396,10 @@ impl Worker {
     /// force` the worker is Faulty, naming it, and touches nothing. On a volume of several
     /// replica sets (distributed) nothing is listed: each brick's files are the others' extras.
     fn first_sync(&mut self, shipper: &mut Shipper, index: &Index, had_slave: bool) -> Result<()> {
-        let vol = self.session.volume(&self.home)?;
-        if !index.is_empty()? || !vol.is_one_set() {
+        if !self.one_set || !index.is_empty()? {
             return Ok(());
         }
+        let vol = self.session.volume(&self.home)?;
         self.status.crawl = "Hybrid Crawl".into();
         self.save();
         let listed = super::list_for_first_sync(shipper, index, &self.brick)?;
