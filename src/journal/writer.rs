@@ -44,6 +44,15 @@ const REWATCH_EVERY: Duration = Duration::from_secs(30);
 const MARKER_EVERY: Duration = Duration::from_secs(1);
 const MARKER_NAME: &[u8] = b"marker";
 
+/// What `watch_tree` does with the directories it watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Watch only (the tree is journaled already, or a GAP covers it).
+    Watch,
+    /// Watch and record every entry found (a directory that appeared).
+    Record,
+}
+
 pub struct Writer {
     root: PathBuf,
     inotify: rustix::fd::OwnedFd,
@@ -53,6 +62,12 @@ pub struct Writer {
     /// event that made the directory, when the name may already be another directory's:
     /// a rename checks that the watch it carries is on the directory it moved.
     wd_ino: HashMap<i32, u64>,
+    /// Watches whose path a rename set without being able to check it (the directory now at
+    /// the new name is another inode): the next `watch_tree` that meets them trusts the tree.
+    /// Every other watch keeps its path when a directory is found watched under another name:
+    /// it moved there by a rename still queued, and events queued before that rename name it
+    /// by its old path.
+    doubtful: std::collections::HashSet<i32>,
     /// Directories whose watch could not be added because their name was gone already (the
     /// events are read after the fact): if an ancestor was renamed, its RENAME is further on
     /// in the queue and says where they are now, and they are watched (and scanned) there.
@@ -94,6 +109,7 @@ impl Writer {
             inotify,
             wds: HashMap::new(),
             wd_ino: HashMap::new(),
+            doubtful: Default::default(),
             unwatched: Default::default(),
             state_wd,
             store,
@@ -107,7 +123,7 @@ impl Writer {
             last_seq: 0,
         };
         let t0 = Instant::now();
-        w.watch_tree(&RelPath::root(), false)?;
+        w.watch_tree(&RelPath::root(), Scan::Watch)?;
         if w.watch_failures > 0 {
             bail!(
                 "could not watch {} directories of {}: raise fs.inotify.max_user_watches (sysctl) and start again",
@@ -158,16 +174,30 @@ impl Writer {
         Ok(())
     }
 
-    /// Adds watches on `dir` and every directory beneath it; with `record`, also records every
-    /// entry found (a directory that appeared: its contents may predate the watch).
-    fn watch_tree(&mut self, dir: &RelPath, record: bool) -> Result<()> {
+    /// Adds watches on `dir` and every directory beneath it; with `Scan::Record`, also records
+    /// every entry found (a directory that appeared: its contents may predate the watch).
+    fn watch_tree(&mut self, dir: &RelPath, scan: Scan) -> Result<()> {
+        let record = scan == Scan::Record;
         let mut stack = vec![dir.clone()];
         while let Some(d) = stack.pop() {
             let full = self.full(&d);
             match self.add_watch(&full) {
                 Ok((wd, ino)) => {
+                    let moved_here = self
+                        .wds
+                        .get(&wd)
+                        .is_some_and(|known| *known != d && !self.doubtful.contains(&wd));
+                    if moved_here {
+                        // One watch per inode: this directory is watched already, under the
+                        // name it had before a rename still queued (the events are read after
+                        // the fact). Events queued before that rename name it by that path;
+                        // the rename moves it and everything beneath it here, with what it
+                        // holds (which is journaled already).
+                        continue;
+                    }
                     self.wds.insert(wd, d.clone());
                     self.wd_ino.insert(wd, ino);
+                    self.doubtful.remove(&wd);
                 }
                 // Gone, renamed or replaced already: a DELETE says so, or the MOVED_TO of its
                 // new name (or of an ancestor's, see `unwatched`) adds the watch there.
@@ -283,13 +313,28 @@ impl Writer {
             }
         }
         for d in missing {
-            self.watch_tree(&d, false)?;
+            self.watch_tree(&d, Scan::Watch)?;
         }
         if self.watch_failures == before {
             tracing::info!(brick = %self.root.display(), "every directory is watched again");
             self.push(Record::gap(
                 "directories were unwatched until now (watch limit)",
             ));
+        }
+        Ok(())
+    }
+
+    /// After lost events (a queue overflow): the renames that kept each watch's path are gone,
+    /// so every watch is named again from the tree as it is now, and watches on directories
+    /// no longer in the brick (moved out, their MOVED_FROM lost) are removed. The GAP recorded
+    /// after this makes the shipper crawl from here on.
+    fn rebind(&mut self) -> Result<()> {
+        let old = std::mem::take(&mut self.wds);
+        self.doubtful.clear();
+        self.watch_tree(&RelPath::root(), Scan::Watch)?;
+        for wd in old.keys().filter(|wd| !self.wds.contains_key(wd)) {
+            let _ = inotify::remove_watch(&self.inotify, *wd);
+            self.wd_ino.remove(wd);
         }
         Ok(())
     }
@@ -305,6 +350,7 @@ impl Writer {
             let _ = inotify::remove_watch(&self.inotify, wd);
             self.wds.remove(&wd);
             self.wd_ino.remove(&wd);
+            self.doubtful.remove(&wd);
         }
     }
 
@@ -355,6 +401,7 @@ impl Writer {
             );
             self.flush_moved_from();
             self.unwatched.clear();
+            self.rebind()?;
             self.push(Record::gap("inotify queue overflow"));
             return Ok(());
         }
@@ -370,6 +417,7 @@ impl Writer {
         }
         if mask.contains(ReadFlags::IGNORED) {
             self.wd_ino.remove(&wd);
+            self.doubtful.remove(&wd);
             if self.wds.remove(&wd).is_some_and(|p| p.is_root()) {
                 // The brick itself was removed or unmounted: nothing left to journal.
                 bail!(
@@ -411,8 +459,16 @@ impl Writer {
                         for (wd, p) in self.wds.iter_mut() {
                             if p.starts_with(&from) {
                                 *p = p.rebase(&from, &path);
-                                watched |= *p == path
-                                    && now.is_none_or(|i| self.wd_ino.get(wd) == Some(&i));
+                                if *p == path {
+                                    let checked =
+                                        now.is_none_or(|i| self.wd_ino.get(wd) == Some(&i));
+                                    watched |= checked;
+                                    if checked {
+                                        self.doubtful.remove(wd);
+                                    } else {
+                                        self.doubtful.insert(*wd);
+                                    }
+                                }
                             }
                         }
                     }
@@ -428,14 +484,14 @@ impl Writer {
                         // Created and renamed before its watch could be added (add_watch of
                         // the old name found nothing, or found the directory that took the
                         // name since): watch it now, and record what it holds.
-                        self.watch_tree(&path, true)?;
+                        self.watch_tree(&path, Scan::Record)?;
                     }
                     // Directories beneath it that appeared and moved with it before their
                     // own watch was added: watch them where they are now.
                     for d in lost {
                         let now = d.rebase(&from, &path);
                         if now != path {
-                            self.watch_tree(&now, true)?;
+                            self.watch_tree(&now, Scan::Record)?;
                         }
                     }
                 }
@@ -444,7 +500,7 @@ impl Writer {
                     // Moved in from outside the brick: a new subtree.
                     if is_dir {
                         self.push(Record::new(RecOp::Mkdir, path.clone()));
-                        self.watch_tree(&path, true)?;
+                        self.watch_tree(&path, Scan::Record)?;
                     } else {
                         self.push(Record::new(RecOp::Create, path));
                     }
@@ -453,7 +509,7 @@ impl Writer {
         } else if mask.contains(ReadFlags::CREATE) {
             if is_dir {
                 self.push(Record::new(RecOp::Mkdir, path.clone()));
-                self.watch_tree(&path, true)?;
+                self.watch_tree(&path, Scan::Record)?;
             } else {
                 let op = match std::fs::symlink_metadata(self.full(&path)) {
                     Ok(m) if m.file_type().is_symlink() => RecOp::Symlink,

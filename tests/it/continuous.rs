@@ -322,22 +322,71 @@ impl Drop for QueueLimit {
     }
 }
 
-/// Needs root (to lower fs.inotify.max_queued_events); CI runs as root.
-#[test]
-fn queue_overflow_records_a_gap_and_a_crawl_repairs_it() {
+/// A running session, converged, whose journal writer has an inotify queue of 16 events.
+/// Needs root.
+fn session_with_a_small_queue(g: &Georep) -> Session<'_> {
     assert!(
         is_root(),
         "this test needs root to lower fs.inotify.max_queued_events"
     );
-    let g = Georep::new();
     let old = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events").unwrap();
-    let s = {
-        let _limit = QueueLimit(old.trim().to_string());
-        fs::write("/proc/sys/fs/inotify/max_queued_events", "16").unwrap();
-        // The writer's queue size is fixed when it starts.
-        Session::start(&g)
-    };
+    let _limit = QueueLimit(old.trim().to_string());
+    fs::write("/proc/sys/fs/inotify/max_queued_events", "16").unwrap();
+    // The writer's queue size is fixed when it starts: the limit stays until it runs.
+    let s = Session::start(g);
     s.converge("start");
+    // The worker read the writer's starting GAP: the writer's inotify instance exists.
+    assert!(
+        wait_until(Duration::from_secs(15), || s.status()["journal_seq"]
+            .as_u64()
+            > Some(0)),
+        "the journal writer never started: {}",
+        s.status()
+    );
+    s
+}
+
+/// Events lost in a queue overflow: a directory made meanwhile had no watch, so nothing
+/// written in it later was journaled at all, and the watch of a renamed directory kept its
+/// old path, so what was written in it was journaled under a name another directory has now.
+/// After an overflow every directory is watched, and every watch named, from the tree.
+#[test]
+fn after_a_queue_overflow_every_directory_is_watched_under_its_current_name() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("dir/sub")).unwrap();
+    // Watched from the start, so that writing in it queues events.
+    fs::create_dir(m.join("flood")).unwrap();
+    let s = session_with_a_small_queue(&g);
+    let crawls = s.status()["hybrid_crawls"].as_u64().unwrap();
+    let pid = s.writer_pid();
+    signal(pid, rustix::process::Signal::STOP);
+    for i in 0..100 {
+        write(&m.join(format!("flood/{i}")), b"f");
+    }
+    fs::rename(m.join("dir"), m.join("moved")).unwrap();
+    fs::create_dir_all(m.join("dir/sub")).unwrap();
+    signal(pid, rustix::process::Signal::CONT);
+    assert!(
+        wait_until(Duration::from_secs(15), || s.status()["hybrid_crawls"]
+            .as_u64()
+            > Some(crawls)),
+        "the overflow should have forced a hybrid crawl: {}",
+        s.status()
+    );
+    s.converge("overflow");
+    write(&m.join("dir/sub/new"), b"c");
+    s.converge("written in a directory made during the overflow");
+    write(&m.join("moved/after"), b"a");
+    write(&m.join("moved/sub/after"), b"b");
+    s.converge("written in the renamed directory after the overflow");
+}
+
+/// Needs root (to lower fs.inotify.max_queued_events); CI runs as root.
+#[test]
+fn queue_overflow_records_a_gap_and_a_crawl_repairs_it() {
+    let g = Georep::new();
+    let s = session_with_a_small_queue(&g);
     for i in 0..3000 {
         write(&g.master().join(format!("flood/{}/{i}", i % 10)), b"f");
     }

@@ -158,6 +158,36 @@ fn writer_late_child_of_a_renamed_directory_is_watched_where_it_went() {
     );
 }
 
+/// Seed 370072 of the journal harness: a directory made, then replaced by a watched directory
+/// renamed over it, before the MKDIR was read. The watch added for the new name was the moved
+/// directory's own (one watch per inode), and re-pointing it there early put a rename out of
+/// the moved directory, still queued, under the new name: what had been removed inside the
+/// moved-out child stayed on the slave.
+#[test]
+fn writer_late_watch_on_a_directory_renamed_over_the_new_one_keeps_its_old_name() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("q/sub/inner")).unwrap();
+    fs::create_dir_all(m.join("q/stays")).unwrap();
+    fs::create_dir(m.join("p")).unwrap();
+    fs::write(m.join("q/sub/gone"), b"x").unwrap();
+    std::os::unix::fs::symlink("target", m.join("q/sub/inner/gone-too")).unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let pid = s.writer_pid();
+    signal(pid, Signal::STOP);
+    fs::remove_file(m.join("q/sub/gone")).unwrap();
+    fs::remove_file(m.join("q/sub/inner/gone-too")).unwrap();
+    fs::create_dir(m.join("p/d")).unwrap();
+    fs::rename(m.join("q/sub"), m.join("sub")).unwrap();
+    fs::rename(m.join("q"), m.join("p/d")).unwrap();
+    signal(pid, Signal::CONT);
+    s.converge("after the writer read the backlog");
+    fs::write(m.join("sub/inner/after"), b"y").unwrap();
+    fs::write(m.join("p/d/stays/after"), b"z").unwrap();
+    s.converge("changes in both moved directories");
+}
+
 /// Harness, replica takeover, seed 1: a file rewritten on both replicas within one clock tick
 /// has the same size and mtime (to the ns) on both; the takeover adopted the slave's older
 /// version on size and mtime. A file changed since the previous Active's stime is checked by
