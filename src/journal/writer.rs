@@ -183,16 +183,20 @@ impl Writer {
             let full = self.full(&d);
             match self.add_watch(&full) {
                 Ok((wd, ino)) => {
-                    let moved_here = self
-                        .wds
-                        .get(&wd)
-                        .is_some_and(|known| *known != d && !self.doubtful.contains(&wd));
+                    // One watch per inode: a directory watched already under another name
+                    // moved here by a rename (the events are read after the fact). Its parent
+                    // was watched when that happened (it reported `dir`), so the rename is
+                    // queued in full: events queued before it name the directory by its old
+                    // path, and the rename moves it, and what it holds (journaled already),
+                    // here. Beneath `dir` the parent was not watched yet: that rename is only
+                    // a MOVED_FROM, a removal, and the directory is watched (and recorded)
+                    // here as new.
+                    let moved_here = d == *dir
+                        && self
+                            .wds
+                            .get(&wd)
+                            .is_some_and(|known| *known != d && !self.doubtful.contains(&wd));
                     if moved_here {
-                        // One watch per inode: this directory is watched already, under the
-                        // name it had before a rename still queued (the events are read after
-                        // the fact). Events queued before that rename name it by that path;
-                        // the rename moves it and everything beneath it here, with what it
-                        // holds (which is journaled already).
                         continue;
                     }
                     self.wds.insert(wd, d.clone());

@@ -188,6 +188,25 @@ fn writer_late_watch_on_a_directory_renamed_over_the_new_one_keeps_its_old_name(
     s.converge("changes in both moved directories");
 }
 
+/// Found with the fix above (seed 370072 again): a watched directory moved into a directory
+/// made before its MKDIR was read. The rename's MOVED_TO went to an unwatched directory, so
+/// only its MOVED_FROM, a removal, is queued: the watch found beneath the new directory must
+/// be named there (and what it holds recorded), or the removal takes it away.
+#[test]
+fn writer_late_watch_on_a_directory_moved_into_a_new_one_is_named_there() {
+    writer_behind(
+        &["sub/inner", "l"],
+        |m| {
+            fs::create_dir(m.join("l/new")).unwrap();
+            fs::rename(m.join("sub"), m.join("l/new/d")).unwrap();
+        },
+        |m| {
+            fs::write(m.join("l/new/d/after"), b"y").unwrap();
+            fs::write(m.join("l/new/d/inner/after"), b"z").unwrap();
+        },
+    );
+}
+
 /// Harness, replica takeover, seed 1: a file rewritten on both replicas within one clock tick
 /// has the same size and mtime (to the ns) on both; the takeover adopted the slave's older
 /// version on size and mtime. A file changed since the previous Active's stime is checked by
