@@ -119,6 +119,11 @@ pub struct Window {
     /// The final names that are the target of a rename: only those may be matched to a gone
     /// entry by inode (a new entry can reuse a deleted one's inode number).
     pub rename_targets: BTreeSet<RelPath>,
+    /// Each rename target (final name) → the name its source had at the start of the window.
+    /// A directory the index holds elsewhere arrived by a journaled rename only when this says
+    /// so; otherwise it left its place unseen (a MOVED_FROM into a directory not watched yet,
+    /// journaled as a removal) and nothing beneath it was journaled on the way.
+    pub renamed_from: BTreeMap<RelPath, RelPath>,
     /// Names the records removed (unlinked, or renamed away): an entry missing from the disk
     /// is known to be gone only at or beneath one of these. Missing anywhere else, the disk is
     /// ahead of the records (a rename not journaled yet took it away) and a delete planned
@@ -154,6 +159,7 @@ pub fn plan_paths(
     let Window {
         dirty,
         rename_targets,
+        renamed_from,
         removed,
         touched,
         written,
@@ -303,19 +309,17 @@ pub fn plan_paths(
     }
     // The disk can be ahead of the records planned (a directory created and renamed between
     // two windows): a new directory that is not a rename within this plan is listed whole, as
-    // its entries may never be journaled under its current name.
+    // its entries may never be journaled under its current name. So is one that the index
+    // holds elsewhere but that no journaled rename brought from there: what changed beneath
+    // it on the way was not journaled (seed 370072).
     let mut expand = Vec::new();
     for (p, e) in &d.new {
         if e.kind != Kind::Dir {
             continue;
         }
         let mut renamed_here = false;
-        for q in index
-            .dirs_with_ino(e.ino)?
-            .into_iter()
-            .filter(|_| rename_targets.contains(p))
-        {
-            if q != *p && dirty.contains(&q) {
+        for q in index.dirs_with_ino(e.ino)? {
+            if q != *p && dirty.contains(&q) && renamed_from.get(p) == Some(&q) {
                 renamed_here |= walk::lstat_beneath(&root_fd, &q)?.is_none_or(|x| x.ino != e.ino);
             }
         }
@@ -324,6 +328,7 @@ pub fn plan_paths(
         }
     }
     for p in expand {
+        d.listed.insert(p.clone());
         for (q, e) in walk::list_subtree(&root_fd, &p, excludes)? {
             if e.kind == Kind::Dir {
                 d.dirs.insert(q.clone(), e.clone());
@@ -441,6 +446,8 @@ struct Diff {
     /// Journal mode: only these paths were looked at. Index rows beneath a renamed directory
     /// that are not among them moved along with it intact (any change would be journaled).
     targeted: Option<BTreeSet<RelPath>>,
+    /// Journal mode: directories listed whole (every entry beneath them was looked at).
+    listed: BTreeSet<RelPath>,
     /// Journal mode: the only new names that may be renames (matched to a gone entry by inode).
     rename_targets: Option<BTreeSet<RelPath>>,
     /// Journal mode: files a `DATA` record says were written. Their content changed whatever
@@ -918,7 +925,11 @@ impl Diff {
                 continue; // a deleted ancestor takes it along
             }
             if let (Some(dirty), Some(_)) = (&self.targeted, &moved_root) {
-                if !dirty.contains(&target) {
+                let looked_at = dirty.contains(&target)
+                    || target
+                        .self_and_ancestors()
+                        .any(|x| self.listed.contains(&x));
+                if !looked_at {
                     continue; // moved along with its directory, unchanged
                 }
             }
@@ -1228,6 +1239,67 @@ mod tests {
         let (sent, linked_to) = sent_and_linked(ops.iter().copied());
         assert_eq!(sent, vec![&p("d/c/y")], "{ops:?}");
         assert_eq!(linked_to, vec![(&p("p/x"), &p("d/c/y"))], "{ops:?}");
+    }
+
+    #[test]
+    fn a_directory_that_arrived_without_a_journaled_rename_is_listed_whole() {
+        // Journal seed 370072: "sub" moved into a directory made before the writer watched it
+        // (a MOVED_FROM alone: "sub" removed), then on to "p" by a journaled rename from that
+        // new place. Something was removed inside it on the way, with no record. "p" is
+        // matched to the index's "sub" by inode, but it must be compared in full.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("sub/inner")).unwrap();
+        std::fs::write(root.join("sub/inner/gone"), b"x").unwrap();
+        std::fs::write(root.join("sub/kept"), b"y").unwrap();
+        let index = Index::open(&tmp.path().join("index.db")).unwrap();
+        let fd = fsutil::open_root(&root).unwrap();
+        let rows: Vec<Mutation> = [
+            RelPath::root(),
+            p("sub"),
+            p("sub/inner"),
+            p("sub/inner/gone"),
+            p("sub/kept"),
+        ]
+        .into_iter()
+        .map(|q| Mutation::Upsert(q.clone(), walk::lstat_beneath(&fd, &q).unwrap().unwrap()))
+        .collect();
+        index.apply(&rows).unwrap();
+        std::fs::remove_file(root.join("sub/inner/gone")).unwrap();
+        std::fs::rename(root.join("sub"), root.join("p")).unwrap();
+        let recs = |journaled_from: &str| Window {
+            dirty: BTreeSet::from([RelPath::root(), p("sub"), p("p"), p("t")]),
+            rename_targets: BTreeSet::from([p("p")]),
+            renamed_from: BTreeMap::from([(p("p"), p(journaled_from))]),
+            removed: BTreeSet::from([p("sub"), p("t")]),
+            touched: BTreeSet::from([p("p")]),
+            made_dirs: BTreeSet::from([p("p")]),
+            ..Window::default()
+        };
+        let excludes = Excludes::new(&[]).unwrap();
+        let deletes = |w: Window| -> Vec<RelPath> {
+            let plan = plan_paths(
+                &root,
+                &Index::open(&tmp.path().join("index.db")).unwrap(),
+                &excludes,
+                w,
+                &mut 0,
+            )
+            .unwrap();
+            plan.ops
+                .iter()
+                .filter_map(|o| match &o.op {
+                    PlanOp::Op(Op::Delete { path }) => Some(path.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Renamed from "sub" by a journaled rename: the records would say what went, and
+        // rows beneath that none of them names moved along intact (not listed).
+        assert_eq!(deletes(recs("sub")), Vec::<RelPath>::new());
+        // Arrived from "t", a name "sub" never had in the records: listed, "gone" deleted.
+        let got = deletes(recs("t"));
+        assert_eq!(got, vec![p("p/inner/gone")]);
     }
 
     #[test]

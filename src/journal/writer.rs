@@ -184,20 +184,30 @@ impl Writer {
             match self.add_watch(&full) {
                 Ok((wd, ino)) => {
                     // One watch per inode: a directory watched already under another name
-                    // moved here by a rename (the events are read after the fact). Its parent
-                    // was watched when that happened (it reported `dir`), so the rename is
-                    // queued in full: events queued before it name the directory by its old
-                    // path, and the rename moves it, and what it holds (journaled already),
-                    // here. Beneath `dir` the parent was not watched yet: that rename is only
-                    // a MOVED_FROM, a removal, and the directory is watched (and recorded)
-                    // here as new.
-                    let moved_here = d == *dir
-                        && self
-                            .wds
-                            .get(&wd)
-                            .is_some_and(|known| *known != d && !self.doubtful.contains(&wd));
-                    if moved_here {
-                        continue;
+                    // moved here by a rename (the events are read after the fact).
+                    let moved = self
+                        .wds
+                        .get(&wd)
+                        .filter(|known| **known != d && !self.doubtful.contains(&wd))
+                        .cloned();
+                    if let Some(known) = moved {
+                        if d == *dir {
+                            // Its parent was watched when that happened (it reported `dir`),
+                            // so the rename is queued in full: events queued before it name
+                            // the directory by its old path, and the rename moves it, and
+                            // what it holds (journaled already), here.
+                            continue;
+                        }
+                        // Beneath `dir` the parent was not watched yet: that rename is only
+                        // a MOVED_FROM, a removal. The directory is watched (and recorded)
+                        // here as new, and the watches beneath it come along: left under the
+                        // old name, the removal would take them away while their
+                        // directories are still in the brick (and drop their events).
+                        for p in self.wds.values_mut() {
+                            if p.starts_with(&known) {
+                                *p = p.rebase(&known, &d);
+                            }
+                        }
                     }
                     self.wds.insert(wd, d.clone());
                     self.wd_ino.insert(wd, ino);

@@ -27,6 +27,13 @@ pub fn changes(records: &[Record]) -> Window {
         match r.op {
             RecOp::Rename => {
                 if let Some(to) = &r.path2 {
+                    let start = start_name(&renames, &r.path);
+                    // Renamed before within the window: `start` undoes that already.
+                    c.renamed_from.remove(&r.path);
+                    move_keys(&mut c.renamed_from, &r.path, to, |m, k, v| {
+                        m.insert(k, v);
+                    });
+                    c.renamed_from.insert(to.clone(), start);
                     rebase(&mut c.dirty, &r.path, to);
                     rebase(&mut c.removed, &r.path, to);
                     rename_in(&mut c.rename_targets, &r.path, to, true);
@@ -90,6 +97,16 @@ fn start_name(renames: &[(&RelPath, &RelPath)], p: &RelPath) -> RelPath {
 /// A rename among the keys of `map`: `from` and what lies beneath it move to `to`, merging
 /// with what a key there already holds (a name replaced by the rename keeps its own starts).
 fn rename_keys(map: &mut BTreeMap<RelPath, BTreeSet<RelPath>>, from: &RelPath, to: &RelPath) {
+    move_keys(map, from, to, |m, k, v| m.entry(k).or_default().extend(v));
+}
+
+/// Moves the keys of `map` at and beneath `from` to beneath `to`, each put back with `put`.
+fn move_keys<V>(
+    map: &mut BTreeMap<RelPath, V>,
+    from: &RelPath,
+    to: &RelPath,
+    put: impl Fn(&mut BTreeMap<RelPath, V>, RelPath, V),
+) {
     use std::ops::Bound;
     let moved: Vec<RelPath> = map
         .range((Bound::Included(from.clone()), Bound::Unbounded))
@@ -100,7 +117,7 @@ fn rename_keys(map: &mut BTreeMap<RelPath, BTreeSet<RelPath>>, from: &RelPath, t
         .collect();
     for k in moved {
         let v = map.remove(&k).unwrap();
-        map.entry(k.rebase(from, to)).or_default().extend(v);
+        put(map, k.rebase(from, to), v);
     }
 }
 
@@ -215,6 +232,29 @@ mod tests {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_rename_target_knows_the_name_its_source_had_at_the_start() {
+        let recs = vec![
+            rec(RecOp::Rename, "a", Some("b")),
+            rec(RecOp::Rename, "b/x", Some("c")),
+            rec(RecOp::Rename, "c", Some("d/e")),
+            rec(RecOp::Rename, "d", Some("f")),
+            // Made in the window: its start name is its own.
+            rec(RecOp::Mkdir, "t", None),
+            rec(RecOp::Rename, "t", Some("u")),
+        ];
+        let got: Vec<(String, String)> = changes(&recs)
+            .renamed_from
+            .iter()
+            .map(|(k, v)| (k.display(), v.display()))
+            .collect();
+        let want: Vec<(String, String)> = [("b", "a"), ("f", "d"), ("f/e", "a/x"), ("u", "t")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         assert_eq!(got, want);
     }
 

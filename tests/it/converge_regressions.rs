@@ -207,6 +207,36 @@ fn writer_late_watch_on_a_directory_moved_into_a_new_one_is_named_there() {
     );
 }
 
+/// Seed 370072 once more: the same, with the new directory renamed and the watched one moved
+/// on before any of it was read. The watches beneath the moved directory kept their old
+/// names and went with its MOVED_FROM: a directory moved out of it later came back as a new
+/// one, and its former place on the slave was never emptied.
+#[test]
+fn writer_late_watch_moved_into_a_new_directory_takes_the_watches_beneath_it_along() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("sub/sub")).unwrap();
+    fs::create_dir_all(m.join("l")).unwrap();
+    fs::create_dir_all(m.join("c")).unwrap();
+    std::os::unix::fs::symlink("target", m.join("sub/sub/link")).unwrap();
+    fs::write(m.join("sub/file"), b"x").unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let pid = s.writer_pid();
+    signal(pid, Signal::STOP);
+    fs::create_dir_all(m.join("l/d/.hidden")).unwrap();
+    fs::rename(m.join("sub"), m.join("l/d/.hidden/d")).unwrap();
+    fs::remove_file(m.join("l/d/.hidden/d/sub/link")).unwrap();
+    fs::rename(m.join("l/d"), m.join("c/dash")).unwrap();
+    fs::rename(m.join("c/dash/.hidden/d/sub"), m.join("sub")).unwrap();
+    fs::rename(m.join("c/dash/.hidden/d"), m.join("p")).unwrap();
+    signal(pid, Signal::CONT);
+    s.converge("after the writer read the backlog");
+    fs::write(m.join("sub/after"), b"y").unwrap();
+    fs::write(m.join("p/after"), b"z").unwrap();
+    s.converge("written in both moved directories");
+}
+
 /// Harness, replica takeover, seed 1: a file rewritten on both replicas within one clock tick
 /// has the same size and mtime (to the ns) on both; the takeover adopted the slave's older
 /// version on size and mtime. A file changed since the previous Active's stime is checked by
