@@ -323,7 +323,8 @@ impl Drop for QueueLimit {
 }
 
 /// A running session, converged, whose journal writer has an inotify queue of 16 events.
-/// Needs root.
+/// Needs root, and `g` made by `Georep::alone` (the limit applies to every writer started
+/// meanwhile).
 fn session_with_a_small_queue(g: &Georep) -> Session<'_> {
     assert!(
         is_root(),
@@ -352,7 +353,7 @@ fn session_with_a_small_queue(g: &Georep) -> Session<'_> {
 /// After an overflow every directory is watched, and every watch named, from the tree.
 #[test]
 fn after_a_queue_overflow_every_directory_is_watched_under_its_current_name() {
-    let g = Georep::new();
+    let g = Georep::alone();
     let m = g.master();
     fs::create_dir_all(m.join("dir/sub")).unwrap();
     // Watched from the start, so that writing in it queues events.
@@ -385,7 +386,7 @@ fn after_a_queue_overflow_every_directory_is_watched_under_its_current_name() {
 /// Needs root (to lower fs.inotify.max_queued_events); CI runs as root.
 #[test]
 fn queue_overflow_records_a_gap_and_a_crawl_repairs_it() {
-    let g = Georep::new();
+    let g = Georep::alone();
     let s = session_with_a_small_queue(&g);
     for i in 0..3000 {
         write(&g.master().join(format!("flood/{}/{i}", i % 10)), b"f");

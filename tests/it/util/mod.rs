@@ -23,10 +23,53 @@ pub fn bin() -> PathBuf {
 pub struct Georep {
     pub dir: tempfile::TempDir,
     pub node: String,
+    /// Shared by every test, taken alone by one that changes the machine for the others.
+    _machine: Machine,
+}
+
+/// Tests share the machine's settings: one that changes a system-wide one (the inotify queue
+/// size every new journal writer gets) runs alone, with no other test's processes starting.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    /// How many `Georep`s this thread holds: only the first takes the lock (a second read
+    /// would wait behind a waiting writer while holding the first).
+    static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+#[allow(dead_code)]
+enum Machine {
+    Shared(Option<std::sync::RwLockReadGuard<'static, ()>>),
+    Alone(std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Machine::Shared(_) = self {
+            HELD.with(|h| h.set(h.get() - 1));
+        }
+    }
 }
 
 impl Georep {
     pub fn new() -> Georep {
+        let first = HELD.with(|h| {
+            h.set(h.get() + 1);
+            h.get() == 1
+        });
+        // A test that panicked while holding it poisons nothing this lock guards.
+        let guard = first.then(|| MACHINE.read().unwrap_or_else(|e| e.into_inner()));
+        Georep::with(Machine::Shared(guard))
+    }
+
+    /// A test environment for a test that changes system-wide settings: it waits until no
+    /// other test holds one, and no other test starts until it is dropped.
+    pub fn alone() -> Georep {
+        let guard = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+        Georep::with(Machine::Alone(guard))
+    }
+
+    fn with(machine: Machine) -> Georep {
         let dir = tempfile::Builder::new()
             .prefix("georep-it-")
             .tempdir_in(std::env::var_os("GEOREP_TEST_TMP").unwrap_or_else(|| "/tmp".into()))
@@ -36,6 +79,7 @@ impl Georep {
         Georep {
             dir,
             node: "node1".into(),
+            _machine: machine,
         }
     }
 
