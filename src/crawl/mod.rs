@@ -145,6 +145,11 @@ pub struct Window {
     /// (A name made after its parent was renamed away maps to that parent's old place: extra
     /// rows compared, never fewer.)
     pub changed_through: BTreeMap<RelPath, BTreeSet<RelPath>>,
+    /// Names the writer found gone when it read their creation (`UNSEEN`: each may have been a
+    /// hard link to a file with other names) that a record wrote or changed the attributes
+    /// of: if it was a link, another name changed with no record of its own, and only a crawl
+    /// finds it.
+    pub changed_unseen: BTreeSet<RelPath>,
 }
 
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
@@ -166,6 +171,7 @@ pub fn plan_paths(
         hard_links_made,
         made_dirs,
         changed_through,
+        changed_unseen,
     } = window;
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
@@ -273,10 +279,10 @@ pub fn plan_paths(
         }
         match (disk, old) {
             // Made and removed since the last pass: nothing to ship, unless it was a hard link
-            // (this pass made one): content written through it changed another name, which
-            // only a crawl can find now.
+            // (this pass made one, or the writer could not tell: seed 380059): content written
+            // through it changed another name, which only a crawl can find now.
             (None, None) => {
-                needs_crawl |= hard_links_made;
+                needs_crawl |= hard_links_made || changed_unseen.contains(p);
                 incomplete |= unexplained(p);
             }
             (Some(e), None) if p.is_root() => d.new_root = Some(e),

@@ -23,6 +23,10 @@ pub enum RecOp {
     Marker = 11,
     /// The writer stopped cleanly.
     Stop = 12,
+    /// A name made (not a directory) and gone before the writer could look at it: it may
+    /// have been another name of an existing file (a hard link), so what was written through
+    /// it may have changed a name no record mentions.
+    Unseen = 13,
 }
 
 impl RecOp {
@@ -41,6 +45,7 @@ impl RecOp {
             10 => Gap,
             11 => Marker,
             12 => Stop,
+            13 => Unseen,
             _ => return None,
         })
     }
@@ -60,6 +65,7 @@ impl RecOp {
             Gap => "GAP",
             Marker => "MARKER",
             Stop => "STOP",
+            Unseen => "UNSEEN",
         }
     }
 

@@ -528,7 +528,9 @@ impl Writer {
                 let op = match std::fs::symlink_metadata(self.full(&path)) {
                     Ok(m) if m.file_type().is_symlink() => RecOp::Symlink,
                     Ok(m) if std::os::unix::fs::MetadataExt::nlink(&m) > 1 => RecOp::Link,
-                    _ => RecOp::Create,
+                    Ok(_) => RecOp::Create,
+                    // Gone already (the events are read after the fact): a link or not.
+                    Err(_) => RecOp::Unseen,
                 };
                 self.push(Record::new(op, path));
             }

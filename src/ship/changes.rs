@@ -20,6 +20,8 @@ pub fn changes(records: &[Record]) -> Window {
     // The renames so far, in order: a name's place at the start of the window is found by
     // undoing them, last first.
     let mut renames: Vec<(&RelPath, &RelPath)> = Vec::new();
+    // Names the writer found gone when it read their creation (see `Window::changed_unseen`).
+    let mut unseen: BTreeSet<RelPath> = BTreeSet::new();
     for r in records {
         if !r.op.has_path() {
             continue;
@@ -40,6 +42,8 @@ pub fn changes(records: &[Record]) -> Window {
                     rename_in(&mut c.touched, &r.path, to, true);
                     rename_in(&mut c.written, &r.path, to, false);
                     rename_in(&mut c.made_dirs, &r.path, to, false);
+                    rename_in(&mut unseen, &r.path, to, false);
+                    rename_in(&mut c.changed_unseen, &r.path, to, false);
                     rename_keys(&mut c.changed_through, &r.path, to);
                     renames.push((&r.path, to));
                     c.removed.insert(r.path.clone());
@@ -56,6 +60,11 @@ pub fn changes(records: &[Record]) -> Window {
             }
             op => {
                 c.touched.insert(r.path.clone());
+                if op == RecOp::Unseen {
+                    unseen.insert(r.path.clone());
+                } else if matches!(op, RecOp::Data | RecOp::Meta) && unseen.contains(&r.path) {
+                    c.changed_unseen.insert(r.path.clone());
+                }
                 if op == RecOp::Data {
                     c.written.insert(r.path.clone());
                 }

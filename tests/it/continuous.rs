@@ -411,14 +411,40 @@ fn queue_overflow_records_a_gap_and_a_crawl_repairs_it() {
     assert!(found, "the writer warns about the overflow in its log");
 }
 
+/// The seeds `GEOREP_MODEL_SEEDS` asks for (comma-separated), or 8 fixed ones when it is
+/// unset. A value that names no seed, or has a part that is not a number, is an error: it
+/// would run nothing and pass.
+fn model_seeds(var: Option<&str>) -> Vec<u64> {
+    let Some(v) = var else {
+        return (1..=8).collect();
+    };
+    let seeds: Vec<u64> = v
+        .split(',')
+        .map(|x| {
+            x.trim().parse().unwrap_or_else(|_| {
+                panic!("GEOREP_MODEL_SEEDS={v:?}: {x:?} is not a seed (comma-separated numbers)")
+            })
+        })
+        .collect();
+    assert!(!seeds.is_empty(), "GEOREP_MODEL_SEEDS={v:?} names no seed");
+    seeds
+}
+
+#[test]
+fn model_seeds_that_are_not_numbers_are_an_error() {
+    assert_eq!(model_seeds(None).len(), 8);
+    assert_eq!(model_seeds(Some("3, 5")), vec![3, 5]);
+    for bad in ["", "x", "3,", "3,x"] {
+        let r = std::panic::catch_unwind(|| model_seeds(Some(bad)));
+        assert!(r.is_err(), "GEOREP_MODEL_SEEDS={bad:?} was accepted");
+    }
+}
+
 /// Random operations on the master while the worker runs; after quiescence the slave equals
 /// the master. Seeds come from GEOREP_MODEL_SEEDS (default: 8 fixed seeds).
 #[test]
 fn randomized_model_converges() {
-    let seeds: Vec<u64> = std::env::var("GEOREP_MODEL_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| (1..=8).collect());
+    let seeds = model_seeds(std::env::var("GEOREP_MODEL_SEEDS").ok().as_deref());
     for seed in seeds {
         let g = Georep::new();
         let s = Session::start(&g);

@@ -237,6 +237,32 @@ fn writer_late_watch_moved_into_a_new_directory_takes_the_watches_beneath_it_alo
     s.converge("written in both moved directories");
 }
 
+/// Seed 380059 of the journal harness: a hard link made, written through and removed before
+/// the writer read its creation. Gone by then, it looked like any short-lived new file, and
+/// the write through it to the other name was never shipped. Now such a name is UNSEEN, and a
+/// change through it makes the worker crawl.
+#[test]
+fn a_hard_link_written_through_and_removed_before_the_writer_looked_updates_the_other_name() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("d")).unwrap();
+    fs::write(m.join("d/f"), vec![7u8; 4933]).unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let pid = s.writer_pid();
+    signal(pid, Signal::STOP);
+    fs::hard_link(m.join("d/f"), m.join("l")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("l"))
+        .unwrap()
+        .set_len(73)
+        .unwrap();
+    fs::remove_file(m.join("l")).unwrap();
+    signal(pid, Signal::CONT);
+    s.converge("after the writer read the backlog");
+}
+
 /// Harness, replica takeover, seed 1: a file rewritten on both replicas within one clock tick
 /// has the same size and mtime (to the ns) on both; the takeover adopted the slave's older
 /// version on size and mtime. A file changed since the previous Active's stime is checked by

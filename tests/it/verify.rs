@@ -141,3 +141,30 @@ fn verify_compares_hard_link_groups_and_rescan_repairs_them() {
     let out = g.ok(&["verify", ms, ss]);
     assert!(out.contains("equal"), "{out}");
 }
+
+/// The tests' own oracle: an entry it cannot read fails the comparison (before, an unopenable
+/// file hashed as empty and an unreadable directory had no children, on both sides alike).
+#[test]
+fn the_tree_comparison_fails_on_what_it_cannot_read() {
+    let g = Georep::new();
+    let (a, b) = (g.path("a"), g.path("b"));
+    for t in [&a, &b] {
+        write(&t.join("d/secret"), b"same");
+        chmod(&t.join("d/secret"), 0o600);
+        chmod(&t.join("d"), 0o700);
+    }
+    assert_eq!(tree_differences(&a, &b), None, "equal trees, read as root");
+    if !is_root() {
+        eprintln!("SKIPPED (not root): reading the trees as another user");
+        return;
+    }
+    // setfsuid is per thread: only this thread reads as nobody.
+    let diff = std::thread::spawn(move || {
+        unsafe { libc::setfsuid(65534) };
+        tree_differences(&a, &b)
+    })
+    .join()
+    .unwrap();
+    let diff = diff.expect("unreadable trees compared equal");
+    assert!(diff.contains("Permission denied"), "{diff}");
+}

@@ -29,24 +29,20 @@ fn create_list_info_delete() {
         "{info}"
     );
     assert!(info.contains("Brick2: node2:/data/b1"), "{info}");
-    let dup = g.run(&["volume", "create", "gv0", "/x"]);
-    assert!(!dup.status.success() && stderr(&dup).contains("already exists"));
-    let bad = g.run(&["volume", "create", "gv1", "replica", "2", "/a", "/b", "/c"]);
-    assert!(stderr(&bad).contains("replica sets"), "{}", stderr(&bad));
-    let bad = g.run(&["volume", "create", "../x", "/a"]);
-    assert!(
-        stderr(&bad).contains("invalid volume name"),
-        "{}",
-        stderr(&bad)
+    g.fails(&["volume", "create", "gv0", "/x"], 2, "already exists");
+    g.fails(
+        &["volume", "create", "gv1", "replica", "2", "/a", "/b", "/c"],
+        2,
+        "replica sets",
+    );
+    g.fails(
+        &["volume", "create", "../x", "/a"],
+        2,
+        "invalid volume name",
     );
     g.ok(&["volume", "delete", "gv0"]);
     assert!(g.ok(&["volume", "list"]).contains("No volumes"));
-    let missing = g.run(&["volume", "info", "gv0"]);
-    assert!(
-        stderr(&missing).contains("does not exist"),
-        "{}",
-        stderr(&missing)
-    );
+    g.fails(&["volume", "info", "gv0"], 2, "does not exist");
 }
 
 #[test]
@@ -76,7 +72,7 @@ fn sync_by_volume_names_uses_the_active_local_brick() {
         .args(["sync", "gv0", "drvol", "--once"])
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("no brick on this node"),
         "{}",

@@ -108,6 +108,23 @@ impl Georep {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Runs and asserts it failed with exit status `code` (2: an error, nothing done; 1: some
+    /// operations failed) and an error that contains `says`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32, says: &str) -> String {
+        let o = self.run(args);
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "georep {args:?} should exit {code}:\nstderr: {err}"
+        );
+        assert!(
+            err.contains(says),
+            "georep {args:?} should say {says:?}: {err}"
+        );
+        err
+    }
+
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
@@ -150,13 +167,17 @@ impl Georep {
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
+/// Polls `f` until it holds or `timeout` passes, with back-off (1 ms doubling to 50 ms), so
+/// that polling does not steal the CPU of the processes under test on a small machine.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
     while Instant::now() < deadline {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
     f()
 }
@@ -173,7 +194,11 @@ pub fn wait_trees_equal(
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(5);
     loop {
-        if idle() && snapshot(master) == snapshot(slave) {
+        // Metadata first: hashing both trees only once everything else agrees.
+        if idle()
+            && snapshot_meta(master) == snapshot_meta(slave)
+            && snapshot(master) == snapshot(slave)
+        {
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -92,19 +92,55 @@ pub struct Snap {
     /// For multiply-linked files: the first path (sorted) sharing the inode.
     pub link_leader: Option<PathBuf>,
     pub rdev: u64,
+    /// What could not be read (content, link target, directory listing), with the full path:
+    /// never equal to the other tree's, so an unreadable entry fails the comparison instead
+    /// of hashing as empty on both sides.
+    pub unreadable: Option<String>,
+}
+
+impl Snap {
+    fn unreadable(why: Option<String>) -> Snap {
+        Snap {
+            kind: "unreadable",
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            content: None,
+            target: None,
+            link_leader: None,
+            rdev: 0,
+            unreadable: why,
+        }
+    }
 }
 
 /// Every entry beneath `root` (the root itself as ""), skipping `.georep` at the root.
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
+    snap(root, true)
+}
+
+/// `snapshot` without file contents: a cheap first comparison.
+pub fn snapshot_meta(root: &Path) -> BTreeMap<PathBuf, Snap> {
+    snap(root, false)
+}
+
+fn snap(root: &Path, hash: bool) -> BTreeMap<PathBuf, Snap> {
     let mut out = BTreeMap::new();
     let mut inodes: HashMap<u64, Vec<PathBuf>> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let full = root.join(&rel);
         // The tree may be changing (a running session): an entry that vanished is skipped,
-        // and the caller compares again.
-        let Ok(md) = fs::symlink_metadata(&full) else {
-            continue;
+        // and the caller compares again. One that cannot be looked at is a difference.
+        let md = match fs::symlink_metadata(&full) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let unreadable = Some(format!("stat {}: {e}", full.display()));
+                out.insert(rel.clone(), Snap::unreadable(unreadable));
+                continue;
+            }
         };
         let ft = md.file_type();
         let kind = if ft.is_dir() {
@@ -116,13 +152,47 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
         } else {
             "special"
         };
-        let content = ft.is_file().then(|| {
+        let mut unreadable = None;
+        // Vanished since the stat (a changing tree) is skipped, as above; any other error is
+        // a difference.
+        let mut failed = |what: &str, e: std::io::Error| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                unreadable = Some(format!("{what} {}: {e}", full.display()));
+            }
+        };
+        let content = (hash && ft.is_file()).then(|| {
             let mut h = blake3::Hasher::new();
-            if let Ok(f) = fs::File::open(&full) {
-                let _ = h.update_reader(f);
+            match fs::File::open(&full) {
+                Ok(f) => {
+                    if let Err(e) = h.update_reader(f) {
+                        failed("reading", e);
+                    }
+                }
+                Err(e) => failed("opening", e),
             }
             h.finalize()
         });
+        let target = if ft.is_symlink() {
+            fs::read_link(&full)
+                .map_err(|e| failed("reading the link", e))
+                .ok()
+        } else {
+            None
+        };
+        let mut children = Vec::new();
+        if ft.is_dir() {
+            match fs::read_dir(&full) {
+                Ok(rd) => {
+                    for e in rd {
+                        match e {
+                            Ok(e) => children.push(e.file_name()),
+                            Err(e) => failed("listing", e),
+                        }
+                    }
+                }
+                Err(e) => failed("listing", e),
+            }
+        }
         if ft.is_file() && md.nlink() > 1 {
             inodes.entry(md.ino()).or_default().push(rel.clone());
         }
@@ -135,20 +205,17 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snap> {
                 gid: md.gid(),
                 mtime: (md.mtime(), md.mtime_nsec()),
                 content,
-                target: ft
-                    .is_symlink()
-                    .then(|| fs::read_link(&full).unwrap_or_default()),
+                target,
                 link_leader: None,
                 rdev: md.rdev(),
+                unreadable,
             },
         );
-        if ft.is_dir() {
-            for e in fs::read_dir(&full).into_iter().flatten().flatten() {
-                if rel.as_os_str().is_empty() && e.file_name() == ".georep" {
-                    continue;
-                }
-                stack.push(rel.join(e.file_name()));
+        for name in children {
+            if rel.as_os_str().is_empty() && name == ".georep" {
+                continue;
             }
+            stack.push(rel.join(name));
         }
     }
     for paths in inodes.values() {
