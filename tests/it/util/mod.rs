@@ -111,18 +111,7 @@ impl Georep {
     /// Runs and asserts it failed with exit status `code` (2: an error, nothing done; 1: some
     /// operations failed) and an error that contains `says`; returns stderr.
     pub fn fails(&self, args: &[&str], code: i32, says: &str) -> String {
-        let o = self.run(args);
-        let err = stderr(&o);
-        assert_eq!(
-            o.status.code(),
-            Some(code),
-            "georep {args:?} should exit {code}:\nstderr: {err}"
-        );
-        assert!(
-            err.contains(says),
-            "georep {args:?} should say {says:?}: {err}"
-        );
-        err
+        assert_failed(&self.run(args), args, code, says)
     }
 
     /// Runs and asserts success; returns stdout.
@@ -208,6 +197,26 @@ pub fn wait_trees_equal(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
+}
+
+/// Asserts that `georep args` exited with `code` and an error that contains `says`; returns
+/// its stderr.
+pub fn assert_failed(o: &Output, args: &[&str], code: i32, says: &str) -> String {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "georep {args:?} should exit {code}:\nstderr: {err}"
+    );
+    assert!(
+        err.contains(says),
+        "georep {args:?} should say {says:?}: {err}"
+    );
+    err
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn stderr(o: &Output) -> String {
