@@ -175,6 +175,48 @@ impl<'a> Started<'a> {
         b.path().join(name)
     }
 
+    /// How many markers the journal holds after its first record for `path`.
+    fn markers_after(&self, path: &str) -> usize {
+        let j = georep::journal::JournalStore::open(&self.brick_file("journal.db")).unwrap();
+        let recs = j.read_after(0, 1 << 20).unwrap();
+        recs.iter()
+            .skip_while(|r| r.path.as_bytes() != path.as_bytes())
+            .filter(|r| r.op == georep::journal::RecOp::Marker)
+            .count()
+    }
+
+    /// How many times the running workers have taken new session options (their logs say
+    /// "session options changed").
+    fn options_taken(&self) -> usize {
+        let mut n = 0;
+        for d in fs::read_dir(self.n.home.join("log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                n += fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .matches("session options changed")
+                    .count();
+            }
+        }
+        n
+    }
+
+    /// `config MASTER SLAVE key value`, then waits until the running worker has taken it.
+    fn config_live(&self, args: &[&str]) {
+        let before = self.options_taken();
+        let mut all = vec!["config", self.master.as_str(), self.slave.as_str()];
+        all.extend_from_slice(args);
+        self.n.ok(&all);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.options_taken() > before),
+            "the worker never took config {args:?}:\n{}",
+            self.n.logs()
+        );
+    }
+
     fn pid_of(&self, file: &Path) -> i32 {
         let mut pid = None;
         wait_until(Duration::from_secs(10), || {
@@ -272,7 +314,13 @@ fn start_pause_resume_stop_show_in_the_table() {
     assert!(table.contains(" Paused "), "{table}");
     write(&m.join("while-paused/a"), b"recorded, not shipped");
     fs::remove_file(m.join("many/f003")).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The journal has the change, and two markers after it: a running worker would have
+    // shipped it by then (it reads the journal at least every marker).
+    assert!(
+        wait_until(Duration::from_secs(10), || st.markers_after("many/f003")
+            >= 2),
+        "the paused session's journal never recorded the change"
+    );
     assert!(
         !exists(&s.join("while-paused/a")),
         "a paused session shipped"
@@ -407,8 +455,16 @@ fn faulty_when_slave_goes_away_and_check_exit_codes() {
 
     // Lag: paused, LAST_SYNCED stops moving.
     st.op("pause");
-    std::thread::sleep(Duration::from_secs(4));
-    let (code, line) = st.check(&["--max-lag", "2"]);
+    // LAST_SYNCED stops: the lag passes 2 s, and the check says so.
+    let mut last = (0, String::new());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            last = st.check(&["--max-lag", "2"]);
+            last.0 == 2
+        }),
+        "{last:?}"
+    );
+    let (code, line) = last;
     assert_eq!(code, 2, "{line}");
     assert!(line.contains("lags"), "{line}");
     let (code, line) = st.check(&["--max-lag", "7"]);
@@ -483,7 +539,12 @@ fn checkpoint_completes_on_idle_and_busy_volumes() {
         }
         i
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // The checkpoint is taken while the writer is going, with files already written.
+    assert!(wait_until(Duration::from_secs(10), || walk_files(
+        &m.join("busy")
+    )
+    .len()
+        >= 50));
     let before: Vec<PathBuf> = walk_files(&m.join("busy"));
     let cp_out = st.n.ok(&["config", ms, ss, "checkpoint", "now"]);
     assert!(cp_out.contains("checkpoint"), "{cp_out}");
@@ -589,8 +650,7 @@ fn config_validates_persists_and_reaches_running_workers() {
     let worker = st.pid_of(&st.brick_file("worker.pid"));
     st.n.ok(&["config", ms, ss, "exclude", "*.tmp,scratch/**"]);
     st.n.ok(&["config", ms, ss, "ignore-deletes", "true"]);
-    st.n.ok(&["config", ms, ss, "log-level", "debug"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    st.config_live(&["log-level", "debug"]);
     write(&m.join("kept"), b"will be deleted on the master only");
     st.converge(&m, &s, "before the deletes");
     fs::remove_file(m.join("kept")).unwrap();
@@ -600,7 +660,10 @@ fn config_validates_persists_and_reaches_running_workers() {
     assert!(wait_until(Duration::from_secs(20), || exists(
         &s.join("marker")
     )));
-    std::thread::sleep(Duration::from_millis(500));
+    // Its window, with the delete and the excluded names before it, is done.
+    st.wait_status("after the marker", Duration::from_secs(20), |r| {
+        r["backlog_records"] == 0
+    });
     assert!(
         exists(&s.join("kept")),
         "ignore-deletes: the slave lost a file deleted on the master"
@@ -620,21 +683,38 @@ fn config_validates_persists_and_reaches_running_workers() {
         "log-level debug not applied:\n{wlog}"
     );
 
-    // bwlimit is enforced: 3 MiB of random data at 1 MiB/s takes at least 2 s.
-    st.n.ok(&["config", ms, ss, "bwlimit", "1M"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // bwlimit is enforced: 3 MiB of random data at 1 MiB/s takes at least 2 s. What has
+    // reached the agent's temp file by any moment since the write is at most what the limit
+    // allows by then (one second of credit, one 1 MiB chunk in flight, and 1 MiB/s with 25%
+    // slack); and the whole takes well under the time a far lower limit would: the limit is
+    // the one configured, whatever the machine's speed.
+    st.config_live(&["bwlimit", "1M"]);
     let t = Instant::now();
     write_random(&m.join("limited"), 3 << 20, 7);
-    assert!(wait_until(Duration::from_secs(60), || fs::read(
-        s.join("limited")
-    )
-    .ok()
-        == fs::read(m.join("limited")).ok()));
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    assert!(wait_until(Duration::from_secs(60), || {
+        if let Some(n) = files_being_received(&s).into_iter().max() {
+            samples.push((t.elapsed(), n));
+        }
+        fs::read(s.join("limited")).ok() == fs::read(m.join("limited")).ok()
+    }));
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(1900),
         "3 MiB arrived in {took:?} despite bwlimit 1M"
     );
+    assert!(
+        took <= Duration::from_secs(8),
+        "3 MiB took {took:?} with bwlimit 1M"
+    );
+    assert!(samples.len() > 5, "the transfer was not seen: {samples:?}");
+    for (at, n) in &samples {
+        let allowed = (2.0 + 1.25 * at.as_secs_f64()) * (1 << 20) as f64;
+        assert!(
+            *n as f64 <= allowed,
+            "{n} bytes had arrived {at:?} after the write with bwlimit 1M"
+        );
+    }
     st.n.ok(&["config", ms, ss, "!bwlimit"]);
 }
 
@@ -794,8 +874,7 @@ fn trash_retention_keeps_deleted_and_overwritten_files_on_the_slave() {
     );
     assert_eq!(fs::read(day.join("docs/old/notes.txt")).unwrap(), b"notes");
     // Off again: deletes are deletes.
-    st.n.ok(&["config", ms, ss, "!trash-retention"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    st.config_live(&["!trash-retention"]);
     fs::remove_file(m.join("docs/report.txt")).unwrap();
     st.converge(&m, &s, "delete without trash");
     assert!(!exists(&day.join("docs/report.txt.~1~")));
