@@ -257,7 +257,12 @@ fn worker_killed_resumes_and_writer_killed_forces_a_hybrid_crawl() {
     for i in 0..300 {
         write_random(&g.master().join(format!("burst/{i}")), 64 << 10, i);
     }
-    std::thread::sleep(Duration::from_millis(20));
+    // Killed once the burst has begun to arrive.
+    assert!(wait_until(Duration::from_secs(10), || g
+        .slave()
+        .join("burst")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some())));
     s.kill9();
     s.run();
     s.converge("worker killed mid-burst");
@@ -638,7 +643,14 @@ fn failure_is_retried_and_stime_never_passes_it() {
     assert!(wait_until(Duration::from_secs(10), || exists(
         &g.slave().join("later.txt")
     )));
-    std::thread::sleep(Duration::from_millis(1500)); // markers keep coming meanwhile
+    // The worker has read two more records (markers come every second): free to move stime,
+    // it would have moved it by now.
+    let seq = s.status()["journal_seq"].as_u64().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || s.status()
+        ["journal_seq"]
+        .as_u64()
+        .unwrap()
+        >= seq + 2));
     assert_eq!(
         s.status()["stime_ns"].as_i64().unwrap(),
         frozen,

@@ -79,7 +79,6 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     write(&m.join("work/master-only.txt"), b"master v2, never shipped");
     write(&m.join("work/del-on-dr.txt"), b"master v2, never shipped");
     fs::remove_file(m.join("work/del-on-master.txt")).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let home = g.path("home/state/sessions");
     let sess = fs::read_dir(&home).unwrap().next().unwrap().unwrap().path();
     let pid = |f: &Path| -> i32 { fs::read_to_string(f).unwrap().trim().parse().unwrap() };
@@ -89,6 +88,15 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
         .unwrap()
         .unwrap()
         .path();
+    // The master site dies once its journal holds those writes (the paused worker keeps
+    // them): they are what the master changed that the DR site never saw.
+    assert!(
+        wait_until(Duration::from_secs(10), || markers_after(
+            &brick_dir.join("journal.db"),
+            "work/del-on-master.txt"
+        ) >= 1),
+        "the writes were never journaled"
+    );
     signal(
         pid(&sess.join("monitor.pid")),
         rustix::process::Signal::KILL,

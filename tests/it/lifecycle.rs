@@ -175,16 +175,6 @@ impl<'a> Started<'a> {
         b.path().join(name)
     }
 
-    /// How many markers the journal holds after its first record for `path`.
-    fn markers_after(&self, path: &str) -> usize {
-        let j = georep::journal::JournalStore::open(&self.brick_file("journal.db")).unwrap();
-        let recs = j.read_after(0, 1 << 20).unwrap();
-        recs.iter()
-            .skip_while(|r| r.path.as_bytes() != path.as_bytes())
-            .filter(|r| r.op == georep::journal::RecOp::Marker)
-            .count()
-    }
-
     /// How many times the running workers have taken new session options (their logs say
     /// "session options changed").
     fn options_taken(&self) -> usize {
@@ -317,8 +307,10 @@ fn start_pause_resume_stop_show_in_the_table() {
     // The journal has the change, and two markers after it: a running worker would have
     // shipped it by then (it reads the journal at least every marker).
     assert!(
-        wait_until(Duration::from_secs(10), || st.markers_after("many/f003")
-            >= 2),
+        wait_until(Duration::from_secs(10), || markers_after(
+            &st.brick_file("journal.db"),
+            "many/f003"
+        ) >= 2),
         "the paused session's journal never recorded the change"
     );
     assert!(

@@ -193,3 +193,14 @@ impl Drop for Session<'_> {
             .status();
     }
 }
+
+/// How many markers the journal at `journal` holds after its first record for `path` (of a
+/// paused session: a running worker trims what it has read).
+pub fn markers_after(journal: &std::path::Path, path: &str) -> usize {
+    let j = georep::journal::JournalStore::open(journal).unwrap();
+    let recs = j.read_after(0, 1 << 20).unwrap();
+    recs.iter()
+        .skip_while(|r| r.path.as_bytes() != path.as_bytes())
+        .filter(|r| r.op == georep::journal::RecOp::Marker)
+        .count()
+}
