@@ -47,11 +47,45 @@ fn compressed_stream_and_small_batches_converge() {
     assert!(n(&r, "wire_bytes") >= text.len() as u64, "{r}");
 }
 
-/// Applies `change` to the master, syncs, checks equality and returns the report.
+/// The inode of every regular file beneath `root`, by path: evidence of what the agent wrote
+/// that does not come from georep (a file it sends is a new inode on the slave; attributes
+/// are set in place and a rename keeps the inode).
+fn file_inodes(root: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    use std::os::unix::fs::MetadataExt;
+    snapshot_meta(root)
+        .into_iter()
+        .filter(|(_, e)| e.kind == "file")
+        .map(|(p, _)| {
+            let ino = fs::symlink_metadata(root.join(&p)).unwrap().ino();
+            (p, ino)
+        })
+        .collect()
+}
+
+/// Applies `change` to the master, syncs, checks equality and returns the report. Checks too,
+/// from the slave's inodes, that only files whose content changed on the master (or that are
+/// new there) were written on the slave.
 fn step(g: &Georep, what: &str, change: impl FnOnce(&std::path::Path)) -> serde_json::Value {
+    let (m, s) = (g.master(), g.slave());
+    let master_before = snapshot(&m);
+    let slave_before = file_inodes(&s);
     change(&g.master());
     let r = g.sync();
-    let (m, s) = (g.master(), g.slave());
+    let master_after = snapshot(&m);
+    for (p, ino) in file_inodes(&s) {
+        if slave_before.get(&p) == Some(&ino) {
+            continue;
+        }
+        // Written anew on the slave (or moved there): fine for a new or rewritten file, or
+        // for one that moved (its inode was elsewhere on the slave before).
+        let moved = slave_before.values().any(|i| *i == ino);
+        let rewritten =
+            master_before.get(&p).map(|e| &e.content) != master_after.get(&p).map(|e| &e.content);
+        assert!(
+            moved || rewritten,
+            "after {what}: {p:?} was written on the slave although its content did not change"
+        );
+    }
     let res = std::panic::catch_unwind(|| assert_trees_equal(&m, &s));
     if let Err(e) = res {
         panic!(
@@ -100,17 +134,23 @@ fn each_kind_of_change_ships_only_what_changed() {
     });
     assert_eq!((n(&r, "files_sent"), n(&r, "bytes_sent")), (1, 1000), "{r}");
 
+    // Renames are renames on the slave too: the slave's inodes move with the names.
+    let ino = |p: &str| file_inodes(&g.slave())[std::path::Path::new(p)];
+    let c = ino("dir/c.txt");
     let r = step(&g, "rename file", |m| {
         fs::rename(m.join("dir/c.txt"), m.join("c-renamed.txt")).unwrap()
     });
     assert_eq!((n(&r, "renamed"), n(&r, "files_sent")), (1, 0), "{r}");
+    assert_eq!(ino("c-renamed.txt"), c);
 
+    let (a, b) = (ino("a.txt"), ino("b.txt"));
     let r = step(&g, "swap two files", |m| {
         fs::rename(m.join("a.txt"), m.join("tmp")).unwrap();
         fs::rename(m.join("b.txt"), m.join("a.txt")).unwrap();
         fs::rename(m.join("tmp"), m.join("b.txt")).unwrap();
     });
     assert_eq!((n(&r, "renamed"), n(&r, "files_sent")), (2, 0), "{r}");
+    assert_eq!((ino("a.txt"), ino("b.txt")), (b, a));
 
     // A chmod moves ctime, which a rewrite with the mtime put back does too: the file is hashed
     // locally against the slave's hash, and only its attributes (and, since the plan could not
