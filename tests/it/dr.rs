@@ -53,6 +53,31 @@ impl Drop for Stop<'_> {
     }
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The LAST_SYNCED time `failover` prints for the one master brick (whole seconds, UTC or
+/// with an offset), read independently of georep's own parser.
+fn last_synced_secs(out: &str) -> i64 {
+    let line = out
+        .lines()
+        .find(|l| l.contains("LAST_SYNCED") && l.contains("before failover"))
+        .unwrap_or_else(|| panic!("no LAST_SYNCED line: {out}"));
+    let rest = line.split("LAST_SYNCED ").nth(1).unwrap();
+    let when = rest.split("  (").next().unwrap().trim();
+    let zoned = when
+        .strip_suffix(" UTC")
+        .map(|t| format!("{t} +00:00"))
+        .unwrap_or_else(|| when.to_string());
+    chrono::DateTime::parse_from_str(&zoned, "%Y-%m-%d %H:%M:%S %:z")
+        .unwrap_or_else(|e| panic!("LAST_SYNCED {when:?}: {e}"))
+        .timestamp()
+}
+
 #[test]
 fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     let g = Georep::new();
@@ -68,6 +93,8 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     ] {
         write(&m.join("work").join(name), b"v1 shipped");
     }
+    // Everything above was written before this instant, and reaches the DR site.
+    let shipped_by = now_secs();
     g.ok(&["create", ms, ss]);
     let _guard = Stop(&g, ms.into(), ss.into());
     g.ok(&["start", ms, ss]);
@@ -75,6 +102,7 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
 
     // Writes the DR site never sees: the session is paused, then the master site dies hard.
     g.ok(&["pause", ms, ss]);
+    let paused_at = now_secs();
     write(&m.join("work/both.txt"), b"master v2, never shipped");
     write(&m.join("work/master-only.txt"), b"master v2, never shipped");
     write(&m.join("work/del-on-dr.txt"), b"master v2, never shipped");
@@ -106,11 +134,22 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
         rustix::process::Signal::KILL,
     );
 
-    // DR site takes over.
+    // DR site takes over, two clock seconds after the pause at least: a LAST_SYNCED that
+    // was the failover's own time would show.
+    while now_secs() <= paused_at + 1 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = g.ok(&["failover", ss]);
     assert!(
         out.contains("PRIMARY") && out.contains("LAST_SYNCED"),
         "{out}"
+    );
+    // The RPO printed is the truth: not before the last change the DR site has (everything
+    // written before the first start), not after the first one it lacks (after the pause).
+    let last_synced = last_synced_secs(&out);
+    assert!(
+        (shipped_by..=paused_at).contains(&last_synced),
+        "LAST_SYNCED {last_synced} is outside [{shipped_by}, {paused_at}]: {out}"
     );
     assert!(
         !g.run(&["failover", ss]).status.success(),
