@@ -3,6 +3,7 @@
 use crate::util::*;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::Path;
 use std::time::Duration;
 
 #[test]
@@ -750,6 +751,13 @@ fn status_table_follows_the_session() {
     assert!(t.contains("Created") && t.contains("N/A"), "{t}");
     let mut s = Session { g: &g, child: None };
     s.run();
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let written = secs();
     write(&m.join("f"), b"x");
     s.converge("start");
     assert!(wait_until(Duration::from_secs(5), || g
@@ -771,6 +779,34 @@ fn status_table_follows_the_session() {
             && (zone.starts_with('+') || zone.starts_with('-'))
             && &zone[3..4] == ":");
     assert!(zone_ok, "LAST_SYNCED shows its zone: {row}");
+    // The row against the facts: this node, this master and slave, a worker process running
+    // for it, and a LAST_SYNCED between the write the slave has (f, on the slave) and now.
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let names = |cell: &str, full: &Path| {
+        let full = full.to_string_lossy();
+        match cell.split_once('…') {
+            Some((head, tail)) => full.starts_with(head) && full.ends_with(tail),
+            None => cell == full,
+        }
+    };
+    assert_eq!(cells[0], g.node, "{row}");
+    assert!(names(cells[2], &m) && names(cells[3], &sl), "{row}");
+    assert!(exists(&sl.join("f")));
+    assert!(
+        !pids_with_cmdline(&["worker", ms]).is_empty(),
+        "Active with no worker running: {t}"
+    );
+    let zoned = if zone == "UTC" { "+00:00" } else { zone };
+    let shown = chrono::DateTime::parse_from_str(
+        &format!("{date} {time} {zoned}"),
+        "%Y-%m-%d %H:%M:%S %:z",
+    )
+    .unwrap()
+    .timestamp();
+    assert!(
+        (written..=secs()).contains(&shown),
+        "LAST_SYNCED {shown} is not between the write the slave has ({written}) and now: {row}"
+    );
     assert!(t.lines().all(|l| l.chars().count() <= 150), "{t}");
     let j: serde_json::Value = serde_json::from_str(&g.ok(&["status", "--json"])).unwrap();
     let shown = g.ok(&[
@@ -798,4 +834,8 @@ fn status_table_follows_the_session() {
     s.stop();
     let t = g.ok(&["status"]);
     assert!(t.contains("Stopped"), "{t}");
+    assert!(
+        pids_with_cmdline(&["worker", ms]).is_empty(),
+        "Stopped with a worker running: {t}"
+    );
 }
