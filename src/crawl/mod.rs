@@ -152,6 +152,14 @@ pub struct Window {
     pub changed_unseen: BTreeSet<RelPath>,
 }
 
+/// The name `p` (a final name of a window) had at the start of the window, where the index
+/// holds it: undoes the journaled rename that brought it, or one of its ancestors, there.
+fn start_name(p: &RelPath, renamed_from: &BTreeMap<RelPath, RelPath>) -> RelPath {
+    p.self_and_ancestors()
+        .find_map(|x| renamed_from.get(&x).map(|s| p.rebase(&x, s)))
+        .unwrap_or_else(|| p.clone())
+}
+
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
 /// renames among the records were applied), comparing each with the index.
 pub fn plan_paths(
@@ -244,16 +252,20 @@ pub fn plan_paths(
     // meanwhile can have shipped such a name: one the index holds beneath a directory made in
     // this window, gone from the disk, that no record removed, is such a leftover. Only a
     // crawl can tell whether it was removed or moved (and where).
+    // The index holds the directory under the name it had at the start of the window (a
+    // rename of this window may have moved it since: seed 390020).
     for d in &made_dirs {
         if needs_crawl || !look(d, &mut seen)?.0.is_some_and(|e| e.kind == Kind::Dir) {
             continue;
         }
-        for (q, _) in index.subtree(d)? {
-            if !dirty.contains(&q)
-                && !q.self_and_ancestors().any(|x| removed.contains(&x))
-                && walk::lstat_beneath(&root_fd, &q)?.is_none()
+        let start = start_name(d, &renamed_from);
+        for (q, _) in index.subtree(&start)? {
+            let now = q.rebase(&start, d);
+            if !dirty.contains(&now)
+                && !now.self_and_ancestors().any(|x| removed.contains(&x))
+                && walk::lstat_beneath(&root_fd, &now)?.is_none()
             {
-                tracing::debug!("{q} is indexed but gone, and no record says why: crawling");
+                tracing::debug!("{now} is indexed but gone, and no record says why: crawling");
                 needs_crawl = true;
                 break;
             }

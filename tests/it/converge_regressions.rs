@@ -403,6 +403,45 @@ fn a_name_a_crawl_shipped_from_an_unwatched_directory_and_moved_away_is_not_left
     s.converge("after the writer caught up");
 }
 
+/// Journal seed 390020: the same, with the new directory renamed afterwards (the crawl had
+/// shipped it under its first name). The check for such leftovers looked for the index's rows
+/// under the directory's new name, where the index has none: the old name, moved along by the
+/// rename, stayed on the slave.
+#[test]
+fn a_name_a_crawl_shipped_from_an_unwatched_directory_then_renamed_is_not_left_behind() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::create_dir_all(m.join("d")).unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    crate::util::write(&m.join("d/y"), b"y");
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("CREATE", "d/y")),
+        "the writer never journaled d/y"
+    );
+    signal(writer, Signal::STOP);
+    fs::rename(m.join("d"), m.join("e")).unwrap();
+    fs::create_dir_all(m.join("F/x")).unwrap();
+    let crawls = s.status()["hybrid_crawls"].as_u64().unwrap_or(0);
+    signal(worker, Signal::CONT);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            s.status()["hybrid_crawls"].as_u64().unwrap_or(0) > crawls
+                && g.slave().join("F/x").is_dir()
+                && s.idle()
+        }),
+        "no hybrid crawl shipped F/x: {}",
+        s.status()
+    );
+    // Renamed inside F before the writer (still stopped) could watch it, then F renamed.
+    fs::rename(m.join("F/x"), m.join("F/y")).unwrap();
+    fs::rename(m.join("F"), m.join("G")).unwrap();
+    signal(writer, Signal::CONT);
+    s.converge("after the writer caught up");
+}
+
 /// Journal seed 93236: a hard link made in a new directory before the writer watched it, and
 /// written through; the writer's scan of the directory found it and recorded a plain CREATE,
 /// the name was removed next, and the other name's new content was never shipped.
