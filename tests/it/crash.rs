@@ -169,7 +169,7 @@ fn agent_pid(slave: &Path) -> Option<i32> {
 #[test]
 fn crash_suite_kill_9_anything_loses_nothing_and_never_lies() {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        eprintln!("SKIPPED (not root): the crash suite (it mounts and kills as root)");
         return;
     }
     let seed = std::env::var("GEOREP_CRASH_SEED")

@@ -148,11 +148,11 @@ fn verify_compares_hard_link_groups_and_rescan_repairs_them() {
 fn the_tree_comparison_fails_on_what_it_cannot_read() {
     let g = Georep::new();
     let (a, b) = (g.path("a"), g.path("b"));
-    for t in [&a, &b] {
-        write(&t.join("d/secret"), b"same");
-        chmod(&t.join("d/secret"), 0o600);
-        chmod(&t.join("d"), 0o700);
-    }
+    write(&a.join("d/secret"), b"same");
+    chmod(&a.join("d/secret"), 0o600);
+    chmod(&a.join("d"), 0o700);
+    fs::create_dir(&b).unwrap();
+    copy_tree(&a, &b);
     assert_eq!(tree_differences(&a, &b), None, "equal trees, read as root");
     if !is_root() {
         eprintln!("SKIPPED (not root): reading the trees as another user");

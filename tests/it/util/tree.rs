@@ -325,6 +325,26 @@ pub fn make_varied_tree(root: &Path, big_file: u64) {
         write(&root.join("modes/owned-setuid"), b"#!/bin/sh\n");
         std::os::unix::fs::lchown(root.join("modes/owned-setuid"), Some(1234), Some(5678)).unwrap();
         chmod(&root.join("modes/owned-setuid"), 0o4750);
+        // Device nodes: a character device (like /dev/null) and a block device, never opened.
+        for (name, kind, major, minor) in [
+            ("dev/null-like", rustix::fs::FileType::CharacterDevice, 1, 3),
+            ("dev/block-like", rustix::fs::FileType::BlockDevice, 7, 200),
+        ] {
+            fs::create_dir_all(root.join("dev")).unwrap();
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                root.join(name),
+                kind,
+                rustix::fs::Mode::from_raw_mode(0o640),
+                rustix::fs::makedev(major, minor),
+            )
+            .unwrap();
+        }
+        std::os::unix::fs::lchown(root.join("dev/block-like"), Some(0), Some(6)).unwrap();
+    } else {
+        eprintln!(
+            "SKIPPED (not root): other owners, setuid and device nodes in the varied tree"
+        );
     }
     set_mtime(&root.join("plain.txt"), 981_173_106, 123_456_789);
     set_mtime(&root.join("rel-link"), 1_000_000_000, 5);
