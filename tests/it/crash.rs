@@ -19,17 +19,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Names of the self-checking files under `v/`.
 const NAMES: usize = 8;
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
 
 /// Version `ver` of file `name`: its version and length, then bytes derived from both.
 fn version(name: &str, ver: u64, len: usize) -> Vec<u8> {

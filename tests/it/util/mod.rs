@@ -215,6 +215,14 @@ pub fn assert_failed(o: &Output, args: &[&str], code: i32, says: &str) -> String
     err
 }
 
+/// Wall-clock time, ns since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

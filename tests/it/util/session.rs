@@ -95,17 +95,28 @@ impl<'a> Session<'a> {
             .path()
     }
 
+    /// The brick's status.json, waiting up to 10 s for the worker to write it (after a start).
     pub fn status(&self) -> serde_json::Value {
         let p = self.brick_dir().join("status.json");
-        for _ in 0..50 {
-            if let Ok(t) = std::fs::read_to_string(&p) {
-                if let Ok(v) = serde_json::from_str(&t) {
-                    return v;
-                }
+        let mut last = String::new();
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            match std::fs::read_to_string(&p) {
+                Ok(t) => match serde_json::from_str(&t) {
+                    Ok(v) => status = Some(v),
+                    Err(e) => last = format!("unreadable ({e}): {t:?}"),
+                },
+                Err(e) => last = e.to_string(),
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("no status at {}", p.display());
+            status.is_some()
+        });
+        status.unwrap_or_else(|| {
+            panic!(
+                "the worker wrote no status at {} within 10 s of asking ({last}); log tail:\n{}",
+                p.display(),
+                tail(&self.log(), 20)
+            )
+        })
     }
 
     pub fn writer_pid(&self) -> i32 {

@@ -342,9 +342,7 @@ pub fn make_varied_tree(root: &Path, big_file: u64) {
         }
         std::os::unix::fs::lchown(root.join("dev/block-like"), Some(0), Some(6)).unwrap();
     } else {
-        eprintln!(
-            "SKIPPED (not root): other owners, setuid and device nodes in the varied tree"
-        );
+        eprintln!("SKIPPED (not root): other owners, setuid and device nodes in the varied tree");
     }
     set_mtime(&root.join("plain.txt"), 981_173_106, 123_456_789);
     set_mtime(&root.join("rel-link"), 1_000_000_000, 5);
