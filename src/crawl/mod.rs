@@ -337,7 +337,12 @@ pub fn plan_paths(
         }
         let mut renamed_here = false;
         for q in index.dirs_with_ino(e.ino)? {
-            if q != *p && dirty.contains(&q) && renamed_from.get(p) == Some(&q) {
+            // The diff below pairs the two as a rename only when the index row is provably
+            // the same directory (`same_object`): otherwise it is a new directory, listed
+            // whole (seed 390034 of the gaps mode: not listed, it was made empty on the slave
+            // and its entries were never sent).
+            let proven = index.get(&q)?.is_some_and(|row| row.same_object(e));
+            if proven && q != *p && dirty.contains(&q) && renamed_from.get(p) == Some(&q) {
                 renamed_here |= walk::lstat_beneath(&root_fd, &q)?.is_none_or(|x| x.ino != e.ino);
             }
         }
@@ -1318,6 +1323,43 @@ mod tests {
         // Arrived from "t", a name "sub" never had in the records: listed, "gone" deleted.
         let got = deletes(recs("t"));
         assert_eq!(got, vec![p("p/inner/gone")]);
+    }
+
+    #[test]
+    fn a_renamed_directory_not_proven_the_same_is_listed_whole() {
+        // Seed 390034 of the gaps mode: the index holds "q" with the inode number the renamed
+        // "p" has, but another birth time (another directory, or one the index knows less
+        // of): the diff makes "p" a new directory, so everything in it must be sent.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("q")).unwrap();
+        std::fs::write(root.join("q/f"), b"content").unwrap();
+        let index = Index::open(&tmp.path().join("index.db")).unwrap();
+        let fd = fsutil::open_root(&root).unwrap();
+        let mut q = walk::lstat_beneath(&fd, &p("q")).unwrap().unwrap();
+        q.birth += 1;
+        index
+            .apply(&[
+                Mutation::Upsert(
+                    RelPath::root(),
+                    walk::lstat_beneath(&fd, &RelPath::root()).unwrap().unwrap(),
+                ),
+                Mutation::Upsert(p("q"), q),
+            ])
+            .unwrap();
+        std::fs::rename(root.join("q"), root.join("p")).unwrap();
+        let window = Window {
+            dirty: BTreeSet::from([RelPath::root(), p("q"), p("p")]),
+            rename_targets: BTreeSet::from([p("p")]),
+            renamed_from: BTreeMap::from([(p("p"), p("q"))]),
+            removed: BTreeSet::from([p("q")]),
+            ..Window::default()
+        };
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        let ops: Vec<&PlanOp> = plan.ops.iter().map(|o| &o.op).collect();
+        let (sent, _) = sent_and_linked(ops.iter().copied());
+        assert_eq!(sent, vec![&p("p/f")], "{ops:?}");
     }
 
     #[test]
