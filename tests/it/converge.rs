@@ -421,6 +421,9 @@ impl<'a> Replica<'a> {
         let mut c = self.g.cmd();
         c.env("GEOREP_HOME", self.g.path(&format!("home-n{}", i + 1)))
             .env("GEOREP_NODE", format!("n{}", i + 1));
+        if let Ok(level) = std::env::var("GEOREP_TEST_LOG") {
+            c.env("GEOREP_LOG", level);
+        }
         c
     }
 
@@ -480,6 +483,27 @@ impl<'a> Replica<'a> {
         }
     }
 
+    /// Every log of both nodes, copied out of the scratch area (which goes with the test).
+    fn keep_logs(&self) -> PathBuf {
+        let kept = std::env::temp_dir().join(format!(
+            "georep-failed-{}-{}.log",
+            std::process::id(),
+            self.g.dir.path().file_name().unwrap().to_string_lossy()
+        ));
+        let mut out = String::new();
+        for i in 0..2 {
+            let logs = self.g.path(&format!("home-n{}/log", i + 1));
+            for d in fs::read_dir(logs).into_iter().flatten().flatten() {
+                for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                    out.push_str(&format!("==== n{} {}\n", i + 1, f.path().display()));
+                    out.push_str(&fs::read_to_string(f.path()).unwrap_or_default());
+                }
+            }
+        }
+        let _ = fs::write(&kept, out);
+        kept
+    }
+
     fn row(&self, i: usize) -> serde_json::Value {
         let s = self.g.slave();
         let out = self.ok(i, &["status", "gv", s.to_str().unwrap(), "--json"]);
@@ -521,7 +545,14 @@ impl Replicator for Replica<'_> {
                 && r["crawl_status"] == "Changelog Crawl"
                 && r["backlog_records"] == 0
         });
-        let r = r.map_err(|d| format!("{d}\nactive n{}: {}", a + 1, self.row(a)));
+        let r = r.map_err(|d| {
+            format!(
+                "{d}\nactive n{}: {}\nnode logs: {}",
+                a + 1,
+                self.row(a),
+                self.keep_logs().display()
+            )
+        });
         // The killed node comes back, as Passive.
         if let Some(k) = self.killed.take() {
             let s = self.g.slave();
