@@ -75,6 +75,47 @@ fn last_synced_secs(out: &str) -> i64 {
         .timestamp()
 }
 
+/// Pauses the session, makes the `unshipped` changes on the master, waits until its journal
+/// holds `last` (the paused worker keeps the records: they are what the master changed that
+/// the DR site never saw), then kills the master site hard (monitor and journal writer).
+/// Returns when the pause took effect (s).
+fn master_site_dies_after(
+    g: &Georep,
+    ms: &str,
+    ss: &str,
+    last: &str,
+    unshipped: impl FnOnce(&Path),
+) -> i64 {
+    g.ok(&["pause", ms, ss]);
+    let paused_at = now_secs();
+    unshipped(Path::new(ms));
+    let home = g.path("home/state/sessions");
+    let sess = fs::read_dir(&home).unwrap().next().unwrap().unwrap().path();
+    let pid = |f: &Path| -> i32 { fs::read_to_string(f).unwrap().trim().parse().unwrap() };
+    let brick_dir = fs::read_dir(sess.join("bricks"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        wait_until(Duration::from_secs(10), || markers_after(
+            &brick_dir.join("journal.db"),
+            last
+        ) >= 1),
+        "the writes were never journaled"
+    );
+    signal(
+        pid(&sess.join("monitor.pid")),
+        rustix::process::Signal::KILL,
+    );
+    signal(
+        pid(&brick_dir.join("writer.pid")),
+        rustix::process::Signal::KILL,
+    );
+    paused_at
+}
+
 #[test]
 fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     let g = Georep::new();
@@ -98,38 +139,12 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
     converged(&g, &m, &s, "first start");
 
     // Writes the DR site never sees: the session is paused, then the master site dies hard.
-    g.ok(&["pause", ms, ss]);
-    let paused_at = now_secs();
-    write(&m.join("work/both.txt"), b"master v2, never shipped");
-    write(&m.join("work/master-only.txt"), b"master v2, never shipped");
-    write(&m.join("work/del-on-dr.txt"), b"master v2, never shipped");
-    fs::remove_file(m.join("work/del-on-master.txt")).unwrap();
-    let home = g.path("home/state/sessions");
-    let sess = fs::read_dir(&home).unwrap().next().unwrap().unwrap().path();
-    let pid = |f: &Path| -> i32 { fs::read_to_string(f).unwrap().trim().parse().unwrap() };
-    let brick_dir = fs::read_dir(sess.join("bricks"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    // The master site dies once its journal holds those writes (the paused worker keeps
-    // them): they are what the master changed that the DR site never saw.
-    assert!(
-        wait_until(Duration::from_secs(10), || markers_after(
-            &brick_dir.join("journal.db"),
-            "work/del-on-master.txt"
-        ) >= 1),
-        "the writes were never journaled"
-    );
-    signal(
-        pid(&sess.join("monitor.pid")),
-        rustix::process::Signal::KILL,
-    );
-    signal(
-        pid(&brick_dir.join("writer.pid")),
-        rustix::process::Signal::KILL,
-    );
+    let paused_at = master_site_dies_after(&g, ms, ss, "work/del-on-master.txt", |m| {
+        write(&m.join("work/both.txt"), b"master v2, never shipped");
+        write(&m.join("work/master-only.txt"), b"master v2, never shipped");
+        write(&m.join("work/del-on-dr.txt"), b"master v2, never shipped");
+        fs::remove_file(m.join("work/del-on-master.txt")).unwrap();
+    });
 
     // DR site takes over, two clock seconds after the pause at least: a LAST_SYNCED that
     // was the failover's own time would show.
@@ -395,4 +410,119 @@ fn the_rpo_printed_after_an_agent_killed_mid_batch_holds() {
         checked >= 10,
         "LAST_SYNCED vouched for too little to test ({checked} files):\n{out}"
     );
+}
+
+/// Failback with conflicts beyond content: type changes both ways, renames, attribute
+/// changes, hard links and a directory deleted on one side while the other wrote in it.
+/// After failback the master equals the DR site, and every version the master had that
+/// the DR site did not keep is on the master as a conflict copy.
+#[test]
+fn failback_resolves_type_changes_renames_attributes_links_and_deleted_directories() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    write(&m.join("f-to-dir"), b"a file the DR site makes a directory");
+    write(
+        &m.join("dir-to-f/inner"),
+        b"in a directory the DR site makes a file",
+    );
+    write(&m.join("both-typed"), b"changed on both sides");
+    write(&m.join("renamed-dir/x"), b"x");
+    write(&m.join("attrs"), b"chmod and chown on the DR site");
+    write(&m.join("linked"), b"gets a second name on the DR site");
+    write(
+        &m.join("gone-on-dr/kept"),
+        b"the DR site deletes this directory",
+    );
+    write(
+        &m.join("replaced-dir/old"),
+        b"the DR site makes this directory a file",
+    );
+    g.ok(&["create", ms, ss]);
+    let _guard = Stop(&g, ms.into(), ss.into());
+    g.ok(&["start", ms, ss]);
+    converged(&g, &m, &s, "first start");
+    master_site_dies_after(&g, ms, ss, "gone-on-dr/new-on-master", |m| {
+        write(&m.join("both-typed"), b"master v2, never shipped");
+        write(
+            &m.join("gone-on-dr/new-on-master"),
+            b"master v2, never shipped",
+        );
+        write(
+            &m.join("replaced-dir/new-on-master"),
+            b"master v2, never shipped",
+        );
+    });
+    g.ok(&["failover", ss]);
+    fs::remove_file(s.join("f-to-dir")).unwrap();
+    write(&s.join("f-to-dir/now"), b"a directory at the DR site");
+    fs::remove_dir_all(s.join("dir-to-f")).unwrap();
+    write(&s.join("dir-to-f"), b"a file at the DR site");
+    fs::remove_file(s.join("both-typed")).unwrap();
+    write(&s.join("both-typed/dr"), b"a directory at the DR site");
+    fs::rename(s.join("renamed-dir"), s.join("moved-dir")).unwrap();
+    chmod(&s.join("attrs"), 0o600);
+    if is_root() {
+        std::os::unix::fs::lchown(s.join("attrs"), Some(4242), Some(4343)).unwrap();
+    } else {
+        eprintln!("SKIPPED (not root): chown on the DR site");
+    }
+    fs::hard_link(s.join("linked"), s.join("linked-too")).unwrap();
+    fs::remove_dir_all(s.join("gone-on-dr")).unwrap();
+    fs::remove_dir_all(s.join("replaced-dir")).unwrap();
+    write(&s.join("replaced-dir"), b"a file at the DR site");
+
+    let out = g.ok(&["failback", ms, ss]);
+    assert!(out.contains("has been successful"), "{out}");
+    // The master is the DR site now, conflict copies aside (they replicate as well).
+    converged(&g, &m, &s, "after failback");
+    let read = |p: &Path| fs::read(p).unwrap();
+    assert_eq!(read(&m.join("f-to-dir/now")), b"a directory at the DR site");
+    assert_eq!(read(&m.join("dir-to-f")), b"a file at the DR site");
+    assert_eq!(
+        read(&m.join("both-typed/dr")),
+        b"a directory at the DR site"
+    );
+    assert_eq!(read(&m.join("moved-dir/x")), b"x");
+    assert!(!exists(&m.join("renamed-dir")));
+    use std::os::unix::fs::MetadataExt;
+    let attrs = fs::metadata(m.join("attrs")).unwrap();
+    assert_eq!(attrs.mode() & 0o7777, 0o600);
+    if is_root() {
+        assert_eq!((attrs.uid(), attrs.gid()), (4242, 4343));
+    }
+    assert_eq!(
+        fs::metadata(m.join("linked")).unwrap().ino(),
+        fs::metadata(m.join("linked-too")).unwrap().ino(),
+        "the DR site's hard link is a hard link on the master"
+    );
+    // What only the master had is kept: its version of the file the DR site made a
+    // directory, and the file it wrote in the directory the DR site deleted.
+    let c = conflict_copies(&m, "both-typed");
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(read(&c[0]), b"master v2, never shipped");
+    let kept: Vec<_> = walk_tree_files(&m)
+        .into_iter()
+        .filter(|p| read(p) == b"master v2, never shipped")
+        .collect();
+    assert!(
+        kept.iter().any(|p| p.starts_with(m.join("gone-on-dr"))),
+        "the master's file in the directory the DR site deleted is lost: {kept:?}"
+    );
+    assert_eq!(read(&m.join("replaced-dir")), b"a file at the DR site");
+    let c = conflict_copies(&m, "replaced-dir");
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(
+        read(&c[0].join("new-on-master")),
+        b"master v2, never shipped",
+        "the master's file in the directory the DR site replaced is lost"
+    );
+}
+
+fn walk_tree_files(root: &Path) -> Vec<std::path::PathBuf> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(_, e)| e.kind == "file")
+        .map(|(p, _)| root.join(p))
+        .collect()
 }

@@ -1,177 +1,18 @@
-//! Disaster recovery: `failover` (DR host: promote the slave volume, fence the old master),
-//! `resync --reverse` (recovered master: bring back what changed on the DR side, keeping both
-//! versions of a path changed on both sides), `failback` (demote the DR volume again and resume
-//! forward replication without a full resync).
-//!
-//! Invariants:
-//! - Nothing written on either side is lost: a path changed on both sides since the last common
-//!   point keeps the master's version beside the DR version as
-//!   `<name>.georep-conflict-<node>-<UTC time>`.
-//! - The last common point is the master's index (what the slave acknowledged); data that reached
-//!   the DR side through replication equals its index row and is never sent back.
-//! - Reverse connections only read the DR volume; the master is written with the agent's own
-//!   confined, atomic apply.
+//! The reverse pass of `resync --reverse` and `failback`, for one brick: what the DR site
+//! changed since the master last shipped is brought back onto the master, with the agent's
+//! confined, atomic apply. What only the master has is never lost: a version both sides
+//! changed is kept as a conflict copy, a directory the DR site removed or replaced that the
+//! master wrote in is kept (or kept as a copy), and DR hard links come back as hard links.
 
+use super::{Action, ReverseReport};
 use crate::agent::apply::Applier;
-use crate::agent::state::AgentState;
-use crate::config::{Home, SyncOptions};
 use crate::crawl::entry::{Change, Entry, Kind};
 use crate::crawl::index::{Index, Mutation};
 use crate::crawl::walk::{self, Excludes};
 use crate::protocol::{ListEntry, Message, Op, RelPath};
-use crate::session::{self, SessionConfig};
-use crate::volume::{Brick, Volume};
-use anyhow::{anyhow, bail, Context, Result};
-use serde::Serialize;
+use crate::volume::Brick;
+use anyhow::{anyhow, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
-
-fn local(ns: i64) -> String {
-    crate::options::show_time(ns)
-}
-
-/// `georep failover <SLAVEVOL|PATH> [--planned]` on the DR host. Returns the lines it prints.
-pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Result<Vec<String>> {
-    let root = Volume::slave_root_of(home, vol)?;
-    let state_dir = root.join(".georep");
-    if !state_dir.join("agent.db").exists() {
-        bail!(
-            "{} has never received replication (no .georep/agent.db): nothing to fail over to",
-            root.display()
-        );
-    }
-    let mut state = AgentState::open(&state_dir)?;
-    if state.role()? == "primary" {
-        bail!(
-            "{} is already primary (failover at {})",
-            root.display(),
-            state.failover_ns()?.map(local).unwrap_or_default()
-        );
-    }
-    let mut out = Vec::new();
-    if planned {
-        // Switchover: every master brick must confirm (its stime) that everything written
-        // before now is here. The masters must be running; stop writes there first.
-        let t = crate::journal::record::now_ns();
-        let until = Instant::now() + timeout;
-        loop {
-            let stimes = state.stimes()?;
-            let behind: Vec<_> = stimes.iter().filter(|(_, s)| *s < t).collect();
-            if !stimes.is_empty() && behind.is_empty() {
-                break;
-            }
-            if Instant::now() > until && stimes.is_empty() {
-                bail!(
-                    "planned failover: no master brick reported its sync time here within {} s: is the session running on the master? Otherwise fail over without --planned",
-                    timeout.as_secs()
-                );
-            }
-            if Instant::now() > until {
-                bail!(
-                    "planned failover: {} master brick(s) did not confirm everything up to {} within {} s ({}): is the session running on the master? Retry, or fail over without --planned and accept the RPO",
-                    behind.len(),
-                    local(t),
-                    timeout.as_secs(),
-                    behind
-                        .iter()
-                        .map(|(b, s)| format!("{b} at {}", local(*s)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        out.push(format!(
-            "switchover: every master brick confirmed all changes up to {}",
-            local(t)
-        ));
-    }
-    // Fence first: a batch in flight (up to a million ops) would otherwise go on writing into
-    // the promoted volume, and be acknowledged. Held until the volume is promoted: no
-    // replicating connection gets in meanwhile.
-    let (_fence, ended) =
-        crate::agent::locks::fence_replication(&state_dir, Duration::from_secs(30))?;
-    if ended > 0 {
-        out.push(format!(
-            "ended {ended} replicating connection(s) still applying here; nothing they had not applied is applied"
-        ));
-    }
-    // Journal the DR volume before it becomes writable: every change made there during the
-    // disaster is recorded (failback uses it besides the tree compare).
-    let dr_brick = Brick {
-        node: crate::config::node_name(),
-        path: root.clone(),
-    };
-    let dr_session = format!("failover_{}", session::slug(&root.display().to_string()));
-    let journal_path = session::brick_state_dir(home, &dr_session, &dr_brick).join("journal.db");
-    let before = if journal_path.exists() {
-        crate::journal::JournalStore::open(&journal_path)?.last_seq()?
-    } else {
-        0
-    };
-    crate::brickid::ensure(&root)?;
-    crate::daemon::ensure_writer(home, &dr_session, &dr_brick)
-        .with_context(|| format!("starting a journal on {}", root.display()))?;
-    let start = crate::journal::JournalStore::open(&journal_path)?
-        .last_gap_after(before)?
-        .map(|g| g.seq)
-        .unwrap_or(before);
-    state.set_dr_journal(Some((&journal_path, start)))?;
-    let epoch = state.set_role("primary")?;
-    let at = state.failover_ns()?.unwrap_or_default();
-    out.push(format!(
-        "{} is now PRIMARY and writable (epoch {epoch}, failover at {}); old masters are fenced",
-        root.display(),
-        local(at)
-    ));
-    let stimes = state.stimes()?;
-    if stimes.is_empty() {
-        out.push("RPO unknown: no master brick reported its LAST_SYNCED here before the failover (what was replicated is here; compare with `georep status` on the master if it is reachable)".into());
-    } else {
-        out.push("RPO — everything each master brick wrote before LAST_SYNCED is here:".into());
-    }
-    for (brick, stime) in stimes {
-        out.push(format!(
-            "  {brick}  LAST_SYNCED {}  ({} s before failover)",
-            local(stime),
-            ((at - stime).max(0)) / 1_000_000_000
-        ));
-    }
-    out.push(format!(
-        "changes made here are journaled in {} until failback",
-        journal_path.display()
-    ));
-    out.push(
-        "when the master site is back: `georep resync --reverse <mastervol> <slave>` there, then `georep failback <mastervol> <slave>`".into(),
-    );
-    Ok(out)
-}
-
-/// What one path needs on the master.
-#[derive(Debug, Clone, Serialize)]
-pub struct Action {
-    pub path: String,
-    /// pull, delete, conflict, meta
-    pub action: &'static str,
-    /// For conflicts: where the master's version is kept.
-    pub kept_as: Option<String>,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct ReverseReport {
-    pub master: String,
-    pub slave: String,
-    pub dry_run: bool,
-    pub pulled_files: u64,
-    pub pulled_bytes: u64,
-    pub created: u64,
-    pub deleted: u64,
-    pub conflicts: Vec<Action>,
-    pub actions: Vec<Action>,
-    pub failures: Vec<String>,
-    pub demoted_to_epoch: Option<u64>,
-    pub elapsed_ms: u64,
-}
 
 /// DR entry `d` equals what the master last shipped (`b`): not changed on the DR side.
 fn same_as_shipped(b: &Entry, d: &ListEntry) -> bool {
@@ -231,86 +72,8 @@ fn conflict_name(path: &RelPath, node: &str, at: &str) -> Result<RelPath> {
     Ok(RelPath::new(full)?)
 }
 
-/// `georep resync --reverse` (and the pass of `failback`, which also demotes the DR volume).
-pub fn resync_reverse(
-    home: &Home,
-    master: &str,
-    slave: &str,
-    dry_run: bool,
-    checksum: bool,
-    demote: bool,
-) -> Result<ReverseReport> {
-    let started = Instant::now();
-    let cfg = SessionConfig::load(home, master, slave)?;
-    if crate::daemon::monitor::is_running(home, &cfg.name) {
-        bail!(
-            "session {master} -> {slave} is running here: `georep stop {master} {slave}` first (its workers are fenced anyway)"
-        );
-    }
-    let vol = cfg.volume(home)?;
-    let spec = cfg.slave_spec()?;
-    let transport = crate::ship::transport_for(home, &cfg.name, &spec)?;
-    let excludes = Excludes::new(&cfg.excludes)?;
-    let mut report = ReverseReport {
-        master: master.into(),
-        slave: slave.into(),
-        dry_run,
-        ..Default::default()
-    };
-    let opts = SyncOptions {
-        reverse: true,
-        ..SyncOptions::default()
-    };
-    for brick in vol.local_bricks_for("resync --reverse")? {
-        let dir = session::brick_state_dir(home, &cfg.name, brick);
-        let index = Index::open(&dir.join("index.db"))?;
-        if index.get_meta("slave_volume_id")?.is_none() {
-            bail!(
-                "brick {brick} never replicated to {slave}: there is no common point to compare with (use `georep sync` from the DR side instead)"
-            );
-        }
-        let mut shipper =
-            crate::ship::connect(transport.as_ref(), &index, &spec, &cfg.name, brick, &opts)?;
-        // The DR journal first: demoting stops it.
-        let consumed = index
-            .get_meta("dr_journal_seq")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let (journaled, complete, last) = shipper.dr_changes(&index, consumed)?;
-        if !complete {
-            tracing::info!("no complete DR-side journal: comparing trees only");
-        }
-        if demote && !dry_run {
-            // Demote first: a write on the DR site from now on is refused as replication
-            // and still caught by the pass below.
-            let epoch = shipper.demote(&index)?;
-            index.set_meta("epoch", &epoch.to_string())?;
-            report.demoted_to_epoch = Some(epoch);
-        }
-        let dr = shipper.list_slave(&index, checksum)?;
-        let failures = report.failures.len();
-        reverse_brick(
-            brick,
-            &index,
-            &mut shipper,
-            dr,
-            &journaled,
-            &excludes,
-            dry_run,
-            &mut report,
-        )?;
-        if !dry_run && report.failures.len() == failures {
-            // The next pass only looks at what the DR journal records after this one.
-            index.set_meta("dr_journal_seq", &last.to_string())?;
-        }
-        shipper.close()?;
-    }
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
-}
-
 #[allow(clippy::too_many_arguments)]
-fn reverse_brick(
+pub(super) fn reverse_brick(
     brick: &Brick,
     index: &Index,
     shipper: &mut crate::ship::pipeline::Shipper,
@@ -343,6 +106,19 @@ fn reverse_brick(
     let mut deletes = Vec::new();
     let mut index_only = Vec::new();
     let mut dir_meta = Vec::new();
+    let mut kept = Vec::new();
+    // What the master made or changed since it last shipped and the DR site does not have:
+    // a directory the DR site removed or replaced that holds any of it is not removed with
+    // it (seed: failback test of type changes and deleted directories).
+    let mut masters_own: BTreeSet<&RelPath> = BTreeSet::new();
+    for p in &paths {
+        if let (b, Some(l), None) = (base.get(*p), local.get(*p), dr.get(*p)) {
+            if b.is_none_or(|b| master_changed(b, l, &root, p)) {
+                masters_own.insert(*p);
+            }
+        }
+    }
+    let holds_masters_own = |p: &RelPath| masters_own.iter().any(|k| *k != p && k.starts_with(p));
     for p in paths {
         let (b, l, d) = (base.get(p), local.get(p), dr.get(p));
         // Changed at the DR site: differs from what was shipped, or its journal says so (a
@@ -380,11 +156,20 @@ fn reverse_brick(
             continue;
         }
         let l_is_dir = l.is_some_and(|l| l.kind == Kind::Dir);
-        if changed_here && l.is_some() && !(l_is_dir && d.is_none()) {
+        // A directory the DR site replaced with something else, holding what only the master
+        // has: the master's directory is kept whole as a conflict copy.
+        let replaced_dir = l_is_dir && d.is_some() && holds_masters_own(p);
+        if changed_here && l.is_some() && !(l_is_dir && d.is_none()) || replaced_dir {
             let copy = conflict_name(p, &node, &at)?;
             conflicts.push((p.clone(), copy));
         } else if d.is_none() && l.is_some() {
-            deletes.push(p.clone());
+            if l_is_dir && holds_masters_own(p) {
+                // Removed at the DR site, written in on the master: kept, with what the
+                // master wrote (what it shipped and the DR site removed goes, name by name).
+                kept.push(p.clone());
+            } else {
+                deletes.push(p.clone());
+            }
             continue;
         }
         match d {
@@ -393,6 +178,53 @@ fn reverse_brick(
             None => {}
         }
     }
+    // Beneath a name replaced by a pull, a create or a conflict copy, a delete has nothing
+    // left to remove (the old entry went whole).
+    let replaced: BTreeSet<RelPath> = fetch
+        .iter()
+        .chain(&creates)
+        .filter(|p| {
+            dr.get(*p)
+                .is_some_and(|d| Kind::from_u8(d.kind) != Kind::Dir)
+        })
+        .chain(conflicts.iter().map(|(p, _)| p))
+        .cloned()
+        .collect();
+    deletes.retain(|p| {
+        !p.self_and_ancestors()
+            .skip(1)
+            .any(|a| replaced.contains(&a))
+    });
+    // Hard links made at the DR site come back as hard links: of the names of one DR inode,
+    // the first that is fetched, or that the master already has equal, leads, and every other
+    // fetched name is linked to it instead of fetched again.
+    let mut groups: BTreeMap<u64, Vec<&RelPath>> = BTreeMap::new();
+    for (p, d) in &dr {
+        if let Some(k) = crate::crawl::links::slave_group_key(d) {
+            groups.entry(k).or_default().push(p);
+        }
+    }
+    let fetching: BTreeSet<RelPath> = fetch.iter().cloned().collect();
+    let mut links: Vec<(RelPath, RelPath)> = Vec::new();
+    fetch.retain(|p| {
+        let Some(group) = crate::crawl::links::slave_group_key(&dr[p]).and_then(|k| groups.get(&k))
+        else {
+            return true;
+        };
+        let leader = group.iter().find(|q| {
+            fetching.contains(**q)
+                || (!replaced.contains(**q)
+                    && !deletes.contains(**q)
+                    && local.get(**q).is_some_and(|l| local_equals(l, &dr[**q])))
+        });
+        match leader {
+            Some(q) if *q != p => {
+                links.push((p.clone(), (*q).clone()));
+                false
+            }
+            _ => true,
+        }
+    });
     for (p, copy) in &conflicts {
         let a = Action {
             path: p.display(),
@@ -413,8 +245,11 @@ fn reverse_brick(
     };
     act(report, &creates, "create");
     act(report, &fetch, "pull");
+    let linked: Vec<RelPath> = links.iter().map(|(p, _)| p.clone()).collect();
+    act(report, &linked, "link");
     act(report, &deletes, "delete");
     act(report, &dir_meta, "meta");
+    act(report, &kept, "keep");
     if dry_run {
         report.pulled_files += fetch.len() as u64;
         report.pulled_bytes += fetch.iter().map(|p| dr[p].size).sum::<u64>();
@@ -530,6 +365,15 @@ fn reverse_brick(
             fail(report, e);
         }
     }
+    for (p, target) in &links {
+        match ap.apply(&Op::Link {
+            path: p.clone(),
+            target: target.clone(),
+        }) {
+            Ok(()) => touched.push(p.clone()),
+            Err(e) => fail(report, e.message),
+        }
+    }
     // Children first, so a directory deleted on the DR side is empty when its turn comes; one
     // that still holds master-only entries (unshipped writes, conflict copies) stays.
     for p in deletes.iter().rev() {
@@ -576,14 +420,4 @@ fn reverse_brick(
     }
     index.apply(&muts)?;
     Ok(())
-}
-
-/// `georep failback MASTER SLAVE`: demotes the DR volume, brings back its last changes, and
-/// starts forward replication again (no full resync: the index is current).
-pub fn failback(home: &Home, master: &str, slave: &str) -> Result<ReverseReport> {
-    let r = resync_reverse(home, master, slave, false, false, true)?;
-    if r.failures.is_empty() {
-        crate::daemon::start(home, master, slave, true, false)?;
-    }
-    Ok(r)
 }

@@ -1,0 +1,262 @@
+//! Disaster recovery: `failover` (DR host: promote the slave volume, fence the old master),
+//! `resync --reverse` (recovered master: bring back what changed on the DR side, keeping both
+//! versions of a path changed on both sides), `failback` (demote the DR volume again and resume
+//! forward replication without a full resync).
+//!
+//! Invariants:
+//! - Nothing written on either side is lost: a path changed on both sides since the last common
+//!   point keeps the master's version beside the DR version as
+//!   `<name>.georep-conflict-<node>-<UTC time>`.
+//! - The last common point is the master's index (what the slave acknowledged); data that reached
+//!   the DR side through replication equals its index row and is never sent back.
+//! - Reverse connections only read the DR volume; the master is written with the agent's own
+//!   confined, atomic apply.
+
+mod reverse;
+
+use crate::agent::state::AgentState;
+use crate::config::{Home, SyncOptions};
+use crate::crawl::index::Index;
+use crate::crawl::walk::Excludes;
+use crate::session::{self, SessionConfig};
+use crate::volume::{Brick, Volume};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+fn local(ns: i64) -> String {
+    crate::options::show_time(ns)
+}
+
+/// `georep failover <SLAVEVOL|PATH> [--planned]` on the DR host. Returns the lines it prints.
+pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Result<Vec<String>> {
+    let root = Volume::slave_root_of(home, vol)?;
+    let state_dir = root.join(".georep");
+    if !state_dir.join("agent.db").exists() {
+        bail!(
+            "{} has never received replication (no .georep/agent.db): nothing to fail over to",
+            root.display()
+        );
+    }
+    let mut state = AgentState::open(&state_dir)?;
+    if state.role()? == "primary" {
+        bail!(
+            "{} is already primary (failover at {})",
+            root.display(),
+            state.failover_ns()?.map(local).unwrap_or_default()
+        );
+    }
+    let mut out = Vec::new();
+    if planned {
+        // Switchover: every master brick must confirm (its stime) that everything written
+        // before now is here. The masters must be running; stop writes there first.
+        let t = crate::journal::record::now_ns();
+        let until = Instant::now() + timeout;
+        loop {
+            let stimes = state.stimes()?;
+            let behind: Vec<_> = stimes.iter().filter(|(_, s)| *s < t).collect();
+            if !stimes.is_empty() && behind.is_empty() {
+                break;
+            }
+            if Instant::now() > until && stimes.is_empty() {
+                bail!(
+                    "planned failover: no master brick reported its sync time here within {} s: is the session running on the master? Otherwise fail over without --planned",
+                    timeout.as_secs()
+                );
+            }
+            if Instant::now() > until {
+                bail!(
+                    "planned failover: {} master brick(s) did not confirm everything up to {} within {} s ({}): is the session running on the master? Retry, or fail over without --planned and accept the RPO",
+                    behind.len(),
+                    local(t),
+                    timeout.as_secs(),
+                    behind
+                        .iter()
+                        .map(|(b, s)| format!("{b} at {}", local(*s)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        out.push(format!(
+            "switchover: every master brick confirmed all changes up to {}",
+            local(t)
+        ));
+    }
+    // Fence first: a batch in flight (up to a million ops) would otherwise go on writing into
+    // the promoted volume, and be acknowledged. Held until the volume is promoted: no
+    // replicating connection gets in meanwhile.
+    let (_fence, ended) =
+        crate::agent::locks::fence_replication(&state_dir, Duration::from_secs(30))?;
+    if ended > 0 {
+        out.push(format!(
+            "ended {ended} replicating connection(s) still applying here; nothing they had not applied is applied"
+        ));
+    }
+    // Journal the DR volume before it becomes writable: every change made there during the
+    // disaster is recorded (failback uses it besides the tree compare).
+    let dr_brick = Brick {
+        node: crate::config::node_name(),
+        path: root.clone(),
+    };
+    let dr_session = format!("failover_{}", session::slug(&root.display().to_string()));
+    let journal_path = session::brick_state_dir(home, &dr_session, &dr_brick).join("journal.db");
+    let before = if journal_path.exists() {
+        crate::journal::JournalStore::open(&journal_path)?.last_seq()?
+    } else {
+        0
+    };
+    crate::brickid::ensure(&root)?;
+    crate::daemon::ensure_writer(home, &dr_session, &dr_brick)
+        .with_context(|| format!("starting a journal on {}", root.display()))?;
+    let start = crate::journal::JournalStore::open(&journal_path)?
+        .last_gap_after(before)?
+        .map(|g| g.seq)
+        .unwrap_or(before);
+    state.set_dr_journal(Some((&journal_path, start)))?;
+    let epoch = state.set_role("primary")?;
+    let at = state.failover_ns()?.unwrap_or_default();
+    out.push(format!(
+        "{} is now PRIMARY and writable (epoch {epoch}, failover at {}); old masters are fenced",
+        root.display(),
+        local(at)
+    ));
+    let stimes = state.stimes()?;
+    if stimes.is_empty() {
+        out.push("RPO unknown: no master brick reported its LAST_SYNCED here before the failover (what was replicated is here; compare with `georep status` on the master if it is reachable)".into());
+    } else {
+        out.push("RPO — everything each master brick wrote before LAST_SYNCED is here:".into());
+    }
+    for (brick, stime) in stimes {
+        out.push(format!(
+            "  {brick}  LAST_SYNCED {}  ({} s before failover)",
+            local(stime),
+            ((at - stime).max(0)) / 1_000_000_000
+        ));
+    }
+    out.push(format!(
+        "changes made here are journaled in {} until failback",
+        journal_path.display()
+    ));
+    out.push(
+        "when the master site is back: `georep resync --reverse <mastervol> <slave>` there, then `georep failback <mastervol> <slave>`".into(),
+    );
+    Ok(out)
+}
+
+/// What one path needs on the master.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    pub path: String,
+    /// pull, create, link (a hard link to another name), delete, conflict, meta, or keep
+    /// (deleted at the DR site, kept on the
+    /// master because the master wrote in it since it last shipped)
+    pub action: &'static str,
+    /// For conflicts: where the master's version is kept.
+    pub kept_as: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReverseReport {
+    pub master: String,
+    pub slave: String,
+    pub dry_run: bool,
+    pub pulled_files: u64,
+    pub pulled_bytes: u64,
+    pub created: u64,
+    pub deleted: u64,
+    pub conflicts: Vec<Action>,
+    pub actions: Vec<Action>,
+    pub failures: Vec<String>,
+    pub demoted_to_epoch: Option<u64>,
+    pub elapsed_ms: u64,
+}
+
+/// `georep resync --reverse` (and the pass of `failback`, which also demotes the DR volume).
+pub fn resync_reverse(
+    home: &Home,
+    master: &str,
+    slave: &str,
+    dry_run: bool,
+    checksum: bool,
+    demote: bool,
+) -> Result<ReverseReport> {
+    let started = Instant::now();
+    let cfg = SessionConfig::load(home, master, slave)?;
+    if crate::daemon::monitor::is_running(home, &cfg.name) {
+        bail!(
+            "session {master} -> {slave} is running here: `georep stop {master} {slave}` first (its workers are fenced anyway)"
+        );
+    }
+    let vol = cfg.volume(home)?;
+    let spec = cfg.slave_spec()?;
+    let transport = crate::ship::transport_for(home, &cfg.name, &spec)?;
+    let excludes = Excludes::new(&cfg.excludes)?;
+    let mut report = ReverseReport {
+        master: master.into(),
+        slave: slave.into(),
+        dry_run,
+        ..Default::default()
+    };
+    let opts = SyncOptions {
+        reverse: true,
+        ..SyncOptions::default()
+    };
+    for brick in vol.local_bricks_for("resync --reverse")? {
+        let dir = session::brick_state_dir(home, &cfg.name, brick);
+        let index = Index::open(&dir.join("index.db"))?;
+        if index.get_meta("slave_volume_id")?.is_none() {
+            bail!(
+                "brick {brick} never replicated to {slave}: there is no common point to compare with (use `georep sync` from the DR side instead)"
+            );
+        }
+        let mut shipper =
+            crate::ship::connect(transport.as_ref(), &index, &spec, &cfg.name, brick, &opts)?;
+        // The DR journal first: demoting stops it.
+        let consumed = index
+            .get_meta("dr_journal_seq")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (journaled, complete, last) = shipper.dr_changes(&index, consumed)?;
+        if !complete {
+            tracing::info!("no complete DR-side journal: comparing trees only");
+        }
+        if demote && !dry_run {
+            // Demote first: a write on the DR site from now on is refused as replication
+            // and still caught by the pass below.
+            let epoch = shipper.demote(&index)?;
+            index.set_meta("epoch", &epoch.to_string())?;
+            report.demoted_to_epoch = Some(epoch);
+        }
+        let dr = shipper.list_slave(&index, checksum)?;
+        let failures = report.failures.len();
+        reverse::reverse_brick(
+            brick,
+            &index,
+            &mut shipper,
+            dr,
+            &journaled,
+            &excludes,
+            dry_run,
+            &mut report,
+        )?;
+        if !dry_run && report.failures.len() == failures {
+            // The next pass only looks at what the DR journal records after this one.
+            index.set_meta("dr_journal_seq", &last.to_string())?;
+        }
+        shipper.close()?;
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// `georep failback MASTER SLAVE`: demotes the DR volume, brings back its last changes, and
+/// starts forward replication again (no full resync: the index is current).
+pub fn failback(home: &Home, master: &str, slave: &str) -> Result<ReverseReport> {
+    let r = resync_reverse(home, master, slave, false, false, true)?;
+    if r.failures.is_empty() {
+        crate::daemon::start(home, master, slave, true, false)?;
+    }
+    Ok(r)
+}
