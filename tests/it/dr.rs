@@ -201,7 +201,27 @@ fn unplanned_failover_conflicts_resync_reverse_and_failback_lose_nothing() {
                 .as_str()
                 .is_some_and(|e| e.contains("failover") && e.contains("resync --reverse"))
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Refused twice (the monitor restarts a Faulty worker): a retry wrote nothing either.
+    let refusals = || {
+        let logs = g.path("home/log");
+        let mut n = 0;
+        for d in fs::read_dir(logs).into_iter().flatten().flatten() {
+            for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                if f.file_name().to_string_lossy().starts_with("worker-") {
+                    n += fs::read_to_string(f.path())
+                        .unwrap_or_default()
+                        .matches("resync --reverse")
+                        .count();
+                }
+            }
+        }
+        n
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || refusals() >= 2),
+        "the fenced master was refused {} time(s)",
+        refusals()
+    );
     assert_eq!(
         snapshot(&s),
         dr_before,
