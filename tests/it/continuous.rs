@@ -839,3 +839,43 @@ fn status_table_follows_the_session() {
         "Stopped with a worker running: {t}"
     );
 }
+
+/// Owner churn in a live session: owners and groups change again and again (with modes,
+/// setuid cleared by chown and set again), on files, directories and symlinks; the slave ends
+/// with every owner, group and mode the master has. Needs root (to chown).
+#[test]
+fn owner_churn_reaches_the_slave() {
+    if !is_root() {
+        eprintln!("SKIPPED (not root): owner churn needs chown");
+        return;
+    }
+    let g = Georep::new();
+    let m = g.master();
+    for i in 0..20 {
+        write(
+            &m.join(format!("d{}/f{i}", i % 4)),
+            format!("{i}").as_bytes(),
+        );
+    }
+    symlink("d0/f0", m.join("link")).unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let mut rng = Rng(7);
+    for round in 0..5 {
+        for _ in 0..40 {
+            let i = rng.below(20);
+            let p = m.join(format!("d{}/f{i}", i % 4));
+            let (uid, gid) = (1000 + rng.below(5) as u32, 2000 + rng.below(5) as u32);
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
+            if rng.below(3) == 0 {
+                // chown cleared setuid; set it again (the agent must chown before chmod).
+                chmod(&p, 0o4755);
+            }
+            let d = m.join(format!("d{}", rng.below(4)));
+            std::os::unix::fs::lchown(&d, Some(1000 + rng.below(5) as u32), None).unwrap();
+            std::os::unix::fs::lchown(m.join("link"), Some(3000 + rng.below(5) as u32), None)
+                .unwrap();
+        }
+        s.converge(&format!("owner churn, round {round}"));
+    }
+}
