@@ -997,7 +997,14 @@ impl Diff {
                 PlanOp::IndexOnly | PlanOp::Op(Op::SetAttr { .. }) => {}
                 PlanOp::Op(Op::Unstash { .. }) => {
                     touched.extend(path.parent());
-                    touched.insert(path.clone());
+                    // A directory moved to another parent has its attributes changed too. Only
+                    // one the diff saw as a directory: read from the disk now, the name may hold
+                    // another entry (seed 400097: a symlink was unstashed there, a new directory
+                    // had taken the name on the master since, and the index recorded that
+                    // directory for the slave's symlink).
+                    if self.dirs.contains_key(path) {
+                        touched.insert(path.clone());
+                    }
                 }
                 _ => touched.extend(path.parent()),
             }
@@ -1360,6 +1367,51 @@ mod tests {
         let ops: Vec<&PlanOp> = plan.ops.iter().map(|o| &o.op).collect();
         let (sent, _) = sent_and_linked(ops.iter().copied());
         assert_eq!(sent, vec![&p("p/f")], "{ops:?}");
+    }
+
+    #[test]
+    fn a_renamed_symlink_is_not_given_the_attributes_of_a_directory_that_took_its_name() {
+        // Seed 400097: "e" (a symlink) renamed to "h"; by the time the plan read the renamed
+        // entries' directories from the disk, a new directory had taken the name "h" on the
+        // master. Setting "h"'s attributes from it recorded that directory in the index for
+        // the slave's symlink, and a later rename of the directory moved the symlink.
+        let sym = Entry {
+            kind: Kind::Symlink,
+            size: 1,
+            nlink: 1,
+            mode: 0o777,
+            target: Some(b"t".to_vec()),
+            hash: None,
+            ..linked(5)
+        };
+        let mut d = Diff::default();
+        d.gone.insert(p("e"), sym.clone());
+        d.new.insert(p("h"), sym);
+        d.rename_targets = Some(BTreeSet::from([p("h")]));
+        let dir = Entry {
+            kind: Kind::Dir,
+            ino: 99,
+            mode: 0o755,
+            target: None,
+            hash: None,
+            ..linked(6)
+        };
+        let ops: Vec<PlanOp> = d
+            .plan(&mut 0, &|q| (*q == p("h")).then(|| dir.clone()))
+            .ops
+            .into_iter()
+            .map(|o| o.op)
+            .collect();
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, PlanOp::Op(Op::Unstash { to, .. }) if *to == p("h"))),
+            "{ops:?}"
+        );
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, PlanOp::Op(Op::SetAttr { path, .. }) if *path == p("h"))),
+            "{ops:?}"
+        );
     }
 
     #[test]
