@@ -369,6 +369,16 @@ fn planned_before_its_rename(
 /// record named it again: the slave kept it under its first name for good.
 #[test]
 fn a_name_a_crawl_shipped_from_an_unwatched_directory_and_moved_away_is_not_left_behind() {
+    // Moved away before the writer (still stopped) could watch F.
+    crawl_ships_from_an_unwatched_directory_then(|m| {
+        fs::rename(m.join("F/x"), m.join(".hidden")).unwrap()
+    });
+}
+
+/// A hybrid crawl ships "F/x", made in a directory "F" the writer has not watched yet (it is
+/// stopped); then `moves` runs on the master, the writer catches up, and the slave must
+/// converge.
+fn crawl_ships_from_an_unwatched_directory_then(moves: impl Fn(&Path)) {
     let g = Georep::new();
     let m = g.master();
     fs::create_dir_all(m.join("d")).unwrap();
@@ -397,8 +407,7 @@ fn a_name_a_crawl_shipped_from_an_unwatched_directory_and_moved_away_is_not_left
         "no hybrid crawl shipped F/x: {}",
         s.status()
     );
-    // Moved away before the writer (still stopped) could watch F.
-    fs::rename(m.join("F/x"), m.join(".hidden")).unwrap();
+    moves(&m);
     signal(writer, Signal::CONT);
     s.converge("after the writer caught up");
 }
@@ -409,37 +418,11 @@ fn a_name_a_crawl_shipped_from_an_unwatched_directory_and_moved_away_is_not_left
 /// rename, stayed on the slave.
 #[test]
 fn a_name_a_crawl_shipped_from_an_unwatched_directory_then_renamed_is_not_left_behind() {
-    let g = Georep::new();
-    let m = g.master();
-    fs::create_dir_all(m.join("d")).unwrap();
-    let s = Session::start(&g);
-    s.converge("start");
-    let (worker, writer) = (s.worker_pid(), s.writer_pid());
-    signal(worker, Signal::STOP);
-    crate::util::write(&m.join("d/y"), b"y");
-    assert!(
-        wait_until(Duration::from_secs(10), || s.journaled("CREATE", "d/y")),
-        "the writer never journaled d/y"
-    );
-    signal(writer, Signal::STOP);
-    fs::rename(m.join("d"), m.join("e")).unwrap();
-    fs::create_dir_all(m.join("F/x")).unwrap();
-    let crawls = s.status()["hybrid_crawls"].as_u64().unwrap_or(0);
-    signal(worker, Signal::CONT);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            s.status()["hybrid_crawls"].as_u64().unwrap_or(0) > crawls
-                && g.slave().join("F/x").is_dir()
-                && s.idle()
-        }),
-        "no hybrid crawl shipped F/x: {}",
-        s.status()
-    );
     // Renamed inside F before the writer (still stopped) could watch it, then F renamed.
-    fs::rename(m.join("F/x"), m.join("F/y")).unwrap();
-    fs::rename(m.join("F"), m.join("G")).unwrap();
-    signal(writer, Signal::CONT);
-    s.converge("after the writer caught up");
+    crawl_ships_from_an_unwatched_directory_then(|m| {
+        fs::rename(m.join("F/x"), m.join("F/y")).unwrap();
+        fs::rename(m.join("F"), m.join("G")).unwrap();
+    });
 }
 
 /// Journal seed 93236: a hard link made in a new directory before the writer watched it, and
