@@ -178,6 +178,8 @@ impl Writer {
     /// every entry found (a directory that appeared: its contents may predate the watch).
     fn watch_tree(&mut self, dir: &RelPath, scan: Scan) -> Result<()> {
         let record = scan == Scan::Record;
+        // Beneath a directory found watched under the name it had before a queued rename.
+        let mut keep_names_below: Option<RelPath> = None;
         let mut stack = vec![dir.clone()];
         while let Some(d) = stack.pop() {
             let full = self.full(&d);
@@ -190,26 +192,41 @@ impl Writer {
                         .get(&wd)
                         .filter(|known| **known != d && !self.doubtful.contains(&wd))
                         .cloned();
-                    if let Some(known) = moved {
-                        if d == *dir {
+                    let keeps_name =
+                        d == *dir || keep_names_below.as_ref().is_some_and(|k| d.starts_with(k));
+                    match moved {
+                        Some(_) if keeps_name && record => {
                             // Its parent was watched when that happened (it reported `dir`),
                             // so the rename is queued in full: events queued before it name
                             // the directory by its old path, and the rename moves it, and
                             // what it holds (journaled already), here.
                             continue;
                         }
-                        // Beneath `dir` the parent was not watched yet: that rename is only
-                        // a MOVED_FROM, a removal. The directory is watched (and recorded)
-                        // here as new, and the watches beneath it come along: left under the
-                        // old name, the removal would take them away while their
-                        // directories are still in the brick (and drop their events).
-                        for p in self.wds.values_mut() {
-                            if p.starts_with(&known) {
-                                *p = p.rebase(&known, &d);
+                        Some(_) if keeps_name => {
+                            // The same, met while watching what has no watch yet (after the
+                            // watch limit was raised): its watch and those beneath it keep
+                            // their names for the queued rename, and the search goes on
+                            // beneath it for directories still without a watch.
+                            keep_names_below.get_or_insert_with(|| d.clone());
+                        }
+                        Some(known) => {
+                            // Beneath `dir` the parent was not watched yet: that rename is
+                            // only a MOVED_FROM, a removal. The directory is watched (and
+                            // recorded) here as new, and the watches beneath it come along:
+                            // left under the old name, the removal would take them away while
+                            // their directories are still in the brick (and drop their
+                            // events).
+                            for p in self.wds.values_mut() {
+                                if p.starts_with(&known) {
+                                    *p = p.rebase(&known, &d);
+                                }
                             }
+                            self.wds.insert(wd, d.clone());
+                        }
+                        None => {
+                            self.wds.insert(wd, d.clone());
                         }
                     }
-                    self.wds.insert(wd, d.clone());
                     self.wd_ino.insert(wd, ino);
                     self.doubtful.remove(&wd);
                 }
