@@ -195,9 +195,14 @@ pub(super) fn reverse_brick(
             .skip(1)
             .any(|a| replaced.contains(&a))
     });
+    // A conflict beneath another conflict's name goes with it (into its copy, whole).
+    let copied: BTreeSet<RelPath> = conflicts.iter().map(|(p, _)| p.clone()).collect();
+    conflicts.retain(|(p, _)| !p.self_and_ancestors().skip(1).any(|a| copied.contains(&a)));
     // Hard links made at the DR site come back as hard links: of the names of one DR inode,
-    // the first that is fetched, or that the master already has equal, leads, and every other
-    // fetched name is linked to it instead of fetched again.
+    // the first that is fetched, or that the master already has equal (when none of the group
+    // was written at the DR site: an in-place write that kept size and mtime is only in its
+    // journal), leads; every other fetched name is linked to it instead of fetched again, and
+    // so is every other name the master has equal (the group was made at the DR site).
     let mut groups: BTreeMap<u64, Vec<&RelPath>> = BTreeMap::new();
     for (p, d) in &dr {
         if let Some(k) = crate::crawl::links::slave_group_key(d) {
@@ -205,26 +210,31 @@ pub(super) fn reverse_brick(
         }
     }
     let fetching: BTreeSet<RelPath> = fetch.iter().cloned().collect();
+    let equal_here = |q: &RelPath| {
+        !replaced.contains(q)
+            && !deletes.contains(q)
+            && local.get(q).is_some_and(|l| local_equals(l, &dr[q]))
+    };
     let mut links: Vec<(RelPath, RelPath)> = Vec::new();
-    fetch.retain(|p| {
-        let Some(group) = crate::crawl::links::slave_group_key(&dr[p]).and_then(|k| groups.get(&k))
-        else {
-            return true;
-        };
-        let leader = group.iter().find(|q| {
-            fetching.contains(**q)
-                || (!replaced.contains(**q)
-                    && !deletes.contains(**q)
-                    && local.get(**q).is_some_and(|l| local_equals(l, &dr[**q])))
-        });
-        match leader {
-            Some(q) if *q != p => {
-                links.push((p.clone(), (*q).clone()));
-                false
-            }
-            _ => true,
+    for group in groups.values() {
+        if !group.iter().any(|q| fetching.contains(*q)) {
+            continue; // nothing of it comes back
         }
-    });
+        let written = group.iter().any(|q| journaled.contains(*q));
+        let Some(leader) = group
+            .iter()
+            .find(|q| fetching.contains(**q) || !written && equal_here(q))
+        else {
+            continue;
+        };
+        for q in group.iter().filter(|q| *q != leader) {
+            if fetching.contains(*q) || equal_here(q) {
+                links.push(((*q).clone(), (*leader).clone()));
+            }
+        }
+    }
+    let linked: BTreeSet<&RelPath> = links.iter().map(|(p, _)| p).collect();
+    fetch.retain(|p| !linked.contains(p));
     for (p, copy) in &conflicts {
         let a = Action {
             path: p.display(),

@@ -451,6 +451,10 @@ fn failback_resolves_type_changes_renames_attributes_links_and_deleted_directori
     write(&m.join("attrs"), b"chmod and chown on the DR site");
     write(&m.join("linked"), b"gets a second name on the DR site");
     write(
+        &m.join("zz-linked"),
+        b"gets a second name, sorted first, on the DR site",
+    );
+    write(
         &m.join("gone-on-dr/kept"),
         b"the DR site deletes this directory",
     );
@@ -472,6 +476,11 @@ fn failback_resolves_type_changes_renames_attributes_links_and_deleted_directori
             &m.join("replaced-dir/new-on-master"),
             b"master v2, never shipped",
         );
+        // Shipped before, changed here, in the directory the DR site replaces.
+        write(
+            &m.join("replaced-dir/old"),
+            b"master v2 of old, never shipped",
+        );
     });
     g.ok(&["failover", ss]);
     fs::remove_file(s.join("f-to-dir")).unwrap();
@@ -488,6 +497,7 @@ fn failback_resolves_type_changes_renames_attributes_links_and_deleted_directori
         eprintln!("SKIPPED (not root): chown on the DR site");
     }
     fs::hard_link(s.join("linked"), s.join("linked-too")).unwrap();
+    fs::hard_link(s.join("zz-linked"), s.join("aa-link")).unwrap();
     fs::remove_dir_all(s.join("gone-on-dr")).unwrap();
     fs::remove_dir_all(s.join("replaced-dir")).unwrap();
     write(&s.join("replaced-dir"), b"a file at the DR site");
@@ -516,6 +526,11 @@ fn failback_resolves_type_changes_renames_attributes_links_and_deleted_directori
         fs::metadata(m.join("linked-too")).unwrap().ino(),
         "the DR site's hard link is a hard link on the master"
     );
+    assert_eq!(
+        fs::metadata(m.join("zz-linked")).unwrap().ino(),
+        fs::metadata(m.join("aa-link")).unwrap().ino(),
+        "the DR site's hard link, its new name sorted first, is a hard link on the master"
+    );
     // What only the master had is kept: its version of the file the DR site made a
     // directory, and the file it wrote in the directory the DR site deleted.
     let c = conflict_copies(&m, "both-typed");
@@ -537,6 +552,7 @@ fn failback_resolves_type_changes_renames_attributes_links_and_deleted_directori
         b"master v2, never shipped",
         "the master's file in the directory the DR site replaced is lost"
     );
+    assert_eq!(read(&c[0].join("old")), b"master v2 of old, never shipped");
 }
 
 fn walk_tree_files(root: &Path) -> Vec<std::path::PathBuf> {
