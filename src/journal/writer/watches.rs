@@ -1,0 +1,241 @@
+//! The journal writer's watches: one per directory of the brick, added by an `O_PATH` fd and
+//! named by the path the events say; renamed, re-pointed and rebuilt as the tree moves.
+
+use super::*;
+
+/// What `watch_tree` does with the directories it watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scan {
+    /// Watch only (the tree is journaled already, or a GAP covers it).
+    Watch,
+    /// Watch and record every entry found (a directory that appeared).
+    Record,
+}
+
+impl Writer {
+    /// Adds watches on `dir` and every directory beneath it; with `Scan::Record`, also records
+    /// every entry found (a directory that appeared: its contents may predate the watch).
+    pub(super) fn watch_tree(&mut self, dir: &RelPath, scan: Scan) -> Result<()> {
+        let record = scan == Scan::Record;
+        // Beneath a directory found watched under the name it had before a queued rename.
+        let mut keep_names_below: Option<RelPath> = None;
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            let full = self.full(&d);
+            match self.add_watch(&full) {
+                Ok((wd, ino)) => {
+                    // One watch per inode: a directory watched already under another name
+                    // moved here by a rename (the events are read after the fact).
+                    let moved = self
+                        .wds
+                        .get(&wd)
+                        .filter(|known| **known != d && !self.doubtful.contains(&wd))
+                        .cloned();
+                    let keeps_name =
+                        d == *dir || keep_names_below.as_ref().is_some_and(|k| d.starts_with(k));
+                    match moved {
+                        Some(_) if keeps_name && record => {
+                            // Its parent was watched when that happened (it reported `dir`),
+                            // so the rename is queued in full: events queued before it name
+                            // the directory by its old path, and the rename moves it, and
+                            // what it holds (journaled already), here.
+                            continue;
+                        }
+                        Some(_) if keeps_name => {
+                            // The same, met while watching what has no watch yet (after the
+                            // watch limit was raised): its watch and those beneath it keep
+                            // their names for the queued rename, and the search goes on
+                            // beneath it for directories still without a watch.
+                            keep_names_below.get_or_insert_with(|| d.clone());
+                        }
+                        Some(known) => {
+                            // Beneath `dir` the parent was not watched yet: that rename is
+                            // only a MOVED_FROM, a removal. The directory is watched (and
+                            // recorded) here as new, and the watches beneath it come along:
+                            // left under the old name, the removal would take them away while
+                            // their directories are still in the brick (and drop their
+                            // events).
+                            for p in self.wds.values_mut() {
+                                if p.starts_with(&known) {
+                                    *p = p.rebase(&known, &d);
+                                }
+                            }
+                            self.wds.insert(wd, d.clone());
+                        }
+                        None => {
+                            self.wds.insert(wd, d.clone());
+                        }
+                    }
+                    self.wd_ino.insert(wd, ino);
+                    self.doubtful.remove(&wd);
+                }
+                // Gone, renamed or replaced already: a DELETE says so, or the MOVED_TO of its
+                // new name (or of an ancestor's, see `unwatched`) adds the watch there.
+                Err(Errno::NOENT | Errno::NOTDIR) => {
+                    self.unwatched.insert(d);
+                    continue;
+                }
+                Err(Errno::NOSPC) => {
+                    self.watch_failures += 1;
+                    self.degraded_since = Some(Instant::now());
+                    tracing::warn!(
+                        "inotify watch limit reached at {}: raise fs.inotify.max_user_watches; changes there are covered by crawls only",
+                        full.display()
+                    );
+                    self.push(Record::gap(&format!(
+                        "no inotify watch for {d} (fs.inotify.max_user_watches)"
+                    )));
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("watching {}", full.display())),
+            }
+            let rd = match std::fs::read_dir(&full) {
+                Ok(rd) => rd,
+                Err(_) => continue,
+            };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let Ok(path) = d.join(name.as_bytes()) else {
+                    continue; // .georep at the root, or a name the protocol cannot carry
+                };
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(path.clone());
+                }
+                if record {
+                    // A file with other names may have been written through this one before
+                    // the watch existed: that changed its other names too, which only a LINK
+                    // and a DATA record lead the shipper to.
+                    let linked = ft.is_file()
+                        && e.metadata()
+                            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 1);
+                    let op = if ft.is_dir() {
+                        RecOp::Mkdir
+                    } else if ft.is_symlink() {
+                        RecOp::Symlink
+                    } else if linked {
+                        RecOp::Link
+                    } else {
+                        RecOp::Create
+                    };
+                    self.push(Record::new(op, path.clone()));
+                    if linked {
+                        self.push(Record::new(RecOp::Data, path));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches the directory at `full` (never through a symlink); returns the watch and the
+    /// inode it is on. The directory is opened first and watched through its fd, so the inode
+    /// is exactly the watched one even if the name changes meanwhile.
+    pub(super) fn add_watch(&self, full: &Path) -> Result<(i32, u64), Errno> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            full,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| if e == Errno::LOOP { Errno::NOTDIR } else { e })?;
+        let ino = rustix::fs::fstat(&fd)?.st_ino;
+        let via = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
+        // The magic link is followed on purpose (the fd was opened without following).
+        let wd = match inotify::add_watch(
+            &self.inotify,
+            via.as_str(),
+            MASK.difference(WatchFlags::DONT_FOLLOW),
+        ) {
+            // No /proc: by name, as close to the open as can be.
+            Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => {
+                inotify::add_watch(&self.inotify, full, MASK)?
+            }
+            r => r?,
+        };
+        Ok((wd, ino))
+    }
+
+    /// Tries again to watch every directory that has no watch. Changes made there meanwhile
+    /// were not journaled: a failure records a GAP again (via `watch_tree`), so the worker
+    /// keeps crawling until the limit is raised; success ends the degraded state.
+    pub(super) fn rewatch(&mut self) -> Result<()> {
+        self.degraded_since = None;
+        let before = self.watch_failures;
+        let watched: std::collections::HashSet<RelPath> = self.wds.values().cloned().collect();
+        let mut stack = vec![RelPath::root()];
+        let mut missing = Vec::new();
+        while let Some(d) = stack.pop() {
+            if !watched.contains(&d) {
+                missing.push(d.clone());
+                continue; // watch_tree covers everything beneath it
+            }
+            for e in std::fs::read_dir(self.full(&d))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Ok(p) = d.join(e.file_name().as_bytes()) {
+                        stack.push(p);
+                    }
+                }
+            }
+        }
+        for d in missing {
+            self.watch_tree(&d, Scan::Watch)?;
+        }
+        if self.watch_failures == before {
+            tracing::info!(brick = %self.root.display(), "every directory is watched again");
+            self.push(Record::gap(
+                "directories were unwatched until now (watch limit)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// After lost events (a queue overflow): the renames that kept each watch's path are gone,
+    /// so every watch is named again from the tree as it is now, and watches on directories
+    /// no longer in the brick (moved out, their MOVED_FROM lost) are removed. The GAP recorded
+    /// after this makes the shipper crawl from here on.
+    pub(super) fn rebind(&mut self) -> Result<()> {
+        let old = std::mem::take(&mut self.wds);
+        self.doubtful.clear();
+        self.watch_tree(&RelPath::root(), Scan::Watch)?;
+        for wd in old.keys().filter(|wd| !self.wds.contains_key(wd)) {
+            let _ = inotify::remove_watch(&self.inotify, *wd);
+            self.wd_ino.remove(wd);
+        }
+        Ok(())
+    }
+
+    pub(super) fn unwatch_tree(&mut self, dir: &RelPath) {
+        let gone: Vec<i32> = self
+            .wds
+            .iter()
+            .filter(|(_, p)| p.starts_with(dir))
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in gone {
+            let _ = inotify::remove_watch(&self.inotify, wd);
+            self.wds.remove(&wd);
+            self.wd_ino.remove(&wd);
+            self.doubtful.remove(&wd);
+        }
+    }
+
+    /// Removes `dir` and what lies beneath it from `unwatched`; returns them.
+    pub(super) fn take_unwatched(&mut self, dir: &RelPath) -> Vec<RelPath> {
+        // The set holds the few directories awaiting a rename: a scan is cheap.
+        let gone: Vec<RelPath> = self
+            .unwatched
+            .iter()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
+        for p in &gone {
+            self.unwatched.remove(p);
+        }
+        gone
+    }
+}
