@@ -367,6 +367,7 @@ pub fn plan_paths(
         }
     }
     // Hard links: other names of a changed multiply-linked file that the slave already has.
+    d.join_names_stated_before_their_link();
     let mut inos: Vec<u64> = Vec::new();
     for e in d.new.values().chain(d.updates.iter().map(|u| &u.2)) {
         if e.kind == Kind::File && e.nlink > 1 {
@@ -733,6 +734,35 @@ impl Diff {
             }
         }
         Ok(())
+    }
+
+    /// A name stat'ed with one link while another name of the same file (same inode, same
+    /// birth) shows more: a link was made between the two stats (seed 430148). Sent on its own,
+    /// it would stay a separate file on the slave, its row vouching for it: it is a name of the
+    /// link group, and the group is torn (its content goes once, the other names are linked).
+    fn join_names_stated_before_their_link(&mut self) {
+        let mut multi: HashMap<u64, (u32, i64)> = HashMap::new();
+        for e in self.new.values().chain(self.updates.iter().map(|u| &u.2)) {
+            if e.kind == Kind::File && e.nlink > 1 && e.birth != 0 {
+                let m = multi.entry(e.ino).or_insert((e.nlink, e.birth));
+                m.0 = m.0.max(e.nlink);
+            }
+        }
+        if multi.is_empty() {
+            return;
+        }
+        for e in self
+            .new
+            .values_mut()
+            .chain(self.updates.iter_mut().map(|u| &mut u.2))
+        {
+            if let Some(&(nlink, birth)) = multi.get(&e.ino) {
+                if e.kind == Kind::File && e.nlink < 2 && e.birth == birth {
+                    e.nlink = nlink;
+                    self.torn.insert(e.ino);
+                }
+            }
+        }
     }
 
     /// Notes the stat of a name of a multiply-linked file.
@@ -1412,6 +1442,32 @@ mod tests {
                 .any(|o| matches!(o, PlanOp::Op(Op::SetAttr { path, .. }) if *path == p("h"))),
             "{ops:?}"
         );
+    }
+
+    #[test]
+    fn a_name_stated_before_its_link_was_made_is_linked_not_sent_apart() {
+        // Seed 430148: "b" was stat'ed with one link, then "a" was made a link to it and
+        // stat'ed with two; "a" leads, "b" was sent as a file of its own (one link, no leader),
+        // and the slave kept two inodes for good.
+        let mut d = Diff::default();
+        let once = Entry {
+            nlink: 1,
+            ..linked(1)
+        };
+        let twice = Entry {
+            ctime_nsec: 5,
+            ..linked(1)
+        };
+        for (name, e) in [("b", once), ("a", twice)] {
+            d.saw(&e);
+            d.new.insert(p(name), e.clone());
+            d.links.entry(e.ino).or_default().push(p(name));
+        }
+        d.join_names_stated_before_their_link();
+        let ops = ops_of(d);
+        let (sent, linked_to) = sent_and_linked(ops.iter());
+        assert_eq!(sent, vec![&p("a")], "{ops:?}");
+        assert_eq!(linked_to, vec![(&p("b"), &p("a"))], "{ops:?}");
     }
 
     #[test]
