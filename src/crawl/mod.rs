@@ -1170,6 +1170,26 @@ mod tests {
         ops_of(d)
     }
 
+    /// An index (in `tmp`) holding `paths` ("" is the root) as they are on disk beneath `root`.
+    fn indexed_as_on_disk(
+        tmp: &tempfile::TempDir,
+        root: &std::path::Path,
+        paths: &[&str],
+    ) -> Index {
+        let index = Index::open(&tmp.path().join("index.db")).unwrap();
+        let fd = fsutil::open_root(root).unwrap();
+        let rows: Vec<Mutation> = paths
+            .iter()
+            .map(|s| {
+                let q = if s.is_empty() { RelPath::root() } else { p(s) };
+                let e = walk::lstat_beneath(&fd, &q).unwrap().unwrap();
+                Mutation::Upsert(q, e)
+            })
+            .collect();
+        index.apply(&rows).unwrap();
+        index
+    }
+
     /// The paths a plan sends content to, and its links (path, target), in plan order.
     fn sent_and_linked<'a>(
         ops: impl Iterator<Item = &'a PlanOp>,
@@ -1274,16 +1294,7 @@ mod tests {
         let root = tmp.path().join("brick");
         std::fs::create_dir_all(root.join("p")).unwrap();
         std::fs::write(root.join("p/x"), b"old").unwrap();
-        let index = Index::open(&tmp.path().join("index.db")).unwrap();
-        let fd = fsutil::open_root(&root).unwrap();
-        let rows: Vec<Mutation> = [RelPath::root(), p("p"), p("p/x")]
-            .into_iter()
-            .map(|q| {
-                let e = walk::lstat_beneath(&fd, &q).unwrap().unwrap();
-                Mutation::Upsert(q, e)
-            })
-            .collect();
-        index.apply(&rows).unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "p", "p/x"]);
         std::fs::create_dir_all(root.join("d/c")).unwrap();
         std::fs::hard_link(root.join("p/x"), root.join("d/c/y")).unwrap();
         std::fs::write(root.join("p/x"), b"new content").unwrap();
@@ -1312,19 +1323,11 @@ mod tests {
         std::fs::create_dir_all(root.join("sub/inner")).unwrap();
         std::fs::write(root.join("sub/inner/gone"), b"x").unwrap();
         std::fs::write(root.join("sub/kept"), b"y").unwrap();
-        let index = Index::open(&tmp.path().join("index.db")).unwrap();
-        let fd = fsutil::open_root(&root).unwrap();
-        let rows: Vec<Mutation> = [
-            RelPath::root(),
-            p("sub"),
-            p("sub/inner"),
-            p("sub/inner/gone"),
-            p("sub/kept"),
-        ]
-        .into_iter()
-        .map(|q| Mutation::Upsert(q.clone(), walk::lstat_beneath(&fd, &q).unwrap().unwrap()))
-        .collect();
-        index.apply(&rows).unwrap();
+        indexed_as_on_disk(
+            &tmp,
+            &root,
+            &["", "sub", "sub/inner", "sub/inner/gone", "sub/kept"],
+        );
         std::fs::remove_file(root.join("sub/inner/gone")).unwrap();
         std::fs::rename(root.join("sub"), root.join("p")).unwrap();
         let recs = |journaled_from: &str| Window {

@@ -109,16 +109,18 @@ pub(super) fn reverse_brick(
     let mut kept = Vec::new();
     // What the master made or changed since it last shipped and the DR site does not have:
     // a directory the DR site removed or replaced that holds any of it is not removed with
-    // it (seed: failback test of type changes and deleted directories).
+    // it. Kept as the directories holding such entries, for a lookup per directory.
     let mut masters_own: BTreeSet<&RelPath> = BTreeSet::new();
+    let mut holding: BTreeSet<RelPath> = BTreeSet::new();
     for p in &paths {
         if let (b, Some(l), None) = (base.get(*p), local.get(*p), dr.get(*p)) {
             if b.is_none_or(|b| master_changed(b, l, &root, p)) {
                 masters_own.insert(*p);
+                holding.extend(p.self_and_ancestors().skip(1));
             }
         }
     }
-    let holds_masters_own = |p: &RelPath| masters_own.iter().any(|k| *k != p && k.starts_with(p));
+    let holds_masters_own = |p: &RelPath| holding.contains(p);
     for p in paths {
         let (b, l, d) = (base.get(p), local.get(p), dr.get(p));
         // Changed at the DR site: differs from what was shipped, or its journal says so (a
@@ -146,6 +148,8 @@ pub(super) fn reverse_brick(
         }
         let changed_here = match (b, l) {
             (None, None) => false,
+            // Hashed once: gone at the DR site, it was looked at above.
+            (Some(_), Some(_)) if d.is_none() => masters_own.contains(p),
             (Some(b), Some(l)) => master_changed(b, l, &root, p),
             _ => true,
         };
@@ -210,9 +214,10 @@ pub(super) fn reverse_brick(
         }
     }
     let fetching: BTreeSet<RelPath> = fetch.iter().cloned().collect();
+    let deleting: BTreeSet<&RelPath> = deletes.iter().collect();
     let equal_here = |q: &RelPath| {
         !replaced.contains(q)
-            && !deletes.contains(q)
+            && !deleting.contains(q)
             && local.get(q).is_some_and(|l| local_equals(l, &dr[q]))
     };
     let mut links: Vec<(RelPath, RelPath)> = Vec::new();

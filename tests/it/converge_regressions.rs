@@ -101,12 +101,10 @@ fn renamed_then_rewritten_with_mtime_kept() {
 /// Runs `behind` while the journal writer is stopped (SIGSTOP), so that it reads those events
 /// after the tree has moved on, as a busy writer does; then `after` once it caught up. The
 /// slave must converge.
-fn writer_behind(prepare: &[&str], behind: impl Fn(&Path), after: impl Fn(&Path)) {
+fn writer_behind(prepare: impl Fn(&Path), behind: impl Fn(&Path), after: impl Fn(&Path)) {
     let g = Georep::new();
     let m = g.master();
-    for d in prepare {
-        fs::create_dir_all(m.join(d)).unwrap();
-    }
+    prepare(&m);
     let s = Session::start(&g);
     s.converge("start");
     let pid = s.writer_pid();
@@ -127,13 +125,22 @@ fn writer_behind(prepare: &[&str], behind: impl Fn(&Path), after: impl Fn(&Path)
     s.converge("after the writer caught up");
 }
 
+/// `writer_behind`'s `prepare` for a tree of directories only.
+fn dirs<'a>(paths: &'a [&'a str]) -> impl Fn(&Path) + 'a {
+    move |m| {
+        for d in paths {
+            fs::create_dir_all(m.join(d)).unwrap();
+        }
+    }
+}
+
 /// Seed 111 of the journal harness: a directory made and renamed before its MKDIR was read;
 /// the watch added by its old name landed on the directory that took the name since, the
 /// rename carried that watch along, and the moved directory went unwatched for good.
 #[test]
 fn writer_late_watch_lands_on_the_directory_that_took_the_name() {
     writer_behind(
-        &[],
+        dirs(&[]),
         |m| {
             fs::create_dir(m.join(".hidden")).unwrap();
             fs::rename(m.join(".hidden"), m.join("sub")).unwrap();
@@ -149,7 +156,7 @@ fn writer_late_watch_lands_on_the_directory_that_took_the_name() {
 #[test]
 fn writer_late_child_of_a_renamed_directory_is_watched_where_it_went() {
     writer_behind(
-        &["e/b", "l"],
+        dirs(&["e/b", "l"]),
         |m| {
             fs::create_dir(m.join("e/b/child")).unwrap();
             fs::rename(m.join("e/b"), m.join("l/dash")).unwrap();
@@ -165,27 +172,24 @@ fn writer_late_child_of_a_renamed_directory_is_watched_where_it_went() {
 /// moved-out child stayed on the slave.
 #[test]
 fn writer_late_watch_on_a_directory_renamed_over_the_new_one_keeps_its_old_name() {
-    let g = Georep::new();
-    let m = g.master();
-    fs::create_dir_all(m.join("q/sub/inner")).unwrap();
-    fs::create_dir_all(m.join("q/stays")).unwrap();
-    fs::create_dir(m.join("p")).unwrap();
-    fs::write(m.join("q/sub/gone"), b"x").unwrap();
-    std::os::unix::fs::symlink("target", m.join("q/sub/inner/gone-too")).unwrap();
-    let s = Session::start(&g);
-    s.converge("start");
-    let pid = s.writer_pid();
-    signal(pid, Signal::STOP);
-    fs::remove_file(m.join("q/sub/gone")).unwrap();
-    fs::remove_file(m.join("q/sub/inner/gone-too")).unwrap();
-    fs::create_dir(m.join("p/d")).unwrap();
-    fs::rename(m.join("q/sub"), m.join("sub")).unwrap();
-    fs::rename(m.join("q"), m.join("p/d")).unwrap();
-    signal(pid, Signal::CONT);
-    s.converge("after the writer read the backlog");
-    fs::write(m.join("sub/inner/after"), b"y").unwrap();
-    fs::write(m.join("p/d/stays/after"), b"z").unwrap();
-    s.converge("changes in both moved directories");
+    writer_behind(
+        |m| {
+            dirs(&["q/sub/inner", "q/stays", "p"])(m);
+            fs::write(m.join("q/sub/gone"), b"x").unwrap();
+            std::os::unix::fs::symlink("target", m.join("q/sub/inner/gone-too")).unwrap();
+        },
+        |m| {
+            fs::remove_file(m.join("q/sub/gone")).unwrap();
+            fs::remove_file(m.join("q/sub/inner/gone-too")).unwrap();
+            fs::create_dir(m.join("p/d")).unwrap();
+            fs::rename(m.join("q/sub"), m.join("sub")).unwrap();
+            fs::rename(m.join("q"), m.join("p/d")).unwrap();
+        },
+        |m| {
+            fs::write(m.join("sub/inner/after"), b"y").unwrap();
+            fs::write(m.join("p/d/stays/after"), b"z").unwrap();
+        },
+    );
 }
 
 /// Found with the fix above (seed 370072 again): a watched directory moved into a directory
@@ -195,7 +199,7 @@ fn writer_late_watch_on_a_directory_renamed_over_the_new_one_keeps_its_old_name(
 #[test]
 fn writer_late_watch_on_a_directory_moved_into_a_new_one_is_named_there() {
     writer_behind(
-        &["sub/inner", "l"],
+        dirs(&["sub/inner", "l"]),
         |m| {
             fs::create_dir(m.join("l/new")).unwrap();
             fs::rename(m.join("sub"), m.join("l/new/d")).unwrap();
@@ -213,28 +217,25 @@ fn writer_late_watch_on_a_directory_moved_into_a_new_one_is_named_there() {
 /// one, and its former place on the slave was never emptied.
 #[test]
 fn writer_late_watch_moved_into_a_new_directory_takes_the_watches_beneath_it_along() {
-    let g = Georep::new();
-    let m = g.master();
-    fs::create_dir_all(m.join("sub/sub")).unwrap();
-    fs::create_dir_all(m.join("l")).unwrap();
-    fs::create_dir_all(m.join("c")).unwrap();
-    std::os::unix::fs::symlink("target", m.join("sub/sub/link")).unwrap();
-    fs::write(m.join("sub/file"), b"x").unwrap();
-    let s = Session::start(&g);
-    s.converge("start");
-    let pid = s.writer_pid();
-    signal(pid, Signal::STOP);
-    fs::create_dir_all(m.join("l/d/.hidden")).unwrap();
-    fs::rename(m.join("sub"), m.join("l/d/.hidden/d")).unwrap();
-    fs::remove_file(m.join("l/d/.hidden/d/sub/link")).unwrap();
-    fs::rename(m.join("l/d"), m.join("c/dash")).unwrap();
-    fs::rename(m.join("c/dash/.hidden/d/sub"), m.join("sub")).unwrap();
-    fs::rename(m.join("c/dash/.hidden/d"), m.join("p")).unwrap();
-    signal(pid, Signal::CONT);
-    s.converge("after the writer read the backlog");
-    fs::write(m.join("sub/after"), b"y").unwrap();
-    fs::write(m.join("p/after"), b"z").unwrap();
-    s.converge("written in both moved directories");
+    writer_behind(
+        |m| {
+            dirs(&["sub/sub", "l", "c"])(m);
+            std::os::unix::fs::symlink("target", m.join("sub/sub/link")).unwrap();
+            fs::write(m.join("sub/file"), b"x").unwrap();
+        },
+        |m| {
+            fs::create_dir_all(m.join("l/d/.hidden")).unwrap();
+            fs::rename(m.join("sub"), m.join("l/d/.hidden/d")).unwrap();
+            fs::remove_file(m.join("l/d/.hidden/d/sub/link")).unwrap();
+            fs::rename(m.join("l/d"), m.join("c/dash")).unwrap();
+            fs::rename(m.join("c/dash/.hidden/d/sub"), m.join("sub")).unwrap();
+            fs::rename(m.join("c/dash/.hidden/d"), m.join("p")).unwrap();
+        },
+        |m| {
+            fs::write(m.join("sub/after"), b"y").unwrap();
+            fs::write(m.join("p/after"), b"z").unwrap();
+        },
+    );
 }
 
 /// Seed 380059 of the journal harness: a hard link made, written through and removed before
@@ -243,24 +244,23 @@ fn writer_late_watch_moved_into_a_new_directory_takes_the_watches_beneath_it_alo
 /// change through it makes the worker crawl.
 #[test]
 fn a_hard_link_written_through_and_removed_before_the_writer_looked_updates_the_other_name() {
-    let g = Georep::new();
-    let m = g.master();
-    fs::create_dir_all(m.join("d")).unwrap();
-    fs::write(m.join("d/f"), vec![7u8; 4933]).unwrap();
-    let s = Session::start(&g);
-    s.converge("start");
-    let pid = s.writer_pid();
-    signal(pid, Signal::STOP);
-    fs::hard_link(m.join("d/f"), m.join("l")).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(m.join("l"))
-        .unwrap()
-        .set_len(73)
-        .unwrap();
-    fs::remove_file(m.join("l")).unwrap();
-    signal(pid, Signal::CONT);
-    s.converge("after the writer read the backlog");
+    writer_behind(
+        |m| {
+            fs::create_dir_all(m.join("d")).unwrap();
+            fs::write(m.join("d/f"), vec![7u8; 4933]).unwrap();
+        },
+        |m| {
+            fs::hard_link(m.join("d/f"), m.join("l")).unwrap();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(m.join("l"))
+                .unwrap()
+                .set_len(73)
+                .unwrap();
+            fs::remove_file(m.join("l")).unwrap();
+        },
+        |_| {},
+    );
 }
 
 /// Harness, replica takeover, seed 1: a file rewritten on both replicas within one clock tick
