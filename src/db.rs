@@ -47,13 +47,89 @@ pub fn open(
             Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(e) => return Err(e).with_context(|| format!("opening {what} {}", path.display())),
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("opening {what} {}", path.display()));
+                return Err(explain_locked(e, path, what));
+            }
             Ok(db) => return check_format(db, path, format, what, upgrades),
         }
     }
 }
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When `e` is SQLite's "database is locked", says which processes hold a lock on `path`
+/// (its `-shm` too: WAL's write lock lives there), and what to do; otherwise `e` as it is.
+/// A lock held by another process is retriable: the caller retries once it is free.
+pub fn explain_locked(e: anyhow::Error, path: &Path, what: &str) -> anyhow::Error {
+    let busy = e
+        .chain()
+        .any(|c| c.downcast_ref::<rusqlite::Error>().is_some_and(is_busy));
+    if !busy || e.downcast_ref::<Locked>().is_some() {
+        return e;
+    }
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let mut holders = lock_holders(path);
+    holders.extend(lock_holders(Path::new(&shm)));
+    holders.sort();
+    holders.dedup();
+    let who = if holders.is_empty() {
+        "another process".to_string()
+    } else {
+        holders
+            .iter()
+            .map(|(pid, comm)| format!("pid {pid} ({comm})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    e.context(Locked(format!(
+        "{what} {} is locked by {who}: end that process's transaction or the process \
+         (an sqlite3 shell or a backup tool left open on it); georep retries by itself",
+        path.display()
+    )))
+}
+
+/// The context [`explain_locked`] adds (so that it is added once).
+#[derive(Debug)]
+struct Locked(String);
+
+impl std::fmt::Display for Locked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Processes other than this one that hold a write lock (POSIX or flock) on `path`, from /proc/locks
+/// (matched on the inode), with their command names.
+fn lock_holders(path: &Path) -> Vec<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let ino = m.ino().to_string();
+    let me = std::process::id() as i32;
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            // "1: POSIX  ADVISORY  WRITE 1234 fe:00:5678 128 128"
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = if w.get(1) == Some(&"->") { 1 } else { 0 };
+            // Readers of a WAL database hold READ locks on its -shm: only a writer blocks.
+            if w.get(3 + at) != Some(&"WRITE") {
+                return None;
+            }
+            let pid: i32 = w.get(4 + at)?.parse().ok()?;
+            let on = w.get(5 + at)?.rsplit(':').next()?;
+            (on == ino && pid != me).then(|| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                (pid, comm)
+            })
+        })
+        .collect()
+}
 
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(

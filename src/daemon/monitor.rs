@@ -128,10 +128,7 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
         if last_writer_check.elapsed() >= Duration::from_secs(2) {
             last_writer_check = Instant::now();
             for s in &slots {
-                if let Err(e) = ensure_writer(home, &cfg.name, &s.brick) {
-                    tracing::error!(brick = %s.brick, "journal writer: {e:#}");
-                    mark(&s.dir, "Faulty", Some(format!("{e:#}")));
-                }
+                writer_health(&s.dir, &s.brick, ensure_writer(home, &cfg.name, &s.brick));
             }
         }
         for s in &mut slots {
@@ -173,6 +170,32 @@ fn wait_or_kill(c: &mut Child, grace: Duration) {
                 return;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Records whether the brick's journal writer runs, for `georep status`: while it cannot, the
+/// brick is Faulty with the reason (`writer.error`; the worker's own status would say Active,
+/// and its LAST_SYNCED stops at the writer's last marker). Logged when the reason changes.
+fn writer_health(dir: &Path, brick: &impl std::fmt::Display, r: Result<()>) {
+    let file = crate::status::writer_error_file(dir);
+    match r {
+        Err(e) => {
+            let msg = format!(
+                "the journal writer of brick {brick} cannot run: {e:#}; changes made meanwhile \
+                 are found by a hybrid crawl once it runs again"
+            );
+            if std::fs::read_to_string(&file).ok().as_deref() != Some(msg.as_str()) {
+                tracing::error!("{msg}");
+                if let Err(e) = crate::fsutil::atomic_write(&file, msg.as_bytes()) {
+                    tracing::warn!("writing {}: {e:#}", file.display());
+                }
+            }
+        }
+        Ok(()) => {
+            if std::fs::remove_file(&file).is_ok() {
+                tracing::info!(%brick, "the journal writer runs again");
+            }
         }
     }
 }

@@ -81,6 +81,10 @@ impl JournalStore {
     }
 
     pub fn open(path: &Path) -> Result<JournalStore> {
+        Self::open_inner(path).map_err(|e| crate::db::explain_locked(e, path, "journal"))
+    }
+
+    fn open_inner(path: &Path) -> Result<JournalStore> {
         // A lost tail implies the writer restarted, which records a gap: NORMAL is enough.
         let db = crate::db::open(
             path,
@@ -137,6 +141,11 @@ impl JournalStore {
 
     /// Appends `recs` in one transaction; returns the last seq assigned.
     pub fn append(&self, recs: &[Record]) -> Result<u64> {
+        self.append_inner(recs)
+            .map_err(|e| crate::db::explain_locked(e, &self.path, "journal"))
+    }
+
+    fn append_inner(&self, recs: &[Record]) -> Result<u64> {
         let tx = self.db.unchecked_transaction()?;
         let mut last = 0;
         {

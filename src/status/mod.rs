@@ -102,6 +102,11 @@ impl BrickStatus {
     }
 }
 
+/// Where the monitor says why a brick's journal writer cannot run (absent while it runs).
+pub fn writer_error_file(brick_state_dir: &Path) -> std::path::PathBuf {
+    brick_state_dir.join("writer.error")
+}
+
 /// One row of `georep status`; the JSON of `status --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -226,7 +231,17 @@ pub fn rows(
                 Some(s) if s.status != "Created" => ("Stopped".into(), "N/A".into()),
                 _ => ("Created".into(), "N/A".into()),
             };
-            let st = st.unwrap_or_default();
+            let mut st = st.unwrap_or_default();
+            let writer_down = running && !paused && status != "Stopped";
+            let (status, crawl) = match std::fs::read_to_string(writer_error_file(
+                &crate::session::brick_state_dir(home, &name, b),
+            )) {
+                Ok(why) if writer_down => {
+                    st.last_error = Some(why);
+                    ("Faulty".to_string(), "N/A".to_string())
+                }
+                _ => (status, crawl),
+            };
             let synced = (st.stime_ns > 0).then_some(st.stime_ns);
             let completed = checkpoint.and_then(|cp| {
                 (st.stime_ns >= cp).then(|| {

@@ -609,3 +609,86 @@ fn lost_or_broken_state_files_are_rebuilt_and_nothing_is_lost() {
     s.run();
     s.converge("after agent.db was lost");
 }
+
+/// Issue 13, master-side faults: `journal.db` write-locked by another process (an `sqlite3`
+/// shell left inside a transaction, a backup tool) while changes go on. The brick is Faulty,
+/// naming the file, the process that holds it and the fix, `status --check` is CRITICAL, and
+/// LAST_SYNCED does not move past the lock. Once it is released, the writer runs again and a
+/// hybrid crawl brings in what it could not record. Before: Active, no error, `--check` OK.
+#[test]
+fn a_journal_locked_by_another_process_is_named_and_then_crawled() {
+    let g = Georep::new();
+    let s = Session::start(&g);
+    write(&g.master().join("a"), b"1");
+    s.converge("start");
+    let journal = s.brick_dir().join("journal.db");
+    let crawls = s.status()["hybrid_crawls"].as_u64().unwrap();
+    let (ms, ss) = (g.master(), g.slave());
+    let (ms, ss) = (ms.to_str().unwrap(), ss.to_str().unwrap());
+    let row = || -> serde_json::Value {
+        let j: serde_json::Value =
+            serde_json::from_str(&g.ok(&["status", ms, ss, "--json"])).unwrap();
+        j[0].clone()
+    };
+
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(&journal).unwrap();
+        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+        c.execute_batch("ROLLBACK").unwrap();
+    });
+    is_locked.recv().unwrap();
+    let locked_at = now_ns();
+    for i in 0..50 {
+        write(&g.master().join(format!("while-locked/{i}")), b"x");
+    }
+    std::fs::remove_file(g.master().join("a")).unwrap();
+    let mut last = serde_json::Value::Null;
+    let named = wait_until(Duration::from_secs(60), || {
+        last = row();
+        last["status"] == "Faulty"
+    });
+    assert!(named, "the brick never went Faulty: {last}");
+    let why = last["last_error"].as_str().unwrap_or_default().to_string();
+    eprintln!(
+        "Faulty {:.1} s after the lock: {why}",
+        (now_ns() - locked_at) as f64 / 1e9
+    );
+    for needle in [
+        "journal.db".to_string(),
+        format!("locked by pid {}", std::process::id()),
+        "end that process".to_string(),
+        "hybrid crawl".to_string(),
+    ] {
+        assert!(why.contains(&needle), "{needle:?} not in: {why}");
+    }
+    let check = g
+        .cmd()
+        .args(["status", ms, ss, "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2), "{}", stdout(&check));
+    assert!(stdout(&check).contains("CRITICAL"), "{}", stdout(&check));
+    assert!(
+        s.status()["stime_ns"].as_i64().unwrap() < locked_at,
+        "LAST_SYNCED moved past a lock that kept changes out of the journal"
+    );
+    assert!(
+        g.slave().join("a").exists(),
+        "nothing could have said that a went"
+    );
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    s.converge("after the lock was released");
+    assert!(
+        wait_until(Duration::from_secs(10), || row()["status"] == "Active"),
+        "{}",
+        row()
+    );
+    assert!(s.status()["hybrid_crawls"].as_u64().unwrap() > crawls);
+    assert!(s.log().contains("the journal writer runs again"));
+}
