@@ -94,6 +94,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
         bail!("slave root {} on {host} is not a directory", root.display());
     }
     refuse_nested(root, &host)?;
+    refuse_enclosing(root, &host)?;
     let state_dir = root.join(".georep");
     state::check_state_dir(&state_dir, &host)?;
     let mut state = AgentState::open(&state_dir)?;
@@ -364,6 +365,45 @@ fn refuse_nested(root: &Path, host: &str) -> Result<()> {
                 outer.display(),
                 outer.display()
             );
+        }
+    }
+    Ok(())
+}
+
+/// The converse of [`refuse_nested`]: a new slave volume (no `agent.db` yet) whose tree holds
+/// another slave volume would replicate over that one, and make it nested. Walked once, when
+/// the volume is new (a DR directory seeded beforehand costs one walk); memory is the depth.
+fn refuse_enclosing(root: &Path, host: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if root.join(".georep/agent.db").exists() {
+        return Ok(());
+    }
+    let dev = std::fs::metadata(root)?.dev();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if !t.is_dir() || (dir == root && e.file_name() == ".georep") {
+                continue;
+            }
+            let path = e.path();
+            if e.file_name() == ".georep" && path.join("agent.db").exists() {
+                bail!(
+                    "slave root {} on {host} holds slave volume {} (its .georep/agent.db): this \
+                     volume's sessions would overwrite or delete it. Use a slave root beside it; \
+                     if {} is no longer a slave volume, remove {} first",
+                    root.display(),
+                    dir.display(),
+                    dir.display(),
+                    path.display()
+                );
+            }
+            if e.metadata().is_ok_and(|m| m.dev() == dev) {
+                stack.push(path);
+            }
         }
     }
     Ok(())

@@ -242,3 +242,35 @@ fn a_slave_root_inside_another_slave_volume_is_refused() {
     assert!(e.contains("is inside slave volume"), "{e}");
     assert!(!exists(&inner.join("g")) && !exists(&inner.join(".georep")));
 }
+
+/// Issue 13, item 8: the converse. A new slave volume made above an existing one would
+/// replicate over it (its files and its `.georep` deleted as extras), and make it nested. Refused
+/// before anything is written, naming the inner volume and the fix; the inner volume still
+/// replicates.
+#[test]
+fn a_slave_root_above_another_slave_volume_is_refused() {
+    let g = Georep::new();
+    let inner = g.slave().join("deep/inner");
+    fs::create_dir_all(&inner).unwrap();
+    let m = g.master();
+    write(&m.join("f"), b"x");
+    let o = sync_raw(&g, m.to_str().unwrap(), inner.to_str().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = snapshot(&g.slave());
+    let other = g.path("other-master");
+    write(&other.join("g"), b"y");
+    let o = sync_raw(&g, other.to_str().unwrap(), g.slave().to_str().unwrap());
+    assert!(!o.status.success(), "a volume above another was accepted");
+    let e = stderr(&o);
+    assert!(
+        e.contains("holds slave volume") && e.contains("deep/inner") && e.contains("remove"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&g.slave()), before, "something was written");
+    assert!(!exists(&g.slave().join(".georep/agent.db")));
+    // The inner volume is untouched and still replicates.
+    write(&m.join("h"), b"z");
+    let o = sync_raw(&g, m.to_str().unwrap(), inner.to_str().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_trees_equal(&m, &inner);
+}
