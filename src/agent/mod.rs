@@ -646,8 +646,8 @@ fn open_trash(state_dir: &Path, session: &str, keep_days: u32) -> Result<rustix:
     fsutil::open_root(&dir).with_context(|| format!("opening {}", dir.display()))
 }
 
-/// Streams the slave tree (without `.georep`) to the master, or only the named `paths` that
-/// exist: `Listing`s, then `ListEnd`.
+/// Streams the slave tree (without `.georep`, in `walk::tree_order`) to the master, or only
+/// the named `paths` that exist: `Listing`s, then `ListEnd`.
 /// Entries per `Listing` message.
 const LISTING_CHUNK: usize = 1024;
 
@@ -688,20 +688,12 @@ fn send_listing(
     };
     match paths {
         None => {
-            let mut failed = None;
-            crate::crawl::walk::for_each_beneath(
-                &fd,
-                &protocol::RelPath::root(),
-                &crate::crawl::walk::Excludes::new(&[])?,
-                &mut |p, e| {
-                    add(p, e).map_err(|e| {
-                        let io = std::io::Error::other(format!("{e:#}"));
-                        failed = Some(e);
-                        io
-                    })
-                },
-            )
-            .map_err(|e| failed.take().unwrap_or_else(|| e.into()))?;
+            // In tree order: the master merges it with its own walk as it arrives.
+            let none = crate::crawl::walk::Excludes::default();
+            for r in crate::crawl::walk::TreeWalk::new(&fd, &none)? {
+                let (p, e) = r.with_context(|| format!("listing {}", root.display()))?;
+                add(p, e)?;
+            }
         }
         Some(paths) => {
             if paths.len() > protocol::MAX_LIST_PATHS {

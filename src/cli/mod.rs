@@ -258,14 +258,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 for d in &r.differences {
                     println!("{}  {}: {}", d.brick, d.path, d.what);
                 }
+                if r.differences_omitted > 0 {
+                    println!(
+                        "… and {} more differences, not listed (the report keeps the first of each brick)",
+                        r.differences_omitted
+                    );
+                }
                 println!(
                     "{} -> {}: {} ({} entries on the master, {} on the slave{}, {:.2} s)",
                     r.master,
                     r.slave,
-                    if r.differences.is_empty() {
-                        "equal".to_string()
-                    } else {
-                        format!("{} differences", r.differences.len())
+                    match r.total_differences() {
+                        0 => "equal".to_string(),
+                        n => format!("{n} differences"),
                     },
                     r.master_entries,
                     r.slave_entries,
@@ -277,7 +282,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     r.elapsed_ms as f64 / 1000.0
                 );
             }
-            Ok(if r.differences.is_empty() {
+            Ok(if r.total_differences() == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

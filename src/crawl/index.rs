@@ -365,14 +365,31 @@ impl Index {
     pub fn apply(&self, muts: &[Mutation]) -> Result<()> {
         let tx = self.db.unchecked_transaction()?;
         for m in muts {
-            match m {
-                Mutation::Upsert(p, e) => self.upsert(p, e)?,
-                Mutation::Remove(p) => self.remove(p)?,
-                Mutation::Move(f, t) => self.mv(f, t)?,
-                Mutation::Poison(p) => self.poison(p)?,
-                Mutation::Stale(p) => self.stale(p)?,
-            }
+            self.mutate(m)?;
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn mutate(&self, m: &Mutation) -> Result<()> {
+        match m {
+            Mutation::Upsert(p, e) => self.upsert(p, e),
+            Mutation::Remove(p) => self.remove(p),
+            Mutation::Move(f, t) => self.mv(f, t),
+            Mutation::Poison(p) => self.poison(p),
+            Mutation::Stale(p) => self.stale(p),
+        }
+    }
+
+    /// Replaces every entry with what `fill` puts, in pieces, in one transaction: a failure
+    /// part way leaves the index as it was. (No other index write may happen meanwhile.)
+    pub fn rebuild(
+        &self,
+        fill: impl FnOnce(&mut dyn FnMut(&[Mutation]) -> Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        self.db.execute("DELETE FROM entries", [])?;
+        fill(&mut |muts| muts.iter().try_for_each(|m| self.mutate(m)))?;
         tx.commit()?;
         Ok(())
     }

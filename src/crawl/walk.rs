@@ -224,6 +224,83 @@ pub fn for_each_beneath(
     Ok(())
 }
 
+/// Tree order: a directory's entries come right after it, and siblings by name in byte order.
+/// It is byte order with `/` below every other byte (a name holds neither `/` nor NUL). The
+/// order of [`TreeWalk`], and of the agent's listing: two such streams can be merged.
+pub fn tree_order(a: &RelPath, b: &RelPath) -> std::cmp::Ordering {
+    let key = |c: &u8| if *c == b'/' { 0 } else { *c };
+    a.as_bytes()
+        .iter()
+        .map(key)
+        .cmp(b.as_bytes().iter().map(key))
+}
+
+/// Every entry beneath the root (on its filesystem, not excluded) in [`tree_order`], pulled one
+/// at a time. It holds the listings of the directories on the way down, one per level.
+pub struct TreeWalk<'a> {
+    root: &'a OwnedFd,
+    dev: (u32, u32),
+    excludes: &'a Excludes,
+    /// Per level: what is left of a directory's listing, in reverse order (popped from the
+    /// end); `true` marks a directory to descend into.
+    stack: Vec<Vec<(RelPath, Entry, bool)>>,
+}
+
+impl<'a> TreeWalk<'a> {
+    pub fn new(root: &'a OwnedFd, excludes: &'a Excludes) -> io::Result<TreeWalk<'a>> {
+        let (_, dev) = root_entry(root)?;
+        let mut w = TreeWalk {
+            root,
+            dev,
+            excludes,
+            stack: Vec::new(),
+        };
+        w.descend(&RelPath::root())?;
+        Ok(w)
+    }
+
+    fn descend(&mut self, dir: &RelPath) -> io::Result<()> {
+        let (listing, subdirs) = list_dir_in(self.root, self.dev, self.excludes, dir);
+        let entries = match listing.entries {
+            Ok(e) => e,
+            // Gone or changed meanwhile: compared as it is now, not as it was.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let subdirs: std::collections::HashSet<RelPath> = subdirs.into_iter().collect();
+        let mut level = Vec::with_capacity(entries.len());
+        for (name, e) in entries {
+            let path = dir.join(&name).map_err(io::Error::other)?;
+            let into = subdirs.contains(&path);
+            level.push((path, e, into));
+        }
+        level.sort_by(|a, b| b.0.name().cmp(a.0.name()));
+        self.stack.push(level);
+        Ok(())
+    }
+}
+
+impl Iterator for TreeWalk<'_> {
+    type Item = io::Result<(RelPath, Entry)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let level = self.stack.last_mut()?;
+            let Some((path, e, into)) = level.pop() else {
+                self.stack.pop();
+                continue;
+            };
+            if into {
+                if let Err(err) = self.descend(&path) {
+                    self.stack.clear();
+                    return Some(Err(err));
+                }
+            }
+            return Some(Ok((path, e)));
+        }
+    }
+}
+
 fn list_dir_in(
     root: &OwnedFd,
     dev: (u32, u32),
@@ -295,4 +372,46 @@ fn list_dir_in(
         },
         subdirs,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk yields every entry once, in tree order, whatever the names' bytes.
+    #[test]
+    fn the_tree_walk_is_in_tree_order() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "a/b", "a-c/d", "a/b0/x", "b", "a.b", "a/\u{e9}", "z/y/x/w", "A",
+        ] {
+            let p = d.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            if f.ends_with('x') || f.ends_with('w') {
+                std::fs::write(&p, b"").unwrap();
+            } else {
+                std::fs::create_dir_all(&p).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink("a", d.path().join("a0")).unwrap();
+        let root = fsutil::open_root(d.path()).unwrap();
+        let ex = Excludes::default();
+        let walked: Vec<RelPath> = TreeWalk::new(&root, &ex)
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .collect();
+        let mut want: Vec<RelPath> = list_subtree(&root, &RelPath::root(), &ex)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        want.sort_by(tree_order);
+        assert_eq!(walked, want);
+        let shown: Vec<String> = walked.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown[..5],
+            ["A", "a", "a/b", "a/b0", "a/b0/x"].map(String::from),
+            "{shown:?}"
+        );
+    }
 }

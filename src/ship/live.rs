@@ -34,6 +34,16 @@ pub struct LiveWriter {
 impl LiveWriter {
     /// Takes over `w` and starts heartbeating every `every` of quiet.
     pub fn new(w: FrameWriter, every: Duration) -> LiveWriter {
+        LiveWriter::with_hook(w, every, Box::new(|| {}))
+    }
+
+    /// The same, calling `before_beat` before each heartbeat is written (the agent answers
+    /// each: the reader of its replies counts them).
+    pub fn with_hook(
+        w: FrameWriter,
+        every: Duration,
+        before_beat: Box<dyn Fn() + Send>,
+    ) -> LiveWriter {
         let inner = Arc::new(Inner {
             w: Mutex::new(w),
             stop: AtomicBool::new(false),
@@ -61,6 +71,7 @@ impl LiveWriter {
                         continue;
                     }
                     // Pushes out whatever is buffered, with a heartbeat after it.
+                    before_beat();
                     let sent = w.send(&Message::Heartbeat).and_then(|()| w.flush());
                     (wire, moved) = (w.wire_bytes(), Instant::now());
                     drop(w);
@@ -75,8 +86,8 @@ impl LiveWriter {
         LiveWriter { inner, beat }
     }
 
-    pub fn with_protocol_interval(w: FrameWriter) -> LiveWriter {
-        LiveWriter::new(w, protocol::HEARTBEAT_EVERY)
+    pub fn with_protocol_interval(w: FrameWriter, before_beat: Box<dyn Fn() + Send>) -> LiveWriter {
+        LiveWriter::with_hook(w, protocol::HEARTBEAT_EVERY, before_beat)
     }
 
     /// The writer, for frames.

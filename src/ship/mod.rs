@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod changes;
+pub mod inbound;
 pub mod live;
 pub mod pipeline;
 mod position;

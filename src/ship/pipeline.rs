@@ -18,14 +18,11 @@ use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, OFlags};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// What comes back from the agent, read on its own thread.
-pub enum Event {
-    Msg(Message),
-    Closed(Option<String>),
-}
+use super::inbound::{Event, Expect, Inbound};
 
 /// A failed path, for the summary and (later) `georep failures`.
 #[derive(Debug, Clone, Serialize)]
@@ -76,8 +73,9 @@ struct InFlight {
 
 pub struct Shipper {
     w: Option<super::live::LiveWriter>,
-    events: Receiver<Event>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    /// What the agent sends, checked against `expect` (what this side sent) on its own thread.
+    events: Inbound,
+    expect: Arc<Expect>,
     handle: Box<dyn LinkHandle>,
     brick: OwnedFd,
     inflight: VecDeque<InFlight>,
@@ -134,7 +132,7 @@ impl Shipper {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         w: FrameWriter,
-        mut r: FrameReader,
+        r: FrameReader,
         handle: Box<dyn LinkHandle>,
         brick: OwnedFd,
         next_batch: u64,
@@ -142,28 +140,15 @@ impl Shipper {
         chunk_size: usize,
         peer: String,
     ) -> Shipper {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || loop {
-            match r.read() {
-                Ok(Some(m)) => {
-                    if tx.send(Event::Msg(m)).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    let _ = tx.send(Event::Closed(None));
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Event::Closed(Some(e.to_string())));
-                    return;
-                }
-            }
-        });
+        let expect = Arc::new(Expect::default());
+        let events = Inbound::start(r, expect.clone());
         Shipper {
-            w: Some(super::live::LiveWriter::with_protocol_interval(w)),
-            events: rx,
-            reader: Some(reader),
+            w: Some(super::live::LiveWriter::with_protocol_interval(w, {
+                let e = expect.clone();
+                Box::new(move || e.beat())
+            })),
+            events,
+            expect,
             handle,
             brick,
             inflight: VecDeque::new(),
@@ -333,6 +318,7 @@ impl Shipper {
 
     /// Sends one request frame (between batches) and flushes it.
     fn request(&mut self, m: &Message) -> Result<()> {
+        self.expect.request(m);
         let sent = {
             let mut w = self.writer();
             w.send(m).and_then(|()| w.flush())
@@ -392,7 +378,10 @@ impl Shipper {
         paths: Option<Vec<RelPath>>,
     ) -> Result<Vec<protocol::ListEntry>> {
         let mut out = Vec::new();
-        self.list_each(index, checksum, paths, &mut |mut v| out.append(&mut v))?;
+        self.list_each(index, checksum, paths, &mut |mut v| {
+            out.append(&mut v);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -419,18 +408,20 @@ impl Shipper {
             if first.is_none() {
                 first = v.into_iter().next().map(|e| e.path);
             }
+            Ok(())
         })?;
         Ok((n, first))
     }
 
-    /// Lists the slave (or `paths` on it), handing each chunk to `on` as it arrives; returns
-    /// the number of entries.
-    fn list_each(
+    /// Lists the slave (or `paths` on it), handing each chunk to `on` as it arrives (the whole
+    /// tree comes in `walk::tree_order`); returns the number of entries. An error from `on`
+    /// ends the listing (and leaves the connection unusable).
+    pub fn list_each(
         &mut self,
         index: &Index,
         checksum: bool,
         paths: Option<Vec<RelPath>>,
-        on: &mut dyn FnMut(Vec<protocol::ListEntry>),
+        on: &mut dyn FnMut(Vec<protocol::ListEntry>) -> Result<()>,
     ) -> Result<u64> {
         while !self.inflight.is_empty() {
             self.wait_one(index)?;
@@ -441,7 +432,7 @@ impl Shipper {
             match self.reply(index)? {
                 Message::Listing(v) => {
                     seen += v.len() as u64;
-                    on(v);
+                    on(v)?;
                 }
                 Message::ListEnd { entries } => {
                     if entries != seen {
@@ -528,105 +519,97 @@ impl Shipper {
         changed_since_ns: Option<i64>,
     ) -> Result<usize> {
         use crate::crawl::entry::Kind;
-        let mut listed = self.list_slave(index, checksum)?;
-        let n = listed.len();
-        let locals: Vec<Option<Entry>> = listed
-            .iter()
-            .map(|le| {
-                crate::crawl::walk::lstat_beneath(&self.brick, &le.path)
-                    .ok()
-                    .flatten()
-            })
-            .collect();
-        let keys: Vec<_> = listed
-            .iter()
-            .zip(&locals)
-            .map(|(le, l)| {
-                (
-                    l.as_ref().and_then(crate::crawl::links::master_group_key),
-                    crate::crawl::links::slave_group_key(le),
-                )
-            })
-            .collect();
-        let split: HashSet<usize> = crate::crawl::links::differing_groups(&keys)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        // Equal in kind, size, mtime, owner, mode and target.
-        let same: Vec<bool> = listed
-            .iter()
-            .zip(&locals)
-            .map(|(le, l)| {
-                let kind = Kind::from_u8(le.kind);
-                l.as_ref().is_some_and(|l| {
-                    l.kind == kind
-                        && l.meta() == le.meta
-                        && l.target == le.target
-                        && (kind == Kind::Dir || l.size == le.size)
-                })
-            })
-            .collect();
-        // Files changed recently whose slave content is not known yet: ask for it.
-        let suspect: Vec<usize> = (0..n)
-            .filter(|&i| {
-                same[i]
-                    && listed[i].hash.is_none()
-                    && locals[i].as_ref().is_some_and(|l| {
+        use crate::crawl::links::{differing_groups, master_group_key, slave_group_key};
+        let brick = self
+            .brick
+            .try_clone()
+            .context("duplicating the brick's descriptor")?;
+        let mut n = 0usize;
+        // Taken as they arrive (memory does not grow with the tree), except two small sets:
+        // the names of multiply-linked files on either side (their groups are compared at the
+        // end) and the files changed recently (`suspect`: their slave content is asked for).
+        let mut linked: Vec<LinkedName> = Vec::new();
+        let mut suspect: Vec<(RelPath, Entry)> = Vec::new();
+        index.rebuild(|put| {
+            self.list_each(index, checksum, None, &mut |listed| {
+                let mut rows = Vec::with_capacity(listed.len());
+                for le in listed {
+                    n += 1;
+                    let local = crate::crawl::walk::lstat_beneath(&brick, &le.path)
+                        .ok()
+                        .flatten();
+                    let kind = Kind::from_u8(le.kind);
+                    // Equal in kind, size, mtime, owner, mode and target.
+                    let same = local.as_ref().is_some_and(|l| {
+                        l.kind == kind
+                            && l.meta() == le.meta
+                            && l.target == le.target
+                            && (kind == Kind::Dir || l.size == le.size)
+                    });
+                    let keys = (
+                        local.as_ref().and_then(master_group_key),
+                        slave_group_key(&le),
+                    );
+                    if keys.0.is_some() || keys.1.is_some() {
+                        let taken = local.clone().filter(|_| same);
+                        linked.push((le.path.clone(), keys.0, keys.1, taken));
+                    }
+                    let recent = |l: &Entry| {
                         changed_since_ns.is_some_and(|t| {
                             l.kind == Kind::File
                                 && l.ctime_sec.saturating_mul(1_000_000_000) + l.ctime_nsec as i64
                                     >= t
                         })
-                    })
-            })
-            .collect();
-        let paths: Vec<RelPath> = suspect.iter().map(|&i| listed[i].path.clone()).collect();
-        let mut hashes = self.slave_hashes(index, &paths)?;
-        for &i in &suspect {
-            listed[i].hash = hashes.remove(&listed[i].path);
-        }
-        let suspect: HashSet<usize> = suspect.into_iter().collect();
-        let mut muts = Vec::with_capacity(n);
-        for (i, (le, local)) in listed.into_iter().zip(locals).enumerate() {
-            let kind = Kind::from_u8(le.kind);
-            let same = same[i];
+                    };
+                    if let Some(l) = local
+                        .as_ref()
+                        .filter(|l| same && le.hash.is_none() && recent(l))
+                    {
+                        suspect.push((le.path.clone(), l.clone()));
+                    }
+                    let differs = same
+                        && le.hash.is_some()
+                        && crate::crawl::hash_beneath(&brick, &le.path).ok() != le.hash;
+                    let path = le.path.clone();
+                    rows.push(Mutation::Upsert(path, seed_row(le, local, same, differs)));
+                }
+                put(&rows)
+            })?;
+            // A suspect file the slave no longer has, or with other content, is unknown.
+            let paths: Vec<RelPath> = suspect.iter().map(|(p, _)| p.clone()).collect();
+            let hashes = self.slave_hashes(index, &paths)?;
+            let mut fixed = Vec::new();
+            for (path, l) in suspect.drain(..) {
+                let theirs = hashes.get(&path).copied();
+                let differs =
+                    theirs.is_none() || crate::crawl::hash_beneath(&brick, &path).ok() != theirs;
+                let entry = if differs {
+                    Entry {
+                        kind: Kind::Unknown,
+                        ..l
+                    }
+                } else {
+                    Entry { hash: theirs, ..l }
+                };
+                fixed.push(Mutation::Upsert(path, entry));
+            }
             // A name whose hard-link group on the slave is not the master's (split, merged)
             // is unknown: the crawl sends its content once and links the other names to it.
-            // So is a suspect file the slave no longer has.
-            let content_differs = same
-                && (split.contains(&i)
-                    || suspect.contains(&i) && le.hash.is_none()
-                    || le.hash.is_some()
-                        && crate::crawl::hash_beneath(&self.brick, &le.path).ok() != le.hash);
-            let entry = match local {
-                // The slave's content hash, when it was read, is now the index's.
-                Some(l) if same && !content_differs => Entry { hash: le.hash, ..l },
-                Some(l) if content_differs => Entry {
-                    kind: crate::crawl::entry::Kind::Unknown,
-                    ..l
-                },
-                l => Entry {
-                    kind,
-                    ino: l.as_ref().map(|l| l.ino).unwrap_or(0),
-                    size: le.size,
-                    mtime_sec: le.meta.mtime_sec,
-                    mtime_nsec: le.meta.mtime_nsec,
-                    ctime_sec: 0,
-                    ctime_nsec: 0,
-                    mode: le.meta.mode,
-                    uid: le.meta.uid,
-                    gid: le.meta.gid,
-                    nlink: 1,
-                    rdev: 0,
-                    birth: l.as_ref().map(|l| l.birth).unwrap_or(0),
-                    target: le.target,
-                    hash: None,
-                },
-            };
-            muts.push(Mutation::Upsert(le.path, entry));
-        }
-        index.clear()?;
-        index.apply(&muts)?;
+            let keys: Vec<_> = linked.iter().map(|(_, m, s, _)| (*m, *s)).collect();
+            for split in differing_groups(&keys) {
+                let (path, _, _, taken) = &linked[split.name];
+                if let Some(l) = taken {
+                    fixed.push(Mutation::Upsert(
+                        path.clone(),
+                        Entry {
+                            kind: Kind::Unknown,
+                            ..l.clone()
+                        },
+                    ));
+                }
+            }
+            put(&fixed)
+        })?;
         Ok(n)
     }
 
@@ -777,6 +760,7 @@ impl Shipper {
             ops: declared,
             bytes,
         });
+        self.expect.batch(id, declared);
         let r = self.writer().send(&begin);
         if let Err(e) = r {
             return Err(self.write_failed(e));
@@ -1111,10 +1095,7 @@ impl Shipper {
             w.send(&Message::Bye)?;
             w.close().context("closing the stream to the agent")?;
         }
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        for ev in self.events.try_iter() {
+        for ev in self.events.finish() {
             if let Event::Msg(Message::Error(m)) = ev {
                 bail!("slave agent ({}) stopped: {}", self.peer, m.message);
             }
@@ -1129,6 +1110,42 @@ impl Drop for Shipper {
         if self.w.is_some() {
             self.handle.abort();
         }
+    }
+}
+
+/// A multiply-linked name met while seeding: its group keys on the master and on the slave,
+/// and the master's entry when its row was taken as shipped.
+type LinkedName = (RelPath, Option<u64>, Option<u64>, Option<Entry>);
+
+/// The index row a takeover seeds for the slave's entry `le`: the master's `local` entry when
+/// it is the same (kind, size, mtime, owner, mode, target) and its content does not differ
+/// (with the slave's content hash, when it was read); unknown when the content differs (sent
+/// again); otherwise the slave's version (the next crawl sends the brick's).
+fn seed_row(le: protocol::ListEntry, local: Option<Entry>, same: bool, differs: bool) -> Entry {
+    use crate::crawl::entry::Kind;
+    match local {
+        Some(l) if same && !differs => Entry { hash: le.hash, ..l },
+        Some(l) if differs => Entry {
+            kind: Kind::Unknown,
+            ..l
+        },
+        l => Entry {
+            kind: Kind::from_u8(le.kind),
+            ino: l.as_ref().map(|l| l.ino).unwrap_or(0),
+            size: le.size,
+            mtime_sec: le.meta.mtime_sec,
+            mtime_nsec: le.meta.mtime_nsec,
+            ctime_sec: 0,
+            ctime_nsec: 0,
+            mode: le.meta.mode,
+            uid: le.meta.uid,
+            gid: le.meta.gid,
+            nlink: 1,
+            rdev: 0,
+            birth: l.as_ref().map(|l| l.birth).unwrap_or(0),
+            target: le.target,
+            hash: None,
+        },
     }
 }
 

@@ -72,3 +72,133 @@ fn a_fetch_reply_for_a_path_not_asked_for_is_refused() {
         let _ = agent.join();
     }
 }
+
+/// A shipper on one end of a socket pair, with a fake agent on the other running `agent`.
+type Against = (
+    Shipper,
+    Index,
+    tempfile::TempDir,
+    std::thread::JoinHandle<()>,
+);
+
+fn against(agent: impl FnOnce(FrameReader, FrameWriter) + Send + 'static) -> Against {
+    let (m, a) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || {
+        agent(
+            FrameReader::new(Box::new(a.try_clone().unwrap())),
+            FrameWriter::new(Box::new(a)),
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(&dir.path().join("index.db")).unwrap();
+    let sh = Shipper::new(
+        FrameWriter::new(Box::new(m.try_clone().unwrap())),
+        FrameReader::new(Box::new(m)),
+        Box::new(NoHandle),
+        fsutil::open_root(dir.path()).unwrap(),
+        1,
+        4,
+        1 << 20,
+        "a hostile DR side".into(),
+    );
+    (sh, index, dir, t)
+}
+
+/// Review hole 8 (issue 13): the master queued whatever the agent sent, unbounded, so a DR
+/// side that floods it (here: acks, failures and heartbeats nobody asked for, or listings
+/// without a request) could exhaust the master's memory. Each ends the connection at the
+/// first message that answers nothing, naming it.
+#[test]
+fn a_flood_of_unasked_messages_ends_the_connection() {
+    let floods: Vec<(Message, &str)> = vec![
+        (Message::Ack(protocol::Ack { id: 1 }), "an Ack of batch 1"),
+        (Message::Heartbeat, "a heartbeat"),
+        (Message::Listing(Vec::new()), "Listing"),
+        (
+            Message::Failed(protocol::Failed {
+                batch: 1,
+                op: 0,
+                path: p("x"),
+                errno: 5,
+                message: "no".into(),
+            }),
+            "a failure in batch 1",
+        ),
+    ];
+    for (flood, needle) in floods {
+        let (mut sh, index, _dir, agent) = against(move |_r, mut w| {
+            // Sent for as long as the master reads: a million, or until it hangs up.
+            for _ in 0..1_000_000 {
+                if w.send(&flood).is_err() {
+                    return;
+                }
+            }
+            let _ = w.flush();
+        });
+        let err = sh.wait_one(&index).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(needle) && msg.contains("did not ask for"),
+            "{needle:?}: {msg}"
+        );
+        drop(sh);
+        agent.join().unwrap();
+    }
+}
+
+/// The reply to a request is bounded too: a listing larger than the budget (about 200 MiB
+/// decoded, 256 messages) is read no faster than the master takes it, so what waits in the
+/// queue stays under the budget (plus the message being admitted).
+#[test]
+fn a_reply_waits_for_the_master_to_take_it() {
+    const CHUNKS: u64 = 256;
+    const PER: usize = 4096;
+    let entry = protocol::ListEntry {
+        path: p(&"x".repeat(100)),
+        kind: 1,
+        size: 0,
+        meta: protocol::Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        },
+        target: None,
+        hash: None,
+        ino: 1,
+        nlink: 1,
+    };
+    let chunk = Message::Listing(vec![entry; PER]);
+    let weight = chunk.weight();
+    assert!(weight as u64 * CHUNKS > 3 * super::super::inbound::REPLY_BUDGET as u64);
+    let (mut sh, index, _dir, agent) = against(move |mut r, mut w| {
+        while !matches!(r.read(), Ok(Some(Message::List { .. })) | Err(_) | Ok(None)) {}
+        for _ in 0..CHUNKS {
+            w.send(&chunk).unwrap();
+        }
+        w.send(&Message::ListEnd {
+            entries: CHUNKS * PER as u64,
+        })
+        .unwrap();
+        w.flush().unwrap();
+    });
+    let expect = sh.expect.clone();
+    let mut most = 0;
+    let n = sh
+        .list_each(&index, false, None, &mut |_| {
+            std::thread::sleep(Duration::from_millis(5));
+            most = most.max(expect.queued());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n, CHUNKS * PER as u64);
+    let budget = super::super::inbound::REPLY_BUDGET;
+    assert!(most <= budget + weight, "{most} bytes queued");
+    assert!(
+        most > budget / 2,
+        "the agent was never ahead ({most} bytes queued)"
+    );
+    drop(sh);
+    agent.join().unwrap();
+}

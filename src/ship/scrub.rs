@@ -67,6 +67,8 @@ pub struct Outcome {
     /// Content bytes hashed on both sides.
     pub bytes_hashed: u64,
     pub found: Vec<Found>,
+    /// Differences found beyond those kept (`verify::merge::KEPT`), not confirmed or listed.
+    pub omitted: u64,
     /// Files whose contents differ with equal attributes: the repair must resend them.
     pub content: Vec<RelPath>,
 }
@@ -97,32 +99,7 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
             ..SyncOptions::default()
         },
     )?;
-    let mut slave = shipper.list_slave(&index, false)?;
     let root = t.brick.open()?;
-    let local = walk::list_subtree(&root, &RelPath::root(), &t.excludes)
-        .with_context(|| format!("walking brick {}", t.brick.path.display()))?;
-    // The contents of this pass's share of the files equal in size and mtime on both sides.
-    let by_path: std::collections::HashMap<&RelPath, &Entry> =
-        local.iter().map(|(p, e)| (p, e)).collect();
-    let wanted: Vec<RelPath> = slave
-        .iter()
-        .filter(|s| {
-            Kind::from_u8(s.kind) == Kind::File
-                && pass.hashes(&s.path)
-                && by_path
-                    .get(&s.path)
-                    .is_some_and(|m| m.kind == Kind::File && m.size == s.size && m.meta() == s.meta)
-        })
-        .map(|s| s.path.clone())
-        .collect();
-    let mut hashes = shipper.slave_hashes(&index, &wanted)?;
-    let mut out = Outcome {
-        entries: local.len() as u64,
-        ..Default::default()
-    };
-    for s in slave.iter_mut() {
-        s.hash = hashes.remove(&s.path);
-    }
     // Only what the stime vouches for, less the coarse clock the kernel stamps ctime with.
     let vouched_before = pass.stime_ns - CLOCK_MARGIN.as_nanos() as i64;
     let settled = |e: &Entry| {
@@ -131,23 +108,43 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
             .saturating_add(e.ctime_nsec as i64)
             < vouched_before
     };
-    let root_entry = walk::root_entry(&root)
-        .map(|(e, _)| e)
-        .with_context(|| format!("reading brick {}", t.brick.path.display()))?;
-    // From the walk: the root is not in it.
-    let walked = |p: &RelPath| -> Result<Option<Entry>, ()> {
-        Ok(if p.is_root() {
-            Some(root_entry.clone())
-        } else {
-            by_path.get(p).map(|e| (*e).clone())
-        })
-    };
-    let mut content = Vec::new();
-    let (_, found) = crate::verify::differences(&local, &slave, &t.excludes, |path, m, s| {
-        if m.kind != Kind::File || s.hash.is_none() {
-            return Ok(None);
+    // Metadata of every entry, merged with the listing as it arrives (memory does not grow
+    // with the tree); the files of this pass's share that are equal in size and attributes
+    // on both sides get their contents compared next.
+    let mut wanted: Vec<(RelPath, u64)> = Vec::new();
+    let mut merge = crate::verify::merge::Merge::new(&root, &t.excludes, |path, m, s| {
+        if m.kind == Kind::File
+            && Kind::from_u8(s.kind) == Kind::File
+            && pass.hashes(path)
+            && m.size == s.size
+            && m.meta() == s.meta
+        {
+            wanted.push((path.clone(), m.size));
         }
-        let h = match crate::crawl::hash_beneath(&root, path) {
+        Ok(None)
+    })
+    .with_context(|| format!("walking brick {}", t.brick.path.display()))?;
+    shipper.list_each(&index, false, None, &mut |listed| {
+        listed.into_iter().try_for_each(|s| merge.slave(s))
+    })?;
+    let d = merge
+        .finish()
+        .with_context(|| format!("walking brick {}", t.brick.path.display()))?;
+    let mut out = Outcome {
+        entries: d.master_entries,
+        omitted: d.omitted,
+        ..Default::default()
+    };
+    let mut found = d.found;
+    let paths: Vec<RelPath> = wanted.iter().map(|(p, _)| p.clone()).collect();
+    let slave_hashes = shipper.slave_hashes(&index, &paths)?;
+    drop(paths);
+    let mut content = Vec::new();
+    for (path, size) in wanted {
+        let Some(theirs) = slave_hashes.get(&path) else {
+            continue; // gone on the slave since it was listed: in flight
+        };
+        let ours = match crate::crawl::hash_beneath(&root, &path) {
             Ok(h) => h,
             // Removed or replaced since the walk: in flight.
             Err(e)
@@ -156,24 +153,25 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
                     Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
                 ) =>
             {
-                return Ok(None)
+                continue
             }
             Err(e) => return Err(e).with_context(|| format!("reading {path} on the master")),
         };
-        out.bytes_hashed += 2 * m.size;
+        out.bytes_hashed += 2 * size;
         // Changed while it was read (after the walk): in flight, not a difference.
-        let now = walk::lstat_beneath(&root, path).ok().flatten();
+        let now = walk::lstat_beneath(&root, &path).ok().flatten();
         if now.is_none_or(|e| !settled(&e)) {
-            return Ok(None);
+            continue;
         }
-        if Some(h) != s.hash {
-            content.push(path.clone());
+        if ours != *theirs {
+            found.push((path.clone(), "same size, different content".into()));
+            content.push(path);
         }
-        Ok(Some(h))
-    })?;
+    }
+    let master_now = |p: &RelPath| walk::lstat_beneath(&root, p).map_err(|_| ());
     let found: Vec<(RelPath, String)> = found
         .into_iter()
-        .filter(|(p, _)| vouched(p, walked, &settled))
+        .filter(|(p, _)| vouched(p, master_now, &settled))
         .collect();
     // A second look, once what was in flight has landed: the slave shows an op being applied
     // (a directory's mtime before its attributes are set again) that no master ctime tells.
@@ -322,7 +320,7 @@ pub fn summary(
         entries: o.entries,
         bytes_hashed: o.bytes_hashed,
         checksum: crate::options::show_share(pass.checksum_every),
-        differences: o.found.len() as u64,
+        differences: o.found.len() as u64 + o.omitted,
         repaired: 0,
         repair_failed: None,
         paths: o

@@ -39,11 +39,11 @@ impl Worker {
             };
             self.status.scrub_error = None;
             let mut summary = scrub::summary(&pass, started, now_ns(), &o);
-            for f in &o.found {
+            for f in o.found.iter().take(scrub::SHOWN_PATHS) {
                 tracing::warn!(brick = %self.brick, path = %f.path, "scrub: {}", f.what);
             }
-            tracing::info!(brick = %self.brick, pass = pass.number, entries = o.entries, bytes_hashed = o.bytes_hashed, differences = o.found.len(), "scrub pass done");
-            if o.found.is_empty() {
+            tracing::info!(brick = %self.brick, pass = pass.number, entries = o.entries, bytes_hashed = o.bytes_hashed, differences = o.found.len() as u64 + o.omitted, "scrub pass done");
+            if o.found.is_empty() && o.omitted == 0 {
                 self.status.scrub_hold_ns = None;
                 self.status.scrub = Some(summary);
                 self.save();

@@ -648,6 +648,109 @@ fn fetching_a_fifo_is_refused_at_once_and_the_rest_still_arrives() {
     s.assert_outside_untouched();
 }
 
+/// Issue 13, hostile reverse mode: a master on a reverse connection (verify, scrub, resync
+/// --reverse) asks for what lies outside the slave root through a symlink planted in it, for
+/// names it may not see, and then tries to write. It gets nothing from outside, not even
+/// whether a name exists there; the write is refused and the tree is unchanged.
+#[test]
+fn a_hostile_master_on_a_reverse_connection_reads_nothing_outside_and_writes_nothing() {
+    let s = Sandbox::new();
+    std::os::unix::fs::symlink(&s.outside, s.root.join("out")).unwrap();
+    std::os::unix::fs::symlink(s.outside.join("canary"), s.root.join("canary-link")).unwrap();
+    write(&s.root.join("ok"), b"fine");
+    let Message::Hello(mut h) = hello(PROTOCOL_VERSION) else {
+        unreachable!()
+    };
+    h.mode = MODE_REVERSE;
+    // A first connection makes the agent's state directory (the root's mtime moves).
+    let (o, _) = s.run(
+        &[
+            PREAMBLE.to_vec(),
+            enc(&Message::Hello(h.clone())),
+            enc(&Message::Bye),
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inside = snapshot(&s.root);
+    let through = [
+        p("out/canary"),
+        p("canary-link"),
+        p("out"),
+        p("ok"),
+        p("no/such"),
+    ];
+    let input = [
+        PREAMBLE.to_vec(),
+        enc(&Message::Hello(h)),
+        enc(&Message::List {
+            checksum: true,
+            paths: Some(through.to_vec()),
+        }),
+        enc(&Message::List {
+            checksum: true,
+            paths: None,
+        }),
+        enc(&Message::Fetch {
+            paths: through.to_vec(),
+        }),
+        enc(&Message::Changes { after: u64::MAX }),
+        begin(1, 1),
+        op(Op::Mkdir {
+            path: p("written"),
+            meta: meta(0o755),
+        }),
+        end(1, 1),
+    ]
+    .concat();
+    let (o, msgs) = s.run(&input);
+    assert!(
+        !o.status.success(),
+        "a batch on a reverse connection was taken"
+    );
+    assert!(
+        stderr(&o).contains("a reverse connection only reads the volume"),
+        "{}",
+        stderr(&o)
+    );
+    let canary = b"do not touch";
+    assert!(
+        !o.stdout.windows(canary.len()).any(|w| w == canary),
+        "the outside file's content reached the master"
+    );
+    let listed: Vec<Vec<String>> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::Listing(v) => Some(v.iter().map(|e| e.path.to_string()).collect()),
+            _ => None,
+        })
+        .collect();
+    // Named: only what is inside (the symlinks themselves, never through them).
+    assert_eq!(listed[0], ["canary-link", "out", "ok"], "{msgs:?}");
+    // The whole tree: the same, and no hash of the link's target.
+    assert_eq!(listed[1], ["canary-link", "ok", "out"], "{msgs:?}");
+    let fetched: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::FileBegin(b) => Some(b.path.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fetched, ["ok"], "{msgs:?}");
+    let failed = msgs
+        .iter()
+        .filter(|m| matches!(m, Message::Failed(_)))
+        .count();
+    assert_eq!(failed, 4, "each other path fails by itself: {msgs:?}");
+    assert!(msgs.iter().any(|m| matches!(m, Message::ChangesEnd { .. })));
+    assert!(!msgs.iter().any(|m| matches!(m, Message::Ack(_))));
+    assert_eq!(
+        snapshot(&s.root),
+        inside,
+        "the reverse connection changed the tree"
+    );
+}
+
 /// Review hole 3 (issue 13): a symlink target is an unbounded byte string on the wire, and the
 /// read-ahead charged every message other than content 128 bytes, so a stream of huge targets
 /// could hold far more than its 32 MiB. Targets over 4095 bytes (PATH_MAX) are refused at

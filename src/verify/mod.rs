@@ -7,13 +7,15 @@
 
 use crate::config::{Home, SyncOptions};
 use crate::crawl::entry::{Entry, Kind};
-use crate::crawl::walk::{self, Excludes};
+use crate::crawl::walk::Excludes;
 use crate::protocol::{ListEntry, RelPath};
 use crate::session::{self, SessionConfig, SlaveSpec};
 use crate::volume::{Brick, Volume};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::time::Instant;
+
+pub mod merge;
 
 #[derive(Debug, Serialize)]
 pub struct Difference {
@@ -29,8 +31,18 @@ pub struct VerifyReport {
     pub checksum: bool,
     pub master_entries: u64,
     pub slave_entries: u64,
+    /// The first `merge::KEPT` differences of each brick.
     pub differences: Vec<Difference>,
+    /// Differences found beyond those listed.
+    pub differences_omitted: u64,
     pub elapsed_ms: u64,
+}
+
+impl VerifyReport {
+    /// Every difference found, listed or not.
+    pub fn total_differences(&self) -> u64 {
+        self.differences.len() as u64 + self.differences_omitted
+    }
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -142,9 +154,15 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
                     ..SyncOptions::default()
                 },
             )?;
-            let slave_list = shipper.list_slave(&index, checksum)?;
+            compare_brick(
+                brick,
+                &mut shipper,
+                &index,
+                &excludes,
+                checksum,
+                &mut report,
+            )?;
             shipper.close()?;
-            compare_brick(brick, &slave_list, &excludes, checksum, &mut report)?;
         }
         Ok(())
     })();
@@ -154,17 +172,16 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
     Ok(report)
 }
 
+/// Compares `brick` with the slave's listing as it arrives (see `merge`).
 fn compare_brick(
     brick: &Brick,
-    slave_list: &[ListEntry],
+    shipper: &mut crate::ship::pipeline::Shipper,
+    index: &crate::crawl::index::Index,
     excludes: &Excludes,
     checksum: bool,
     report: &mut VerifyReport,
 ) -> Result<()> {
     let root = brick.open()?;
-    let local = walk::list_subtree(&root, &RelPath::root(), excludes)
-        .with_context(|| format!("walking brick {}", brick.path.display()))?;
-    report.master_entries += local.len() as u64;
     let hash = |path: &RelPath, m: &Entry, s: &ListEntry| -> Result<Option<[u8; 32]>> {
         if checksum && m.kind == Kind::File && s.hash.is_some() {
             Ok(Some(crate::crawl::hash_beneath(&root, path).with_context(
@@ -174,87 +191,23 @@ fn compare_brick(
             Ok(None)
         }
     };
-    let (slave_entries, found) = differences(&local, slave_list, excludes, hash)?;
-    report.slave_entries += slave_entries;
+    let mut merge = merge::Merge::new(&root, excludes, hash)
+        .with_context(|| format!("walking brick {}", brick.path.display()))?;
+    shipper.list_each(index, checksum, None, &mut |listed| {
+        listed.into_iter().try_for_each(|s| merge.slave(s))
+    })?;
+    let d = merge
+        .finish()
+        .with_context(|| format!("walking brick {}", brick.path.display()))?;
+    report.master_entries += d.master_entries;
+    report.slave_entries += d.slave_entries;
+    report.differences_omitted += d.omitted;
     report
         .differences
-        .extend(found.into_iter().map(|(path, what)| Difference {
+        .extend(d.found.into_iter().map(|(path, what)| Difference {
             brick: brick.to_string(),
             path: path.display(),
             what,
         }));
     Ok(())
-}
-
-/// Every difference between the master's entries `local` and the slave's `slave_list` (excluded
-/// paths ignored), with the number of slave entries compared. `hash` gives the master's content
-/// hash of a file when the slave's is known and it is to be compared.
-pub(crate) fn differences(
-    local: &[(RelPath, Entry)],
-    slave_list: &[ListEntry],
-    excludes: &Excludes,
-    mut hash: impl FnMut(&RelPath, &Entry, &ListEntry) -> Result<Option<[u8; 32]>>,
-) -> Result<(u64, Vec<(RelPath, String)>)> {
-    let slave: std::collections::BTreeMap<&RelPath, &ListEntry> = slave_list
-        .iter()
-        .filter(|e| !excludes.is_excluded(&e.path))
-        .map(|e| (&e.path, e))
-        .collect();
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (path, m) in local {
-        seen.insert(path);
-        let Some(s) = slave.get(path) else {
-            out.push((path.clone(), "missing on the slave".to_string()));
-            continue;
-        };
-        for what in compare(m, s, hash(path, m, s)?) {
-            out.push((path.clone(), what));
-        }
-    }
-    for (path, _) in slave.iter().filter(|(p, _)| !seen.contains(*p)) {
-        out.push(((*path).clone(), "only on the slave".to_string()));
-    }
-    for (path, what) in link_group_differences(local, &slave) {
-        out.push((path.clone(), what));
-    }
-    Ok((slave.len() as u64, out))
-}
-
-/// Hard-link groups: a name on both sides must share its inode with the same other names on
-/// the slave as on the master (a split or a merged group is a difference).
-fn link_group_differences<'a>(
-    local: &'a [(RelPath, Entry)],
-    slave: &std::collections::BTreeMap<&'a RelPath, &'a ListEntry>,
-) -> Vec<(&'a RelPath, String)> {
-    use crate::crawl::links::{differing_groups, master_group_key, slave_group_key};
-    let both: Vec<(&RelPath, &Entry, &ListEntry)> = local
-        .iter()
-        .filter_map(|(p, e)| slave.get(p).map(|s| (p, e, *s)))
-        .collect();
-    let keys: Vec<_> = both
-        .iter()
-        .map(|(_, e, s)| (master_group_key(e), slave_group_key(s)))
-        .collect();
-    let show = |g: &[usize]| {
-        if g.is_empty() {
-            return "no other name".to_string();
-        }
-        let names: Vec<String> = g.iter().take(4).map(|&j| both[j].0.display()).collect();
-        names.join(", ")
-    };
-    differing_groups(&keys)
-        .into_iter()
-        .map(|s| {
-            (
-                both[s.name].0,
-                format!(
-                    "hard links differ: linked with {} on the master, with {} on the slave \
-                     (`georep sync --once --rescan-slave` repairs it)",
-                    show(&s.master),
-                    show(&s.slave)
-                ),
-            )
-        })
-        .collect()
 }
