@@ -289,4 +289,81 @@ mod tests {
         l.push(l[0].clone());
         assert!(merged(m.path(), l).is_err(), "a name listed twice");
     }
+
+    fn fuzz_config() -> proptest::test_runner::Config {
+        proptest::test_runner::Config {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64),
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+
+    /// Paths over a tiny alphabet that sorts differently in byte and tree order (`-`, `.`,
+    /// `0` around `/`), up to 3 levels: files at the leaves, their parents directories.
+    fn arb_tree() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+        use proptest::prelude::*;
+        let name = proptest::sample::select(vec!["a", "a-", "a.", "a0", "b", "-"]);
+        proptest::collection::vec(proptest::collection::vec(name, 1..4), 0..12)
+            .prop_map(|ps| ps.into_iter().map(|p| p.join("/")).collect())
+    }
+
+    /// Makes the files `paths` (and their parents) under `dir`; a path that would go through
+    /// a file already made is skipped. Returns every entry made, as "path:kind".
+    fn make(dir: &Path, paths: &[String]) -> std::collections::BTreeSet<String> {
+        for p in paths {
+            let full = dir.join(p);
+            if std::fs::create_dir_all(full.parent().unwrap()).is_ok() && !full.exists() {
+                std::fs::write(&full, b"").unwrap();
+            }
+        }
+        let root = fsutil::open_root(dir).unwrap();
+        crate::crawl::walk::list_subtree(&root, &RelPath::root(), &Excludes::default())
+            .unwrap()
+            .into_iter()
+            .map(|(p, e)| format!("{p}:{}", e.kind as u8))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// The streamed merge finds exactly what a comparison of the two whole trees finds:
+        /// names on one side only, and kinds that differ (names whose bytes sort differently
+        /// from their tree order included).
+        #[test]
+        fn fuzz_the_merge_agrees_with_a_whole_tree_comparison(m in arb_tree(), s in arb_tree()) {
+            let (md, sd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (mset, sset) = (make(md.path(), &m), make(sd.path(), &s));
+            let kinds = |set: &std::collections::BTreeSet<String>| -> std::collections::BTreeMap<String, String> {
+                set.iter()
+                    .map(|e| {
+                        let (p, k) = e.rsplit_once(':').unwrap();
+                        (p.to_string(), k.to_string())
+                    })
+                    .collect()
+            };
+            let (mk, sk) = (kinds(&mset), kinds(&sset));
+            let mut want = std::collections::BTreeSet::new();
+            for (p, k) in &mk {
+                match sk.get(p) {
+                    None => { want.insert(format!("{p}: missing on the slave")); }
+                    Some(o) if o != k => { want.insert(format!("{p}: kind")); }
+                    _ => {}
+                }
+            }
+            for p in sk.keys().filter(|p| !mk.contains_key(*p)) {
+                want.insert(format!("{p}: only on the slave"));
+            }
+            let got: std::collections::BTreeSet<String> = merged(md.path(), listing(sd.path()))
+                .unwrap()
+                .into_iter()
+                .filter(|l| l.ends_with("missing on the slave") || l.ends_with("only on the slave") || l.contains(" on the master, a "))
+                .map(|l| if l.contains(" on the master, a ") { format!("{}: kind", l.split(": ").next().unwrap()) } else { l })
+                .collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }
