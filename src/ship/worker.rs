@@ -67,18 +67,19 @@ impl JournalWaker {
         Ok(JournalWaker { fd })
     }
 
-    /// Waits until the journal changes or `max` passes.
-    fn wait(&self, max: Duration) {
+    /// Waits until the journal changes or `max` passes; whether it changed.
+    fn wait(&self, max: Duration) -> bool {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         let ts = Timespec {
             tv_sec: max.as_secs() as i64,
             tv_nsec: max.subsec_nanos() as i64,
         };
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        let _ = poll(&mut fds, Some(&ts));
+        let woke = matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0);
         // Drain; which file changed does not matter (a spurious wake costs one query).
         let mut buf = [0u8; 4096];
         while matches!(rustix::io::read(&self.fd, &mut buf), Ok(n) if n > 0) {}
+        woke
     }
 }
 
@@ -435,6 +436,7 @@ impl Worker {
         let mut incomplete_since = Instant::now();
         let mut incomplete_first = Instant::now();
         let mut check_position = true;
+        let mut idle_wait = IDLE_WAIT;
         loop {
             if self.stopping() {
                 return Ok(Exit::Stop);
@@ -492,9 +494,19 @@ impl Worker {
                     self.save();
                     last_status = Instant::now();
                 }
-                waker.wait(IDLE_WAIT);
+                // The writer's write to the WAL wakes this wait, but its commit becomes
+                // visible only when the WAL index (shared memory, which inotify does not see)
+                // is updated a moment later: a wake that found nothing looks again after 1 ms,
+                // then 2, 4 … up to the idle wait, instead of sleeping the whole idle wait
+                // past a commit (that was the 250 ms p99 of live latency).
+                idle_wait = if waker.wait(idle_wait) {
+                    Duration::from_millis(1)
+                } else {
+                    (idle_wait * 2).min(IDLE_WAIT)
+                };
                 continue;
             }
+            idle_wait = IDLE_WAIT;
             let backlog = journal.count_after(seq)?;
             self.status.backlog = backlog;
             self.status.crawl = if backlog as usize > WINDOW_RECORDS {
