@@ -5,7 +5,7 @@
 //! read as if it were ours.
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
 /// How hard a commit waits for the disk.
@@ -41,9 +41,37 @@ pub fn open(
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    open_flags(path, OpenFlags::default(), sync, format, what, upgrades)
+}
+
+/// [`open`] for a file that must already exist, reached by no symlink at all: SQLite names
+/// its files by path, and this makes it refuse one it would reach through a symlink rather
+/// than create or use a file elsewhere.
+pub fn open_existing_nofollow(
+    path: &Path,
+    sync: Sync,
+    format: &str,
+    what: &str,
+    upgrades: &[Upgrade],
+) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    open_flags(path, flags, sync, format, what, upgrades)
+}
+
+fn open_flags(
+    path: &Path,
+    flags: OpenFlags,
+    sync: Sync,
+    format: &str,
+    what: &str,
+    upgrades: &[Upgrade],
+) -> Result<Connection> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {
-        match set_up(path, sync, format, what) {
+        match set_up(path, flags, sync, format) {
             Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -138,8 +166,8 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn set_up(path: &Path, sync: Sync, format: &str, _what: &str) -> rusqlite::Result<Connection> {
-    let db = Connection::open(path)?;
+fn set_up(path: &Path, flags: OpenFlags, sync: Sync, format: &str) -> rusqlite::Result<Connection> {
+    let db = Connection::open_with_flags(path, flags)?;
     db.busy_timeout(BUSY_TIMEOUT)?;
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(

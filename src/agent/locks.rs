@@ -150,14 +150,14 @@ pub(super) struct Fence(#[allow(dead_code)] std::fs::File);
 
 impl Fence {
     /// Enters the volume for replication; refused while a failover is fencing it.
-    pub(super) fn enter(state_dir: &Path) -> Result<Fence> {
+    pub(super) fn enter(state_dir: &Path, volume: &Path) -> Result<Fence> {
         let path = state_dir.join("fence.lock");
         let f = fsutil::open_lock(&path)?;
         match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
             Ok(()) => Ok(Fence(f)),
             Err(_) => bail!(
                 "a failover is promoting slave volume {} right now: this master is being fenced",
-                state_dir.parent().unwrap_or(state_dir).display()
+                volume.display()
             ),
         }
     }
@@ -167,7 +167,11 @@ impl Fence {
 /// `state_dir` (SIGTERM, SIGKILL after 5 s) and returns the exclusive fence, held until the
 /// volume is promoted, with how many agents were ended. Nothing those connections had not
 /// applied yet is applied, and nothing they had not acknowledged is acknowledged.
-pub fn fence_replication(state_dir: &Path, patience: Duration) -> Result<(std::fs::File, usize)> {
+pub fn fence_replication(
+    state_dir: &Path,
+    volume: &Path,
+    patience: Duration,
+) -> Result<(std::fs::File, usize)> {
     let path = state_dir.join("fence.lock");
     let f = fsutil::open_lock(&path)?;
     let until = Instant::now() + patience;
@@ -195,7 +199,7 @@ pub fn fence_replication(state_dir: &Path, patience: Duration) -> Result<(std::f
         if Instant::now() > until {
             bail!(
                 "failover could not stop the replicating connection(s) on {} within {} s (agent pids {:?}); nothing was promoted: retry",
-                state_dir.parent().unwrap_or(state_dir).display(),
+                volume.display(),
                 patience.as_secs(),
                 live_agents(state_dir)
             );

@@ -95,9 +95,11 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     }
     refuse_nested(root, &host)?;
     refuse_enclosing(root, &host)?;
-    let state_dir = root.join(".georep");
-    state::check_state_dir(&state_dir, &host)?;
-    let mut state = AgentState::open(&state_dir)?;
+    // Held until this connection ends: the state is reached through its descriptor.
+    let state_fd = state::check_state_dir(root, &host)?;
+    let state_dir = state_fd.path();
+    let mut state = AgentState::open_in(&state_fd)
+        .with_context(|| format!("opening {} on {host}", state_fd.shown().display()))?;
     let brick_key = format!("{}:{}", hello.master_node, hello.brick);
     if hello.mode == protocol::MODE_REVERSE {
         return serve_reverse(root, &host, &mut state, &hello, r, &mut w.lock());
@@ -107,7 +109,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     }
     // Held for the connection's life: a failover waits for it (ending this process) before it
     // promotes the volume, and once promoted the role check below refuses.
-    let _fence = Fence::enter(&state_dir)?;
+    let _fence = Fence::enter(&state_dir, root)?;
     let promoted = state.role()? == "primary";
     if hello.epoch < state.epoch && !promoted {
         bail!(
@@ -182,7 +184,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     let durability = Durability::spawn(
         durable::Target {
             root: fsutil::open_root(root)?,
-            state: AgentState::open(&state_dir)?,
+            state: AgentState::open_in(&state_fd)?,
             brick: brick_key.clone(),
             session: hello.session.clone(),
             describe: format!("{} on {host}", root.display()),

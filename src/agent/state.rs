@@ -18,16 +18,85 @@ pub struct AgentState {
     pub epoch: u64,
 }
 
+/// SQLite's files of agent.db (a rollback journal only while a new file turns to WAL); the
+/// first three are made through the state directory's descriptor before SQLite opens them.
+const DB_FILES: [&str; 4] = [
+    "agent.db",
+    "agent.db-wal",
+    "agent.db-shm",
+    "agent.db-journal",
+];
+
 impl AgentState {
+    /// Opens agent.db in the state directory checked by [`check_state_dir`]. SQLite reaches
+    /// its files by path, not through the directory's descriptor: they are made through the
+    /// descriptor first, SQLite is told to create nothing and to follow no symlink, and the
+    /// files it then holds open must be those in the checked directory. So a `.georep`
+    /// swapped meanwhile makes the connection fail; the agent never uses state elsewhere.
+    pub fn open_in(sd: &StateDir) -> Result<Self> {
+        use rustix::fs::{self as rfs, Mode, OFlags};
+        let mut ids = Vec::new();
+        for &name in &DB_FILES[..3] {
+            let f = rfs::openat(
+                &sd.fd,
+                name,
+                OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .with_context(|| format!("opening {}/{name}", sd.shown.display()))?;
+            let st = rfs::fstat(&f)?;
+            ids.push((st.st_dev, st.st_ino));
+        }
+        let real = std::fs::read_link(sd.path())
+            .with_context(|| format!("resolving {}", sd.shown.display()))?;
+        let s = Self::open_path(&real.join("agent.db"), true)?;
+        for (fd, target) in open_files() {
+            let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !DB_FILES.contains(&name) || target.parent() == Some(real.as_path()) {
+                continue;
+            }
+            // Another directory's agent.db (this process has one volume's state open): the
+            // same file reached through a swapped name still passes by its identity.
+            let id = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino())
+                })
+                .ok();
+            if id.is_none_or(|id| !ids.contains(&id)) {
+                bail!(
+                    "{} was swapped while the agent opened its state ({} is open instead): refused;                      something renames entries in the slave root, which only its owner should be able to do                      (chmod +t on the slave root, or close it to other users)",
+                    sd.shown.display(),
+                    target.display()
+                );
+            }
+        }
+        Ok(s)
+    }
+
     pub fn open(state_dir: &Path) -> Result<Self> {
-        let path = state_dir.join("agent.db");
-        let db = crate::db::open(
-            &path,
-            crate::db::Sync::Full,
-            FORMAT_VERSION,
-            "agent state",
-            &[],
-        )?;
+        Self::open_path(&state_dir.join("agent.db"), false)
+    }
+
+    fn open_path(path: &Path, existing: bool) -> Result<Self> {
+        let path = path.to_path_buf();
+        let db = if existing {
+            crate::db::open_existing_nofollow(
+                &path,
+                crate::db::Sync::Full,
+                FORMAT_VERSION,
+                "agent state",
+                &[],
+            )?
+        } else {
+            crate::db::open(
+                &path,
+                crate::db::Sync::Full,
+                FORMAT_VERSION,
+                "agent state",
+                &[],
+            )?
+        };
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS bricks(
                 brick TEXT PRIMARY KEY, session TEXT NOT NULL,
@@ -199,40 +268,97 @@ fn new_volume_id() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// Makes `.georep` (0700) or checks the one there: a real directory, not a symlink, owned by
-/// this user and closed to others, since the agent's state, temp files, locks and trash are
-/// reached through it by path. A `.georep` planted by someone else (a symlink to elsewhere, a
-/// directory others can write) is refused, naming the fix.
-pub(super) fn check_state_dir(state_dir: &Path, host: &str) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(state_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+/// The files this process holds open: (fd, what it is open on).
+fn open_files() -> Vec<(i32, PathBuf)> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((fd, std::fs::read_link(e.path()).ok()?))
+        })
+        .collect()
+}
+
+/// The agent's state directory, `.georep` in the slave root, opened once and checked on its
+/// descriptor. Everything beneath it (agent.db, locks, temp files, trash) is reached through
+/// that descriptor (`/proc/self/fd/N/…`), so a `.georep` renamed or swapped after the check (by
+/// a local user who can rename entries in the slave root) cannot redirect the agent's writes.
+pub struct StateDir {
+    fd: rustix::fd::OwnedFd,
+    shown: PathBuf,
+}
+
+impl StateDir {
+    /// The path to reach the state through (valid while `self` lives, in this process).
+    pub fn path(&self) -> PathBuf {
+        use rustix::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// Where it is, for messages.
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+}
+
+/// Makes `.georep` (0700) in `root` or checks the one there: a real directory, not a symlink,
+/// owned by this user and closed to others. A `.georep` planted by someone else (a symlink to
+/// elsewhere, a directory others can write) is refused, naming the fix.
+pub(crate) fn check_state_dir(root: &Path, host: &str) -> Result<StateDir> {
+    use rustix::fs::{self as rfs, Mode, OFlags};
+    let shown = root.join(".georep");
+    let root_fd = crate::fsutil::open_root(root)
+        .with_context(|| format!("opening slave root {} on {host}", root.display()))?;
+    match rfs::mkdirat(&root_fd, ".georep", Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => {
-            return Err(e).with_context(|| format!("creating {} on {host}", state_dir.display()))
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("creating {} on {host}", shown.display()))
         }
     }
-    let m = std::fs::symlink_metadata(state_dir)
-        .with_context(|| format!("reading {} on {host}", state_dir.display()))?;
     let uid = rustix::process::geteuid().as_raw();
-    if !m.is_dir() {
-        bail!(
-            "{} on {host} is not a directory owned by this user (uid {uid}) but a symlink or another file: georep keeps its state there and never follows one; remove it and run again",
-            state_dir.display()
+    let root_st = rfs::fstat(&root_fd)?;
+    if root_st.st_mode & 0o002 != 0 && root_st.st_mode & libc::S_ISVTX == 0 {
+        // Anyone may rename `.georep` then. Everything georep opens beneath it goes through
+        // the descriptor checked below; SQLite names agent.db's side files by path, so a swap
+        // at the wrong moment can leave one of them (never used) where the swap pointed.
+        tracing::warn!(
+            "slave root {} on {host} is writable by every user and has no sticky bit: anyone can rename georep's state directory in it; `chmod +t {}` closes that",
+            root.display(),
+            root.display()
         );
     }
-    if m.uid() != uid {
+    let fd = match rfs::openat(
+        &root_fd,
+        ".georep",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => bail!(
+            "{} on {host} is not a directory owned by this user (uid {uid}) but a symlink or another file: georep keeps its state there and never follows one; remove it and run again",
+            shown.display()
+        ),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("opening {} on {host}", shown.display()))
+        }
+    };
+    let st = rfs::fstat(&fd).with_context(|| format!("reading {} on {host}", shown.display()))?;
+    if st.st_uid != uid {
         bail!(
             "{} on {host} is not a directory owned by this user (uid {uid}; it is owned by uid {}): georep does not keep its state in another user's directory. If it is this volume's own state from an agent run as that user, `chown -R {uid} {}` keeps it (its agent.db holds the volume's role and epoch: do not remove it)",
-            state_dir.display(),
-            m.uid(),
-            state_dir.display()
+            shown.display(),
+            st.st_uid,
+            shown.display()
         );
     }
-    if m.mode() & 0o022 != 0 {
+    if st.st_mode & 0o022 != 0 {
         // Made by an older georep with the umask's mode: close it.
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("closing {} on {host} to other users", state_dir.display()))?;
+        rfs::fchmod(&fd, Mode::from_raw_mode(0o700))
+            .with_context(|| format!("closing {} on {host} to other users", shown.display()))?;
     }
-    Ok(())
+    Ok(StateDir { fd, shown })
 }

@@ -31,14 +31,16 @@ fn local(ns: i64) -> String {
 /// `georep failover <SLAVEVOL|PATH> [--planned]` on the DR host. Returns the lines it prints.
 pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Result<Vec<String>> {
     let root = Volume::slave_root_of(home, vol)?;
-    let state_dir = root.join(".georep");
-    if !state_dir.join("agent.db").exists() {
+    if !root.join(".georep/agent.db").exists() {
         bail!(
             "{} has never received replication (no .georep/agent.db): nothing to fail over to",
             root.display()
         );
     }
-    let mut state = AgentState::open(&state_dir)?;
+    // Through its descriptor, as the agent does: a `.georep` swapped meanwhile is not used.
+    let state_fd = crate::agent::state::check_state_dir(&root, &crate::config::node_name())?;
+    let state_dir = state_fd.path();
+    let mut state = AgentState::open_in(&state_fd)?;
     if state.role()? == "primary" {
         bail!(
             "{} is already primary (failover at {})",
@@ -88,7 +90,7 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
     // the promoted volume, and be acknowledged. Held until the volume is promoted: no
     // replicating connection gets in meanwhile.
     let (_fence, ended) =
-        crate::agent::locks::fence_replication(&state_dir, Duration::from_secs(30))?;
+        crate::agent::locks::fence_replication(&state_dir, &root, Duration::from_secs(30))?;
     if ended > 0 {
         out.push(format!(
             "ended {ended} replicating connection(s) still applying here; nothing they had not applied is applied"
