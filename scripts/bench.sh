@@ -372,6 +372,11 @@ PY
     t0=$(now)
     GEOREP_HOME=$home "$BIN" sync "$src" "$dst" --once --json > "$BASE/scale2.json"
     t1=$(now); g_noop_ms=$(ms "$t0" "$t1")
+    # verify is the scrub's compare (the agent's listing merged with the brick walk as it
+    # arrives): its time is a scrub pass's metadata cost, and its memory must not grow.
+    t0=$(now)
+    v_rss=$(GEOREP_HOME=$home /usr/bin/time -f %M -o "$BASE/rss" "$BIN" verify "$src" "$dst" > /dev/null && cat "$BASE/rss")
+    t1=$(now); v_ms=$(ms "$t0" "$t1")
     field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
     [ "$(field "$BASE/scale1.json" files_sent)" = "$n" ] || { echo "first sync sent $(field "$BASE/scale1.json" files_sent) of $n files" >&2; exit 1; }
     [ "$(field "$BASE/scale2.json" files_sent)" = 0 ] || { echo "the no-change run sent files" >&2; exit 1; }
@@ -381,6 +386,7 @@ PY
     row "scale: georep first sync (vs rsync)" "$g_ms" "$(vs "$g_ms" "$rs_ms")" "$(field "$BASE/scale1.json" master_peak_rss_kb) KiB" "$(field "$BASE/scale1.json" agent_peak_rss_kb) KiB"
     row "scale: rsync -a, nothing changed" "$rs_noop_ms" "1.00x" "-" "-"
     row "scale: georep, nothing changed (vs rsync)" "$g_noop_ms" "$(vs "$g_noop_ms" "$rs_noop_ms")" "$(field "$BASE/scale2.json" master_peak_rss_kb) KiB" "$(field "$BASE/scale2.json" agent_peak_rss_kb) KiB"
+    row "scale: georep verify (a scrub pass's compare)" "$v_ms" "$(vs "$v_ms" "$find_ms") find" "${v_rss} KiB" "-"
 fi
 
 echo

@@ -35,21 +35,34 @@ impl AgentState {
     /// swapped meanwhile makes the connection fail; the agent never uses state elsewhere.
     pub fn open_in(sd: &StateDir) -> Result<Self> {
         use rustix::fs::{self as rfs, Mode, OFlags};
-        let mut ids = Vec::new();
         for &name in &DB_FILES[..3] {
-            let f = rfs::openat(
+            // Made only when missing: closing a descriptor of a file this process holds open
+            // would drop every POSIX lock SQLite holds on it here (another process could then
+            // checkpoint and delete the WAL this agent still writes to).
+            match rfs::openat(
                 &sd.fd,
                 name,
-                OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
-            )
-            .with_context(|| format!("opening {}/{name}", sd.shown.display()))?;
-            let st = rfs::fstat(&f)?;
-            ids.push((st.st_dev, st.st_ino));
+            ) {
+                Ok(_) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => {
+                    return Err(std::io::Error::from(e))
+                        .with_context(|| format!("making {}/{name}", sd.shown.display()))
+                }
+            }
         }
         let real = std::fs::read_link(sd.path())
             .with_context(|| format!("resolving {}", sd.shown.display()))?;
         let s = Self::open_path(&real.join("agent.db"), true)?;
+        // Read now that this connection holds its locks: no other process deletes the WAL
+        // under it any more.
+        let mut ids = Vec::new();
+        for name in DB_FILES {
+            if let Ok(st) = rfs::statat(&sd.fd, name, rfs::AtFlags::SYMLINK_NOFOLLOW) {
+                ids.push((st.st_dev, st.st_ino));
+            }
+        }
         for (fd, target) in open_files() {
             let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if !DB_FILES.contains(&name) || target.parent() == Some(real.as_path()) {

@@ -562,3 +562,59 @@ fn walk_tree_files(root: &Path) -> Vec<std::path::PathBuf> {
         .map(|(p, _)| root.join(p))
         .collect()
 }
+
+/// Found by the DR drill (issue 13's state-directory change): the agent opened and closed
+/// agent.db's files itself while its SQLite connections held them, which drops every POSIX
+/// lock the process holds on them. Another connection then took itself for the last one, and
+/// checkpointed and deleted the WAL the agent went on writing: the DR site's LAST_SYNCED (and
+/// the acked batches) went into a deleted file, and `failover` would have printed a stale RPO.
+/// Here a scrub and a verify come and go on the DR volume while the session runs; every agent
+/// must hold only live files, and another reader must see LAST_SYNCED move on.
+#[test]
+fn the_dr_sites_state_stays_readable_while_other_connections_come_and_go() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    write(&g.master().join("a"), b"1");
+    s.converge("start");
+    let (m, sl) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), sl.to_str().unwrap());
+    for _ in 0..3 {
+        g.ok(&["verify", ms, ss]);
+    }
+    let since = now_ns();
+    write(&g.master().join("b"), b"2");
+    s.converge("after the verifies");
+    let db = sl.join(".georep/agent.db");
+    let dr_stime = || -> i64 {
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        c.query_row(
+            "SELECT max(CAST(value AS INTEGER)) FROM meta WHERE key LIKE 'stime:%'",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .unwrap()
+        .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || dr_stime() > since),
+        "the DR site never learned a LAST_SYNCED past {since} (it holds {})",
+        dr_stime()
+    );
+    let agents = pids_with_cmdline(&["agent", "--volume", ss]);
+    assert!(!agents.is_empty(), "no agent runs");
+    for pid in agents {
+        for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let Ok(t) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let t = t.to_string_lossy().to_string();
+            assert!(
+                !(t.contains("agent.db") && t.ends_with("(deleted)")),
+                "agent {pid} writes to a deleted file: {t}"
+            );
+        }
+    }
+    s.stop();
+}
