@@ -142,13 +142,13 @@ fn lock_holders(path: &Path) -> Vec<(i32, String)> {
         .filter_map(|l| {
             // "1: POSIX  ADVISORY  WRITE 1234 fe:00:5678 128 128"
             let w: Vec<&str> = l.split_whitespace().collect();
-            let at = if w.get(1) == Some(&"->") { 1 } else { 0 };
-            // Readers of a WAL database hold READ locks on its -shm: only a writer blocks.
-            if w.get(3 + at) != Some(&"WRITE") {
+            // "->" marks a process waiting for the lock, not holding it; readers of a WAL
+            // database hold READ locks on its -shm: only a writer blocks.
+            if w.get(1) == Some(&"->") || w.get(3) != Some(&"WRITE") {
                 return None;
             }
-            let pid: i32 = w.get(4 + at)?.parse().ok()?;
-            let on = w.get(5 + at)?.rsplit(':').next()?;
+            let pid: i32 = w.get(4)?.parse().ok()?;
+            let on = w.get(5)?.rsplit(':').next()?;
             (on == ino && pid != me).then(|| {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|c| c.trim().to_string())

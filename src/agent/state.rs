@@ -35,10 +35,11 @@ impl AgentState {
     /// swapped meanwhile makes the connection fail; the agent never uses state elsewhere.
     pub fn open_in(sd: &StateDir) -> Result<Self> {
         use rustix::fs::{self as rfs, Mode, OFlags};
-        for &name in &DB_FILES[..3] {
-            // Made only when missing: closing a descriptor of a file this process holds open
-            // would drop every POSIX lock SQLite holds on it here (another process could then
-            // checkpoint and delete the WAL this agent still writes to).
+        // Made only when missing: closing a descriptor of a file this process holds open would
+        // drop every POSIX lock SQLite holds on it here (another process could then checkpoint
+        // and delete the WAL this agent still writes to). Not in another user's directory
+        // (failover run by root): SQLite makes them there, owned like agent.db.
+        for &name in DB_FILES[..3].iter().filter(|_| sd.ours) {
             match rfs::openat(
                 &sd.fd,
                 name,
@@ -56,7 +57,8 @@ impl AgentState {
             .with_context(|| format!("resolving {}", sd.shown.display()))?;
         let s = Self::open_path(&real.join("agent.db"), true)?;
         // Read now that this connection holds its locks: no other process deletes the WAL
-        // under it any more.
+        // under it any more. Every agent.db file this process holds (it holds one volume's
+        // state) must be one of these, whatever path it was reached by.
         let mut ids = Vec::new();
         for name in DB_FILES {
             if let Ok(st) = rfs::statat(&sd.fd, name, rfs::AtFlags::SYMLINK_NOFOLLOW) {
@@ -65,11 +67,9 @@ impl AgentState {
         }
         for (fd, target) in open_files() {
             let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if !DB_FILES.contains(&name) || target.parent() == Some(real.as_path()) {
+            if !DB_FILES.contains(&name) {
                 continue;
             }
-            // Another directory's agent.db (this process has one volume's state open): the
-            // same file reached through a swapped name still passes by its identity.
             let id = std::fs::metadata(format!("/proc/self/fd/{fd}"))
                 .map(|m| {
                     use std::os::unix::fs::MetadataExt;
@@ -78,7 +78,9 @@ impl AgentState {
                 .ok();
             if id.is_none_or(|id| !ids.contains(&id)) {
                 bail!(
-                    "{} was swapped while the agent opened its state ({} is open instead): refused;                      something renames entries in the slave root, which only its owner should be able to do                      (chmod +t on the slave root, or close it to other users)",
+                    "{} was swapped while the agent opened its state ({} is open instead): \
+                     refused. Something renames entries in the slave root, which only its owner \
+                     should be able to do: `chmod +t` the slave root, or close it to other users",
                     sd.shown.display(),
                     target.display()
                 );
@@ -301,6 +303,8 @@ fn open_files() -> Vec<(i32, PathBuf)> {
 pub struct StateDir {
     fd: rustix::fd::OwnedFd,
     shown: PathBuf,
+    /// Owned by this process's user (else: root acting on another user's volume).
+    ours: bool,
 }
 
 impl StateDir {
@@ -320,6 +324,17 @@ impl StateDir {
 /// owned by this user and closed to others. A `.georep` planted by someone else (a symlink to
 /// elsewhere, a directory others can write) is refused, naming the fix.
 pub(crate) fn check_state_dir(root: &Path, host: &str) -> Result<StateDir> {
+    state_dir_of(root, host, false)
+}
+
+/// For `failover`, which an operator may run as root on a volume whose agent runs as another
+/// user: as [`check_state_dir`], but root also accepts the existing directory of the slave
+/// root's owner, and changes nothing in it.
+pub(crate) fn state_dir_for_operator(root: &Path, host: &str) -> Result<StateDir> {
+    state_dir_of(root, host, true)
+}
+
+fn state_dir_of(root: &Path, host: &str, operator: bool) -> Result<StateDir> {
     use rustix::fs::{self as rfs, Mode, OFlags};
     let shown = root.join(".georep");
     let root_fd = crate::fsutil::open_root(root)
@@ -360,7 +375,10 @@ pub(crate) fn check_state_dir(root: &Path, host: &str) -> Result<StateDir> {
         }
     };
     let st = rfs::fstat(&fd).with_context(|| format!("reading {} on {host}", shown.display()))?;
-    if st.st_uid != uid {
+    let ours = st.st_uid == uid;
+    let roots_owner =
+        operator && uid == 0 && st.st_uid == root_st.st_uid && st.st_mode & 0o022 == 0;
+    if !ours && !roots_owner {
         bail!(
             "{} on {host} is not a directory owned by this user (uid {uid}; it is owned by uid {}): georep does not keep its state in another user's directory. If it is this volume's own state from an agent run as that user, `chown -R {uid} {}` keeps it (its agent.db holds the volume's role and epoch: do not remove it)",
             shown.display(),
@@ -368,10 +386,10 @@ pub(crate) fn check_state_dir(root: &Path, host: &str) -> Result<StateDir> {
             shown.display()
         );
     }
-    if st.st_mode & 0o022 != 0 {
+    if ours && st.st_mode & 0o022 != 0 {
         // Made by an older georep with the umask's mode: close it.
         rfs::fchmod(&fd, Mode::from_raw_mode(0o700))
             .with_context(|| format!("closing {} on {host} to other users", shown.display()))?;
     }
-    Ok(StateDir { fd, shown })
+    Ok(StateDir { fd, shown, ours })
 }

@@ -38,7 +38,7 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
         );
     }
     // Through its descriptor, as the agent does: a `.georep` swapped meanwhile is not used.
-    let state_fd = crate::agent::state::check_state_dir(&root, &crate::config::node_name())?;
+    let state_fd = crate::agent::state::state_dir_for_operator(&root, &crate::config::node_name())?;
     let state_dir = state_fd.path();
     let mut state = AgentState::open_in(&state_fd)?;
     if state.role()? == "primary" {

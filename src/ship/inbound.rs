@@ -253,6 +253,8 @@ impl Inbound {
     /// Waits for the reader to end (the agent closed the connection) and returns what it
     /// left queued.
     pub fn finish(&mut self) -> Vec<Event> {
+        // Nothing takes replies any more: a reader waiting for room reads on to the end.
+        self.expect.close();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

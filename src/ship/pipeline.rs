@@ -530,6 +530,10 @@ impl Shipper {
         // end) and the files changed recently (`suspect`: their slave content is asked for).
         let mut linked: Vec<LinkedName> = Vec::new();
         let mut suspect: Vec<(RelPath, Entry)> = Vec::new();
+        // An ack handled inside the rebuild's transaction would write the index in it.
+        while !self.inflight.is_empty() {
+            self.wait_one(index)?;
+        }
         index.rebuild(|put| {
             self.list_each(index, checksum, None, &mut |listed| {
                 let mut rows = Vec::with_capacity(listed.len());
@@ -761,6 +765,13 @@ impl Shipper {
             bytes,
         });
         self.expect.batch(id, declared);
+        // In flight from its first op: the agent may report a failed op of this batch while
+        // the rest is still being sent (`poll` below).
+        self.inflight.push_back(InFlight {
+            id,
+            sent: Vec::new(),
+            failed: HashSet::new(),
+        });
         let r = self.writer().send(&begin);
         if let Err(e) = r {
             return Err(self.write_failed(e));
@@ -784,11 +795,13 @@ impl Shipper {
             return Err(self.write_failed(e));
         }
         tracing::debug!(batch = id, ops = wire, bytes, "batch sent");
-        self.inflight.push_back(InFlight {
-            id,
-            sent,
-            failed: HashSet::new(),
-        });
+        match self.inflight.back_mut() {
+            Some(f) if f.id == id => f.sent = sent,
+            _ => bail!(
+                "{} acknowledged batch {id} before it was sent whole: protocol violation",
+                self.peer
+            ),
+        }
         Ok(())
     }
 
@@ -1107,6 +1120,9 @@ impl Shipper {
 
 impl Drop for Shipper {
     fn drop(&mut self) {
+        // First: a reader waiting for room for a reply must read on, or the transport's
+        // thread (blocked handing it bytes) never sees the abort.
+        self.expect.close();
         if self.w.is_some() {
             self.handle.abort();
         }

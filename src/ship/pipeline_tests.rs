@@ -202,3 +202,112 @@ fn a_reply_waits_for_the_master_to_take_it() {
     drop(sh);
     agent.join().unwrap();
 }
+
+/// Found in review: a shipper dropped while its reader waited for room for a reply (more than
+/// the budget queued, the master gone on an error) left the reader waiting for good: it read
+/// no more, so the transport's thread blocked handing it bytes, and an abort that joins that
+/// thread (SSH) never returned. Dropping now lets the reader read on to the end.
+#[test]
+fn a_shipper_dropped_in_the_middle_of_a_large_reply_lets_its_reader_go() {
+    let entry = protocol::ListEntry {
+        path: p(&"y".repeat(100)),
+        kind: 1,
+        size: 0,
+        meta: protocol::Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        },
+        target: None,
+        hash: None,
+        ino: 1,
+        nlink: 1,
+    };
+    let chunk = Message::Listing(vec![entry; 4096]);
+    let (done, finished) = std::sync::mpsc::channel();
+    let (mut sh, index, _dir, agent) = against(move |mut r, mut w| {
+        while !matches!(r.read(), Ok(Some(Message::List { .. })) | Err(_) | Ok(None)) {}
+        // Well past the reply budget: the reader has to wait for room part way.
+        for _ in 0..256 {
+            if w.send(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = w.flush();
+        drop(w);
+        let _ = done.send(());
+    });
+    let err = sh
+        .list_each(&index, false, None, &mut |_| {
+            std::thread::sleep(Duration::from_millis(200));
+            anyhow::bail!("the master gives up on this listing")
+        })
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("gives up"));
+    drop(sh);
+    assert!(
+        finished.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the agent is still blocked writing: the dropped shipper's reader stopped reading"
+    );
+    agent.join().unwrap();
+}
+
+/// Found in review: a batch went in flight only once its last op was written, so a failure of
+/// one of its first ops, reported while the rest was still being sent, was taken for a failure
+/// in an unknown batch and ended the connection (again at every reconnection).
+#[test]
+fn a_failure_reported_while_its_batch_is_still_being_sent_is_recorded() {
+    const OPS: u32 = 5000;
+    let (mut sh, index, _dir, agent) = against(|mut r, mut w| {
+        let mut id = 0;
+        let mut told = false;
+        loop {
+            match r.read() {
+                Ok(Some(Message::BatchBegin(b))) => id = b.id,
+                Ok(Some(Message::Op(op))) if !told => {
+                    told = true;
+                    w.send(&Message::Failed(protocol::Failed {
+                        batch: id,
+                        op: 0,
+                        path: op.target().clone(),
+                        errno: libc::EACCES,
+                        message: "permission denied".into(),
+                    }))
+                    .unwrap();
+                    w.flush().unwrap();
+                }
+                Ok(Some(Message::BatchEnd(e))) => {
+                    // One batch: acknowledged, and the agent hangs up.
+                    w.send(&Message::Ack(protocol::Ack { id: e.id })).unwrap();
+                    w.flush().unwrap();
+                    return;
+                }
+                Ok(Some(_)) => {}
+                _ => return,
+            }
+        }
+    });
+    let ops: Vec<PlannedOp> = (0..OPS)
+        .map(|i| PlannedOp {
+            op: PlanOp::Op(Op::Mkdir {
+                path: p(&format!("d{i:05}-{}", "z".repeat(60))),
+                meta: protocol::Meta {
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime_sec: 0,
+                    mtime_nsec: 0,
+                },
+            }),
+            ok: Vec::new(),
+            fail: Vec::new(),
+        })
+        .collect();
+    sh.ship(ops, &index, OPS, u64::MAX).unwrap();
+    assert_eq!(sh.failures.len(), 1, "{:?}", sh.failures.len());
+    assert!(sh.failures[0].message.contains("permission denied"));
+    drop(sh);
+    agent.join().unwrap();
+}

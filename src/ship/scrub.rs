@@ -112,6 +112,7 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
     // with the tree); the files of this pass's share that are equal in size and attributes
     // on both sides get their contents compared next.
     let mut wanted: Vec<(RelPath, u64)> = Vec::new();
+    let master_now = |p: &RelPath| walk::lstat_beneath(&root, p).map_err(|_| ());
     let mut merge = crate::verify::merge::Merge::new(&root, &t.excludes, |path, m, s| {
         if m.kind == Kind::File
             && Kind::from_u8(s.kind) == Kind::File
@@ -123,7 +124,9 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
         }
         Ok(None)
     })
-    .with_context(|| format!("walking brick {}", t.brick.path.display()))?;
+    .with_context(|| format!("walking brick {}", t.brick.path.display()))?
+    // Only what LAST_SYNCED vouches for is a difference (before the cap on what is kept).
+    .keeping(|p| vouched(p, master_now, &settled));
     shipper.list_each(&index, false, None, &mut |listed| {
         listed.into_iter().try_for_each(|s| merge.slave(s))
     })?;
@@ -168,11 +171,6 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
             content.push(path);
         }
     }
-    let master_now = |p: &RelPath| walk::lstat_beneath(&root, p).map_err(|_| ());
-    let found: Vec<(RelPath, String)> = found
-        .into_iter()
-        .filter(|(p, _)| vouched(p, master_now, &settled))
-        .collect();
     // A second look, once what was in flight has landed: the slave shows an op being applied
     // (a directory's mtime before its attributes are set again) that no master ctime tells.
     let confirmed = if found.is_empty() {

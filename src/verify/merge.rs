@@ -47,6 +47,9 @@ pub struct Merge<'a, H> {
     last: Option<RelPath>,
     /// Names that are multiply-linked files on either side: (name, master key, slave key).
     linked: Vec<(RelPath, Option<u64>, Option<u64>)>,
+    /// Which differences count (the scrub's: only what LAST_SYNCED vouches for), asked
+    /// before one is kept or counted.
+    keep: Box<dyn FnMut(&RelPath) -> bool + 'a>,
     out: Differences,
 }
 
@@ -64,8 +67,21 @@ where
             hash,
             last: None,
             linked: Vec::new(),
+            keep: Box::new(|_| true),
             out: Differences::default(),
         })
+    }
+
+    /// Counts only the differences at paths `keep` accepts.
+    pub fn keeping(mut self, keep: impl FnMut(&RelPath) -> bool + 'a) -> Self {
+        self.keep = Box::new(keep);
+        self
+    }
+
+    fn note(&mut self, path: RelPath, what: String) {
+        if (self.keep)(&path) {
+            self.out.push(path, what);
+        }
     }
 
     fn next_master(&mut self) -> Result<Option<(RelPath, Entry)>> {
@@ -104,13 +120,13 @@ where
             match order {
                 Ordering::Less => {
                     let (p, _) = self.next_master()?.expect("peeked");
-                    self.out.push(p, "missing on the slave".into());
+                    self.note(p, "missing on the slave".into());
                 }
                 Ordering::Equal => {
                     let (p, m) = self.next_master()?.expect("peeked");
                     let h = (self.hash)(&p, &m, &s)?;
                     for what in compare(&m, &s, h) {
-                        self.out.push(p.clone(), what);
+                        self.note(p.clone(), what);
                     }
                     let keys = (master_group_key(&m), slave_group_key(&s));
                     if keys.0.is_some() || keys.1.is_some() {
@@ -119,7 +135,7 @@ where
                     return Ok(());
                 }
                 Ordering::Greater => {
-                    self.out.push(s.path, "only on the slave".into());
+                    self.note(s.path, "only on the slave".into());
                     return Ok(());
                 }
             }
@@ -130,7 +146,7 @@ where
     /// hard-link groups are compared.
     pub fn finish(mut self) -> Result<Differences> {
         while let Some((p, _)) = self.next_master()? {
-            self.out.push(p, "missing on the slave".into());
+            self.note(p, "missing on the slave".into());
         }
         let keys: Vec<_> = self.linked.iter().map(|(_, m, s)| (*m, *s)).collect();
         let names = |g: &[usize]| {
@@ -157,7 +173,7 @@ where
             ));
         }
         for (p, what) in groups {
-            self.out.push(p, what);
+            self.note(p, what);
         }
         Ok(self.out)
     }
