@@ -82,6 +82,31 @@ type Against = (
 );
 
 fn against(agent: impl FnOnce(FrameReader, FrameWriter) + Send + 'static) -> Against {
+    against_with(Box::new(NoHandle), agent)
+}
+
+/// A link whose abort waits for the transport's thread, as SSH's does: here, for the fake
+/// agent to have written everything (`finished`), at most 10 s; `hung` says it did not.
+struct JoiningHandle {
+    finished: std::sync::mpsc::Receiver<()>,
+    hung: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LinkHandle for JoiningHandle {
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn abort(&mut self) {
+        if self.finished.recv_timeout(Duration::from_secs(10)).is_err() {
+            self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+fn against_with(
+    handle: Box<dyn LinkHandle>,
+    agent: impl FnOnce(FrameReader, FrameWriter) + Send + 'static,
+) -> Against {
     let (m, a) = UnixStream::pair().unwrap();
     let t = std::thread::spawn(move || {
         agent(
@@ -94,7 +119,7 @@ fn against(agent: impl FnOnce(FrameReader, FrameWriter) + Send + 'static) -> Aga
     let sh = Shipper::new(
         FrameWriter::new(Box::new(m.try_clone().unwrap())),
         FrameReader::new(Box::new(m)),
-        Box::new(NoHandle),
+        handle,
         fsutil::open_root(dir.path()).unwrap(),
         1,
         4,
@@ -227,7 +252,12 @@ fn a_shipper_dropped_in_the_middle_of_a_large_reply_lets_its_reader_go() {
     };
     let chunk = Message::Listing(vec![entry; 4096]);
     let (done, finished) = std::sync::mpsc::channel();
-    let (mut sh, index, _dir, agent) = against(move |mut r, mut w| {
+    let hung = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handle = JoiningHandle {
+        finished,
+        hung: hung.clone(),
+    };
+    let (mut sh, index, _dir, agent) = against_with(Box::new(handle), move |mut r, mut w| {
         while !matches!(r.read(), Ok(Some(Message::List { .. })) | Err(_) | Ok(None)) {}
         // Well past the reply budget: the reader has to wait for room part way.
         for _ in 0..256 {
@@ -248,8 +278,8 @@ fn a_shipper_dropped_in_the_middle_of_a_large_reply_lets_its_reader_go() {
     assert!(format!("{err:#}").contains("gives up"));
     drop(sh);
     assert!(
-        finished.recv_timeout(Duration::from_secs(30)).is_ok(),
-        "the agent is still blocked writing: the dropped shipper's reader stopped reading"
+        !hung.load(std::sync::atomic::Ordering::SeqCst),
+        "the abort waited in vain: the dropped shipper's reader stopped reading"
     );
     agent.join().unwrap();
 }
@@ -259,7 +289,9 @@ fn a_shipper_dropped_in_the_middle_of_a_large_reply_lets_its_reader_go() {
 /// in an unknown batch and ended the connection (again at every reconnection).
 #[test]
 fn a_failure_reported_while_its_batch_is_still_being_sent_is_recorded() {
-    const OPS: u32 = 5000;
+    // About 9 MB of ops: far more than the writer buffers, so the agent reads the first op
+    // (and answers) while the master is still writing the batch.
+    const OPS: u32 = 3000;
     let (mut sh, index, _dir, agent) = against(|mut r, mut w| {
         let mut id = 0;
         let mut told = false;
@@ -292,7 +324,7 @@ fn a_failure_reported_while_its_batch_is_still_being_sent_is_recorded() {
     let ops: Vec<PlannedOp> = (0..OPS)
         .map(|i| PlannedOp {
             op: PlanOp::Op(Op::Mkdir {
-                path: p(&format!("d{i:05}-{}", "z".repeat(60))),
+                path: p(&format!("{}/d{i:05}", vec!["z".repeat(250); 12].join("/"))),
                 meta: protocol::Meta {
                     mode: 0o755,
                     uid: 0,
