@@ -171,13 +171,8 @@ fn a_flood_of_unasked_messages_ends_the_connection() {
     }
 }
 
-/// The reply to a request is bounded too: a listing larger than the budget (about 200 MiB
-/// decoded, 256 messages) is read no faster than the master takes it, so what waits in the
-/// queue stays under the budget (plus the message being admitted).
-#[test]
-fn a_reply_waits_for_the_master_to_take_it() {
-    const CHUNKS: u64 = 256;
-    const PER: usize = 4096;
+/// A `Listing` of `n` entries of about 230 bytes each once decoded.
+fn listing_of(n: usize) -> Message {
     let entry = protocol::ListEntry {
         path: p(&"x".repeat(100)),
         kind: 1,
@@ -194,7 +189,17 @@ fn a_reply_waits_for_the_master_to_take_it() {
         ino: 1,
         nlink: 1,
     };
-    let chunk = Message::Listing(vec![entry; PER]);
+    Message::Listing(vec![entry; n])
+}
+
+/// The reply to a request is bounded too: a listing larger than the budget (about 200 MiB
+/// decoded, 256 messages) is read no faster than the master takes it, so what waits in the
+/// queue stays under the budget (plus the message being admitted).
+#[test]
+fn a_reply_waits_for_the_master_to_take_it() {
+    const CHUNKS: u64 = 256;
+    const PER: usize = 4096;
+    let chunk = listing_of(PER);
     let weight = chunk.weight();
     assert!(weight as u64 * CHUNKS > 3 * super::super::inbound::REPLY_BUDGET as u64);
     let (mut sh, index, _dir, agent) = against(move |mut r, mut w| {
@@ -234,23 +239,7 @@ fn a_reply_waits_for_the_master_to_take_it() {
 /// thread (SSH) never returned. Dropping now lets the reader read on to the end.
 #[test]
 fn a_shipper_dropped_in_the_middle_of_a_large_reply_lets_its_reader_go() {
-    let entry = protocol::ListEntry {
-        path: p(&"y".repeat(100)),
-        kind: 1,
-        size: 0,
-        meta: protocol::Meta {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-        },
-        target: None,
-        hash: None,
-        ino: 1,
-        nlink: 1,
-    };
-    let chunk = Message::Listing(vec![entry; 4096]);
+    let chunk = listing_of(4096);
     let (done, finished) = std::sync::mpsc::channel();
     let hung = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handle = JoiningHandle {
