@@ -504,119 +504,6 @@ impl Shipper {
         }
     }
 
-    /// Replaces the index with what the slave really has: an entry equal to the brick's in
-    /// kind, size, mtime, owner, mode and target is taken as shipped (nothing is sent again),
-    /// any other as the slave's version (the next crawl sends the brick's). With `checksum`,
-    /// contents are compared too and a file whose bytes differ is marked unknown (resent).
-    /// A regular file whose ctime is at or after `changed_since_ns` is never adopted on size
-    /// and mtime alone (a version written in the same clock tick has both): the slave hashes
-    /// those (one request per 1024) and a file whose content differs is resent.
-    /// Returns the number of slave entries.
-    pub fn seed_index_from_slave(
-        &mut self,
-        index: &Index,
-        checksum: bool,
-        changed_since_ns: Option<i64>,
-    ) -> Result<usize> {
-        use crate::crawl::entry::Kind;
-        use crate::crawl::links::{differing_groups, master_group_key, slave_group_key};
-        let brick = self
-            .brick
-            .try_clone()
-            .context("duplicating the brick's descriptor")?;
-        let mut n = 0usize;
-        // Taken as they arrive (memory does not grow with the tree), except two small sets:
-        // the names of multiply-linked files on either side (their groups are compared at the
-        // end) and the files changed recently (`suspect`: their slave content is asked for).
-        let mut linked: Vec<LinkedName> = Vec::new();
-        let mut suspect: Vec<(RelPath, Entry)> = Vec::new();
-        // An ack handled inside the rebuild's transaction would write the index in it.
-        while !self.inflight.is_empty() {
-            self.wait_one(index)?;
-        }
-        index.rebuild(|put| {
-            self.list_each(index, checksum, None, &mut |listed| {
-                let mut rows = Vec::with_capacity(listed.len());
-                for le in listed {
-                    n += 1;
-                    let local = crate::crawl::walk::lstat_beneath(&brick, &le.path)
-                        .ok()
-                        .flatten();
-                    let kind = Kind::from_u8(le.kind);
-                    // Equal in kind, size, mtime, owner, mode and target.
-                    let same = local.as_ref().is_some_and(|l| {
-                        l.kind == kind
-                            && l.meta() == le.meta
-                            && l.target == le.target
-                            && (kind == Kind::Dir || l.size == le.size)
-                    });
-                    let keys = (
-                        local.as_ref().and_then(master_group_key),
-                        slave_group_key(&le),
-                    );
-                    if keys.0.is_some() || keys.1.is_some() {
-                        let taken = local.clone().filter(|_| same);
-                        linked.push((le.path.clone(), keys.0, keys.1, taken));
-                    }
-                    let recent = |l: &Entry| {
-                        changed_since_ns.is_some_and(|t| {
-                            l.kind == Kind::File
-                                && l.ctime_sec.saturating_mul(1_000_000_000) + l.ctime_nsec as i64
-                                    >= t
-                        })
-                    };
-                    if let Some(l) = local
-                        .as_ref()
-                        .filter(|l| same && le.hash.is_none() && recent(l))
-                    {
-                        suspect.push((le.path.clone(), l.clone()));
-                    }
-                    let differs = same
-                        && le.hash.is_some()
-                        && crate::crawl::hash_beneath(&brick, &le.path).ok() != le.hash;
-                    let path = le.path.clone();
-                    rows.push(Mutation::Upsert(path, seed_row(le, local, same, differs)));
-                }
-                put(&rows)
-            })?;
-            // A suspect file the slave no longer has, or with other content, is unknown.
-            let paths: Vec<RelPath> = suspect.iter().map(|(p, _)| p.clone()).collect();
-            let hashes = self.slave_hashes(index, &paths)?;
-            let mut fixed = Vec::new();
-            for (path, l) in suspect.drain(..) {
-                let theirs = hashes.get(&path).copied();
-                let differs =
-                    theirs.is_none() || crate::crawl::hash_beneath(&brick, &path).ok() != theirs;
-                let entry = if differs {
-                    Entry {
-                        kind: Kind::Unknown,
-                        ..l
-                    }
-                } else {
-                    Entry { hash: theirs, ..l }
-                };
-                fixed.push(Mutation::Upsert(path, entry));
-            }
-            // A name whose hard-link group on the slave is not the master's (split, merged)
-            // is unknown: the crawl sends its content once and links the other names to it.
-            let keys: Vec<_> = linked.iter().map(|(_, m, s, _)| (*m, *s)).collect();
-            for split in differing_groups(&keys) {
-                let (path, _, _, taken) = &linked[split.name];
-                if let Some(l) = taken {
-                    fixed.push(Mutation::Upsert(
-                        path.clone(),
-                        Entry {
-                            kind: Kind::Unknown,
-                            ..l.clone()
-                        },
-                    ));
-                }
-            }
-            put(&fixed)
-        })?;
-        Ok(n)
-    }
-
     /// Tells the slave the current stime with an empty batch, when it moved since the last
     /// batch (the slave prints it as the RPO at failover, and a planned failover waits on it).
     pub fn beacon(&mut self, index: &Index) -> Result<()> {
@@ -922,7 +809,7 @@ impl Shipper {
                     self.sent_inodes.insert(entry.ino, entry.clone());
                 }
                 let delivered = entry.ino == ino;
-                let row = Mutation::Upsert(path.clone(), entry.clone());
+                let row = content_row(&path, &entry, ino);
                 if slave_meta == Some(entry.meta()) {
                     // Content and attributes are what the slave holds: nothing to send.
                     let sent = Sent {
@@ -960,7 +847,7 @@ impl Shipper {
                 *wire += 1;
                 let delivered = committed && entry.ino == ino;
                 let sent = Sent {
-                    ok: vec![Mutation::Upsert(path, entry.clone())],
+                    ok: vec![content_row(&path, &entry, ino)],
                     fail,
                     wire: Some(*wire - 1),
                     force_fail: !committed,
@@ -1129,42 +1016,6 @@ impl Drop for Shipper {
     }
 }
 
-/// A multiply-linked name met while seeding: its group keys on the master and on the slave,
-/// and the master's entry when its row was taken as shipped.
-type LinkedName = (RelPath, Option<u64>, Option<u64>, Option<Entry>);
-
-/// The index row a takeover seeds for the slave's entry `le`: the master's `local` entry when
-/// it is the same (kind, size, mtime, owner, mode, target) and its content does not differ
-/// (with the slave's content hash, when it was read); unknown when the content differs (sent
-/// again); otherwise the slave's version (the next crawl sends the brick's).
-fn seed_row(le: protocol::ListEntry, local: Option<Entry>, same: bool, differs: bool) -> Entry {
-    use crate::crawl::entry::Kind;
-    match local {
-        Some(l) if same && !differs => Entry { hash: le.hash, ..l },
-        Some(l) if differs => Entry {
-            kind: Kind::Unknown,
-            ..l
-        },
-        l => Entry {
-            kind: Kind::from_u8(le.kind),
-            ino: l.as_ref().map(|l| l.ino).unwrap_or(0),
-            size: le.size,
-            mtime_sec: le.meta.mtime_sec,
-            mtime_nsec: le.meta.mtime_nsec,
-            ctime_sec: 0,
-            ctime_nsec: 0,
-            mode: le.meta.mode,
-            uid: le.meta.uid,
-            gid: le.meta.gid,
-            nlink: 1,
-            rdev: 0,
-            birth: l.as_ref().map(|l| l.birth).unwrap_or(0),
-            target: le.target,
-            hash: None,
-        },
-    }
-}
-
 /// Protocol sanity for the master side of the handshake.
 pub fn check_welcome(w: &protocol::Welcome, peer: &str) -> Result<()> {
     if w.protocol != protocol::PROTOCOL_VERSION {
@@ -1177,6 +1028,22 @@ pub fn check_welcome(w: &protocol::Welcome, peer: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The index row for `path` once the slave holds `entry`'s content there, planned as inode
+/// `planned`. A name replaced since the plan by a name of a multiply-linked file got a copy of
+/// its own on the slave: a row with that inode would vouch for a hard link the slave does not
+/// have (and no later window or crawl would look at it again: journal seed 460080). It is
+/// unknown instead, so the next plan links it into its group.
+fn content_row(path: &RelPath, entry: &Entry, planned: u64) -> Mutation {
+    if entry.ino != planned && entry.nlink > 1 {
+        Mutation::Poison(path.clone())
+    } else {
+        Mutation::Upsert(path.clone(), entry.clone())
+    }
+}
+
+#[path = "seed.rs"]
+mod seed;
 
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]

@@ -332,3 +332,56 @@ fn a_failure_reported_while_its_batch_is_still_being_sent_is_recorded() {
     drop(sh);
     agent.join().unwrap();
 }
+
+/// Issue 12, journal seed 460080 (about 1 live-mode sequence in 150 split a hard-link group
+/// for good): a file planned as its own inode was replaced, before the shipper read it, by a
+/// name of a multiply-linked file. The slave got a copy of its own, and the index row took the
+/// inode just read, vouching for a hard link the slave did not have; no later window or crawl
+/// looked at it again. The row is unknown now, so the next plan links the name into its group.
+#[test]
+fn a_name_replaced_by_a_hard_link_after_the_plan_is_not_recorded_as_linked() {
+    // One batch, acknowledged, then the agent hangs up.
+    let (mut sh, index, dir, agent) = against(|mut r, mut w| loop {
+        match r.read() {
+            Ok(Some(Message::BatchEnd(e))) => {
+                w.send(&Message::Ack(protocol::Ack { id: e.id })).unwrap();
+                w.flush().unwrap();
+                return;
+            }
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+    });
+    let root = dir.path();
+    std::fs::write(root.join("x"), vec![1u8; 1568]).unwrap();
+    std::fs::write(root.join("a"), vec![2u8; 4450]).unwrap();
+    let brick = fsutil::open_root(root).unwrap();
+    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("x"))
+        .unwrap()
+        .unwrap();
+    // After the plan, before the shipper reads it: `x` becomes a name of `a`'s inode.
+    std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    std::fs::rename(root.join("b"), root.join("x")).unwrap();
+    let linked = crate::crawl::walk::lstat_beneath(&brick, &p("x"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(linked.nlink, 2);
+    let op = PlannedOp {
+        op: PlanOp::File {
+            path: p("x"),
+            entry: planned.clone(),
+            known_hash: None,
+            slave_meta: None,
+        },
+        ok: vec![Mutation::Upsert(p("x"), planned)],
+        fail: vec![Mutation::Poison(p("x"))],
+    };
+    sh.ship(vec![op], &index, 100, u64::MAX).unwrap();
+    let row = index.get(&p("x")).unwrap().expect("a row for x");
+    assert!(
+        row.ino != linked.ino,
+        "the index vouches for x as a name of a's inode, which the slave's copy is not: {row:?}"
+    );
+    drop(sh);
+    agent.join().unwrap();
+}
