@@ -598,3 +598,23 @@ fn a_directory_replaced_before_its_records_came_keeps_what_was_renamed_out_of_it
     signal(writer, Signal::CONT);
     s.converge("after the records came");
 }
+
+/// Journal seed 460291 (issue 12): a hard link made in a directory that was created and
+/// removed before the journal writer could watch it, and the file touched and written through
+/// that link. inotify reports those only to the (unwatched) directory, so no record named the
+/// file's other name, which kept its old mtime and content on the slave. A directory made and
+/// removed unwatched is a gap now: the worker crawls.
+#[test]
+fn a_file_changed_through_a_link_in_a_directory_gone_before_it_was_watched_is_crawled() {
+    writer_behind(
+        |m| crate::util::write(&m.join("f"), b"the first version of f"),
+        |m| {
+            fs::create_dir(m.join("d")).unwrap();
+            fs::hard_link(m.join("f"), m.join("d/l")).unwrap();
+            fs::write(m.join("d/l"), b"written through the link").unwrap();
+            set_mtime(&m.join("d/l"), 1_600_000_902, 239_797_704);
+            fs::remove_dir_all(m.join("d")).unwrap();
+        },
+        |_| {},
+    );
+}
