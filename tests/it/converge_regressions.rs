@@ -618,3 +618,29 @@ fn a_file_changed_through_a_link_in_a_directory_gone_before_it_was_watched_is_cr
         |_| {},
     );
 }
+
+/// Journal seed 470285 (issue 12): a watched directory renamed to a name, moved on and
+/// removed, while a new directory took that name, all before the writer read any of it. The
+/// watch added for the directory now at the name moved with the old directory's queued rename
+/// and went with its removal: nothing done in the new directory was journaled any more.
+#[test]
+fn a_watch_on_the_directory_now_at_a_name_stays_when_a_queued_rename_moves_the_old_one() {
+    writer_behind(
+        |m| {
+            dirs(&["a/x"])(m);
+            crate::util::write(&m.join("f"), b"the first version of f");
+        },
+        |m| {
+            fs::rename(m.join("a/x"), m.join("n")).unwrap();
+            fs::create_dir_all(m.join("a/h/w")).unwrap();
+            fs::rename(m.join("n"), m.join("a/n")).unwrap();
+            fs::rename(m.join("a/h"), m.join("n")).unwrap();
+            fs::remove_dir(m.join("a/n")).unwrap();
+        },
+        |m| {
+            fs::create_dir(m.join("n/made-after")).unwrap();
+            fs::hard_link(m.join("f"), m.join("n/w/l")).unwrap();
+            fs::write(m.join("n/w/l"), b"written through the link").unwrap();
+        },
+    );
+}

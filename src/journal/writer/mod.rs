@@ -255,8 +255,14 @@ impl Writer {
                         let now = std::fs::symlink_metadata(self.full(&path))
                             .ok()
                             .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+                        // A watch on the directory that is at its name in the tree right now
+                        // was named from a scan made after this event was queued: it stays.
+                        // (Here the old name was taken since by another directory, watched
+                        // already; moving its watch along with this rename took it away
+                        // with this directory's removal later: journal seed 470285.)
+                        let stays = self.watches_in_place(&from);
                         for (wd, p) in self.wds.iter_mut() {
-                            if p.starts_with(&from) {
+                            if p.starts_with(&from) && !stays.contains(wd) {
                                 *p = p.rebase(&from, &path);
                                 if *p == path {
                                     let checked =

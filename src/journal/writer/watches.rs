@@ -224,6 +224,24 @@ impl Writer {
         }
     }
 
+    /// The watches at or beneath `dir` whose directory is at the watch's name right now (same
+    /// inode); none when nothing is at `dir` (the usual case: it moved away).
+    pub(super) fn watches_in_place(&self, dir: &RelPath) -> std::collections::HashSet<i32> {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(self.full(dir)).is_err() {
+            return Default::default();
+        }
+        self.wds
+            .iter()
+            .filter(|(wd, p)| {
+                p.starts_with(dir)
+                    && std::fs::symlink_metadata(self.full(p))
+                        .is_ok_and(|m| self.wd_ino.get(*wd) == Some(&m.ino()))
+            })
+            .map(|(wd, _)| *wd)
+            .collect()
+    }
+
     /// Removes `dir` and what lies beneath it from `unwatched`; returns them.
     pub(super) fn take_unwatched(&mut self, dir: &RelPath) -> Vec<RelPath> {
         // The set holds the few directories awaiting a rename: a scan is cheap.
