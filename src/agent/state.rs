@@ -55,7 +55,7 @@ impl AgentState {
         }
         let real = std::fs::read_link(sd.path())
             .with_context(|| format!("resolving {}", sd.shown.display()))?;
-        let s = Self::open_path(&real.join("agent.db"), true)?;
+        let s = Self::open_path(&real.join("agent.db"))?;
         // Read now that this connection holds its locks: no other process deletes the WAL
         // under it any more. Every agent.db file this process holds (it holds one volume's
         // state) must be one of these, whatever path it was reached by.
@@ -89,29 +89,15 @@ impl AgentState {
         Ok(s)
     }
 
-    pub fn open(state_dir: &Path) -> Result<Self> {
-        Self::open_path(&state_dir.join("agent.db"), false)
-    }
-
-    fn open_path(path: &Path, existing: bool) -> Result<Self> {
+    fn open_path(path: &Path) -> Result<Self> {
         let path = path.to_path_buf();
-        let db = if existing {
-            crate::db::open_existing_nofollow(
-                &path,
-                crate::db::Sync::Full,
-                FORMAT_VERSION,
-                "agent state",
-                &[],
-            )?
-        } else {
-            crate::db::open(
-                &path,
-                crate::db::Sync::Full,
-                FORMAT_VERSION,
-                "agent state",
-                &[],
-            )?
-        };
+        let db = crate::db::open_existing_nofollow(
+            &path,
+            crate::db::Sync::Full,
+            FORMAT_VERSION,
+            "agent state",
+            &[],
+        )?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS bricks(
                 brick TEXT PRIMARY KEY, session TEXT NOT NULL,
