@@ -433,6 +433,10 @@ impl Worker {
         let waker = JournalWaker::new(&self.dir)?;
         // An incomplete window (see below): the last record it held, and since when it waits.
         let mut incomplete_upto = 0u64;
+        // A crawl a plan asked for, owed until it runs: an incomplete window is planned again,
+        // and its first plan's request (its rows poisoned already) must not be lost with it
+        // (journal seed 490144).
+        let mut crawl_owed = false;
         let mut incomplete_since = Instant::now();
         let mut incomplete_first = Instant::now();
         let mut check_position = true;
@@ -555,7 +559,7 @@ impl Worker {
                     tracing::debug!(brick = %self.brick, ?seqs, "plan: {:?}", op.op);
                 }
             }
-            let needs_crawl = plan.needs_crawl;
+            crawl_owed |= plan.needs_crawl;
             let incomplete = plan.incomplete;
             shipper.stime_ns = self.status.stime_ns;
             if !plan.is_empty() {
@@ -597,6 +601,7 @@ impl Worker {
                     continue;
                 }
                 incomplete_upto = 0;
+                crawl_owed = false; // this crawl covers it
                 self.hybrid(
                     shipper,
                     index,
@@ -625,7 +630,7 @@ impl Worker {
             }
             self.save();
             last_status = Instant::now();
-            if needs_crawl {
+            if std::mem::take(&mut crawl_owed) {
                 self.hybrid(
                     shipper,
                     index,

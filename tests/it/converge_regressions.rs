@@ -644,3 +644,36 @@ fn a_watch_on_the_directory_now_at_a_name_stays_when_a_queued_rename_moves_the_o
         },
     );
 }
+
+/// Journal seed 490144 (issue 12): a write through one name of a hard-linked file whose other
+/// name's directory was renamed in the same window. The plan poisoned that name and asked for
+/// a crawl, but the window was incomplete and planned again, which dropped the crawl: the slave
+/// kept the moved name as an old, unlinked copy.
+#[test]
+fn a_crawl_owed_by_a_window_planned_again_still_runs() {
+    let g = Georep::new();
+    let m = g.master();
+    crate::util::write(&m.join("f"), b"first version");
+    fs::create_dir_all(m.join("d")).unwrap();
+    fs::hard_link(m.join("f"), m.join("d/c")).unwrap();
+    fs::create_dir_all(m.join("p")).unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    // The indexed name d/c is gone (moved with d); f is written through its other name.
+    fs::rename(m.join("d"), m.join("e")).unwrap();
+    fs::write(m.join("f"), b"second version, longer").unwrap();
+    crate::util::write(&m.join("p/x"), b"made before its directory moved");
+    assert!(wait_until(Duration::from_secs(10), || s.journaled("DATA", "p/x")));
+    // The rename of p is held back with the writer: the window is incomplete.
+    signal(writer, Signal::STOP);
+    fs::rename(m.join("p"), m.join("q")).unwrap();
+    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
+    signal(worker, Signal::CONT);
+    wait_until(Duration::from_millis(500), || {
+        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
+    });
+    signal(writer, Signal::CONT);
+    s.converge("after the rename was journaled");
+}
