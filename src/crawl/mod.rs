@@ -261,8 +261,14 @@ pub fn plan_paths(
         let start = start_name(d, &renamed_from);
         for (q, _) in index.subtree(&start)? {
             let now = q.rebase(&start, d);
+            // A removal at or above `d` explains nothing: `d` is on disk (a file replaced by
+            // this directory was removed, and that deletes nothing beneath it on the slave:
+            // journal seed 490241). Only removals strictly beneath `d` do.
             if !dirty.contains(&now)
-                && !now.self_and_ancestors().any(|x| removed.contains(&x))
+                && !now
+                    .self_and_ancestors()
+                    .take_while(|x| x != d)
+                    .any(|x| removed.contains(&x))
                 && walk::lstat_beneath(&root_fd, &now)?.is_none()
             {
                 tracing::debug!("{now} is indexed but gone, and no record says why: crawling");

@@ -677,3 +677,31 @@ fn a_crawl_owed_by_a_window_planned_again_still_runs() {
     signal(writer, Signal::CONT);
     s.converge("after the rename was journaled");
 }
+
+/// Journal seed 490241 (issue 12): a file replaced by a directory while the writer was behind.
+/// A window planned from the disk listed the new directory whole and shipped a child made and
+/// removed before the writer watched it; the next window's UNLINK d + MKDIR d never named the
+/// child, and the removal of d itself excused it from the leftover check.
+#[test]
+fn a_child_shipped_early_in_a_file_replaced_by_a_directory_is_not_left_behind() {
+    let g = Georep::new();
+    let m = g.master();
+    crate::util::write(&m.join("d"), b"a file first");
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    fs::write(m.join("d"), b"written, so d is in the next window").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || s.journaled("DATA", "d")));
+    signal(writer, Signal::STOP);
+    fs::remove_file(m.join("d")).unwrap();
+    fs::create_dir_all(m.join("d/was-a-file")).unwrap();
+    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
+    signal(worker, Signal::CONT);
+    wait_until(Duration::from_millis(500), || {
+        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
+    });
+    fs::remove_dir(m.join("d/was-a-file")).unwrap();
+    signal(writer, Signal::CONT);
+    s.converge("after the writer caught up");
+}
