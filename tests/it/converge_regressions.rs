@@ -327,17 +327,39 @@ fn planned_before_its_rename(
     record: (&str, &str),
     rename: (&str, &str),
 ) {
+    planned_before(
+        |m| {
+            for p in prepare {
+                match p.strip_suffix("/x") {
+                    Some(dir) => {
+                        fs::create_dir_all(m.join(dir)).unwrap();
+                        crate::util::write(&m.join(p), b"there before the session");
+                    }
+                    None => fs::create_dir_all(m.join(p)).unwrap(),
+                }
+            }
+        },
+        change,
+        record,
+        |m| fs::rename(m.join(rename.0), m.join(rename.1)).unwrap(),
+        |_| {},
+    );
+}
+
+/// The general form: after `prepare` and a first sync, `change` is made with the worker
+/// stopped and journaled (`record`); `held` happens on disk while the writer is stopped too,
+/// so the worker plans `change`'s window without `held`'s records; `later` happens after that
+/// window, before the writer reads on. The slave must converge.
+fn planned_before(
+    prepare: impl Fn(&Path),
+    change: impl Fn(&Path),
+    record: (&str, &str),
+    held: impl Fn(&Path),
+    later: impl Fn(&Path),
+) {
     let g = Georep::new();
     let m = g.master();
-    for p in prepare {
-        match p.strip_suffix("/x") {
-            Some(dir) => {
-                fs::create_dir_all(m.join(dir)).unwrap();
-                crate::util::write(&m.join(p), b"there before the session");
-            }
-            None => fs::create_dir_all(m.join(p)).unwrap(),
-        }
-    }
+    prepare(&m);
     let s = Session::start(&g);
     s.converge("start");
     let (worker, writer) = (s.worker_pid(), s.writer_pid());
@@ -349,18 +371,19 @@ fn planned_before_its_rename(
         record.0,
         record.1
     );
-    // The rename happens on disk, but its record waits behind the stopped writer.
+    // `held` happens on disk, but its records wait behind the stopped writer.
     signal(writer, Signal::STOP);
-    fs::rename(m.join(rename.0), m.join(rename.1)).unwrap();
+    held(&m);
     let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
     signal(worker, Signal::CONT);
-    // Give the worker the window without the rename (it moves journal_seq if it ships it as
+    // Give the worker the window without `held` (it moves journal_seq if it ships it as
     // complete; an incomplete window waits, so this wait ends by its bound).
     wait_until(Duration::from_millis(500), || {
         s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
     });
+    later(&m);
     signal(writer, Signal::CONT);
-    s.converge("after the rename was journaled");
+    s.converge("after the writer caught up");
 }
 
 /// Journal seed 92095: a hybrid crawl shipped a directory made inside a new directory that
@@ -651,31 +674,24 @@ fn a_watch_on_the_directory_now_at_a_name_stays_when_a_queued_rename_moves_the_o
 /// kept the moved name as an old, unlinked copy.
 #[test]
 fn a_crawl_owed_by_a_window_planned_again_still_runs() {
-    let g = Georep::new();
-    let m = g.master();
-    crate::util::write(&m.join("f"), b"first version");
-    fs::create_dir_all(m.join("d")).unwrap();
-    fs::hard_link(m.join("f"), m.join("d/c")).unwrap();
-    fs::create_dir_all(m.join("p")).unwrap();
-    let s = Session::start(&g);
-    s.converge("start");
-    let (worker, writer) = (s.worker_pid(), s.writer_pid());
-    signal(worker, Signal::STOP);
-    // The indexed name d/c is gone (moved with d); f is written through its other name.
-    fs::rename(m.join("d"), m.join("e")).unwrap();
-    fs::write(m.join("f"), b"second version, longer").unwrap();
-    crate::util::write(&m.join("p/x"), b"made before its directory moved");
-    assert!(wait_until(Duration::from_secs(10), || s.journaled("DATA", "p/x")));
-    // The rename of p is held back with the writer: the window is incomplete.
-    signal(writer, Signal::STOP);
-    fs::rename(m.join("p"), m.join("q")).unwrap();
-    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
-    signal(worker, Signal::CONT);
-    wait_until(Duration::from_millis(500), || {
-        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
-    });
-    signal(writer, Signal::CONT);
-    s.converge("after the rename was journaled");
+    planned_before(
+        |m| {
+            crate::util::write(&m.join("f"), b"first version");
+            fs::create_dir_all(m.join("d")).unwrap();
+            fs::hard_link(m.join("f"), m.join("d/c")).unwrap();
+            fs::create_dir_all(m.join("p")).unwrap();
+        },
+        // The indexed name d/c is gone (moved with d); f is written through its other name.
+        |m| {
+            fs::rename(m.join("d"), m.join("e")).unwrap();
+            fs::write(m.join("f"), b"second version, longer").unwrap();
+            crate::util::write(&m.join("p/x"), b"made before its directory moved");
+        },
+        ("DATA", "p/x"),
+        // The rename of p is held back with the writer: the window is incomplete.
+        |m| fs::rename(m.join("p"), m.join("q")).unwrap(),
+        |_| {},
+    );
 }
 
 /// Journal seed 490241 (issue 12): a file replaced by a directory while the writer was behind.
@@ -684,24 +700,15 @@ fn a_crawl_owed_by_a_window_planned_again_still_runs() {
 /// child, and the removal of d itself excused it from the leftover check.
 #[test]
 fn a_child_shipped_early_in_a_file_replaced_by_a_directory_is_not_left_behind() {
-    let g = Georep::new();
-    let m = g.master();
-    crate::util::write(&m.join("d"), b"a file first");
-    let s = Session::start(&g);
-    s.converge("start");
-    let (worker, writer) = (s.worker_pid(), s.writer_pid());
-    signal(worker, Signal::STOP);
-    fs::write(m.join("d"), b"written, so d is in the next window").unwrap();
-    assert!(wait_until(Duration::from_secs(10), || s.journaled("DATA", "d")));
-    signal(writer, Signal::STOP);
-    fs::remove_file(m.join("d")).unwrap();
-    fs::create_dir_all(m.join("d/was-a-file")).unwrap();
-    let seq = s.status()["journal_seq"].as_u64().unwrap_or(0);
-    signal(worker, Signal::CONT);
-    wait_until(Duration::from_millis(500), || {
-        s.status()["journal_seq"].as_u64().unwrap_or(0) > seq
-    });
-    fs::remove_dir(m.join("d/was-a-file")).unwrap();
-    signal(writer, Signal::CONT);
-    s.converge("after the writer caught up");
+    planned_before(
+        |m| crate::util::write(&m.join("d"), b"a file first"),
+        |m| fs::write(m.join("d"), b"written, so d is in the next window").unwrap(),
+        ("DATA", "d"),
+        |m| {
+            fs::remove_file(m.join("d")).unwrap();
+            fs::create_dir_all(m.join("d/was-a-file")).unwrap();
+        },
+        // Made and removed before the writer watched d.
+        |m| fs::remove_dir(m.join("d/was-a-file")).unwrap(),
+    );
 }
