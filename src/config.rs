@@ -75,6 +75,9 @@ pub struct SyncOptions {
     pub rescan_slave: Option<bool>,
     /// Connect in reverse mode (read the slave, never write it): resync --reverse, failback.
     pub reverse: bool,
+    /// `takeover-timeout`: the agent gives up a connection silent for a bit less than this
+    /// (`protocol::silence_for_takeover`), so another brick of the set can take over in time.
+    pub takeover_timeout: std::time::Duration,
 }
 
 impl Default for SyncOptions {
@@ -93,6 +96,7 @@ impl Default for SyncOptions {
             replica_set: None,
             rescan_slave: None,
             reverse: false,
+            takeover_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -41,6 +41,10 @@ pub struct SessionOptions {
     pub scrub_checksum_every: Option<u32>,
     #[serde(default)]
     pub scrub_repair: Option<bool>,
+    /// Seconds after which a replica set's Active brick that went silent (a partition, a dead
+    /// node) is replaced by another brick of the set.
+    #[serde(default)]
+    pub takeover_timeout_secs: Option<u64>,
 }
 
 /// Scrub defaults: a pass an hour; contents rotate through the tree in a day (1/24 a pass);
@@ -187,6 +191,11 @@ pub const OPTIONS: &[OptionDef] = &[
         help: "bytes per second on the wire per brick (K, M, G suffixes); 0 = unlimited",
     },
     OptionDef {
+        key: "takeover-timeout",
+        default: "30s",
+        help: "on replica volumes, how soon another brick of the set takes over from an Active brick the DR site stopped hearing from (a partition, a dead node); 10s to 1h",
+    },
+    OptionDef {
         key: "trash-retention",
         default: "0",
         help: "days the slave keeps deleted and overwritten files under .georep/trash/; 0 = off",
@@ -328,6 +337,7 @@ pub fn get(cfg: &SessionConfig, key: &str) -> Result<String> {
         "remote-georep" => cfg.remote_georep.clone(),
         "bwlimit" => o.bwlimit.map(show_size),
         "trash-retention" => o.trash_retention_days.map(|v| v.to_string()),
+        "takeover-timeout" => o.takeover_timeout_secs.map(show_duration),
         "scrub-interval" => o.scrub_interval_secs.map(show_duration),
         "scrub-checksum" => o.scrub_checksum_every.map(show_share),
         "scrub-repair" => o.scrub_repair.map(|v| v.to_string()),
@@ -384,6 +394,13 @@ pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
         }
         "bwlimit" => o.bwlimit = Some(parse_size(value)?),
         "trash-retention" => o.trash_retention_days = Some(parse_num(key, value, 0, 3650)?),
+        "takeover-timeout" => {
+            let secs = parse_duration(key, value)?;
+            if !(10..=3600).contains(&secs) {
+                bail!("takeover-timeout: {value:?} is out of range: use 10s to 1h");
+            }
+            o.takeover_timeout_secs = Some(secs);
+        }
         "scrub-interval" => o.scrub_interval_secs = Some(parse_duration(key, value)?),
         "scrub-checksum" => o.scrub_checksum_every = Some(parse_share(value)?),
         "scrub-repair" => o.scrub_repair = Some(parse_bool(value)?),
@@ -409,6 +426,7 @@ pub fn reset(cfg: &mut SessionConfig, key: &str) -> Result<()> {
         "remote-georep" => cfg.remote_georep = None,
         "bwlimit" => o.bwlimit = None,
         "trash-retention" => o.trash_retention_days = None,
+        "takeover-timeout" => o.takeover_timeout_secs = None,
         "scrub-interval" => o.scrub_interval_secs = None,
         "scrub-checksum" => o.scrub_checksum_every = None,
         "scrub-repair" => o.scrub_repair = None,
@@ -430,6 +448,9 @@ pub fn sync_options(cfg: &SessionConfig) -> SyncOptions {
         bwlimit: o.bwlimit.unwrap_or(0),
         ignore_deletes: o.ignore_deletes.unwrap_or(false),
         trash_retention_days: o.trash_retention_days.unwrap_or(0),
+        takeover_timeout: o
+            .takeover_timeout_secs
+            .map_or(d.takeover_timeout, std::time::Duration::from_secs),
         ..d
     }
 }

@@ -44,11 +44,16 @@ pub fn input_from_stdin() -> Result<BoxRead> {
     Ok(Box::new(std::fs::File::from(raw)))
 }
 
+/// How long past its silence limit an agent may take to end on its own before the watchdog
+/// ends the process.
+const SILENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves one master connection until it says `Bye` or closes.
 pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
     let w = SharedWriter::new(FrameWriter::new(output));
     w.lock().send_preamble().context("writing to the master")?;
     let (input, silence) = Silence::watch(input);
+    silence.watchdog(SILENCE_GRACE, "the master".into());
     let r = FrameReader::new(input);
     // Every thread that writes to `w` has ended when serve_inner returns.
     let r = serve_inner(root, r, &w, &silence);
@@ -83,6 +88,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             hello.protocol
         );
     }
+    silence.set_limit(protocol::silence_limit(hello.silence_ms));
     let meta = std::fs::symlink_metadata(root).map_err(|e| {
         anyhow!(
             "slave root {} on {host} is not usable ({e}): create it there (mkdir -p {}) or name an existing volume",
@@ -203,7 +209,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
         Ok(())
     };
     loop {
-        let msg = match r.read_within(Some((silence, protocol::SILENCE_LIMIT))) {
+        let msg = match r.read_within(Some((silence, silence.limit()))) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 if let Some(b) = batch {

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A worker that lived this long before dying restarts at the shortest back-off again.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// How often the monitor makes sure each brick's journal writer runs (a try-lock of its lock
+/// file): a writer that died is back within this, and what changed meanwhile is crawled.
+const WRITER_CHECK: Duration = Duration::from_millis(500);
 /// How long a stopping worker may take to finish its batch in flight before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(60);
 
@@ -125,7 +128,7 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
     let mut last_writer_check = Instant::now() - Duration::from_secs(60);
     while !stop.load(Ordering::Relaxed) {
         let paused = is_paused(home, &cfg.name);
-        if last_writer_check.elapsed() >= Duration::from_secs(2) {
+        if last_writer_check.elapsed() >= WRITER_CHECK {
             last_writer_check = Instant::now();
             for s in &slots {
                 writer_health(&s.dir, &s.brick, ensure_writer(home, &cfg.name, &s.brick));

@@ -42,6 +42,10 @@ pub struct Hello {
     /// `MODE_REPLICATE`, or `MODE_REVERSE`: read the slave (List, Fetch) and Demote it, write
     /// nothing; accepted from a fenced master (that is how it recovers).
     pub mode: u8,
+    /// How long the agent may wait for a byte from this master before it gives the connection
+    /// up, freeing its locks for another brick of the replica set (the master heartbeats at a
+    /// quarter of it at most); 0 = `SILENCE_LIMIT`. Clamped to `SILENCE_MIN..=SILENCE_MAX`.
+    pub silence_ms: u32,
 }
 
 pub const MODE_REPLICATE: u8 = 0;

@@ -1,16 +1,17 @@
 //! The master's half of connection liveness: a writer that sends `Heartbeat` (after flushing
-//! what is buffered) whenever no byte has reached the transport for
-//! `protocol::HEARTBEAT_EVERY`, from a thread of its own, so that a master busy elsewhere (a long walk, hashing a large file, waiting for acks)
+//! what is buffered) whenever no byte has reached the transport for a while
+//! (`protocol::heartbeat_every` of the silence limit the master asked for), from a thread of its
+//! own, so that a master busy elsewhere (a long walk, hashing a large file, waiting for acks)
 //! still shows the agent it is alive. The agent gives up a connection that stays silent for
-//! `protocol::SILENCE_LIMIT` (a half-open link: NAT timeout, cable, partition), which frees the
-//! volume's brick lock for the master's next connection.
+//! the limit (a half-open link: NAT timeout, cable, partition), which frees the volume's brick
+//! lock for the master's next connection, and the replica set's Active lock for another brick.
 //!
 //! Invariant: frames are only ever written whole under the mutex, so a heartbeat can only fall
 //! between two frames; the agent accepts `Heartbeat` anywhere, inside a batch or a file too.
 
 use crate::protocol::{self, Message};
 use crate::transport::conn::FrameWriter;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 struct Inner {
     w: Mutex<FrameWriter>,
     stop: AtomicBool,
+    /// The quiet after which a heartbeat goes out, in ms.
+    every_ms: AtomicU64,
 }
 
 impl Inner {
@@ -47,9 +50,9 @@ impl LiveWriter {
         let inner = Arc::new(Inner {
             w: Mutex::new(w),
             stop: AtomicBool::new(false),
+            every_ms: AtomicU64::new(every.as_millis() as u64),
         });
         let i = inner.clone();
-        let tick = (every / 5).max(Duration::from_millis(10));
         let beat = std::thread::Builder::new()
             .name("heartbeat".into())
             .spawn(move || {
@@ -57,7 +60,8 @@ impl LiveWriter {
                 // small ops can sit in the writer's buffer for a long time.
                 let (mut wire, mut moved) = (0u64, Instant::now());
                 loop {
-                    std::thread::park_timeout(tick);
+                    let every = Duration::from_millis(i.every_ms.load(Ordering::Relaxed));
+                    std::thread::park_timeout((every / 5).max(Duration::from_millis(10)));
                     if i.stop.load(Ordering::SeqCst) {
                         return;
                     }
@@ -90,6 +94,12 @@ impl LiveWriter {
         LiveWriter::with_hook(w, protocol::HEARTBEAT_EVERY, before_beat)
     }
 
+    /// Heartbeats after `every` of quiet from now on.
+    pub fn set_every(&self, every: Duration) {
+        let ms = every.as_millis().max(1) as u64;
+        self.inner.every_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// The writer, for frames.
     pub fn lock(&self) -> MutexGuard<'_, FrameWriter> {
         self.inner.lock()
@@ -115,6 +125,7 @@ impl LiveWriter {
             Arc::new(Inner {
                 w: Mutex::new(FrameWriter::new(Box::new(std::io::sink()))),
                 stop: AtomicBool::new(true),
+                every_ms: AtomicU64::new(0),
             }),
         );
         match Arc::try_unwrap(inner) {

@@ -339,6 +339,7 @@ pub fn connect(
         } else {
             crate::protocol::MODE_REPLICATE
         },
+        silence_ms: crate::protocol::silence_for_takeover(opts.takeover_timeout).as_millis() as u32,
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;
@@ -402,6 +403,9 @@ pub fn connect(
     );
     shipper.ignore_deletes = opts.ignore_deletes;
     shipper.set_bwlimit(opts.bwlimit);
+    shipper.set_heartbeat(crate::protocol::heartbeat_every(
+        crate::protocol::silence_for_takeover(opts.takeover_timeout),
+    ));
     shipper.previous_active = welcome.previous_active;
     shipper.replicated_from = welcome.replicated_from;
     shipper.previous_stime_ns = welcome.previous_stime_ns;

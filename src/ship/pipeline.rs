@@ -599,6 +599,13 @@ impl Shipper {
             .collect()
     }
 
+    /// Heartbeats after `every` of quiet on the link (the agent's silence limit allows it).
+    pub fn set_heartbeat(&self, every: std::time::Duration) {
+        if let Some(w) = &self.w {
+            w.set_every(every);
+        }
+    }
+
     /// Sets the wire rate limit (bytes/s, 0 = none), from now on.
     pub fn set_bwlimit(&mut self, bytes_per_sec: u64) {
         if bytes_per_sec != self.bwlimit {

@@ -180,11 +180,13 @@ impl Worker {
             opts.window,
             opts.bwlimit,
             opts.trash_retention_days,
+            opts.takeover_timeout,
         ) != (
             self.opts.compression,
             self.opts.window,
             self.opts.bwlimit,
             self.opts.trash_retention_days,
+            self.opts.takeover_timeout,
         ) || (cfg.ssh_port, &cfg.remote_georep)
             != (self.session.ssh_port, &self.session.remote_georep);
         tracing::info!(brick = %self.brick, reconnect, "session options changed");

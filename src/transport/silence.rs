@@ -8,16 +8,27 @@ use std::sync::Arc;
 /// How long a read of the underlying stream has been waiting for data, shared between the
 /// thread that reads and the one that decides the peer is gone.
 #[derive(Clone)]
-pub struct Silence(Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>);
+pub struct Silence(
+    Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>,
+    Arc<AtomicU64>,
+);
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 impl Silence {
     /// Wraps `inner`: every read marks when it started waiting, and clears the mark when data
     /// (or the end) arrives. Time spent not reading (the applier is behind) never counts.
     pub fn watch(inner: BoxRead) -> (BoxRead, Silence) {
-        let s = Silence(Arc::new((
-            std::time::Instant::now(),
-            std::sync::atomic::AtomicU64::new(0),
-        )));
+        let s = Silence(
+            Arc::new((
+                std::time::Instant::now(),
+                std::sync::atomic::AtomicU64::new(0),
+            )),
+            Arc::new(AtomicU64::new(
+                crate::protocol::SILENCE_LIMIT.as_millis() as u64
+            )),
+        );
         (
             Box::new(Watched {
                 inner,
@@ -25,6 +36,39 @@ impl Silence {
             }),
             s,
         )
+    }
+
+    /// The silence after which the peer is presumed gone (`SILENCE_LIMIT` until the master's
+    /// `Hello` sets its own).
+    pub fn limit(&self) -> Duration {
+        Duration::from_millis(self.1.load(Ordering::Relaxed))
+    }
+
+    pub fn set_limit(&self, limit: Duration) {
+        self.1.store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Ends the process once a read has waited `grace` beyond the limit: the thread that reads
+    /// gives up at the limit, but one blocked elsewhere (a reply it cannot write because the
+    /// link is gone) would keep the volume's locks, and the replica set's Active claim, for
+    /// good. Ending the process is a crash the agent is built for: only durable batches were
+    /// acknowledged, and every lock goes with it.
+    pub fn watchdog(&self, grace: Duration, what: String) {
+        let s = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("silence-watchdog".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let (waited, limit) = (s.waited(), s.limit());
+                if waited >= limit + grace {
+                    tracing::error!(
+                        "no word from {what} for {} s (limit {} s) and this agent did not end on its own: exiting so that its locks go (a retry from the master reconnects)",
+                        waited.as_secs(),
+                        limit.as_secs()
+                    );
+                    std::process::exit(75);
+                }
+            });
     }
 
     /// How long the read in progress has been waiting; zero when none is.

@@ -40,6 +40,7 @@ fn hello_fields(protocol: u32) -> Hello {
         replica_set: String::new(),
         trash_days: 0,
         mode: 0,
+        silence_ms: 0,
     }
 }
 

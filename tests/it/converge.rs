@@ -158,6 +158,8 @@ fn harness(mode: &str, count: u64, per: u64, jobs: u64, shrink_budget: Duration,
     // the first one is reported (and shrunk) at the end.
     let all = std::env::var_os("GEOREP_CONVERGE_ALL").is_some();
     let jobs = env_num("GEOREP_CONVERGE_JOBS").unwrap_or(jobs).max(1);
+    // A replicator serves at most its lane's share, so every lane has work until the end.
+    let per = per.min(count.div_ceil(jobs)).max(1);
     let diverged: Mutex<Vec<(u64, Vec<FsOp>, String)>> = Mutex::new(Vec::new());
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
@@ -362,13 +364,12 @@ impl Replicator for Live<'_> {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 100-300 (mostly hard-link groups split on the slave; issue 12, docs/benchmarks.md): run with --ignored"]
 fn converge_journal_mode() {
     harness(
         "journal",
         sequences(300),
         50,
-        4,
+        8,
         Duration::from_secs(120),
         &|g| {
             Box::new(Live {
@@ -381,13 +382,12 @@ fn converge_journal_mode() {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 100-300 (mostly hard-link groups split on the slave; issue 12, docs/benchmarks.md): run with --ignored"]
 fn converge_journal_with_gaps() {
     harness(
         "journal with gaps",
         sequences(300),
         50,
-        4,
+        8,
         Duration::from_secs(120),
         &|g| {
             Box::new(Live {
@@ -579,13 +579,12 @@ impl Drop for Replica<'_> {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 100-300 (mostly hard-link groups split on the slave; issue 12, docs/benchmarks.md): run with --ignored"]
 fn converge_replica_takeover() {
     harness(
         "replica takeover",
         sequences(300),
         50,
-        3,
+        8,
         Duration::from_secs(120),
         &|g| Box::new(Replica::new(g, 8)),
     );

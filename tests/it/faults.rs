@@ -219,11 +219,21 @@ fn enc(m: &Message) -> Vec<u8> {
 
 /// Starts `georep agent` on `g.slave()` after a replicate handshake; the caller keeps stdin.
 fn handshaken_agent(g: &Georep, brick: &str) -> std::process::Child {
+    handshaken_agent_with(g, brick, 0, Stdio::null())
+}
+
+/// The same, asking for a silence limit of `silence_ms` (0: the default), with `stdout`.
+fn handshaken_agent_with(
+    g: &Georep,
+    brick: &str,
+    silence_ms: u32,
+    stdout: Stdio,
+) -> std::process::Child {
     let mut c = g
         .cmd()
         .args(["agent", "--volume", g.slave().to_str().unwrap()])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -240,21 +250,24 @@ fn handshaken_agent(g: &Georep, brick: &str) -> std::process::Child {
         replica_set: String::new(),
         trash_days: 0,
         mode: MODE_REPLICATE,
+        silence_ms,
     })));
     c.stdin.as_mut().unwrap().write_all(&input).unwrap();
     c
 }
 
-/// Review hole 7 (issue 13): the agent gives up a master it has not heard from for
-/// `SILENCE_LIMIT` (30 s), so a half-open connection cannot hold the brick lock for good. The
-/// control, run alongside: a master that only heartbeats keeps its agent.
+/// Review hole 7 (issue 13): the agent gives up a master it has not heard from for the
+/// silence limit the master asked for (here 6 s; `SILENCE_LIMIT`, 30 s, by default), so a
+/// half-open connection cannot hold the brick lock for good. The control, run alongside: a
+/// master that only heartbeats keeps its agent.
 #[test]
 fn the_agent_gives_up_a_silent_master_but_not_a_heartbeating_one() {
     let g = Georep::new();
     let t = Instant::now();
-    let mut silent = handshaken_agent(&g, "/silent");
-    let mut beating = handshaken_agent(&g, "/beating");
-    let limit = SILENCE_LIMIT;
+    let limit = Duration::from_secs(6);
+    let ms = limit.as_millis() as u32;
+    let mut silent = handshaken_agent_with(&g, "/silent", ms, Stdio::null());
+    let mut beating = handshaken_agent_with(&g, "/beating", ms, Stdio::null());
     let mut silent_done = None;
     while t.elapsed() < limit + Duration::from_secs(15) {
         if silent_done.is_none() {
@@ -284,7 +297,7 @@ fn the_agent_gives_up_a_silent_master_but_not_a_heartbeating_one() {
         if silent_done.is_some() && t.elapsed() > limit + Duration::from_secs(5) {
             break;
         }
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(500));
     }
     let Some((st, after)) = silent_done else {
         let _ = silent.kill();
@@ -304,10 +317,51 @@ fn the_agent_gives_up_a_silent_master_but_not_a_heartbeating_one() {
         after >= limit && after < limit + Duration::from_secs(10),
         "gave up after {after:?}: {err}"
     );
-    assert!(err.contains("no word from the peer for 30 s"), "{err}");
+    assert!(err.contains("no word from the peer for 6 s"), "{err}");
     drop(beating.stdin.take());
     let st = beating.wait().unwrap();
     assert!(st.success(), "the heartbeating agent ended badly: {st}");
+}
+
+/// Issue 18: an agent blocked writing a reply the dead link will never carry (here a listing
+/// into a pipe nobody reads) cannot notice the silence itself; its watchdog ends the process,
+/// so its locks (the replica set's Active claim among them) go with it.
+#[test]
+fn an_agent_blocked_on_a_dead_link_is_ended_by_its_watchdog() {
+    let g = Georep::new();
+    // A listing far larger than a pipe holds.
+    let long = "x".repeat(200);
+    for i in 0..3000 {
+        write(&g.slave().join(format!("{i:05}-{long}")), b"");
+    }
+    let t = Instant::now();
+    let limit = Duration::from_secs(3);
+    let (rd, wr) = std::io::pipe().unwrap();
+    let mut a = handshaken_agent_with(&g, "/blocked", limit.as_millis() as u32, wr.into());
+    a.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&enc(&Message::List {
+            checksum: false,
+            paths: None,
+        }))
+        .unwrap();
+    // The reply fills the pipe; the master never reads it, nor sends another byte.
+    let ended = wait_until(Duration::from_secs(40), || a.try_wait().unwrap().is_some());
+    let after = t.elapsed();
+    let _ = a.kill();
+    let st = a.wait().unwrap();
+    drop(rd);
+    let mut err = String::new();
+    use std::io::Read;
+    a.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(ended, "the blocked agent still runs after {after:?}: {err}");
+    assert_eq!(st.code(), Some(75), "{err}");
+    assert!(
+        err.contains("did not end on its own"),
+        "the watchdog says why: {err}"
+    );
+    assert!(after >= limit, "ended after {after:?}, before its limit");
 }
 
 /// Found by the test above: two agents opening a new volume's `agent.db` at the same moment

@@ -15,8 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The georep binary under test: this build's, or `GEOREP_TEST_BIN` (a copy, so that a long
+/// harness run goes on while the tree is rebuilt).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_georep"))
+    std::env::var_os("GEOREP_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_georep")))
 }
 
 /// A scratch area: master, slave and `GEOREP_HOME` under one temp dir, removed on drop.
