@@ -9,6 +9,8 @@ command -v cc >/dev/null || need_apt+=(gcc)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# The multi-host tests make hosts of network namespaces (ip netns, veth, a bridge; tc netem).
+command -v ip >/dev/null && command -v tc >/dev/null || need_apt+=(iproute2)
 # scripts/install.sh's test reads the man pages it installs with `man -l`.
 command -v man >/dev/null || need_apt+=(man-db)
 command -v strip >/dev/null || need_apt+=(binutils)

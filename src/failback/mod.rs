@@ -209,8 +209,21 @@ pub fn resync_reverse(
         let dir = session::brick_state_dir(home, &cfg.name, brick);
         let index = Index::open(&dir.join("index.db"))?;
         if index.get_meta("slave_volume_id")?.is_none() {
-            bail!(
-                "brick {brick} never replicated to {slave}: there is no common point to compare with (use `georep sync` from the DR side instead)"
+            // A replica brick that stayed Passive: its set's Active brick shipped for it.
+            // With no common point of its own, whatever differs counts as changed on both
+            // sides: the DR version comes in, the brick's own is kept beside it (a conflict
+            // copy), and what only the brick has stays. Nothing is lost.
+            let in_a_set = vol
+                .replica_sets()
+                .any(|set| set.len() > 1 && set.contains(brick));
+            if !in_a_set {
+                bail!(
+                    "brick {brick} never replicated to {slave}: there is no common point to compare with (use `georep sync` from the DR side instead)"
+                );
+            }
+            tracing::warn!(
+                %brick,
+                "this replica brick never shipped itself (it was Passive): with no common point, every difference counts as a conflict (the DR version wins, this brick's is kept beside it) and nothing only this brick has is deleted"
             );
         }
         let mut shipper =

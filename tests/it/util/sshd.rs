@@ -1,11 +1,18 @@
-//! A private OpenSSH sshd on a loopback port with its own host key, config and authorized_keys
-//! (never the system one), and an operator key it accepts. Stopped on drop.
+//! A private OpenSSH sshd on a loopback port (or a testbed host's own address, inside its network
+//! namespace) with its own host key, config and authorized_keys (never the system one), and an
+//! operator key it accepts. Stopped on drop.
 
 use super::*;
 use std::process::Child;
 
 pub struct Sshd {
     pub dir: PathBuf,
+    /// The address it listens on, and the network namespace it runs in (None: this one).
+    pub addr: String,
+    pub netns: Option<String>,
+    /// GEOREP_HOME and GEOREP_NODE of the sessions it starts (the DR host's).
+    home: PathBuf,
+    node: String,
     pub port: u16,
     pub operator_key: PathBuf,
     pub authorized_keys: PathBuf,
@@ -34,7 +41,26 @@ impl Sshd {
     /// Starts sshd for `g`: sessions get GEOREP_HOME=<g>/slave-home and write authorized_keys
     /// into this sshd's own file.
     pub fn start(g: &Georep) -> Sshd {
-        let dir = g.path("sshd");
+        Sshd::start_on(
+            g.path("sshd"),
+            "127.0.0.1",
+            free_port(),
+            g.path("slave-home"),
+            "drnode",
+            None,
+        )
+    }
+
+    /// Starts sshd listening on `addr:port` (inside network namespace `netns` when given):
+    /// sessions get GEOREP_HOME=`home` and GEOREP_NODE=`node`.
+    pub fn start_on(
+        dir: PathBuf,
+        addr: &str,
+        port: u16,
+        home: PathBuf,
+        node: &str,
+        netns: Option<String>,
+    ) -> Sshd {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap();
         keygen(&dir.join("host_key"));
@@ -43,38 +69,51 @@ impl Sshd {
         let authorized_keys = dir.join("authorized_keys");
         let op_pub = std::fs::read_to_string(operator_key.with_extension("pub")).unwrap();
         std::fs::write(&authorized_keys, op_pub).unwrap();
-        let port = free_port();
         let mut s = Sshd {
             dir,
+            addr: addr.to_string(),
+            netns,
+            home,
+            node: node.to_string(),
             port,
             operator_key,
             authorized_keys,
             child: None,
         };
-        s.write_config(g);
+        s.write_config();
         s.run();
         s
     }
 
-    fn write_config(&self, g: &Georep) {
+    fn write_config(&self) {
         let d = &self.dir;
         let cfg = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+            "Port {port}\nListenAddress {addr}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {ak}\nStrictModes no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin yes\n\
-             SetEnv GEOREP_AUTHORIZED_KEYS={ak} GEOREP_HOME={home} GEOREP_NODE=drnode\n\
+             SetEnv GEOREP_AUTHORIZED_KEYS={ak} GEOREP_HOME={home} GEOREP_NODE={node}\n\
              LogLevel ERROR\n",
             port = self.port,
+            addr = self.addr,
             d = d.display(),
             ak = self.authorized_keys.display(),
-            home = g.path("slave-home").display(),
+            home = self.home.display(),
+            node = self.node,
         );
         std::fs::write(d.join("sshd_config"), cfg).unwrap();
     }
 
     pub fn run(&mut self) {
         assert!(self.child.is_none());
-        let child = Command::new(sshd_bin())
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(sshd_bin());
+                c
+            }
+            None => Command::new(sshd_bin()),
+        };
+        let child = cmd
             .arg("-D")
             .arg("-f")
             .arg(self.dir.join("sshd_config"))
@@ -83,13 +122,19 @@ impl Sshd {
             .spawn()
             .expect("starting sshd");
         self.child = Some(child);
-        let port = self.port;
+        let (addr, port) = (self.addr.clone(), self.port);
+        let listening = || match &self.netns {
+            None => std::net::TcpStream::connect((addr.as_str(), port)).is_ok(),
+            // Only reachable from inside its namespace.
+            Some(ns) => Command::new("ip")
+                .args(["netns", "exec", ns, "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        };
         assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            wait_until(Duration::from_secs(10), listening),
             "sshd did not listen on {port}: {}",
             std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
         );
@@ -118,9 +163,9 @@ impl Sshd {
         self.run();
     }
 
-    /// `root@127.0.0.1:PORT::<volume>`
+    /// `root@ADDR:PORT::<volume>`
     pub fn slave(&self, volume: &str) -> String {
-        format!("root@127.0.0.1:{}::{}", self.port, volume)
+        format!("root@{}:{}::{}", self.addr, self.port, volume)
     }
 
     /// The OpenSSH client with this server's settings; `key` is the identity.
