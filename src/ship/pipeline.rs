@@ -816,7 +816,11 @@ impl Shipper {
                     self.sent_inodes.insert(entry.ino, entry.clone());
                 }
                 let delivered = entry.ino == ino;
-                let row = content_row(&path, &entry, ino);
+                let row = content_row(&path, &entry, ino, linked);
+                if linked_since_planned(&entry, linked) {
+                    // A crawl passes again: the new name may have been listed already.
+                    self.stats.requeued += 1;
+                }
                 if slave_meta == Some(entry.meta()) {
                     // Content and attributes are what the slave holds: nothing to send.
                     let sent = Sent {
@@ -853,8 +857,11 @@ impl Shipper {
                 }
                 *wire += 1;
                 let delivered = committed && entry.ino == ino;
+                if linked_since_planned(&entry, linked) {
+                    self.stats.requeued += 1;
+                }
                 let sent = Sent {
-                    ok: vec![content_row(&path, &entry, ino)],
+                    ok: vec![content_row(&path, &entry, ino, linked)],
                     fail,
                     wire: Some(*wire - 1),
                     force_fail: !committed,
@@ -1037,16 +1044,32 @@ pub fn check_welcome(w: &protocol::Welcome, peer: &str) -> Result<()> {
 }
 
 /// The index row for `path` once the slave holds `entry`'s content there, planned as inode
-/// `planned`. A name replaced since the plan by a name of a multiply-linked file got a copy of
-/// its own on the slave: a row with that inode would vouch for a hard link the slave does not
-/// have (and no later window or crawl would look at it again: journal seed 460080). It is
-/// unknown instead, so the next plan links it into its group.
-fn content_row(path: &RelPath, entry: &Entry, planned: u64) -> Mutation {
+/// `planned` (`linked`: with other names). A name replaced since the plan by a name of a
+/// multiply-linked file got a copy of its own on the slave: a row with that inode would vouch
+/// for a hard link the slave does not have (and no later window or crawl would look at it
+/// again: journal seed 460080). It is unknown instead, so the next plan links it into its
+/// group.
+///
+/// A file planned alone that got another name before it was read (journal seed 700042: a
+/// hybrid crawl streamed it, then a `ln` made the second name, listed later in the same walk
+/// and sent as a file of its own) went out alone too. Its row keeps the inode, so the plan of
+/// the new name finds it among the inode's names, but not the ctime: the row vouches for no
+/// link, and that plan compares it as changed and joins the two names on the slave.
+fn content_row(path: &RelPath, entry: &Entry, planned: u64, linked: bool) -> Mutation {
     if entry.ino != planned && entry.nlink > 1 {
         Mutation::Poison(path.clone())
+    } else if entry.nlink > 1 && !linked {
+        let mut doubtful = entry.clone();
+        (doubtful.ctime_sec, doubtful.ctime_nsec) = (0, 0);
+        Mutation::Upsert(path.clone(), doubtful)
     } else {
         Mutation::Upsert(path.clone(), entry.clone())
     }
+}
+
+/// Whether a file planned alone has other names by the time it was read (see `content_row`).
+fn linked_since_planned(entry: &Entry, linked: bool) -> bool {
+    entry.nlink > 1 && !linked
 }
 
 #[path = "seed.rs"]

@@ -333,6 +333,60 @@ fn a_failure_reported_while_its_batch_is_still_being_sent_is_recorded() {
     agent.join().unwrap();
 }
 
+/// Issue 12, journal seed 700042 (a hard-link group split for good): a hybrid crawl streamed
+/// a file planned alone; an `ln` gave it a second name before the shipper read it, and the
+/// crawl listed that name later, new, and sent it as a file of its own. The row of the first
+/// name took the send-time stat, vouching for the link, so the plan of the second name found
+/// both names equal and joined nothing. The row now keeps the inode but not the ctime: the
+/// next plan compares it as changed and links the two; and the crawl passes again.
+#[test]
+fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
+    let (mut sh, index, dir, agent) = against(|mut r, mut w| loop {
+        match r.read() {
+            Ok(Some(Message::BatchEnd(e))) => {
+                w.send(&Message::Ack(protocol::Ack { id: e.id })).unwrap();
+                w.flush().unwrap();
+                return;
+            }
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+    });
+    let root = dir.path();
+    std::fs::write(root.join("d"), vec![3u8; 4284]).unwrap();
+    let brick = fsutil::open_root(root).unwrap();
+    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("d"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(planned.nlink, 1);
+    // After the plan, before the shipper reads it.
+    std::fs::hard_link(root.join("d"), root.join(".hidden")).unwrap();
+    let op = PlannedOp {
+        op: PlanOp::File {
+            path: p("d"),
+            entry: planned.clone(),
+            known_hash: None,
+            slave_meta: None,
+        },
+        ok: vec![Mutation::Upsert(p("d"), planned)],
+        fail: vec![Mutation::Poison(p("d"))],
+    };
+    sh.ship(vec![op], &index, 100, u64::MAX).unwrap();
+    let now = crate::crawl::walk::lstat_beneath(&brick, &p("d"))
+        .unwrap()
+        .unwrap();
+    let row = index.get(&p("d")).unwrap().expect("a row for d");
+    assert_eq!(row.ino, now.ino, "found among the inode's names");
+    assert_eq!(
+        row.change_to(&now),
+        crate::crawl::entry::Change::Data,
+        "the row vouches for the link the slave does not have: {row:?}"
+    );
+    assert!(sh.stats.requeued > 0, "a crawl passes again");
+    drop(sh);
+    agent.join().unwrap();
+}
+
 /// Issue 12, journal seed 460080 (about 1 live-mode sequence in 150 split a hard-link group
 /// for good): a file planned as its own inode was replaced, before the shipper read it, by a
 /// name of a multiply-linked file. The slave got a copy of its own, and the index row took the

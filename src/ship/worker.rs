@@ -102,6 +102,8 @@ pub struct Worker {
     scrub: super::scrub::Scheduler,
     /// The volume is one replica set (the scrub compares the whole slave with this brick).
     one_set: bool,
+    /// The connection's acknowledged content bytes already counted in `status.bytes`.
+    bytes_mark: u64,
 }
 
 /// Why `serve` returned without an error.
@@ -146,6 +148,7 @@ impl Worker {
             full_volume: false,
             scrub: Default::default(),
             one_set: vol.is_one_set(),
+            bytes_mark: 0,
         })
     }
 
@@ -213,6 +216,13 @@ impl Worker {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Adds the content bytes acknowledged since the last count to `status.bytes`.
+    fn count_bytes(&mut self, shipper: &Shipper) {
+        let acked = shipper.stats.bytes_sent;
+        self.status.bytes += acked.saturating_sub(self.bytes_mark);
+        self.bytes_mark = acked;
     }
 
     fn save(&mut self) {
@@ -300,6 +310,7 @@ impl Worker {
                 }
             };
             backoff = Duration::from_millis(200);
+            self.bytes_mark = 0;
             self.status.status = "Active".into();
             self.status.last_error = None;
             self.save();
@@ -619,6 +630,7 @@ impl Worker {
             self.status.journal_seq = last;
             self.status.entries += entries;
             self.status.data += data;
+            self.count_bytes(shipper);
             self.status.meta += meta.saturating_sub(data);
             self.advance_stime(index, max_ts)?;
             shipper.stime_ns = self.status.stime_ns;
@@ -680,6 +692,7 @@ impl Worker {
         .context("hybrid crawl")?;
         let after = &shipper.stats;
         self.status.data += after.files_sent - before.files_sent;
+        self.count_bytes(shipper);
         self.status.entries += (after.deleted - before.deleted) + (after.renamed - before.renamed);
         shipper.failures = out.failures;
         self.settle_failures(shipper, index, &[])?;

@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub mod metrics;
 mod table;
 pub use table::{scrub_line, shorten_middle, table, TABLE_WIDTH};
 
@@ -27,6 +28,9 @@ pub struct BrickStatus {
     pub failures: u64,
     pub last_error: Option<String>,
     pub updated_ns: i64,
+    /// Content bytes shipped (the files counted in `data`).
+    #[serde(default)]
+    pub bytes: u64,
     pub pid: u32,
     /// The checkpoint this brick measured itself against, and when its stime reached it.
     #[serde(default)]
@@ -126,6 +130,8 @@ pub struct Row {
     pub lag_seconds: Option<u64>,
     pub entries: u64,
     pub data: u64,
+    /// Content bytes shipped (the files counted in `data`).
+    pub bytes: u64,
     pub meta: u64,
     pub failures: u64,
     pub backlog_records: u64,
@@ -264,6 +270,7 @@ pub fn rows(
                 lag_seconds: synced.map(|t| ((now - t).max(0) / 1_000_000_000) as u64),
                 entries: st.entries,
                 data: st.data,
+                bytes: st.bytes,
                 meta: st.meta,
                 failures: st.failures,
                 backlog_records: st.backlog,

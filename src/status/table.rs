@@ -220,6 +220,7 @@ pub(crate) mod tests {
             lag_seconds: Some(1),
             entries: 0,
             data: 0,
+            bytes: 0,
             meta: 0,
             failures: 0,
             backlog_records: 0,
