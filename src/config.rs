@@ -10,10 +10,12 @@ pub struct Home {
     pub state: PathBuf,
     pub etc: PathBuf,
     pub log: PathBuf,
+    /// Prometheus textfiles, one per session (`<session>.prom`).
+    pub metrics: PathBuf,
 }
 
 impl Home {
-    /// `$GEOREP_HOME/{state,etc,log}` when set (tests, unprivileged use), else the FHS locations.
+    /// `$GEOREP_HOME/{state,etc,log,metrics}` when set (tests, unprivileged use), else the FHS locations.
     pub fn from_env() -> Home {
         match std::env::var_os("GEOREP_HOME") {
             Some(h) if !h.is_empty() => {
@@ -22,12 +24,14 @@ impl Home {
                     state: h.join("state"),
                     etc: h.join("etc"),
                     log: h.join("log"),
+                    metrics: h.join("metrics"),
                 }
             }
             _ => Home {
                 state: "/var/lib/georep".into(),
                 etc: "/etc/georep".into(),
                 log: "/var/log/georep".into(),
+                metrics: "/var/lib/georep/metrics".into(),
             },
         }
     }

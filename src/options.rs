@@ -45,6 +45,9 @@ pub struct SessionOptions {
     /// node) is replaced by another brick of the set.
     #[serde(default)]
     pub takeover_timeout_secs: Option<u64>,
+    /// Where the monitor serves Prometheus metrics (`host:port`); `None` = off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Scrub defaults: a pass an hour; contents rotate through the tree in a day (1/24 a pass);
@@ -90,6 +93,13 @@ fn parse_duration(key: &str, s: &str) -> Result<u64> {
     n.checked_mul(mult)
         .filter(|v| *v <= 365 * 86400)
         .ok_or_else(|| anyhow!("{key}: {s:?} is more than a year"))
+}
+
+/// `metrics-listen`: a socket address (`127.0.0.1:9813`, `[::1]:9813`, `0.0.0.0:9813`).
+pub fn parse_listen(v: &str) -> Result<std::net::SocketAddr> {
+    v.parse().map_err(|_| {
+        anyhow!("metrics-listen: {v:?} is not an address and port: use e.g. 127.0.0.1:9813, or off")
+    })
 }
 
 fn show_duration(secs: u64) -> String {
@@ -194,6 +204,11 @@ pub const OPTIONS: &[OptionDef] = &[
         key: "takeover-timeout",
         default: "30s",
         help: "on replica volumes, how soon another brick of the set takes over from an Active brick the DR site stopped hearing from (a partition, a dead node); 10s to 1h",
+    },
+    OptionDef {
+        key: "metrics-listen",
+        default: "off",
+        help: "address where the monitor serves Prometheus metrics, e.g. 127.0.0.1:9813 (they are also written to $GEOREP_HOME/metrics/<session>.prom); off = not served; applies at the next start",
     },
     OptionDef {
         key: "trash-retention",
@@ -338,6 +353,7 @@ pub fn get(cfg: &SessionConfig, key: &str) -> Result<String> {
         "bwlimit" => o.bwlimit.map(show_size),
         "trash-retention" => o.trash_retention_days.map(|v| v.to_string()),
         "takeover-timeout" => o.takeover_timeout_secs.map(show_duration),
+        "metrics-listen" => o.metrics_listen.clone(),
         "scrub-interval" => o.scrub_interval_secs.map(show_duration),
         "scrub-checksum" => o.scrub_checksum_every.map(show_share),
         "scrub-repair" => o.scrub_repair.map(|v| v.to_string()),
@@ -401,6 +417,12 @@ pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
             }
             o.takeover_timeout_secs = Some(secs);
         }
+        "metrics-listen" => {
+            o.metrics_listen = match value {
+                "off" | "" => None,
+                v => Some(parse_listen(v)?.to_string()),
+            }
+        }
         "scrub-interval" => o.scrub_interval_secs = Some(parse_duration(key, value)?),
         "scrub-checksum" => o.scrub_checksum_every = Some(parse_share(value)?),
         "scrub-repair" => o.scrub_repair = Some(parse_bool(value)?),
@@ -427,6 +449,7 @@ pub fn reset(cfg: &mut SessionConfig, key: &str) -> Result<()> {
         "bwlimit" => o.bwlimit = None,
         "trash-retention" => o.trash_retention_days = None,
         "takeover-timeout" => o.takeover_timeout_secs = None,
+        "metrics-listen" => o.metrics_listen = None,
         "scrub-interval" => o.scrub_interval_secs = None,
         "scrub-checksum" => o.scrub_checksum_every = None,
         "scrub-repair" => o.scrub_repair = None,

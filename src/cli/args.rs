@@ -352,6 +352,10 @@ pub struct StatusArgs {
     /// (WARNING above half of it)
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub max_lag: u64,
+    /// Redraw the table every SECONDS (default 2) in place until Ctrl-C
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+          conflicts_with_all = ["json", "check"])]
+    pub watch: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -401,6 +401,15 @@ fn status_cmd(home: &Home, a: StatusArgs) -> Result<ExitCode> {
             "unknown word {w:?} for `georep status`: expected detail (usage: georep status [MASTER [SLAVE]] [detail] [--json] [--check])"
         ),
     };
+    if let Some(every) = a.watch {
+        return watch(
+            home,
+            master.as_deref(),
+            slave.as_deref(),
+            detail,
+            every.max(1),
+        );
+    }
     let rows = crate::status::rows(home, master.as_deref(), slave.as_deref())?;
     if a.check {
         let (code, line) = crate::status::check(&rows, a.max_lag);
@@ -415,6 +424,41 @@ fn status_cmd(home: &Home, a: StatusArgs) -> Result<ExitCode> {
         print!("{}", crate::status::table(&rows, detail));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `status --watch`: the table redrawn in place every `every` seconds on a terminal (one table
+/// after another when the output is not one), until interrupted.
+fn watch(
+    home: &Home,
+    master: Option<&str>,
+    slave: Option<&str>,
+    detail: bool,
+    every: u64,
+) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let rows = crate::status::rows(home, master, slave)?;
+        let table = if rows.is_empty() {
+            "No active geo-replication sessions\n".to_string()
+        } else {
+            crate::status::table(&rows, detail)
+        };
+        let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Home, then clear to the end: no flicker, nothing scrolls.
+            write!(out, "\x1b[H\x1b[2J")?;
+        }
+        writeln!(out, "Every {every} s: georep status    {now}\n")?;
+        write!(out, "{table}")?;
+        if !tty {
+            writeln!(out)?;
+        }
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(std::time::Duration::from_secs(every));
+    }
 }
 
 fn print_reverse(r: &crate::failback::ReverseReport, json: bool) -> Result<ExitCode> {

@@ -5,6 +5,7 @@
 //! Invariant: at most one journal writer runs per session brick (an flock on `writer.lock`), and
 //! it runs from `create` to `delete`, independent of shipping.
 
+pub mod metrics;
 pub mod monitor;
 
 use crate::config::{Home, SyncOptions};

@@ -125,6 +125,8 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
         );
     }
     tracing::info!(session = %cfg.name, bricks = slots.len(), "monitor running");
+    let restarts = super::metrics::Restarts::default();
+    let mut exporter = super::metrics::Exporter::start(home, &cfg, restarts.clone());
     let mut last_writer_check = Instant::now() - Duration::from_secs(60);
     while !stop.load(Ordering::Relaxed) {
         let paused = is_paused(home, &cfg.name);
@@ -137,6 +139,13 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
         for s in &mut slots {
             tend(home, &cfg, s, paused)?;
         }
+        {
+            let mut r = restarts.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &slots {
+                r.insert(s.brick.path.display().to_string(), s.restarts);
+            }
+        }
+        exporter.tick();
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!(session = %cfg.name, "monitor stopping its workers");
@@ -158,6 +167,8 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(dir.join("monitor.pid"));
+    // Last: the textfile says the session is down (the bricks say Stopped).
+    drop(exporter);
     Ok(())
 }
 

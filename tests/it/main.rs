@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod fuzz;
 mod lifecycle;
+mod metrics;
 mod multihost;
 mod operator;
 mod scrub;
