@@ -4,24 +4,25 @@
 #   master nodes n1 (10.213.0.1) and n2 (10.213.0.2), DR host dr1 (10.213.0.3) with its own sshd,
 #   on a bridge in a namespace of its own. Only these namespaces' addresses are used.
 #
-#   scripts/testbed.sh up [DIR]        build it (state under DIR, default /tmp/georep-testbed)
+#   scripts/testbed.sh up [DIR]        build it (state under DIR, default a new /tmp/georep-testbed.XXXXXX)
 #   scripts/testbed.sh on HOST CMD...  run CMD on HOST (georep gets HOST's home and node name)
 #   scripts/testbed.sh partition HOST  cut HOST off (links stay up: connections go half-open)
 #   scripts/testbed.sh heal HOST
 #   scripts/testbed.sh delay HOST MS   add MS of delay to what HOST sends (tc netem)
 #   scripts/testbed.sh down            stop every process on the hosts, remove the namespaces
 #
-# Example, a replica-2 volume on n1 and n2 replicating to dr1:
+# Example, a replica-2 volume on n1 and n2 replicating to dr1 (D: the directory `up` printed):
 #   scripts/testbed.sh up
 #   for n in n1 n2; do scripts/testbed.sh on $n georep volume create gv replica 2 \
-#       n1:/tmp/georep-testbed/n1/brick n2:/tmp/georep-testbed/n2/brick; done
-#   for n in n1 n2; do scripts/testbed.sh on $n georep create gv root@10.213.0.3::/tmp/georep-testbed/dr1/volume \
-#       push-pem --identity /tmp/georep-testbed/dr1/sshd/operator; done
-#   scripts/testbed.sh on n1 georep start gv root@10.213.0.3::/tmp/georep-testbed/dr1/volume   (then n2)
+#       n1:$D/n1/brick n2:$D/n2/brick; done
+#   for n in n1 n2; do scripts/testbed.sh on $n georep create gv root@10.213.0.3::$D/dr1/volume \
+#       push-pem --identity $D/dr1/sshd/operator; done
+#   scripts/testbed.sh on n1 georep start gv root@10.213.0.3::$D/dr1/volume   (then n2)
 #   scripts/testbed.sh partition n1; watch: scripts/testbed.sh on n2 georep status --watch
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STATE=${GEOREP_TESTBED:-/tmp/georep-testbed}
+# Where `up` recorded the state directory: /run is root's own, unlike /tmp.
+POINTER=/run/georep-testbed.state
 HOSTS=(n1 n2 dr1)
 SW=georep-sw
 
@@ -42,14 +43,21 @@ georep_bin() {
 }
 
 up() {
-    [ -n "${1:-}" ] && STATE=$1
     if ip netns list | grep -q "^$SW"; then
         echo "the testbed is up already (scripts/testbed.sh down first)" >&2
         exit 1
     fi
     command -v ip >/dev/null || { echo "needs iproute2 (apt-get install iproute2)" >&2; exit 1; }
-    mkdir -p "$STATE"
-    echo "$STATE" > /tmp/georep-testbed.state
+    # A directory of our own: the root sshd below trusts the keys in it.
+    if [ -n "${1:-}" ]; then
+        STATE=$1
+        mkdir -p "$STATE"
+        [ "$(stat -c %u "$STATE")" = "$(id -u)" ] || { echo "$STATE is not ours" >&2; exit 1; }
+    else
+        STATE=$(mktemp -d /tmp/georep-testbed.XXXXXX)
+    fi
+    chmod 700 "$STATE"
+    echo "$STATE" > "$POINTER"
     ip netns add "$SW"
     ip -n "$SW" link add br0 type bridge
     ip -n "$SW" link set br0 up
@@ -92,7 +100,7 @@ CFG
 on() {
     local h=$1; shift
     index_of "$h" >/dev/null
-    local state; state=$(cat /tmp/georep-testbed.state 2>/dev/null || echo "$STATE")
+    local state; state=$(cat "$POINTER" 2>/dev/null) || { echo "the testbed is not up" >&2; exit 1; }
     local cmd=("$@")
     [ "${cmd[0]}" = georep ] && cmd[0]=$(georep_bin)
     exec ip netns exec "$(ns "$h")" env GEOREP_HOME="$state/$h/home" GEOREP_NODE="$h" "${cmd[@]}"
@@ -110,7 +118,9 @@ down() {
         done
         ip netns del "$n"
     done
-    echo "testbed down"
+    local state; state=$(cat "$POINTER" 2>/dev/null || echo "the directory up printed")
+    rm -f "$POINTER"
+    echo "testbed down (its files stay in $state)"
 }
 
 case "${1:-}" in

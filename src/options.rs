@@ -203,7 +203,7 @@ pub const OPTIONS: &[OptionDef] = &[
     OptionDef {
         key: "takeover-timeout",
         default: "30s",
-        help: "on replica volumes, how soon another brick of the set takes over from an Active brick the DR site stopped hearing from (a partition, a dead node); 10s to 1h",
+        help: "on replica volumes, how soon another brick of the set takes over from an Active brick the DR site stopped hearing from (a partition, a dead node); 15s to 1h",
     },
     OptionDef {
         key: "metrics-listen",
@@ -412,8 +412,8 @@ pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
         "trash-retention" => o.trash_retention_days = Some(parse_num(key, value, 0, 3650)?),
         "takeover-timeout" => {
             let secs = parse_duration(key, value)?;
-            if !(10..=3600).contains(&secs) {
-                bail!("takeover-timeout: {value:?} is out of range: use 10s to 1h");
+            if !(15..=3600).contains(&secs) {
+                bail!("takeover-timeout: {value:?} is out of range: use 15s to 1h");
             }
             o.takeover_timeout_secs = Some(secs);
         }

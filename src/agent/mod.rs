@@ -13,7 +13,9 @@ pub mod state;
 
 use crate::fsutil;
 use crate::protocol::{self, Message, Welcome, PROTOCOL_VERSION};
-use crate::transport::conn::{BoxRead, BoxWrite, FrameReader, FrameWriter, ReadAhead, Silence};
+use crate::transport::conn::{
+    BoxRead, BoxWrite, ConnError, FrameReader, FrameWriter, ReadAhead, Silence,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use apply::{Applier, ApplyError};
 use durable::{Applied, Durability, SharedWriter};
@@ -140,7 +142,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     // The brick's own lock first: a stale connection of this same brick (the master gave up
     // on it and came back) is ended here, which frees the replica set's lock it holds too.
     let (tmp, _lock) = brick_tmp(&state_dir, &brick_key)?;
-    let (_active, previous_active) =
+    let (active, previous_active) =
         match claim_replica_set(&state_dir, &hello.replica_set, &brick_key)? {
             Claim::Active(lock, prev) => (lock, prev),
             Claim::Passive(holder) => {
@@ -220,7 +222,14 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                 }
                 return durability.drain();
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if matches!(e, ConnError::Silent(_)) {
+                    // The master is presumed gone: another brick of the set may take over
+                    // now, not once the batches still syncing here are done.
+                    drop(active);
+                }
+                return Err(e.into());
+            }
         };
         let in_file = applier.file_open();
         match msg {

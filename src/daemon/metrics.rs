@@ -3,9 +3,10 @@
 //! seconds to `$GEOREP_HOME/metrics/<session>.prom` for node_exporter's textfile collector
 //! (`georep_session_up 0` once the monitor stops).
 //!
-//! The server is a loop on its own thread that answers one request at a time, with short read
-//! and write timeouts: a scraper that hangs cannot hold the monitor, and nothing it sends is
-//! more than a request line and headers (8 KiB at most).
+//! The server is a loop on its own thread that answers one request at a time, each within
+//! `REQUEST_DEADLINE` whatever the client does (a trickle of bytes included): a scraper that
+//! hangs cannot hold the monitor or its shutdown, and nothing it sends is more than a request
+//! line and headers (8 KiB at most).
 
 use crate::config::Home;
 use crate::session::SessionConfig;
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 const TEXTFILE_EVERY: Duration = Duration::from_secs(5);
 /// Longest request head read.
 const MAX_REQUEST: usize = 8 << 10;
+/// Longest time one request may take, reading and answering.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Where the textfile of `session` goes.
 pub fn textfile(home: &Home, session: &str) -> PathBuf {
@@ -150,11 +153,17 @@ fn answer(
     restarts: &Restarts,
 ) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+    };
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+        s.set_read_timeout(Some(left()?))?;
         let n = s.read(&mut buf)?;
         if n == 0 {
             break;
@@ -188,6 +197,9 @@ fn answer(
     if method != "HEAD" {
         out.extend_from_slice(body.as_bytes());
     }
-    s.write_all(&out)?;
+    for part in out.chunks(64 << 10) {
+        s.set_write_timeout(Some(left()?))?;
+        s.write_all(part)?;
+    }
     s.flush()
 }

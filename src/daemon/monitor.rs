@@ -27,6 +27,8 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// How often the monitor makes sure each brick's journal writer runs (a try-lock of its lock
 /// file): a writer that died is back within this, and what changed meanwhile is crawled.
 const WRITER_CHECK: Duration = Duration::from_millis(500);
+/// Longest pause between attempts to start a journal writer that keeps failing.
+const WRITER_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a stopping worker may take to finish its batch in flight before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(60);
 
@@ -70,6 +72,9 @@ struct Slot {
     /// SIGTERM sent (pause or shutdown) at this instant.
     stopping: Option<Instant>,
     restarts: u64,
+    /// A journal writer that failed to start is tried again at `writer_next`, backing off.
+    writer_next: Instant,
+    writer_backoff: Duration,
 }
 
 fn signal(child: &Child, sig: rustix::process::Signal) {
@@ -115,6 +120,8 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
             backoff: Duration::from_secs(1),
             stopping: None,
             restarts: 0,
+            writer_next: now,
+            writer_backoff: Duration::ZERO,
         })
         .collect();
     if slots.is_empty() {
@@ -132,8 +139,17 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
         let paused = is_paused(home, &cfg.name);
         if last_writer_check.elapsed() >= WRITER_CHECK {
             last_writer_check = Instant::now();
-            for s in &slots {
-                writer_health(&s.dir, &s.brick, ensure_writer(home, &cfg.name, &s.brick));
+            for s in slots.iter_mut().filter(|s| s.writer_next <= Instant::now()) {
+                let r = ensure_writer(home, &cfg.name, &s.brick);
+                // One that cannot start is tried again after 1 s, doubling to 5 s.
+                s.writer_backoff = match r {
+                    Ok(()) => Duration::ZERO,
+                    Err(_) => {
+                        (s.writer_backoff * 2).clamp(Duration::from_secs(1), WRITER_BACKOFF_MAX)
+                    }
+                };
+                s.writer_next = Instant::now() + s.writer_backoff;
+                writer_health(&s.dir, &s.brick, r);
             }
         }
         for s in &mut slots {
@@ -166,9 +182,11 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
             let _ = st.save(&s.dir);
         }
     }
-    let _ = std::fs::remove_file(dir.join("monitor.pid"));
-    // Last: the textfile says the session is down (the bricks say Stopped).
+    // The textfile says the session is down (the bricks say Stopped); the server ends (its
+    // request in progress within a few seconds). monitor.pid goes last: until then `stop
+    // force` can still find this process.
     drop(exporter);
+    let _ = std::fs::remove_file(dir.join("monitor.pid"));
     Ok(())
 }
 

@@ -208,26 +208,33 @@ pub fn resync_reverse(
     for brick in vol.local_bricks_for("resync --reverse")? {
         let dir = session::brick_state_dir(home, &cfg.name, brick);
         let index = Index::open(&dir.join("index.db"))?;
-        if index.get_meta("slave_volume_id")?.is_none() {
-            // A replica brick that stayed Passive: its set's Active brick shipped for it.
-            // With no common point of its own, whatever differs counts as changed on both
-            // sides: the DR version comes in, the brick's own is kept beside it (a conflict
-            // copy), and what only the brick has stays. Nothing is lost.
-            let in_a_set = vol
-                .replica_sets()
-                .any(|set| set.len() > 1 && set.contains(brick));
-            if !in_a_set {
-                bail!(
-                    "brick {brick} never replicated to {slave}: there is no common point to compare with (use `georep sync` from the DR side instead)"
-                );
-            }
-            tracing::warn!(
-                %brick,
-                "this replica brick never shipped itself (it was Passive): with no common point, every difference counts as a conflict (the DR version wins, this brick's is kept beside it) and nothing only this brick has is deleted"
+        // A common point: the DR site acknowledged batches of this brick.
+        let shipped =
+            index.get_meta("slave_volume_id")?.is_some() && index.get_meta("last_batch")?.is_some();
+        let replica = vol
+            .replica_sets()
+            .any(|set| set.len() > 1 && set.contains(brick));
+        if !shipped && !replica {
+            bail!(
+                "brick {brick} never replicated to {slave}: there is no common point to compare with (use `georep sync` from the DR side instead)"
             );
         }
+        // An unmounted brick (an empty mountpoint) is never written into.
+        crate::brickid::check_running(brick, &index)?;
         let mut shipper =
             crate::ship::connect(transport.as_ref(), &index, &spec, &cfg.name, brick, &opts)?;
+        if !shipped {
+            rejoin(
+                brick,
+                &mut shipper,
+                &index,
+                &excludes,
+                demote && !dry_run,
+                &mut report,
+            )?;
+            shipper.close()?;
+            continue;
+        }
         // The DR journal first: demoting stops it.
         let consumed = index
             .get_meta("dr_journal_seq")?
@@ -264,6 +271,50 @@ pub fn resync_reverse(
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// A replica brick that never shipped (it stayed Passive while another brick of its set did):
+/// it has nothing of its own to bring back, and no common point to tell what the DR site
+/// changed from what it wrote itself, so nothing is written into it. Its replica set's brick
+/// that shipped fails back; this one rejoins once it equals the DR copy (the volume heals it
+/// from that brick), at the volume's new epoch. Otherwise it is refused, naming what differs:
+/// were it let in, a takeover from it later would make the DR copy equal to a stale brick.
+fn rejoin(
+    brick: &crate::volume::Brick,
+    shipper: &mut crate::ship::pipeline::Shipper,
+    index: &Index,
+    excludes: &Excludes,
+    demote: bool,
+    report: &mut ReverseReport,
+) -> Result<()> {
+    let mut v = crate::verify::VerifyReport::default();
+    crate::verify::compare_brick(brick, shipper, index, excludes, false, &mut v)?;
+    if v.total_differences() > 0 {
+        let first: Vec<String> = v
+            .differences
+            .iter()
+            .take(3)
+            .map(|d| format!("{} ({})", d.path, d.what))
+            .collect();
+        bail!(
+            "brick {brick} is a replica that never shipped (it was Passive): nothing of its own comes back, and it rejoins only once it equals the DR copy. It differs in {} path(s), first: {}. Fail back the brick of its replica set that shipped first, let the volume heal this one from it (`gluster volume heal` on a Gluster volume), then run this again",
+            v.total_differences(),
+            first.join(", ")
+        );
+    }
+    report.actions.push(Action {
+        path: brick.to_string(),
+        action: "rejoin",
+        kept_as: None,
+    });
+    if demote {
+        // The volume is a slave again already (the brick that shipped failed back first):
+        // demoting is idempotent and hands this brick the same epoch.
+        let epoch = shipper.demote(index)?;
+        index.set_meta("epoch", &epoch.to_string())?;
+        report.demoted_to_epoch = Some(epoch);
+    }
+    Ok(())
 }
 
 /// `georep failback MASTER SLAVE`: demotes the DR volume, brings back its last changes, and

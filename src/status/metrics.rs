@@ -56,6 +56,19 @@ pub fn render(session: &str, up: bool, rows: &[Row], restarts: &dyn Fn(&str) -> 
         },
     );
     let _ = writeln!(out, "georep_session_up{{session=\"{s}\"}} {}", u8::from(up));
+    head(
+        &mut out,
+        &Family {
+            name: "georep_metrics_timestamp_seconds",
+            kind: "gauge",
+            help: "When these values were read: a textfile whose time stops moving belongs to a monitor that died.",
+        },
+    );
+    let _ = writeln!(
+        out,
+        "georep_metrics_timestamp_seconds{{session=\"{s}\"}} {}",
+        chrono::Utc::now().timestamp()
+    );
     let labels = |r: &Row| {
         format!(
             "session=\"{s}\",master_node=\"{}\",brick=\"{}\"",

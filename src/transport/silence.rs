@@ -66,7 +66,9 @@ impl Silence {
                         waited.as_secs(),
                         limit.as_secs()
                     );
-                    std::process::exit(75);
+                    // Not `process::exit`: its cleanup flushes stdout, which may block on the
+                    // dead link too.
+                    unsafe { libc::_exit(75) };
                 }
             });
     }

@@ -173,7 +173,7 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
 }
 
 /// Compares `brick` with the slave's listing as it arrives (see `merge`).
-fn compare_brick(
+pub(crate) fn compare_brick(
     brick: &Brick,
     shipper: &mut crate::ship::pipeline::Shipper,
     index: &crate::crawl::index::Index,

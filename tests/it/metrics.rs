@@ -163,6 +163,7 @@ fn the_example_alert_rules_and_dashboard_are_valid() {
         "GeorepLagHigh",
         "GeorepFailures",
         "GeorepSessionDown",
+        "GeorepMetricsStale",
     ] {
         assert!(text.contains(&format!("alert: {alert}")), "{alert} missing");
     }
