@@ -7,7 +7,7 @@
 
 use super::direct::{ContentWriter, Stage};
 use crate::fsutil::{self, errno_of};
-use crate::protocol::{FileBegin, Meta, Op, RelPath, SpecialKind};
+use crate::protocol::{FileAppend, FileBegin, Meta, Op, RelPath, SpecialKind};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -53,6 +53,8 @@ struct OpenFile {
     fd: Option<ContentWriter>,
     /// The temp file's name in the temp directory; `None` while it has none (`O_TMPFILE`).
     tmpname: Option<String>,
+    /// A `FileAppend`: its first bytes came from the slave's own copy.
+    append: bool,
 }
 
 /// The slave root and a one-entry cache of the last parent directory opened beneath it.
@@ -651,10 +653,82 @@ impl Applier {
             hasher: blake3::Hasher::new(),
             fd,
             tmpname,
+            append: false,
         });
         match err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Starts a file made of the slave's current copy at the path (exactly `base` bytes)
+    /// and the `size - base` bytes that follow in `Chunk`s, into a temp file as `begin_file`
+    /// does: the copy at the path is untouched until the whole is checked and renamed in. An
+    /// error is reported once; the tail is still consumed.
+    pub fn begin_append(&mut self, fa: &FileAppend) -> ApplyResult {
+        let r = self.begin_file(&FileBegin {
+            path: fa.path.clone(),
+            meta: fa.meta,
+            size: fa.size,
+        });
+        let copied = r.and_then(|()| self.copy_base(&fa.path, fa.base));
+        let f = self.file.as_mut().expect("begun above");
+        f.append = true;
+        if copied.is_err() {
+            // The base counts as received: the tail that follows is consumed and dropped.
+            f.written = fa.base;
+            if let Some(w) = f.fd.take() {
+                drop(w);
+                let t = f.tmpname.take();
+                self.discard(&t);
+            }
+        }
+        copied
+    }
+
+    /// Feeds the slave's copy of `path`, which must be `base` bytes long, into the open file.
+    fn copy_base(&mut self, path: &RelPath, base: u64) -> ApplyResult {
+        use std::io::Read;
+        let stale = |why: String| {
+            ApplyError {
+            path: path.clone(),
+            errno: libc::ESTALE,
+            message: format!(
+                "the DR copy of {path} is not the version this append extends ({why}): it is sent whole on the next pass"
+            ),
+        }
+        };
+        let fd = fsutil::open_regular_beneath(
+            self.parents.root.as_fd(),
+            path.as_bytes(),
+            OFlags::empty(),
+        )
+        .map_err(|e| ApplyError::new(path, "reading the copy to append to", e))?
+        .ok_or_else(|| stale("not a regular file".into()))?;
+        let have = rfs::fstat(&fd)
+            .map_err(|e| ApplyError::new(path, "reading the copy to append to", e.into()))?
+            .st_size as u64;
+        if have != base {
+            return Err(stale(format!("{have} bytes, not {base}")));
+        }
+        let mut src = std::fs::File::from(fd).take(base);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src
+                .read(&mut buf)
+                .map_err(|e| ApplyError::new(path, "reading the copy to append to", e))?;
+            if n == 0 {
+                break;
+            }
+            match self.chunk(&buf[..n]) {
+                Ok(()) => {}
+                Err(Ok(e)) => return Err(e),
+                Err(Err(msg)) => return Err(stale(msg)),
+            }
+        }
+        match self.file.as_ref() {
+            Some(f) if f.written == base => Ok(()),
+            _ => Err(stale("it shrank while read".into())),
         }
     }
 
@@ -709,7 +783,23 @@ impl Applier {
                 f.path, f.written, f.size
             )));
         }
+        if f.append && f.fd.is_none() {
+            // Reported failed at its start: the hash covers a base never read here.
+            return Ok(false);
+        }
         if f.hasher.finalize().as_bytes() != hash {
+            if f.append {
+                // The frames are checked: what differs is the base, the slave's own copy.
+                self.discard(&f.tmpname);
+                return Err(Ok(ApplyError {
+                    errno: libc::ESTALE,
+                    message: format!(
+                        "the DR copy of {} is not the version this append extends (its content differs): it is sent whole on the next pass",
+                        f.path
+                    ),
+                    path: f.path,
+                }));
+            }
             return Err(Err(format!(
                 "content hash of {} does not match what the master sent: the stream is corrupt",
                 f.path

@@ -292,6 +292,31 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     failed(w, b, idx, e)?;
                 }
             }
+            Message::FileAppend(fa) => {
+                let b = batch
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("file outside a batch"))?;
+                if in_file {
+                    bail!("FileAppend inside another file");
+                }
+                if fa.path.is_root() {
+                    bail!("FileAppend for the slave root itself");
+                }
+                if fa.base > fa.size {
+                    bail!(
+                        "FileAppend of {} declares a base of {} bytes beyond its size {}",
+                        fa.path,
+                        fa.base,
+                        fa.size
+                    );
+                }
+                let idx = next_op(b)?;
+                skipping_file = false;
+                if let Err(e) = applier.begin_append(&fa) {
+                    skipping_file = true;
+                    failed(w, b, idx, e)?;
+                }
+            }
             Message::Chunk(data) => {
                 let b = batch
                     .as_mut()

@@ -25,6 +25,10 @@ use walk::Excludes;
 
 pub use full::{crawl, Emit};
 
+/// Below this, a file that grew is sent whole: its base costs little, and the slave would read
+/// it back to rebuild the file all the same.
+pub const APPEND_MIN: u64 = 64 << 10;
+
 /// What the shipper does for one planned step.
 #[derive(Debug, Clone)]
 pub enum PlanOp {
@@ -38,6 +42,9 @@ pub enum PlanOp {
         entry: Entry,
         known_hash: Option<[u8; 32]>,
         slave_meta: Option<crate::protocol::Meta>,
+        /// The file grew past the slave's copy, `grew_from` bytes whose hash is `known_hash`:
+        /// when its first bytes still hash so, only the rest is sent (`FileAppend`).
+        grew_from: Option<u64>,
     },
     /// Nothing goes to the slave; only the index changes once the batch is acknowledged.
     IndexOnly,
@@ -590,12 +597,19 @@ impl Builder {
                     self.sent.insert(e.ino);
                 }
                 let known = old.filter(|o| o.size == e.size && o.hash.is_some());
+                let grew = old.filter(|o| {
+                    o.kind == Kind::File
+                        && o.size >= APPEND_MIN
+                        && o.size < e.size
+                        && o.hash.is_some()
+                });
                 PlannedOp {
                     op: PlanOp::File {
                         path: path.clone(),
                         entry: e.clone(),
-                        known_hash: known.and_then(|o| o.hash),
+                        known_hash: known.or(grew).and_then(|o| o.hash),
                         slave_meta: known.map(Entry::meta),
+                        grew_from: grew.map(|o| o.size),
                     },
                     ok,
                     fail,

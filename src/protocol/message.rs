@@ -150,6 +150,17 @@ pub struct FileBegin {
     pub size: u64,
 }
 
+/// A file whose new content is the slave's current copy at `path`, exactly `base` bytes long,
+/// followed by `size - base` bytes sent as `Chunk`s; then `FileEnd` with the hash of the whole.
+/// What an append to a log or an append-only store costs: its tail.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FileAppend {
+    pub path: RelPath,
+    pub meta: Meta,
+    pub size: u64,
+    pub base: u64,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct FileEnd {
     /// blake3 of the content.
@@ -245,6 +256,8 @@ pub enum Message {
         /// Last journal sequence covered.
         last: u64,
     },
+    /// Master → agent, in a batch, in place of `FileBegin`: see `FileAppend`.
+    FileAppend(FileAppend),
 }
 
 /// Longest symlink target accepted (Linux: PATH_MAX less the NUL).
@@ -278,6 +291,7 @@ impl Message {
                         }
                 }
                 Message::FileBegin(f) => f.path.as_bytes().len(),
+                Message::FileAppend(f) => f.path.as_bytes().len(),
                 Message::List { paths, .. } => paths.as_deref().map_or(0, paths_weight),
                 Message::Fetch { paths } | Message::ChangedPaths(paths) => paths_weight(paths),
                 Message::Listing(entries) => entries
@@ -395,6 +409,7 @@ impl Message {
             Message::Changes { .. } => "Changes",
             Message::ChangedPaths(_) => "ChangedPaths",
             Message::ChangesEnd { .. } => "ChangesEnd",
+            Message::FileAppend(_) => "FileAppend",
             Message::Bye => "Bye",
         }
     }

@@ -53,6 +53,7 @@ mod tests {
                 },
                 known_hash: None,
                 slave_meta: None,
+                grew_from: None,
             },
             ok: vec![],
             fail: vec![],

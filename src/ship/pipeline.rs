@@ -10,7 +10,9 @@ use crate::crawl::entry::Entry;
 use crate::crawl::index::{Index, Mutation};
 use crate::crawl::{PlanOp, PlannedOp};
 use crate::fsutil;
-use crate::protocol::{self, BatchBegin, BatchEnd, FileBegin, FileEnd, Message, Op, RelPath};
+use crate::protocol::{
+    self, BatchBegin, BatchEnd, FileAppend, FileBegin, FileEnd, Message, Op, RelPath,
+};
 use crate::transport::conn::{FrameReader, FrameWriter};
 use crate::transport::LinkHandle;
 use anyhow::{anyhow, bail, Context, Result};
@@ -120,6 +122,8 @@ enum FileOutcome {
     Sent {
         entry: Entry,
         committed: bool,
+        /// Content bytes that crossed the wire (the tail alone for an append).
+        bytes: u64,
     },
     /// Same content as the slave already has (hash checked locally): attributes only.
     SameContent(Entry),
@@ -724,7 +728,7 @@ impl Shipper {
                         // The planned leader names another file by now: this name carries the
                         // content itself and leads the links still to come.
                         let (sent, delivered) =
-                            self.send_content(path.clone(), None, ino, true, fail, wire)?;
+                            self.send_content(path.clone(), None, None, ino, true, fail, wire)?;
                         if delivered {
                             self.relink.insert(target, (ino, Some(path)));
                         }
@@ -751,10 +755,17 @@ impl Shipper {
                 known_hash,
                 slave_meta,
                 entry,
+                grew_from,
             } => {
+                // The slave's hash is of its whole copy, or of the beginning of a file that grew.
+                let (same, grew) = match (known_hash, grew_from) {
+                    (Some(h), Some(base)) => (None, Some((base, h))),
+                    (h, _) => (h.map(|h| (h, slave_meta)), None),
+                };
                 let (sent, delivered) = self.send_content(
                     path.clone(),
-                    known_hash.map(|h| (h, slave_meta)),
+                    same,
+                    grew,
                     entry.ino,
                     entry.nlink > 1,
                     fail,
@@ -802,13 +813,14 @@ impl Shipper {
         &mut self,
         path: RelPath,
         known: Option<([u8; 32], Option<crate::protocol::Meta>)>,
+        append_base: Option<(u64, [u8; 32])>,
         ino: u64,
         linked: bool,
         fail: Vec<Mutation>,
         wire: &mut u32,
     ) -> std::io::Result<(Sent, bool)> {
         let (known_hash, slave_meta) = known.map_or((None, None), |(h, m)| (Some(h), m));
-        Ok(match self.send_file(&path, known_hash)? {
+        Ok(match self.send_file(&path, known_hash, append_base)? {
             FileOutcome::SameContent(entry) => {
                 // Planned links count even when the other names are gone by now: their
                 // SetAttr still reaches the shared inode on the slave.
@@ -839,7 +851,11 @@ impl Shipper {
                 let sent = self.send_plain(op, vec![row], fail, wire)?;
                 (sent, delivered)
             }
-            FileOutcome::Sent { entry, committed } => {
+            FileOutcome::Sent {
+                entry,
+                committed,
+                bytes,
+            } => {
                 if committed && (linked || entry.nlink > 1) {
                     self.sent_inodes.insert(entry.ino, entry.clone());
                 }
@@ -865,7 +881,7 @@ impl Shipper {
                     fail,
                     wire: Some(*wire - 1),
                     force_fail: !committed,
-                    kind: SentKind::File(entry.size),
+                    kind: SentKind::File(bytes),
                 };
                 (sent, delivered)
             }
@@ -917,6 +933,7 @@ impl Shipper {
         &mut self,
         path: &RelPath,
         known_hash: Option<[u8; 32]>,
+        append_base: Option<(u64, [u8; 32])>,
     ) -> std::io::Result<FileOutcome> {
         let open = |flags| fsutil::open_regular_beneath(self.brick.as_fd(), path.as_bytes(), flags);
         let fd = match open(OFlags::NOATIME) {
@@ -965,13 +982,42 @@ impl Shipper {
             use std::io::Seek;
             file.rewind()?;
         }
-        self.writer().send(&Message::FileBegin(FileBegin {
-            path: path.clone(),
-            meta: entry.meta(),
-            size: entry.size,
-        }))?;
         let mut hasher = blake3::Hasher::new();
         let mut left = entry.size;
+        // A file that grew: when what the slave has is still its beginning, only the rest
+        // goes (a local read of the beginning, no round trip). The hash of the beginning goes
+        // on into the hash of the whole, which the agent checks.
+        let base = match append_base.filter(|&(b, _)| b < entry.size) {
+            Some((base, h)) => {
+                use std::io::{Read, Seek};
+                let read = hasher.update_reader((&mut file).take(base)).map(|_| ());
+                if read.is_ok() && hasher.count() == base && hasher.finalize().as_bytes() == &h {
+                    Some(base)
+                } else {
+                    hasher = blake3::Hasher::new();
+                    file.rewind()?;
+                    None
+                }
+            }
+            None => None,
+        };
+        match base {
+            Some(base) => {
+                left -= base;
+                self.writer().send(&Message::FileAppend(FileAppend {
+                    path: path.clone(),
+                    meta: entry.meta(),
+                    size: entry.size,
+                    base,
+                }))?;
+            }
+            None => self.writer().send(&Message::FileBegin(FileBegin {
+                path: path.clone(),
+                meta: entry.meta(),
+                size: entry.size,
+            }))?,
+        }
+        let bytes = left;
         let mut intact = true;
         while left > 0 {
             let want = (left as usize).min(self.chunk_size);
@@ -997,7 +1043,11 @@ impl Shipper {
             commit: committed,
         }))?;
         entry.hash = Some(hash);
-        Ok(FileOutcome::Sent { entry, committed })
+        Ok(FileOutcome::Sent {
+            entry,
+            committed,
+            bytes,
+        })
     }
 
     /// Says goodbye, waits for the agent to finish and returns its peak memory.

@@ -321,6 +321,81 @@ fn symlink_inside_slave_pointing_outside_is_never_written_through() {
         .is_symlink());
 }
 
+/// `FileAppend` (issue 16): `tail` after the slave's copy of `path`, which must be `base`
+/// bytes; the hash is of the whole the master believes in.
+fn append(path: &str, base: u64, tail: &[u8], whole: &[u8]) -> Vec<u8> {
+    let mut v = enc(&Message::FileAppend(FileAppend {
+        path: p(path),
+        meta: meta(0o644),
+        size: base + tail.len() as u64,
+        base,
+    }));
+    v.extend(enc(&Message::Chunk(tail.to_vec())));
+    v.extend(enc(&Message::FileEnd(FileEnd {
+        hash: *blake3::hash(whole).as_bytes(),
+        commit: true,
+    })));
+    v
+}
+
+/// An append is built from the slave's own copy, read confined: a symlink there (to a file
+/// outside the root) is never read through, a copy of another length or content is refused
+/// for that file alone (the master sends it whole next), the old copy stays until the whole
+/// checks, and a base beyond the declared size is a protocol error.
+#[test]
+fn an_append_reads_only_the_slaves_own_copy_and_checks_the_whole() {
+    let s = Sandbox::new();
+    write(&s.root.join("log"), b"hello ");
+    write(&s.root.join("other"), b"HELLO ");
+    std::os::unix::fs::symlink(s.outside.join("canary"), s.root.join("evil")).unwrap();
+    let canary = b"do not touch";
+    let input = stream(&[
+        begin(1, 4),
+        append("log", 6, b"world", b"hello world"),
+        // The master believes the copy is "howdy " (same length): the whole does not check.
+        append("other", 6, b"there", b"howdy there"),
+        append("evil", canary.len() as u64, b"!", b"do not touch!"),
+        // Another length than the copy's.
+        append("log", 5, b"x", b"hellox"),
+        end(1, 4),
+    ]);
+    let (o, msgs) = s.run(&input);
+    assert!(o.status.success(), "per-file failures: {}", stderr(&o));
+    let failed: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::Failed(f) => Some((f.op, f.message.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed.iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.1.contains("sent whole on the next pass")),
+        "{failed:?}"
+    );
+    assert!(msgs.contains(&Message::Ack(Ack { id: 1 })), "{msgs:?}");
+    assert_eq!(std::fs::read(s.root.join("log")).unwrap(), b"hello world");
+    assert_eq!(std::fs::read(s.root.join("other")).unwrap(), b"HELLO ");
+    assert!(std::fs::symlink_metadata(s.root.join("evil"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    let bad = enc(&Message::FileAppend(FileAppend {
+        path: p("log"),
+        meta: meta(0o644),
+        size: 3,
+        base: 11,
+    }));
+    Sandbox::new().refused(&stream(&[begin(1, 1), bad, end(1, 1)]), "beyond its size");
+}
+
 #[test]
 fn truncated_frame_is_an_error() {
     let s = Sandbox::new();
