@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|scrub|intake|ssh|ssh-big|ssh-small|all|scale]
+# Usage: scripts/bench.sh [small|big|latency|scrub|intake|ssh|ssh-big|ssh-small|ssh-append|all|scale]
 #        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
 #        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
 #        (BENCH_DIR=/path to choose where data goes)
@@ -247,7 +247,7 @@ PY
 fi
 
 # Over SSH (a private OpenSSH sshd on loopback): georep vs the cipher's limit and rsync -a.
-case $what in ssh|ssh-big|ssh-small|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
+case $what in ssh|ssh-big|ssh-small|ssh-append|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
 if [ -n "$ssh_bench" ]; then
     command -v rsync >/dev/null || { apt-get install -y -qq rsync >/dev/null 2>&1 || true; }
     # shellcheck source=scripts/private-sshd.sh
@@ -301,7 +301,40 @@ if [ -n "$ssh_bench" ]; then
         b_ms=$(printf '%s\n' "${bs[@]}" | median)
         g_ms=$(printf '%s\n' "${gs[@]}" | median)
     }
-    if [ "$what" != ssh-small ]; then
+    if [ "$what" = ssh-append ] || [ "$what" = ssh ] || [ "$what" = all ]; then
+        # A 256 MiB file that grows by 4 KiB between runs (a log, an append-only store): both
+        # tools copy it once, then each run appends and times rsync -a (its delta algorithm:
+        # checksums of the whole file on both sides) and georep (the tail alone).
+        ap=$BASE/ssh-append; mkdir -p "$ap"; head -c 256M /dev/urandom > "$ap/db.log"
+        ap_dst=$BASE/ap-dst; ap_rs=$BASE/ap-rs; mkdir -p "$ap_dst" "$ap_rs"
+        ap_home=$BASE/h-append
+        ap_slave="$user@127.0.0.1:$port::$ap_dst"
+        GEOREP_HOME=$ap_home "$BIN" create "$ap" "$ap_slave" push-pem \
+            --identity "$OPERATOR_KEY" --remote-georep "$BIN" >/dev/null
+        GEOREP_HOME=$ap_home "$BIN" sync "$ap" "$ap_slave" --once >/dev/null
+        rsync -a -e "ssh ${SSH_OPTS[*]}" "$ap/" "$user@127.0.0.1:$ap_rs/"
+        rs=() gs=()
+        for i in $(seq "$RUNS"); do
+            head -c 4096 /dev/urandom >> "$ap/db.log"
+            sync
+            t0=$(now)
+            rsync -a --stats -e "ssh ${SSH_OPTS[*]}" "$ap/" "$user@127.0.0.1:$ap_rs/" > "$BASE/ap-rs.txt"
+            rs+=("$(ms "$t0" "$(now)")")
+            sync
+            t0=$(now)
+            GEOREP_HOME=$ap_home "$BIN" sync "$ap" "$ap_slave" --once --json > "$BASE/ap.json"
+            gs+=("$(ms "$t0" "$(now)")")
+        done
+        cmp "$ap/db.log" "$ap_dst/db.log" || { echo "the appended file differs on the slave" >&2; exit 1; }
+        b_ms=$(printf '%s\n' "${rs[@]}" | median)
+        g_ms=$(printf '%s\n' "${gs[@]}" | median)
+        rs_sent=$(awk -F': ' '/Total bytes sent/ {gsub(",", "", $2); print $2}' "$BASE/ap-rs.txt")
+        g_wire=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["wire_bytes"])' "$BASE/ap.json")
+        row "rsync -a over ssh, 256 MiB + 4 KiB appended" "$b_ms" "1.00x" "sent ${rs_sent} B" "-"
+        row "georep over ssh, 256 MiB + 4 KiB appended" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "wire ${g_wire} B" "-"
+        GEOREP_HOME=$ap_home "$BIN" delete "$ap" "$ap_slave" >/dev/null
+    fi
+    if [ "$what" != ssh-small ] && [ "$what" != ssh-append ]; then
         big=$BASE/ssh-big; mkdir -p "$big"; head -c 1G /dev/urandom > "$big/random.bin"
         text=$BASE/ssh-text; mkdir -p "$text"
         python3 -c "
@@ -324,7 +357,7 @@ with open(sys.argv[1], 'wb') as f:
         row "cat 1 GiB text | ssh cat>/dev/null" "$b_ms" "1.00x" "-" "-"
         row "georep over ssh, 1 GiB text (zstd 1)" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
     fi
-    if [ "$what" != ssh-big ]; then
+    if [ "$what" != ssh-big ] && [ "$what" != ssh-append ]; then
         small=$BASE/ssh-small
         make_small_tree "$small"
         cat "$small"/*/* > /dev/null

@@ -275,44 +275,36 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     failed(w, b, idx, e)?;
                 }
             }
-            Message::FileBegin(fb) => {
+            Message::FileBegin(_) | Message::FileAppend(_) => {
+                let kind = msg.name();
                 let b = batch
                     .as_mut()
                     .ok_or_else(|| anyhow!("file outside a batch"))?;
                 if in_file {
-                    bail!("FileBegin inside another file");
+                    bail!("{kind} inside another file");
                 }
-                if fb.path.is_root() {
-                    bail!("FileBegin for the slave root itself");
+                let path = match &msg {
+                    Message::FileBegin(fb) => &fb.path,
+                    Message::FileAppend(fa) => &fa.path,
+                    _ => unreachable!("matched above"),
+                };
+                if path.is_root() {
+                    bail!("{kind} for the slave root itself");
                 }
                 let idx = next_op(b)?;
                 skipping_file = false;
-                if let Err(e) = applier.begin_file(&fb) {
-                    skipping_file = true;
-                    failed(w, b, idx, e)?;
-                }
-            }
-            Message::FileAppend(fa) => {
-                let b = batch
-                    .as_mut()
-                    .ok_or_else(|| anyhow!("file outside a batch"))?;
-                if in_file {
-                    bail!("FileAppend inside another file");
-                }
-                if fa.path.is_root() {
-                    bail!("FileAppend for the slave root itself");
-                }
-                if fa.base > fa.size {
-                    bail!(
+                let begun = match &msg {
+                    Message::FileAppend(fa) if fa.base > fa.size => bail!(
                         "FileAppend of {} declares a base of {} bytes beyond its size {}",
                         fa.path,
                         fa.base,
                         fa.size
-                    );
-                }
-                let idx = next_op(b)?;
-                skipping_file = false;
-                if let Err(e) = applier.begin_append(&fa) {
+                    ),
+                    Message::FileAppend(fa) => applier.begin_append(fa),
+                    Message::FileBegin(fb) => applier.begin_file(fb),
+                    _ => unreachable!("matched above"),
+                };
+                if let Err(e) = begun {
                     skipping_file = true;
                     failed(w, b, idx, e)?;
                 }

@@ -81,6 +81,21 @@ type Against = (
     std::thread::JoinHandle<()>,
 );
 
+/// A fake agent that acknowledges one batch, then hangs up.
+fn acks_one_batch(mut r: FrameReader, mut w: FrameWriter) {
+    loop {
+        match r.read() {
+            Ok(Some(Message::BatchEnd(e))) => {
+                w.send(&Message::Ack(protocol::Ack { id: e.id })).unwrap();
+                w.flush().unwrap();
+                return;
+            }
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+    }
+}
+
 fn against(agent: impl FnOnce(FrameReader, FrameWriter) + Send + 'static) -> Against {
     against_with(Box::new(NoHandle), agent)
 }
@@ -341,17 +356,7 @@ fn a_failure_reported_while_its_batch_is_still_being_sent_is_recorded() {
 /// next plan compares it as changed and links the two; and the crawl passes again.
 #[test]
 fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
-    let (mut sh, index, dir, agent) = against(|mut r, mut w| loop {
-        match r.read() {
-            Ok(Some(Message::BatchEnd(e))) => {
-                w.send(&Message::Ack(protocol::Ack { id: e.id })).unwrap();
-                w.flush().unwrap();
-                return;
-            }
-            Ok(Some(_)) => {}
-            _ => return,
-        }
-    });
+    let (mut sh, index, dir, agent) = against(acks_one_batch);
     let root = dir.path();
     std::fs::write(root.join("d"), vec![3u8; 4284]).unwrap();
     let brick = fsutil::open_root(root).unwrap();
@@ -395,18 +400,7 @@ fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
 /// looked at it again. The row is unknown now, so the next plan links the name into its group.
 #[test]
 fn a_name_replaced_by_a_hard_link_after_the_plan_is_not_recorded_as_linked() {
-    // One batch, acknowledged, then the agent hangs up.
-    let (mut sh, index, dir, agent) = against(|mut r, mut w| loop {
-        match r.read() {
-            Ok(Some(Message::BatchEnd(e))) => {
-                w.send(&Message::Ack(protocol::Ack { id: e.id })).unwrap();
-                w.flush().unwrap();
-                return;
-            }
-            Ok(Some(_)) => {}
-            _ => return,
-        }
-    });
+    let (mut sh, index, dir, agent) = against(acks_one_batch);
     let root = dir.path();
     std::fs::write(root.join("x"), vec![1u8; 1568]).unwrap();
     std::fs::write(root.join("a"), vec![2u8; 4450]).unwrap();
