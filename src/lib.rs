@@ -15,6 +15,7 @@
 //! - `failback`  — failover (DR side), resync --reverse with conflict copies, failback.
 //! - `verify`    — `georep verify`: master vs slave listing (and checksums), read-only.
 //! - `shellword` — words that reach a command line on the slave host: checked and quoted.
+//! - `sparse`    — the holes of sparse files (`SEEK_DATA`/`SEEK_HOLE`), sent as `Hole`s.
 //! - `brickid`   — a master brick's identity file: an unmounted brick is never replicated.
 //! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
 //! - `logging`   — tracing setup.
@@ -41,6 +42,7 @@ pub mod protocol;
 pub mod session;
 pub mod shellword;
 pub mod ship;
+pub mod sparse;
 pub mod status;
 pub mod transport;
 pub mod verify;

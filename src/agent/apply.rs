@@ -739,6 +739,32 @@ impl Applier {
         }
     }
 
+    /// Appends `len` zero bytes as a hole, left unallocated. Same error convention as `chunk`.
+    pub fn hole(&mut self, len: u64) -> Result<(), Result<ApplyError, String>> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Err("a hole outside a file".to_string()))?;
+        f.written = f.written.saturating_add(len);
+        if f.written > f.size {
+            return Err(Err(format!(
+                "file {} sends more than its declared {} bytes",
+                f.path, f.size
+            )));
+        }
+        crate::sparse::hash_zeros(&mut f.hasher, len);
+        if let Some(fd) = f.fd.as_mut() {
+            if let Err(e) = fd.skip(&mut self.stage, len) {
+                let err = ApplyError::new(&f.path, "writing file", e);
+                f.fd = None;
+                let t = f.tmpname.take();
+                self.discard(&t);
+                return Err(Ok(err));
+            }
+        }
+        Ok(())
+    }
+
     /// Appends content. `Err(Ok(e))` is a per-file failure (reported, stream continues);
     /// `Err(Err(msg))` a protocol violation.
     pub fn chunk(&mut self, data: &[u8]) -> Result<(), Result<ApplyError, String>> {

@@ -12,7 +12,7 @@
 
 use rustix::fs::{self as rfs, OFlags};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::AsFd;
 
 /// Files at least this large bypass the page cache.
@@ -119,6 +119,18 @@ impl ContentWriter {
         self.file.write_all(&stage.area()[from..staged])
     }
 
+    /// Leaves `len` bytes unwritten (a hole of a sparse file): they read as zeros and take no
+    /// space. What follows goes through the page cache (a hole rarely ends on a block boundary
+    /// of the staging buffer).
+    pub fn skip(&mut self, stage: &mut Stage, len: u64) -> io::Result<()> {
+        if self.direct {
+            self.fall_back(stage, 0)?;
+        }
+        let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.file.seek(io::SeekFrom::Current(len))?;
+        Ok(())
+    }
+
     /// Writes what is still staged and gives the file back.
     pub fn finish(mut self, stage: &mut Stage) -> io::Result<File> {
         if self.direct && self.staged > 0 {
@@ -127,6 +139,11 @@ impl ContentWriter {
                 // The last partial block cannot be written directly.
                 self.fall_back(stage, 0)?;
             }
+        }
+        // A hole at the end: the file is as long as its content says.
+        let end = self.file.stream_position()?;
+        if end > self.file.metadata()?.len() {
+            self.file.set_len(end)?;
         }
         Ok(self.file)
     }

@@ -309,11 +309,16 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     failed(w, b, idx, e)?;
                 }
             }
-            Message::Chunk(data) => {
+            Message::Chunk(_) | Message::Hole(_) => {
                 let b = batch
                     .as_mut()
                     .ok_or_else(|| anyhow!("content outside a batch"))?;
-                match applier.chunk(&data) {
+                let r = match &msg {
+                    Message::Chunk(data) => applier.chunk(data),
+                    Message::Hole(len) => applier.hole(*len),
+                    _ => unreachable!("matched above"),
+                };
+                match r {
                     Ok(()) => {}
                     Err(Ok(e)) => {
                         if !skipping_file {

@@ -258,6 +258,9 @@ pub enum Message {
     },
     /// Master → agent, in a batch, in place of `FileBegin`: see `FileAppend`.
     FileAppend(FileAppend),
+    /// Master → agent, inside a file's content: this many zero bytes, a hole in a sparse file.
+    /// The agent leaves them unallocated; they count in the file's size and hash as zeros.
+    Hole(u64),
 }
 
 /// Longest symlink target accepted (Linux: PATH_MAX less the NUL).
@@ -410,6 +413,7 @@ impl Message {
             Message::ChangedPaths(_) => "ChangedPaths",
             Message::ChangesEnd { .. } => "ChangesEnd",
             Message::FileAppend(_) => "FileAppend",
+            Message::Hole(_) => "Hole",
             Message::Bye => "Bye",
         }
     }

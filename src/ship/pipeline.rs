@@ -1017,23 +1017,48 @@ impl Shipper {
                 size: entry.size,
             }))?,
         }
-        let bytes = left;
+        // A sparse file's holes go as `Hole`s: nothing read, nothing sent, nothing allocated
+        // on the DR side.
+        let sparse = crate::sparse::is_sparse(&file, entry.size);
+        let mut pos = entry.size - left;
+        let mut bytes = 0;
         let mut intact = true;
         while left > 0 {
-            let want = (left as usize).min(self.chunk_size);
-            let (n, failed) =
-                self.writer()
-                    .send_content(&mut file, want, &mut intact, &mut |d| {
-                        hasher.update(d);
-                    })?;
-            if let Some(e) = failed {
-                tracing::warn!("reading {path}: {e}; sending it again later");
+            let mut run = left;
+            if sparse && intact {
+                match crate::sparse::next(&file, pos, entry.size)? {
+                    crate::sparse::Run::Hole(n) => {
+                        let n = n.min(left);
+                        self.writer().send(&Message::Hole(n))?;
+                        crate::sparse::hash_zeros(&mut hasher, n);
+                        if let Some(pb) = &self.progress {
+                            pb.inc(n);
+                        }
+                        (left, pos) = (left - n, pos + n);
+                        continue;
+                    }
+                    crate::sparse::Run::Data(n) => run = n.min(left),
+                }
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(pos))?;
             }
-            self.throttle();
-            if let Some(pb) = &self.progress {
-                pb.inc(n as u64);
+            while run > 0 {
+                let want = (run as usize).min(self.chunk_size);
+                let (n, failed) =
+                    self.writer()
+                        .send_content(&mut file, want, &mut intact, &mut |d| {
+                            hasher.update(d);
+                        })?;
+                if let Some(e) = failed {
+                    tracing::warn!("reading {path}: {e}; sending it again later");
+                }
+                self.throttle();
+                if let Some(pb) = &self.progress {
+                    pb.inc(n as u64);
+                }
+                let n = n as u64;
+                (run, left, pos, bytes) = (run - n, left - n, pos + n, bytes + n);
             }
-            left -= n as u64;
         }
         let unchanged = same_stat(&stat(&file.into()), &entry);
         let committed = intact && unchanged;

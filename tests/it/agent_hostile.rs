@@ -396,6 +396,51 @@ fn an_append_reads_only_the_slaves_own_copy_and_checks_the_whole() {
     Sandbox::new().refused(&stream(&[begin(1, 1), bad, end(1, 1)]), "beyond its size");
 }
 
+/// Holes (issue 16) count as content: one beyond the declared size, or outside a file, is a
+/// protocol error; a file made of holes and data is applied with its holes unallocated.
+#[test]
+fn holes_are_content_of_a_declared_size() {
+    let s = Sandbox::new();
+    let mut whole = vec![7u8; 4096];
+    whole.resize(4096 + (8 << 20), 0);
+    let mut f = enc(&Message::FileBegin(FileBegin {
+        path: p("sparse"),
+        meta: meta(0o644),
+        size: whole.len() as u64,
+    }));
+    f.extend(enc(&Message::Chunk(vec![7u8; 4096])));
+    f.extend(enc(&Message::Hole(8 << 20)));
+    f.extend(enc(&Message::FileEnd(FileEnd {
+        hash: *blake3::hash(&whole).as_bytes(),
+        commit: true,
+    })));
+    let (o, msgs) = s.run(&stream(&[begin(1, 1), f, end(1, 1)]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(msgs.contains(&Message::Ack(Ack { id: 1 })), "{msgs:?}");
+    assert_eq!(std::fs::read(s.root.join("sparse")).unwrap(), whole);
+    use std::os::unix::fs::MetadataExt;
+    let blocks = std::fs::metadata(s.root.join("sparse")).unwrap().blocks();
+    assert!(
+        blocks * 512 < 1 << 20,
+        "the hole is allocated: {blocks} blocks"
+    );
+
+    let mut over = enc(&Message::FileBegin(FileBegin {
+        path: p("f"),
+        meta: meta(0o644),
+        size: 10,
+    }));
+    over.extend(enc(&Message::Hole(11)));
+    Sandbox::new().refused(
+        &stream(&[begin(1, 1), over, end(1, 1)]),
+        "more than its declared",
+    );
+    Sandbox::new().refused(
+        &stream(&[begin(1, 0), enc(&Message::Hole(5)), end(1, 0)]),
+        "a hole outside a file",
+    );
+}
+
 #[test]
 fn truncated_frame_is_an_error() {
     let s = Sandbox::new();

@@ -535,3 +535,58 @@ fn a_file_that_grew_ships_only_its_tail() {
     assert!(n(&r, "bytes_sent") > 8 << 20, "{r}");
     assert_trees_equal(&m, &s);
 }
+
+/// Allocated bytes of `p`.
+fn allocated(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// Issue 16, sparse files: holes travel as holes (only the data crosses the wire) and stay
+/// unallocated on the DR side, a trailing hole included; a hole punched later reaches the DR
+/// copy too; the content compares equal throughout.
+#[test]
+fn sparse_files_stay_sparse_and_a_punched_hole_follows() {
+    use std::io::{Seek, Write};
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let path = m.join("vm/disk.img");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.set_len(256 << 20).unwrap();
+    f.write_all(&[1u8; 1 << 20]).unwrap();
+    f.seek(std::io::SeekFrom::Start(100 << 20)).unwrap();
+    f.write_all(&[2u8; 1 << 20]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(allocated(&path) < 4 << 20, "the master's file is sparse");
+    let r = g.sync();
+    assert_trees_equal(&m, &s);
+    assert!(n(&r, "bytes_sent") <= 2 << 20, "only the data crossed: {r}");
+    let dr = s.join("vm/disk.img");
+    assert!(
+        allocated(&dr) < 4 << 20,
+        "the DR copy allocates {} bytes",
+        allocated(&dr)
+    );
+    assert_eq!(std::fs::metadata(&dr).unwrap().len(), 256 << 20);
+
+    // A hole punched in the first MiB (fallocate): the file changed, and the DR copy frees it.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    rustix::fs::fallocate(
+        &f,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        0,
+        1 << 20,
+    )
+    .unwrap();
+    drop(f);
+    let r = g.sync();
+    assert_trees_equal(&m, &s);
+    assert!(n(&r, "bytes_sent") <= 1 << 20, "{r}");
+    assert!(
+        allocated(&dr) < 2 << 20,
+        "the punched MiB is freed on the DR copy: {} bytes allocated",
+        allocated(&dr)
+    );
+}
