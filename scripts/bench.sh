@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|scrub|intake|ssh|ssh-big|ssh-small|ssh-append|all|scale]
+# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|all|scale]
 #        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
 #        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
 #        (BENCH_DIR=/path to choose where data goes)
@@ -150,6 +150,28 @@ PY
 }
 
 # Continuous replication: write-close on the master -> new content readable on the slave.
+# Sparse files: a 1 GiB image with nothing allocated and one with 4 MiB of data in the middle.
+# georep against cp -a --sparse=always (which also looks for holes), with what each allocates.
+if [ "$what" = sparse ] || [ "$what" = all ]; then
+    sp=$BASE/sparse-src; mkdir -p "$sp"
+    truncate -s 1G "$sp/empty.img"
+    truncate -s 1G "$sp/vm.img"
+    head -c 4M /dev/urandom | dd of="$sp/vm.img" bs=1M seek=500 conv=notrunc status=none
+    sync
+    alloc() { du -sB1 "$1" | cut -f1; }
+    cs=() gs=()
+    for i in $(seq "$RUNS"); do
+        d=$BASE/sparse-cp-$i; t0=$(now); cp -a --sparse=always "$sp" "$d"; sync -f "$d"; cs+=("$(ms "$t0" "$(now)")")
+        d=$BASE/sparse-g-$i; mkdir -p "$d"; t0=$(now)
+        GEOREP_HOME=$BASE/sparse-home-$i "$BIN" sync "$sp" "$d" --once --json > "$BASE/sparse.json"
+        gs+=("$(ms "$t0" "$(now)")")
+        cmp "$sp/vm.img" "$d/vm.img" || { echo "the sparse copy differs" >&2; exit 1; }
+    done
+    c_ms=$(printf '%s\n' "${cs[@]}" | median); g_ms=$(printf '%s\n' "${gs[@]}" | median)
+    row "cp -a --sparse=always, 2 x 1 GiB sparse" "$c_ms" "1.00x" "alloc $(alloc "$BASE/sparse-cp-1") B" "-"
+    row "georep, 2 x 1 GiB sparse (4 MiB data)" "$g_ms" "$(ratio "$g_ms" "$c_ms")" "alloc $(alloc "$BASE/sparse-g-1") B" "-"
+fi
+
 if [ "$what" = latency ] || [ "$what" = all ]; then
     m=$BASE/lat-m s=$BASE/lat-s home=$BASE/lat-home
     mkdir -p "$m" "$s"
