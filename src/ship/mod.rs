@@ -372,6 +372,13 @@ pub fn connect(
     pipeline::check_welcome(&welcome, &peer)?;
     match index.get_meta("slave_volume_id")? {
         Some(id) if id == welcome.volume_id => {}
+        // A reverse connection never changes the index: it is the common point that resync
+        // --reverse and failback compare with (a dry run included).
+        Some(id) if opts.reverse => bail!(
+            "the slave volume on {} is not the one brick {brick} replicated to (volume id {}, not {id}): it was made again since, so there is no common point to bring changes back from. Copy them back with `georep sync` run from the DR side",
+            welcome.slave_host,
+            welcome.volume_id
+        ),
         Some(id) => {
             tracing::warn!(
                 "slave volume id changed ({id} -> {}): the slave was recreated, sending everything again",
@@ -379,9 +386,12 @@ pub fn connect(
             );
             index.clear()?;
         }
+        None if opts.reverse => {}
         None => index.clear()?,
     }
-    index.set_meta("slave_volume_id", &welcome.volume_id)?;
+    if !opts.reverse {
+        index.set_meta("slave_volume_id", &welcome.volume_id)?;
+    }
     index.clear_stash()?;
     w.compress(compression)?;
     let next_batch = index

@@ -274,3 +274,28 @@ fn a_slave_root_above_another_slave_volume_is_refused() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_trees_equal(&m, &inner);
 }
+
+/// Review hole (issue 18's review): a reverse connection emptied the index, the common point,
+/// when it met a DR volume made again since, and recorded the new volume as shipped to: a
+/// `resync --reverse --dry-run` destroyed what the real run needed, and the next run compared
+/// with nothing. Now a reverse connection never changes the index, and a recreated DR volume is
+/// refused with the fix.
+#[test]
+fn resync_reverse_against_a_recreated_dr_volume_is_refused_and_changes_nothing() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    write(&m.join("a.txt"), b"shipped");
+    g.ok(&["create", ms, ss]);
+    g.sync_equal();
+    // The DR volume is made again (its state goes, its files stay).
+    std::fs::remove_dir_all(s.join(".georep")).unwrap();
+    for _ in 0..2 {
+        g.fails(
+            &["resync", "--reverse", ms, ss, "--dry-run"],
+            2,
+            "no common point",
+        );
+    }
+    g.fails(&["resync", "--reverse", ms, ss], 2, "georep sync");
+}
