@@ -970,6 +970,20 @@ impl Diff {
             b.created.insert(path.clone());
             if e.kind != Kind::Dir {
                 b.replacing.insert(path.clone());
+                if self.gone.get(path).is_some_and(|g| g.kind == Kind::Dir) {
+                    // It replaces an indexed directory, whose entries' deletes are left out
+                    // (the slave removes the tree with it): their rows go too, or a later
+                    // plan would find entries beneath a file (seed 900474).
+                    b.creates.push((
+                        path.clone(),
+                        0,
+                        PlannedOp {
+                            op: PlanOp::IndexOnly,
+                            ok: vec![Mutation::Remove(path.clone())],
+                            fail: vec![],
+                        },
+                    ));
+                }
             }
             if e.kind == Kind::Dir {
                 b.mkdir(path, e);
@@ -1063,8 +1077,19 @@ impl Diff {
             touched.extend(path.parent());
         }
         let already: HashSet<RelPath> = b.dir_attrs.iter().map(|(p, _)| p.clone()).collect();
+        // Names this diff saw as something other than a directory (moved along with a renamed
+        // parent, say): the slave holds that there, and a directory that took the name on the
+        // master since (read from the disk below) is not its attributes (seed 900474: a file
+        // got a directory's mode and mtime, and the index recorded the directory for it).
+        let non_dirs: HashSet<&RelPath> = new
+            .iter()
+            .map(|(p, e)| (p, e))
+            .chain(updates.iter().map(|(p, _, e, _)| (p, e)))
+            .filter(|(_, e)| e.kind != Kind::Dir)
+            .map(|(p, _)| p)
+            .collect();
         for t in touched {
-            if already.contains(&t) {
+            if already.contains(&t) || non_dirs.contains(&t) {
                 continue;
             }
             if let Some(e) = &self.dirs.get(&t).cloned().or_else(|| stat_dir(&t)) {
@@ -1420,6 +1445,106 @@ mod tests {
         let ops: Vec<&PlanOp> = plan.ops.iter().map(|o| &o.op).collect();
         let (sent, _) = sent_and_linked(ops.iter().copied());
         assert_eq!(sent, vec![&p("p/f")], "{ops:?}");
+    }
+
+    #[test]
+    fn a_file_moved_along_is_not_given_the_attributes_of_a_directory_that_took_its_name() {
+        // Seed 900474: "n" renamed to "c"; the file "c/f" moved along with it; a stale row
+        // "n/f/c" made a Delete beneath it, so "c/f" was a touched parent; by plan time a new
+        // directory held "c/f" on the master, and its attributes landed on the slave's file.
+        let dir = |ino| Entry {
+            kind: Kind::Dir,
+            ino,
+            mode: 0o755,
+            nlink: 2,
+            hash: None,
+            ..linked(5)
+        };
+        let file = Entry {
+            ino: 20,
+            nlink: 1,
+            ..linked(5)
+        };
+        let mut d = Diff::default();
+        d.gone.insert(p("n"), dir(10));
+        d.gone.insert(p("n/f"), file.clone());
+        d.gone.insert(p("n/f/c"), dir(30));
+        d.new.insert(p("c"), dir(10));
+        d.new.insert(p("c/f"), file);
+        d.dirs.insert(p("c"), dir(10));
+        d.rename_targets = Some(BTreeSet::from([p("c")]));
+        d.targeted = Some(BTreeSet::from([p("n"), p("c"), p("c/f"), p("c/f/c")]));
+        let plan = d.plan(&mut 0, &|q| (*q == p("c/f")).then(|| dir(99)));
+        assert!(
+            plan.ops
+                .iter()
+                .any(|o| matches!(&o.op, PlanOp::Op(Op::Unstash { to, .. }) if *to == p("c"))),
+            "{:?}",
+            plan.ops
+        );
+        assert!(
+            !plan.ops.iter().any(
+                |o| matches!(&o.op, PlanOp::Op(Op::SetAttr { path, .. }) if *path == p("c/f"))
+            ),
+            "{:?}",
+            plan.ops
+        );
+        assert!(!plan
+            .ops
+            .iter()
+            .flat_map(|o| &o.ok)
+            .any(|m| matches!(m, Mutation::Upsert(q, e) if *q == p("c/f") && e.kind == Kind::Dir)));
+    }
+
+    #[test]
+    fn a_file_replacing_an_indexed_directory_takes_its_rows_along() {
+        // Seed 900474: a file replaced a directory; the deletes beneath it are left out (the
+        // slave removes the tree), and their rows stayed in the index, beneath a file.
+        let dir = Entry {
+            kind: Kind::Dir,
+            ino: 10,
+            mode: 0o755,
+            nlink: 2,
+            hash: None,
+            ..linked(5)
+        };
+        let mut d = Diff::default();
+        d.gone.insert(p("x"), dir.clone());
+        d.gone.insert(
+            p("x/c"),
+            Entry {
+                ino: 11,
+                ..dir.clone()
+            },
+        );
+        d.new.insert(
+            p("x"),
+            Entry {
+                ino: 12,
+                nlink: 1,
+                ..linked(6)
+            },
+        );
+        let plan = d.plan(&mut 0, &|_| None);
+        let muts: Vec<&Mutation> = plan.ops.iter().flat_map(|o| &o.ok).collect();
+        let removed = muts
+            .iter()
+            .position(|m| matches!(m, Mutation::Remove(q) if *q == p("x")));
+        let upserted = muts.iter().position(
+            |m| matches!(m, Mutation::Upsert(q, e) if *q == p("x") && e.kind == Kind::File),
+        );
+        assert!(
+            removed.is_some() && upserted.is_some() && removed < upserted,
+            "{muts:?}"
+        );
+        assert!(
+            !plan
+                .ops
+                .iter()
+                .any(|o| matches!(&o.op, PlanOp::Op(Op::Delete { path }) if *path == p("x/c"))),
+            "{:?}",
+            plan.ops
+        );
     }
 
     #[test]
