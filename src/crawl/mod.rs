@@ -1083,7 +1083,6 @@ impl Diff {
         // got a directory's mode and mtime, and the index recorded the directory for it).
         let non_dirs: HashSet<&RelPath> = new
             .iter()
-            .map(|(p, e)| (p, e))
             .chain(updates.iter().map(|(p, _, e, _)| (p, e)))
             .filter(|(_, e)| e.kind != Kind::Dir)
             .map(|(p, _)| p)
