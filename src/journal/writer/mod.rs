@@ -78,7 +78,13 @@ pub struct Writer {
     /// Set while some directory has no watch (limit reached): retried every `REWATCH_EVERY`.
     degraded_since: Option<Instant>,
     pub last_seq: u64,
+    /// Tests: runs right after a directory's watch is added, before it is listed.
+    #[cfg(test)]
+    after_watch: Option<AfterWatch>,
 }
+
+#[cfg(test)]
+type AfterWatch = Box<dyn FnMut(&Path)>;
 
 impl Writer {
     /// Watches `root` recursively and records the starting GAP.
@@ -115,6 +121,8 @@ impl Writer {
             watch_failures: 0,
             degraded_since: None,
             last_seq: 0,
+            #[cfg(test)]
+            after_watch: None,
         };
         let t0 = Instant::now();
         w.watch_tree(&RelPath::root(), Scan::Watch)?;

@@ -1,7 +1,9 @@
-//! The journal writer's watches: one per directory of the brick, added by an `O_PATH` fd and
-//! named by the path the events say; renamed, re-pointed and rebuilt as the tree moves.
+//! The journal writer's watches: one per directory of the brick, added through an fd of the
+//! directory (and the directory listed through that same fd) and named by the path the events
+//! say; renamed, re-pointed and rebuilt as the tree moves.
 
 use super::*;
+use rustix::fd::OwnedFd;
 
 /// What `watch_tree` does with the directories it watches.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -22,8 +24,12 @@ impl Writer {
         let mut stack = vec![dir.clone()];
         while let Some(d) = stack.pop() {
             let full = self.full(&d);
-            match self.add_watch(&full) {
-                Ok((wd, ino)) => {
+            let listing = match self.add_watch(&full) {
+                Ok((wd, ino, fd)) => {
+                    #[cfg(test)]
+                    if let Some(hook) = self.after_watch.as_mut() {
+                        hook(&full);
+                    }
                     // One watch per inode: a directory watched already under another name
                     // moved here by a rename (the events are read after the fact).
                     let moved = self
@@ -68,6 +74,7 @@ impl Writer {
                     }
                     self.wd_ino.insert(wd, ino);
                     self.doubtful.remove(&wd);
+                    fd
                 }
                 // Gone, renamed or replaced already: a DELETE says so, or the MOVED_TO of its
                 // new name (or of an ancestor's, see `unwatched`) adds the watch there.
@@ -88,35 +95,35 @@ impl Writer {
                     continue;
                 }
                 Err(e) => return Err(e).with_context(|| format!("watching {}", full.display())),
-            }
-            let rd = match std::fs::read_dir(&full) {
-                Ok(rd) => rd,
-                Err(_) => continue,
             };
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let Ok(path) = d.join(name.as_bytes()) else {
+            // Listed through the fd the watch was added by, never by name again: renamed in
+            // between, the directory is still the one watched (journal seed 900361: listed by
+            // name, it was gone, nothing in it was recorded and its subdirectories were never
+            // watched; the RENAME found its watch in place and scanned nothing).
+            let entries = match list(&listing) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    // Watched but not read: what it holds is unknown to the journal.
+                    self.push(Record::gap(&format!("listing {d} to watch it: {e}")));
+                    continue;
+                }
+            };
+            for (name, kind, linked) in entries {
+                let Ok(path) = d.join(&name) else {
                     continue; // .georep at the root, or a name the protocol cannot carry
                 };
-                let Ok(ft) = e.file_type() else { continue };
-                if ft.is_dir() {
+                if kind == rustix::fs::FileType::Directory {
                     stack.push(path.clone());
                 }
                 if record {
                     // A file with other names may have been written through this one before
                     // the watch existed: that changed its other names too, which only a LINK
                     // and a DATA record lead the shipper to.
-                    let linked = ft.is_file()
-                        && e.metadata()
-                            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 1);
-                    let op = if ft.is_dir() {
-                        RecOp::Mkdir
-                    } else if ft.is_symlink() {
-                        RecOp::Symlink
-                    } else if linked {
-                        RecOp::Link
-                    } else {
-                        RecOp::Create
+                    let op = match kind {
+                        rustix::fs::FileType::Directory => RecOp::Mkdir,
+                        rustix::fs::FileType::Symlink => RecOp::Symlink,
+                        _ if linked => RecOp::Link,
+                        _ => RecOp::Create,
                     };
                     self.push(Record::new(op, path.clone()));
                     if linked {
@@ -128,14 +135,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Watches the directory at `full` (never through a symlink); returns the watch and the
-    /// inode it is on. The directory is opened first and watched through its fd, so the inode
-    /// is exactly the watched one even if the name changes meanwhile.
-    pub(super) fn add_watch(&self, full: &Path) -> Result<(i32, u64), Errno> {
+    /// Watches the directory at `full` (never through a symlink); returns the watch, the
+    /// inode it is on, and the open directory to list. The directory is opened first and
+    /// watched through its fd, so the inode is exactly the watched one even if the name changes
+    /// meanwhile. (inotify needs read permission on it anyway.)
+    pub(super) fn add_watch(&self, full: &Path) -> Result<(i32, u64, OwnedFd), Errno> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::open(
             full,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| if e == Errno::LOOP { Errno::NOTDIR } else { e })?;
@@ -153,7 +161,7 @@ impl Writer {
             }
             r => r?,
         };
-        Ok((wd, ino))
+        Ok((wd, ino, fd))
     }
 
     /// Tries again to watch every directory that has no watch. Changes made there meanwhile
@@ -255,5 +263,96 @@ impl Writer {
             self.unwatched.remove(p);
         }
         gone
+    }
+}
+
+/// The entries of the open directory `fd`: name, type, and for a regular file whether it has
+/// other names. Types the directory does not give are read with `fstatat` (never following).
+fn list(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, rustix::fs::FileType, bool)>> {
+    use rustix::fs::{AtFlags, FileType};
+    let mut dir = rustix::fs::Dir::read_from(fd)?;
+    let mut out = Vec::new();
+    while let Some(e) = dir.read() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let stat = || rustix::fs::statat(fd, e.file_name(), AtFlags::SYMLINK_NOFOLLOW);
+        let (kind, linked) = match e.file_type() {
+            FileType::RegularFile => (
+                FileType::RegularFile,
+                stat().is_ok_and(|st| st.st_nlink > 1),
+            ),
+            FileType::Unknown => match stat() {
+                Ok(st) => {
+                    let kind = FileType::from_raw_mode(st.st_mode);
+                    (kind, kind == FileType::RegularFile && st.st_nlink > 1)
+                }
+                Err(_) => continue, // gone since
+            },
+            k => (k, false),
+        };
+        out.push((name.to_vec(), kind, linked));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::MaybeUninit;
+
+    /// Journal seed 900361: a new directory renamed between the moment its watch is added and
+    /// the moment it is listed. Listed by name, it was gone: nothing in it was recorded and
+    /// its subdirectory was never watched, so a symlink made there later was never journaled.
+    /// Listed through the watched fd, its contents are recorded under the name the events
+    /// still use, its subdirectory is watched where the rename took it, and what is made there
+    /// afterwards is journaled.
+    #[test]
+    fn a_directory_renamed_between_its_watch_and_its_listing_is_listed_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("brick");
+        std::fs::create_dir_all(&root).unwrap();
+        crate::brickid::ensure(&root).unwrap();
+        let mut w = Writer::start(&root, &dir.path().join("journal.db")).unwrap();
+        let before = w.store.last_seq().unwrap();
+        let r = root.clone();
+        let mut once = true;
+        w.after_watch = Some(Box::new(move |full: &Path| {
+            if once && full.ends_with("n") {
+                once = false;
+                std::fs::rename(r.join("n"), r.join("m")).unwrap();
+                std::fs::create_dir(r.join("m/xy")).unwrap();
+            }
+        }));
+        std::fs::create_dir_all(root.join("n/was-a-file")).unwrap();
+        std::fs::write(root.join("n/was-a-file/b"), b"b").unwrap();
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 << 10];
+        for _ in 0..3 {
+            w.drain(&mut buf).unwrap();
+        }
+        std::os::unix::fs::symlink("t", root.join("m/was-a-file/s")).unwrap();
+        for _ in 0..3 {
+            w.drain(&mut buf).unwrap();
+        }
+        w.commit().unwrap();
+        let recs: Vec<String> = w
+            .store
+            .read_after(before, 1000)
+            .unwrap()
+            .iter()
+            .map(|r| format!("{:?} {}", r.op, r.path))
+            .collect();
+        let has = |op: &str, path: &str| recs.iter().any(|r| *r == format!("{op} {path}"));
+        assert!(
+            has("Mkdir", "n/was-a-file") || has("Mkdir", "m/was-a-file"),
+            "{recs:?}"
+        );
+        assert!(
+            has("Create", "n/was-a-file/b") || has("Create", "m/was-a-file/b"),
+            "{recs:?}"
+        );
+        assert!(has("Symlink", "m/was-a-file/s"), "{recs:?}");
     }
 }
