@@ -335,6 +335,13 @@ pub fn plan_paths(
                 Change::None => {}
                 c => d.updates.push((p.clone(), o, e, c)),
             },
+            // Beneath a directory another one replaced (its old rows are gone with it), an
+            // entry is new, as in the full crawl: compared with the old directory's row, a
+            // file found equal was kept in the index while the slave removed it with the old
+            // tree (journal seed 1000028: `mv F/F d` over `d`).
+            (Some(e), Some(_)) if p.parent().is_some_and(|x| d.under_replaced(&x)) => {
+                d.new.insert(p.clone(), e);
+            }
             (Some(e), Some(o)) => d.compare(index, p.clone(), o, e)?,
         }
     }
@@ -371,7 +378,8 @@ pub fn plan_paths(
             }
             d.saw(&e);
             d.scanned += 1;
-            match index.get(&q)? {
+            let replaced = q.parent().is_some_and(|x| d.under_replaced(&x));
+            match index.get(&q)?.filter(|_| !replaced) {
                 None => {
                     d.new.insert(q, e);
                 }

@@ -712,3 +712,23 @@ fn a_child_shipped_early_in_a_file_replaced_by_a_directory_is_not_left_behind() 
         |m| fs::remove_dir(m.join("d/was-a-file")).unwrap(),
     );
 }
+
+/// Journal seed 1000028: a directory renamed over another (`mv F/F d`, `d` emptied first) with
+/// a file moved into it on the way, both in one window. The file beneath the new `d` was
+/// compared with the old `d`'s row for it, found equal, and kept in the index, while the slave
+/// removed it with the old tree: missing on the slave for good. Beneath a replaced directory
+/// every entry is new now, as in the full crawl.
+#[test]
+fn writer_late_file_beneath_a_directory_renamed_over_another_reaches_the_slave() {
+    writer_behind(
+        |m| {
+            dirs(&["d", "F/F"])(m);
+            fs::write(m.join("d/f"), b"moved on the way").unwrap();
+        },
+        |m| {
+            fs::rename(m.join("d/f"), m.join("F/F/f")).unwrap();
+            fs::rename(m.join("F/F"), m.join("d")).unwrap();
+        },
+        |_| {},
+    );
+}
