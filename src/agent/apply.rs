@@ -741,10 +741,27 @@ impl Applier {
 
     /// Appends `len` zero bytes as a hole, left unallocated. Same error convention as `chunk`.
     pub fn hole(&mut self, len: u64) -> Result<(), Result<ApplyError, String>> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Err("a hole outside a file".to_string()))?;
+        self.take_content(len, None)
+    }
+
+    /// Appends content. `Err(Ok(e))` is a per-file failure (reported, stream continues);
+    /// `Err(Err(msg))` a protocol violation.
+    pub fn chunk(&mut self, data: &[u8]) -> Result<(), Result<ApplyError, String>> {
+        self.take_content(data.len() as u64, Some(data))
+    }
+
+    /// `len` more bytes of the open file: `data`, or a hole when `None`.
+    fn take_content(
+        &mut self,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<(), Result<ApplyError, String>> {
+        let f = self.file.as_mut().ok_or_else(|| {
+            Err(match data {
+                Some(_) => "file content outside a file".to_string(),
+                None => "a hole outside a file".to_string(),
+            })
+        })?;
         f.written = f.written.saturating_add(len);
         if f.written > f.size {
             return Err(Err(format!(
@@ -752,36 +769,18 @@ impl Applier {
                 f.path, f.size
             )));
         }
-        crate::sparse::hash_zeros(&mut f.hasher, len);
-        if let Some(fd) = f.fd.as_mut() {
-            if let Err(e) = fd.skip(&mut self.stage, len) {
-                let err = ApplyError::new(&f.path, "writing file", e);
-                f.fd = None;
-                let t = f.tmpname.take();
-                self.discard(&t);
-                return Err(Ok(err));
+        match data {
+            Some(d) => {
+                f.hasher.update(d);
             }
+            None => crate::sparse::hash_zeros(&mut f.hasher, len),
         }
-        Ok(())
-    }
-
-    /// Appends content. `Err(Ok(e))` is a per-file failure (reported, stream continues);
-    /// `Err(Err(msg))` a protocol violation.
-    pub fn chunk(&mut self, data: &[u8]) -> Result<(), Result<ApplyError, String>> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Err("file content outside a file".to_string()))?;
-        f.written += data.len() as u64;
-        if f.written > f.size {
-            return Err(Err(format!(
-                "file {} sends more than its declared {} bytes",
-                f.path, f.size
-            )));
-        }
-        f.hasher.update(data);
         if let Some(fd) = f.fd.as_mut() {
-            if let Err(e) = fd.write(&mut self.stage, data) {
+            let r = match data {
+                Some(d) => fd.write(&mut self.stage, d),
+                None => fd.skip(&mut self.stage, len),
+            };
+            if let Err(e) = r {
                 let err = ApplyError::new(&f.path, "writing file", e);
                 f.fd = None;
                 let t = f.tmpname.take();

@@ -81,6 +81,21 @@ type Against = (
     std::thread::JoinHandle<()>,
 );
 
+/// The plan's op for the file `path` stat'ed as `planned`.
+fn file_op(path: &str, planned: Entry) -> PlannedOp {
+    PlannedOp {
+        op: PlanOp::File {
+            path: p(path),
+            entry: planned.clone(),
+            known_hash: None,
+            slave_meta: None,
+            grew_from: None,
+        },
+        ok: vec![Mutation::Upsert(p(path), planned)],
+        fail: vec![Mutation::Poison(p(path))],
+    }
+}
+
 /// A fake agent that acknowledges one batch, then hangs up.
 fn acks_one_batch(mut r: FrameReader, mut w: FrameWriter) {
     loop {
@@ -366,18 +381,8 @@ fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
     assert_eq!(planned.nlink, 1);
     // After the plan, before the shipper reads it.
     std::fs::hard_link(root.join("d"), root.join(".hidden")).unwrap();
-    let op = PlannedOp {
-        op: PlanOp::File {
-            path: p("d"),
-            entry: planned.clone(),
-            known_hash: None,
-            slave_meta: None,
-            grew_from: None,
-        },
-        ok: vec![Mutation::Upsert(p("d"), planned)],
-        fail: vec![Mutation::Poison(p("d"))],
-    };
-    sh.ship(vec![op], &index, 100, u64::MAX).unwrap();
+    sh.ship(vec![file_op("d", planned)], &index, 100, u64::MAX)
+        .unwrap();
     let now = crate::crawl::walk::lstat_beneath(&brick, &p("d"))
         .unwrap()
         .unwrap();
@@ -415,18 +420,8 @@ fn a_name_replaced_by_a_hard_link_after_the_plan_is_not_recorded_as_linked() {
         .unwrap()
         .unwrap();
     assert_eq!(linked.nlink, 2);
-    let op = PlannedOp {
-        op: PlanOp::File {
-            path: p("x"),
-            entry: planned.clone(),
-            known_hash: None,
-            slave_meta: None,
-            grew_from: None,
-        },
-        ok: vec![Mutation::Upsert(p("x"), planned)],
-        fail: vec![Mutation::Poison(p("x"))],
-    };
-    sh.ship(vec![op], &index, 100, u64::MAX).unwrap();
+    sh.ship(vec![file_op("x", planned)], &index, 100, u64::MAX)
+        .unwrap();
     let row = index.get(&p("x")).unwrap().expect("a row for x");
     assert!(
         row.ino != linked.ino,
