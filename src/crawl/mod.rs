@@ -167,6 +167,15 @@ fn start_name(p: &RelPath, renamed_from: &BTreeMap<RelPath, RelPath>) -> RelPath
         .unwrap_or_else(|| p.clone())
 }
 
+#[cfg(test)]
+type AfterLook = Option<Box<dyn FnMut(&RelPath)>>;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: runs after each path `plan_paths` looks at on the disk.
+    static AFTER_LOOK: std::cell::RefCell<AfterLook> = const { std::cell::RefCell::new(None) };
+}
+
 /// Plans the ops for a set of paths the journal reported as changed (final names, after the
 /// renames among the records were applied), comparing each with the index.
 pub fn plan_paths(
@@ -202,6 +211,12 @@ pub fn plan_paths(
         }
         let disk = walk::lstat_beneath(&root_fd, p)
             .with_context(|| format!("reading {p} under {} on the master", root.display()))?;
+        #[cfg(test)]
+        AFTER_LOOK.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f(p)
+            }
+        });
         let v = (disk, index.get(p)?);
         seen.insert(p.clone(), v.clone());
         Ok(v)
@@ -385,6 +400,26 @@ pub fn plan_paths(
                 }
                 Some(o) => d.compare(index, q, o, e)?,
             }
+        }
+    }
+    // One directory, or one file of a single name, at two paths of this plan: the disk moved
+    // while it was read (a rename and its reverse between two looks: journal seed 56). Planned
+    // from that view, it would be made new at one name and left as it was at the other, and
+    // the next window would delete the new one: what changed in it would never be compared
+    // again. The window is planned again once the records catch up.
+    let mut at: HashMap<(u64, u64), &RelPath> = HashMap::new();
+    for (p, (disk, _)) in &seen {
+        let Some(e) = disk
+            .as_ref()
+            .filter(|e| e.kind == Kind::Dir || e.nlink == 1)
+        else {
+            continue;
+        };
+        if let Some(q) = at.insert((e.ino, e.birth as u64), p) {
+            tracing::debug!(
+                "{q} and {p} are one entry: the disk moved while this window was planned"
+            );
+            incomplete = true;
         }
     }
     // Hard links: other names of a changed multiply-linked file that the slave already has.
@@ -1334,6 +1369,41 @@ mod tests {
         let (sent, linked_to) = sent_and_linked(ops.iter());
         assert_eq!(sent, vec![&p("a")], "{ops:?}");
         assert_eq!(linked_to, vec![(&p("b/n"), &p("a"))], "{ops:?}");
+    }
+
+    #[test]
+    fn a_directory_renamed_back_while_a_window_is_planned_is_not_made_new() {
+        // Journal seed 56: "N" renamed to "L" (journaled), then back to "N" while the window
+        // was planned, between the looks at "L/a" and at "N". The plan made "L" new and
+        // left "N" alone; the next window deleted "L", and what changed in the directory was
+        // never compared again.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("N")).unwrap();
+        std::fs::write(root.join("N/a"), b"old").unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "N", "N/a"]);
+        std::fs::rename(root.join("N"), root.join("L")).unwrap();
+        std::fs::write(root.join("L/a"), b"changed in the window").unwrap();
+        let r = root.clone();
+        AFTER_LOOK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |q: &RelPath| {
+                if *q == p("L/a") {
+                    std::fs::rename(r.join("L"), r.join("N")).unwrap();
+                }
+            }))
+        });
+        let window = Window {
+            dirty: BTreeSet::from([RelPath::root(), p("L"), p("L/a"), p("N")]),
+            touched: BTreeSet::from([p("L"), p("L/a")]),
+            rename_targets: BTreeSet::from([p("L")]),
+            renamed_from: std::collections::BTreeMap::from([(p("L"), p("N"))]),
+            written: BTreeSet::from([p("L/a")]),
+            ..Window::default()
+        };
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        AFTER_LOOK.with(|h| *h.borrow_mut() = None);
+        assert!(plan.incomplete, "{:?}", plan.ops);
     }
 
     #[test]
