@@ -153,9 +153,10 @@ pub struct Window {
     /// rows compared, never fewer.)
     pub changed_through: BTreeMap<RelPath, BTreeSet<RelPath>>,
     /// Names the writer found gone when it read their creation (`UNSEEN`: each may have been a
-    /// hard link to a file with other names) that a record wrote or changed the attributes
-    /// of: if it was a link, another name changed with no record of its own, and only a crawl
-    /// finds it.
+    /// hard link to a file with other names), or that a `LINK` of this window made, that a
+    /// record wrote or changed the attributes of: if it was a link, another name changed with
+    /// no record of its own. When the name no longer holds that inode by the plan (removed,
+    /// perhaps made again as something else), only a crawl finds the other name.
     pub changed_unseen: BTreeSet<RelPath>,
 }
 
@@ -327,6 +328,10 @@ pub fn plan_paths(
             }
             (Some(e), None) if p.is_root() => d.new_root = Some(e),
             (Some(e), None) => {
+                // A link of this window, changed through and removed, and the name made
+                // again: the change reached another name no record names (journal seed
+                // 1200413: the name came back as a directory).
+                needs_crawl |= changed_unseen.contains(p) && removed.contains(p);
                 d.new.insert(p.clone(), e);
             }
             // Missing from the disk, and no record of this window removed it or an ancestor:
@@ -1014,17 +1019,20 @@ impl Diff {
             if e.kind != Kind::Dir {
                 b.replacing.insert(path.clone());
                 if self.gone.get(path).is_some_and(|g| g.kind == Kind::Dir) {
-                    // It replaces an indexed directory, whose entries' deletes are left out
-                    // (the slave removes the tree with it): their rows go too, or a later
-                    // plan would find entries beneath a file (seed 900474).
+                    // It replaces an indexed directory, whose entries' deletes are left out:
+                    // the tree is deleted first, and its rows go with it (or a later plan
+                    // would find entries beneath a file: seed 900474). Only once the slave
+                    // did it: the content that follows may not take effect (changed while
+                    // read), and rows forgotten without the delete left the old tree on the
+                    // slave for good (takeover seed 1200153).
                     b.creates.push((
                         path.clone(),
                         0,
-                        PlannedOp {
-                            op: PlanOp::IndexOnly,
-                            ok: vec![Mutation::Remove(path.clone())],
-                            fail: vec![],
-                        },
+                        PlannedOp::new(
+                            Op::Delete { path: path.clone() },
+                            vec![Mutation::Remove(path.clone())],
+                            Builder::poison(path),
+                        ),
                     ));
                 }
             }
@@ -1407,6 +1415,41 @@ mod tests {
     }
 
     #[test]
+    fn a_change_through_a_link_made_and_replaced_in_the_window_is_crawled_for() {
+        // Journal seed 1200413: "N" was made a link of "L", written through, unlinked and
+        // made a directory, all in one window. No record names "L", the index knows nothing
+        // at "N", and the name no longer leads to the inode: only a crawl finds "L" changed.
+        use crate::journal::{RecOp, Record};
+        let rec = |op, s: &str| Record::new(op, p(s));
+        for again_as_dir in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().join("brick");
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::write(root.join("L"), b"old").unwrap();
+            let index = indexed_as_on_disk(&tmp, &root, &["", "L"]);
+            std::fs::hard_link(root.join("L"), root.join("N")).unwrap();
+            std::fs::write(root.join("N"), b"new content").unwrap();
+            std::fs::remove_file(root.join("N")).unwrap();
+            let mut recs = vec![
+                rec(RecOp::Link, "N"),
+                rec(RecOp::Data, "N"),
+                rec(RecOp::Unlink, "N"),
+            ];
+            if again_as_dir {
+                std::fs::create_dir_all(root.join("N/w")).unwrap();
+                recs.extend([rec(RecOp::Mkdir, "N"), rec(RecOp::Mkdir, "N/w")]);
+            } else {
+                std::fs::write(root.join("N"), b"another file").unwrap();
+                recs.extend([rec(RecOp::Create, "N"), rec(RecOp::Data, "N")]);
+            }
+            let window = crate::ship::changes::changes(&recs);
+            let excludes = Excludes::new(&[]).unwrap();
+            let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+            assert!(plan.needs_crawl, "as dir {again_as_dir}: {:?}", plan.ops);
+        }
+    }
+
+    #[test]
     fn a_hard_link_whose_row_is_behind_does_not_lead_a_new_name() {
         // Journal seed 300054: "p/x" was written through a name made and removed within the
         // window, so its row is behind the disk; the window found the new name "d/c/y" by
@@ -1613,6 +1656,22 @@ mod tests {
         assert!(
             removed.is_some() && upserted.is_some() && removed < upserted,
             "{muts:?}"
+        );
+        // The rows go only with the slave's tree (takeover seed 1200153): a delete that
+        // poisons them when it fails, not an index-only op that cannot fail.
+        let forget = plan
+            .ops
+            .iter()
+            .find(|o| {
+                o.ok.iter()
+                    .any(|m| matches!(m, Mutation::Remove(q) if *q == p("x")))
+            })
+            .unwrap();
+        assert!(
+            matches!(&forget.op, PlanOp::Op(Op::Delete { path }) if *path == p("x"))
+                && !forget.fail.is_empty(),
+            "{:?}",
+            plan.ops
         );
         assert!(
             !plan

@@ -20,7 +20,8 @@ pub fn changes(records: &[Record]) -> Window {
     // The renames so far, in order: a name's place at the start of the window is found by
     // undoing them, last first.
     let mut renames: Vec<(&RelPath, &RelPath)> = Vec::new();
-    // Names the writer found gone when it read their creation (see `Window::changed_unseen`).
+    // Names the writer found gone when it read their creation, and names a `LINK` of this
+    // window made (see `Window::changed_unseen`).
     let mut unseen: BTreeSet<RelPath> = BTreeSet::new();
     for r in records {
         if !r.op.has_path() {
@@ -54,13 +55,15 @@ pub fn changes(records: &[Record]) -> Window {
                 c.removed.insert(r.path.clone());
                 c.made_dirs.remove(&r.path);
                 c.touched.remove(&r.path);
+                // What is made at this name next is not the link.
+                unseen.remove(&r.path);
                 // `written` keeps the name: content written through a name of a hard-linked
                 // file and then unlinked changed the other names, which the plan finds
                 // through the name's index row.
             }
             op => {
                 c.touched.insert(r.path.clone());
-                if op == RecOp::Unseen {
+                if matches!(op, RecOp::Unseen | RecOp::Link) {
                     unseen.insert(r.path.clone());
                 } else if matches!(op, RecOp::Data | RecOp::Meta) && unseen.contains(&r.path) {
                     c.changed_unseen.insert(r.path.clone());

@@ -263,6 +263,24 @@ fn a_hard_link_written_through_and_removed_before_the_writer_looked_updates_the_
     );
 }
 
+/// Journal seed 1200413 (journal and gaps modes): a hard link made, written through (in
+/// place), unlinked and made a directory, all in one window. No record names the other name,
+/// the index knows nothing of the link, and the name no longer leads to the inode: the window
+/// now asks for a crawl, which finds the other name changed.
+#[test]
+fn a_hard_link_written_through_and_replaced_by_a_directory_updates_the_other_name() {
+    writer_behind(
+        |m| fs::write(m.join("latin1-\u{e9}"), vec![3u8; 4335]).unwrap(),
+        |m| {
+            fs::hard_link(m.join("latin1-\u{e9}"), m.join("new\nline")).unwrap();
+            fs::write(m.join("new\nline"), vec![9u8; 2265]).unwrap();
+            fs::remove_file(m.join("new\nline")).unwrap();
+            fs::create_dir_all(m.join("new\nline/was-a-file")).unwrap();
+        },
+        |_| {},
+    );
+}
+
 /// Harness, replica takeover, seed 1: a file rewritten on both replicas within one clock tick
 /// has the same size and mtime (to the ns) on both; the takeover adopted the slave's older
 /// version on size and mtime. A file changed since the previous Active's stime is checked by

@@ -326,6 +326,9 @@ impl Writer {
             } else {
                 let op = match std::fs::symlink_metadata(self.full(&path)) {
                     Ok(m) if m.file_type().is_symlink() => RecOp::Symlink,
+                    // A directory now: what was created here (not a directory, the event
+                    // says) is gone already, as below (journal seed 1200413).
+                    Ok(m) if m.is_dir() => RecOp::Unseen,
                     Ok(m) if std::os::unix::fs::MetadataExt::nlink(&m) > 1 => RecOp::Link,
                     Ok(_) => RecOp::Create,
                     // Gone already (the events are read after the fact): a link or not.
