@@ -82,6 +82,9 @@ pub struct SyncOptions {
     /// `takeover-timeout`: the agent gives up a connection silent for a bit less than this
     /// (`protocol::silence_for_takeover`), so another brick of the set can take over in time.
     pub takeover_timeout: std::time::Duration,
+    /// Extended attribute namespaces to replicate (`crate::xattr` bits), from `sync-xattrs`
+    /// and `sync-acls`.
+    pub xattrs: u8,
 }
 
 impl Default for SyncOptions {
@@ -101,6 +104,7 @@ impl Default for SyncOptions {
             rescan_slave: None,
             reverse: false,
             takeover_timeout: std::time::Duration::from_secs(30),
+            xattrs: crate::xattr::wanted(true, true),
         }
     }
 }

@@ -111,14 +111,18 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<rfs::Stat
 /// on its target. `fchmodat` always follows a final symlink, so the mode is set through
 /// `/proc/self/fd/N`, which names the descriptor's own inode; a symlink's mode is left alone
 /// (Linux ignores it). Nothing is opened for reading, so a device or FIFO is never opened.
-/// Returns the entry's file type bits (`S_IFMT`).
+/// Extended attributes (`xattrs`: the list and the session's scope, see `crate::xattr`) are set
+/// after the mode (an access ACL then matches it) through the same descriptor; a symlink's
+/// through its name. Returns the entry's file type bits (`S_IFMT`).
 pub fn set_attrs_at(
     dir: BorrowedFd<'_>,
     name: &[u8],
     owner: Option<(u32, u32)>,
     mode: Mode,
     times: &rfs::Timestamps,
+    xattrs: Option<(&[crate::protocol::Xattr], u8)>,
 ) -> io::Result<u32> {
+    use crate::xattr;
     use rustix::fd::AsRawFd;
     let fd = rfs::openat(
         dir,
@@ -139,14 +143,40 @@ pub fn set_attrs_at(
     if fmt == libc::S_IFLNK {
         // The descriptor is the link itself; its name is re-resolved without following, so
         // the worst a swap can do is set the time of another entry inside the same directory.
+        if let Some((list, scope)) = xattrs {
+            let p = xattr::proc_at(dir, name);
+            xattr::apply(
+                xattr::At::Proc {
+                    path: &p,
+                    follow: false,
+                },
+                list,
+                scope,
+            )
+            .map_err(proc_hint_io)?;
+        }
         rfs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW)?;
         return Ok(fmt);
     }
     let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     // After chown, which clears setuid/setgid bits.
     rfs::chmodat(rfs::CWD, proc_path.as_str(), mode, AtFlags::empty()).map_err(proc_hint)?;
+    if let Some((list, scope)) = xattrs {
+        let at = xattr::At::Proc {
+            path: proc_path.as_bytes(),
+            follow: true,
+        };
+        xattr::apply(at, list, scope)?;
+    }
     rfs::utimensat(rfs::CWD, proc_path.as_str(), times, AtFlags::empty()).map_err(proc_hint)?;
     Ok(fmt)
+}
+
+fn proc_hint_io(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(n) => proc_hint(Errno::from_raw_os_error(n)),
+        None => e,
+    }
 }
 
 fn proc_hint(e: Errno) -> io::Error {

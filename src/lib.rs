@@ -16,6 +16,7 @@
 //! - `verify`    — `georep verify`: master vs slave listing (and checksums), read-only.
 //! - `shellword` — words that reach a command line on the slave host: checked and quoted.
 //! - `sparse`    — the holes of sparse files (`SEEK_DATA`/`SEEK_HOLE`), sent as `Hole`s.
+//! - `xattr`     — extended attributes and POSIX ACLs: scope, read, check, apply.
 //! - `brickid`   — a master brick's identity file: an unmounted brick is never replicated.
 //! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
 //! - `logging`   — tracing setup.
@@ -47,3 +48,4 @@ pub mod status;
 pub mod transport;
 pub mod verify;
 pub mod volume;
+pub mod xattr;

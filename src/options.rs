@@ -48,6 +48,12 @@ pub struct SessionOptions {
     /// Where the monitor serves Prometheus metrics (`host:port`); `None` = off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Replicate extended attributes (`user.*`; `trusted.*`, `security.*` as root).
+    #[serde(default)]
+    pub sync_xattrs: Option<bool>,
+    /// Replicate POSIX ACLs (access and default).
+    #[serde(default)]
+    pub sync_acls: Option<bool>,
 }
 
 /// Scrub defaults: a pass an hour; contents rotate through the tree in a day (1/24 a pass);
@@ -206,6 +212,16 @@ pub const OPTIONS: &[OptionDef] = &[
         help: "on replica volumes, how soon another brick of the set takes over from an Active brick the DR site stopped hearing from (a partition, a dead node); 15s to 1h",
     },
     OptionDef {
+        key: "sync-xattrs",
+        default: "true",
+        help: "replicate extended attributes: user.* always, trusted.* and security.* when both sides run as root (never GlusterFS's internal ones)",
+    },
+    OptionDef {
+        key: "sync-acls",
+        default: "true",
+        help: "replicate POSIX ACLs (system.posix_acl_access and _default, numeric ids as the owner)",
+    },
+    OptionDef {
         key: "metrics-listen",
         default: "off",
         help: "address where the monitor serves Prometheus metrics, e.g. 127.0.0.1:9813 (they are also written to $GEOREP_HOME/metrics/<session>.prom); off = not served; applies at the next start",
@@ -354,6 +370,8 @@ pub fn get(cfg: &SessionConfig, key: &str) -> Result<String> {
         "trash-retention" => o.trash_retention_days.map(|v| v.to_string()),
         "takeover-timeout" => o.takeover_timeout_secs.map(show_duration),
         "metrics-listen" => o.metrics_listen.clone(),
+        "sync-xattrs" => o.sync_xattrs.map(|v| v.to_string()),
+        "sync-acls" => o.sync_acls.map(|v| v.to_string()),
         "scrub-interval" => o.scrub_interval_secs.map(show_duration),
         "scrub-checksum" => o.scrub_checksum_every.map(show_share),
         "scrub-repair" => o.scrub_repair.map(|v| v.to_string()),
@@ -423,6 +441,8 @@ pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
                 v => Some(parse_listen(v)?.to_string()),
             }
         }
+        "sync-xattrs" => o.sync_xattrs = Some(parse_bool(value)?),
+        "sync-acls" => o.sync_acls = Some(parse_bool(value)?),
         "scrub-interval" => o.scrub_interval_secs = Some(parse_duration(key, value)?),
         "scrub-checksum" => o.scrub_checksum_every = Some(parse_share(value)?),
         "scrub-repair" => o.scrub_repair = Some(parse_bool(value)?),
@@ -450,6 +470,8 @@ pub fn reset(cfg: &mut SessionConfig, key: &str) -> Result<()> {
         "trash-retention" => o.trash_retention_days = None,
         "takeover-timeout" => o.takeover_timeout_secs = None,
         "metrics-listen" => o.metrics_listen = None,
+        "sync-xattrs" => o.sync_xattrs = None,
+        "sync-acls" => o.sync_acls = None,
         "scrub-interval" => o.scrub_interval_secs = None,
         "scrub-checksum" => o.scrub_checksum_every = None,
         "scrub-repair" => o.scrub_repair = None,
@@ -474,6 +496,7 @@ pub fn sync_options(cfg: &SessionConfig) -> SyncOptions {
         takeover_timeout: o
             .takeover_timeout_secs
             .map_or(d.takeover_timeout, std::time::Duration::from_secs),
+        xattrs: crate::xattr::wanted(o.sync_xattrs.unwrap_or(true), o.sync_acls.unwrap_or(true)),
         ..d
     }
 }

@@ -115,6 +115,9 @@ pub struct Applier {
     trash: Option<OwnedFd>,
     /// Received files are written to unnamed temp files (see `create_temp`).
     unnamed: bool,
+    /// Extended attribute namespaces this session replicates here (`crate::xattr` bits,
+    /// agreed in the handshake); 0 = attributes are left alone.
+    xattr_scope: u8,
 }
 
 /// With a trash: keeps the entry at `name` that `tmpname` (in `tmp`) is about to replace. A
@@ -281,6 +284,7 @@ impl Applier {
             stage: Stage::default(),
             trash: None,
             unnamed: false,
+            xattr_scope: 0,
         }
         .probe_unnamed()
     }
@@ -352,6 +356,30 @@ impl Applier {
         }
     }
 
+    /// Replicates extended attributes within `scope` (see `crate::xattr`) from now on.
+    pub fn set_xattr_scope(&mut self, scope: u8) {
+        self.xattr_scope = scope;
+    }
+
+    /// The attributes `meta` asks for, with the session's scope; `None` when they are left
+    /// alone. Refused before anything changes when a name is outside the scope or over the
+    /// limits.
+    fn xattrs<'m>(
+        &self,
+        path: &RelPath,
+        meta: &'m Meta,
+    ) -> ApplyResult<Option<(&'m [crate::protocol::Xattr], u8)>> {
+        let Some(list) = meta.xattrs.as_deref().filter(|_| self.xattr_scope != 0) else {
+            return Ok(None);
+        };
+        crate::xattr::check(list, self.xattr_scope).map_err(|m| ApplyError {
+            path: path.clone(),
+            errno: libc::EINVAL,
+            message: format!("{m} on {path}: refused, the DR copy is left as it was"),
+        })?;
+        Ok(Some((list, self.xattr_scope)))
+    }
+
     /// Keeps deleted and overwritten entries in `dir` (today's trash directory) from now on.
     pub fn set_trash(&mut self, dir: Option<OwnedFd>) {
         self.trash = dir;
@@ -362,7 +390,12 @@ impl Applier {
         format!("{prefix}{}", self.counter)
     }
 
-    fn set_owner_mode_fd(&self, fd: BorrowedFd<'_>, meta: &Meta) -> io::Result<()> {
+    fn set_owner_mode_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        meta: &Meta,
+        xattrs: Option<(&[crate::protocol::Xattr], u8)>,
+    ) -> io::Result<()> {
         if self.as_root {
             rfs::fchown(
                 fd,
@@ -372,6 +405,10 @@ impl Applier {
         }
         // After chown, which clears setuid/setgid bits.
         rfs::fchmod(fd, mode(meta))?;
+        // After the mode: an access ACL's mask is the group bits.
+        if let Some((list, scope)) = xattrs {
+            crate::xattr::apply(crate::xattr::At::Fd(fd), list, scope)?;
+        }
         Ok(())
     }
 
@@ -433,8 +470,19 @@ impl Applier {
     }
 
     pub fn apply(&mut self, op: &Op) -> ApplyResult {
+        let meta = match op {
+            Op::Mkdir { meta, .. }
+            | Op::Symlink { meta, .. }
+            | Op::Special { meta, .. }
+            | Op::SetAttr { meta, .. } => Some(meta),
+            _ => None,
+        };
+        let xattrs = match meta {
+            Some(m) => self.xattrs(op.target(), m)?,
+            None => None,
+        };
         match op {
-            Op::Mkdir { path, meta } => self.mkdir(path, meta),
+            Op::Mkdir { path, meta } => self.mkdir(path, meta, xattrs),
             Op::Symlink { path, target, meta } => {
                 let t = self.tmpname("l");
                 let tmp = self.tmp.as_fd();
@@ -449,6 +497,14 @@ impl Applier {
                             Some(rfs::Gid::from_raw(meta.gid)),
                             AtFlags::SYMLINK_NOFOLLOW,
                         )?;
+                    }
+                    if let Some((list, scope)) = xattrs {
+                        let p = crate::xattr::proc_at(tmp, t.as_bytes());
+                        let at = crate::xattr::At::Proc {
+                            path: &p,
+                            follow: false,
+                        };
+                        crate::xattr::apply(at, list, scope)?;
                     }
                     rfs::utimensat(tmp, t.as_str(), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
                     Ok(())
@@ -476,7 +532,14 @@ impl Applier {
                 (|| -> io::Result<()> {
                     rfs::mknodat(tmp, t.as_str(), ft, mode(meta), *rdev)?;
                     let owner = as_root.then_some((meta.uid, meta.gid));
-                    fsutil::set_attrs_at(tmp, t.as_bytes(), owner, mode(meta), &times(meta))?;
+                    fsutil::set_attrs_at(
+                        tmp,
+                        t.as_bytes(),
+                        owner,
+                        mode(meta),
+                        &times(meta),
+                        xattrs,
+                    )?;
                     Ok(())
                 })()
                 .map_err(|e| {
@@ -559,15 +622,20 @@ impl Applier {
                     e
                 })
             }
-            Op::SetAttr { path, meta } => self.setattr(path, meta),
+            Op::SetAttr { path, meta } => self.setattr(path, meta, xattrs),
         }
     }
 
-    fn mkdir(&mut self, path: &RelPath, meta: &Meta) -> ApplyResult {
+    fn mkdir(
+        &mut self,
+        path: &RelPath,
+        meta: &Meta,
+        xattrs: Option<(&[crate::protocol::Xattr], u8)>,
+    ) -> ApplyResult {
         if path.is_root() {
             let root = self.parents.root.as_fd();
             return self
-                .set_owner_mode_fd(root, meta)
+                .set_owner_mode_fd(root, meta, xattrs)
                 .map_err(|e| ApplyError::new(path, "setting attributes of", e));
         }
         let as_root = self.as_root;
@@ -604,6 +672,9 @@ impl Applier {
                     )?;
                 }
                 rfs::fchmod(&fd, mode(meta))?;
+                if let Some((list, scope)) = xattrs {
+                    crate::xattr::apply(crate::xattr::At::Fd(fd.as_fd()), list, scope)?;
+                }
                 Ok(())
             })?;
         if replaced {
@@ -612,18 +683,24 @@ impl Applier {
         Ok(())
     }
 
-    fn setattr(&mut self, path: &RelPath, meta: &Meta) -> ApplyResult {
+    fn setattr(
+        &mut self,
+        path: &RelPath,
+        meta: &Meta,
+        xattrs: Option<(&[crate::protocol::Xattr], u8)>,
+    ) -> ApplyResult {
         if path.is_root() {
             let root = self.parents.root.as_fd();
             return self
-                .set_owner_mode_fd(root, meta)
+                .set_owner_mode_fd(root, meta, xattrs)
                 .and_then(|()| rfs::futimens(root, &times(meta)).map_err(Into::into))
                 .map_err(|e| ApplyError::new(path, "setting attributes of", e));
         }
         let owner = self.as_root.then_some((meta.uid, meta.gid));
         self.parents
             .with_parent(path, "setting attributes of", |parent, name| {
-                fsutil::set_attrs_at(parent, name, owner, mode(meta), &times(meta)).map(drop)
+                fsutil::set_attrs_at(parent, name, owner, mode(meta), &times(meta), xattrs)
+                    .map(drop)
             })
     }
 
@@ -633,21 +710,22 @@ impl Applier {
 
     /// Starts receiving a file. An error is reported once; its content is still consumed.
     pub fn begin_file(&mut self, fb: &FileBegin) -> ApplyResult {
-        let (fd, tmpname, err) = match self.create_temp(fb.meta.mode & 0o777) {
+        let checked = self.xattrs(&fb.path, &fb.meta).map(drop);
+        let created = checked.and_then(|()| {
+            self.create_temp(fb.meta.mode & 0o777)
+                .map_err(|e| ApplyError::new(&fb.path, "creating file", e))
+        });
+        let (fd, tmpname, err) = match created {
             Ok((fd, name)) => (
                 Some(ContentWriter::new(std::fs::File::from(fd), fb.size)),
                 name,
                 None,
             ),
-            Err(e) => (
-                None,
-                None,
-                Some(ApplyError::new(&fb.path, "creating file", e)),
-            ),
+            Err(e) => (None, None, Some(e)),
         };
         self.file = Some(OpenFile {
             path: fb.path.clone(),
-            meta: fb.meta,
+            meta: fb.meta.clone(),
             size: fb.size,
             written: 0,
             hasher: blake3::Hasher::new(),
@@ -668,7 +746,7 @@ impl Applier {
     pub fn begin_append(&mut self, fa: &FileAppend) -> ApplyResult {
         let r = self.begin_file(&FileBegin {
             path: fa.path.clone(),
-            meta: fa.meta,
+            meta: fa.meta.clone(),
             size: fa.size,
         });
         let copied = r.and_then(|()| self.copy_base(&fa.path, fa.base));
@@ -843,8 +921,18 @@ impl Applier {
                 return Err(Ok(ApplyError::new(&f.path, "writing file", e)));
             }
         };
+        let xattrs = f.meta.xattrs.as_deref().filter(|_| self.xattr_scope != 0);
         let r = self
             .fix_owner_mode_fd(fd.as_fd(), &f.meta)
+            .and_then(|()| match xattrs {
+                // After the mode (an access ACL's mask is the group bits), before the file
+                // is visible: it appears with its attributes or not at all.
+                Some(list) => {
+                    crate::xattr::apply(crate::xattr::At::Fd(fd.as_fd()), list, self.xattr_scope)
+                        .map(drop)
+                }
+                None => Ok(()),
+            })
             .and_then(|()| rfs::futimens(&fd, &times(&f.meta)).map_err(Into::into));
         if let Err(e) = r {
             self.discard(&f.tmpname);

@@ -157,7 +157,17 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening slave root {} on {host}", root.display()))?;
     let tmp_fd = fsutil::open_root(&tmp)?;
+    // What of the master's attribute namespaces this agent can write here: its privileges and
+    // the DR filesystem decide (tried on a scratch file in the temp directory).
+    let (xattrs, xattr_warning) = match hello.xattrs {
+        0 => (0, None),
+        want => crate::xattr::probe(tmp_fd.as_fd(), "xattr-probe", want),
+    };
+    if let Some(w) = &xattr_warning {
+        tracing::warn!(brick = %brick_key, "extended attributes: {w}");
+    }
     let mut applier = Applier::new(root_fd, tmp_fd);
+    applier.set_xattr_scope(xattrs);
     if hello.trash_days > 0 {
         applier.set_trash(Some(open_trash(
             &state_dir,
@@ -177,6 +187,8 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     w.send_flush(&Message::Welcome(Welcome {
         previous_active,
         previous_stime_ns,
+        xattrs,
+        xattr_warning,
         ..welcome(&state, &host, state.last_batch(&brick_key)?)?
     }))?;
     if hello.compression != 0 {
@@ -371,13 +383,17 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             Message::Heartbeat => {
                 w.send_flush(&Message::Heartbeat)?;
             }
-            Message::List { checksum, paths } => {
+            Message::List {
+                checksum,
+                paths,
+                xattrs,
+            } => {
                 if batch.is_some() {
                     bail!("List inside a batch");
                 }
                 // The listing is a series of frames: no ack in between.
                 durability.drain()?;
-                send_listing(root, &mut w.lock(), checksum, paths).with_context(|| {
+                send_listing(root, &mut w.lock(), checksum, paths, xattrs).with_context(|| {
                     format!("listing slave volume {} on {host}", root.display())
                 })?;
             }
@@ -461,6 +477,8 @@ fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Result<Welcome> {
         previous_active: None,
         previous_stime_ns: 0,
         replicated_from: state.replicated_from(protocol::MAX_REPLICATED_FROM)?,
+        xattrs: 0,
+        xattr_warning: None,
     })
 }
 
@@ -483,7 +501,11 @@ fn serve_reverse(
     // Reads for verify, a scrub or a resync: they yield the CPU and the disk to the agent
     // that applies the live stream.
     crate::fsutil::lower_priority();
-    w.send(&Message::Welcome(welcome(state, host, 0)?))?;
+    // Read-only: what this agent may read of the master's namespaces (verify compares them).
+    w.send(&Message::Welcome(Welcome {
+        xattrs: crate::xattr::permitted(hello.xattrs),
+        ..welcome(state, host, 0)?
+    }))?;
     w.flush()?;
     if hello.compression != 0 {
         r = r.into_decompressed()?;
@@ -497,11 +519,16 @@ fn serve_reverse(
                 w.send(&Message::Heartbeat)?;
                 w.flush()?;
             }
-            Some(Message::List { checksum, paths }) => send_listing(root, w, checksum, paths)
+            Some(Message::List {
+                checksum,
+                paths,
+                xattrs,
+            }) => send_listing(root, w, checksum, paths, xattrs)
                 .with_context(|| format!("listing {} on {host}", root.display()))?,
             Some(Message::Fetch { paths }) => {
                 for (i, p) in paths.iter().enumerate() {
-                    if let Err(e) = send_file(&root_fd, p, w) {
+                    let scope = crate::xattr::permitted(hello.xattrs);
+                    if let Err(e) = send_file(&root_fd, p, w, scope) {
                         w.send(&Message::Failed(protocol::Failed {
                             batch: 0,
                             op: i as u32,
@@ -596,6 +623,7 @@ fn send_file(
     root: &rustix::fd::OwnedFd,
     path: &protocol::RelPath,
     w: &mut FrameWriter,
+    xattrs: u8,
 ) -> std::io::Result<()> {
     let fd =
         fsutil::open_regular_beneath(root.as_fd(), path.as_bytes(), rustix::fs::OFlags::empty())?
@@ -607,6 +635,10 @@ fn send_file(
         gid: st.st_gid,
         mtime_sec: st.st_mtime,
         mtime_nsec: st.st_mtime_nsec as u32,
+        xattrs: (xattrs != 0)
+            .then(|| crate::xattr::read(crate::xattr::At::Fd(fd.as_fd()), xattrs))
+            .transpose()?
+            .flatten(),
     };
     let size = st.st_size as u64;
     w.send(&Message::FileBegin(protocol::FileBegin {
@@ -695,8 +727,11 @@ fn send_listing(
     w: &mut FrameWriter,
     checksum: bool,
     paths: Option<Vec<protocol::RelPath>>,
+    xattrs: u8,
 ) -> Result<()> {
     let fd = fsutil::open_root(root)?;
+    let xattrs = crate::xattr::permitted(xattrs);
+    let mut attrs = crate::xattr::Reader::new(fd.as_fd());
     // Sent as it is read, a chunk at a time: memory does not grow with the tree.
     let mut total = 0u64;
     let mut chunk = Vec::with_capacity(LISTING_CHUNK);
@@ -709,11 +744,15 @@ fn send_listing(
         } else {
             None
         };
+        let mut meta = e.meta();
+        if xattrs != 0 {
+            meta.xattrs = attrs.read(&path, xattrs);
+        }
         chunk.push(protocol::ListEntry {
             path,
             kind: e.kind as u8,
             size: e.size,
-            meta: e.meta(),
+            meta,
             target: e.target.clone(),
             hash,
             ino: e.ino,

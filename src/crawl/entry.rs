@@ -138,6 +138,7 @@ impl Entry {
             gid: self.gid,
             mtime_sec: self.mtime_sec,
             mtime_nsec: self.mtime_nsec,
+            xattrs: None,
         }
     }
 
@@ -184,6 +185,11 @@ impl Entry {
             Kind::Symlink if self.target != new.target => Change::Data,
             Kind::Fifo | Kind::Char | Kind::Block if self.rdev != new.rdev => Change::Data,
             _ if self.meta_differs(new) => Change::Meta,
+            // Only the change time moved: an extended attribute or ACL may have changed (or a
+            // rename, a link count). Its attributes are sent again; a SetAttr is cheap.
+            _ if (self.ctime_sec, self.ctime_nsec) != (new.ctime_sec, new.ctime_nsec) => {
+                Change::Meta
+            }
             _ if bookkeeping => Change::IndexOnly,
             _ => Change::None,
         }

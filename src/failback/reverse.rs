@@ -279,6 +279,8 @@ pub(super) fn reverse_brick(
     let tmp_fd = crate::fsutil::open_root(&tmp)?;
     crate::fsutil::empty_dir(rustix::fd::AsFd::as_fd(&tmp_fd))?;
     let mut ap = Applier::new(brick.open()?, tmp_fd);
+    // Files fetched back carry the DR copy's extended attributes (what both sides may read).
+    ap.set_xattr_scope(shipper.xattrs);
     let mut touched: Vec<RelPath> = Vec::new();
     let fail = |report: &mut ReverseReport, e: String| {
         tracing::warn!("{e}");
@@ -308,13 +310,13 @@ pub(super) fn reverse_brick(
                 dir_meta.push(p.clone());
                 Op::Mkdir {
                     path: p.clone(),
-                    meta: d.meta,
+                    meta: d.meta.clone(),
                 }
             }
             Kind::Symlink => Op::Symlink {
                 path: p.clone(),
                 target: d.target.clone().unwrap_or_default(),
-                meta: d.meta,
+                meta: d.meta.clone(),
             },
             k => {
                 fail(
@@ -413,7 +415,7 @@ pub(super) fn reverse_brick(
         let d = &dr[p];
         match ap.apply(&Op::SetAttr {
             path: p.clone(),
-            meta: d.meta,
+            meta: d.meta.clone(),
         }) {
             Ok(()) => touched.push(p.clone()),
             Err(e) => fail(report, e.message),

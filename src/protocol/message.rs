@@ -3,8 +3,15 @@
 use super::path::RelPath;
 use serde::{Deserialize, Serialize};
 
+/// One extended attribute (a POSIX ACL is `system.posix_acl_access`/`_default`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Xattr {
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
 /// Metadata carried with every entry the slave creates or updates.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
     pub mode: u32,
@@ -12,6 +19,9 @@ pub struct Meta {
     pub gid: u32,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
+    /// The entry's extended attributes within the session's scope (`Hello::xattrs`), sorted by
+    /// name: the slave's entry gets exactly these. `None`: not read, leave them as they are.
+    pub xattrs: Option<Vec<Xattr>>,
 }
 
 /// Kinds of special files the slave can create with mknod.
@@ -46,6 +56,8 @@ pub struct Hello {
     /// up, freeing its locks for another brick of the replica set (the master heartbeats at a
     /// quarter of it at most); 0 = `SILENCE_LIMIT`. Clamped to `SILENCE_MIN..=SILENCE_MAX`.
     pub silence_ms: u32,
+    /// Extended attribute namespaces the master replicates (`crate::xattr` bits).
+    pub xattrs: u8,
 }
 
 pub const MODE_REPLICATE: u8 = 0;
@@ -74,6 +86,10 @@ pub struct Welcome {
     /// Master bricks (`node:brick`) that have made batches durable on this volume, at most
     /// `MAX_REPLICATED_FROM`: `create` knows a slave it may replicate onto without `force`.
     pub replicated_from: Vec<String>,
+    /// The part of `Hello::xattrs` this agent applies (its privileges and the DR filesystem
+    /// allow), and why not the rest.
+    pub xattrs: u8,
+    pub xattr_warning: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -228,6 +244,9 @@ pub enum Message {
     List {
         checksum: bool,
         paths: Option<Vec<RelPath>>,
+        /// Extended attribute namespaces to list with each entry (`crate::xattr` bits; 0 =
+        /// none, `ListEntry::meta.xattrs` is then `None`).
+        xattrs: u8,
     },
     Listing(Vec<ListEntry>),
     ListEnd {
@@ -436,6 +455,7 @@ mod tests {
             gid: 0,
             mtime_sec: 0,
             mtime_nsec: 0,
+            xattrs: None,
         };
         let link = Message::Op(Op::Symlink {
             path: p("l"),
@@ -459,12 +479,13 @@ mod tests {
             gid: 0,
             mtime_sec: 0,
             mtime_nsec: 0,
+            xattrs: None,
         };
         let link = |n| {
             Message::Op(Op::Symlink {
                 path: p("l"),
                 target: vec![b'x'; n],
-                meta,
+                meta: meta.clone(),
             })
         };
         assert!(link(MAX_SYMLINK_TARGET).check_limits().is_ok());

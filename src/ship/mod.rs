@@ -340,6 +340,7 @@ pub fn connect(
             crate::protocol::MODE_REPLICATE
         },
         silence_ms: crate::protocol::silence_for_takeover(opts.takeover_timeout).as_millis() as u32,
+        xattrs: crate::xattr::permitted(opts.xattrs),
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;
@@ -416,6 +417,25 @@ pub fn connect(
     shipper.set_heartbeat(crate::protocol::heartbeat_every(
         crate::protocol::silence_for_takeover(opts.takeover_timeout),
     ));
+    // What both sides can do of what the session asks (trusted.* and security.* need root on
+    // both); the rest is a warning in status, not a fault.
+    shipper.xattrs = welcome.xattrs & crate::xattr::permitted(opts.xattrs);
+    let unreadable = opts.xattrs & !crate::xattr::permitted(opts.xattrs);
+    shipper.xattr_warning = match (welcome.xattr_warning.clone(), unreadable) {
+        (w, 0) => w,
+        (w, bits) => Some(
+            w.into_iter()
+                .chain([format!(
+                    "{} are not replicated: the master does not run as root",
+                    crate::xattr::describe(bits)
+                )])
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    if let Some(w) = &shipper.xattr_warning {
+        tracing::warn!("brick {brick}: extended attributes: {w}");
+    }
     shipper.previous_active = welcome.previous_active;
     shipper.replicated_from = welcome.replicated_from;
     shipper.previous_stime_ns = welcome.previous_stime_ns;

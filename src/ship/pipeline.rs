@@ -116,6 +116,14 @@ pub struct Shipper {
     /// gone): the planned inode, and the name that leads its links instead once one carried
     /// its content.
     relink: HashMap<RelPath, (u64, Option<RelPath>)>,
+    /// Extended attribute namespaces replicated (`crate::xattr` bits agreed in the
+    /// handshake); 0 = off.
+    pub xattrs: u8,
+    /// Why some attributes are not replicated (the DR filesystem or privileges refuse them,
+    /// the brick has none): shown in status, never a fault.
+    pub xattr_warning: Option<String>,
+    /// Namespaces a listing carries with each entry (verify).
+    pub list_xattrs: u8,
 }
 
 enum FileOutcome {
@@ -126,7 +134,7 @@ enum FileOutcome {
         bytes: u64,
     },
     /// Same content as the slave already has (hash checked locally): attributes only.
-    SameContent(Entry),
+    SameContent(Entry, Option<Vec<protocol::Xattr>>),
     Vanished,
     Unreadable(std::io::Error),
 }
@@ -174,6 +182,9 @@ impl Shipper {
             poisoned: HashSet::new(),
             relink: HashMap::new(),
             stime_sent: 0,
+            xattrs: 0,
+            xattr_warning: None,
+            list_xattrs: 0,
         }
     }
 
@@ -430,7 +441,11 @@ impl Shipper {
         while !self.inflight.is_empty() {
             self.wait_one(index)?;
         }
-        self.request(&Message::List { checksum, paths })?;
+        self.request(&Message::List {
+            checksum,
+            paths,
+            xattrs: self.list_xattrs,
+        })?;
         let mut seen = 0u64;
         loop {
             match self.reply(index)? {
@@ -748,6 +763,7 @@ impl Shipper {
                         ok = vec![Mutation::Upsert(p.clone(), s.clone())];
                     }
                 }
+                self.add_xattrs(&mut op);
                 self.send_plain(op, ok, fail, wire)?
             }
             PlanOp::File {
@@ -779,6 +795,56 @@ impl Shipper {
                 sent
             }
         })
+    }
+
+    /// Puts the entry's extended attributes, read now, into an op that sets attributes.
+    fn add_xattrs(&mut self, op: &mut Op) {
+        if self.xattrs == 0 {
+            return;
+        }
+        if let Op::Mkdir { path, meta }
+        | Op::Symlink { path, meta, .. }
+        | Op::Special { path, meta, .. }
+        | Op::SetAttr { path, meta } = op
+        {
+            // A reader per op: a parent kept from an earlier op may name another directory
+            // by now.
+            let mut r = crate::xattr::Reader::new(self.brick.as_fd());
+            meta.xattrs = r.read(path, self.xattrs);
+            if r.unsupported {
+                self.brick_without_xattrs();
+            }
+        }
+    }
+
+    /// The attributes of an open file of the brick (`path` names it in messages).
+    fn fd_xattrs(
+        &mut self,
+        fd: rustix::fd::BorrowedFd<'_>,
+        path: &RelPath,
+    ) -> Option<Vec<protocol::Xattr>> {
+        if self.xattrs == 0 {
+            return None;
+        }
+        match crate::xattr::read(crate::xattr::At::Fd(fd), self.xattrs) {
+            Ok(Some(v)) => Some(v),
+            Ok(None) => {
+                self.brick_without_xattrs();
+                None
+            }
+            Err(e) => {
+                tracing::warn!("reading the extended attributes of {path} on the master: {e}; they are sent on its next change");
+                None
+            }
+        }
+    }
+
+    fn brick_without_xattrs(&mut self) {
+        if self.xattr_warning.is_none() {
+            let m = "the master brick's filesystem has no extended attributes: none are replicated";
+            tracing::warn!("{m}");
+            self.xattr_warning = Some(m.to_string());
+        }
     }
 
     fn send_plain(
@@ -821,7 +887,7 @@ impl Shipper {
     ) -> std::io::Result<(Sent, bool)> {
         let (known_hash, slave_meta) = known.map_or((None, None), |(h, m)| (Some(h), m));
         Ok(match self.send_file(&path, known_hash, append_base)? {
-            FileOutcome::SameContent(entry) => {
+            FileOutcome::SameContent(entry, xattrs) => {
                 // Planned links count even when the other names are gone by now: their
                 // SetAttr still reaches the shared inode on the slave.
                 if linked || entry.nlink > 1 {
@@ -833,8 +899,10 @@ impl Shipper {
                     // A crawl passes again: the new name may have been listed already.
                     self.stats.requeued += 1;
                 }
-                if slave_meta == Some(entry.meta()) {
-                    // Content and attributes are what the slave holds: nothing to send.
+                if slave_meta == Some(entry.meta()) && self.xattrs == 0 {
+                    // Content and attributes are what the slave holds: nothing to send. (The
+                    // index keeps no extended attributes: with them on, a changed ctime may
+                    // be one, and they go.)
                     let sent = Sent {
                         ok: vec![row],
                         fail,
@@ -846,7 +914,10 @@ impl Shipper {
                 }
                 let op = Op::SetAttr {
                     path: path.clone(),
-                    meta: entry.meta(),
+                    meta: protocol::Meta {
+                        xattrs,
+                        ..entry.meta()
+                    },
                 };
                 let sent = self.send_plain(op, vec![row], fail, wire)?;
                 (sent, delivered)
@@ -962,6 +1033,9 @@ impl Shipper {
         else {
             return Ok(FileOutcome::Vanished);
         };
+        // Read with the stat, before the content: a change after this moves the ctime and
+        // the file is looked at again.
+        let xattrs = self.fd_xattrs(fd.as_fd(), path);
         let same_stat = |a: &Option<Entry>, e: &Entry| {
             a.as_ref().is_some_and(|a| {
                 a.size == e.size
@@ -977,7 +1051,7 @@ impl Shipper {
             let stable = same_stat(&stat(&OwnedFd::from(file.try_clone()?)), &entry);
             if stable && local.as_ref().ok() == Some(&known) {
                 entry.hash = Some(known);
-                return Ok(FileOutcome::SameContent(entry));
+                return Ok(FileOutcome::SameContent(entry, xattrs));
             }
             use std::io::Seek;
             file.rewind()?;
@@ -1006,14 +1080,20 @@ impl Shipper {
                 left -= base;
                 self.writer().send(&Message::FileAppend(FileAppend {
                     path: path.clone(),
-                    meta: entry.meta(),
+                    meta: protocol::Meta {
+                        xattrs,
+                        ..entry.meta()
+                    },
                     size: entry.size,
                     base,
                 }))?;
             }
             None => self.writer().send(&Message::FileBegin(FileBegin {
                 path: path.clone(),
-                meta: entry.meta(),
+                meta: protocol::Meta {
+                    xattrs,
+                    ..entry.meta()
+                },
                 size: entry.size,
             }))?,
         }

@@ -36,6 +36,7 @@ fn a_fetch_reply_for_a_path_not_asked_for_is_refused() {
                         gid: 0,
                         mtime_sec: 0,
                         mtime_nsec: 0,
+                        xattrs: None,
                     },
                     size: 1,
                 }));
@@ -213,6 +214,7 @@ fn listing_of(n: usize) -> Message {
             gid: 0,
             mtime_sec: 0,
             mtime_nsec: 0,
+            xattrs: None,
         },
         target: None,
         hash: None,
@@ -350,6 +352,7 @@ fn a_failure_reported_while_its_batch_is_still_being_sent_is_recorded() {
                     gid: 0,
                     mtime_sec: 0,
                     mtime_nsec: 0,
+                    xattrs: None,
                 },
             }),
             ok: Vec::new(),

@@ -313,6 +313,7 @@ impl Worker {
             self.bytes_mark = 0;
             self.status.status = "Active".into();
             self.status.last_error = None;
+            self.status.warning = shipper.xattr_warning.clone();
             self.save();
             let pending = index.get_meta("takeover_from")?.filter(|p| !p.is_empty());
             let result = match shipper.previous_active.clone().or(pending) {
@@ -714,6 +715,7 @@ impl Worker {
         retried: &[crate::protocol::RelPath],
     ) -> Result<()> {
         let now = now_ns();
+        self.status.warning = shipper.xattr_warning.clone();
         let failed: Vec<_> = std::mem::take(&mut shipper.failures);
         let mut still = std::collections::HashSet::new();
         for f in &failed {

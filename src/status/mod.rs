@@ -27,6 +27,10 @@ pub struct BrickStatus {
     pub meta: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Something replicated partly, not a fault (extended attributes the DR filesystem or the
+    /// privileges refuse).
+    #[serde(default)]
+    pub warning: Option<String>,
     pub updated_ns: i64,
     /// Content bytes shipped (the files counted in `data`).
     #[serde(default)]
@@ -146,6 +150,8 @@ pub struct Row {
     pub takeovers: u64,
     /// For a Faulty or failing worker: what went wrong, with the path and the fix.
     pub last_error: Option<String>,
+    /// What is replicated only partly, and why (not a fault).
+    pub warning: Option<String>,
     /// Established connections lost since the worker started, and the last one's time and
     /// reason (kept after the worker reconnects).
     pub disconnects: u64,
@@ -289,6 +295,7 @@ pub fn rows(
                 hybrid_crawls: st.hybrid_crawls,
                 takeovers: st.takeovers,
                 last_error: st.last_error,
+                warning: st.warning.clone(),
                 disconnects: st.disconnects,
                 last_disconnect: st.last_disconnect,
                 last_scrub: st
@@ -348,6 +355,9 @@ pub fn check(rows: &[Row], max_lag: u64) -> (u8, String) {
             "Paused" => warn.push(format!("{who} is Paused")),
             "Initializing..." => warn.push(format!("{who} is initializing")),
             _ => {}
+        }
+        if let Some(w) = &r.warning {
+            warn.push(format!("{who}: {w}"));
         }
         if r.status == "Passive" {
             continue;

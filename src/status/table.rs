@@ -119,6 +119,14 @@ pub fn table(rows: &[Row], detail: bool) -> String {
                 r.last_error.as_deref().unwrap_or_default()
             ));
         }
+        for r in rows.iter().filter(|r| r.warning.is_some()) {
+            out.push_str(&format!(
+                "\n{}:{} warning: {}\n",
+                r.master_node,
+                r.master_brick,
+                r.warning.as_deref().unwrap_or_default()
+            ));
+        }
         for r in rows {
             if let Some(line) = scrub_line(r) {
                 out.push_str(&format!("\n{}:{} {line}\n", r.master_node, r.master_brick));
@@ -233,6 +241,7 @@ pub(crate) mod tests {
             hybrid_crawls: 0,
             takeovers: 0,
             last_error: None,
+            warning: None,
             disconnects: 0,
             last_disconnect: None,
             last_scrub: "N/A".into(),

@@ -50,6 +50,10 @@ pub struct Merge<'a, H> {
     /// Which differences count (the scrub's: only what LAST_SYNCED vouches for), asked
     /// before one is kept or counted.
     keep: Box<dyn FnMut(&RelPath) -> bool + 'a>,
+    /// Extended attribute namespaces compared (those the listing carries), read on the
+    /// master through this reader.
+    xattrs: u8,
+    attrs: crate::xattr::Reader<'a>,
     out: Differences,
 }
 
@@ -68,6 +72,8 @@ where
             last: None,
             linked: Vec::new(),
             keep: Box::new(|_| true),
+            xattrs: 0,
+            attrs: crate::xattr::Reader::new(rustix::fd::AsFd::as_fd(root)),
             out: Differences::default(),
         })
     }
@@ -75,6 +81,12 @@ where
     /// Counts only the differences at paths `keep` accepts.
     pub fn keeping(mut self, keep: impl FnMut(&RelPath) -> bool + 'a) -> Self {
         self.keep = Box::new(keep);
+        self
+    }
+
+    /// Compares the extended attributes within `scope` too, where the listing carries them.
+    pub fn with_xattrs(mut self, scope: u8) -> Self {
+        self.xattrs = scope;
         self
     }
 
@@ -127,6 +139,12 @@ where
                     let h = (self.hash)(&p, &m, &s)?;
                     for what in compare(&m, &s, h) {
                         self.note(p.clone(), what);
+                    }
+                    if let (Some(theirs), true) = (&s.meta.xattrs, self.xattrs != 0) {
+                        let ours = self.attrs.read(&p, self.xattrs).unwrap_or_default();
+                        if let Some(what) = super::compare_xattrs(&ours, theirs) {
+                            self.note(p.clone(), what);
+                        }
                     }
                     let keys = (master_group_key(&m), slave_group_key(&s));
                     if keys.0.is_some() || keys.1.is_some() {

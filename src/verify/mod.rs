@@ -8,7 +8,7 @@
 use crate::config::{Home, SyncOptions};
 use crate::crawl::entry::{Entry, Kind};
 use crate::crawl::walk::Excludes;
-use crate::protocol::{ListEntry, RelPath};
+use crate::protocol::{ListEntry, RelPath, Xattr};
 use crate::session::{self, SessionConfig, SlaveSpec};
 use crate::volume::{Brick, Volume};
 use anyhow::{Context, Result};
@@ -113,15 +113,36 @@ pub(crate) fn compare(m: &Entry, s: &ListEntry, m_hash: Option<[u8; 32]>) -> Vec
     out
 }
 
+/// The extended attributes that differ between the master's `m` and the slave's `s` (both
+/// sorted by name), in words; `None` when equal.
+pub(crate) fn compare_xattrs(m: &[Xattr], s: &[Xattr]) -> Option<String> {
+    let name = |x: &Xattr| String::from_utf8_lossy(&x.name).into_owned();
+    let mut out = Vec::new();
+    for x in m {
+        match s.iter().find(|y| y.name == x.name) {
+            None => out.push(format!("{} only on the master", name(x))),
+            Some(y) if y.value != x.value => out.push(format!("{} differs", name(x))),
+            Some(_) => {}
+        }
+    }
+    for y in s.iter().filter(|y| !m.iter().any(|x| x.name == y.name)) {
+        out.push(format!("{} only on the slave", name(y)));
+    }
+    (!out.is_empty()).then(|| format!("extended attributes: {}", out.join(", ")))
+}
+
 /// Compares every local active brick of `master` with `slave`.
 pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<VerifyReport> {
     let started = Instant::now();
     let vol = Volume::resolve(home, master)?;
     let spec = SlaveSpec::parse(slave)?;
     let name = SessionConfig::name_for(home, master, slave)?;
-    let excludes = match SessionConfig::load_by_name(home, &name) {
-        Ok(cfg) => cfg.excludes,
-        Err(_) => Vec::new(),
+    let (excludes, xattrs) = match SessionConfig::load_by_name(home, &name) {
+        Ok(cfg) => (
+            cfg.excludes.clone(),
+            crate::options::sync_options(&cfg).xattrs,
+        ),
+        Err(_) => (Vec::new(), SyncOptions::default().xattrs),
     };
     let excludes = Excludes::new(&excludes)?;
     let transport = crate::ship::transport_for(home, &name, &spec)?;
@@ -151,6 +172,7 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
                 &probe,
                 &SyncOptions {
                     reverse: true,
+                    xattrs,
                     ..SyncOptions::default()
                 },
             )?;
@@ -191,8 +213,11 @@ pub(crate) fn compare_brick(
             Ok(None)
         }
     };
+    // The namespaces both sides may read of what the session replicates.
+    shipper.list_xattrs = shipper.xattrs;
     let mut merge = merge::Merge::new(&root, excludes, hash)
-        .with_context(|| format!("walking brick {}", brick.path.display()))?;
+        .with_context(|| format!("walking brick {}", brick.path.display()))?
+        .with_xattrs(shipper.xattrs);
     shipper.list_each(index, checksum, None, &mut |listed| {
         listed.into_iter().try_for_each(|s| merge.slave(s))
     })?;

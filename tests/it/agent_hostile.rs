@@ -20,6 +20,7 @@ fn meta(mode: u32) -> Meta {
         gid: 0,
         mtime_sec: 1_700_000_000,
         mtime_nsec: 7,
+        xattrs: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn hello_fields(protocol: u32) -> Hello {
         trash_days: 0,
         mode: 0,
         silence_ms: 0,
+        xattrs: 0,
     }
 }
 
@@ -807,10 +809,12 @@ fn a_hostile_master_on_a_reverse_connection_reads_nothing_outside_and_writes_not
         enc(&Message::List {
             checksum: true,
             paths: Some(through.to_vec()),
+            xattrs: 0,
         }),
         enc(&Message::List {
             checksum: true,
             paths: None,
+            xattrs: 0,
         }),
         enc(&Message::Fetch {
             paths: through.to_vec(),

@@ -251,6 +251,7 @@ fn handshaken_agent_with(
         trash_days: 0,
         mode: MODE_REPLICATE,
         silence_ms,
+        xattrs: 0,
     })));
     c.stdin.as_mut().unwrap().write_all(&input).unwrap();
     c
@@ -344,6 +345,7 @@ fn an_agent_blocked_on_a_dead_link_is_ended_by_its_watchdog() {
         .write_all(&enc(&Message::List {
             checksum: false,
             paths: None,
+            xattrs: 0,
         }))
         .unwrap();
     // The reply fills the pipe; the master never reads it, nor sends another byte.

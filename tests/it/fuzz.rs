@@ -32,6 +32,7 @@ fn meta() -> impl Strategy<Value = Meta> {
             gid: id,
             mtime_sec: 1_700_000_000,
             mtime_nsec: 0,
+            xattrs: None,
         })
 }
 
@@ -75,7 +76,8 @@ fn step(outside: String) -> impl Strategy<Value = Step> {
                 uid: 0,
                 gid: 0,
                 mtime_sec: 1,
-                mtime_nsec: 0
+                mtime_nsec: 0,
+                xattrs: None
             }
         })),
         (
@@ -103,7 +105,7 @@ fn run(root: &Path, steps: &[Step]) {
             Step::File(path, meta, data, honest) => {
                 let fb = FileBegin {
                     path: path.clone(),
-                    meta: *meta,
+                    meta: meta.clone(),
                     size: data.len() as u64,
                 };
                 let _ = a.begin_file(&fb);

@@ -20,3 +20,4 @@ mod ssh;
 mod sync;
 mod verify;
 mod volume;
+mod xattrs;

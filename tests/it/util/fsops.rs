@@ -65,8 +65,32 @@ pub enum FsOp {
         sec: i64,
         nsec: u32,
     },
+    /// Sets (`Some`) or removes (`None`) an extended attribute; POSIX ACLs are the
+    /// `system.posix_acl_*` ones (see `acl`).
+    Xattr {
+        path: Vec<u8>,
+        name: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
     /// A round ends: the replicator catches up and the trees are compared.
     Sync,
+}
+
+/// A POSIX ACL in its xattr form: owner rw-, user `uid` with `perm`, group r--, mask `perm`|r,
+/// other ---.
+pub fn acl(uid: u32, perm: u16) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    let mut e = |tag: u16, perm: u16, id: u32| {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    };
+    e(0x01, 6, u32::MAX);
+    e(0x02, perm, uid);
+    e(0x04, 4, u32::MAX);
+    e(0x10, perm | 4, u32::MAX);
+    e(0x20, 0, u32::MAX);
+    v
 }
 
 fn show(p: &[u8]) -> String {
@@ -96,6 +120,10 @@ impl fmt::Display for FsOp {
             Link { from, to } => write!(f, "link({}, {})", b(from), b(to)),
             Chmod { path, mode } => write!(f, "chmod({}, 0o{mode:o})", b(path)),
             Touch { path, sec, nsec } => write!(f, "touch({}, {sec}, {nsec})", b(path)),
+            Xattr { path, name, value } => match value {
+                Some(v) => write!(f, "setxattr({}, {}, {})", b(path), b(name), b(v)),
+                None => write!(f, "rmxattr({}, {})", b(path), b(name)),
+            },
             Sync => write!(f, "sync()"),
         }
     }
@@ -171,6 +199,20 @@ pub mod ops {
             nsec,
         }
     }
+    pub fn setxattr(p: &[u8], name: &[u8], value: &[u8]) -> FsOp {
+        FsOp::Xattr {
+            path: p.into(),
+            name: name.into(),
+            value: Some(value.into()),
+        }
+    }
+    pub fn rmxattr(p: &[u8], name: &[u8]) -> FsOp {
+        FsOp::Xattr {
+            path: p.into(),
+            name: name.into(),
+            value: None,
+        }
+    }
     pub fn sync() -> FsOp {
         FsOp::Sync
     }
@@ -224,6 +266,16 @@ impl FsOp {
                 if fs::symlink_metadata(&p).is_ok() {
                     set_mtime(&p, *sec, *nsec);
                 }
+                Ok(())
+            }
+            Xattr { path, name, value } => {
+                let p = at(root, path);
+                let _ = match value {
+                    Some(v) => {
+                        rustix::fs::lsetxattr(&p, &name[..], v, rustix::fs::XattrFlags::empty())
+                    }
+                    None => rustix::fs::lremovexattr(&p, &name[..]),
+                };
                 Ok(())
             }
             Sync => Ok(()),
@@ -475,14 +527,35 @@ impl Gen {
                 },
                 None => return out,
             },
-            68..=71 => match self.pick(&any).cloned() {
+            68..=70 => match self.pick(&any).cloned() {
                 Some(p) => FsOp::Chmod {
                     path: p,
                     mode: [0o600, 0o644, 0o755, 0o640, 0o2755, 0o700][self.rng.below(6) as usize],
                 },
                 None => return out,
             },
-            72..=75 => match self.pick(&any).cloned() {
+            71 | 75 => match self.pick(&any).cloned() {
+                // Extended attributes and ACLs: set, changed, removed.
+                Some(p) => {
+                    let (name, value): (&[u8], Option<Vec<u8>>) = match self.rng.below(6) {
+                        0 | 1 => (b"user.a", Some(self.rng.next().to_string().into_bytes())),
+                        2 => (b"user.b", Some(vec![0, 255, b'x'])),
+                        3 => (b"user.a", None),
+                        4 => (
+                            b"system.posix_acl_access",
+                            Some(acl(1000 + self.rng.below(3) as u32, 7)),
+                        ),
+                        _ => (b"system.posix_acl_default", Some(acl(1001, 5))),
+                    };
+                    FsOp::Xattr {
+                        path: p,
+                        name: name.to_vec(),
+                        value,
+                    }
+                }
+                None => return out,
+            },
+            72..=74 => match self.pick(&any).cloned() {
                 Some(p) => FsOp::Touch {
                     path: p,
                     sec: 1_600_000_000 + self.rng.below(1000) as i64,

@@ -96,6 +96,8 @@ pub struct Snap {
     /// never equal to the other tree's, so an unreadable entry fails the comparison instead
     /// of hashing as empty on both sides.
     pub unreadable: Option<String>,
+    /// Extended attributes (POSIX ACLs included), sorted, GlusterFS's internal ones left out.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Snap {
@@ -111,6 +113,7 @@ impl Snap {
             link_leader: None,
             rdev: 0,
             unreadable: why,
+            xattrs: Vec::new(),
         }
     }
 }
@@ -209,6 +212,7 @@ fn snap(root: &Path, hash: bool) -> BTreeMap<PathBuf, Snap> {
                 link_leader: None,
                 rdev: md.rdev(),
                 unreadable,
+                xattrs: xattrs(&full),
             },
         );
         for name in children {
@@ -224,6 +228,32 @@ fn snap(root: &Path, hash: bool) -> BTreeMap<PathBuf, Snap> {
             out.get_mut(p).unwrap().link_leader = Some(leader.clone());
         }
     }
+    out
+}
+
+/// The extended attributes of `path` itself (a symlink's own), sorted; GlusterFS's internal
+/// ones (which describe a brick, not the data) left out. None on a filesystem without them.
+pub fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut buf = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(path, &mut buf[..]) else {
+        return Vec::new();
+    };
+    let names: Vec<Vec<u8>> = buf[..n]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .filter(|n| !n.starts_with(b"trusted.glusterfs.") && *n != b"trusted.gfid")
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let mut v = vec![0u8; 65536];
+            let n = rustix::fs::lgetxattr(path, &name[..], &mut v[..]).ok()?;
+            v.truncate(n);
+            Some((name, v))
+        })
+        .collect();
+    out.sort();
     out
 }
 
