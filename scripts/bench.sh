@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|all|scale]
+# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|ssh-delta|all|scale]
 #        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
 #        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
 #        (BENCH_DIR=/path to choose where data goes)
@@ -269,7 +269,7 @@ PY
 fi
 
 # Over SSH (a private OpenSSH sshd on loopback): georep vs the cipher's limit and rsync -a.
-case $what in ssh|ssh-big|ssh-small|ssh-append|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
+case $what in ssh|ssh-big|ssh-small|ssh-append|ssh-delta|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
 if [ -n "$ssh_bench" ]; then
     command -v rsync >/dev/null || { apt-get install -y -qq rsync >/dev/null 2>&1 || true; }
     # shellcheck source=scripts/private-sshd.sh
@@ -356,7 +356,44 @@ if [ -n "$ssh_bench" ]; then
         row "georep over ssh, 256 MiB + 4 KiB appended" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "wire ${g_wire} B" "-"
         GEOREP_HOME=$ap_home "$BIN" delete "$ap" "$ap_slave" >/dev/null
     fi
-    if [ "$what" != ssh-small ] && [ "$what" != ssh-append ]; then
+    if [ "$what" = ssh-delta ] || [ "$what" = ssh ] || [ "$what" = all ]; then
+        # A file of DELTA_SIZE (1 GiB) in which 4 KiB change in place between runs (a database,
+        # a VM image): rsync -a (its delta algorithm) and georep (delta on by default over a
+        # network), bytes both ways. rsync's: sent + received of its --stats; georep's: the
+        # stream to the agent plus the block sums that came back.
+        dl=$BASE/ssh-delta; mkdir -p "$dl"; head -c "${DELTA_SIZE:-1G}" /dev/urandom > "$dl/vm.img"
+        dl_dst=$BASE/dl-dst; dl_rs=$BASE/dl-rs; mkdir -p "$dl_dst" "$dl_rs"
+        dl_home=$BASE/h-delta
+        dl_slave="$user@127.0.0.1:$port::$dl_dst"
+        GEOREP_HOME=$dl_home "$BIN" create "$dl" "$dl_slave" push-pem \
+            --identity "$OPERATOR_KEY" --remote-georep "$BIN" >/dev/null
+        GEOREP_HOME=$dl_home "$BIN" sync "$dl" "$dl_slave" --once >/dev/null
+        rsync -a -e "ssh ${SSH_OPTS[*]}" "$dl/" "$user@127.0.0.1:$dl_rs/"
+        size=$(stat -c %s "$dl/vm.img")
+        rs=() gs=()
+        for i in $(seq "$RUNS"); do
+            off=$(( (RANDOM * 32768 + RANDOM) % (size / 4096 - 1) ))
+            head -c 4096 /dev/urandom | dd of="$dl/vm.img" bs=4096 seek="$off" conv=notrunc status=none
+            sync
+            t0=$(now)
+            rsync -a --stats -e "ssh ${SSH_OPTS[*]}" "$dl/" "$user@127.0.0.1:$dl_rs/" > "$BASE/dl-rs.txt"
+            rs+=("$(ms "$t0" "$(now)")")
+            sync
+            t0=$(now)
+            GEOREP_HOME=$dl_home "$BIN" sync "$dl" "$dl_slave" --once --json > "$BASE/dl.json"
+            gs+=("$(ms "$t0" "$(now)")")
+        done
+        cmp "$dl/vm.img" "$dl_dst/vm.img" || { echo "the changed file differs on the slave" >&2; exit 1; }
+        b_ms=$(printf '%s\n' "${rs[@]}" | median)
+        g_ms=$(printf '%s\n' "${gs[@]}" | median)
+        rs_bytes=$(awk -F': ' '/Total bytes (sent|received)/ {gsub(",", "", $2); n += $2} END {print n}' "$BASE/dl-rs.txt")
+        g_bytes=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["wire_bytes"] + r["sums_received"])' "$BASE/dl.json")
+        mib=$(( size >> 20 ))
+        row "rsync -a over ssh, 4 KiB changed in $mib MiB" "$b_ms" "1.00x" "${rs_bytes} B both ways" "-"
+        row "georep over ssh, 4 KiB changed in $mib MiB" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "${g_bytes} B both ways" "$(ratio "$g_bytes" "$rs_bytes") bytes"
+        GEOREP_HOME=$dl_home "$BIN" delete "$dl" "$dl_slave" >/dev/null
+    fi
+    if [ "$what" != ssh-small ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ]; then
         big=$BASE/ssh-big; mkdir -p "$big"; head -c 1G /dev/urandom > "$big/random.bin"
         text=$BASE/ssh-text; mkdir -p "$text"
         python3 -c "
@@ -379,7 +416,7 @@ with open(sys.argv[1], 'wb') as f:
         row "cat 1 GiB text | ssh cat>/dev/null" "$b_ms" "1.00x" "-" "-"
         row "georep over ssh, 1 GiB text (zstd 1)" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
     fi
-    if [ "$what" != ssh-big ] && [ "$what" != ssh-append ]; then
+    if [ "$what" != ssh-big ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ]; then
         small=$BASE/ssh-small
         make_small_tree "$small"
         cat "$small"/*/* > /dev/null

@@ -85,6 +85,9 @@ pub struct SyncOptions {
     /// Extended attribute namespaces to replicate (`crate::xattr` bits), from `sync-xattrs`
     /// and `sync-acls`.
     pub xattrs: u8,
+    /// `delta-min-size`: changed files of at least this size go as deltas (`u64::MAX`: never);
+    /// `None` = 1 MiB over a network, never to a local slave.
+    pub delta_min: Option<u64>,
 }
 
 impl Default for SyncOptions {
@@ -105,6 +108,7 @@ impl Default for SyncOptions {
             reverse: false,
             takeover_timeout: std::time::Duration::from_secs(30),
             xattrs: crate::xattr::wanted(true, true),
+            delta_min: None,
         }
     }
 }

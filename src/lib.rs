@@ -33,6 +33,7 @@ pub mod config;
 pub mod crawl;
 pub mod daemon;
 pub mod db;
+pub mod delta;
 pub mod failback;
 pub mod fsutil;
 pub mod journal;

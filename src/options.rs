@@ -54,6 +54,9 @@ pub struct SessionOptions {
     /// Replicate POSIX ACLs (access and default).
     #[serde(default)]
     pub sync_acls: Option<bool>,
+    /// Delta transfer threshold (`u64::MAX` = off); `None` = auto.
+    #[serde(default)]
+    pub delta_min_size: Option<u64>,
 }
 
 /// Scrub defaults: a pass an hour; contents rotate through the tree in a day (1/24 a pass);
@@ -222,6 +225,11 @@ pub const OPTIONS: &[OptionDef] = &[
         help: "replicate POSIX ACLs (system.posix_acl_access and _default, numeric ids as the owner)",
     },
     OptionDef {
+        key: "delta-min-size",
+        default: "auto",
+        help: "changed files of at least this size (K, M, G) go as deltas against the DR copy (rsync's algorithm); off = always whole; auto = 1M over a network, off to a local slave",
+    },
+    OptionDef {
         key: "metrics-listen",
         default: "off",
         help: "address where the monitor serves Prometheus metrics, e.g. 127.0.0.1:9813 (they are also written to $GEOREP_HOME/metrics/<session>.prom); off = not served; applies at the next start",
@@ -372,6 +380,10 @@ pub fn get(cfg: &SessionConfig, key: &str) -> Result<String> {
         "metrics-listen" => o.metrics_listen.clone(),
         "sync-xattrs" => o.sync_xattrs.map(|v| v.to_string()),
         "sync-acls" => o.sync_acls.map(|v| v.to_string()),
+        "delta-min-size" => o.delta_min_size.map(|v| match v {
+            u64::MAX => "off".to_string(),
+            v => show_size(v),
+        }),
         "scrub-interval" => o.scrub_interval_secs.map(show_duration),
         "scrub-checksum" => o.scrub_checksum_every.map(show_share),
         "scrub-repair" => o.scrub_repair.map(|v| v.to_string()),
@@ -443,6 +455,7 @@ pub fn set(cfg: &mut SessionConfig, key: &str, value: &str) -> Result<()> {
         }
         "sync-xattrs" => o.sync_xattrs = Some(parse_bool(value)?),
         "sync-acls" => o.sync_acls = Some(parse_bool(value)?),
+        "delta-min-size" => o.delta_min_size = parse_delta_min(value)?,
         "scrub-interval" => o.scrub_interval_secs = Some(parse_duration(key, value)?),
         "scrub-checksum" => o.scrub_checksum_every = Some(parse_share(value)?),
         "scrub-repair" => o.scrub_repair = Some(parse_bool(value)?),
@@ -472,12 +485,22 @@ pub fn reset(cfg: &mut SessionConfig, key: &str) -> Result<()> {
         "metrics-listen" => o.metrics_listen = None,
         "sync-xattrs" => o.sync_xattrs = None,
         "sync-acls" => o.sync_acls = None,
+        "delta-min-size" => o.delta_min_size = None,
         "scrub-interval" => o.scrub_interval_secs = None,
         "scrub-checksum" => o.scrub_checksum_every = None,
         "scrub-repair" => o.scrub_repair = None,
         _ => unreachable!("every OPTIONS key is handled"),
     }
     Ok(())
+}
+
+/// `delta-min-size`: `auto` (`None`), `off` (`u64::MAX`) or a size.
+pub fn parse_delta_min(value: &str) -> Result<Option<u64>> {
+    Ok(match value {
+        "auto" => None,
+        "off" => Some(u64::MAX),
+        v => Some(parse_size(v)?),
+    })
 }
 
 /// The worker's run options from the session's settings.
@@ -496,6 +519,7 @@ pub fn sync_options(cfg: &SessionConfig) -> SyncOptions {
         takeover_timeout: o
             .takeover_timeout_secs
             .map_or(d.takeover_timeout, std::time::Duration::from_secs),
+        delta_min: o.delta_min_size,
         xattrs: crate::xattr::wanted(o.sync_xattrs.unwrap_or(true), o.sync_acls.unwrap_or(true)),
         ..d
     }

@@ -230,6 +230,17 @@ impl<'r> Reader<'r> {
     /// The attributes of `rel` within `scope`; `None` when it vanished, its parent is no
     /// longer a directory beneath the root, or the filesystem has none.
     pub fn read(&mut self, rel: &crate::protocol::RelPath, scope: u8) -> Option<Vec<Xattr>> {
+        self.read_of(rel, scope, None)
+    }
+
+    /// `read`, of the entry `(ino, birth)` only (`birth` 0: unknown): `None` when another
+    /// entry has the name by now.
+    pub fn read_of(
+        &mut self,
+        rel: &crate::protocol::RelPath,
+        scope: u8,
+        identity: Option<(u64, i64)>,
+    ) -> Option<Vec<Xattr>> {
         if scope == 0 {
             return Some(Vec::new());
         }
@@ -243,10 +254,33 @@ impl<'r> Reader<'r> {
             ),
             Some((parent, name)) => {
                 if self.parent.as_ref().is_none_or(|(p, _)| p != parent) {
-                    let fd = crate::fsutil::open_dir_beneath(self.root, parent).ok()?;
+                    let fd = match crate::fsutil::open_dir_beneath(self.root, parent) {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            tracing::debug!("reading extended attributes of {rel}: {e}");
+                            return None;
+                        }
+                    };
                     self.parent = Some((parent.to_vec(), fd));
                 }
                 let (_, dir) = self.parent.as_ref()?;
+                if let Some((ino, birth)) = identity {
+                    let st = rfs::statx(
+                        dir.as_fd(),
+                        name,
+                        rfs::AtFlags::SYMLINK_NOFOLLOW,
+                        crate::crawl::entry::Entry::STATX_MASK,
+                    )
+                    .ok()?;
+                    let st_birth =
+                        crate::crawl::entry::Entry::from_statx(&st, None).map_or(0, |e| e.birth);
+                    if st.stx_ino != ino || (birth != 0 && st_birth != 0 && st_birth != birth) {
+                        tracing::debug!(
+                            "reading extended attributes of {rel}: another entry has the name now"
+                        );
+                        return None;
+                    }
+                }
                 let p = proc_at(dir.as_fd(), name);
                 read(
                     At::Proc {

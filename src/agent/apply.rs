@@ -43,6 +43,18 @@ impl ApplyError {
 
 type ApplyResult<T = ()> = Result<T, ApplyError>;
 
+/// The slave's copy of `path` is not the one an append or a delta builds on (`why`): that file
+/// fails, and the master sends it whole next.
+fn stale(path: &RelPath, why: String) -> ApplyError {
+    ApplyError {
+        path: path.clone(),
+        errno: libc::ESTALE,
+        message: format!(
+            "the DR copy of {path} is not the version this change builds on ({why}): it is sent whole on the next pass"
+        ),
+    }
+}
+
 struct OpenFile {
     path: RelPath,
     meta: Meta,
@@ -53,8 +65,12 @@ struct OpenFile {
     fd: Option<ContentWriter>,
     /// The temp file's name in the temp directory; `None` while it has none (`O_TMPFILE`).
     tmpname: Option<String>,
-    /// A `FileAppend`: its first bytes came from the slave's own copy.
+    /// A `FileAppend` or a `FileDelta`: some of its bytes come from the slave's own copy, so
+    /// a whole that does not check means that copy is not the one the master built on.
     append: bool,
+    /// A `FileDelta`'s base: the slave's copy (`None` when it is not the declared one: the
+    /// file has failed), and the declared block size and size.
+    base: Option<(Option<std::fs::File>, u32, u64)>,
 }
 
 /// The slave root and a one-entry cache of the last parent directory opened beneath it.
@@ -732,6 +748,7 @@ impl Applier {
             fd,
             tmpname,
             append: false,
+            base: None,
         });
         match err {
             Some(e) => Err(e),
@@ -764,18 +781,107 @@ impl Applier {
         copied
     }
 
+    /// Starts a file rebuilt from blocks of the slave's copy at the path (which must be
+    /// exactly `base` bytes) and literal chunks, into a temp file as `begin_file` does. An
+    /// error is reported once; the content is still consumed.
+    pub fn begin_delta(&mut self, fd: &crate::protocol::FileDelta) -> ApplyResult {
+        let r = self.begin_file(&FileBegin {
+            path: fd.path.clone(),
+            meta: fd.meta.clone(),
+            size: fd.size,
+        });
+        let base = r.and_then(|()| self.open_base(&fd.path, fd.base));
+        let f = self.file.as_mut().expect("begun above");
+        f.append = true;
+        match base {
+            Ok(file) => {
+                f.base = Some((Some(file), fd.block, fd.base));
+                Ok(())
+            }
+            Err(e) => {
+                f.base = Some((None, fd.block, fd.base));
+                if let Some(w) = f.fd.take() {
+                    drop(w);
+                    let t = f.tmpname.take();
+                    self.discard(&t);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The slave's copy at `path`, which must be a regular file of `base` bytes.
+    fn open_base(&self, path: &RelPath, base: u64) -> ApplyResult<std::fs::File> {
+        let fd = fsutil::open_regular_beneath(
+            self.parents.root.as_fd(),
+            path.as_bytes(),
+            OFlags::empty(),
+        )
+        .map_err(|e| ApplyError::new(path, "reading the copy to build on", e))?
+        .ok_or_else(|| stale(path, "not a regular file".into()))?;
+        let have = rfs::fstat(&fd)
+            .map_err(|e| ApplyError::new(path, "reading the copy to build on", e.into()))?
+            .st_size as u64;
+        if have != base {
+            return Err(stale(path, format!("{have} bytes, not {base}")));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// `count` blocks of the open `FileDelta`'s base from block `first` on, as content. Same
+    /// error convention as `chunk`; a reference outside the base is a protocol violation.
+    pub fn copy_blocks(
+        &mut self,
+        first: u32,
+        count: u32,
+    ) -> Result<(), Result<ApplyError, String>> {
+        use std::os::unix::fs::FileExt;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Err("a block reference outside a file".to_string()))?;
+        let Some((_, block, size)) = f.base.as_ref() else {
+            return Err(Err(format!(
+                "a block reference in {}, which is not a delta",
+                f.path
+            )));
+        };
+        let (block, size) = (*block as u64, *size);
+        let start = first as u64 * block;
+        let end = (first as u64 + count as u64) * block;
+        if count == 0 || start >= size || end - block >= size {
+            return Err(Err(format!(
+                "blocks {first}..{} of {} are outside its {size}-byte base",
+                first as u64 + count as u64,
+                f.path
+            )));
+        }
+        let end = end.min(size);
+        let path = f.path.clone();
+        let mut buf = vec![0u8; (end - start).min(1 << 20) as usize];
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            let f = self.file.as_mut().expect("open");
+            match f.base.as_ref().and_then(|b| b.0.as_ref()) {
+                Some(base) => {
+                    if let Err(e) = base.read_exact_at(&mut buf[..n], at) {
+                        return Err(Ok(stale(&path, format!("reading it: {e}"))));
+                    }
+                    self.take_content(n as u64, Some(&buf[..n]))?;
+                }
+                // Failed at its start: consumed, never written.
+                None => self.take_content(n as u64, None)?,
+            }
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Feeds the slave's copy of `path`, which must be `base` bytes long, into the open file.
     fn copy_base(&mut self, path: &RelPath, base: u64) -> ApplyResult {
         use std::io::Read;
-        let stale = |why: String| {
-            ApplyError {
-            path: path.clone(),
-            errno: libc::ESTALE,
-            message: format!(
-                "the DR copy of {path} is not the version this append extends ({why}): it is sent whole on the next pass"
-            ),
-        }
-        };
+        let stale = |why: String| stale(path, why);
         let fd = fsutil::open_regular_beneath(
             self.parents.root.as_fd(),
             path.as_bytes(),
@@ -897,7 +1003,7 @@ impl Applier {
                 return Err(Ok(ApplyError {
                     errno: libc::ESTALE,
                     message: format!(
-                        "the DR copy of {} is not the version this append extends (its content differs): it is sent whole on the next pass",
+                        "the DR copy of {} is not the version this change builds on (its content differs): it is sent whole on the next pass",
                         f.path
                     ),
                     path: f.path,

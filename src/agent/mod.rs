@@ -9,6 +9,7 @@ pub mod apply;
 mod direct;
 mod durable;
 pub mod locks;
+mod sigs;
 pub mod state;
 
 use crate::fsutil;
@@ -154,6 +155,9 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                 return Ok(());
             }
         };
+    // Read-only, for block sums (`Signatures`).
+    let sig_root = fsutil::open_root(root)
+        .with_context(|| format!("opening slave root {} on {host}", root.display()))?;
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening slave root {} on {host}", root.display()))?;
     let tmp_fd = fsutil::open_root(&tmp)?;
@@ -287,7 +291,17 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     failed(w, b, idx, e)?;
                 }
             }
-            Message::FileBegin(_) | Message::FileAppend(_) => {
+            Message::Signatures(asks) => {
+                if in_file {
+                    bail!("Signatures inside a file's content");
+                }
+                let mut w = w.lock();
+                for a in &asks {
+                    sigs::send(&sig_root, a, &mut w)?;
+                }
+                w.flush()?;
+            }
+            Message::FileBegin(_) | Message::FileAppend(_) | Message::FileDelta(_) => {
                 let kind = msg.name();
                 let b = batch
                     .as_mut()
@@ -298,6 +312,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                 let path = match &msg {
                     Message::FileBegin(fb) => &fb.path,
                     Message::FileAppend(fa) => &fa.path,
+                    Message::FileDelta(fd) => &fd.path,
                     _ => unreachable!("matched above"),
                 };
                 if path.is_root() {
@@ -314,6 +329,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     ),
                     Message::FileAppend(fa) => applier.begin_append(fa),
                     Message::FileBegin(fb) => applier.begin_file(fb),
+                    Message::FileDelta(fd) => applier.begin_delta(fd),
                     _ => unreachable!("matched above"),
                 };
                 if let Err(e) = begun {
@@ -321,13 +337,14 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     failed(w, b, idx, e)?;
                 }
             }
-            Message::Chunk(_) | Message::Hole(_) => {
+            Message::Chunk(_) | Message::Hole(_) | Message::Copy { .. } => {
                 let b = batch
                     .as_mut()
                     .ok_or_else(|| anyhow!("content outside a batch"))?;
                 let r = match &msg {
                     Message::Chunk(data) => applier.chunk(data),
                     Message::Hole(len) => applier.hole(*len),
+                    Message::Copy { first, count } => applier.copy_blocks(*first, *count),
                     _ => unreachable!("matched above"),
                 };
                 match r {

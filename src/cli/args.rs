@@ -479,6 +479,10 @@ pub struct SyncArgs {
     /// With --rescan-slave: also compare contents (blake3 on both sides)
     #[arg(long, requires = "rescan_slave")]
     pub checksum: bool,
+    /// Changed files of at least this size go as deltas (`K`, `M`, `G`), or `off` (default:
+    /// 1M over a network, off to a local slave)
+    #[arg(long, value_name = "SIZE")]
+    pub delta_min_size: Option<String>,
 }
 
 impl TryFrom<&SyncArgs> for SyncOptions {
@@ -495,6 +499,12 @@ impl TryFrom<&SyncArgs> for SyncOptions {
                 (false, _) => None,
                 (true, c) => Some(c),
             },
+            delta_min: a
+                .delta_min_size
+                .as_deref()
+                .map(crate::options::parse_delta_min)
+                .transpose()?
+                .flatten(),
             ..d
         }
         .validate()

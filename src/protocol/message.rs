@@ -24,6 +24,15 @@ pub struct Meta {
     pub xattrs: Option<Vec<Xattr>>,
 }
 
+impl Meta {
+    /// Bytes of its extended attributes (what a queue of messages holding it is charged).
+    pub fn weight(&self) -> usize {
+        self.xattrs.as_deref().map_or(0, |v| {
+            v.iter().map(|x| 16 + x.name.len() + x.value.len()).sum()
+        })
+    }
+}
+
 /// Kinds of special files the slave can create with mknod.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialKind {
@@ -280,6 +289,54 @@ pub enum Message {
     /// Master → agent, inside a file's content: this many zero bytes, a hole in a sparse file.
     /// The agent leaves them unallocated; they count in the file's size and hash as zeros.
     Hole(u64),
+    /// Master → agent, anywhere: sum the blocks of these files (`SigAsk`), answered by
+    /// `Signature`s, so that changed files can go as deltas. At most `MAX_LIST_PATHS`.
+    Signatures(Vec<SigAsk>),
+    /// Agent → master: the next block sums of the copy a `SigAsk` named.
+    Signature(Signature),
+    /// Master → agent, in place of `FileBegin`: the new content is made of blocks of the
+    /// slave's copy at `path` (`Copy`) and literal `Chunk`s, then `FileEnd`.
+    FileDelta(FileDelta),
+    /// Master → agent, inside a `FileDelta`'s content: `count` blocks of the base from block
+    /// `first` on.
+    Copy {
+        first: u32,
+        count: u32,
+    },
+}
+
+/// One file to sum (`Message::Signatures`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SigAsk {
+    pub token: u64,
+    pub path: RelPath,
+    /// The most sums the master takes for it: the agent chooses blocks big enough (or says
+    /// it has no copy to sum).
+    pub max_sums: u32,
+}
+
+/// Block sums of a slave copy, in order, in parts of at most `delta::SUMS_PER_MESSAGE`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Signature {
+    pub token: u64,
+    /// The block size the agent chose (`delta::block_size` of its copy's size).
+    pub block: u32,
+    /// Packed (`delta::pack`): `delta::SUM_LEN` bytes a block.
+    pub sums: Vec<u8>,
+    /// The last part: `Some(size)` of the copy summed, or `None` when there is no regular
+    /// file to sum at the path (the master sends the file whole).
+    pub done: Option<Option<u64>>,
+}
+
+/// A file rebuilt from the slave's copy at `path` (exactly `base` bytes, in blocks of `block`)
+/// and what follows: `Copy` references and `Chunk`s totalling `size` bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FileDelta {
+    pub path: RelPath,
+    pub meta: Meta,
+    pub size: u64,
+    pub base: u64,
+    pub block: u32,
 }
 
 /// Longest symlink target accepted (Linux: PATH_MAX less the NUL).
@@ -307,13 +364,22 @@ impl Message {
                 Message::Op(op) => {
                     op.target().as_bytes().len()
                         + match op {
-                            Op::Symlink { target, .. } => target.len(),
+                            Op::Symlink { target, meta, .. } => target.len() + meta.weight(),
                             Op::Link { target, .. } => target.as_bytes().len(),
+                            Op::Mkdir { meta, .. }
+                            | Op::Special { meta, .. }
+                            | Op::SetAttr { meta, .. } => meta.weight(),
                             _ => 0,
                         }
                 }
-                Message::FileBegin(f) => f.path.as_bytes().len(),
-                Message::FileAppend(f) => f.path.as_bytes().len(),
+                Message::FileBegin(f) => f.path.as_bytes().len() + f.meta.weight(),
+                Message::FileAppend(f) => f.path.as_bytes().len() + f.meta.weight(),
+                Message::FileDelta(f) => f.path.as_bytes().len() + f.meta.weight(),
+                Message::Signatures(v) => v
+                    .iter()
+                    .map(|a| FIXED_WEIGHT + a.path.as_bytes().len())
+                    .sum(),
+                Message::Signature(s) => s.sums.len(),
                 Message::List { paths, .. } => paths.as_deref().map_or(0, paths_weight),
                 Message::Fetch { paths } | Message::ChangedPaths(paths) => paths_weight(paths),
                 Message::Listing(entries) => entries
@@ -322,6 +388,7 @@ impl Message {
                         FIXED_WEIGHT
                             + e.path.as_bytes().len()
                             + e.target.as_ref().map_or(0, Vec::len)
+                            + e.meta.weight()
                     })
                     .sum(),
                 Message::Failed(f) => f.path.as_bytes().len() + f.message.len(),
@@ -376,6 +443,31 @@ impl Message {
                 .try_for_each(target),
             Message::Failed(f) => text("failure message", &f.message),
             Message::Error(e) => text("error message", &e.message),
+            Message::Signatures(v) if v.len() > super::MAX_LIST_PATHS => Err(format!(
+                "{} signature requests in one message, over the limit of {}",
+                v.len(),
+                super::MAX_LIST_PATHS
+            )),
+            Message::Signature(sig)
+                if sig.sums.len() > crate::delta::SUMS_PER_MESSAGE * crate::delta::SUM_LEN
+                    || sig.sums.len() % crate::delta::SUM_LEN != 0
+                    || !(crate::delta::MIN_BLOCK..=crate::delta::MAX_BLOCK)
+                        .contains(&sig.block) =>
+            {
+                Err(format!(
+                    "a signature of {} bytes of sums of {}-byte blocks, outside the limits",
+                    sig.sums.len(),
+                    sig.block
+                ))
+            }
+            Message::FileDelta(f)
+                if !(crate::delta::MIN_BLOCK..=crate::delta::MAX_BLOCK).contains(&f.block) =>
+            {
+                Err(format!(
+                    "a delta of {}-byte blocks, outside the limits",
+                    f.block
+                ))
+            }
             Message::Hello(h) => [
                 &h.georep_version,
                 &h.session,
@@ -433,6 +525,10 @@ impl Message {
             Message::ChangesEnd { .. } => "ChangesEnd",
             Message::FileAppend(_) => "FileAppend",
             Message::Hole(_) => "Hole",
+            Message::Signatures(_) => "Signatures",
+            Message::Signature(_) => "Signature",
+            Message::FileDelta(_) => "FileDelta",
+            Message::Copy { .. } => "Copy",
             Message::Bye => "Bye",
         }
     }

@@ -48,6 +48,11 @@ struct State {
     batches: VecDeque<(u64, u32, u32)>,
     /// Requests whose last reply has not come, and how many of them are fetches.
     requests: u32,
+    /// Signature asks whose last part has not come (their size is bounded by what was
+    /// asked: `sigs::OUTSTANDING_MAX`, so they are never charged to the reply budget).
+    sig_asks: u64,
+    /// Sums the asks allow in all (each its `max_sums`).
+    sig_sums: u64,
     fetches: u32,
     beats_sent: u64,
     beats_got: u64,
@@ -75,6 +80,13 @@ impl Expect {
         if matches!(m, Message::Fetch { .. }) {
             s.fetches += 1;
         }
+    }
+
+    /// Signature asks are about to be sent.
+    pub fn sig_asks(&self, asks: &[crate::protocol::SigAsk]) {
+        let mut s = self.lock();
+        s.sig_asks += asks.len() as u64;
+        s.sig_sums += asks.iter().map(|a| a.max_sums as u64).sum::<u64>();
     }
 
     /// A heartbeat is about to be sent.
@@ -124,6 +136,17 @@ impl Expect {
                 let mut f = f.clone();
                 cut(&mut f.message);
                 return Ok((Message::Failed(f), 0));
+            }
+            Message::Signature(sig) => {
+                let n = (sig.sums.len() / crate::delta::SUM_LEN) as u64;
+                if s.sig_asks == 0 || n > s.sig_sums {
+                    return unasked("a signature");
+                }
+                s.sig_sums -= n;
+                if sig.done.is_some() {
+                    s.sig_asks -= 1;
+                }
+                return Ok((m, 0));
             }
             Message::Heartbeat => {
                 if s.beats_got >= s.beats_sent {

@@ -12,6 +12,7 @@ pub mod live;
 pub mod pipeline;
 mod position;
 pub mod scrub;
+mod sigs;
 pub mod worker;
 
 use crate::config::{Home, SyncOptions};
@@ -38,6 +39,8 @@ pub struct SyncReport {
     pub files_sent: u64,
     pub bytes_sent: u64,
     pub wire_bytes: u64,
+    /// Bytes of block sums the agent sent back for deltas (the other direction's payload).
+    pub sums_received: u64,
     pub entries_applied: u64,
     pub deleted: u64,
     pub renamed: u64,
@@ -269,6 +272,7 @@ fn sync_brick(
     report.passes = report.passes.max(outcome.passes);
     report.scanned = report.scanned.max(outcome.scanned);
     report.wire_bytes += shipper.wire_bytes();
+    report.sums_received += shipper.sums_received();
     let stats = shipper.stats.clone();
     let agent_rss = shipper.close()?;
     report.files_sent += stats.files_sent;
@@ -413,6 +417,11 @@ pub fn connect(
         format!("{peer} on {}", welcome.slave_host),
     );
     shipper.ignore_deletes = opts.ignore_deletes;
+    shipper.delta_min = opts.delta_min.unwrap_or(if spec.is_local() {
+        u64::MAX
+    } else {
+        crate::delta::MIN_SIZE
+    });
     shipper.set_bwlimit(opts.bwlimit);
     shipper.set_heartbeat(crate::protocol::heartbeat_every(
         crate::protocol::silence_for_takeover(opts.takeover_timeout),

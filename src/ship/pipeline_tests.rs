@@ -433,3 +433,58 @@ fn a_name_replaced_by_a_hard_link_after_the_plan_is_not_recorded_as_linked() {
     drop(sh);
     agent.join().unwrap();
 }
+
+/// Issue 16, journal seed 1301723: a directory's attributes were read at send time through
+/// its path, but its parent had been renamed since the plan (and another directory took the
+/// name): they went as "leave alone", while the row, from the plan's stat, vouched for them.
+/// A parent's rename does not move the child's ctime, so nothing looked at it again and its
+/// ACL never reached the slave. Now the row is stale and the path a failure, looked at again.
+#[test]
+fn attributes_of_a_directory_moved_since_the_plan_are_not_vouched_for() {
+    let (mut sh, index, dir, agent) = against(acks_one_batch);
+    sh.xattrs = crate::xattr::USER;
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("p/b")).unwrap();
+    let set = |p: &std::path::Path, v: &[u8]| {
+        rustix::fs::setxattr(p, "user.a", v, rustix::fs::XattrFlags::empty())
+    };
+    if set(&root.join("p/b"), b"1").is_err() {
+        eprintln!("no user xattrs here");
+        return;
+    }
+    let brick = fsutil::open_root(root).unwrap();
+    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("p/b"))
+        .unwrap()
+        .unwrap();
+    // After the plan, before the send: the parent moves, and a new "p/b" appears.
+    std::fs::rename(root.join("p"), root.join("q")).unwrap();
+    std::fs::create_dir_all(root.join("p/b")).unwrap();
+    set(&root.join("p/b"), b"2").unwrap();
+    let op = PlannedOp {
+        op: PlanOp::Op(Op::SetAttr {
+            path: p("p/b"),
+            meta: planned.meta(),
+        }),
+        ok: vec![Mutation::Upsert(p("p/b"), planned.clone())],
+        fail: vec![Mutation::Poison(p("p/b"))],
+    };
+    sh.ship(vec![op], &index, 100, u64::MAX).unwrap();
+    assert!(
+        sh.failures.iter().any(|f| f.rel == Some(p("p/b"))),
+        "{:?}",
+        sh.failures
+    );
+    // The next window's rename moves the row along.
+    index.apply(&[Mutation::Move(p("p"), p("q"))]).unwrap();
+    let row = index.get(&p("q/b")).unwrap().expect("a row for q/b");
+    let now = crate::crawl::walk::lstat_beneath(&brick, &p("q/b"))
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        row.change_to(&now),
+        crate::crawl::entry::Change::None,
+        "the row vouches for attributes the slave did not get: {row:?}"
+    );
+    drop(sh);
+    agent.join().unwrap();
+}

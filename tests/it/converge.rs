@@ -283,6 +283,9 @@ fn clear(root: &Path) {
     }
 }
 
+/// Every mode sends changed files of at least this size as deltas.
+const DELTA_MIN: &str = "2K";
+
 // ---- (a) crawl: `sync --once` between rounds ----
 
 pub struct Crawl<'a> {
@@ -301,6 +304,10 @@ impl Replicator for Crawl<'_> {
             s.to_str().unwrap(),
             "--once",
             "--json",
+            // Changed files go as deltas (off to a local slave by default): the harness
+            // proves that path too.
+            "--delta-min-size",
+            DELTA_MIN,
         ]);
         if !o.status.success() {
             return Err(format!("sync --once failed: {}", stderr(&o)));
@@ -374,7 +381,7 @@ fn converge_journal_mode() {
         Duration::from_secs(120),
         &|g| {
             Box::new(Live {
-                s: Session::start(g),
+                s: Session::start_with(g, &[("delta-min-size", DELTA_MIN)]),
                 kill_writer: 0,
                 kills: 0,
             })
@@ -393,7 +400,7 @@ fn converge_journal_with_gaps() {
         Duration::from_secs(120),
         &|g| {
             Box::new(Live {
-                s: Session::start(g),
+                s: Session::start_with(g, &[("delta-min-size", DELTA_MIN)]),
                 kill_writer: 15,
                 kills: 0,
             })
@@ -461,6 +468,16 @@ impl<'a> Replica<'a> {
                 &["volume", "create", "gv", "replica", "2", &spec[0], &spec[1]],
             );
             r.ok(i, &["create", "gv", s.to_str().unwrap()]);
+            r.ok(
+                i,
+                &[
+                    "config",
+                    "gv",
+                    s.to_str().unwrap(),
+                    "delta-min-size",
+                    DELTA_MIN,
+                ],
+            );
         }
         r.ok(0, &["start", "gv", s.to_str().unwrap()]);
         // n1 is Active before n2 starts.

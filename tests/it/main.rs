@@ -7,6 +7,7 @@ mod continuous;
 mod converge;
 mod converge_regressions;
 mod crash;
+mod delta;
 mod dr;
 mod errors;
 mod faults;

@@ -518,3 +518,32 @@ fn ssh_outage_shows_faulty_then_the_session_catches_up() {
         "the journal covered the outage"
     );
 }
+
+/// Issue 16: over a network, a changed file goes as a delta against the DR copy by default.
+#[test]
+fn a_changed_file_goes_as_a_delta_over_ssh_by_default() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    let _c = Cleanup(&g, slave.clone());
+    let o = push_pem(&g, &sshd, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = g.master().join("log.db");
+    let mut data = crate::delta::noise(4 << 20, 5);
+    write(&f, &data);
+    let m = g.master();
+    let sync = || -> serde_json::Value {
+        serde_json::from_str(&g.ok(&["sync", m.to_str().unwrap(), &slave, "--once", "--json"]))
+            .unwrap()
+    };
+    sync();
+    data[3_000_000..3_000_100].copy_from_slice(&[7; 100]);
+    write(&f, &data);
+    let r = sync();
+    assert_trees_equal(&g.master(), &g.slave());
+    assert_eq!(n(&r, "files_sent"), 1, "{r}");
+    assert!(
+        n(&r, "wire_bytes") < 100 << 10,
+        "4 MiB file, 100 bytes changed: {r}"
+    );
+}

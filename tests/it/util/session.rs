@@ -12,8 +12,17 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// `create` (verifying the slave) and `start --foreground`.
     pub fn start(g: &'a Georep) -> Session<'a> {
+        Session::start_with(g, &[])
+    }
+
+    /// `start` with these `georep config` options set first.
+    pub fn start_with(g: &'a Georep, config: &[(&str, &str)]) -> Session<'a> {
         let (m, s) = (g.master(), g.slave());
-        g.ok(&["create", m.to_str().unwrap(), s.to_str().unwrap()]);
+        let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+        g.ok(&["create", ms, ss]);
+        for (k, v) in config {
+            g.ok(&["config", ms, ss, k, v]);
+        }
         let mut se = Session { g, child: None };
         se.run();
         se
