@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|ssh-delta|all|scale]
+# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|all|scale]
 #        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
 #        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
 #        (BENCH_DIR=/path to choose where data goes)
@@ -269,7 +269,7 @@ PY
 fi
 
 # Over SSH (a private OpenSSH sshd on loopback): georep vs the cipher's limit and rsync -a.
-case $what in ssh|ssh-big|ssh-small|ssh-append|ssh-delta|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
+case $what in ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
 if [ -n "$ssh_bench" ]; then
     command -v rsync >/dev/null || { apt-get install -y -qq rsync >/dev/null 2>&1 || true; }
     # shellcheck source=scripts/private-sshd.sh
@@ -278,6 +278,23 @@ if [ -n "$ssh_bench" ]; then
     start_private_sshd "$BASE/sshd" "$port" "$BASE/dr-home"
     trap 'kill $SSHD_PID 2>/dev/null; rm -rf "$BASE"' EXIT
     user=$(id -un)
+    link="over ssh"
+    if [ "$what" = wan ]; then
+        # A long link: every byte of the SSH path 57 ms late each way (WAN_DELAY_MS), through
+        # georep's own delay proxy (no netem in this kernel); everything below goes through it.
+        sshd_port=$port
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        "$BIN" delay-proxy --listen "127.0.0.1:$port" --connect "127.0.0.1:$sshd_port" \
+            --delay-ms "${WAN_DELAY_MS:-57}" 2>/dev/null &
+        PROXY_PID=$!
+        trap 'kill $SSHD_PID $PROXY_PID 2>/dev/null; rm -rf "$BASE"' EXIT
+        SSH_OPTS=("${SSH_OPTS[@]/#$sshd_port/$port}")
+        sleep 0.5
+        t0=$(now); ssh "${SSH_OPTS[@]}" "$user@127.0.0.1" true; t1=$(now)
+        link="at $(( 2 * ${WAN_DELAY_MS:-57} )) ms RTT"
+        row "ssh login through the delay proxy" "$(ms "$t0" "$t1")" "-" "-" "-"
+        DELTA_SIZE=${DELTA_SIZE:-1G}
+    fi
     # One session per source tree: push-pem once, then timed sync --once into fresh slaves.
     ssh_sync() { # src dst [args] -> prints ms
         local src=$1 dst=$2; shift 2
@@ -323,7 +340,28 @@ if [ -n "$ssh_bench" ]; then
         b_ms=$(printf '%s\n' "${bs[@]}" | median)
         g_ms=$(printf '%s\n' "${gs[@]}" | median)
     }
-    if [ "$what" = ssh-append ] || [ "$what" = ssh ] || [ "$what" = all ]; then
+    if [ "$what" = wan ]; then
+        # First copies at the RTT: 10,000 x 4 KiB, and 256 MiB of random data next to one
+        # `ssh cat` (the SSH channel's window bounds both) and rsync -a.
+        ws=$BASE/wan-small
+        for d in $(seq -w 0 99); do
+            mkdir -p "$ws/d$d"
+            for f in $(seq -w 0 99); do head -c 4096 /dev/urandom > "$ws/d$d/f$f"; done
+        done
+        sync
+        pair rsync_ms "$ws" "$ws"
+        row "rsync -a $link, 10,000 x 4 KiB" "$b_ms" "1.00x" "-" "-"
+        row "georep $link, 10,000 x 4 KiB" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
+        wb=$BASE/wan-big; mkdir -p "$wb"; head -c "${WAN_BIG:-256M}" /dev/urandom > "$wb/random.bin"
+        sync
+        pair pipe_ms "$wb" "$wb/random.bin" --compression 0
+        row "cat ${WAN_BIG:-256M} random | ssh cat $link" "$b_ms" "1.00x" "-" "-"
+        row "georep $link, ${WAN_BIG:-256M} random" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
+        pair rsync_ms "$wb" "$wb" --compression 0
+        row "rsync -a $link, ${WAN_BIG:-256M} random" "$b_ms" "1.00x" "-" "-"
+        row "georep $link, ${WAN_BIG:-256M} random" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
+    fi
+    if [ "$what" = ssh-append ] || [ "$what" = ssh ] || [ "$what" = all ] || [ "$what" = wan ]; then
         # A 256 MiB file that grows by 4 KiB between runs (a log, an append-only store): both
         # tools copy it once, then each run appends and times rsync -a (its delta algorithm:
         # checksums of the whole file on both sides) and georep (the tail alone).
@@ -352,11 +390,11 @@ if [ -n "$ssh_bench" ]; then
         g_ms=$(printf '%s\n' "${gs[@]}" | median)
         rs_sent=$(awk -F': ' '/Total bytes sent/ {gsub(",", "", $2); print $2}' "$BASE/ap-rs.txt")
         g_wire=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["wire_bytes"])' "$BASE/ap.json")
-        row "rsync -a over ssh, 256 MiB + 4 KiB appended" "$b_ms" "1.00x" "sent ${rs_sent} B" "-"
-        row "georep over ssh, 256 MiB + 4 KiB appended" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "wire ${g_wire} B" "-"
+        row "rsync -a $link, 256 MiB + 4 KiB appended" "$b_ms" "1.00x" "sent ${rs_sent} B" "-"
+        row "georep $link, 256 MiB + 4 KiB appended" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "wire ${g_wire} B" "-"
         GEOREP_HOME=$ap_home "$BIN" delete "$ap" "$ap_slave" >/dev/null
     fi
-    if [ "$what" = ssh-delta ] || [ "$what" = ssh ] || [ "$what" = all ]; then
+    if [ "$what" = ssh-delta ] || [ "$what" = ssh ] || [ "$what" = all ] || [ "$what" = wan ]; then
         # A file of DELTA_SIZE (1 GiB) in which 4 KiB change in place between runs (a database,
         # a VM image): rsync -a (its delta algorithm) and georep (delta on by default over a
         # network), bytes both ways. rsync's: sent + received of its --stats; georep's: the
@@ -389,11 +427,11 @@ if [ -n "$ssh_bench" ]; then
         rs_bytes=$(awk -F': ' '/Total bytes (sent|received)/ {gsub(",", "", $2); n += $2} END {print n}' "$BASE/dl-rs.txt")
         g_bytes=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["wire_bytes"] + r["sums_received"])' "$BASE/dl.json")
         mib=$(( size >> 20 ))
-        row "rsync -a over ssh, 4 KiB changed in $mib MiB" "$b_ms" "1.00x" "${rs_bytes} B both ways" "-"
-        row "georep over ssh, 4 KiB changed in $mib MiB" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "${g_bytes} B both ways" "$(ratio "$g_bytes" "$rs_bytes") bytes"
+        row "rsync -a $link, 4 KiB changed in $mib MiB" "$b_ms" "1.00x" "${rs_bytes} B both ways" "-"
+        row "georep $link, 4 KiB changed in $mib MiB" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "${g_bytes} B both ways" "$(ratio "$g_bytes" "$rs_bytes") bytes"
         GEOREP_HOME=$dl_home "$BIN" delete "$dl" "$dl_slave" >/dev/null
     fi
-    if [ "$what" != ssh-small ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ]; then
+    if [ "$what" != ssh-small ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ] && [ "$what" != wan ]; then
         big=$BASE/ssh-big; mkdir -p "$big"; head -c 1G /dev/urandom > "$big/random.bin"
         text=$BASE/ssh-text; mkdir -p "$text"
         python3 -c "
@@ -416,7 +454,7 @@ with open(sys.argv[1], 'wb') as f:
         row "cat 1 GiB text | ssh cat>/dev/null" "$b_ms" "1.00x" "-" "-"
         row "georep over ssh, 1 GiB text (zstd 1)" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
     fi
-    if [ "$what" != ssh-big ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ]; then
+    if [ "$what" != ssh-big ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ] && [ "$what" != wan ]; then
         small=$BASE/ssh-small
         make_small_tree "$small"
         cat "$small"/*/* > /dev/null

@@ -144,6 +144,9 @@ Example: georep failback gv0 root@dr1::gv0-dr    (after resync --reverse; see do
     /// Slave side of push-pem: install a session key confined to one volume's agent
     #[command(hide = true)]
     AuthorizeKey(AuthorizeKeyArgs),
+    /// A TCP relay that delays each way by a fixed time (a long link, for scripts/bench.sh)
+    #[command(hide = true)]
+    DelayProxy(DelayProxyArgs),
     /// Embedded SSH server that only runs the agent (DR hosts without OpenSSH)
     #[command(after_help = "\
 Example:
@@ -356,6 +359,19 @@ pub struct StatusArgs {
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
           conflicts_with_all = ["json", "check"])]
     pub watch: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct DelayProxyArgs {
+    /// Address to listen on (loopback)
+    #[arg(long)]
+    pub listen: String,
+    /// Address to relay to
+    #[arg(long)]
+    pub connect: String,
+    /// Delay each way, in milliseconds
+    #[arg(long, default_value_t = 57)]
+    pub delay_ms: u64,
 }
 
 #[derive(Args, Debug)]

@@ -340,6 +340,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::DelayProxy(a) => {
+            crate::transport::delay::run(
+                &a.listen,
+                &a.connect,
+                std::time::Duration::from_millis(a.delay_ms),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::AuthorizeKey(a) => {
             if a.create_root && a.volume.starts_with('/') {
                 std::fs::create_dir_all(&a.volume)

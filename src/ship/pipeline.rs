@@ -1198,7 +1198,10 @@ impl Shipper {
             })
         };
         let mut file = std::fs::File::from(fd);
-        if let Some(known) = known_hash {
+        // With the slave's sums at hand the content is read once, for the delta: its mtime
+        // moved (see `Sigs::ask`), so it most likely changed, and an unchanged one costs a
+        // delta of references alone.
+        if let (Some(known), None) = (known_hash, &sig) {
             // A local read is far cheaper than a send: check whether the content changed.
             let mut h = blake3::Hasher::new();
             let local = h.update_reader(&mut file).map(|h| *h.finalize().as_bytes());

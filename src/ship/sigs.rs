@@ -60,8 +60,9 @@ fn estimate(size: u64) -> u64 {
 
 impl Sigs {
     /// The files among `ops` worth a delta (the slave has a copy whose hash the index knows,
-    /// at least `min` bytes; one that grew only up to `GREW_MAX`), asked for in order until
-    /// the outstanding bound; each ask once.
+    /// at least `min` bytes, and its mtime moved: a change of attributes alone moves only the
+    /// ctime, and is checked by a local hash, not by the agent reading its copy; one that grew
+    /// only up to `GREW_MAX`), asked for in order until the outstanding bound; each ask once.
     pub fn ask(&mut self, ops: &[PlannedOp], min: u64) -> Vec<Vec<SigAsk>> {
         let mut asks = Vec::new();
         for p in ops {
@@ -70,12 +71,16 @@ impl Sigs {
                 known_hash: Some(_),
                 grew_from,
                 entry,
-                ..
+                slave_meta,
             } = &p.op
             else {
                 continue;
             };
-            if entry.size < min
+            let touched = slave_meta
+                .as_ref()
+                .is_none_or(|m| (m.mtime_sec, m.mtime_nsec) != (entry.mtime_sec, entry.mtime_nsec));
+            if !touched
+                || entry.size < min
                 || (grew_from.is_some() && entry.size > GREW_MAX)
                 || self.by_path.contains_key(path)
             {

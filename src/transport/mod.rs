@@ -6,6 +6,7 @@
 
 pub mod authkeys;
 pub mod conn;
+pub mod delay;
 pub mod local;
 pub mod segment;
 pub mod serve;
