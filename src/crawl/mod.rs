@@ -391,8 +391,16 @@ pub fn plan_paths(
         }
     }
     for p in expand {
-        d.listed.insert(p.clone());
-        for (q, e) in walk::list_subtree(&root_fd, &p, excludes)? {
+        // A directory that moved away before it could be listed (a rename not journaled yet:
+        // journal seed 1401242) says nothing of what is beneath it: its indexed entries are
+        // not gone, and the window is planned again once the records say where it went.
+        let (entries, unlisted) = walk::list_subtree_checked(&root_fd, &p, excludes)?;
+        incomplete |= !unlisted.is_empty();
+        if !unlisted.contains(&p) {
+            d.listed.insert(p.clone());
+        }
+        d.unlisted.extend(unlisted);
+        for (q, e) in entries {
             if e.kind == Kind::Dir {
                 d.dirs.insert(q.clone(), e.clone());
             }
@@ -531,8 +539,10 @@ struct Diff {
     /// Journal mode: only these paths were looked at. Index rows beneath a renamed directory
     /// that are not among them moved along with it intact (any change would be journaled).
     targeted: Option<BTreeSet<RelPath>>,
-    /// Journal mode: directories listed whole (every entry beneath them was looked at).
+    /// Journal mode: directories listed whole (every entry beneath them was looked at)…
     listed: BTreeSet<RelPath>,
+    /// …but for these beneath them, gone or replaced before they could be listed.
+    unlisted: BTreeSet<RelPath>,
     /// Journal mode: the only new names that may be renames (matched to a gone entry by inode).
     rename_targets: Option<BTreeSet<RelPath>>,
     /// Journal mode: files a `DATA` record says were written. Their content changed whatever
@@ -1066,6 +1076,7 @@ impl Diff {
                 let looked_at = dirty.contains(&target)
                     || target
                         .self_and_ancestors()
+                        .take_while(|x| !self.unlisted.contains(x))
                         .any(|x| self.listed.contains(&x));
                 if !looked_at {
                     continue; // moved along with its directory, unchanged
@@ -1447,6 +1458,45 @@ mod tests {
             let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
             assert!(plan.needs_crawl, "as dir {again_as_dir}: {:?}", plan.ops);
         }
+    }
+
+    #[test]
+    fn a_directory_gone_before_it_was_listed_deletes_nothing_beneath_it() {
+        // Journal seed 1401242: "H" renamed to "E" (journaled); "E/w", which the index holds
+        // at "H/w", was listed whole as a new name just after "E" moved on to "Z" (not
+        // journaled yet). The listing found nothing, and the plan deleted "E/w/w" as gone.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("H/w/w")).unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "H", "H/w", "H/w/w"]);
+        std::fs::rename(root.join("H"), root.join("E")).unwrap();
+        let r = root.clone();
+        AFTER_LOOK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |q: &RelPath| {
+                if *q == p("E/w") {
+                    std::fs::rename(r.join("E"), r.join("Z")).unwrap();
+                }
+            }))
+        });
+        let window = Window {
+            dirty: BTreeSet::from([RelPath::root(), p("E"), p("E/w"), p("H")]),
+            touched: BTreeSet::from([p("E/w")]),
+            rename_targets: BTreeSet::from([p("E")]),
+            renamed_from: std::collections::BTreeMap::from([(p("E"), p("H"))]),
+            removed: BTreeSet::from([p("H")]),
+            ..Window::default()
+        };
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        AFTER_LOOK.with(|h| *h.borrow_mut() = None);
+        assert!(
+            !plan.ops.iter().any(
+                |o| matches!(&o.op, PlanOp::Op(Op::Delete { path }) if path.starts_with(&p("E/w")))
+            ),
+            "{:?}",
+            plan.ops
+        );
+        assert!(plan.incomplete, "{:?}", plan.ops);
     }
 
     #[test]

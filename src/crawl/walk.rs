@@ -197,12 +197,39 @@ pub fn list_subtree(
     Ok(out)
 }
 
+/// `list_subtree`, and the directories (`dir` included) that could not be listed because they
+/// were gone or replaced by then: what lies beneath them was not looked at.
+pub fn list_subtree_checked(
+    root: &OwnedFd,
+    dir: &RelPath,
+    excludes: &Excludes,
+) -> io::Result<(Vec<(RelPath, Entry)>, Vec<RelPath>)> {
+    let mut out = Vec::new();
+    let mut unlisted = Vec::new();
+    walk_beneath(root, dir, excludes, Some(&mut unlisted), &mut |p, e| {
+        out.push((p, e));
+        Ok(())
+    })?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, unlisted))
+}
+
 /// Hands every entry strictly beneath `dir` (on this filesystem, not excluded) to `f`, a
 /// directory's before its own entries, holding one directory's listing at a time.
 pub fn for_each_beneath(
     root: &OwnedFd,
     dir: &RelPath,
     excludes: &Excludes,
+    f: &mut dyn FnMut(RelPath, Entry) -> io::Result<()>,
+) -> io::Result<()> {
+    walk_beneath(root, dir, excludes, None, f)
+}
+
+fn walk_beneath(
+    root: &OwnedFd,
+    dir: &RelPath,
+    excludes: &Excludes,
+    mut unlisted: Option<&mut Vec<RelPath>>,
     f: &mut dyn FnMut(RelPath, Entry) -> io::Result<()>,
 ) -> io::Result<()> {
     let (_, dev) = root_entry(root)?;
@@ -216,7 +243,11 @@ pub fn for_each_beneath(
                 }
             }
             // Gone or changed meanwhile: the journal reports what happened to it.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                if let Some(u) = unlisted.as_deref_mut() {
+                    u.push(d.clone());
+                }
+            }
             Err(e) => return Err(e),
         }
         stack.extend(subdirs);
