@@ -197,13 +197,16 @@ pub fn list_subtree(
     Ok(out)
 }
 
+/// Entries by path, and the directories that could not be listed.
+pub type Checked = (Vec<(RelPath, Entry)>, Vec<RelPath>);
+
 /// `list_subtree`, and the directories (`dir` included) that could not be listed because they
 /// were gone or replaced by then: what lies beneath them was not looked at.
 pub fn list_subtree_checked(
     root: &OwnedFd,
     dir: &RelPath,
     excludes: &Excludes,
-) -> io::Result<(Vec<(RelPath, Entry)>, Vec<RelPath>)> {
+) -> io::Result<Checked> {
     let mut out = Vec::new();
     let mut unlisted = Vec::new();
     walk_beneath(root, dir, excludes, Some(&mut unlisted), &mut |p, e| {
