@@ -494,11 +494,21 @@ pub fn plan_paths(
     d.rename_targets = Some(rename_targets);
     // A targeted diff only looked at the dirty paths: a parent directory touched on the slave
     // by an op of this plan is read from the disk here.
+    // Only the directory the index holds there: another that took the name since the diff
+    // looked (gaps seed 1400877: the row of the slave's directory took the identity of a new
+    // one, and the old one, with what it held, stayed on the slave for good) is left to the
+    // next plan; the row is marked stale meanwhile.
     let stat_dir = |p: &RelPath| {
-        walk::lstat_beneath(&root_fd, p)
+        let e = walk::lstat_beneath(&root_fd, p)
             .ok()
             .flatten()
-            .filter(|e| e.kind == Kind::Dir)
+            .filter(|e| e.kind == Kind::Dir)?;
+        match index.get(p).ok().flatten() {
+            Some(row) if row.kind == Kind::Dir && (row.ino != e.ino || e.reused_inode_of(&row)) => {
+                None
+            }
+            _ => Some(e),
+        }
     };
     let mut plan = d.plan(slot, &stat_dir);
     plan.needs_crawl = needs_crawl;
@@ -1497,6 +1507,45 @@ mod tests {
             plan.ops
         );
         assert!(plan.incomplete, "{:?}", plan.ops);
+    }
+
+    #[test]
+    fn a_directory_that_took_a_parents_name_after_the_look_does_not_take_its_row() {
+        // Gaps seed 1400877: "X" renamed away (not journaled yet) and "D/h" renamed to "X",
+        // both after the window's look at "X" found it gone. An op of the plan inside the
+        // slave's "X" made the plan set X's attributes from a stat taken then: the row of X
+        // took the new directory's identity, and the old one stayed on the slave.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("X/c")).unwrap();
+        std::fs::write(root.join("X/b"), b"b").unwrap();
+        std::fs::create_dir_all(root.join("D/h")).unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "X", "X/b", "X/c", "D", "D/h"]);
+        let old = index.get(&p("X")).unwrap().unwrap();
+        std::fs::remove_dir(root.join("X/c")).unwrap();
+        std::fs::rename(root.join("X"), root.join("C")).unwrap();
+        let r = root.clone();
+        AFTER_LOOK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |q: &RelPath| {
+                if *q == p("X") && !r.join("X").exists() {
+                    std::fs::rename(r.join("D/h"), r.join("X")).unwrap();
+                }
+            }))
+        });
+        let window = Window {
+            dirty: BTreeSet::from([RelPath::root(), p("X"), p("X/c")]),
+            touched: BTreeSet::from([p("X")]),
+            removed: BTreeSet::from([p("X/c")]),
+            ..Window::default()
+        };
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        AFTER_LOOK.with(|h| *h.borrow_mut() = None);
+        for o in &plan.ops {
+            index.apply(&o.ok).unwrap();
+        }
+        let row = index.get(&p("X")).unwrap().expect("X's row");
+        assert_eq!(row.ino, old.ino, "{:?}", plan.ops);
     }
 
     #[test]
