@@ -185,7 +185,13 @@ impl Index {
         let mut by_weak: HashMap<u32, Vec<u32>> = HashMap::with_capacity(sums.len());
         let mut tags = vec![0u64; 1 << (TAG_BITS - 6)];
         for (i, s) in sums.iter().enumerate() {
-            by_weak.entry(s.weak).or_default().push(i as u32);
+            // A few blocks of one weak sum are plenty (zeros, repeated records); more would
+            // let a hostile DR side make every position of the search scan them all.
+            let c = by_weak.entry(s.weak).or_default();
+            if c.len() >= 64 {
+                continue;
+            }
+            c.push(i as u32);
             let t = tag(s.weak);
             tags[t >> 6] |= 1 << (t & 63);
         }

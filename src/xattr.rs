@@ -35,7 +35,14 @@ const ACL_NAMES: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_de
 /// Names never copied whatever the scope: GlusterFS's own bookkeeping (a brick's gfid, DHT
 /// link-to and layout, AFR/EC changelogs) describes the brick it is on, not the data.
 fn internal(name: &[u8]) -> bool {
-    name == b"trusted.gfid"
+    // Labels of the DR host's own security modules (SELinux, Smack, AppArmor, IMA/EVM): its
+    // policy sets them, and SELinux refuses their removal whatever the mode.
+    name == b"security.selinux"
+        || name.starts_with(b"security.SMACK64")
+        || name == b"security.apparmor"
+        || name == b"security.ima"
+        || name == b"security.evm"
+        || name == b"trusted.gfid"
         || name.starts_with(b"trusted.glusterfs.")
         || name.starts_with(b"trusted.afr.")
         || name.starts_with(b"trusted.ec.")
@@ -194,12 +201,21 @@ pub fn read(at: At<'_>, scope: u8) -> io::Result<Option<Vec<Xattr>>> {
     names.sort();
     let mut buf = vec![0u8; VALUE_MAX];
     let mut out = Vec::with_capacity(names.len());
+    let mut total = 0;
     for name in names {
         match get(at, &cname(&name)?, &mut buf) {
-            Ok(n) => out.push(Xattr {
-                name,
-                value: buf[..n].to_vec(),
-            }),
+            Ok(n) => {
+                total += name.len() + n;
+                if total > ENTRY_MAX {
+                    return Err(io::Error::other(format!(
+                        "more than {ENTRY_MAX} bytes of extended attributes, over what georep replicates for one entry"
+                    )));
+                }
+                out.push(Xattr {
+                    name,
+                    value: buf[..n].to_vec(),
+                })
+            }
             // Removed since it was listed.
             Err(Errno::NODATA) => {}
             Err(e) => return Err(e.into()),
@@ -214,8 +230,10 @@ pub fn read(at: At<'_>, scope: u8) -> io::Result<Option<Vec<Xattr>>> {
 pub struct Reader<'r> {
     root: BorrowedFd<'r>,
     parent: Option<(Vec<u8>, rustix::fd::OwnedFd)>,
-    /// Why the filesystem had none (`EOPNOTSUPP`), once seen.
+    /// The filesystem has none (`EOPNOTSUPP`), once seen.
     pub unsupported: bool,
+    /// Why the last read gave nothing, when it was an error (not a vanished entry).
+    pub error: Option<String>,
 }
 
 impl<'r> Reader<'r> {
@@ -224,6 +242,7 @@ impl<'r> Reader<'r> {
             root,
             parent: None,
             unsupported: false,
+            error: None,
         }
     }
 
@@ -299,6 +318,9 @@ impl<'r> Reader<'r> {
             }
             Err(e) => {
                 tracing::debug!("reading extended attributes of {rel}: {e}");
+                if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
+                    self.error = Some(e.to_string());
+                }
                 None
             }
         }
@@ -434,6 +456,17 @@ mod tests {
         ] {
             assert_eq!(class(n.as_bytes()), 0, "{n}");
         }
+        // The DR host's security modules label by their own policy (and SELinux refuses the
+        // removal of its label): never copied, never removed.
+        for n in [
+            "security.selinux",
+            "security.SMACK64",
+            "security.apparmor",
+            "security.ima",
+        ] {
+            assert_eq!(class(n.as_bytes()), 0, "{n}");
+        }
+        assert_eq!(class(b"security.capability"), SECURITY);
         assert_eq!(class(b"trusted.mine"), TRUSTED);
         assert_eq!(class(b"user.a"), USER);
         assert_eq!(class(b"system.posix_acl_default"), ACL);

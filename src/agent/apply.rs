@@ -866,6 +866,17 @@ impl Applier {
             match f.base.as_ref().and_then(|b| b.0.as_ref()) {
                 Some(base) => {
                     if let Err(e) = base.read_exact_at(&mut buf[..n], at) {
+                        // The file fails; what is left of it is consumed, never written, so
+                        // the stream stays in step.
+                        if let Some(b) = f.base.as_mut() {
+                            b.0 = None;
+                        }
+                        if let Some(w) = f.fd.take() {
+                            drop(w);
+                            let t = f.tmpname.take();
+                            self.discard(&t);
+                        }
+                        self.take_content(end - at, None)?;
                         return Err(Ok(stale(&path, format!("reading it: {e}"))));
                     }
                     self.take_content(n as u64, Some(&buf[..n]))?;

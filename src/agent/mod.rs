@@ -752,6 +752,9 @@ fn send_listing(
     // Sent as it is read, a chunk at a time: memory does not grow with the tree.
     let mut total = 0u64;
     let mut chunk = Vec::with_capacity(LISTING_CHUNK);
+    // Entries with extended attributes weigh more: a Listing is cut by bytes too, far below
+    // a frame's limit.
+    let mut chunk_bytes = 0usize;
     let mut add = |path: protocol::RelPath, e: crate::crawl::entry::Entry| -> Result<()> {
         let hash = if checksum && e.kind == crate::crawl::entry::Kind::File {
             Some(
@@ -776,7 +779,9 @@ fn send_listing(
             nlink: e.nlink,
         });
         total += 1;
-        if chunk.len() == LISTING_CHUNK {
+        chunk_bytes += chunk.last().map_or(0, |e| e.meta.weight());
+        if chunk.len() == LISTING_CHUNK || chunk_bytes > 4 << 20 {
+            chunk_bytes = 0;
             w.send(&Message::Listing(std::mem::take(&mut chunk)))?;
         }
         Ok(())

@@ -11,10 +11,10 @@ use rustix::fd::{AsFd, OwnedFd};
 /// device never opened) and sends its sums; a path that is not a readable regular file gets
 /// an empty answer (`done: Some(None)`) and the master sends that file whole.
 pub fn send(root: &OwnedFd, a: &SigAsk, w: &mut FrameWriter) -> Result<()> {
-    let none = |w: &mut FrameWriter| {
+    let none = |w: &mut FrameWriter, block: u32| {
         w.send(&Message::Signature(Signature {
             token: a.token,
-            block: delta::MIN_BLOCK,
+            block,
             sums: Vec::new(),
             done: Some(None),
         }))
@@ -28,16 +28,18 @@ pub fn send(root: &OwnedFd, a: &SigAsk, w: &mut FrameWriter) -> Result<()> {
         fsutil::open_regular_beneath(root.as_fd(), a.path.as_bytes(), rustix::fs::OFlags::empty())
     }) {
         Ok(Some(fd)) => fd,
-        _ => return Ok(none(w)?),
+        _ => return Ok(none(w, delta::MIN_BLOCK)?),
     };
     let size = match rustix::fs::fstat(&fd) {
         Ok(st) => st.st_size as u64,
-        Err(_) => return Ok(none(w)?),
+        Err(_) => return Ok(none(w, delta::MIN_BLOCK)?),
     };
     let Some(block) = delta::block_size_within(size, a.max_sums) else {
-        return Ok(none(w)?);
+        return Ok(none(w, delta::MIN_BLOCK)?);
     };
-    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::from(fd));
+    // The size summed is the one the block size was chosen for, whatever the file does now.
+    use std::io::Read;
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::from(fd)).take(size);
     let read = delta::signature(&mut f, block, |sums| {
         w.send(&Message::Signature(Signature {
             token: a.token,
@@ -55,7 +57,7 @@ pub fn send(root: &OwnedFd, a: &SigAsk, w: &mut FrameWriter) -> Result<()> {
         }))?,
         Err(e) => {
             tracing::warn!("summing the blocks of {} for a delta: {e}", a.path);
-            none(w)?
+            none(w, block)?
         }
     }
     Ok(())

@@ -140,6 +140,9 @@ pub struct Window {
     pub touched: BTreeSet<RelPath>,
     /// Names whose content a record says was written.
     pub written: BTreeSet<RelPath>,
+    /// Names whose attributes a `META` record says changed (an extended attribute changed
+    /// twice within one tick of the ctime clock, read between the two, shows in no stat).
+    pub attributed: BTreeSet<RelPath>,
     /// The records include a `LINK` (a new name of an existing file).
     pub hard_links_made: bool,
     /// Directories a record made (created, or moved in from a place the writer did not
@@ -193,6 +196,7 @@ pub fn plan_paths(
         removed,
         touched,
         written,
+        attributed,
         hard_links_made,
         made_dirs,
         changed_through,
@@ -304,6 +308,7 @@ pub fn plan_paths(
     written.extend(written_through);
     let mut d = Diff {
         written,
+        attributed,
         ..Diff::default()
     };
     for p in &dirty {
@@ -559,6 +564,9 @@ struct Diff {
     /// the stat says: a rewrite within one tick of the filesystem's clock, of the same size,
     /// leaves size, mtime and ctime as they were when the previous version was shipped.
     written: BTreeSet<RelPath>,
+    /// Journal mode: entries a `META` record says changed: their attributes are sent again
+    /// whatever the stat says.
+    attributed: BTreeSet<RelPath>,
 }
 
 #[derive(Default)]
@@ -758,6 +766,9 @@ impl Diff {
                 && !e.reused_inode_of(&old) =>
             {
                 match old.change_to(&e) {
+                    Change::None | Change::IndexOnly if self.attributed.contains(&path) => {
+                        self.updates.push((path, old, e, Change::Meta))
+                    }
                     Change::None => {}
                     c => self.updates.push((path, old, e, c)),
                 }
@@ -784,7 +795,12 @@ impl Diff {
                 let c = if e.kind == Kind::File && self.written.contains(&path) {
                     Change::Data
                 } else {
-                    old.change_to(&e)
+                    match old.change_to(&e) {
+                        Change::None | Change::IndexOnly if self.attributed.contains(&path) => {
+                            Change::Meta
+                        }
+                        c => c,
+                    }
                 };
                 // Content on the slave is current (only attributes may differ): a good target
                 // for the inode's other names.
@@ -1546,6 +1562,32 @@ mod tests {
         }
         let row = index.get(&p("X")).unwrap().expect("X's row");
         assert_eq!(row.ino, old.ino, "{:?}", plan.ops);
+    }
+
+    #[test]
+    fn a_meta_record_sends_the_attributes_again_whatever_the_stat_says() {
+        // Review of issue 16: an extended attribute changed twice within one tick of the
+        // ctime clock, read between the two, leaves a stat equal to the row's: the META
+        // record alone says the attributes must go again.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "d"]);
+        let window = Window {
+            dirty: BTreeSet::from([RelPath::root(), p("d")]),
+            touched: BTreeSet::from([p("d")]),
+            attributed: BTreeSet::from([p("d")]),
+            ..Window::default()
+        };
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        assert!(
+            plan.ops
+                .iter()
+                .any(|o| matches!(&o.op, PlanOp::Op(Op::SetAttr { path, .. }) if *path == p("d"))),
+            "{:?}",
+            plan.ops
+        );
     }
 
     #[test]

@@ -25,10 +25,31 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Linux's limits on extended attributes, and `xattr::ENTRY_MAX` for one entry: what
+    /// decodes must not take more memory than its frame suggests.
+    pub fn check_limits(&self) -> Result<(), String> {
+        use crate::xattr::{ENTRY_MAX, NAME_MAX, VALUE_MAX};
+        let Some(v) = &self.xattrs else {
+            return Ok(());
+        };
+        let total: usize = v.iter().map(|x| x.name.len() + x.value.len()).sum();
+        if v.len() > ENTRY_MAX / 8
+            || total > ENTRY_MAX
+            || v.iter()
+                .any(|x| x.name.len() > NAME_MAX || x.value.len() > VALUE_MAX)
+        {
+            return Err(format!(
+                "{} extended attributes of {total} bytes on one entry, over the limits (names of {NAME_MAX} bytes, values of {VALUE_MAX}, {ENTRY_MAX} in all)",
+                v.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Bytes of its extended attributes (what a queue of messages holding it is charged).
     pub fn weight(&self) -> usize {
         self.xattrs.as_deref().map_or(0, |v| {
-            v.iter().map(|x| 16 + x.name.len() + x.value.len()).sum()
+            v.iter().map(|x| 64 + x.name.len() + x.value.len()).sum()
         })
     }
 }
@@ -436,11 +457,18 @@ impl Message {
             }
         };
         match self {
-            Message::Op(Op::Symlink { target: t, .. }) => target(t),
-            Message::Listing(entries) => entries
-                .iter()
-                .filter_map(|e| e.target.as_deref())
-                .try_for_each(target),
+            Message::Op(Op::Symlink {
+                target: t, meta, ..
+            }) => target(t).and_then(|()| meta.check_limits()),
+            Message::Listing(entries) => entries.iter().try_for_each(|e| {
+                e.target.as_deref().map_or(Ok(()), target)?;
+                e.meta.check_limits()
+            }),
+            Message::Op(
+                Op::Mkdir { meta, .. } | Op::Special { meta, .. } | Op::SetAttr { meta, .. },
+            ) => meta.check_limits(),
+            Message::FileBegin(FileBegin { meta, .. })
+            | Message::FileAppend(FileAppend { meta, .. }) => meta.check_limits(),
             Message::Failed(f) => text("failure message", &f.message),
             Message::Error(e) => text("error message", &e.message),
             Message::Signatures(v) if v.len() > super::MAX_LIST_PATHS => Err(format!(
@@ -460,13 +488,14 @@ impl Message {
                     sig.block
                 ))
             }
-            Message::FileDelta(f)
-                if !(crate::delta::MIN_BLOCK..=crate::delta::MAX_BLOCK).contains(&f.block) =>
-            {
-                Err(format!(
-                    "a delta of {}-byte blocks, outside the limits",
-                    f.block
-                ))
+            Message::FileDelta(f) => {
+                if !(crate::delta::MIN_BLOCK..=crate::delta::MAX_BLOCK).contains(&f.block) {
+                    return Err(format!(
+                        "a delta of {}-byte blocks, outside the limits",
+                        f.block
+                    ));
+                }
+                f.meta.check_limits()
             }
             Message::Hello(h) => [
                 &h.georep_version,

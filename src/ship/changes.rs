@@ -42,6 +42,7 @@ pub fn changes(records: &[Record]) -> Window {
                     rename_in(&mut c.rename_targets, &r.path, to, true);
                     rename_in(&mut c.touched, &r.path, to, true);
                     rename_in(&mut c.written, &r.path, to, false);
+                    rename_in(&mut c.attributed, &r.path, to, false);
                     rename_in(&mut c.made_dirs, &r.path, to, false);
                     rename_in(&mut unseen, &r.path, to, false);
                     rename_in(&mut c.changed_unseen, &r.path, to, false);
@@ -70,6 +71,9 @@ pub fn changes(records: &[Record]) -> Window {
                 }
                 if op == RecOp::Data {
                     c.written.insert(r.path.clone());
+                }
+                if op == RecOp::Meta {
+                    c.attributed.insert(r.path.clone());
                 }
                 if matches!(op, RecOp::Data | RecOp::Meta) {
                     // Kept even before any rename: a later one moves the name.

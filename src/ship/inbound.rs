@@ -48,11 +48,9 @@ struct State {
     batches: VecDeque<(u64, u32, u32)>,
     /// Requests whose last reply has not come, and how many of them are fetches.
     requests: u32,
-    /// Signature asks whose last part has not come (their size is bounded by what was
-    /// asked: `sigs::OUTSTANDING_MAX`, so they are never charged to the reply budget).
-    sig_asks: u64,
-    /// Sums the asks allow in all (each its `max_sums`).
-    sig_sums: u64,
+    /// Signature asks whose last part has not come, by token, with the sums each may still
+    /// bring (its `max_sums`): bounded by what was asked, so never charged to the reply budget.
+    sig_asks: std::collections::HashMap<u64, u64>,
     fetches: u32,
     beats_sent: u64,
     beats_got: u64,
@@ -85,8 +83,9 @@ impl Expect {
     /// Signature asks are about to be sent.
     pub fn sig_asks(&self, asks: &[crate::protocol::SigAsk]) {
         let mut s = self.lock();
-        s.sig_asks += asks.len() as u64;
-        s.sig_sums += asks.iter().map(|a| a.max_sums as u64).sum::<u64>();
+        for a in asks {
+            s.sig_asks.insert(a.token, a.max_sums as u64);
+        }
     }
 
     /// A heartbeat is about to be sent.
@@ -139,12 +138,15 @@ impl Expect {
             }
             Message::Signature(sig) => {
                 let n = (sig.sums.len() / crate::delta::SUM_LEN) as u64;
-                if s.sig_asks == 0 || n > s.sig_sums {
-                    return unasked("a signature");
+                let Some(left) = s.sig_asks.get_mut(&sig.token) else {
+                    return unasked(&format!("a signature for ask {}", sig.token));
+                };
+                if n > *left {
+                    return unasked(&format!("more block sums than ask {} allows", sig.token));
                 }
-                s.sig_sums -= n;
+                *left -= n;
                 if sig.done.is_some() {
-                    s.sig_asks -= 1;
+                    s.sig_asks.remove(&sig.token);
                 }
                 return Ok((m, 0));
             }
@@ -304,6 +306,33 @@ mod tests {
             errno: 5,
             message: "m".repeat(100_000),
         })
+    }
+
+    #[test]
+    fn signatures_are_admitted_only_for_open_asks_and_within_their_sums() {
+        let e = Expect::default();
+        let sig = |token, n: usize, done| {
+            Message::Signature(crate::protocol::Signature {
+                token,
+                block: 2048,
+                sums: vec![0; n * crate::delta::SUM_LEN],
+                done,
+            })
+        };
+        assert!(e.admit(sig(1, 1, None)).is_err(), "nothing asked");
+        e.sig_asks(&[crate::protocol::SigAsk {
+            token: 1,
+            path: RelPath::new(b"f").unwrap(),
+            max_sums: 3,
+        }]);
+        assert!(e.admit(sig(2, 1, None)).is_err(), "another token");
+        assert!(e.admit(sig(1, 2, None)).is_ok());
+        assert!(
+            e.admit(sig(1, 2, None)).is_err(),
+            "more sums than asked for"
+        );
+        assert!(e.admit(sig(1, 1, Some(Some(6000)))).is_ok());
+        assert!(e.admit(sig(1, 0, None)).is_err(), "after its end");
     }
 
     #[test]

@@ -882,36 +882,38 @@ impl Shipper {
                 Some(_) => *ok = fail.to_vec(),
                 None => {}
             }
+            let message = match r.error {
+                Some(e) => format!(
+                    "reading the extended attributes of {path} on the master: {e}; they are not replicated until that is fixed"
+                ),
+                None => format!(
+                    "{path} moved while its extended attributes were read; they are sent again"
+                ),
+            };
             self.failures.push(Failure {
                 path: path.display(),
                 rel: Some(path.clone()),
                 side: "master",
                 errno: 0,
-                message: format!(
-                    "{path} moved while its extended attributes were read; they are sent again"
-                ),
+                message,
             });
         }
     }
 
-    /// The attributes of an open file of the brick (`path` names it in messages).
+    /// The attributes of an open file of the brick; an error (too many to replicate, an I/O
+    /// error) fails the file, which is looked at again.
     fn fd_xattrs(
         &mut self,
         fd: rustix::fd::BorrowedFd<'_>,
-        path: &RelPath,
-    ) -> Option<Vec<protocol::Xattr>> {
+    ) -> std::io::Result<Option<Vec<protocol::Xattr>>> {
         if self.xattrs == 0 {
-            return None;
+            return Ok(None);
         }
-        match crate::xattr::read(crate::xattr::At::Fd(fd), self.xattrs) {
-            Ok(Some(v)) => Some(v),
-            Ok(None) => {
+        match crate::xattr::read(crate::xattr::At::Fd(fd), self.xattrs)? {
+            Some(v) => Ok(Some(v)),
+            None => {
                 self.brick_without_xattrs();
-                None
-            }
-            Err(e) => {
-                tracing::warn!("reading the extended attributes of {path} on the master: {e}; they are sent on its next change");
-                None
+                Ok(None)
             }
         }
     }
@@ -1189,7 +1191,10 @@ impl Shipper {
         };
         // Read with the stat, before the content: a change after this moves the ctime and
         // the file is looked at again.
-        let xattrs = self.fd_xattrs(fd.as_fd(), path);
+        let xattrs = match self.fd_xattrs(fd.as_fd()) {
+            Ok(x) => x,
+            Err(e) => return Ok(FileOutcome::Unreadable(e)),
+        };
         let same_stat = |a: &Option<Entry>, e: &Entry| {
             a.as_ref().is_some_and(|a| {
                 a.size == e.size

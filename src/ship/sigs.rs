@@ -125,6 +125,11 @@ impl Sigs {
             );
         }
         let sums = delta::unpack(&s.sums).unwrap_or_default();
+        if s.done == Some(None) {
+            // No usable copy (even after parts came): the file goes whole.
+            p.done = s.done;
+            return Ok(());
+        }
         if (p.block != 0 && p.block != s.block) || p.sums.len() + sums.len() > p.max_sums {
             bail!(
                 "the agent sent an inconsistent signature ({} sums of {}-byte blocks): a broken or hostile DR side",
