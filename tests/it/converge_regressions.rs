@@ -6,6 +6,7 @@ use crate::util::fsops::{ops::*, FsOp};
 use crate::util::{set_mtime, signal, wait_until, Georep, Session};
 use rustix::process::Signal;
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -276,6 +277,33 @@ fn a_hard_link_written_through_and_replaced_by_a_directory_updates_the_other_nam
             fs::write(m.join("new\nline"), vec![9u8; 2265]).unwrap();
             fs::remove_file(m.join("new\nline")).unwrap();
             fs::create_dir_all(m.join("new\nline/was-a-file")).unwrap();
+        },
+        |_| {},
+    );
+}
+
+/// Takeover seed 1400105: a hard link made in a new directory before the writer watched it,
+/// written through and removed again. No event names the other name, and the directory's
+/// scan finds nothing; it is empty but changed since it was made, which now records a GAP
+/// (a crawl finds the other name changed).
+#[test]
+fn a_hard_link_written_and_removed_in_a_directory_not_watched_yet_updates_the_other_name() {
+    writer_behind(
+        |m| fs::write(m.join("x y"), vec![5u8; 3000]).unwrap(),
+        |m| {
+            fs::create_dir(m.join("d")).unwrap();
+            // A tick of the filesystem's clock later: within the one it was made in, the
+            // directory's mtime would not tell that it changed (a limit of this check; the
+            // scrub finds the rest).
+            std::thread::sleep(Duration::from_millis(20));
+            fs::hard_link(m.join("x y"), m.join("d/l")).unwrap();
+            fs::OpenOptions::new()
+                .append(true)
+                .open(m.join("d/l"))
+                .unwrap()
+                .write_all(&[6u8; 1044])
+                .unwrap();
+            fs::remove_file(m.join("d/l")).unwrap();
         },
         |_| {},
     );

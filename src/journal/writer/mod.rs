@@ -297,6 +297,14 @@ impl Writer {
                         // Created and renamed before its watch could be added (add_watch of
                         // the old name found nothing, or found the directory that took the
                         // name since): watch it now, and record what it holds.
+                        if lost.contains(&from) {
+                            // It sat unwatched for a while: a hard link made, written through
+                            // and removed there changed a file elsewhere with no event at all
+                            // (takeover seed 1400105).
+                            self.push(Record::gap(&format!(
+                                "directory {from} was renamed to {path} before it could be watched: a change made through a hard link in it reaches no other name's record"
+                            )));
+                        }
                         self.watch_tree(&path, Scan::Record)?;
                     }
                     // Directories beneath it that appeared and moved with it before their

@@ -108,6 +108,15 @@ impl Writer {
                     continue;
                 }
             };
+            if record && entries.is_empty() && changed_since_birth(&listing) {
+                // Empty, but changed after it was made: something was made in it and removed
+                // or moved out before the watch. A hard link written through there changed a
+                // file elsewhere with no event at all (takeover seed 1400105): only a crawl
+                // finds it.
+                self.push(Record::gap(&format!(
+                    "directory {d} lost entries before it could be watched: a change made through a hard link in it reaches no other name's record"
+                )));
+            }
             for (name, kind, linked) in entries {
                 let Ok(path) = d.join(&name) else {
                     continue; // .georep at the root, or a name the protocol cannot carry
@@ -268,6 +277,23 @@ impl Writer {
 
 /// The entries of the open directory `fd`: name, type, and for a regular file whether it has
 /// other names. Types the directory does not give are read with `fstatat` (never following).
+/// Whether the directory's contents changed after it was made (its mtime is not its birth
+/// time); `false` where the filesystem does not report a birth time.
+fn changed_since_birth(fd: &OwnedFd) -> bool {
+    use rustix::fs::{AtFlags, StatxFlags};
+    rustix::fs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::MTIME | StatxFlags::BTIME,
+    )
+    .is_ok_and(|st| {
+        st.stx_mask & StatxFlags::BTIME.bits() != 0
+            && (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec)
+                != (st.stx_btime.tv_sec, st.stx_btime.tv_nsec)
+    })
+}
+
 fn list(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, rustix::fs::FileType, bool)>> {
     use rustix::fs::{AtFlags, FileType};
     let mut dir = rustix::fs::Dir::read_from(fd)?;
@@ -301,6 +327,26 @@ fn list(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, rustix::fs::FileType, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_that_lost_an_entry_has_changed_since_its_birth() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        let open = || {
+            rustix::fs::open(
+                &d,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap()
+        };
+        assert!(!changed_since_birth(&open()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(d.join("l"), b"x").unwrap();
+        std::fs::remove_file(d.join("l")).unwrap();
+        assert!(changed_since_birth(&open()));
+    }
     use std::mem::MaybeUninit;
 
     /// Journal seed 900361: a new directory renamed between the moment its watch is added and
