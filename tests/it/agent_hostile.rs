@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 
-fn p(s: &str) -> RelPath {
+pub(crate) fn p(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
 }
 
@@ -28,7 +28,7 @@ fn hello(protocol: u32) -> Message {
     Message::Hello(hello_fields(protocol))
 }
 
-fn hello_fields(protocol: u32) -> Hello {
+pub(crate) fn hello_fields(protocol: u32) -> Hello {
     Hello {
         protocol,
         georep_version: "test".into(),
@@ -46,7 +46,7 @@ fn hello_fields(protocol: u32) -> Hello {
     }
 }
 
-fn enc(m: &Message) -> Vec<u8> {
+pub(crate) fn enc(m: &Message) -> Vec<u8> {
     let mut v = Vec::new();
     frame::encode(m, &mut v);
     v

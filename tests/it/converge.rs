@@ -233,6 +233,15 @@ fn harness(mode: &str, count: u64, per: u64, jobs: u64, shrink_budget: Duration,
         },
         t0.elapsed().as_secs_f64()
     );
+    // Every diverged seed's first lines (its session log path among them), then the first one
+    // in full, shrunk: several causes show at once in a long run.
+    for (seed, _, diff) in diverged.iter().skip(1) {
+        let head: Vec<&str> = diff.lines().take(4).collect();
+        eprintln!("converge {mode}: seed {seed}:\n  {}", head.join("\n  "));
+        if let Some(l) = diff.lines().find(|l| l.contains("log: ")) {
+            eprintln!("  {l}");
+        }
+    }
     if let Some((seed, log, diff)) = diverged.into_iter().next() {
         report(mode, seed, &log, &diff, shrink_budget, make);
     }

@@ -3,6 +3,7 @@
 //! is not the one the master built on fails that file alone (sent whole next), never a wrong
 //! copy. Hostile deltas and signature asks write nothing and read nothing outside the root.
 
+use crate::agent_hostile::{enc, hello_fields, p};
 use crate::util::*;
 use georep::protocol::frame::{self, Decoded};
 use georep::protocol::*;
@@ -79,16 +80,6 @@ fn a_dr_copy_that_is_not_the_one_built_on_fails_that_file_and_it_goes_whole_next
     assert_eq!(std::fs::read(&s).unwrap(), data);
 }
 
-fn enc(m: &Message) -> Vec<u8> {
-    let mut v = Vec::new();
-    frame::encode(m, &mut v);
-    v
-}
-
-fn p(s: &str) -> RelPath {
-    RelPath::new(s.as_bytes().to_vec()).unwrap()
-}
-
 fn meta() -> Meta {
     Meta {
         mode: 0o644,
@@ -102,21 +93,7 @@ fn meta() -> Meta {
 
 fn hello() -> Vec<u8> {
     let mut v = PREAMBLE.to_vec();
-    v.extend(enc(&Message::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        georep_version: "test".into(),
-        session: "s".into(),
-        master_node: "tester".into(),
-        brick: "/brick".into(),
-        slave_volume: "v".into(),
-        epoch: 0,
-        compression: 0,
-        replica_set: String::new(),
-        trash_days: 0,
-        mode: 0,
-        silence_ms: 0,
-        xattrs: 0,
-    })));
+    v.extend(enc(&Message::Hello(hello_fields(PROTOCOL_VERSION))));
     v
 }
 

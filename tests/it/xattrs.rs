@@ -2,6 +2,7 @@
 //! attributes alone in both modes, what is never copied, `verify`, a DR filesystem without
 //! them, and an agent that refuses what it may not write.
 
+use crate::agent_hostile::{enc, hello_fields};
 use crate::util::fsops::acl;
 use crate::util::*;
 use georep::protocol::{
@@ -180,12 +181,6 @@ impl Drop for Unmount {
     }
 }
 
-fn enc(m: &Message) -> Vec<u8> {
-    let mut v = Vec::new();
-    frame::encode(m, &mut v);
-    v
-}
-
 fn file_with(path: &str, data: &[u8], xattrs: Vec<Xattr>) -> Vec<u8> {
     let mut v = enc(&Message::FileBegin(FileBegin {
         path: RelPath::new(path.as_bytes().to_vec()).unwrap(),
@@ -240,16 +235,7 @@ fn the_agent_refuses_attributes_it_may_not_write_and_keeps_the_previous_copy() {
     input.extend(file_with("b", b"new", vec![x("trusted.gfid", &[1; 16])]));
     input.extend(file_with("e", b"new", vec![x("user.ok", b"fine")]));
     input.extend(enc(&Message::BatchEnd(BatchEnd { id: 1, ops: 3 })));
-    let mut c = g
-        .cmd()
-        .args(["agent", "--volume", root.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = c.stdin.take().unwrap().write_all(&input);
-    let out = c.wait_with_output().unwrap();
+    let out = run_agent(&g, &root, &input);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut buf = &out.stdout[PREAMBLE.len()..];
     let mut failed = Vec::new();
@@ -290,16 +276,7 @@ fn the_agent_refuses_attributes_it_may_not_write_and_keeps_the_previous_copy() {
         })));
         bad.extend(file_with("c", b"new", vec![x(name, &value)]));
         bad.extend(enc(&Message::BatchEnd(BatchEnd { id: 2, ops: 1 })));
-        let mut c = g
-            .cmd()
-            .args(["agent", "--volume", root.to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = c.stdin.take().unwrap().write_all(&bad);
-        let out = c.wait_with_output().unwrap();
+        let out = run_agent(&g, &root, &bad);
         assert!(!out.status.success(), "{name}: accepted");
         assert!(stderr(&out).contains("over the limits"), "{}", stderr(&out));
     }
@@ -312,20 +289,23 @@ fn the_agent_refuses_attributes_it_may_not_write_and_keeps_the_previous_copy() {
     }
 }
 
+/// `georep agent` on `root`, fed `input`.
+fn run_agent(g: &Georep, root: &Path, input: &[u8]) -> std::process::Output {
+    let mut c = g
+        .cmd()
+        .args(["agent", "--volume", root.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = c.stdin.take().unwrap().write_all(input);
+    c.wait_with_output().unwrap()
+}
+
 fn hello_for_limits() -> Hello {
     Hello {
-        protocol: PROTOCOL_VERSION,
-        georep_version: "test".into(),
-        session: "s".into(),
-        master_node: "tester".into(),
-        brick: "/brick".into(),
-        slave_volume: "v".into(),
-        epoch: 0,
-        compression: 0,
-        replica_set: String::new(),
-        trash_days: 0,
-        mode: 0,
-        silence_ms: 0,
         xattrs: georep::xattr::USER | georep::xattr::ACL,
+        ..hello_fields(PROTOCOL_VERSION)
     }
 }
