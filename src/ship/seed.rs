@@ -38,7 +38,13 @@ impl Shipper {
         while !self.inflight.is_empty() {
             self.wait_one(index)?;
         }
-        index.rebuild(|put| {
+        // The slave's extended attributes come with the listing: an entry equal in all else
+        // but them is not taken as shipped (takeover seeds 1500266 and seven more: a change to
+        // attributes alone that the previous Active never shipped stayed missing for good).
+        let scope = self.xattrs;
+        let listed_before = std::mem::replace(&mut self.list_xattrs, scope);
+        let mut attrs = crate::xattr::Reader::new(rustix::fd::AsFd::as_fd(&brick));
+        let r = index.rebuild(|put| {
             self.list_each(index, checksum, None, &mut |listed| {
                 let mut rows = Vec::with_capacity(listed.len());
                 for le in listed {
@@ -47,13 +53,21 @@ impl Shipper {
                         .ok()
                         .flatten();
                     let kind = Kind::from_u8(le.kind);
+                    let theirs = le.meta.xattrs.clone();
+                    let meta = protocol::Meta {
+                        xattrs: None,
+                        ..le.meta.clone()
+                    };
                     // Equal in kind, size, mtime, owner, mode and target.
                     let same = local.as_ref().is_some_and(|l| {
                         l.kind == kind
-                            && l.meta() == le.meta
+                            && l.meta() == meta
                             && l.target == le.target
                             && (kind == Kind::Dir || l.size == le.size)
                     });
+                    let attrs_differ = same
+                        && theirs.is_some()
+                        && attrs.read(&le.path, scope).as_deref() != theirs.as_deref();
                     let keys = (
                         local.as_ref().and_then(master_group_key),
                         slave_group_key(&le),
@@ -79,7 +93,13 @@ impl Shipper {
                         && le.hash.is_some()
                         && crate::crawl::hash_beneath(&brick, &le.path).ok() != le.hash;
                     let path = le.path.clone();
-                    rows.push(Mutation::Upsert(path, seed_row(le, local, same, differs)));
+                    let mut row = seed_row(le, local, same, differs);
+                    if attrs_differ {
+                        // Compared as changed: attributes sent again (a file's content too
+                        // when its hash is not known).
+                        (row.ctime_sec, row.ctime_nsec) = (0, 0);
+                    }
+                    rows.push(Mutation::Upsert(path, row));
                 }
                 put(&rows)
             })?;
@@ -117,7 +137,9 @@ impl Shipper {
                 }
             }
             put(&fixed)
-        })?;
+        });
+        self.list_xattrs = listed_before;
+        r?;
         Ok(n)
     }
 }
