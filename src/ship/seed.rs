@@ -87,7 +87,13 @@ impl Shipper {
                         .as_ref()
                         .filter(|l| same && le.hash.is_none() && recent(l))
                     {
-                        suspect.push((le.path.clone(), l.clone()));
+                        // Its row is written again below once its content is checked: the
+                        // mark that its attributes differ goes with it (takeover seed 1500266).
+                        let mut l = l.clone();
+                        if attrs_differ {
+                            (l.ctime_sec, l.ctime_nsec) = (0, 0);
+                        }
+                        suspect.push((le.path.clone(), l));
                     }
                     let differs = same
                         && le.hash.is_some()

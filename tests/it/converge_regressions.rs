@@ -335,6 +335,37 @@ fn takeover_checks_a_recent_file_with_the_same_size_and_mtime() {
     }
 }
 
+/// Takeover seed 1500266: a recently changed file the slave holds in the same content (here
+/// empty and one byte) lacks an attribute the Active never shipped. The seed marked its row
+/// changed, then wrote it again once the slave's hash matched, and the mark was lost: the
+/// attribute never went. Both rows now keep the mark.
+#[test]
+fn takeover_sends_an_attribute_the_previous_active_never_shipped() {
+    let g = Georep::new();
+    let mut r = Replica::new(&g, 0);
+    for i in 0..2 {
+        crate::util::write(&r.brick(i).join("e"), b"");
+        crate::util::write(&r.brick(i).join("f"), b"x");
+    }
+    if let Err(d) = r.settle() {
+        panic!("n1 did not converge: {d}");
+    }
+    for f in ["e", "f"] {
+        let p = r.brick(1).join(f);
+        if rustix::fs::setxattr(&p, "user.a", b"1", rustix::fs::XattrFlags::empty()).is_err() {
+            eprintln!("no user xattrs here");
+            return;
+        }
+    }
+    // Journaled on n2 before the takeover, so its crawl covers the change (no window after it
+    // names these files): only the seed's comparison of attributes leads to them.
+    std::thread::sleep(Duration::from_secs(2));
+    r.kill_active();
+    if let Err(d) = r.settle() {
+        panic!("after the takeover: {d}");
+    }
+}
+
 /// Harness, journal seed 2004: a file made in a directory that was renamed before the worker
 /// planned the window, the RENAME record coming in the next window: the window found the file
 /// gone and nothing said where, and the next window moved the directory without it. Now the
