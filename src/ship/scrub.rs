@@ -82,6 +82,8 @@ pub struct Target {
     pub excludes: Excludes,
     /// A scratch index for the connection (the session's own is the worker's).
     pub scratch: PathBuf,
+    /// The extended attribute namespaces the session replicates, compared too.
+    pub xattrs: u8,
 }
 
 /// Compares the brick with the slave once.
@@ -96,9 +98,12 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
         &t.brick,
         &SyncOptions {
             reverse: true,
+            xattrs: t.xattrs,
             ..SyncOptions::default()
         },
     )?;
+    // Attributes both sides may read of what the session replicates come with the listing.
+    shipper.list_xattrs = shipper.xattrs;
     let root = t.brick.open()?;
     // Only what the stime vouches for, less the coarse clock the kernel stamps ctime with.
     let vouched_before = pass.stime_ns - CLOCK_MARGIN.as_nanos() as i64;
@@ -118,13 +123,18 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
             && Kind::from_u8(s.kind) == Kind::File
             && pass.hashes(path)
             && m.size == s.size
-            && m.meta() == s.meta
+            && m.meta()
+                == (crate::protocol::Meta {
+                    xattrs: None,
+                    ..s.meta.clone()
+                })
         {
             wanted.push((path.clone(), m.size));
         }
         Ok(None)
     })
     .with_context(|| format!("walking brick {}", t.brick.path.display()))?
+    .with_xattrs(shipper.xattrs)
     // Only what LAST_SYNCED vouches for is a difference (before the cap on what is kept).
     .keeping(|p| vouched(p, master_now, &settled));
     shipper.list_each(&index, false, None, &mut |listed| {
@@ -255,7 +265,11 @@ fn confirm(
                 } else {
                     None
                 };
-                !crate::verify::compare(m, s, h).is_empty()
+                let attrs_differ = s.meta.xattrs.is_some() && {
+                    let mut r = crate::xattr::Reader::new(rustix::fd::AsFd::as_fd(root));
+                    r.read(&path, shipper.xattrs).as_deref() != s.meta.xattrs.as_deref()
+                };
+                attrs_differ || !crate::verify::compare(m, s, h).is_empty()
             }
         };
         if still {

@@ -141,6 +141,7 @@ impl Worker {
             brick: self.brick.clone(),
             excludes: self.excludes.clone(),
             scratch: self.dir.join("scrub.db"),
+            xattrs: self.opts.xattrs,
         };
         tracing::info!(brick = %self.brick, pass = pass.number, "scrub pass starts");
         self.scrub.start(target, pass, now_ns())?;

@@ -231,3 +231,39 @@ fn scrub_now_starts_a_pass_and_a_live_change_is_not_a_difference() {
     se.converge("after the churn");
     se.stop();
 }
+
+/// Issue 16: the scrub compares extended attributes too, and its repair sends them again.
+#[test]
+fn a_scrub_finds_and_repairs_an_attribute_removed_on_the_dr_site() {
+    let g = Georep::new();
+    let (m, s) = (g.master(), g.slave());
+    let (ms, ss) = (m.to_str().unwrap(), s.to_str().unwrap());
+    write(&m.join("f"), b"content");
+    if rustix::fs::setxattr(
+        m.join("f"),
+        "user.tag",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!("no user xattrs here");
+        return;
+    }
+    g.ok(&["create", ms, ss]);
+    g.ok(&["config", ms, ss, "scrub-interval", "2s"]);
+    let mut se = Session { g: &g, child: None };
+    se.run();
+    se.converge("start");
+    rustix::fs::removexattr(s.join("f"), "user.tag").unwrap();
+    let mut found = false;
+    let repaired = wait_until(Duration::from_secs(40), || {
+        found |= row(&g, ms, ss)["scrub"]["differences"]
+            .as_u64()
+            .is_some_and(|d| d > 0);
+        let mut buf = [0u8; 16];
+        found && rustix::fs::getxattr(s.join("f"), "user.tag", &mut buf[..]).is_ok()
+    });
+    assert!(repaired, "{}\n{}", row(&g, ms, ss), se.log());
+    se.stop();
+}
