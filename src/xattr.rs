@@ -170,9 +170,20 @@ fn remove(at: At<'_>, name: &CString) -> Result<(), Errno> {
 /// The names of `at`'s attributes within `scope`, or `Ok(None)` when its filesystem has no
 /// extended attributes at all.
 fn names(at: At<'_>, scope: u8) -> io::Result<Option<Vec<Vec<u8>>>> {
-    let mut buf = vec![0u8; LIST_MAX];
-    let n = match list(at, &mut buf) {
-        Ok(n) => n,
+    // Read for every file shipped: most have no attribute or a few, so a small buffer on the
+    // stack first, the largest list Linux gives only when that is too small.
+    let mut small = [0u8; 512];
+    let mut big = Vec::new();
+    let (buf, n) = match list(at, &mut small) {
+        Ok(n) => (&small[..], n),
+        Err(Errno::RANGE) => {
+            big.resize(LIST_MAX, 0);
+            match list(at, &mut big) {
+                Ok(n) => (&big[..], n),
+                Err(Errno::OPNOTSUPP) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
         Err(Errno::OPNOTSUPP) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
@@ -199,11 +210,21 @@ pub fn read(at: At<'_>, scope: u8) -> io::Result<Option<Vec<Xattr>>> {
         return Ok(None);
     };
     names.sort();
-    let mut buf = vec![0u8; VALUE_MAX];
+    let mut buf = Vec::new();
     let mut out = Vec::with_capacity(names.len());
     let mut total = 0;
     for name in names {
-        match get(at, &cname(&name)?, &mut buf) {
+        let c = cname(&name)?;
+        // Most values are short: the largest buffer only when one is not.
+        buf.resize(buf.len().max(256), 0);
+        let got = match get(at, &c, &mut buf) {
+            Err(Errno::RANGE) => {
+                buf.resize(VALUE_MAX, 0);
+                get(at, &c, &mut buf)
+            }
+            r => r,
+        };
+        match got {
             Ok(n) => {
                 total += name.len() + n;
                 if total > ENTRY_MAX {
@@ -501,6 +522,20 @@ mod tests {
             read(at, USER).unwrap().unwrap(),
             vec![x("user.keep", b"new")]
         );
+        // More names than the small list buffer holds, a value longer than the small one.
+        let many: Vec<Xattr> = (0..40)
+            .map(|i| {
+                x(
+                    &format!("user.name-number-{i:03}"),
+                    if i == 7 { &[9; 1000] } else { b"v" },
+                )
+            })
+            .collect();
+        let mut sorted = many.clone();
+        sorted.sort();
+        apply(at, &many, USER).unwrap();
+        assert_eq!(read(at, USER).unwrap().unwrap(), sorted);
+        apply(at, &[x("user.keep", b"new")], USER).unwrap();
         // Out of scope: an empty list within ACL leaves user.* alone.
         apply(at, &[], ACL).unwrap();
         assert_eq!(read(at, USER).unwrap().unwrap().len(), 1);

@@ -53,7 +53,7 @@ pub(crate) fn enc(m: &Message) -> Vec<u8> {
 }
 
 /// Preamble + hello + the given frames.
-fn stream(frames: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn stream(frames: &[Vec<u8>]) -> Vec<u8> {
     let mut v = PREAMBLE.to_vec();
     v.extend(enc(&hello(PROTOCOL_VERSION)));
     for f in frames {
@@ -62,7 +62,7 @@ fn stream(frames: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-fn begin(id: u64, ops: u32) -> Vec<u8> {
+pub(crate) fn begin(id: u64, ops: u32) -> Vec<u8> {
     enc(&Message::BatchBegin(BatchBegin {
         id,
         first_seq: 0,
@@ -73,7 +73,7 @@ fn begin(id: u64, ops: u32) -> Vec<u8> {
     }))
 }
 
-fn end(id: u64, ops: u32) -> Vec<u8> {
+pub(crate) fn end(id: u64, ops: u32) -> Vec<u8> {
     enc(&Message::BatchEnd(BatchEnd { id, ops }))
 }
 

@@ -3,7 +3,7 @@
 //! is not the one the master built on fails that file alone (sent whole next), never a wrong
 //! copy. Hostile deltas and signature asks write nothing and read nothing outside the root.
 
-use crate::agent_hostile::{enc, hello_fields, p};
+use crate::agent_hostile::{begin, enc, end, p, stream};
 use crate::util::*;
 use georep::protocol::frame::{self, Decoded};
 use georep::protocol::*;
@@ -91,26 +91,12 @@ fn meta() -> Meta {
     }
 }
 
-fn hello() -> Vec<u8> {
-    let mut v = PREAMBLE.to_vec();
-    v.extend(enc(&Message::Hello(hello_fields(PROTOCOL_VERSION))));
-    v
-}
-
+/// Preamble, Hello, then batch `id` around `body`.
 fn batch(id: u64, ops: u32, body: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = enc(&Message::BatchBegin(BatchBegin {
-        id,
-        first_seq: 0,
-        last_seq: 0,
-        max_ts_ns: 0,
-        ops,
-        bytes: 0,
-    }));
-    for b in body {
-        v.extend_from_slice(b);
-    }
-    v.extend(enc(&Message::BatchEnd(BatchEnd { id, ops })));
-    v
+    let mut frames = vec![begin(id, ops)];
+    frames.extend_from_slice(body);
+    frames.push(end(id, ops));
+    stream(&frames)
 }
 
 fn delta(path: &str, base: u64, block: u32, pieces: &[Message], whole: &[u8]) -> Vec<u8> {
@@ -190,8 +176,7 @@ fn hostile_deltas_and_signature_asks_change_and_read_nothing_they_should_not() {
         ],
         &wrong,
     );
-    let mut input = hello();
-    input.extend(enc(&Message::Signatures(vec![
+    let asks = enc(&Message::Signatures(vec![
         SigAsk {
             token: 1,
             path: p("evil"),
@@ -202,8 +187,9 @@ fn hostile_deltas_and_signature_asks_change_and_read_nothing_they_should_not() {
             path: p("f"),
             max_sums: 1024,
         },
-    ])));
-    input.extend(batch(1, 1, &[bad_hash]));
+    ]));
+    // Inside the batch: the agent takes asks anywhere but inside a file.
+    let input = batch(1, 1, &[asks, bad_hash]);
     let (out, msgs) = agent(&root, &input);
     assert!(out.status.success(), "{}", stderr(&out));
     let sigs: Vec<&Signature> = msgs
@@ -231,15 +217,13 @@ fn hostile_deltas_and_signature_asks_change_and_read_nothing_they_should_not() {
     );
     assert_eq!(std::fs::read(root.join("f")).unwrap(), base);
 
-    let mut input = hello();
-    input.extend(batch(1, 1, &[good]));
+    let input = batch(1, 1, &[good]);
     let (out, _) = agent(&root, &input);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(root.join("f")).unwrap(), rebuilt);
 
     // Outside the base (which is now 2057 bytes: blocks 0 and 1).
-    let mut input = hello();
-    input.extend(batch(
+    let input = batch(
         1,
         1,
         &[delta(
@@ -249,7 +233,7 @@ fn hostile_deltas_and_signature_asks_change_and_read_nothing_they_should_not() {
             &[Message::Copy { first: 2, count: 1 }],
             b"x",
         )],
-    ));
+    );
     let (out, _) = agent(&root, &input);
     assert!(!out.status.success());
     assert!(
