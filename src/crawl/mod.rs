@@ -252,6 +252,18 @@ pub fn plan_paths(
         for s in changed_through.get(p).into_iter().flatten() {
             before.extend(index.get(s)?);
         }
+        // A row poisoned by a failure no longer leads to the inode: if the name was a hard
+        // link, a change made through it reached names that no record names and no row
+        // leads to (journal seed 2001322: the rewrite of a link that failed to ship).
+        if (written.contains(p) || attributed.contains(p))
+            && was
+                .iter()
+                .chain(before.iter())
+                .any(|e| e.kind != Kind::Dir && e.ino == 0)
+        {
+            tracing::debug!("{p} changed through a name whose row is unknown: crawling");
+            needs_crawl = true;
+        }
         for e in now.iter().chain(was.iter()).chain(before.iter()) {
             if e.kind == Kind::File && e.nlink > 1 {
                 for q in index.files_with_ino(e.ino)? {
@@ -1484,6 +1496,39 @@ mod tests {
             let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
             assert!(plan.needs_crawl, "as dir {again_as_dir}: {:?}", plan.ops);
         }
+    }
+
+    #[test]
+    fn a_change_through_a_link_whose_row_was_poisoned_is_crawled_for() {
+        // Journal seed 2001322: "N", a second name of "L", failed to ship (its attributes
+        // could not be read: another entry had the name by then), so its row was poisoned and
+        // no longer led to the inode. It was then renamed to "M", rewritten through "M" and
+        // removed: the rewrite reached "L", which no record names and no row leads to.
+        use crate::journal::{RecOp, Record};
+        let rec = |op, s: &str| Record::new(op, p(s));
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("L"), b"old").unwrap();
+        std::fs::hard_link(root.join("L"), root.join("N")).unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "L"]);
+        index.apply(&[Mutation::Poison(p("N"))]).unwrap();
+        std::fs::rename(root.join("N"), root.join("M")).unwrap();
+        std::fs::write(root.join("M"), b"new").unwrap();
+        std::fs::remove_file(root.join("M")).unwrap();
+        let recs = vec![
+            Record {
+                path2: Some(p("M")),
+                ..rec(RecOp::Rename, "N")
+            },
+            rec(RecOp::Data, "M"),
+            rec(RecOp::Meta, "M"),
+            rec(RecOp::Unlink, "M"),
+        ];
+        let window = crate::ship::changes::changes(&recs);
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        assert!(plan.needs_crawl, "{:?}", plan.ops);
     }
 
     #[test]
