@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|all|scale]
+# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|wan-channels|all|scale]
 #        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
 #        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
-#        (BENCH_DIR=/path to choose where data goes)
+#        (BENCH_DIR=/path to choose where data goes; SSH_SYNC_ARGS="--channels 1" adds words to
+#        every sync over ssh; wan-channels: CHANNELS_LIST="1 2 4 8", the channels default)
 # Prints a table: median wall time of RUNS runs, ratio to cp -a, peak memory of both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -269,7 +270,7 @@ PY
 fi
 
 # Over SSH (a private OpenSSH sshd on loopback): georep vs the cipher's limit and rsync -a.
-case $what in ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
+case $what in ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|wan-channels|all) ssh_bench=1 ;; *) ssh_bench= ;; esac
 if [ -n "$ssh_bench" ]; then
     command -v rsync >/dev/null || { apt-get install -y -qq rsync >/dev/null 2>&1 || true; }
     # shellcheck source=scripts/private-sshd.sh
@@ -279,7 +280,7 @@ if [ -n "$ssh_bench" ]; then
     trap 'kill $SSHD_PID 2>/dev/null; rm -rf "$BASE"' EXIT
     user=$(id -un)
     link="over ssh"
-    if [ "$what" = wan ]; then
+    if [ "$what" = wan ] || [ "$what" = wan-channels ]; then
         # A long link: every byte of the SSH path 57 ms late each way (WAN_DELAY_MS), through
         # georep's own delay proxy (no netem in this kernel); everything below goes through it.
         sshd_port=$port
@@ -303,7 +304,8 @@ if [ -n "$ssh_bench" ]; then
         GEOREP_HOME=$home "$BIN" create "$src" "$user@127.0.0.1:$port::$dst" push-pem \
             --identity "$OPERATOR_KEY" --remote-georep "$BIN" >/dev/null
         local t0; t0=$(now)
-        GEOREP_HOME=$home "$BIN" sync "$src" "$user@127.0.0.1:$port::$dst" --once "$@" >/dev/null
+        # shellcheck disable=SC2086 # SSH_SYNC_ARGS: extra words, e.g. "--channels 1"
+        GEOREP_HOME=$home "$BIN" sync "$src" "$user@127.0.0.1:$port::$dst" --once "$@" ${SSH_SYNC_ARGS:-} >/dev/null
         local t1; t1=$(now)
         GEOREP_HOME=$home "$BIN" delete "$src" "$user@127.0.0.1:$port::$dst" >/dev/null
         ms "$t0" "$t1"
@@ -360,6 +362,25 @@ if [ -n "$ssh_bench" ]; then
         pair rsync_ms "$wb" "$wb" --compression 0
         row "rsync -a $link, ${WAN_BIG:-256M} random" "$b_ms" "1.00x" "-" "-"
         row "georep $link, ${WAN_BIG:-256M} random" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
+    fi
+    if [ "$what" = wan-channels ]; then
+        # How many channels to stripe over (the `channels` default): the same first copies
+        # with 1, 2, 4, 8 channels (CHANNELS_LIST), next to their baselines.
+        ws=$BASE/wan-small
+        for d in $(seq -w 0 99); do
+            mkdir -p "$ws/d$d"
+            for f in $(seq -w 0 99); do head -c 4096 /dev/urandom > "$ws/d$d/f$f"; done
+        done
+        wb=$BASE/wan-big; mkdir -p "$wb"; head -c "${WAN_BIG:-256M}" /dev/urandom > "$wb/random.bin"
+        sync
+        for c in ${CHANNELS_LIST:-1 2 4 8}; do
+            pair rsync_ms "$ws" "$ws" --channels "$c"
+            row "rsync -a $link, 10,000 x 4 KiB" "$b_ms" "1.00x" "-" "-"
+            row "georep $link, 10,000 x 4 KiB, $c channels" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
+            pair pipe_ms "$wb" "$wb/random.bin" --compression 0 --channels "$c"
+            row "cat ${WAN_BIG:-256M} random | ssh cat $link" "$b_ms" "1.00x" "-" "-"
+            row "georep $link, ${WAN_BIG:-256M} random, $c channels" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
+        done
     fi
     if [ "$what" = ssh-append ] || [ "$what" = ssh ] || [ "$what" = all ] || [ "$what" = wan ]; then
         # A 256 MiB file that grows by 4 KiB between runs (a log, an append-only store): both
@@ -431,7 +452,7 @@ if [ -n "$ssh_bench" ]; then
         row "georep $link, 4 KiB changed in $mib MiB" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "${g_bytes} B both ways" "$(ratio "$g_bytes" "$rs_bytes") bytes"
         GEOREP_HOME=$dl_home "$BIN" delete "$dl" "$dl_slave" >/dev/null
     fi
-    if [ "$what" != ssh-small ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ] && [ "$what" != wan ]; then
+    if [ "$what" != ssh-small ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ] && [ "$what" != wan ] && [ "$what" != wan-channels ]; then
         big=$BASE/ssh-big; mkdir -p "$big"; head -c 1G /dev/urandom > "$big/random.bin"
         text=$BASE/ssh-text; mkdir -p "$text"
         python3 -c "
@@ -454,7 +475,7 @@ with open(sys.argv[1], 'wb') as f:
         row "cat 1 GiB text | ssh cat>/dev/null" "$b_ms" "1.00x" "-" "-"
         row "georep over ssh, 1 GiB text (zstd 1)" "$g_ms" "$(ratio "$g_ms" "$b_ms")" "-" "-"
     fi
-    if [ "$what" != ssh-big ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ] && [ "$what" != wan ]; then
+    if [ "$what" != ssh-big ] && [ "$what" != ssh-append ] && [ "$what" != ssh-delta ] && [ "$what" != wan ] && [ "$what" != wan-channels ]; then
         small=$BASE/ssh-small
         make_small_tree "$small"
         cat "$small"/*/* > /dev/null

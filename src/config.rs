@@ -88,6 +88,9 @@ pub struct SyncOptions {
     /// `delta-min-size`: changed files of at least this size go as deltas (`u64::MAX`: never);
     /// `None` = 1 MiB over a network, never to a local slave.
     pub delta_min: Option<u64>,
+    /// `channels`: how many channels a connection's stream is striped over; `None` = 1 to a
+    /// local slave, `ship::DEFAULT_CHANNELS` over a network.
+    pub channels: Option<u8>,
 }
 
 impl Default for SyncOptions {
@@ -109,6 +112,7 @@ impl Default for SyncOptions {
             takeover_timeout: std::time::Duration::from_secs(30),
             xattrs: crate::xattr::wanted(true, true),
             delta_min: None,
+            channels: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod apply;
 mod direct;
 mod durable;
+mod join;
 pub mod locks;
 mod sigs;
 pub mod state;
@@ -81,6 +82,12 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     r.expect_preamble()?;
     let hello = match r.read()? {
         Some(Message::Hello(h)) => h,
+        Some(Message::Join { name, index }) => {
+            // A further channel of a stripe: its input goes to the agent serving the
+            // connection (this process's stdin: only the agent command joins).
+            let stdin = rustix::io::dup(std::io::stdin().as_fd()).context("duplicating stdin")?;
+            return join::join(&name, index, root, stdin, r.buffered());
+        }
         Some(m) => bail!("expected Hello, got {}", m.name()),
         None => return Ok(()),
     };
@@ -179,6 +186,17 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             hello.trash_days,
         )?));
     }
+    // Further channels of a stripe join through here (the master asked for several).
+    let rendezvous = match hello.channels {
+        0 | 1 => None,
+        _ => match join::Rendezvous::bind() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("one channel only: {e:#}");
+                None
+            }
+        },
+    };
     let previous_stime_ns = match &previous_active {
         Some(prev) => state
             .stimes()?
@@ -193,8 +211,24 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
         previous_stime_ns,
         xattrs,
         xattr_warning,
+        join: rendezvous.as_ref().map(|r| r.name().to_string()),
         ..welcome(&state, &host, state.last_batch(&brick_key)?)?
     }))?;
+    // Held while the connection is served: the joined channels' agents wait for it to end.
+    let mut _joined = None;
+    if let Some(rv) = rendezvous {
+        match r.read()? {
+            Some(Message::Stripe { channels: 1 }) => {}
+            Some(Message::Stripe { channels }) => {
+                let (inputs, joined) = rv.accept(channels, root, silence)?;
+                r = r.into_striped(inputs);
+                _joined = Some(joined);
+                tracing::debug!(brick = %brick_key, channels, "stream striped");
+            }
+            Some(m) => bail!("expected Stripe after the Welcome, got {}", m.name()),
+            None => return Ok(()),
+        }
+    }
     if hello.compression != 0 {
         r = r.into_decompressed()?;
     }
@@ -496,6 +530,7 @@ fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Result<Welcome> {
         replicated_from: state.replicated_from(protocol::MAX_REPLICATED_FROM)?,
         xattrs: 0,
         xattr_warning: None,
+        join: None,
     })
 }
 

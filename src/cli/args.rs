@@ -499,6 +499,10 @@ pub struct SyncArgs {
     /// 1M over a network, off to a local slave)
     #[arg(long, value_name = "SIZE")]
     pub delta_min_size: Option<String>,
+    /// SSH channels the stream is striped over, 1 to 16, or `auto` (4 over a network, 1 to a
+    /// local slave): each carries at most its window per round trip on a long link
+    #[arg(long, value_name = "N")]
+    pub channels: Option<String>,
 }
 
 impl TryFrom<&SyncArgs> for SyncOptions {
@@ -519,6 +523,12 @@ impl TryFrom<&SyncArgs> for SyncOptions {
                 .delta_min_size
                 .as_deref()
                 .map(crate::options::parse_delta_min)
+                .transpose()?
+                .flatten(),
+            channels: a
+                .channels
+                .as_deref()
+                .map(crate::options::parse_channels)
                 .transpose()?
                 .flatten(),
             ..d

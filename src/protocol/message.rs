@@ -88,7 +88,12 @@ pub struct Hello {
     pub silence_ms: u32,
     /// Extended attribute namespaces the master replicates (`crate::xattr` bits).
     pub xattrs: u8,
+    /// Channels the master would stripe its stream over (1 = one; at most `MAX_CHANNELS`).
+    pub channels: u8,
 }
+
+/// The most channels one connection's stream is striped over.
+pub const MAX_CHANNELS: u8 = 16;
 
 pub const MODE_REPLICATE: u8 = 0;
 pub const MODE_REVERSE: u8 = 1;
@@ -120,6 +125,10 @@ pub struct Welcome {
     /// allow), and why not the rest.
     pub xattrs: u8,
     pub xattr_warning: Option<String>,
+    /// Where further channels of this connection join it (`Message::Join`), when the master
+    /// asked for several and this agent takes them; the master then says how many came
+    /// (`Message::Stripe`) before anything else.
+    pub join: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -323,6 +332,19 @@ pub enum Message {
     Copy {
         first: u32,
         count: u32,
+    },
+    /// Master → agent, the first message of a further channel of a connection: hand this
+    /// channel's input to the agent serving the connection that offered `name`
+    /// (`Welcome::join`), as its channel `index` (1-based; 0 is that connection's own).
+    Join {
+        name: String,
+        index: u8,
+    },
+    /// Master → agent, right after a `Welcome` that offered `join`: from the next byte on, the
+    /// stream is striped over this many channels (the connection's own first), every channel
+    /// after the first having sent its `Join`; 1 = not striped.
+    Stripe {
+        channels: u8,
     },
 }
 
@@ -558,6 +580,8 @@ impl Message {
             Message::Signature(_) => "Signature",
             Message::FileDelta(_) => "FileDelta",
             Message::Copy { .. } => "Copy",
+            Message::Join { .. } => "Join",
+            Message::Stripe { .. } => "Stripe",
             Message::Bye => "Bye",
         }
     }

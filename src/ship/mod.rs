@@ -48,6 +48,8 @@ pub struct SyncReport {
     pub elapsed_ms: u64,
     pub master_peak_rss_kb: Option<u64>,
     pub agent_peak_rss_kb: Option<u64>,
+    /// The most channels a brick's stream was striped over.
+    pub channels: u8,
 }
 
 impl SyncReport {
@@ -237,11 +239,6 @@ fn sync_brick(
             shipper.seed_index_from_slave(&index, checksum, None)?;
             (shipper, None)
         }
-        None if first_sync => {
-            let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
-            list_for_first_sync(&mut shipper, &index, brick)?;
-            (shipper, None)
-        }
         None => {
             let c = Connecting {
                 transport,
@@ -250,9 +247,10 @@ fn sync_brick(
                 session,
                 brick,
                 opts,
+                first_sync,
             };
             let (mut shipper, first) = c.while_crawling(&index_path, excludes, &mut slot)?;
-            if one_set && index.is_empty()? {
+            if one_set && !first_sync && index.is_empty()? {
                 // The handshake found a recreated slave (another volume id) and emptied the
                 // index: list it, as a first sync does.
                 list_for_first_sync(&mut shipper, &index, brick)?;
@@ -271,6 +269,7 @@ fn sync_brick(
     )?;
     report.passes = report.passes.max(outcome.passes);
     report.scanned = report.scanned.max(outcome.scanned);
+    report.channels = report.channels.max(shipper.channels);
     report.wire_bytes += shipper.wire_bytes();
     report.sums_received += shipper.sums_received();
     let stats = shipper.stats.clone();
@@ -316,7 +315,12 @@ pub fn connect(
 ) -> Result<Shipper> {
     let brick_fd = brick.open()?;
     let peer = transport.describe();
-    let link = transport.connect()?;
+    let wanted = if opts.reverse {
+        1
+    } else {
+        wanted_channels(opts, spec)
+    };
+    let link = transport.connect_with(usize::from(wanted - 1))?;
     let mut w = FrameWriter::new(link.writer);
     let mut r = FrameReader::new(link.reader);
     let compression = opts
@@ -345,6 +349,7 @@ pub fn connect(
         },
         silence_ms: crate::protocol::silence_for_takeover(opts.takeover_timeout).as_millis() as u32,
         xattrs: crate::xattr::permitted(opts.xattrs),
+        channels: wanted,
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;
@@ -398,6 +403,12 @@ pub fn connect(
         index.set_meta("slave_volume_id", &welcome.volume_id)?;
     }
     index.clear_stash()?;
+    let mut handle = link.handle;
+    let channels = match &welcome.join {
+        Some(name) => open_stripe(&mut w, &mut *handle, name, wanted)
+            .with_context(|| format!("striping the stream to {peer}"))?,
+        None => 1,
+    };
     w.compress(compression)?;
     let next_batch = index
         .get_meta("last_batch")?
@@ -409,7 +420,7 @@ pub fn connect(
     let mut shipper = Shipper::new(
         w,
         r,
-        link.handle,
+        handle,
         brick_fd,
         next_batch,
         opts.window,
@@ -445,10 +456,69 @@ pub fn connect(
     if let Some(w) = &shipper.xattr_warning {
         tracing::warn!("brick {brick}: extended attributes: {w}");
     }
+    shipper.channels = channels;
     shipper.previous_active = welcome.previous_active;
     shipper.replicated_from = welcome.replicated_from;
     shipper.previous_stime_ns = welcome.previous_stime_ns;
     Ok(shipper)
+}
+
+/// Channels a connection's stream is striped over by default, over a network: one SSH channel
+/// carries at most its window per round trip (OpenSSH's 2 MiB: 17 MiB/s at 113 ms).
+/// docs/benchmarks.md has the measurement this was chosen from.
+pub const DEFAULT_CHANNELS: u8 = 4;
+
+/// `channels` as set, or the default: one to a local slave, where there is no window.
+fn wanted_channels(opts: &SyncOptions, spec: &SlaveSpec) -> u8 {
+    opts.channels
+        .unwrap_or(if spec.is_local() { 1 } else { DEFAULT_CHANNELS })
+        .clamp(1, crate::protocol::MAX_CHANNELS)
+}
+
+/// Opens up to `wanted - 1` further channels, joins each to the agent's connection (`name`),
+/// tells the agent how many came, and stripes the stream over them all. Channels the transport
+/// cannot open are done without (a warning); returns the channels in use.
+fn open_stripe(
+    w: &mut FrameWriter,
+    handle: &mut dyn crate::transport::LinkHandle,
+    name: &str,
+    wanted: u8,
+) -> Result<u8> {
+    let t = Instant::now();
+    let extra = match wanted {
+        0 | 1 => Vec::new(),
+        n => handle
+            .extra_channels(usize::from(n - 1))
+            .unwrap_or_else(|e| {
+                tracing::warn!("one channel only: {e:#}");
+                Vec::new()
+            }),
+    };
+    let mut joined = Vec::with_capacity(extra.len());
+    for (i, mut ch) in extra.into_iter().enumerate() {
+        let mut buf = crate::protocol::PREAMBLE.to_vec();
+        crate::protocol::frame::encode(
+            &Message::Join {
+                name: name.to_string(),
+                index: i as u8 + 1,
+            },
+            &mut buf,
+        );
+        ch.send_vec(buf)?;
+        joined.push(ch);
+    }
+    let channels = 1 + joined.len() as u8;
+    w.send(&Message::Stripe { channels })?;
+    w.flush()?;
+    if channels > 1 {
+        w.stripe(joined)?;
+    }
+    tracing::debug!(
+        channels,
+        ms = t.elapsed().as_millis() as u64,
+        "stream striped"
+    );
+    Ok(channels)
 }
 
 /// The agent answered that another brick of this brick's replica set is Active.
@@ -482,6 +552,10 @@ struct Connecting<'a> {
     session: &'a str,
     brick: &'a Brick,
     opts: &'a SyncOptions,
+    /// Nothing is known of the slave: it is listed once connected (`list_for_first_sync`). The
+    /// plan made meanwhile against the empty index holds when the slave is empty (a new DR
+    /// site); otherwise it is dropped, and the caller's crawl compares with the listing.
+    first_sync: bool,
 }
 
 impl Connecting<'_> {
@@ -550,6 +624,24 @@ impl Connecting<'_> {
                 give_up(rx);
                 let _ = crawler.join();
                 return Ok((shipper, None));
+            }
+            if self.first_sync {
+                let t = Instant::now();
+                let listed = list_for_first_sync(&mut shipper, self.index, brick);
+                tracing::debug!(brick = %brick, ms = t.elapsed().as_millis() as u64, "first sync: slave listed");
+                match listed {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        give_up(rx);
+                        let _ = crawler.join();
+                        return Ok((shipper, None));
+                    }
+                    Err(e) => {
+                        give_up(rx);
+                        let _ = crawler.join();
+                        return Err(e);
+                    }
+                }
             }
             shipper.begin_plan();
             for ops in rx.iter() {

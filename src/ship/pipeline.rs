@@ -127,6 +127,8 @@ pub struct Shipper {
     /// Changed files of at least this many bytes go as deltas against the slave's copy
     /// (`u64::MAX`: never).
     pub delta_min: u64,
+    /// Channels the stream is striped over (`transport/stripe.rs`).
+    pub channels: u8,
     sigs: super::sigs::Sigs,
 }
 
@@ -190,6 +192,7 @@ impl Shipper {
             xattr_warning: None,
             list_xattrs: 0,
             delta_min: u64::MAX,
+            channels: 1,
             sigs: super::sigs::Sigs::default(),
         }
     }

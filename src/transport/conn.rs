@@ -165,6 +165,22 @@ impl FrameReader {
         }
     }
 
+    /// Bytes received and not yet decoded (what a joining agent passes along with its input).
+    pub fn buffered(&self) -> &[u8] {
+        self.pending()
+    }
+
+    /// Switches to reading a stripe from here on: this reader's input (bytes already buffered
+    /// first) is its channel 0, `others` the channels that joined, in order.
+    pub fn into_striped(self, others: Vec<BoxRead>) -> FrameReader {
+        let rest = self.pending().to_vec();
+        let mut channels: Vec<BoxRead> = vec![Box::new(io::Cursor::new(rest).chain(self.inner))];
+        channels.extend(others);
+        let mut r = FrameReader::new(Box::new(super::stripe::StripedReader::new(channels)));
+        r.bytes_read = self.bytes_read;
+        r
+    }
+
     /// Switches to reading compressed segments from here on (bytes already buffered included).
     pub fn into_decompressed(self) -> io::Result<FrameReader> {
         let rest = self.pending().to_vec();
@@ -479,6 +495,18 @@ impl FrameWriter {
         self.flush()?;
         self.compressor = Some(Compressor::new(level)?);
         self.buf.extend_from_slice(&[0; segment::HEADER]);
+        Ok(())
+    }
+
+    /// Everything written from now on is striped over `channel 0` (this writer's own) and
+    /// `others` (`stripe.rs`); call before `compress`.
+    pub fn stripe(&mut self, others: Vec<BoxWrite>) -> io::Result<()> {
+        assert!(self.compressor.is_none(), "stripe below compression");
+        self.flush()?;
+        let own = std::mem::replace(&mut self.inner, Box::new(io::sink()));
+        let mut channels = vec![own];
+        channels.extend(others);
+        self.inner = Box::new(super::stripe::StripedSink::new(channels));
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod segment;
 pub mod serve;
 pub mod silence;
 pub mod ssh;
+pub mod stripe;
 
 use anyhow::Result;
 use conn::{BoxRead, BoxWrite};
@@ -37,10 +38,22 @@ pub trait LinkHandle: Send {
     fn stderr_tail(&self) -> Option<String> {
         None
     }
+    /// Opens up to `n` further channels to the same peer running the same agent, for a
+    /// stripe (`stripe.rs`); returns the writers of those that opened (none where the transport
+    /// has only one channel: the local child).
+    fn extra_channels(&mut self, _n: usize) -> Result<Vec<BoxWrite>> {
+        Ok(Vec::new())
+    }
 }
 
 pub trait Transport: Send + Sync {
     fn connect(&self) -> Result<Link>;
+    /// Connects, opening `extra` further channels along (for `LinkHandle::extra_channels` to
+    /// take): on a long link they are ready when the handshake on the first is done. The
+    /// default opens none.
+    fn connect_with(&self, _extra: usize) -> Result<Link> {
+        self.connect()
+    }
     /// Where this transport leads, for messages (`local agent for /data/dr`, `dr1:22`).
     fn describe(&self) -> String;
 }

@@ -38,6 +38,15 @@ impl Silence {
         )
     }
 
+    /// Wraps another input of the same peer (a further channel of a stripe), read one at a
+    /// time with the first: a wait on either is the peer's silence.
+    pub fn watch_also(&self, inner: BoxRead) -> BoxRead {
+        Box::new(Watched {
+            inner,
+            s: self.clone(),
+        })
+    }
+
     /// The silence after which the peer is presumed gone (`SILENCE_LIMIT` until the master's
     /// `Hello` sets its own).
     pub fn limit(&self) -> Duration {

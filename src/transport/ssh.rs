@@ -236,8 +236,132 @@ struct Shared {
     error: Option<String>,
 }
 
+impl Shared {
+    fn note_stderr(&mut self, data: &[u8]) {
+        if self.stderr.len() < 4096 {
+            self.stderr.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+}
+
+/// How many further channels to open, and where the writers of those that opened go.
+type OpenRequest = (usize, std::sync::mpsc::Sender<Result<Vec<ChanSender>>>);
+type ChanSender = mpsc::Sender<Vec<u8>>;
+
+/// Sends what the shipping thread hands over on one channel, then its end; a task of its own
+/// (never the one that reads: the deadlock in DEPENDENCIES.md).
+async fn write_pump(
+    wr: russh::ChannelWriteHalf<client::Msg>,
+    mut out_rx: mpsc::Receiver<Vec<u8>>,
+    sh: Arc<Mutex<Shared>>,
+) {
+    // Owned buffers go out as packets of the largest size the server allows (`data` copies
+    // through an 8 KiB buffer: four times the packets, each costing russh and sshd a message,
+    // a MAC and a wakeup).
+    while let Some(buf) = out_rx.recv().await {
+        if let Err(e) = wr.data_bytes(buf).await {
+            sh.lock().unwrap().error.get_or_insert(e.to_string());
+            return;
+        }
+    }
+    let _ = wr.eof().await;
+}
+
+/// Opens `n` further channels running the same command (all at once: one round trip), for a
+/// stripe. The agents there only join the first channel's, so what they say is kept as their
+/// stderr is, for messages. Returns the writers of those that opened, at least one, in order.
+async fn open_extra(
+    h: &client::Handle<Checker>,
+    command: &str,
+    n: usize,
+    sh: Arc<Mutex<Shared>>,
+) -> Result<Vec<ChanSender>> {
+    let opening: Vec<_> = (0..n)
+        .map(|_| async {
+            let ch = h.channel_open_session().await?;
+            // No reply awaited (a round trip): the first channel's exec of the same command
+            // succeeded, and one that fails here closes its channel, which the agent serving
+            // the connection reports (its join times out) and the master retries.
+            ch.exec(false, command).await?;
+            Ok::<_, russh::Error>(ch)
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut first_err = None;
+    // Polled together by the one runtime thread: the opens overlap.
+    let results = join_all(opening).await;
+    for r in results {
+        match r {
+            Ok(ch) => {
+                let (mut rd, wr) = ch.split();
+                let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+                tokio::spawn(write_pump(wr, rx, sh.clone()));
+                let sh = sh.clone();
+                tokio::spawn(async move {
+                    while let Some(m) = rd.wait().await {
+                        match m {
+                            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                                sh.lock().unwrap().note_stderr(&data)
+                            }
+                            ChannelMsg::Close => break,
+                            _ => {}
+                        }
+                    }
+                });
+                out.push(tx);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (out.is_empty(), first_err) {
+        (true, Some(e)) => Err(anyhow!(e).context("opening further channels")),
+        (_, Some(e)) => {
+            tracing::warn!(
+                "{} of {n} further channels did not open: {e}",
+                n - out.len()
+            );
+            Ok(out)
+        }
+        _ => Ok(out),
+    }
+}
+
+/// Awaits every future, polled together (the runtime has one thread; the futures are small).
+async fn join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("polled to the end"))
+        .collect()
+}
+
 impl Transport for SshTransport {
     fn connect(&self) -> Result<Link> {
+        self.connect_with(0)
+    }
+
+    /// Logs in and opens the agent's channel and `extra` further ones at once (for a stripe):
+    /// the further ones are ready by the time the handshake on the first is done.
+    fn connect_with(&self, extra: usize) -> Result<Link> {
         let key = russh::keys::load_secret_key(&self.key, None).with_context(|| {
             format!(
                 "loading the session key {} (recreate it with push-pem)",
@@ -250,8 +374,10 @@ impl Transport for SshTransport {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let (in_tx, in_rx) = mpsc::channel::<bytes_t::Chunk>(64);
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(8);
+        let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(8);
         let (stop_tx, mut stop_rx) = mpsc::channel::<()>(1);
+        let (open_tx, mut open_rx) = mpsc::unbounded_channel::<OpenRequest>();
+        let (prep_tx, prep_rx) = std::sync::mpsc::channel();
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ssh {}", target.describe()))
@@ -267,9 +393,25 @@ impl Transport for SshTransport {
                     let seen = Arc::new(Mutex::new(None));
                     let opened = async {
                         let h = login(&target, &creds, seen).await?;
-                        let ch = h.channel_open_session().await?;
-                        ch.exec(true, command.as_str()).await?;
-                        Ok::<_, anyhow::Error>((h, ch))
+                        let first = async {
+                            let ch = h.channel_open_session().await?;
+                            // No reply awaited (a round trip on a long link): the handshake
+                            // that follows fails on a refused exec anyway, with the agent's
+                            // stderr or the channel's close.
+                            ch.exec(false, command.as_str()).await?;
+                            Ok::<_, anyhow::Error>(ch)
+                        };
+                        let further = async {
+                            match extra {
+                                0 => None,
+                                n => Some(open_extra(&h, &command, n, sh.clone()).await),
+                            }
+                        };
+                        let (ch, further) = tokio::join!(first, further);
+                        if let Some(f) = further {
+                            let _ = prep_tx.send(f);
+                        }
+                        Ok::<_, anyhow::Error>((h, ch?))
                     }
                     .await;
                     let (h, ch) = match opened {
@@ -280,24 +422,21 @@ impl Transport for SshTransport {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
+                    let h = Arc::new(h);
                     let (mut rd, wr) = ch.split();
-                    let sh2 = sh.clone();
-                    let writer = tokio::spawn(async move {
-                        // Owned buffers go out as packets of the largest size the server allows
-                        // (`data` copies through an 8 KiB buffer: four times the packets, each
-                        // costing russh and sshd a message, a MAC and a wakeup).
-                        while let Some(buf) = out_rx.recv().await {
-                            if let Err(e) = wr.data_bytes(buf).await {
-                                sh2.lock().unwrap().error.get_or_insert(e.to_string());
-                                return;
-                            }
-                        }
-                        let _ = wr.eof().await;
-                    });
+                    let writer = tokio::spawn(write_pump(wr, out_rx, sh.clone()));
+                    let mut extra = Vec::new();
                     loop {
                         let msg = tokio::select! {
                             m = rd.wait() => m,
                             _ = stop_rx.recv() => None,
+                            Some((n, reply)) = open_rx.recv() => {
+                                let (h, command, sh) = (h.clone(), command.clone(), sh.clone());
+                                extra.push(tokio::spawn(async move {
+                                    let _ = reply.send(open_extra(&h, &command, n, sh).await);
+                                }));
+                                continue;
+                            }
                         };
                         match msg {
                             Some(ChannelMsg::Data { data }) => {
@@ -306,10 +445,7 @@ impl Transport for SshTransport {
                                 }
                             }
                             Some(ChannelMsg::ExtendedData { data, .. }) => {
-                                let mut s = sh.lock().unwrap();
-                                if s.stderr.len() < 4096 {
-                                    s.stderr.push_str(&String::from_utf8_lossy(&data));
-                                }
+                                sh.lock().unwrap().note_stderr(&data);
                             }
                             Some(ChannelMsg::ExitStatus { exit_status }) => {
                                 sh.lock().unwrap().exit_status = Some(exit_status)
@@ -317,6 +453,9 @@ impl Transport for SshTransport {
                             Some(ChannelMsg::Close) | None => break,
                             Some(_) => {}
                         }
+                    }
+                    for t in extra {
+                        t.abort();
                     }
                     drop(in_tx);
                     writer.abort();
@@ -342,6 +481,8 @@ impl Transport for SshTransport {
                 thread: Some(thread),
                 shared,
                 stop: stop_tx,
+                open: open_tx,
+                prepared: (extra > 0).then_some((extra, prep_rx)),
                 what: self.describe(),
             }),
         })
@@ -407,10 +548,33 @@ struct SshHandle {
     thread: Option<std::thread::JoinHandle<()>>,
     shared: Arc<Mutex<Shared>>,
     stop: mpsc::Sender<()>,
+    open: mpsc::UnboundedSender<OpenRequest>,
+    /// Channels opened with the first (`connect_with`): how many, and where they come.
+    prepared: Option<(usize, std::sync::mpsc::Receiver<Result<Vec<ChanSender>>>)>,
     what: String,
 }
 
 impl LinkHandle for SshHandle {
+    fn extra_channels(&mut self, n: usize) -> Result<Vec<BoxWrite>> {
+        let rx = match self.prepared.take() {
+            Some((m, rx)) if m == n => rx,
+            _ => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.open
+                    .send((n, tx))
+                    .map_err(|_| anyhow!("the ssh connection to {} is gone", self.what))?;
+                rx
+            }
+        };
+        let senders = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| anyhow!("{}: further channels did not open within 30 s", self.what))??;
+        Ok(senders
+            .into_iter()
+            .map(|tx| Box::new(ChanWriter { tx: Some(tx) }) as BoxWrite)
+            .collect())
+    }
+
     fn close(&mut self) -> Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {

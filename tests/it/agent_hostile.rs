@@ -43,6 +43,7 @@ pub(crate) fn hello_fields(protocol: u32) -> Hello {
         mode: 0,
         silence_ms: 0,
         xattrs: 0,
+        channels: 1,
     }
 }
 

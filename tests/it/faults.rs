@@ -29,8 +29,10 @@ fn session_through<'a>(g: &'a Georep, sshd: &Sshd, proxy: &Proxy) -> (Session<'a
     (s, slave)
 }
 
+/// The agents serving this session's connections (over SSH, each has further channels'
+/// agents beside it: `channels`).
 fn agents_for(g: &Georep) -> Vec<i32> {
-    pids_with_cmdline(&["agent", "--volume", g.slave().to_str().unwrap()])
+    serving_agents(&g.slave())
 }
 
 /// Waits until the slave equals the master; how long that took. Panics with the log after
@@ -252,6 +254,7 @@ fn handshaken_agent_with(
         mode: MODE_REPLICATE,
         silence_ms,
         xattrs: 0,
+        channels: 1,
     })));
     c.stdin.as_mut().unwrap().write_all(&input).unwrap();
     c

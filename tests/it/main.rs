@@ -18,6 +18,7 @@ mod multihost;
 mod operator;
 mod scrub;
 mod ssh;
+mod stripe;
 mod sync;
 mod verify;
 mod volume;

@@ -165,9 +165,11 @@ fn takeover_after(site: &Site, cut: impl FnOnce(), back: impl FnOnce()) {
         keep_writing(scope, site, &stop);
         std::thread::sleep(Duration::from_secs(2));
 
-        let cut_at = now_secs();
         let t = Instant::now();
         cut();
+        // Once the cut is in place: a write journaled while it was made may still have been
+        // acknowledged (LAST_SYNCED is in whole seconds).
+        let cut_at = now_secs();
         let mut taken = None;
         while t.elapsed() < Duration::from_secs(60) {
             let r1 = site.row("n1");

@@ -257,6 +257,31 @@ pub fn pids_with_cmdline(words: &[&str]) -> Vec<i32> {
     out
 }
 
+/// Agents serving connections onto the slave root `slave`: not those that only joined one as
+/// a further channel of a stripe (they never open the volume's `.georep`, which the serving
+/// agent holds from its handshake on).
+pub fn serving_agents(slave: &Path) -> Vec<i32> {
+    let state = slave.join(".georep");
+    pids_with_cmdline(&["agent", "--volume", slave.to_str().unwrap()])
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.starts_with(&state)))
+            })
+        })
+        .collect()
+}
+
+/// Further-channel agents of stripes onto `slave` (see `serving_agents`).
+pub fn joined_agents(slave: &Path) -> Vec<i32> {
+    let serving = serving_agents(slave);
+    pids_with_cmdline(&["agent", "--volume", slave.to_str().unwrap()])
+        .into_iter()
+        .filter(|p| !serving.contains(p))
+        .collect()
+}
+
 /// Sizes of the files an agent is receiving into `slave` right now: its temp files, which have
 /// no name while they are written (`O_TMPFILE`, found through the agent's open fds) or a name
 /// under `.georep/tmp/` (filesystems without it).
