@@ -14,6 +14,8 @@ command -v ip >/dev/null && command -v tc >/dev/null || need_apt+=(iproute2)
 # scripts/install.sh's test reads the man pages it installs with `man -l`.
 command -v man >/dev/null || need_apt+=(man-db)
 command -v strip >/dev/null || need_apt+=(binutils)
+# tests/it/stripe.rs forges joins by hand (socket.send_fds) as a hostile local process would.
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

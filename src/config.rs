@@ -91,6 +91,9 @@ pub struct SyncOptions {
     /// `channels`: how many channels a connection's stream is striped over; `None` = 1 to a
     /// local slave, `ship::DEFAULT_CHANNELS` over a network.
     pub channels: Option<u8>,
+    /// Open the further channels with the first (ready when the handshake is done), or only
+    /// once the agent offers a stripe (a round trip later, none started for nothing).
+    pub channels_early: bool,
 }
 
 impl Default for SyncOptions {
@@ -113,6 +116,7 @@ impl Default for SyncOptions {
             xattrs: crate::xattr::wanted(true, true),
             delta_min: None,
             channels: None,
+            channels_early: true,
         }
     }
 }

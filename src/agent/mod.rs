@@ -9,6 +9,7 @@ pub mod apply;
 mod direct;
 mod durable;
 mod join;
+pub use join::DID_NOT_JOIN;
 pub mod locks;
 mod sigs;
 pub mod state;
@@ -48,6 +49,9 @@ pub fn input_from_stdin() -> Result<BoxRead> {
     Ok(Box::new(std::fs::File::from(raw)))
 }
 
+/// Set by `georep serve` in the environment of the agents it runs.
+pub const SERVED_BY_SERVE: &str = "GEOREP_SERVED_BY_SERVE";
+
 /// How long past its silence limit an agent may take to end on its own before the watchdog
 /// ends the process.
 const SILENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -79,14 +83,18 @@ pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
 }
 
 fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Silence) -> Result<()> {
-    r.expect_preamble()?;
+    match r.expect_preamble() {
+        // Closed without a word: a further channel the master did not need after all.
+        Err(ConnError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        r => r?,
+    }
     let hello = match r.read()? {
         Some(Message::Hello(h)) => h,
-        Some(Message::Join { name, index }) => {
+        Some(Message::Join { offer, index }) => {
             // A further channel of a stripe: its input goes to the agent serving the
             // connection (this process's stdin: only the agent command joins).
             let stdin = rustix::io::dup(std::io::stdin().as_fd()).context("duplicating stdin")?;
-            return join::join(&name, index, root, stdin, r.buffered());
+            return join::join(&offer, index, root, stdin, r.buffered());
         }
         Some(m) => bail!("expected Hello, got {}", m.name()),
         None => return Ok(()),
@@ -155,10 +163,10 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             Claim::Active(lock, prev) => (lock, prev),
             Claim::Passive(holder) => {
                 tracing::info!(brick = %brick_key, active = %holder, "passive connection");
-                w.send_flush(&Message::Welcome(Welcome {
+                w.send_flush(&Message::Welcome(Box::new(Welcome {
                     passive_to: Some(holder),
                     ..welcome(&state, &host, state.last_batch(&brick_key)?)?
-                }))?;
+                })))?;
                 return Ok(());
             }
         };
@@ -186,9 +194,12 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             hello.trash_days,
         )?));
     }
-    // Further channels of a stripe join through here (the master asked for several).
+    // Further channels of a stripe join through here (the master asked for several). Not
+    // under `georep serve`: its channels are fed by one session loop that waits on each
+    // channel's input, and it offers a window big enough for a long link on one channel.
     let rendezvous = match hello.channels {
         0 | 1 => None,
+        _ if std::env::var_os(SERVED_BY_SERVE).is_some() => None,
         _ => match join::Rendezvous::bind() {
             Ok(r) => Some(r),
             Err(e) => {
@@ -206,14 +217,14 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
             .unwrap_or(0),
         None => 0,
     };
-    w.send_flush(&Message::Welcome(Welcome {
+    w.send_flush(&Message::Welcome(Box::new(Welcome {
         previous_active,
         previous_stime_ns,
         xattrs,
         xattr_warning,
-        join: rendezvous.as_ref().map(|r| r.name().to_string()),
+        join: rendezvous.as_ref().map(|r| r.offer().clone()),
         ..welcome(&state, &host, state.last_batch(&brick_key)?)?
-    }))?;
+    })))?;
     // Held while the connection is served: the joined channels' agents wait for it to end.
     let mut _joined = None;
     if let Some(rv) = rendezvous {
@@ -554,10 +565,10 @@ fn serve_reverse(
     // that applies the live stream.
     crate::fsutil::lower_priority();
     // Read-only: what this agent may read of the master's namespaces (verify compares them).
-    w.send(&Message::Welcome(Welcome {
+    w.send(&Message::Welcome(Box::new(Welcome {
         xattrs: crate::xattr::permitted(hello.xattrs),
         ..welcome(state, host, 0)?
-    }))?;
+    })))?;
     w.flush()?;
     if hello.compression != 0 {
         r = r.into_decompressed()?;

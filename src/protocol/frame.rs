@@ -29,10 +29,7 @@ pub enum FrameError {
     Path(#[from] super::path::PathError),
 }
 
-/// Returned by value once a frame and consumed at once: boxing the message would cost an
-/// allocation per frame for a few hundred bytes of stack.
 #[derive(Debug, PartialEq)]
-#[allow(clippy::large_enum_variant)]
 pub enum Decoded {
     /// A whole frame: the message and how many bytes it took.
     Frame(Message, usize),

@@ -128,7 +128,15 @@ pub struct Welcome {
     /// Where further channels of this connection join it (`Message::Join`), when the master
     /// asked for several and this agent takes them; the master then says how many came
     /// (`Message::Stripe`) before anything else.
-    pub join: Option<String>,
+    pub join: Option<JoinOffer>,
+}
+
+/// Where a connection's further channels join it: a Unix socket in the abstract namespace
+/// (`name`: visible to every local user) and a secret each join must repeat (`token`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JoinOffer {
+    pub name: String,
+    pub token: [u8; 16],
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -265,7 +273,7 @@ pub struct ErrorMsg {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Message {
     Hello(Hello),
-    Welcome(Welcome),
+    Welcome(Box<Welcome>),
     BatchBegin(BatchBegin),
     Op(Op),
     FileBegin(FileBegin),
@@ -334,10 +342,10 @@ pub enum Message {
         count: u32,
     },
     /// Master → agent, the first message of a further channel of a connection: hand this
-    /// channel's input to the agent serving the connection that offered `name`
+    /// channel's input to the agent serving the connection that made `offer`
     /// (`Welcome::join`), as its channel `index` (1-based; 0 is that connection's own).
     Join {
-        name: String,
+        offer: JoinOffer,
         index: u8,
     },
     /// Master → agent, right after a `Welcome` that offered `join`: from the next byte on, the

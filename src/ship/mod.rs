@@ -320,7 +320,11 @@ pub fn connect(
     } else {
         wanted_channels(opts, spec)
     };
-    let link = transport.connect_with(usize::from(wanted - 1))?;
+    let link = transport.connect_with(if opts.channels_early {
+        usize::from(wanted - 1)
+    } else {
+        0
+    })?;
     let mut w = FrameWriter::new(link.writer);
     let mut r = FrameReader::new(link.reader);
     let compression = opts
@@ -357,7 +361,7 @@ pub fn connect(
         w.flush()?;
         r.expect_preamble()?;
         match r.read()? {
-            Some(Message::Welcome(wl)) => Ok(wl),
+            Some(Message::Welcome(wl)) => Ok(*wl),
             Some(Message::Error(e)) => Err(anyhow!("{}", e.message)),
             Some(m) => Err(anyhow!("expected Welcome, got {}", m.name())),
             None => Err(anyhow!(
@@ -405,9 +409,13 @@ pub fn connect(
     index.clear_stash()?;
     let mut handle = link.handle;
     let channels = match &welcome.join {
-        Some(name) => open_stripe(&mut w, &mut *handle, name, wanted)
+        Some(offer) => open_stripe(&mut w, &mut *handle, offer, wanted)
             .with_context(|| format!("striping the stream to {peer}"))?,
-        None => 1,
+        None => {
+            // Channels opened along with the first are closed: their agents end quietly.
+            handle.release_channels();
+            1
+        }
     };
     w.compress(compression)?;
     let next_batch = index
@@ -475,13 +483,13 @@ fn wanted_channels(opts: &SyncOptions, spec: &SlaveSpec) -> u8 {
         .clamp(1, crate::protocol::MAX_CHANNELS)
 }
 
-/// Opens up to `wanted - 1` further channels, joins each to the agent's connection (`name`),
+/// Opens up to `wanted - 1` further channels, joins each to the agent's connection (`offer`),
 /// tells the agent how many came, and stripes the stream over them all. Channels the transport
 /// cannot open are done without (a warning); returns the channels in use.
 fn open_stripe(
     w: &mut FrameWriter,
     handle: &mut dyn crate::transport::LinkHandle,
-    name: &str,
+    offer: &crate::protocol::JoinOffer,
     wanted: u8,
 ) -> Result<u8> {
     let t = Instant::now();
@@ -499,7 +507,7 @@ fn open_stripe(
         let mut buf = crate::protocol::PREAMBLE.to_vec();
         crate::protocol::frame::encode(
             &Message::Join {
-                name: name.to_string(),
+                offer: offer.clone(),
                 index: i as u8 + 1,
             },
             &mut buf,

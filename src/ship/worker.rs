@@ -104,7 +104,13 @@ pub struct Worker {
     one_set: bool,
     /// The connection's acknowledged content bytes already counted in `status.bytes`.
     bytes_mark: u64,
+    /// A stripe's further channels did not join (the DR host refuses more sessions or
+    /// processes): one channel until then, with a warning in status.
+    one_channel_until: Option<Instant>,
 }
+
+/// How long a worker whose stripe did not join uses one channel before it tries again.
+const ONE_CHANNEL_FOR: Duration = Duration::from_secs(600);
 
 /// Why `serve` returned without an error.
 enum Exit {
@@ -149,6 +155,7 @@ impl Worker {
             scrub: Default::default(),
             one_set: vol.is_one_set(),
             bytes_mark: 0,
+            one_channel_until: None,
         })
     }
 
@@ -279,6 +286,7 @@ impl Worker {
             // This session replicated to a slave here before (a slave found recreated, or with
             // its agent.db lost, is still the session's own to make equal).
             let had_slave = index.get_meta("slave_volume_id")?.is_some();
+            let opts = self.connection_options();
             let shipper = transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
                 connect(
                     t.as_ref(),
@@ -286,7 +294,7 @@ impl Worker {
                     &self.spec,
                     &self.session.name,
                     &self.brick,
-                    &self.opts,
+                    &opts,
                 )
             });
             let mut shipper = match shipper {
@@ -303,6 +311,7 @@ impl Worker {
                         self.nap(PASSIVE_RETRY);
                         continue;
                     }
+                    self.stripe_failed(&e);
                     self.faulty(&e);
                     self.nap(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -313,7 +322,7 @@ impl Worker {
             self.bytes_mark = 0;
             self.status.status = "Active".into();
             self.status.last_error = None;
-            self.status.warning = shipper.xattr_warning.clone();
+            self.status.warning = self.connection_warning(&shipper);
             self.save();
             let pending = index.get_meta("takeover_from")?.filter(|p| !p.is_empty());
             let result = match shipper.previous_active.clone().or(pending) {
@@ -336,6 +345,7 @@ impl Worker {
                 }
                 Err(e) => {
                     drop(shipper);
+                    self.stripe_failed(&e);
                     self.status.disconnects += 1;
                     self.status.last_disconnect =
                         Some(format!("{}: {e:#}", crate::options::show_time(now_ns())));
@@ -349,6 +359,42 @@ impl Worker {
         self.status.crawl = "N/A".into();
         self.save();
         Ok(())
+    }
+
+    /// The options of the next connection: one channel while a stripe is known not to join;
+    /// further channels opened only once the agent offers them while Passive (a Passive brick
+    /// retries every few seconds, and would start agents for nothing each time).
+    fn connection_options(&mut self) -> SyncOptions {
+        let mut opts = self.opts.clone();
+        if self.one_channel_until.is_some_and(|t| Instant::now() >= t) {
+            self.one_channel_until = None;
+        }
+        if self.one_channel_until.is_some() {
+            opts.channels = Some(1);
+        }
+        opts.channels_early = self.status.status != "Passive";
+        opts
+    }
+
+    /// What status warns of while this connection lasts (never a fault): attributes that are
+    /// not replicated, a stripe that fell back to one channel.
+    fn connection_warning(&self, shipper: &Shipper) -> Option<String> {
+        let one = self.one_channel_until.map(|_| {
+            "one channel: the stripe's further channels did not join last time (sshd's MaxSessions or the DR user's process limit?); striping is tried again within 10 minutes".to_string()
+        });
+        match (shipper.xattr_warning.clone(), one) {
+            (Some(x), Some(o)) => Some(format!("{x}; {o}")),
+            (x, o) => x.or(o),
+        }
+    }
+
+    /// After a failed connection: a stripe whose channels did not join means one channel for
+    /// a while (retrying with the same number would fail the same way).
+    fn stripe_failed(&mut self, e: &anyhow::Error) {
+        if format!("{e:#}").contains(crate::agent::DID_NOT_JOIN) {
+            tracing::warn!(brick = %self.brick, "the stripe's channels did not join: one channel for {} s", ONE_CHANNEL_FOR.as_secs());
+            self.one_channel_until = Some(Instant::now() + ONE_CHANNEL_FOR);
+        }
     }
 
     fn faulty(&mut self, e: &anyhow::Error) {
@@ -715,7 +761,7 @@ impl Worker {
         retried: &[crate::protocol::RelPath],
     ) -> Result<()> {
         let now = now_ns();
-        self.status.warning = shipper.xattr_warning.clone();
+        self.status.warning = self.connection_warning(shipper);
         let failed: Vec<_> = std::mem::take(&mut shipper.failures);
         let mut still = std::collections::HashSet::new();
         for f in &failed {

@@ -44,6 +44,9 @@ pub trait LinkHandle: Send {
     fn extra_channels(&mut self, _n: usize) -> Result<Vec<BoxWrite>> {
         Ok(Vec::new())
     }
+    /// Closes the channels opened along with the first (`Transport::connect_with`) that will
+    /// not be used (the agent offered no stripe).
+    fn release_channels(&mut self) {}
 }
 
 pub trait Transport: Send + Sync {

@@ -173,7 +173,13 @@ struct Conn {
     /// Set once the client authenticated: the grace timer and the startup count let it be.
     startup: Startup,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Session channels opened on this connection so far (each runs an agent process).
+    opened: usize,
 }
+
+/// Session channels one connection may open: a master's stripe at most (each one forks an
+/// agent; a client has no use for more).
+const MAX_SESSION_CHANNELS: usize = 1 + crate::protocol::MAX_CHANNELS as usize;
 
 /// One connection counted against `max_startups` until it authenticates or ends.
 struct Startup {
@@ -231,6 +237,16 @@ impl russh::server::Handler for Conn {
         reply: russh::server::ChannelOpenHandle,
         _: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.opened >= MAX_SESSION_CHANNELS {
+            tracing::warn!(
+                "refused a session channel: {MAX_SESSION_CHANNELS} were opened on this connection already"
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
+        self.opened += 1;
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
@@ -318,6 +334,7 @@ fn refuse(session: &mut Session, id: ChannelId) -> Result<(), russh::Error> {
 async fn run_agent(exe: &Path, volume: &str, channel: Channel<Msg>) -> Result<u32> {
     let mut child = tokio::process::Command::new(exe)
         .args(["agent", "--volume", volume])
+        .env(crate::agent::SERVED_BY_SERVE, "1")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -431,6 +448,7 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
                     authenticated: authenticated.clone(),
                 },
                 channels: HashMap::new(),
+                opened: 0,
             };
             let _ = socket.set_nodelay(true);
             tokio::spawn(connection(

@@ -268,8 +268,7 @@ async fn write_pump(
 }
 
 /// Opens `n` further channels running the same command (all at once: one round trip), for a
-/// stripe. The agents there only join the first channel's, so what they say is kept as their
-/// stderr is, for messages. Returns the writers of those that opened, at least one, in order.
+/// stripe. Returns the writers of those that opened, at least one, in order.
 async fn open_extra(
     h: &client::Handle<Checker>,
     command: &str,
@@ -279,10 +278,9 @@ async fn open_extra(
     let opening: Vec<_> = (0..n)
         .map(|_| async {
             let ch = h.channel_open_session().await?;
-            // No reply awaited (a round trip): the first channel's exec of the same command
-            // succeeded, and one that fails here closes its channel, which the agent serving
-            // the connection reports (its join times out) and the master retries.
-            ch.exec(false, command).await?;
+            // A channel whose command fails closes: the agent serving the connection reports
+            // the join missing and the master retries with one channel.
+            ch.exec(true, command).await?;
             Ok::<_, russh::Error>(ch)
         })
         .collect();
@@ -290,7 +288,7 @@ async fn open_extra(
     let mut first_err = None;
     // Polled together by the one runtime thread: the opens overlap.
     let results = join_all(opening).await;
-    for r in results {
+    for (i, r) in results.into_iter().enumerate() {
         match r {
             Ok(ch) => {
                 let (mut rd, wr) = ch.split();
@@ -298,10 +296,18 @@ async fn open_extra(
                 tokio::spawn(write_pump(wr, rx, sh.clone()));
                 let sh = sh.clone();
                 tokio::spawn(async move {
+                    // Its agent's stdout carries only its preamble; its stderr is kept,
+                    // labelled, for messages.
+                    let mut labelled = false;
                     while let Some(m) = rd.wait().await {
                         match m {
-                            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                                sh.lock().unwrap().note_stderr(&data)
+                            ChannelMsg::ExtendedData { data, .. } => {
+                                let mut s = sh.lock().unwrap();
+                                if !labelled {
+                                    s.note_stderr(format!("[channel {}] ", i + 1).as_bytes());
+                                    labelled = true;
+                                }
+                                s.note_stderr(&data)
                             }
                             ChannelMsg::Close => break,
                             _ => {}
@@ -395,10 +401,9 @@ impl Transport for SshTransport {
                         let h = login(&target, &creds, seen).await?;
                         let first = async {
                             let ch = h.channel_open_session().await?;
-                            // No reply awaited (a round trip on a long link): the handshake
-                            // that follows fails on a refused exec anyway, with the agent's
-                            // stderr or the channel's close.
-                            ch.exec(false, command.as_str()).await?;
+                            // russh sends the request and returns: the handshake that follows
+                            // reports a refused exec (the channel's close, the stderr).
+                            ch.exec(true, command.as_str()).await?;
                             Ok::<_, anyhow::Error>(ch)
                         };
                         let further = async {
@@ -555,6 +560,11 @@ struct SshHandle {
 }
 
 impl LinkHandle for SshHandle {
+    fn release_channels(&mut self) {
+        // Their writers go with the answer (now, or when it comes): each channel gets its end.
+        self.prepared = None;
+    }
+
     fn extra_channels(&mut self, n: usize) -> Result<Vec<BoxWrite>> {
         let rx = match self.prepared.take() {
             Some((m, rx)) if m == n => rx,

@@ -9,8 +9,9 @@
 //! to a segment, 1 MiB), so every channel has whole pieces in flight at once.
 //!
 //! Invariant: the reader takes piece k only from channel k mod N, so a channel that lags holds
-//! the stream back but can never reorder it; a channel that ends or fails ends the stream
-//! (cleanly only at a piece boundary of the channel whose turn it is).
+//! the stream back but can never reorder it; a channel that ends or fails ends the stream with
+//! an error naming it (the master says `Bye` before it closes: a striped stream never ends
+//! on its own; over one channel, an end at a piece boundary is the stream's end).
 
 use super::conn::{BoxRead, BoxWrite, Sink};
 use std::io::{self, Read};
@@ -101,7 +102,17 @@ impl StripedReader {
         let mut got = 0;
         while got < 4 {
             match self.channels[self.cur].read(&mut hdr[got..]) {
-                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) if got == 0 && self.channels.len() == 1 => return Ok(false),
+                Ok(0) if got == 0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "channel {} of the stripe of {} closed",
+                            self.cur,
+                            self.channels.len()
+                        ),
+                    ))
+                }
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -208,8 +219,13 @@ mod tests {
             .map(|w| Box::new(Trickle(io::Cursor::new(w), trickle)) as BoxRead)
             .collect();
         let mut out = Vec::new();
-        StripedReader::new(chans).read_to_end(&mut out)?;
-        Ok(out)
+        match StripedReader::new(chans).read_to_end(&mut out) {
+            Ok(_) => Ok(out),
+            // Every channel closed at a piece boundary: what a master's close after its `Bye`
+            // looks like (an error when it is not expected).
+            Err(e) if e.to_string().ends_with("closed") => Ok(out),
+            Err(e) => Err(e),
+        }
     }
 
     #[test]
@@ -251,14 +267,28 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_that_closes_at_a_piece_boundary_ends_the_stream_there() {
+    fn a_channel_that_closes_at_a_piece_boundary_is_an_error_not_an_end() {
         let pieces = vec![vec![1u8; 10], vec![2u8; 10], vec![3u8; 10]];
         let mut wires = stripe(2, &pieces);
-        // Channel 0 loses its second piece (the third of the stream): the stream ends after
-        // the second piece, never skipping to a later one.
+        // Channel 0 loses its second piece (the third of the stream): what came before is
+        // read, then the loss is an error, never a skip to a later piece nor a clean end.
         wires[0].truncate(14);
+        let chans = wires
+            .into_iter()
+            .map(|w| Box::new(io::Cursor::new(w)) as BoxRead)
+            .collect();
+        let mut r = StripedReader::new(chans);
+        let mut out = vec![0u8; 20];
+        r.read_exact(&mut out).unwrap();
+        assert_eq!(out, [vec![1u8; 10], vec![2u8; 10]].concat());
+        let e = r.read(&mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains("channel 0"), "{e}");
+        // Over one channel, an end at a piece boundary is the end of the stream.
+        let mut one = stripe(1, &pieces);
+        one[0].truncate(28);
         assert_eq!(
-            read_back(wires, 1 << 20).unwrap(),
+            read_back(one, 1 << 20).unwrap(),
             [vec![1u8; 10], vec![2u8; 10]].concat()
         );
     }

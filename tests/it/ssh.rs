@@ -348,6 +348,9 @@ fn replication_through_georep_serve_and_no_shell_there() {
             .unwrap();
     assert_trees_equal(&g.master(), &g.slave());
     assert!(n(&r, "files_sent") > 60, "{r}");
+    // serve's one channel has a window for a long link, and its session loop feeds every
+    // channel in turn (a stripe could stall it): its agents offer no stripe.
+    assert_eq!(n(&r, "channels"), 1, "{r}");
 
     // The OpenSSH client gets no shell and no other command from serve. Positive control
     // first: the operator's key, listed with a forced command, logs in, and the forced

@@ -21,8 +21,8 @@ fn agent(g: &Georep, root: &Path) -> Command {
     c
 }
 
-/// An agent after a handshake asking for `channels`, and the join name its Welcome offers.
-fn serving(g: &Georep, channels: u8) -> (Child, FrameReader, Option<String>) {
+/// An agent after a handshake asking for `channels`, and the join its Welcome offers.
+fn serving(g: &Georep, channels: u8) -> (Child, FrameReader, Option<JoinOffer>) {
     let mut c = agent(g, &g.slave()).spawn().unwrap();
     let mut head = PREAMBLE.to_vec();
     head.extend(enc(&Message::Hello(Hello {
@@ -39,12 +39,12 @@ fn serving(g: &Georep, channels: u8) -> (Child, FrameReader, Option<String>) {
     (c, r, join)
 }
 
-/// A further channel: an agent started by `cmd` that is told to join `name` as `index`.
-fn joining(mut cmd: Command, name: &str, index: u8) -> Child {
+/// A further channel: an agent started by `cmd` that is told to join `offer` as `index`.
+fn joining(mut cmd: Command, offer: &JoinOffer, index: u8) -> Child {
     let mut c = cmd.spawn().unwrap();
     let mut head = PREAMBLE.to_vec();
     head.extend(enc(&Message::Join {
-        name: name.into(),
+        offer: offer.clone(),
         index,
     }));
     c.stdin.as_mut().unwrap().write_all(&head).unwrap();
@@ -85,9 +85,9 @@ fn stderr_of(c: Child) -> String {
 fn an_agent_puts_a_striped_stream_back_in_order() {
     let g = Georep::new();
     let (mut primary, mut replies, join) = serving(&g, 3);
-    let name = join.expect("a replicate connection that asks for channels is offered a join");
+    let offer = join.expect("a replicate connection that asks for channels is offered a join");
     let joined: Vec<Child> = (1..3)
-        .map(|i| joining(agent(&g, &g.slave()), &name, i))
+        .map(|i| joining(agent(&g, &g.slave()), &offer, i))
         .collect();
     let big = crate::delta::noise(5 << 20, 9);
     let mut body = begin(1, 41);
@@ -163,76 +163,155 @@ fn an_agent_puts_a_striped_stream_back_in_order() {
     assert!(std::fs::read(g.slave().join("big")).unwrap() == big);
 }
 
-/// Joins that are not the connection's own channels are refused and nothing is applied: a
-/// process of another user, the agent of another volume, a channel index given twice or out
-/// of range, a stripe of more channels than the protocol allows.
+/// A join made by hand, as a hostile local process would: connects to the offer's socket and
+/// passes its own stdin with a header of our choosing (`token` in hex, channel `index`, the
+/// slave root `root`); prints "taken" or "refused", and once taken waits for the agent to end.
+fn forged(offer: &JoinOffer, token: &[u8; 16], index: u8, root: &Path, as_nobody: bool) -> Child {
+    const SCRIPT: &str = r#"
+import socket, sys
+name, tok, idx, root = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
+s = socket.socket(socket.AF_UNIX)
+s.connect("\0" + name)
+hdr = b"GRJN" + tok + bytes([idx]) + len(root).to_bytes(4, "little") + (0).to_bytes(4, "little")
+try:
+    socket.send_fds(s, [hdr + root], [0])
+    r = s.recv(1)
+except OSError:  # closed on us: reset, broken pipe
+    r = b""
+print("taken" if r == b"\x01" else "refused", flush=True)
+if r == b"\x01":
+    s.recv(1)
+"#;
+    // Debian's interpreter (scripts/test.sh installs it): one another user may run.
+    const PYTHON: &str = "/usr/bin/python3";
+    let mut c = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", PYTHON]);
+        c
+    } else {
+        Command::new(PYTHON)
+    };
+    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    c.args(["-c", SCRIPT, &offer.name, &hex, &index.to_string()])
+        .arg(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// What a forged join was told.
+fn told(c: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+/// Joins that are not the connection's own channels are refused, each on its own, without
+/// ending the connection (a local user could otherwise stop replication): a wrong token, a
+/// process of another user, the agent of another volume, an index beyond the stripe, an index
+/// twice. The channels that are its own then join, and only what they carry is applied.
 #[test]
 fn only_the_connections_own_channels_may_join() {
     let g = Georep::new();
-    let refused = |joins: &dyn Fn(&str) -> Vec<Child>, channels: u8, says: &str| {
-        let (mut primary, _r, join) = serving(&g, 3);
-        let name = join.unwrap();
-        let children = joins(&name);
-        let mut own = primary.stdin.take().unwrap();
-        let mut input = enc(&Message::Stripe { channels });
-        // A batch that must not be applied (it would come striped; a refusal comes first).
-        input.extend(begin(1, 1));
-        input.extend(file_frames("applied", b"must not be"));
-        input.extend(end(1, 1));
-        let _ = own.write_all(&input);
-        let err = stderr_of(primary);
-        drop(own);
-        assert!(err.contains(says), "refusal says {says:?}: {err}");
-        for c in children {
-            let _ = c.wait_with_output();
-        }
-        assert!(!g.slave().join("applied").exists());
+    let (mut primary, mut replies, join) = serving(&g, 3);
+    let offer = join.unwrap();
+    let root = g.slave();
+    let mut own = primary.stdin.take().unwrap();
+    own.write_all(&enc(&Message::Stripe { channels: 3 }))
+        .unwrap();
+    let refused = |mut c: Child, what: &str| {
+        assert_eq!(told(&mut c), "refused", "{what}");
+        let _ = c.wait();
     };
-    // Another user (nobody) running the agent command.
+    refused(forged(&offer, &[7; 16], 1, &root, false), "a wrong token");
     if is_root() {
-        refused(
-            &|name| {
-                let mut c = Command::new("setpriv");
-                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                    .arg(bin())
-                    .args(["agent", "--volume", g.slave().to_str().unwrap()])
-                    .env("GEOREP_HOME", "/nonexistent")
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                vec![joining(c, name, 1)]
-            },
-            2,
-            "uid 65534",
-        );
+        refused(forged(&offer, &offer.token, 1, &root, true), "another user");
     }
-    // The agent of another slave volume.
     let other = g.path("other-volume");
     std::fs::create_dir_all(&other).unwrap();
+    let mut c = joining(agent(&g, &other), &offer, 1);
+    // What it read past its Join would come with its channel: it must never be applied.
+    let mut evil = begin(1, 1);
+    evil.extend(file_frames("evil", b"must not be applied"));
+    evil.extend(end(1, 1));
+    let _ = c.stdin.as_mut().unwrap().write_all(&evil);
+    let out = c.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was not taken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     refused(
-        &|name| vec![joining(agent(&g, &other), name, 1)],
-        2,
+        forged(&offer, &offer.token, 5, &root, false),
+        "index 5 of 3",
+    );
+    let mut first = forged(&offer, &offer.token, 1, &root, false);
+    assert_eq!(told(&mut first), "taken");
+    refused(
+        forged(&offer, &offer.token, 1, &root, false),
+        "index 1 twice",
+    );
+    let mut second = forged(&offer, &offer.token, 2, &root, false);
+    assert_eq!(told(&mut second), "taken");
+
+    let mut body = begin(1, 1);
+    body.extend(file_frames("good", b"over three channels"));
+    body.extend(end(1, 1));
+    body.extend(enc(&Message::Bye));
+    let channels: Vec<BoxWrite> = vec![
+        Box::new(own),
+        Box::new(first.stdin.take().unwrap()),
+        Box::new(second.stdin.take().unwrap()),
+    ];
+    let mut sink = StripedSink::new(channels);
+    for piece in body.chunks(100) {
+        georep::transport::conn::Sink::write_all(&mut sink, piece).unwrap();
+    }
+    drop(sink);
+    let mut acked = false;
+    while let Ok(Some(m)) = replies.read() {
+        acked |= matches!(m, Message::Ack(a) if a.id == 1);
+    }
+    assert!(acked);
+    let err = stderr_of(primary);
+    for says in [
+        "without this connection's token",
         "agent of another volume",
-    );
-    // Channel 1 twice.
-    refused(
-        &|name| {
-            vec![
-                joining(agent(&g, &g.slave()), name, 1),
-                joining(agent(&g, &g.slave()), name, 1),
-            ]
-        },
-        3,
+        "channel 5 joined a stripe of 3 channels",
         "joined the stripe twice",
+    ] {
+        assert!(err.contains(says), "the agent says {says:?}: {err}");
+    }
+    if is_root() {
+        assert!(err.contains("uid 65534"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(root.join("good")).unwrap(),
+        b"over three channels"
     );
-    // Channel 5 of a stripe of 2.
-    refused(
-        &|name| vec![joining(agent(&g, &g.slave()), name, 5)],
-        2,
-        "channel 5 joined a stripe of 2 channels",
-    );
-    // A stripe over more channels than there may be.
-    refused(&|_| Vec::new(), MAX_CHANNELS + 1, "a stripe of 17 channels");
+    assert!(!root.join("evil").exists());
+    let _ = (first.wait(), second.wait());
+}
+
+/// A stripe over more channels than the protocol allows ends the connection.
+#[test]
+fn a_stripe_over_too_many_channels_is_refused() {
+    let g = Georep::new();
+    let (mut primary, _r, join) = serving(&g, 3);
+    assert!(join.is_some());
+    let mut own = primary.stdin.take().unwrap();
+    own.write_all(&enc(&Message::Stripe {
+        channels: MAX_CHANNELS + 1,
+    }))
+    .unwrap();
+    let err = stderr_of(primary);
+    assert!(err.contains("a stripe of 17 channels"), "{err}");
 }
 
 /// Over OpenSSH with four channels: a further channel's agent killed mid-stream ends the
@@ -283,4 +362,85 @@ fn a_channel_lost_mid_stream_ends_the_connection_and_the_retry_converges() {
 
 fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn push_pem(g: &Georep, sshd: &Sshd, slave: &str) {
+    let o = g
+        .cmd()
+        .args([
+            "create",
+            g.master().to_str().unwrap(),
+            slave,
+            "push-pem",
+            "--identity",
+        ])
+        .arg(&sshd.operator_key)
+        .arg("--remote-georep")
+        .arg(bin())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A DR sshd that allows one session per connection (`MaxSessions 1`): the further channels
+/// are refused, and the stream goes over the one that opened.
+#[test]
+fn a_dr_host_that_refuses_further_channels_replicates_over_one() {
+    let g = Georep::new();
+    let mut sshd = Sshd::start(&g);
+    sshd.configure("MaxSessions 1\n");
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    push_pem(&g, &sshd, &slave);
+    make_varied_tree(&g.master(), 4 << 20);
+    let m = g.master();
+    let r: serde_json::Value = serde_json::from_str(&g.ok(&[
+        "sync",
+        m.to_str().unwrap(),
+        &slave,
+        "--once",
+        "--json",
+        "--channels",
+        "4",
+    ]))
+    .unwrap();
+    assert_trees_equal(&g.master(), &g.slave());
+    assert_eq!(n(&r, "channels"), 1, "{r}");
+    let _ = g.run(&["delete", m.to_str().unwrap(), &slave]);
+}
+
+/// A DR host where further channels open but their agents cannot start (here a forced command
+/// that runs one agent at a time, as a process limit would): the joins never come, and the
+/// worker goes on over one channel, saying so in status, instead of retrying the same stripe.
+#[test]
+fn a_stripe_that_never_joins_falls_back_to_one_channel() {
+    let g = Georep::new();
+    let sshd = Sshd::start(&g);
+    let slave = sshd.slave(g.slave().to_str().unwrap());
+    push_pem(&g, &sshd, &slave);
+    let keys = std::fs::read_to_string(&sshd.authorized_keys).unwrap();
+    let lock = g.path("one-agent.lock");
+    let wrapped = keys.replace(
+        "command=\"",
+        &format!("command=\"flock -n {} ", lock.display()),
+    );
+    assert_ne!(keys, wrapped);
+    std::fs::write(&sshd.authorized_keys, wrapped).unwrap();
+    let m = g.master();
+    let ms = m.to_str().unwrap().to_string();
+    g.ok(&["config", &ms, &slave, "channels", "3"]);
+    // The agent waits for the joins as long as its silence limit (10 s here).
+    g.ok(&["config", &ms, &slave, "takeover-timeout", "15s"]);
+    make_varied_tree(&m, 1 << 20);
+    let mut s = Session { g: &g, child: None };
+    s.run_with_slave(&slave);
+    s.converge("over one channel after the stripe did not join");
+    let st = s.status();
+    assert!(
+        st["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("one channel")),
+        "{st}"
+    );
+    assert!(st["disconnects"].as_u64().unwrap() >= 1, "{st}");
+    let _ = g.run(&["delete", &ms, &slave]);
 }

@@ -17,6 +17,8 @@ pub struct Sshd {
     pub operator_key: PathBuf,
     pub authorized_keys: PathBuf,
     child: Option<Child>,
+    /// sshd_config lines added by `configure`.
+    extra: String,
 }
 
 fn sshd_bin() -> PathBuf {
@@ -79,6 +81,7 @@ impl Sshd {
             operator_key,
             authorized_keys,
             child: None,
+            extra: String::new(),
         };
         s.write_config();
         s.run();
@@ -92,13 +95,14 @@ impl Sshd {
              AuthorizedKeysFile {ak}\nStrictModes no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin yes\n\
              SetEnv GEOREP_AUTHORIZED_KEYS={ak} GEOREP_HOME={home} GEOREP_NODE={node}\n\
-             LogLevel ERROR\n",
+             LogLevel ERROR\n{extra}",
             port = self.port,
             addr = self.addr,
             d = d.display(),
             ak = self.authorized_keys.display(),
             home = self.home.display(),
             node = self.node,
+            extra = self.extra,
         );
         std::fs::write(d.join("sshd_config"), cfg).unwrap();
     }
@@ -142,6 +146,14 @@ impl Sshd {
 
     /// Stops sshd and every process under it (per-connection sshd processes call setsid(), so
     /// a process group does not reach them), as a DR host going down would.
+    /// Restarts sshd with `lines` added to its configuration.
+    pub fn configure(&mut self, lines: &str) {
+        self.extra = lines.to_string();
+        self.stop();
+        self.write_config();
+        self.run();
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             for pid in descendants(c.id() as i32) {
