@@ -247,9 +247,21 @@ fn sync_brick(
                 session,
                 brick,
                 opts,
-                first_sync,
             };
-            let (mut shipper, first) = c.while_crawling(&index_path, excludes, &mut slot)?;
+            // A first sync lists the slave once connected: the plan made meanwhile against the
+            // empty index holds when the slave is empty (a new DR site); otherwise it is
+            // dropped, and the crawl below compares with the listing.
+            let mut proceed = |sh: &mut Shipper| -> Result<bool> {
+                if !first_sync {
+                    return Ok(true);
+                }
+                let t = Instant::now();
+                let listed = list_for_first_sync(sh, &index, brick)?;
+                tracing::debug!(brick = %brick, ms = t.elapsed().as_millis() as u64, "first sync: slave listed");
+                Ok(listed == 0)
+            };
+            let (mut shipper, first) =
+                c.while_crawling(&index_path, excludes, &mut slot, &mut proceed)?;
             if one_set && !first_sync && index.is_empty()? {
                 // The handshake found a recreated slave (another volume id) and emptied the
                 // index: list it, as a first sync does.
@@ -560,22 +572,20 @@ struct Connecting<'a> {
     session: &'a str,
     brick: &'a Brick,
     opts: &'a SyncOptions,
-    /// Nothing is known of the slave: it is listed once connected (`list_for_first_sync`). The
-    /// plan made meanwhile against the empty index holds when the slave is empty (a new DR
-    /// site); otherwise it is dropped, and the caller's crawl compares with the listing.
-    first_sync: bool,
 }
 
 impl Connecting<'_> {
     /// Connects and makes the first crawl's plan at the same time: logging in over SSH takes a
     /// few hundred milliseconds (most of it the remote shell starting), a crawl of 10,000 files
     /// tens of them. The plan is kept unless the handshake found a recreated slave and emptied
-    /// the index it was made against; a failed connection stops the crawl.
+    /// the index it was made against, or `proceed` (run once connected, before anything of the
+    /// plan is sent) says it does not hold; a failed connection stops the crawl.
     fn while_crawling(
         self,
         index_path: &std::path::Path,
         excludes: &Excludes,
         slot: &mut u64,
+        proceed: &mut dyn FnMut(&mut Shipper) -> Result<bool>,
     ) -> Result<(Shipper, Option<crawl::Plan>)> {
         // Local state only (the agent empties its stash when a connection starts), and the
         // crawl must not see stash rows.
@@ -633,22 +643,17 @@ impl Connecting<'_> {
                 let _ = crawler.join();
                 return Ok((shipper, None));
             }
-            if self.first_sync {
-                let t = Instant::now();
-                let listed = list_for_first_sync(&mut shipper, self.index, brick);
-                tracing::debug!(brick = %brick, ms = t.elapsed().as_millis() as u64, "first sync: slave listed");
-                match listed {
-                    Ok(0) => {}
-                    Ok(_) => {
-                        give_up(rx);
-                        let _ = crawler.join();
-                        return Ok((shipper, None));
-                    }
-                    Err(e) => {
-                        give_up(rx);
-                        let _ = crawler.join();
-                        return Err(e);
-                    }
+            match proceed(&mut shipper) {
+                Ok(true) => {}
+                Ok(false) => {
+                    give_up(rx);
+                    let _ = crawler.join();
+                    return Ok((shipper, None));
+                }
+                Err(e) => {
+                    give_up(rx);
+                    let _ = crawler.join();
+                    return Err(e);
                 }
             }
             shipper.begin_plan();

@@ -109,6 +109,15 @@ pub struct Worker {
     one_channel_until: Option<Instant>,
 }
 
+/// A hybrid crawl due when the worker connects (`Worker::crawl_due`).
+struct CrawlDue {
+    /// The journal's last record then: the crawl covers it and everything before.
+    gap_seq: u64,
+    why: String,
+    /// Before the crawl began (what it saw changed since is shipped again, never missed).
+    started: i64,
+}
+
 /// How long a worker whose stripe did not join uses one channel before it tries again.
 const ONE_CHANNEL_FOR: Duration = Duration::from_secs(600);
 
@@ -287,18 +296,37 @@ impl Worker {
             // its agent.db lost, is still the session's own to make equal).
             let had_slave = index.get_meta("slave_volume_id")?.is_some();
             let opts = self.connection_options();
-            let shipper = transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
-                connect(
-                    t.as_ref(),
-                    &index,
-                    &self.spec,
-                    &self.session.name,
-                    &self.brick,
-                    &opts,
-                )
-            });
-            let mut shipper = match shipper {
-                Ok(s) => s,
+            // A crawl due at once (the journal position is lost or a gap waits: a first start,
+            // a writer restarted) is planned while the connection is made, as `sync` does.
+            let pre = self.crawl_due(&index, &journal)?;
+            let index_path = self.dir.join("index.db");
+            let connected =
+                transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
+                    if pre.is_none() {
+                        return connect(
+                            t.as_ref(),
+                            &index,
+                            &self.spec,
+                            &self.session.name,
+                            &self.brick,
+                            &opts,
+                        )
+                        .map(|s| (s, None));
+                    }
+                    let c = super::Connecting {
+                        transport: t.as_ref(),
+                        index: &index,
+                        spec: &self.spec,
+                        session: &self.session.name,
+                        brick: &self.brick,
+                        opts: &opts,
+                    };
+                    // A takeover re-reads the slave first: nothing planned before holds then.
+                    let mut proceed = |sh: &mut Shipper| Ok(sh.previous_active.is_none());
+                    c.while_crawling(&index_path, &self.excludes, &mut self.slot, &mut proceed)
+                });
+            let (mut shipper, first) = match connected {
+                Ok(x) => x,
                 Err(e) => {
                     if let Some(p) = e.downcast_ref::<super::Passive>() {
                         if self.status.status != "Passive" {
@@ -327,7 +355,23 @@ impl Worker {
             let pending = index.get_meta("takeover_from")?.filter(|p| !p.is_empty());
             let result = match shipper.previous_active.clone().or(pending) {
                 Some(prev) => self.take_over(&mut shipper, &index, &journal, &prev),
-                None => self.first_sync(&mut shipper, &index, had_slave),
+                None => self
+                    .first_sync(&mut shipper, &index, had_slave)
+                    .and_then(|()| {
+                        match (pre, first) {
+                            (Some(due), Some(plan)) => self.hybrid_from(
+                                &mut shipper,
+                                &index,
+                                &journal,
+                                due.gap_seq,
+                                Some(&due.why),
+                                Some((plan, due.started)),
+                            ),
+                            // Not planned (a recreated slave, a takeover): the first turn of
+                            // `serve` finds the crawl due again.
+                            _ => Ok(()),
+                        }
+                    }),
             }
             .and_then(|()| self.serve(&mut shipper, &index, &journal));
             match result {
@@ -359,6 +403,39 @@ impl Worker {
         self.status.crawl = "N/A".into();
         self.save();
         Ok(())
+    }
+
+    /// A hybrid crawl the first turn would run at once (the journal position lost, or a gap
+    /// after it), for the crawl to be planned while the connection is made. Not on a first
+    /// sync or a pending takeover: the slave is read before anything is planned there.
+    fn crawl_due(&self, index: &Index, journal: &JournalStore) -> Result<Option<CrawlDue>> {
+        if index.is_empty()?
+            || index
+                .get_meta("takeover_from")?
+                .is_some_and(|p| !p.is_empty())
+        {
+            return Ok(None);
+        }
+        let why = match position_lost(index, journal)? {
+            Some(why) => why,
+            None => {
+                let seq: u64 = index
+                    .get_meta("journal_seq")?
+                    .map(|s| s.parse())
+                    .transpose()?
+                    .unwrap_or(0);
+                match journal.last_gap_after(seq)? {
+                    Some(gap) => gap.note.unwrap_or_else(|| "journal gap".into()),
+                    None => return Ok(None),
+                }
+            }
+        };
+        // Every record up to here is older than the crawl (which starts after this).
+        Ok(Some(CrawlDue {
+            gap_seq: journal.last_seq()?,
+            why,
+            started: now_ns(),
+        }))
     }
 
     /// The options of the next connection: one channel while a stripe is known not to join;
@@ -717,16 +794,39 @@ impl Worker {
         gap_seq: u64,
         why: Option<&str>,
     ) -> Result<()> {
+        self.hybrid_from(shipper, index, journal, gap_seq, why, None)
+    }
+
+    /// A hybrid crawl, or the rest of one planned while connecting (`planned`: its first plan,
+    /// already being shipped, and when that crawl began).
+    fn hybrid_from(
+        &mut self,
+        shipper: &mut Shipper,
+        index: &Index,
+        journal: &JournalStore,
+        gap_seq: u64,
+        why: Option<&str>,
+        planned: Option<(crawl::Plan, i64)>,
+    ) -> Result<()> {
         // The brick may have gone since the connection was made (unmounted mid-session): a
         // crawl of an empty mountpoint would delete the DR copy.
         crate::brickid::check_running(&self.brick, index)?;
-        tracing::info!(brick = %self.brick, "hybrid crawl: {}", why.unwrap_or("journal gap"));
+        let when = if planned.is_some() {
+            " (planned while connecting)"
+        } else {
+            ""
+        };
+        tracing::info!(brick = %self.brick, "hybrid crawl{when}: {}", why.unwrap_or("journal gap"));
         self.status.crawl = "Hybrid Crawl".into();
         self.status.hybrid_crawls += 1;
         self.save();
         // Everything changed before the crawl starts is seen by it.
-        let started = now_ns();
-        let before = shipper.stats.clone();
+        // A plan made while connecting began shipping with the connection: its counts start
+        // from the connection's.
+        let (first, started, before) = match planned {
+            Some((plan, started)) => (Some(plan), started, Default::default()),
+            None => (None, now_ns(), shipper.stats.clone()),
+        };
         let out = crawl_until_converged(
             shipper,
             index,
@@ -734,7 +834,7 @@ impl Worker {
             &self.excludes,
             &self.opts,
             &mut self.slot,
-            None,
+            first,
         )
         .context("hybrid crawl")?;
         let after = &shipper.stats;

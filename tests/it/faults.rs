@@ -460,6 +460,12 @@ fn a_journal_that_went_back_or_was_replaced_is_crawled_not_trusted() {
         "{}",
         tail(&s.log(), 20)
     );
+    // Issue 16: a crawl due when the worker starts is planned while it connects.
+    assert!(
+        s.log().contains("hybrid crawl (planned while connecting)"),
+        "{}",
+        tail(&s.log(), 20)
+    );
 
     // journal.db deleted: a new one, with another identity.
     kill_all(&mut s);
