@@ -471,6 +471,20 @@ pub fn plan_paths(
             d.links.entry(*ino).or_default().push(p.clone());
         }
     }
+    // Rows dropped with a directory that another one replaced on the disk before its records
+    // came (`Diff::compare`): a hard-linked file among them may have been written through that
+    // name before the directory went, and the record comes in a later window, when no row
+    // leads to the inode any more (journal seed 2101659). Its other names are compared now.
+    for (q, g) in &d.gone {
+        if g.kind == Kind::File
+            && g.nlink > 1
+            && g.ino != 0
+            && !dirty.contains(q)
+            && !q.self_and_ancestors().any(|x| removed.contains(&x))
+        {
+            inos.push(g.ino);
+        }
+    }
     inos.sort_unstable();
     inos.dedup();
     for ino in inos {
@@ -1529,6 +1543,40 @@ mod tests {
         let excludes = Excludes::new(&[]).unwrap();
         let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
         assert!(plan.needs_crawl, "{:?}", plan.ops);
+    }
+
+    #[test]
+    fn a_link_dropped_with_a_replaced_directory_leads_to_its_other_name() {
+        // Journal seed 2101659: "a/l", a second name of "f", was truncated, then "a" was
+        // removed and made again, all on the disk before the window that planned "a" (its
+        // only record: a directory removed inside it). The plan dropped "a/l" with the old
+        // "a"; the truncate's record came in the next window, when no row led to "f" any more.
+        use crate::journal::{RecOp, Record};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(root.join("a/d")).unwrap();
+        std::fs::write(root.join("f"), vec![7u8; 1684]).unwrap();
+        std::fs::hard_link(root.join("f"), root.join("a/l")).unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "a", "a/d", "a/l", "f"]);
+        std::fs::remove_dir(root.join("a/d")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("a/l"))
+            .unwrap()
+            .set_len(49)
+            .unwrap();
+        std::fs::create_dir(root.join("n")).unwrap();
+        std::fs::remove_file(root.join("a/l")).unwrap();
+        std::fs::remove_dir(root.join("a")).unwrap();
+        std::fs::rename(root.join("n"), root.join("a")).unwrap();
+        let window = crate::ship::changes::changes(&[Record::new(RecOp::Rmdir, p("a/d"))]);
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        let sends_f = plan
+            .ops
+            .iter()
+            .any(|o| matches!(&o.op, PlanOp::File { path, .. } if *path == p("f")));
+        assert!(sends_f || plan.needs_crawl, "{:?}", plan.ops);
     }
 
     #[test]
