@@ -300,6 +300,27 @@ pub fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// True while some process holds an exclusive flock on `path`.
+/// The process holding the `flock` on `path`, from /proc/locks (the pid that took it).
+pub fn lock_holder(path: &Path) -> Option<rustix::process::Pid> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+    let want = format!("{major:02x}:{minor:02x}:{}", m.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 3916 07:00:2802801 0 EOF"
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+            .then(|| {
+                f.get(4)?
+                    .parse()
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+            })
+            .flatten()
+    })
+}
+
 pub fn is_locked(path: &Path) -> bool {
     let Ok(f) = std::fs::File::open(path) else {
         return false;

@@ -504,8 +504,10 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
             "session {master} -> {slave} is already started on this node: `georep status {master} {slave}` shows it (add `force` to ignore)"
         );
     }
-    // A start clears a pause left from before a stop.
+    // A start clears a pause left from before a stop, and the pid of a monitor that was
+    // killed (none runs: `stop` must never find that one instead of the new one).
     let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("paused"));
+    let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("monitor.pid"));
     if foreground {
         return monitor::run(home, &cfg.name);
     }
@@ -524,7 +526,11 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
         .context("starting the session monitor")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if monitor::is_running(home, &cfg.name) {
+        // Started once it holds the lock and wrote its pid (a `stop` right after finds it).
+        if monitor::is_running(home, &cfg.name)
+            && monitor::monitor_pid(home, &cfg.name)
+                .is_some_and(|p| p.as_raw_pid() as u32 == child.id())
+        {
             break;
         }
         if let Some(st) = child.try_wait()? {
@@ -556,21 +562,44 @@ pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
         }
         bail!("session {master} -> {slave} is not running on this node (add `force` to ignore)");
     }
-    let pid = monitor::monitor_pid(home, &cfg.name)
-        .with_context(|| format!("session {} has a monitor but no monitor.pid", cfg.name))?;
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-        .with_context(|| format!("signalling the monitor (pid {})", pid.as_raw_nonzero()))?;
     let deadline = Instant::now() + Duration::from_secs(if force { 10 } else { 90 });
+    // The pid the monitor wrote, once it is that of a live monitor of this session (one just
+    // started may not have written it yet, one that was killed left its own behind, which
+    // another process may have now), else the holder of the monitor's lock.
+    let live = || {
+        monitor::monitor_pid(home, &cfg.name)
+            .filter(|p| monitor::is_monitor_of(*p, &cfg.name))
+            .or_else(|| {
+                crate::fsutil::lock_holder(&monitor::monitor_lock(home, &cfg.name))
+                    .filter(|p| monitor::is_monitor_of(*p, &cfg.name))
+            })
+    };
+    let mut signalled = None;
     while monitor::is_running(home, &cfg.name) {
+        if let Some(pid) = live().filter(|p| Some(*p) != signalled) {
+            if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
+                signalled = Some(pid);
+            }
+        }
         if Instant::now() > deadline {
+            let shown = signalled
+                .map(|p| p.as_raw_nonzero().to_string())
+                .unwrap_or_else(|| "unknown".into());
             if force {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                if let Some(pid) = signalled.or_else(live) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
                 std::thread::sleep(Duration::from_millis(200));
-                return Ok(());
+                if !monitor::is_running(home, &cfg.name) {
+                    return Ok(());
+                }
+                bail!(
+                    "the monitor (pid {shown}) still runs after SIGKILL: see {}",
+                    log_dir(home, &cfg.name).display()
+                );
             }
             bail!(
-                "the monitor (pid {}) did not stop within 90 s: see {}, or `georep stop {master} {slave} force`",
-                pid.as_raw_nonzero(),
+                "the monitor (pid {shown}) did not stop within 90 s: see {}, or `georep stop {master} {slave} force`",
                 log_dir(home, &cfg.name).display()
             );
         }

@@ -401,6 +401,52 @@ fn killed_worker_is_restarted_and_killed_monitor_resumes_without_a_crawl() {
         1,
         "no re-crawl after a monitor crash"
     );
+
+    // Killed again, then `start` and `stop` at once (a script, a unit restart): the killed
+    // monitor's pid was left behind, and stop signalled it instead of the new monitor, which
+    // ran on (found by the convergence harness: a monitor outlived its test).
+    let monitor = st.pid_of(&st.session_file("monitor.pid"));
+    signal(monitor, rustix::process::Signal::KILL);
+    assert!(wait_until(Duration::from_secs(10), || st.row()["status"] == "Stopped"));
+    st.op("start");
+    st.op("stop");
+    let session = fs::read_dir(g.path("home/state/sessions"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let session = session.to_str().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || pids_with_cmdline(&[
+            "monitor", session
+        ])
+        .is_empty()),
+        "a monitor still runs after stop: {:?}",
+        pids_with_cmdline(&["monitor", session])
+    );
+
+    // The pid file names another live process (a killed monitor's pid, taken since): stop
+    // leaves that process alone and stops the monitor that holds the session's lock.
+    st.op("start");
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    fs::write(st.session_file("monitor.pid"), other.id().to_string()).unwrap();
+    let t = std::time::Instant::now();
+    st.op("stop");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert!(pids_with_cmdline(&["monitor", session]).is_empty());
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "stop signalled a process that is not the monitor"
+    );
+    let _ = other.kill();
 }
 
 #[test]
