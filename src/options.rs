@@ -235,7 +235,7 @@ pub const OPTIONS: &[OptionDef] = &[
     OptionDef {
         key: "channels",
         default: "auto",
-        help: "SSH channels each brick's stream is striped over (1 to 16): a long link carries one channel's window per round trip (OpenSSH's 2 MiB: 17 MiB/s at 113 ms); auto = 4 over a network, 1 to a local slave; applies at the next connection",
+        help: "SSH channels each brick's stream is striped over (1 to 16): a long link carries one channel's window per round trip (OpenSSH's 2 MiB: 17 MiB/s at 113 ms); auto = 4 on a long link (an SSH round trip of 30 ms or more), else 1; applies at the next connection",
     },
     OptionDef {
         key: "metrics-listen",

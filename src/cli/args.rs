@@ -499,8 +499,8 @@ pub struct SyncArgs {
     /// 1M over a network, off to a local slave)
     #[arg(long, value_name = "SIZE")]
     pub delta_min_size: Option<String>,
-    /// SSH channels the stream is striped over, 1 to 16, or `auto` (4 over a network, 1 to a
-    /// local slave): each carries at most its window per round trip on a long link
+    /// SSH channels the stream is striped over, 1 to 16, or `auto` (4 on a long link, an SSH
+    /// round trip of 30 ms or more; else 1): each carries at most its window per round trip
     #[arg(long, value_name = "N")]
     pub channels: Option<String>,
 }

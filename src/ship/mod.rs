@@ -332,11 +332,14 @@ pub fn connect(
     } else {
         wanted_channels(opts, spec)
     };
-    let link = transport.connect_with(if opts.channels_early {
-        usize::from(wanted - 1)
-    } else {
-        0
-    })?;
+    let link = transport.connect_with(
+        if opts.channels_early {
+            usize::from(wanted - 1)
+        } else {
+            0
+        },
+        opts.channels.is_none(),
+    )?;
     let mut w = FrameWriter::new(link.writer);
     let mut r = FrameReader::new(link.reader);
     let compression = opts
@@ -483,9 +486,10 @@ pub fn connect(
     Ok(shipper)
 }
 
-/// Channels a connection's stream is striped over by default, over a network: one SSH channel
-/// carries at most its window per round trip (OpenSSH's 2 MiB: 17 MiB/s at 113 ms).
-/// docs/benchmarks.md has the measurement this was chosen from.
+/// Channels a connection's stream is striped over by default on a long link (the SSH transport
+/// decides: `transport::ssh::LONG_LINK`): one SSH channel carries at most its window per round
+/// trip (OpenSSH's 2 MiB: 17 MiB/s at 113 ms). docs/benchmarks.md has the measurement this was
+/// chosen from.
 pub const DEFAULT_CHANNELS: u8 = 4;
 
 /// `channels` as set, or the default: one to a local slave, where there is no window.

@@ -52,9 +52,10 @@ pub trait LinkHandle: Send {
 pub trait Transport: Send + Sync {
     fn connect(&self) -> Result<Link>;
     /// Connects, opening `extra` further channels along (for `LinkHandle::extra_channels` to
-    /// take): on a long link they are ready when the handshake on the first is done. The
+    /// take): on a long link they are ready when the handshake on the first is done. `auto`:
+    /// the number was not set, and the transport stripes only where it pays (a long link). The
     /// default opens none.
-    fn connect_with(&self, _extra: usize) -> Result<Link> {
+    fn connect_with(&self, _extra: usize, _auto: bool) -> Result<Link> {
         self.connect()
     }
     /// Where this transport leads, for messages (`local agent for /data/dr`, `dr1:22`).

@@ -24,6 +24,15 @@ fn session_through<'a>(g: &'a Georep, sshd: &Sshd, proxy: &Proxy) -> (Session<'a
         .output()
         .unwrap();
     assert!(o.status.success(), "push-pem: {}", stderr(&o));
+    // Striped (over loopback `auto` takes one channel): a cut, a stall or a blackhole must
+    // lose nothing with several channels in flight either.
+    g.ok(&[
+        "config",
+        g.master().to_str().unwrap(),
+        &slave,
+        "channels",
+        "3",
+    ]);
     let mut s = Session { g, child: None };
     s.run_with_slave(&slave);
     (s, slave)
