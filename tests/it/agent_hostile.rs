@@ -82,13 +82,16 @@ fn op(o: Op) -> Vec<u8> {
     enc(&Message::Op(o))
 }
 
-fn file(path: &str, data: &[u8]) -> Vec<u8> {
+/// A whole file's frames (content in chunks of 1 MiB).
+pub(crate) fn file(path: &str, data: &[u8]) -> Vec<u8> {
     let mut v = enc(&Message::FileBegin(FileBegin {
         path: p(path),
         meta: meta(0o644),
         size: data.len() as u64,
     }));
-    v.extend(enc(&Message::Chunk(data.to_vec())));
+    for c in data.chunks(1 << 20) {
+        v.extend(enc(&Message::Chunk(c.to_vec())));
+    }
     v.extend(enc(&Message::FileEnd(FileEnd {
         hash: *blake3::hash(data).as_bytes(),
         commit: true,

@@ -2,7 +2,7 @@
 //! the pieces back in order whatever channel carries them, only its own channels may join, and
 //! a channel lost mid-stream ends the connection, after which the retry converges.
 
-use crate::agent_hostile::{begin, enc, end, hello_fields};
+use crate::agent_hostile::{begin, enc, end, file, hello_fields};
 use crate::util::*;
 use georep::protocol::*;
 use georep::transport::conn::{BoxRead, BoxWrite, FrameReader};
@@ -51,29 +51,6 @@ fn joining(mut cmd: Command, offer: &JoinOffer, index: u8) -> Child {
     c
 }
 
-fn file_frames(path: &str, data: &[u8]) -> Vec<u8> {
-    let mut v = enc(&Message::FileBegin(FileBegin {
-        path: crate::agent_hostile::p(path),
-        meta: Meta {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_sec: 1_700_000_000,
-            mtime_nsec: 0,
-            xattrs: None,
-        },
-        size: data.len() as u64,
-    }));
-    for c in data.chunks(1 << 20) {
-        v.extend(enc(&Message::Chunk(c.to_vec())));
-    }
-    v.extend(enc(&Message::FileEnd(FileEnd {
-        hash: *blake3::hash(data).as_bytes(),
-        commit: true,
-    })));
-    v
-}
-
 fn stderr_of(c: Child) -> String {
     let o = c.wait_with_output().unwrap();
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -92,12 +69,9 @@ fn an_agent_puts_a_striped_stream_back_in_order() {
     let big = crate::delta::noise(5 << 20, 9);
     let mut body = begin(1, 41);
     for i in 0..40 {
-        body.extend(file_frames(
-            &format!("small-{i}"),
-            format!("file {i}").as_bytes(),
-        ));
+        body.extend(file(&format!("small-{i}"), format!("file {i}").as_bytes()));
     }
-    body.extend(file_frames("big", &big));
+    body.extend(file("big", &big));
     body.extend(end(1, 41));
     body.extend(enc(&Message::Bye));
 
@@ -237,7 +211,7 @@ fn only_the_connections_own_channels_may_join() {
     let mut c = joining(agent(&g, &other), &offer, 1);
     // What it read past its Join would come with its channel: it must never be applied.
     let mut evil = begin(1, 1);
-    evil.extend(file_frames("evil", b"must not be applied"));
+    evil.extend(file("evil", b"must not be applied"));
     evil.extend(end(1, 1));
     let _ = c.stdin.as_mut().unwrap().write_all(&evil);
     let out = c.wait_with_output().unwrap();
@@ -261,7 +235,7 @@ fn only_the_connections_own_channels_may_join() {
     assert_eq!(told(&mut second), "taken");
 
     let mut body = begin(1, 1);
-    body.extend(file_frames("good", b"over three channels"));
+    body.extend(file("good", b"over three channels"));
     body.extend(end(1, 1));
     body.extend(enc(&Message::Bye));
     let channels: Vec<BoxWrite> = vec![
@@ -323,15 +297,7 @@ fn a_channel_lost_mid_stream_ends_the_connection_and_the_retry_converges() {
     let slave = sshd.slave(g.slave().to_str().unwrap());
     let m = g.master();
     let ms = m.to_str().unwrap().to_string();
-    let o = g
-        .cmd()
-        .args(["create", &ms, &slave, "push-pem", "--identity"])
-        .arg(&sshd.operator_key)
-        .arg("--remote-georep")
-        .arg(bin())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    push_pem(&g, &sshd, &slave);
     g.ok(&["config", &ms, &slave, "channels", "4"]);
     // Slow enough to be caught mid-stream.
     g.ok(&["config", &ms, &slave, "bwlimit", "4M"]);
