@@ -299,28 +299,52 @@ pub fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("opening {}", path.display()))
 }
 
-/// True while some process holds an exclusive flock on `path`.
-/// The process holding the `flock` on `path`, from /proc/locks (the pid that took it).
-pub fn lock_holder(path: &Path) -> Option<rustix::process::Pid> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
-    let want = format!("{major:02x}:{minor:02x}:{}", m.ino());
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // "1: FLOCK  ADVISORY  WRITE 3916 07:00:2802801 0 EOF"
-        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
-            .then(|| {
-                f.get(4)?
-                    .parse()
-                    .ok()
-                    .and_then(rustix::process::Pid::from_raw)
-            })
-            .flatten()
-    })
+/// Whether process `pid` holds the exclusive `flock` on `path`: /proc/locks lists it for the
+/// file's inode, and the process has `path` open. (Only the inode is compared in /proc/locks:
+/// on btrfs its device number is not the one `stat` reports.) The holder of the lock, then,
+/// not whatever process has a stale pid now.
+pub fn holds_flock(pid: i32, path: &Path) -> bool {
+    flock_listed(path).contains(&pid) && has_open(pid, path)
 }
 
+/// The pids /proc/locks lists with an exclusive `flock` on `path`'s inode.
+fn flock_listed(path: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let ino = m.ino().to_string();
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" (waiters: "1: -> FLOCK …")
+            (w.get(1) == Some(&"FLOCK")
+                && w.get(5).and_then(|d| d.rsplit(':').next()) == Some(ino.as_str()))
+            .then(|| w.get(4)?.parse::<i32>().ok())
+            .flatten()
+        })
+        .collect()
+}
+
+fn has_open(pid: i32, path: &Path) -> bool {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == canonical))
+}
+
+/// The process holding the exclusive `flock` on `path`, whatever its command line.
+pub fn flock_holder(path: &Path) -> Option<i32> {
+    flock_listed(path)
+        .into_iter()
+        .find(|&pid| has_open(pid, path))
+}
+
+/// True while some process holds an exclusive flock on `path`.
 pub fn is_locked(path: &Path) -> bool {
     let Ok(f) = std::fs::File::open(path) else {
         return false;

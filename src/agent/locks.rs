@@ -89,7 +89,9 @@ fn replace_stale_holder(
     let pid = std::fs::read_to_string(pid_path)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|&p| p > 0 && p != std::process::id() as i32 && holds_flock(p, lock_path))
+        .filter(|&p| {
+            p > 0 && p != std::process::id() as i32 && crate::fsutil::holds_flock(p, lock_path)
+        })
         .and_then(Pid::from_raw);
     let Some(pid) = pid else {
         // Taken between our try and now, by a holder that has not written its pid yet: wait.
@@ -103,7 +105,7 @@ fn replace_stale_holder(
     );
     for (signal, patience) in [(Signal::TERM, 5), (Signal::KILL, 5)] {
         // Still the holder (not a new process with its pid)?
-        if !holds_flock(pid.as_raw_nonzero().get(), lock_path) {
+        if !crate::fsutil::holds_flock(pid.as_raw_nonzero().get(), lock_path) {
             return fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(2))?
                 .ok_or_else(held);
         }
@@ -115,34 +117,6 @@ fn replace_stale_holder(
         }
     }
     Err(held())
-}
-
-/// Whether process `pid` holds an flock on `path`: /proc/locks lists a FLOCK of that pid on
-/// the file's inode, and the process has `path` open. (Only the inode is compared in
-/// /proc/locks: on btrfs its device number is not the one `stat` reports.) The holder of the
-/// lock, then, not whatever process has a stale pid now.
-fn holds_flock(pid: i32, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(path) else {
-        return false;
-    };
-    let ino = m.ino().to_string();
-    let listed = std::fs::read_to_string("/proc/locks").is_ok_and(|t| {
-        t.lines().any(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"
-            w.get(1) == Some(&"FLOCK")
-                && w.get(4).and_then(|p| p.parse::<i32>().ok()) == Some(pid)
-                && w.get(5).and_then(|d| d.rsplit(':').next()) == Some(ino.as_str())
-        })
-    });
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    listed
-        && std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == canonical))
 }
 
 /// The shared side of `fence.lock`, held by a replicating connection for its life.
@@ -224,7 +198,7 @@ fn live_agents(state_dir: &Path) -> Vec<i32> {
                 .filter(|&p| {
                     p > 0
                         && p != std::process::id() as i32
-                        && holds_flock(p, &state_dir.join("fence.lock"))
+                        && crate::fsutil::holds_flock(p, &state_dir.join("fence.lock"))
                 })
             {
                 out.push(pid);

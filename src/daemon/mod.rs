@@ -505,9 +505,15 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
         );
     }
     // A start clears a pause left from before a stop, and the pid of a monitor that was
-    // killed (none runs: `stop` must never find that one instead of the new one).
+    // killed (`stop` must never find that one instead of the new one; a monitor that holds the
+    // lock by now, another start's, keeps its own).
     let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("paused"));
-    let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("monitor.pid"));
+    let lock = monitor::monitor_lock(home, &cfg.name);
+    if monitor::monitor_pid(home, &cfg.name)
+        .is_none_or(|p| !crate::fsutil::holds_flock(p.as_raw_pid(), &lock))
+    {
+        let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("monitor.pid"));
+    }
     if foreground {
         return monitor::run(home, &cfg.name);
     }
@@ -563,22 +569,28 @@ pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
         bail!("session {master} -> {slave} is not running on this node (add `force` to ignore)");
     }
     let deadline = Instant::now() + Duration::from_secs(if force { 10 } else { 90 });
-    // The pid the monitor wrote, once it is that of a live monitor of this session (one just
-    // started may not have written it yet, one that was killed left its own behind, which
-    // another process may have now), else the holder of the monitor's lock.
+    // The monitor is the process holding the session's lock (started in the background or
+    // in the foreground under systemd): the pid it wrote once it is that one (one just started
+    // may not have written it yet, one that was killed left its own behind, which another
+    // process may have now), else the lock's holder as /proc/locks shows it.
+    let lock = monitor::monitor_lock(home, &cfg.name);
+    let holds = |p: &rustix::process::Pid| crate::fsutil::holds_flock(p.as_raw_pid(), &lock);
     let live = || {
         monitor::monitor_pid(home, &cfg.name)
-            .filter(|p| monitor::is_monitor_of(*p, &cfg.name))
-            .or_else(|| {
-                crate::fsutil::lock_holder(&monitor::monitor_lock(home, &cfg.name))
-                    .filter(|p| monitor::is_monitor_of(*p, &cfg.name))
-            })
+            .filter(holds)
+            .or_else(|| crate::fsutil::flock_holder(&lock).and_then(rustix::process::Pid::from_raw))
     };
     let mut signalled = None;
     while monitor::is_running(home, &cfg.name) {
         if let Some(pid) = live().filter(|p| Some(*p) != signalled) {
-            if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok() {
-                signalled = Some(pid);
+            match rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
+                Ok(()) => signalled = Some(pid),
+                // Gone meanwhile: the next turn looks again.
+                Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => bail!(
+                    "signalling the monitor (pid {}): {e}: run stop as the user that started the session",
+                    pid.as_raw_nonzero()
+                ),
             }
         }
         if Instant::now() > deadline {
@@ -586,7 +598,7 @@ pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
                 .map(|p| p.as_raw_nonzero().to_string())
                 .unwrap_or_else(|| "unknown".into());
             if force {
-                if let Some(pid) = signalled.or_else(live) {
+                if let Some(pid) = signalled.filter(holds).or_else(live) {
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
                 std::thread::sleep(Duration::from_millis(200));

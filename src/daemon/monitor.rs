@@ -61,16 +61,6 @@ pub fn monitor_pid(home: &Home, session: &str) -> Option<rustix::process::Pid> {
         .and_then(rustix::process::Pid::from_raw)
 }
 
-/// Whether process `pid` is the monitor of `session` (not another process that took the pid
-/// of a monitor that was killed).
-pub fn is_monitor_of(pid: rustix::process::Pid, session: &str) -> bool {
-    let Ok(cmd) = std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-    args.contains(&b"monitor".as_slice()) && args.contains(&session.as_bytes())
-}
-
 /// One local brick's worker as the monitor sees it.
 struct Slot {
     brick: Brick,

@@ -447,6 +447,22 @@ fn killed_worker_is_restarted_and_killed_monitor_resumes_without_a_crawl() {
         "stop signalled a process that is not the monitor"
     );
     let _ = other.kill();
+
+    // A monitor in the foreground (systemd's unit runs `start --foreground`): its command line
+    // names neither `monitor` nor the session, and stop finds it by the lock it holds.
+    let mut fg =
+        st.n.cmd()
+            .args(["start", &st.master, &st.slave, "--foreground"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || st.row()["status"] == "Active"));
+    st.op("stop");
+    assert!(
+        wait_until(Duration::from_secs(20), || fg.try_wait().unwrap().is_some()),
+        "the foreground monitor still runs after stop"
+    );
 }
 
 #[test]
