@@ -368,7 +368,7 @@ pub fn connect(
         },
         silence_ms: crate::protocol::silence_for_takeover(opts.takeover_timeout).as_millis() as u32,
         xattrs: crate::xattr::permitted(opts.xattrs),
-        channels: wanted,
+        channels: if link.handle.stripes() { wanted } else { 1 },
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;
@@ -414,6 +414,11 @@ pub fn connect(
                 welcome.volume_id
             );
             index.clear()?;
+            // The journal no longer holds what the old slave got: only a crawl finds it.
+            index.set_meta(
+                position::CRAWL_DUE,
+                &format!("the slave volume on {} was recreated", welcome.slave_host),
+            )?;
         }
         None if opts.reverse => {}
         None => index.clear()?,
@@ -487,7 +492,7 @@ pub fn connect(
 }
 
 /// Channels a connection's stream is striped over by default on a long link (the SSH transport
-/// decides: `transport::ssh::LONG_LINK`): one SSH channel carries at most its window per round
+/// decides: `transport::ssh::LONG_LINK_AUTH`): one SSH channel carries at most its window per round
 /// trip (OpenSSH's 2 MiB: 17 MiB/s at 113 ms). docs/benchmarks.md has the measurement this was
 /// chosen from.
 pub const DEFAULT_CHANNELS: u8 = 4;

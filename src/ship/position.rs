@@ -8,6 +8,11 @@ use crate::crawl::index::Index;
 use crate::journal::JournalStore;
 use anyhow::Result;
 
+/// Index metadata: why a crawl is owed whatever the journal says (the slave was recreated and
+/// the index emptied: what the journal no longer holds must be found by a crawl). Cleared by
+/// the hybrid crawl that pays it.
+pub const CRAWL_DUE: &str = "crawl_due";
+
 /// Records in the index that everything up to journal record `seq` is on the slave, with what
 /// identifies that position: the journal's identity and the record's time.
 pub(super) fn set_position(index: &Index, journal: &JournalStore, seq: u64) -> Result<()> {
@@ -29,6 +34,9 @@ pub(super) fn set_position(index: &Index, journal: &JournalStore, seq: u64) -> R
 /// record at the position is not the one the index saw. Records after such a position would be
 /// skipped, and a restart GAP among them never seen: the caller crawls instead.
 pub(super) fn position_lost(index: &Index, journal: &JournalStore) -> Result<Option<String>> {
+    if let Some(why) = index.get_meta(CRAWL_DUE)?.filter(|w| !w.is_empty()) {
+        return Ok(Some(why));
+    }
     let seq: u64 = index
         .get_meta("journal_seq")?
         .map(|s| s.parse())

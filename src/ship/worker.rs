@@ -111,7 +111,8 @@ pub struct Worker {
 
 /// A hybrid crawl due when the worker connects (`Worker::crawl_due`).
 struct CrawlDue {
-    /// The journal's last record then: the crawl covers it and everything before.
+    /// Where the journal position goes once the crawl is done: its last record then (a lost
+    /// position), or the gap's (what follows a gap is replayed, as `serve` does).
     gap_seq: u64,
     why: String,
     /// Before the crawl began (what it saw changed since is shipped again, never missed).
@@ -298,7 +299,15 @@ impl Worker {
             let opts = self.connection_options();
             // A crawl due at once (the journal position is lost or a gap waits: a first start,
             // a writer restarted) is planned while the connection is made, as `sync` does.
-            let pre = self.crawl_due(&index, &journal)?;
+            // Not while Passive or Faulty: each retry would walk the brick again for nothing.
+            let pre = if matches!(self.status.status.as_str(), "Passive" | "Faulty") {
+                None
+            } else {
+                self.crawl_due(&index, &journal).unwrap_or_else(|e| {
+                    tracing::warn!(brick = %self.brick, "{e:#}: the crawl waits for the connection");
+                    None
+                })
+            };
             let index_path = self.dir.join("index.db");
             let connected =
                 transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
@@ -416,8 +425,10 @@ impl Worker {
         {
             return Ok(None);
         }
-        let why = match position_lost(index, journal)? {
-            Some(why) => why,
+        // As `serve`'s first turn would: a lost position resumes after the journal's last
+        // record (every one older than the crawl, which starts after this), a gap after its own.
+        let (gap_seq, why) = match position_lost(index, journal)? {
+            Some(why) => (journal.last_seq()?, why),
             None => {
                 let seq: u64 = index
                     .get_meta("journal_seq")?
@@ -425,14 +436,13 @@ impl Worker {
                     .transpose()?
                     .unwrap_or(0);
                 match journal.last_gap_after(seq)? {
-                    Some(gap) => gap.note.unwrap_or_else(|| "journal gap".into()),
+                    Some(gap) => (gap.seq, gap.note.unwrap_or_else(|| "journal gap".into())),
                     None => return Ok(None),
                 }
             }
         };
-        // Every record up to here is older than the crawl (which starts after this).
         Ok(Some(CrawlDue {
-            gap_seq: journal.last_seq()?,
+            gap_seq,
             why,
             started: now_ns(),
         }))
@@ -844,6 +854,7 @@ impl Worker {
         shipper.failures = out.failures;
         self.settle_failures(shipper, index, &[])?;
         set_position(index, journal, gap_seq)?;
+        index.set_meta(super::position::CRAWL_DUE, "")?;
         journal.trim(gap_seq)?;
         self.status.journal_seq = gap_seq;
         self.advance_stime(index, Some(started))?;

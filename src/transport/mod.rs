@@ -44,6 +44,11 @@ pub trait LinkHandle: Send {
     fn extra_channels(&mut self, _n: usize) -> Result<Vec<BoxWrite>> {
         Ok(Vec::new())
     }
+    /// Whether this link may be striped (`extra_channels` can give any): not a local child,
+    /// not a short SSH link under `channels auto`.
+    fn stripes(&self) -> bool {
+        false
+    }
     /// Closes the channels opened along with the first (`Transport::connect_with`) that will
     /// not be used (the agent offered no stripe).
     fn release_channels(&mut self) {}

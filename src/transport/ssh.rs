@@ -52,9 +52,11 @@ impl SshTarget {
     }
 }
 
-/// A round trip from which `channels auto` stripes the stream: below it one channel's window
-/// (OpenSSH's 2 MiB) carries well over 60 MiB/s.
-pub const LONG_LINK: Duration = Duration::from_millis(30);
+/// How long the public-key authentication (three round trips and the server's checks) takes
+/// from which `channels auto` stripes the stream: a round trip of about 30 ms, below which one
+/// channel's window (OpenSSH's 2 MiB) carries well over 60 MiB/s. (The open of a channel would
+/// be one round trip, but sshd answers it up to 40 ms late on loopback: Nagle's algorithm.)
+pub const LONG_LINK_AUTH: Duration = Duration::from_millis(100);
 
 pub fn fingerprint(k: &PublicKey) -> String {
     k.fingerprint(HashAlg::Sha256).to_string()
@@ -107,7 +109,7 @@ async fn login(
     target: &SshTarget,
     creds: &Credentials,
     seen: Arc<Mutex<Option<PublicKey>>>,
-    rtt: &Mutex<Duration>,
+    auth: &Mutex<Duration>,
 ) -> Result<client::Handle<Checker>> {
     let checker = Checker {
         policy: target.host_key.clone(),
@@ -160,8 +162,9 @@ async fn login(
                 .authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(k.clone(), alg))
                 .await?
                 .success();
-            // One round trip and a signature check: the link's round trip, near enough.
-            *rtt.lock().unwrap() = t.elapsed();
+            // Three round trips (the service request, the key offered, the signature) and the
+            // server's checks: how long the link is, near enough (`LONG_LINK_AUTH`).
+            *auth.lock().unwrap() = t.elapsed();
             ok
         }
         Credentials::Agent => {
@@ -277,59 +280,67 @@ async fn write_pump(
     let _ = wr.eof().await;
 }
 
-/// Opens `n` further channels running the same command (all at once: one round trip), for a
-/// stripe. Returns the writers of those that opened, at least one, in order.
-async fn open_extra(
+/// Opens `n` further session channels (all at once: one round trip). Nothing runs on the
+/// server yet (sshd starts a process only on `exec`).
+async fn open_channels(
     h: &client::Handle<Checker>,
-    command: &str,
     n: usize,
+) -> Vec<Result<russh::Channel<client::Msg>, russh::Error>> {
+    // Polled together by the one runtime thread: the opens overlap.
+    join_all((0..n).map(|_| h.channel_open_session()).collect()).await
+}
+
+/// Runs the agent command on the further channels that opened, for a stripe. Returns their
+/// writers, at least one, in order.
+async fn start_extra(
+    opened: Vec<Result<russh::Channel<client::Msg>, russh::Error>>,
+    command: &str,
     sh: Arc<Mutex<Shared>>,
 ) -> Result<Vec<ChanSender>> {
-    let opening: Vec<_> = (0..n)
-        .map(|_| async {
-            let ch = h.channel_open_session().await?;
-            // A channel whose command fails closes: the agent serving the connection reports
-            // the join missing and the master retries with one channel.
-            ch.exec(true, command).await?;
-            Ok::<_, russh::Error>(ch)
-        })
-        .collect();
+    let n = opened.len();
     let mut out = Vec::new();
     let mut first_err = None;
-    // Polled together by the one runtime thread: the opens overlap.
-    let results = join_all(opening).await;
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(ch) => {
-                let (mut rd, wr) = ch.split();
-                let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
-                tokio::spawn(write_pump(wr, rx, sh.clone()));
-                let sh = sh.clone();
-                tokio::spawn(async move {
-                    // Its agent's stdout carries only its preamble; its stderr is kept,
-                    // labelled, for messages.
-                    let mut labelled = false;
-                    while let Some(m) = rd.wait().await {
-                        match m {
-                            ChannelMsg::ExtendedData { data, .. } => {
-                                let mut s = sh.lock().unwrap();
-                                if !labelled {
-                                    s.note_stderr(format!("[channel {}] ", i + 1).as_bytes());
-                                    labelled = true;
-                                }
-                                s.note_stderr(&data)
-                            }
-                            ChannelMsg::Close => break,
-                            _ => {}
-                        }
-                    }
-                });
-                out.push(tx);
-            }
+    for r in opened {
+        let i = out.len();
+        // A channel whose command fails closes: the agent serving the connection reports the
+        // join missing and the master retries with one channel.
+        let ch = match r {
+            Ok(ch) => match ch.exec(true, command).await {
+                Ok(()) => ch,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            },
             Err(e) => {
                 first_err.get_or_insert(e);
+                continue;
             }
-        }
+        };
+        let (mut rd, wr) = ch.split();
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+        tokio::spawn(write_pump(wr, rx, sh.clone()));
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            // Its agent's stdout carries only its preamble; its stderr is kept, labelled, for
+            // messages.
+            let mut labelled = false;
+            while let Some(m) = rd.wait().await {
+                match m {
+                    ChannelMsg::ExtendedData { data, .. } => {
+                        let mut s = sh.lock().unwrap();
+                        if !labelled {
+                            s.note_stderr(format!("[channel {}] ", i + 1).as_bytes());
+                            labelled = true;
+                        }
+                        s.note_stderr(&data)
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+        });
+        out.push(tx);
     }
     match (out.is_empty(), first_err) {
         (true, Some(e)) => Err(anyhow!(e).context("opening further channels")),
@@ -411,13 +422,15 @@ impl Transport for SshTransport {
                 rt.block_on(async move {
                     let seen = Arc::new(Mutex::new(None));
                     let opened = async {
-                        let rtt = Mutex::new(Duration::ZERO);
-                        let h = login(&target, &creds, seen, &rtt).await?;
-                        let rtt = *rtt.lock().unwrap();
-                        let long = rtt >= LONG_LINK;
+                        let auth = Mutex::new(Duration::ZERO);
+                        let h = login(&target, &creds, seen, &auth).await?;
+                        let auth = *auth.lock().unwrap();
+                        let long = auth >= LONG_LINK_AUTH;
                         let _ = long_tx.send(long);
-                        tracing::debug!(rtt_ms = rtt.as_millis() as u64, long, "logged in");
+                        tracing::debug!(auth_ms = auth.as_millis() as u64, long, "logged in");
                         let extra = if auto && !long { 0 } else { extra };
+                        // The further channels open with the first: ready by the time the
+                        // handshake on it is done.
                         let first = async {
                             let ch = h.channel_open_session().await?;
                             // russh sends the request and returns: the handshake that follows
@@ -428,7 +441,10 @@ impl Transport for SshTransport {
                         let further = async {
                             match extra {
                                 0 => None,
-                                n => Some(open_extra(&h, &command, n, sh.clone()).await),
+                                n => Some(
+                                    start_extra(open_channels(&h, n).await, &command, sh.clone())
+                                        .await,
+                                ),
                             }
                         };
                         let (ch, further) = tokio::join!(first, further);
@@ -457,7 +473,8 @@ impl Transport for SshTransport {
                             Some((n, reply)) = open_rx.recv() => {
                                 let (h, command, sh) = (h.clone(), command.clone(), sh.clone());
                                 extra.push(tokio::spawn(async move {
-                                    let _ = reply.send(open_extra(&h, &command, n, sh).await);
+                                    let opened = open_channels(&h, n).await;
+                                    let _ = reply.send(start_extra(opened, &command, sh).await);
                                 }));
                                 continue;
                             }
@@ -582,6 +599,10 @@ struct SshHandle {
 }
 
 impl LinkHandle for SshHandle {
+    fn stripes(&self) -> bool {
+        self.stripes
+    }
+
     fn release_channels(&mut self) {
         // Their writers go with the answer (now, or when it comes): each channel gets its end.
         self.prepared = None;

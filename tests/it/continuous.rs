@@ -208,6 +208,29 @@ fn stop_and_start_resumes_from_the_journal_without_recrawl() {
     );
 }
 
+/// The DR volume made again while the session was stopped (another volume id, empty): what
+/// the old one had got is in no journal any more, and must reach the new one all the same (a
+/// review found the worker emptied its index on the new id and then only followed the journal).
+#[test]
+fn a_slave_made_again_while_stopped_gets_everything() {
+    let g = Georep::new();
+    let mut s = Session::start(&g);
+    for i in 0..50 {
+        write(
+            &g.master().join(format!("old/{i}")),
+            b"shipped to the old volume",
+        );
+    }
+    s.converge("first");
+    s.stop();
+    fs::remove_dir_all(g.slave()).unwrap();
+    fs::create_dir_all(g.slave()).unwrap();
+    write(&g.master().join("while-stopped"), b"journaled");
+    s.run();
+    s.converge("onto the volume made again");
+    assert!(s.log().contains("was recreated"), "{}", tail(&s.log(), 20));
+}
+
 /// A file's content and attributes are read when it is sent, not when it is planned. In between:
 /// a hard-linked file's name replaced by another file must not take the file's other names with
 /// it (they were planned as links to that name); a file whose other name is gone and whose mode
