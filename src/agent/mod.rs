@@ -223,6 +223,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
         xattrs,
         xattr_warning,
         join: rendezvous.as_ref().map(|r| r.offer().clone()),
+        empty: holds_nothing(root),
         ..welcome(&state, &host, state.last_batch(&brick_key)?)?
     })))?;
     // Held while the connection is served: the joined channels' agents wait for it to end.
@@ -542,6 +543,16 @@ fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Result<Welcome> {
         xattrs: 0,
         xattr_warning: None,
         join: None,
+        empty: false,
+    })
+}
+
+/// Whether the slave root holds nothing but `.georep` (false when it cannot be read).
+fn holds_nothing(root: &Path) -> bool {
+    std::fs::read_dir(root).is_ok_and(|mut d| {
+        d.all(|e| {
+            e.is_ok_and(|e| e.file_name().as_encoded_bytes() == crate::protocol::path::STATE_DIR)
+        })
     })
 }
 

@@ -129,6 +129,9 @@ pub struct Welcome {
     /// asked for several and this agent takes them; the master then says how many came
     /// (`Message::Stripe`) before anything else.
     pub join: Option<JoinOffer>,
+    /// The slave root held nothing but `.georep` when the connection began (Active replicate
+    /// connections): a first sync need not list it.
+    pub empty: bool,
 }
 
 /// Where a connection's further channels join it: a Unix socket in the abstract namespace

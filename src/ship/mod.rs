@@ -305,6 +305,10 @@ pub(crate) fn list_for_first_sync(
     index: &Index,
     brick: &Brick,
 ) -> Result<usize> {
+    if shipper.slave_empty && index.is_empty()? {
+        // Nothing to list (the agent said so at the handshake): a round trip saved.
+        return Ok(0);
+    }
     let n = shipper.seed_index_from_slave(index, false, None)?;
     if n > 0 && crate::brickid::is_empty(&brick.path) {
         index.clear()?;
@@ -488,6 +492,7 @@ pub fn connect(
     shipper.previous_active = welcome.previous_active;
     shipper.replicated_from = welcome.replicated_from;
     shipper.previous_stime_ns = welcome.previous_stime_ns;
+    shipper.slave_empty = welcome.empty;
     Ok(shipper)
 }
 

@@ -100,6 +100,8 @@ pub struct Shipper {
     /// Master bricks that have replicated onto this slave (the handshake's `replicated_from`).
     pub replicated_from: Vec<String>,
     pub previous_stime_ns: i64,
+    /// The agent found its root empty at the handshake (`Welcome::empty`).
+    pub slave_empty: bool,
     /// The brick's stime, carried by every batch so the slave knows its RPO (failover).
     pub stime_ns: i64,
     stime_sent: i64,
@@ -183,6 +185,7 @@ impl Shipper {
             previous_active: None,
             replicated_from: Vec::new(),
             previous_stime_ns: 0,
+            slave_empty: false,
             stime_ns: 0,
             sent_inodes: HashMap::new(),
             poisoned: HashSet::new(),
