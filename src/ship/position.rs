@@ -28,6 +28,15 @@ pub(super) fn set_position(index: &Index, journal: &JournalStore, seq: u64) -> R
     Ok(())
 }
 
+/// The index's position in the journal: every record up to it is on the slave (0: none).
+pub(super) fn journal_seq(index: &Index) -> Result<u64> {
+    Ok(index
+        .get_meta("journal_seq")?
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0))
+}
+
 /// Why the index's position in the journal no longer means what it meant, if it does not: the
 /// journal was replaced (another identity), or went back (a lost WAL tail after a power loss,
 /// an older copy restored) so that its records are numbered again below the position, or the
@@ -37,11 +46,7 @@ pub(super) fn position_lost(index: &Index, journal: &JournalStore) -> Result<Opt
     if let Some(why) = index.get_meta(CRAWL_DUE)?.filter(|w| !w.is_empty()) {
         return Ok(Some(why));
     }
-    let seq: u64 = index
-        .get_meta("journal_seq")?
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(0);
+    let seq = journal_seq(index)?;
     if seq == 0 {
         return Ok(None);
     }

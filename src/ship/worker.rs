@@ -15,7 +15,7 @@ use super::changes;
 #[path = "worker_scrub.rs"]
 mod worker_scrub;
 use super::pipeline::Shipper;
-use super::position::{position_lost, set_position};
+use super::position::{journal_seq, position_lost, set_position};
 use super::{connect, crawl_until_converged, transport_for};
 use crate::config::{Home, SyncOptions};
 use crate::crawl::{self, index::Index, walk::Excludes};
@@ -429,17 +429,10 @@ impl Worker {
         // record (every one older than the crawl, which starts after this), a gap after its own.
         let (gap_seq, why) = match position_lost(index, journal)? {
             Some(why) => (journal.last_seq()?, why),
-            None => {
-                let seq: u64 = index
-                    .get_meta("journal_seq")?
-                    .map(|s| s.parse())
-                    .transpose()?
-                    .unwrap_or(0);
-                match journal.last_gap_after(seq)? {
-                    Some(gap) => (gap.seq, gap.note.unwrap_or_else(|| "journal gap".into())),
-                    None => return Ok(None),
-                }
-            }
+            None => match journal.last_gap_after(journal_seq(index)?)? {
+                Some(gap) => (gap.seq, gap.note.unwrap_or_else(|| "journal gap".into())),
+                None => return Ok(None),
+            },
         };
         Ok(Some(CrawlDue {
             gap_seq,
@@ -621,11 +614,7 @@ impl Worker {
                 self.hybrid(shipper, index, journal, last, Some(&why))?;
                 continue;
             }
-            let seq: u64 = index
-                .get_meta("journal_seq")?
-                .map(|s| s.parse())
-                .transpose()?
-                .unwrap_or(0);
+            let seq = journal_seq(index)?;
             if let Some(gap) = journal.last_gap_after(seq)? {
                 self.hybrid(shipper, index, journal, gap.seq, gap.note.as_deref())?;
                 continue;

@@ -7,9 +7,7 @@ use crate::agent_hostile::{begin, enc, end, p, stream};
 use crate::util::*;
 use georep::protocol::frame::{self, Decoded};
 use georep::protocol::*;
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -118,17 +116,9 @@ fn delta(path: &str, base: u64, block: u32, pieces: &[Message], whole: &[u8]) ->
 }
 
 fn agent(root: &Path, input: &[u8]) -> (std::process::Output, Vec<Message>) {
-    let g_bin = crate::util::bin();
-    let mut c = std::process::Command::new(g_bin)
-        .args(["agent", "--volume", root.to_str().unwrap()])
-        .env("GEOREP_HOME", root.parent().unwrap().join("home"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = c.stdin.take().unwrap().write_all(input);
-    let out = c.wait_with_output().unwrap();
+    let mut cmd = std::process::Command::new(crate::util::bin());
+    cmd.env("GEOREP_HOME", root.parent().unwrap().join("home"));
+    let out = feed(agent_command(cmd, root), input);
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     let mut buf = &out.stdout[PREAMBLE.len().min(out.stdout.len())..];
     let mut msgs = Vec::new();

@@ -13,12 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn agent(g: &Georep, root: &Path) -> Command {
-    let mut c = g.cmd();
-    c.args(["agent", "--volume", root.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
+    agent_command(g.cmd(), root)
 }
 
 /// An agent after a handshake asking for `channels`, and the join its Welcome offers.

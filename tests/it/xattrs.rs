@@ -9,9 +9,7 @@ use georep::protocol::{
     frame, BatchBegin, BatchEnd, FileBegin, FileEnd, Hello, Message, Meta, RelPath, Xattr,
     PREAMBLE, PROTOCOL_VERSION,
 };
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 fn set(p: &Path, name: &str, value: &[u8]) {
@@ -309,16 +307,7 @@ fn the_agent_refuses_attributes_it_may_not_write_and_keeps_the_previous_copy() {
 
 /// `georep agent` on `root`, fed `input`.
 fn run_agent(g: &Georep, root: &Path, input: &[u8]) -> std::process::Output {
-    let mut c = g
-        .cmd()
-        .args(["agent", "--volume", root.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = c.stdin.take().unwrap().write_all(input);
-    c.wait_with_output().unwrap()
+    feed(agent_command(g.cmd(), root), input)
 }
 
 fn hello_for_limits() -> Hello {

@@ -236,6 +236,23 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `georep agent --volume ROOT` on `cmd` (the binary with its environment), all three
+/// streams piped.
+pub fn agent_command(mut cmd: Command, root: &Path) -> Command {
+    cmd.args(["agent", "--volume", root.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `cmd` fed `input` (its stdin then closed) to the end.
+pub fn feed(mut cmd: Command, input: &[u8]) -> Output {
+    let mut c = cmd.spawn().unwrap();
+    let _ = std::io::Write::write_all(&mut c.stdin.take().unwrap(), input);
+    c.wait_with_output().unwrap()
+}
+
 /// Pids of running processes whose command line contains every one of `words`.
 pub fn pids_with_cmdline(words: &[&str]) -> Vec<i32> {
     let mut out = Vec::new();
