@@ -347,8 +347,10 @@ pub fn plan_paths(
             (Some(e), None) => {
                 // A link of this window, changed through and removed, and the name made
                 // again: the change reached another name no record names (journal seed
-                // 1200413: the name came back as a directory).
-                needs_crawl |= changed_unseen.contains(p) && removed.contains(p);
+                // 1200413: the name came back as a directory), or replaced by a rename
+                // (2401207: the rename carried another inode there).
+                needs_crawl |= changed_unseen.contains(p)
+                    && (removed.contains(p) || rename_targets.contains(p));
                 d.new.insert(p.clone(), e);
             }
             // Missing from the disk, and no record of this window removed it or an ancestor:
@@ -1538,6 +1540,37 @@ mod tests {
             rec(RecOp::Data, "M"),
             rec(RecOp::Meta, "M"),
             rec(RecOp::Unlink, "M"),
+        ];
+        let window = crate::ship::changes::changes(&recs);
+        let excludes = Excludes::new(&[]).unwrap();
+        let plan = plan_paths(&root, &index, &excludes, window, &mut 0).unwrap();
+        assert!(plan.needs_crawl, "{:?}", plan.ops);
+    }
+
+    #[test]
+    fn a_link_changed_through_and_replaced_by_a_rename_is_crawled_for() {
+        // Journal seed 2401207: "N" was made a link of "L", chmodded through, then another
+        // file renamed over it, all in one window. No record names "L", the index knows
+        // nothing at "N", and "N" now leads to another inode: only a crawl finds "L" changed.
+        use crate::journal::{RecOp, Record};
+        use std::os::unix::fs::PermissionsExt;
+        let rec = |op, s: &str| Record::new(op, p(s));
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("brick");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("L"), b"linked").unwrap();
+        std::fs::write(root.join("O"), b"other").unwrap();
+        let index = indexed_as_on_disk(&tmp, &root, &["", "L", "O"]);
+        std::fs::hard_link(root.join("L"), root.join("N")).unwrap();
+        std::fs::set_permissions(root.join("N"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(root.join("O"), root.join("N")).unwrap();
+        let recs = vec![
+            rec(RecOp::Link, "N"),
+            rec(RecOp::Meta, "N"),
+            Record {
+                path2: Some(p("N")),
+                ..rec(RecOp::Rename, "O")
+            },
         ];
         let window = crate::ship::changes::changes(&recs);
         let excludes = Excludes::new(&[]).unwrap();
