@@ -16,6 +16,10 @@ command -v man >/dev/null || need_apt+=(man-db)
 command -v strip >/dev/null || need_apt+=(binutils)
 # tests/it/stripe.rs forges joins by hand (socket.send_fds) as a hostile local process would.
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
+# tests/it/gluster.rs replicates real GlusterFS volumes: a private glusterd, FUSE mounts.
+command -v glusterd >/dev/null || need_apt+=(glusterfs-server)
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+command -v setfattr >/dev/null || need_apt+=(attr)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
@@ -33,6 +37,11 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 # Integration tests run the real binary; build it first so every test uses the same one.
 cargo build --locked
+# A private glusterd (127.0.0.1, its own state in a scratch directory), stopped at the end.
+GEOREP_TEST_GLUSTERD_DIR=$(mktemp -d /tmp/georep-glusterd.XXXXXX)
+export GEOREP_TEST_GLUSTERD_DIR
+trap 'scripts/glusterd.sh stop "$GEOREP_TEST_GLUSTERD_DIR" || true; rm -rf "$GEOREP_TEST_GLUSTERD_DIR"' EXIT
+scripts/glusterd.sh start "$GEOREP_TEST_GLUSTERD_DIR" >/dev/null
 cargo test --locked -- --test-threads="${GEOREP_TEST_THREADS:-2}"
 echo "== disaster-recovery drill over SSH (docs/runbook.md)"
 GEOREP_BIN=$PWD/target/debug/georep scripts/dr-drill.sh

@@ -94,6 +94,9 @@ pub struct SyncOptions {
     /// Open the further channels with the first (ready when the handshake is done), or only
     /// once the agent offers a stripe (a round trip later, none started for nothing).
     pub channels_early: bool,
+    /// The slave tree is shared with other replica sets' bricks (a distributed volume): the
+    /// agent gives a directory the latest time any brick shipped for it (`Hello::shared_tree`).
+    pub shared_tree: bool,
 }
 
 impl Default for SyncOptions {
@@ -117,6 +120,7 @@ impl Default for SyncOptions {
             delta_min: None,
             channels: None,
             channels_early: true,
+            shared_tree: false,
         }
     }
 }

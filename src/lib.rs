@@ -18,6 +18,8 @@
 //! - `sparse`    — the holes of sparse files (`SEEK_DATA`/`SEEK_HOLE`), sent as `Hole`s.
 //! - `xattr`     — extended attributes and POSIX ACLs: scope, read, check, apply.
 //! - `brickid`   — a master brick's identity file: an unmounted brick is never replicated.
+//! - `gluster`   — Gluster bricks as masters (internal dirs, link-to files, gfid links,
+//!   client-set times) and `volume import`.
 //! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
 //! - `logging`   — tracing setup.
 //!
@@ -36,6 +38,7 @@ pub mod db;
 pub mod delta;
 pub mod failback;
 pub mod fsutil;
+pub mod gluster;
 pub mod journal;
 pub mod keys;
 pub mod logging;

@@ -196,6 +196,18 @@ fn names(at: At<'_>, scope: u8) -> io::Result<Option<Vec<Vec<u8>>>> {
     ))
 }
 
+/// The value of one attribute of `at`, read into `buf` (at most its length); `Ok(None)` when
+/// the entry does not have it or its filesystem has no attributes.
+pub fn get_one(at: At<'_>, name: &[u8], buf: &mut [u8]) -> io::Result<Option<usize>> {
+    match get(at, &cname(name)?, buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(None),
+        // Longer than `buf`: present, its value not wanted whole.
+        Err(Errno::RANGE) => Ok(Some(buf.len())),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn cname(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }

@@ -41,7 +41,7 @@ impl ApplyError {
     }
 }
 
-type ApplyResult<T = ()> = Result<T, ApplyError>;
+pub type ApplyResult<T = ()> = Result<T, ApplyError>;
 
 /// The slave's copy of `path` is not the one an append or a delta builds on (`why`): that file
 /// fails, and the master sends it whole next.
@@ -718,6 +718,18 @@ impl Applier {
                 fsutil::set_attrs_at(parent, name, owner, mode(meta), &times(meta), xattrs)
                     .map(drop)
             })
+    }
+
+    /// Whether `path` is a directory on the slave now (not following a symlink).
+    pub fn is_dir(&mut self, path: &RelPath) -> bool {
+        if path.is_root() {
+            return true;
+        }
+        self.parents
+            .with_parent(path, "looking at", |parent, name| {
+                Ok(rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?)
+            })
+            .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory)
     }
 
     pub fn file_open(&self) -> bool {

@@ -7,6 +7,7 @@
 
 pub mod apply;
 mod direct;
+mod dirtimes;
 mod durable;
 mod join;
 pub use join::DID_NOT_JOIN;
@@ -187,6 +188,11 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     }
     let mut applier = Applier::new(root_fd, tmp_fd);
     applier.set_xattr_scope(xattrs);
+    let mut dir_times = if hello.shared_tree {
+        Some(dirtimes::DirTimes::open(&state_fd, &brick_key)?)
+    } else {
+        None
+    };
     if hello.trash_days > 0 {
         applier.set_trash(Some(open_trash(
             &state_dir,
@@ -333,7 +339,11 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     bail!("op inside a file's content");
                 }
                 let idx = next_op(b)?;
-                if let Err(e) = applier.apply(&op) {
+                let r = match dir_times.as_mut() {
+                    Some(dt) => dirtimes::apply(dt, &mut applier, &op)?,
+                    None => applier.apply(&op),
+                };
+                if let Err(e) = r {
                     failed(w, b, idx, e)?;
                 }
             }
@@ -861,7 +871,7 @@ fn send_listing(
                 );
             }
             for p in paths {
-                if let Some(e) = crate::crawl::walk::lstat_beneath(&fd, &p)? {
+                if let Some(e) = crate::crawl::walk::lstat_beneath(&fd, &p, Default::default())? {
                     add(p, e)?;
                 }
             }

@@ -89,6 +89,11 @@ impl AgentState {
         Ok(s)
     }
 
+    /// The connection itself, for state kept beside agent.db's own (`dirtimes`).
+    pub fn into_connection(self) -> Connection {
+        self.db
+    }
+
     fn open_path(path: &Path) -> Result<Self> {
         let path = path.to_path_buf();
         let db = crate::db::open_existing_nofollow(
@@ -101,7 +106,10 @@ impl AgentState {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS bricks(
                 brick TEXT PRIMARY KEY, session TEXT NOT NULL,
-                last_batch INTEGER NOT NULL, updated_ns INTEGER NOT NULL);",
+                last_batch INTEGER NOT NULL, updated_ns INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS dir_times(
+                path BLOB NOT NULL, brick TEXT NOT NULL, mtime_ns INTEGER NOT NULL,
+                PRIMARY KEY(path, brick)) WITHOUT ROWID;",
         )?;
         let get = |k: &str| -> Result<Option<String>> {
             Ok(db

@@ -449,6 +449,25 @@ pub enum VolumeCmd {
     Info { name: String },
     /// Delete a volume definition (brick data is not touched)
     Delete { name: String },
+    /// Make (or update) a volume from a Gluster volume: same name, bricks and replica sets
+    #[command(after_help = "\
+Reads `gluster volume info NAME --xml` (or a saved copy of it, --from-xml). Arbiter bricks are
+left out (they hold no data); dispersed and sharded volumes are refused. Run it again after
+`gluster volume add-brick` or `remove-brick`: it updates the volume and says what changed.
+
+Examples:
+  georep volume import gv0
+  georep volume import gv0 --from-xml gv0-info.xml")]
+    Import {
+        /// The Gluster volume's name (the georep volume gets the same)
+        name: String,
+        /// Read the volume info from FILE (the output of `gluster volume info NAME --xml`)
+        #[arg(long, value_name = "FILE")]
+        from_xml: Option<std::path::PathBuf>,
+        /// glusterd's socket, for a glusterd that does not use the default one
+        #[arg(long, value_name = "PATH")]
+        glusterd_sock: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]

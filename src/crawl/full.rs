@@ -54,7 +54,7 @@ pub fn crawl(
 ) -> Result<Plan> {
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;
-    let (root_entry, _) = walk::root_entry(&root_fd)?;
+    let root_entry = walk::root_seen(&root_fd, excludes.view)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(LISTINGS_AHEAD);
     let ex = excludes.clone();
     let walker = std::thread::spawn(move || walk::walk(root_fd, ex, WALK_THREADS, tx));

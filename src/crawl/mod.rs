@@ -14,6 +14,8 @@ pub mod links;
 pub mod walk;
 
 use crate::fsutil;
+#[cfg(test)]
+use crate::gluster::View;
 use crate::protocol::{Op, RelPath};
 use anyhow::{Context, Result};
 use entry::{Change, Entry, Kind};
@@ -214,7 +216,7 @@ pub fn plan_paths(
         if let Some(v) = seen.get(p) {
             return Ok(v.clone());
         }
-        let disk = walk::lstat_beneath(&root_fd, p)
+        let disk = walk::lstat_beneath(&root_fd, p, excludes.view)
             .with_context(|| format!("reading {p} under {} on the master", root.display()))?;
         #[cfg(test)]
         AFTER_LOOK.with(|h| {
@@ -308,7 +310,7 @@ pub fn plan_paths(
                     .self_and_ancestors()
                     .take_while(|x| x != d)
                     .any(|x| removed.contains(&x))
-                && walk::lstat_beneath(&root_fd, &now)?.is_none()
+                && walk::lstat_beneath(&root_fd, &now, excludes.view)?.is_none()
             {
                 tracing::debug!("{now} is indexed but gone, and no record says why: crawling");
                 needs_crawl = true;
@@ -402,7 +404,8 @@ pub fn plan_paths(
             // and its entries were never sent).
             let proven = index.get(&q)?.is_some_and(|row| row.same_object(e));
             if proven && q != *p && dirty.contains(&q) && renamed_from.get(p) == Some(&q) {
-                renamed_here |= walk::lstat_beneath(&root_fd, &q)?.is_none_or(|x| x.ino != e.ino);
+                renamed_here |= walk::lstat_beneath(&root_fd, &q, excludes.view)?
+                    .is_none_or(|x| x.ino != e.ino);
             }
         }
         if !renamed_here {
@@ -497,7 +500,9 @@ pub fn plan_paths(
             if dirty.contains(&q) {
                 continue;
             }
-            let Some(e) = walk::lstat_beneath(&root_fd, &q)?.filter(|e| e.ino == ino) else {
+            let Some(e) =
+                walk::lstat_beneath(&root_fd, &q, excludes.view)?.filter(|e| e.ino == ino)
+            else {
                 // Gone from its indexed name without a record (moved with a directory): if
                 // this plan sends the content, its slave copy stops sharing the inode. Only a
                 // crawl finds where it went.
@@ -532,7 +537,7 @@ pub fn plan_paths(
     // one, and the old one, with what it held, stayed on the slave for good) is left to the
     // next plan; the row is marked stale meanwhile.
     let stat_dir = |p: &RelPath| {
-        let e = walk::lstat_beneath(&root_fd, p)
+        let e = walk::lstat_beneath(&root_fd, p, excludes.view)
             .ok()
             .flatten()
             .filter(|e| e.kind == Kind::Dir)?;
@@ -1342,7 +1347,9 @@ mod tests {
             .iter()
             .map(|s| {
                 let q = if s.is_empty() { RelPath::root() } else { p(s) };
-                let e = walk::lstat_beneath(&fd, &q).unwrap().unwrap();
+                let e = walk::lstat_beneath(&fd, &q, View::default())
+                    .unwrap()
+                    .unwrap();
                 Mutation::Upsert(q, e)
             })
             .collect();
@@ -1808,13 +1815,17 @@ mod tests {
         std::fs::write(root.join("q/f"), b"content").unwrap();
         let index = Index::open(&tmp.path().join("index.db")).unwrap();
         let fd = fsutil::open_root(&root).unwrap();
-        let mut q = walk::lstat_beneath(&fd, &p("q")).unwrap().unwrap();
+        let mut q = walk::lstat_beneath(&fd, &p("q"), View::default())
+            .unwrap()
+            .unwrap();
         q.birth += 1;
         index
             .apply(&[
                 Mutation::Upsert(
                     RelPath::root(),
-                    walk::lstat_beneath(&fd, &RelPath::root()).unwrap().unwrap(),
+                    walk::lstat_beneath(&fd, &RelPath::root(), View::default())
+                        .unwrap()
+                        .unwrap(),
                 ),
                 Mutation::Upsert(p("q"), q),
             ])

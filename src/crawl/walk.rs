@@ -6,6 +6,7 @@
 
 use super::entry::Entry;
 use crate::fsutil;
+use crate::gluster::View;
 use crate::protocol::RelPath;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rustix::fd::{AsFd, OwnedFd};
@@ -15,12 +16,14 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Exclude globs: a pattern without `/` matches a name at any depth, one with `/` the whole
-/// brick-relative path.
+/// brick-relative path. They carry the brick's [`View`] too: what a Gluster brick holds that
+/// its volume's clients never see is never walked.
 #[derive(Clone, Default)]
 pub struct Excludes {
     names: GlobSet,
     paths: GlobSet,
     any: bool,
+    pub view: View,
 }
 
 impl Excludes {
@@ -41,7 +44,14 @@ impl Excludes {
             names: names.build()?,
             paths: paths.build()?,
             any: !patterns.is_empty(),
+            view: View::default(),
         })
+    }
+
+    /// These excludes on the brick at `path`, read through its [`View`].
+    pub fn on_brick(mut self, path: &std::path::Path) -> anyhow::Result<Excludes> {
+        self.view = View::of_brick(path)?;
+        Ok(self)
     }
 
     pub fn is_excluded(&self, path: &RelPath) -> bool {
@@ -72,11 +82,12 @@ struct Shared {
     cv: Condvar,
 }
 
-/// Entry at `path` beneath the brick root, not following symlinks; `None` when it (or a parent)
-/// does not exist, is no longer a directory, or is a socket.
-pub fn lstat_beneath(root: &OwnedFd, path: &RelPath) -> io::Result<Option<Entry>> {
+/// Entry at `path` beneath the brick root, not following symlinks, as `view` shows it; `None`
+/// when it (or a parent) does not exist, is no longer a directory, is a socket, or is not the
+/// brick's to ship (a Gluster link-to file).
+pub fn lstat_beneath(root: &OwnedFd, path: &RelPath, view: View) -> io::Result<Option<Entry>> {
     let Some((parent, name)) = path.split() else {
-        return root_entry(root).map(|(e, _)| Some(e));
+        return root_seen(root, view).map(Some);
     };
     let dir = match fsutil::open_dir_beneath(root.as_fd(), parent) {
         Ok(fd) => fd,
@@ -104,7 +115,38 @@ pub fn lstat_beneath(root: &OwnedFd, path: &RelPath) -> io::Result<Option<Entry>
     } else {
         None
     };
-    Ok(Entry::from_statx(&st, target))
+    match Entry::from_statx(&st, target) {
+        Some(e) => seen_through(view, e, dir.as_fd(), name),
+        None => Ok(None),
+    }
+}
+
+/// `e`, read as `name` in `dir`, as `view` shows it (see [`View::adjust`]).
+fn seen_through(
+    view: View,
+    e: Entry,
+    dir: rustix::fd::BorrowedFd<'_>,
+    name: &[u8],
+) -> io::Result<Option<Entry>> {
+    if !view.gluster {
+        return Ok(Some(e));
+    }
+    let path = crate::xattr::proc_at(dir, name);
+    view.adjust(
+        e,
+        crate::xattr::At::Proc {
+            path: &path,
+            follow: false,
+        },
+    )
+}
+
+/// The brick root's entry as `view` shows it.
+pub fn root_seen(root: &OwnedFd, view: View) -> io::Result<Entry> {
+    let (e, _) = root_entry(root)?;
+    Ok(view
+        .adjust(e.clone(), crate::xattr::At::Fd(root.as_fd()))?
+        .unwrap_or(e))
 }
 
 /// Statx of the brick root itself.
@@ -361,7 +403,8 @@ fn list_dir_in(
                     continue;
                 }
             };
-            if excludes.is_excluded(&path) {
+            if excludes.is_excluded(&path) || (dir.is_root() && excludes.view.hides_root_name(name))
+            {
                 continue;
             }
             let st = match rfs::statx(&fd, name, AtFlags::SYMLINK_NOFOLLOW, Entry::STATX_MASK) {
@@ -382,6 +425,13 @@ fn list_dir_in(
             let Some(entry) = Entry::from_statx(&st, target) else {
                 tracing::warn!("skipping socket {path}: sockets cannot be replicated");
                 continue;
+            };
+            let entry = match seen_through(excludes.view, entry, fd.as_fd(), name) {
+                Ok(Some(e)) => e,
+                // A link-to file: the name's data and its shipping are another brick's.
+                Ok(None) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e),
             };
             if entry.kind == super::entry::Kind::Dir {
                 if (st.stx_dev_major, st.stx_dev_minor) == dev {

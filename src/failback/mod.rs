@@ -221,6 +221,14 @@ pub fn resync_reverse(
         }
         // An unmounted brick (an empty mountpoint) is never written into.
         crate::brickid::check_running(brick, &index)?;
+        // Nor is a Gluster brick: what comes back must go through the volume (its gfids,
+        // its other bricks), never into one brick behind its back.
+        if crate::gluster::View::of_brick(&brick.path)?.gluster {
+            bail!(
+                "brick {brick} is a Gluster brick: the reverse pass writes only through a Gluster volume's mount, never into a brick; bring the DR copy back with `georep sync SLAVE /mnt/<mount of {}>` (docs/glusterfs.md, failback)",
+                vol.name
+            );
+        }
         let mut shipper =
             crate::ship::connect(transport.as_ref(), &index, &spec, &cfg.name, brick, &opts)?;
         if !shipped {

@@ -427,7 +427,7 @@ pub(super) fn reverse_brick(
     touched.extend(index_only);
     let mut muts = Vec::new();
     for p in touched {
-        match walk::lstat_beneath(&root, &p)? {
+        match walk::lstat_beneath(&root, &p, excludes.view)? {
             Some(mut e) => {
                 e.hash = dr.get(&p).and_then(|d| d.hash);
                 muts.push(Mutation::Upsert(p, e));

@@ -90,6 +90,10 @@ pub struct Hello {
     pub xattrs: u8,
     /// Channels the master would stripe its stream over (1 = one; at most `MAX_CHANNELS`).
     pub channels: u8,
+    /// The slave tree is shared with the bricks of other replica sets (a distributed volume):
+    /// each has every directory, with its own mtime, and clients see the latest; the agent
+    /// gives a directory the latest time any brick shipped for it.
+    pub shared_tree: bool,
 }
 
 /// The most channels one connection's stream is striped over.

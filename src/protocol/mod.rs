@@ -17,7 +17,7 @@ pub const PREAMBLE: &[u8; 8] = b"GEOREP\0\x01";
 /// The protocol version this build speaks (5: the master heartbeats, the agent drops a
 /// silent connection; 7: the master sets the silence limit, `Hello.silence_ms`; 8: `FileAppend`;
 /// 9: `Hole`; 10: deltas, extended attributes; 11: striping over several channels).
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 /// Largest number of bricks `Welcome.replicated_from` names.
 pub const MAX_REPLICATED_FROM: usize = 256;
 /// The master sends `Heartbeat` after this long without writing anything else.

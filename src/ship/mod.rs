@@ -209,6 +209,11 @@ fn sync_brick(
     opts: &SyncOptions,
     report: &mut SyncReport,
 ) -> Result<()> {
+    let excludes = &excludes.clone().on_brick(&brick.path)?;
+    let opts = &SyncOptions {
+        shared_tree: !one_set,
+        ..opts.clone()
+    };
     let state_dir = session::brick_state_dir(home, session, brick);
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| anyhow!("creating {}: {e}", state_dir.display()))?;
@@ -373,6 +378,7 @@ pub fn connect(
         silence_ms: crate::protocol::silence_for_takeover(opts.takeover_timeout).as_millis() as u32,
         xattrs: crate::xattr::permitted(opts.xattrs),
         channels: if link.handle.stripes() { wanted } else { 1 },
+        shared_tree: opts.shared_tree,
     };
     let handshake = (|| -> Result<crate::protocol::Welcome> {
         w.send_preamble()?;

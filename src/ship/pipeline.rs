@@ -74,6 +74,8 @@ struct InFlight {
 }
 
 pub struct Shipper {
+    /// How the brick is read: a Gluster brick's link-to files and internal names are not its.
+    pub view: crate::gluster::View,
     w: Option<super::live::LiveWriter>,
     /// What the agent sends, checked against `expect` (what this side sent) on its own thread.
     events: Inbound,
@@ -162,7 +164,9 @@ impl Shipper {
     ) -> Shipper {
         let expect = Arc::new(Expect::default());
         let events = Inbound::start(r, expect.clone());
+        let view = crate::gluster::View::of_root(brick.as_fd()).unwrap_or_default();
         Shipper {
+            view,
             w: Some(super::live::LiveWriter::with_protocol_interval(w, {
                 let e = expect.clone();
                 Box::new(move || e.beat())
@@ -597,6 +601,8 @@ impl Shipper {
     ) -> Result<()> {
         let ops = if self.ignore_deletes {
             self.without_deletes(ops)
+        } else if self.view.gluster {
+            self.without_foreign_deletes(ops)
         } else {
             ops
         };
@@ -645,7 +651,7 @@ impl Shipper {
             .map(|mut p| {
                 if let PlanOp::Op(Op::Delete { path }) = &p.op {
                     if matches!(
-                        crate::crawl::walk::lstat_beneath(&self.brick, path),
+                        crate::crawl::walk::lstat_beneath(&self.brick, path, self.view),
                         Ok(None)
                     ) {
                         p.op = PlanOp::IndexOnly;
@@ -654,6 +660,44 @@ impl Shipper {
                 p
             })
             .collect()
+    }
+
+    /// On a Gluster brick, turns deletions of names that are link-to files now into index-only
+    /// updates: such a name still exists in the volume, its data on another brick, which ships
+    /// it (a rename over it from there, say); deleting it here could land after that brick's
+    /// rename and lose the file. Looked at as the op goes, so the state is the latest.
+    fn without_foreign_deletes(&self, ops: Vec<PlannedOp>) -> Vec<PlannedOp> {
+        ops.into_iter()
+            .map(|mut p| {
+                if let PlanOp::Op(Op::Delete { path }) = &p.op {
+                    if self.is_linkto(path) {
+                        tracing::debug!(%path, "a link-to file now: the data's brick ships it");
+                        p.op = PlanOp::IndexOnly;
+                    }
+                }
+                p
+            })
+            .collect()
+    }
+
+    fn is_linkto(&self, path: &RelPath) -> bool {
+        let Some((parent, name)) = path.split() else {
+            return false;
+        };
+        let Ok(dir) = fsutil::open_dir_beneath(self.brick.as_fd(), parent) else {
+            return false;
+        };
+        let p = crate::xattr::proc_at(dir.as_fd(), name);
+        let at = crate::xattr::At::Proc {
+            path: &p,
+            follow: false,
+        };
+        let sticky = rustix::fs::statx(&dir, name, AtFlags::SYMLINK_NOFOLLOW, Entry::STATX_MASK)
+            .is_ok_and(|st| {
+                st.stx_mode as u32 & libc::S_IFMT == libc::S_IFREG
+                    && st.stx_mode as u32 & libc::S_ISVTX != 0
+            });
+        sticky && crate::gluster::is_linkto(at).unwrap_or(false)
     }
 
     /// Heartbeats after `every` of quiet on the link (the agent's silence limit allows it).
@@ -1186,10 +1230,18 @@ impl Shipper {
                 })
             }
         };
+        let view = self.view;
+        // A Gluster link-to file now (a rename moved the name's data to another brick): no
+        // content of this brick's, and never an empty file over the real one.
         let stat = |fd: &OwnedFd| {
             rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, Entry::STATX_MASK)
                 .ok()
                 .and_then(|st| Entry::from_statx(&st, None))
+                .and_then(|e| {
+                    view.adjust(e, crate::xattr::At::Fd(fd.as_fd()))
+                        .ok()
+                        .flatten()
+                })
         };
         let Some(mut entry) = stat(&fd).filter(|e| e.kind == crate::crawl::entry::Kind::File)
         else {

@@ -378,7 +378,7 @@ fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
     let root = dir.path();
     std::fs::write(root.join("d"), vec![3u8; 4284]).unwrap();
     let brick = fsutil::open_root(root).unwrap();
-    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("d"))
+    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("d"), Default::default())
         .unwrap()
         .unwrap();
     assert_eq!(planned.nlink, 1);
@@ -386,7 +386,7 @@ fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
     std::fs::hard_link(root.join("d"), root.join(".hidden")).unwrap();
     sh.ship(vec![file_op("d", planned)], &index, 100, u64::MAX)
         .unwrap();
-    let now = crate::crawl::walk::lstat_beneath(&brick, &p("d"))
+    let now = crate::crawl::walk::lstat_beneath(&brick, &p("d"), Default::default())
         .unwrap()
         .unwrap();
     let row = index.get(&p("d")).unwrap().expect("a row for d");
@@ -413,13 +413,13 @@ fn a_name_replaced_by_a_hard_link_after_the_plan_is_not_recorded_as_linked() {
     std::fs::write(root.join("x"), vec![1u8; 1568]).unwrap();
     std::fs::write(root.join("a"), vec![2u8; 4450]).unwrap();
     let brick = fsutil::open_root(root).unwrap();
-    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("x"))
+    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("x"), Default::default())
         .unwrap()
         .unwrap();
     // After the plan, before the shipper reads it: `x` becomes a name of `a`'s inode.
     std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
     std::fs::rename(root.join("b"), root.join("x")).unwrap();
-    let linked = crate::crawl::walk::lstat_beneath(&brick, &p("x"))
+    let linked = crate::crawl::walk::lstat_beneath(&brick, &p("x"), Default::default())
         .unwrap()
         .unwrap();
     assert_eq!(linked.nlink, 2);
@@ -453,7 +453,7 @@ fn attributes_of_a_directory_moved_since_the_plan_are_not_vouched_for() {
         return;
     }
     let brick = fsutil::open_root(root).unwrap();
-    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("p/b"))
+    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("p/b"), Default::default())
         .unwrap()
         .unwrap();
     // After the plan, before the send: the parent moves, and a new "p/b" appears.
@@ -477,7 +477,7 @@ fn attributes_of_a_directory_moved_since_the_plan_are_not_vouched_for() {
     // The next window's rename moves the row along.
     index.apply(&[Mutation::Move(p("p"), p("q"))]).unwrap();
     let row = index.get(&p("q/b")).unwrap().expect("a row for q/b");
-    let now = crate::crawl::walk::lstat_beneath(&brick, &p("q/b"))
+    let now = crate::crawl::walk::lstat_beneath(&brick, &p("q/b"), Default::default())
         .unwrap()
         .unwrap();
     assert_ne!(

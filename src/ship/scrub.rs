@@ -117,7 +117,7 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
     // with the tree); the files of this pass's share that are equal in size and attributes
     // on both sides get their contents compared next.
     let mut wanted: Vec<(RelPath, u64)> = Vec::new();
-    let master_now = |p: &RelPath| walk::lstat_beneath(&root, p).map_err(|_| ());
+    let master_now = |p: &RelPath| walk::lstat_beneath(&root, p, t.excludes.view).map_err(|_| ());
     let mut merge = crate::verify::merge::Merge::new(&root, &t.excludes, |path, m, s| {
         if m.kind == Kind::File
             && Kind::from_u8(s.kind) == Kind::File
@@ -172,7 +172,9 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
         };
         out.bytes_hashed += 2 * size;
         // Changed while it was read (after the walk): in flight, not a difference.
-        let now = walk::lstat_beneath(&root, &path).ok().flatten();
+        let now = walk::lstat_beneath(&root, &path, t.excludes.view)
+            .ok()
+            .flatten();
         if now.is_none_or(|e| !settled(&e)) {
             continue;
         }
@@ -187,7 +189,15 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
         found
     } else {
         std::thread::sleep(SETTLE);
-        confirm(&mut shipper, &index, &root, found, &content, &settled)?
+        confirm(
+            &mut shipper,
+            &index,
+            &root,
+            found,
+            &content,
+            &settled,
+            t.excludes.view,
+        )?
     };
     shipper.close()?;
     let _ = std::fs::remove_file(&t.scratch);
@@ -234,6 +244,7 @@ fn confirm(
     found: Vec<(RelPath, String)>,
     content: &[RelPath],
     settled: &dyn Fn(&Entry) -> bool,
+    view: crate::gluster::View,
 ) -> Result<Vec<(RelPath, String)>> {
     let mut paths: Vec<RelPath> = found.iter().map(|(p, _)| p.clone()).collect();
     paths.sort();
@@ -247,12 +258,12 @@ fn confirm(
     for (path, what) in found {
         if !vouched(
             &path,
-            |p| walk::lstat_beneath(root, p).map_err(|_| ()),
+            |p| walk::lstat_beneath(root, p, view).map_err(|_| ()),
             settled,
         ) {
             continue;
         }
-        let master = walk::lstat_beneath(root, &path).ok().flatten();
+        let master = walk::lstat_beneath(root, &path, view).ok().flatten();
         let still = match (&master, slave.get(&path)) {
             (None, None) => false,
             (Some(_), None) | (None, Some(_)) => true,

@@ -44,12 +44,13 @@ impl Shipper {
         let scope = self.xattrs;
         let listed_before = std::mem::replace(&mut self.list_xattrs, scope);
         let mut attrs = crate::xattr::Reader::new(rustix::fd::AsFd::as_fd(&brick));
+        let view = self.view;
         let r = index.rebuild(|put| {
             self.list_each(index, checksum, None, &mut |listed| {
                 let mut rows = Vec::with_capacity(listed.len());
                 for le in listed {
                     n += 1;
-                    let local = crate::crawl::walk::lstat_beneath(&brick, &le.path)
+                    let local = crate::crawl::walk::lstat_beneath(&brick, &le.path, view)
                         .ok()
                         .flatten();
                     let kind = Kind::from_u8(le.kind);

@@ -148,12 +148,13 @@ impl Worker {
         let vol = session.volume(home)?;
         let generated = session::session_name(&vol, &session.slave_spec()?);
         opts.replica_set = replica_set.map(|n| format!("{generated}#{n}"));
+        opts.shared_tree = !vol.is_one_set();
         Ok(Worker {
             home: home.clone(),
             spec: session.slave_spec()?,
             session: session.clone(),
             brick: brick.clone(),
-            excludes: Excludes::new(&opts.excludes)?,
+            excludes: Excludes::new(&opts.excludes)?.on_brick(&brick.path)?,
             opts,
             dir,
             stop,
@@ -190,8 +191,9 @@ impl Worker {
         };
         let mut opts = crate::options::sync_options(&cfg);
         opts.replica_set = self.opts.replica_set.clone();
+        opts.shared_tree = self.opts.shared_tree;
         crate::logging::set_level(&crate::options::log_level(&cfg));
-        match Excludes::new(&opts.excludes) {
+        match Excludes::new(&opts.excludes).and_then(|e| e.on_brick(&self.brick.path)) {
             Ok(ex) => self.excludes = ex,
             Err(e) => tracing::warn!("exclude: {e:#}"),
         }

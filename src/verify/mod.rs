@@ -204,6 +204,7 @@ pub(crate) fn compare_brick(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let root = brick.open()?;
+    let excludes = &excludes.clone().on_brick(&brick.path)?;
     let hash = |path: &RelPath, m: &Entry, s: &ListEntry| -> Result<Option<[u8; 32]>> {
         if checksum && m.kind == Kind::File && s.hash.is_some() {
             Ok(Some(crate::crawl::hash_beneath(&root, path).with_context(

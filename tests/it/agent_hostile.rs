@@ -44,6 +44,7 @@ pub(crate) fn hello_fields(protocol: u32) -> Hello {
         silence_ms: 0,
         xattrs: 0,
         channels: 1,
+        shared_tree: false,
     }
 }
 

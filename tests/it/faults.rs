@@ -264,6 +264,7 @@ fn handshaken_agent_with(
         silence_ms,
         xattrs: 0,
         channels: 1,
+        shared_tree: false,
     })));
     c.stdin.as_mut().unwrap().write_all(&input).unwrap();
     c

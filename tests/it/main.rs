@@ -12,6 +12,7 @@ mod dr;
 mod errors;
 mod faults;
 mod fuzz;
+mod gluster;
 mod lifecycle;
 mod metrics;
 mod multihost;

@@ -49,6 +49,8 @@ const MARKER_NAME: &[u8] = b"marker";
 
 pub struct Writer {
     root: PathBuf,
+    /// A Gluster brick's internal names are never watched; its gfid links are no hard links.
+    view: crate::gluster::View,
     inotify: rustix::fd::OwnedFd,
     /// Watch descriptor → directory (brick-relative).
     wds: HashMap<i32, RelPath>,
@@ -104,8 +106,10 @@ impl Writer {
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
         let state_wd = inotify::add_watch(&inotify, &state, WatchFlags::CLOSE_WRITE)
             .with_context(|| format!("watching {}", state.display()))?;
+        let view = crate::gluster::View::of_brick(root)?;
         let mut w = Writer {
             root: root.to_path_buf(),
+            view,
             inotify,
             wds: HashMap::new(),
             wd_ino: HashMap::new(),
@@ -244,6 +248,9 @@ impl Writer {
         let Ok(path) = dir.join(name) else {
             return Ok(()); // our own .georep
         };
+        if self.view.hides(&path) {
+            return Ok(()); // a Gluster brick's own .glusterfs or .trashcan
+        }
         let is_dir = mask.contains(ReadFlags::ISDIR);
         if let Some((c, _, _)) = &self.moved_from {
             if !(mask.contains(ReadFlags::MOVED_TO) && *c == cookie) {
@@ -337,7 +344,9 @@ impl Writer {
                     // A directory now: what was created here (not a directory, the event
                     // says) is gone already, as below (journal seed 1200413).
                     Ok(m) if m.is_dir() => RecOp::Unseen,
-                    Ok(m) if std::os::unix::fs::MetadataExt::nlink(&m) > 1 => RecOp::Link,
+                    Ok(m) if std::os::unix::fs::MetadataExt::nlink(&m) > self.view.link_floor() => {
+                        RecOp::Link
+                    }
                     Ok(_) => RecOp::Create,
                     // Gone already (the events are read after the fact): a link or not.
                     Err(_) => RecOp::Unseen,

@@ -100,7 +100,7 @@ impl Writer {
             // between, the directory is still the one watched (journal seed 900361: listed by
             // name, it was gone, nothing in it was recorded and its subdirectories were never
             // watched; the RENAME found its watch in place and scanned nothing).
-            let entries = match list(&listing) {
+            let entries = match list(&listing, self.view.link_floor()) {
                 Ok(entries) => entries,
                 Err(e) => {
                     // Watched but not read: what it holds is unknown to the journal.
@@ -121,6 +121,9 @@ impl Writer {
                 let Ok(path) = d.join(&name) else {
                     continue; // .georep at the root, or a name the protocol cannot carry
                 };
+                if d.is_root() && self.view.hides_root_name(&name) {
+                    continue; // a Gluster brick's own .glusterfs or .trashcan
+                }
                 if kind == rustix::fs::FileType::Directory {
                     stack.push(path.clone());
                 }
@@ -294,7 +297,12 @@ fn changed_since_birth(fd: &OwnedFd) -> bool {
     })
 }
 
-fn list(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, rustix::fs::FileType, bool)>> {
+/// `fd`'s entries: name, kind, and whether a regular file has more than `link_floor` links
+/// (another name in the volume; a Gluster brick counts its gfid link in the floor).
+fn list(
+    fd: &OwnedFd,
+    link_floor: u64,
+) -> rustix::io::Result<Vec<(Vec<u8>, rustix::fs::FileType, bool)>> {
     use rustix::fs::{AtFlags, FileType};
     let mut dir = rustix::fs::Dir::read_from(fd)?;
     let mut out = Vec::new();
@@ -308,12 +316,15 @@ fn list(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, rustix::fs::FileType, 
         let (kind, linked) = match e.file_type() {
             FileType::RegularFile => (
                 FileType::RegularFile,
-                stat().is_ok_and(|st| st.st_nlink > 1),
+                stat().is_ok_and(|st| st.st_nlink > link_floor),
             ),
             FileType::Unknown => match stat() {
                 Ok(st) => {
                     let kind = FileType::from_raw_mode(st.st_mode);
-                    (kind, kind == FileType::RegularFile && st.st_nlink > 1)
+                    (
+                        kind,
+                        kind == FileType::RegularFile && st.st_nlink > link_floor,
+                    )
                 }
                 Err(_) => continue, // gone since
             },

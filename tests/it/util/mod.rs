@@ -2,6 +2,7 @@
 //! comparison every replication test ends with.
 
 pub mod fsops;
+pub mod gluster;
 pub mod net;
 pub mod proxy;
 pub mod session;

@@ -1,0 +1,164 @@
+//! GlusterFS bricks as masters: what a brick holds that the volume's clients never see.
+//!
+//! A brick of a Gluster volume is not a plain directory (docs/glusterfs.md):
+//! - `.glusterfs/` (a gfid hard link of every file, the changelogs) and `.trashcan/` sit at its
+//!   root: never walked, watched or shipped;
+//! - every non-directory has one link more than clients see (its gfid link in `.glusterfs/`);
+//! - a DHT link-to file (sticky bit, `trusted.glusterfs.dht.linkto`) says that a name's data
+//!   lives on another brick: this brick has nothing to ship for that name, and must not delete
+//!   it on the slave either (the brick holding the data ships it);
+//! - with `features.ctime` (on by default) the times clients see are the ones the client set,
+//!   kept in `trusted.glusterfs.mdata`, not the brick inode's own;
+//! - Gluster's own attributes (`trusted.gfid`, `trusted.glusterfs.*`, …) are never copied
+//!   (`xattr::never_copied`).
+//!
+//! Invariant: a [`View`] of a plain directory changes nothing; everything here applies only to
+//! a root carrying `trusted.glusterfs.volume-id`.
+
+pub mod import;
+
+use crate::crawl::entry::{Entry, Kind};
+use crate::xattr::{self, At};
+use rustix::fd::BorrowedFd;
+use std::io;
+
+/// Names at a brick's root that belong to Gluster itself.
+pub const INTERNAL_DIRS: [&[u8]; 2] = [b".glusterfs", b".trashcan"];
+const VOLUME_ID: &[u8] = b"trusted.glusterfs.volume-id";
+const LINKTO: &[u8] = b"trusted.glusterfs.dht.linkto";
+const MDATA: &[u8] = b"trusted.glusterfs.mdata";
+/// A sharded volume keeps the pieces of big files here, under names that are gfids.
+const SHARD_DIR: &str = ".shard";
+
+/// How to read a brick: as a plain tree, or as a Gluster brick.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct View {
+    pub gluster: bool,
+}
+
+impl View {
+    /// The view of the brick whose root is `root`: Gluster when the root carries the volume id
+    /// Gluster sets on every brick.
+    pub fn of_root(root: BorrowedFd<'_>) -> io::Result<View> {
+        let mut buf = [0u8; 16];
+        let gluster = xattr::get_one(At::Fd(root), VOLUME_ID, &mut buf)?.is_some();
+        Ok(View { gluster })
+    }
+
+    /// `View::of_root` of a path, and a refusal of what georep cannot replicate from it.
+    /// A brick that cannot be opened reads as plain: what opens it next says why.
+    pub fn of_brick(path: &std::path::Path) -> anyhow::Result<View> {
+        let Ok(root) = crate::fsutil::open_root(path) else {
+            return Ok(View::default());
+        };
+        let view = View::of_root(rustix::fd::AsFd::as_fd(&root))?;
+        if view.gluster && path.join(SHARD_DIR).is_dir() {
+            anyhow::bail!(
+                "brick {} belongs to a sharded Gluster volume (features.shard is on: its big files are pieces in {SHARD_DIR}/): georep replicates whole files and cannot put them together from a brick; turn features.shard off for a volume georep replicates",
+                path.display()
+            );
+        }
+        Ok(view)
+    }
+
+    /// Whether `name`, directly beneath the brick root, is Gluster's own.
+    pub fn hides_root_name(&self, name: &[u8]) -> bool {
+        self.gluster && INTERNAL_DIRS.contains(&name)
+    }
+
+    /// Whether the brick-relative `path` is Gluster's own or beneath it.
+    pub fn hides(&self, path: &crate::protocol::RelPath) -> bool {
+        self.gluster && {
+            let first = path.as_bytes().split(|&b| b == b'/').next().unwrap_or(b"");
+            INTERNAL_DIRS.contains(&first)
+        }
+    }
+
+    /// `e` as the volume's clients see it, read from this brick through `at` (the entry itself,
+    /// not following a symlink); `None` when it is a DHT link-to file (its data is on another
+    /// brick, which ships it).
+    pub fn adjust(&self, mut e: Entry, at: At<'_>) -> io::Result<Option<Entry>> {
+        if !self.gluster {
+            return Ok(Some(e));
+        }
+        if e.kind == Kind::File && e.mode & libc::S_ISVTX != 0 && is_linkto(at)? {
+            return Ok(None);
+        }
+        if e.kind != Kind::Dir {
+            // The gfid link in .glusterfs/ is no name of the volume's.
+            e.nlink = e.nlink.saturating_sub(1).max(1);
+        }
+        if let Some((sec, nsec)) = mdata_mtime(at)? {
+            e.mtime_sec = sec;
+            e.mtime_nsec = nsec;
+        }
+        Ok(Some(e))
+    }
+
+    /// The link count a file must exceed to have another name in the volume.
+    pub fn link_floor(&self) -> u64 {
+        if self.gluster {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Whether `at` carries DHT's link-to attribute.
+pub fn is_linkto(at: At<'_>) -> io::Result<bool> {
+    let mut buf = [0u8; 1];
+    Ok(xattr::get_one(at, LINKTO, &mut buf)?.is_some())
+}
+
+/// The modification time kept by Gluster's ctime feature, when it is there and readable.
+///
+/// On disk (`posix_mdata_disk_t`, big-endian): version (1 byte, 1), flags (8), then ctime,
+/// mtime and atime, each 8 bytes of seconds and 8 of nanoseconds.
+fn mdata_mtime(at: At<'_>) -> io::Result<Option<(i64, u32)>> {
+    let mut buf = [0u8; 64];
+    let Some(n) = xattr::get_one(at, MDATA, &mut buf)? else {
+        return Ok(None);
+    };
+    Ok(parse_mdata_mtime(&buf[..n]))
+}
+
+fn parse_mdata_mtime(v: &[u8]) -> Option<(i64, u32)> {
+    if v.len() < 57 || v[0] != 1 {
+        return None;
+    }
+    let word = |at: usize| u64::from_be_bytes(v[at..at + 8].try_into().unwrap());
+    let (sec, nsec) = (word(25), word(33));
+    (nsec < 1_000_000_000 && sec <= i64::MAX as u64).then_some((sec as i64, nsec as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Read off a brick of Gluster 10.3 (`getfattr -n trusted.glusterfs.mdata -e hex`), whose
+    /// mount showed the mtime 2026-12-05 14:52:14.689282909.
+    #[test]
+    fn the_mtime_clients_see_is_read_from_the_mdata_attribute() {
+        let hex = "010000000000000000000000006b14251e0000000029f66683000000006b14251e0000000029159f5d000000006b14251e00000000290d0a6a";
+        let v: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(parse_mdata_mtime(&v), Some((0x6b14251e, 689_282_909)));
+        assert_eq!(parse_mdata_mtime(&v[..40]), None);
+        let mut other = v.clone();
+        other[0] = 2;
+        assert_eq!(parse_mdata_mtime(&other), None);
+    }
+
+    #[test]
+    fn only_the_internal_names_at_the_root_are_hidden() {
+        let g = View { gluster: true };
+        let p = |s: &str| crate::protocol::RelPath::new(s.as_bytes()).unwrap();
+        assert!(g.hides(&p(".glusterfs")) && g.hides(&p(".glusterfs/ab/cd")));
+        assert!(g.hides(&p(".trashcan/x")));
+        assert!(!g.hides(&p("d/.glusterfs")) && !g.hides(&p(".glusterfsx")));
+        assert!(!View::default().hides(&p(".glusterfs")));
+    }
+}
