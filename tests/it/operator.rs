@@ -17,41 +17,6 @@ fn state_dirs(g: &Georep) -> Vec<String> {
         .collect()
 }
 
-/// `start --foreground` as systemd runs it; stopped (SIGTERM) when dropped, even when the test
-/// fails.
-struct Foreground(std::process::Child);
-
-impl Foreground {
-    fn start(g: &Georep, args: &[&str]) -> Foreground {
-        let log = fs::File::create(g.path("start.log")).unwrap();
-        let child = g
-            .cmd()
-            .env("GEOREP_LOG", "info")
-            .arg("start")
-            .args(args)
-            .arg("--foreground")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Foreground(child)
-    }
-
-    fn stop(mut self) {
-        signal(self.0.id() as i32, rustix::process::Signal::TERM);
-        assert!(self.0.wait().unwrap().success());
-    }
-}
-
-impl Drop for Foreground {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            signal(self.0.id() as i32, rustix::process::Signal::TERM);
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// Every file beneath `dir`.
 fn walk(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod gfid;
 mod watches;
 use watches::Scan;
 
@@ -51,6 +52,8 @@ pub struct Writer {
     root: PathBuf,
     /// A Gluster brick's internal names are never watched; its gfid links are no hard links.
     view: crate::gluster::View,
+    /// A Gluster brick's gfid buckets, where its writes and attribute changes are seen.
+    gfid: gfid::GfidWatches,
     inotify: rustix::fd::OwnedFd,
     /// Watch descriptor → directory (brick-relative).
     wds: HashMap<i32, RelPath>,
@@ -110,6 +113,7 @@ impl Writer {
         let mut w = Writer {
             root: root.to_path_buf(),
             view,
+            gfid: Default::default(),
             inotify,
             wds: HashMap::new(),
             wd_ino: HashMap::new(),
@@ -130,6 +134,9 @@ impl Writer {
         };
         let t0 = Instant::now();
         w.watch_tree(&RelPath::root(), Scan::Watch)?;
+        if w.view.gluster {
+            w.watch_gfid_buckets()?;
+        }
         if w.watch_failures > 0 {
             bail!(
                 "could not watch {} directories of {}: raise fs.inotify.max_user_watches (sysctl) and start again",
@@ -214,6 +221,13 @@ impl Writer {
             self.unwatched.clear();
             self.rebind()?;
             self.push(Record::gap("inotify queue overflow"));
+            return Ok(());
+        }
+        if let Some(b) = self.gfid.get(wd).cloned() {
+            if mask.contains(ReadFlags::IGNORED) {
+                self.gfid.remove(wd);
+            }
+            self.gfid_event(b, mask, name);
             return Ok(());
         }
         if wd == self.state_wd {

@@ -222,6 +222,9 @@ impl Writer {
         let old = std::mem::take(&mut self.wds);
         self.doubtful.clear();
         self.watch_tree(&RelPath::root(), Scan::Watch)?;
+        if self.view.gluster {
+            self.watch_gfid_buckets()?;
+        }
         for wd in old.keys().filter(|wd| !self.wds.contains_key(wd)) {
             let _ = inotify::remove_watch(&self.inotify, *wd);
             self.wd_ino.remove(wd);

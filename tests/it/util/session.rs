@@ -224,3 +224,38 @@ pub fn markers_after(journal: &std::path::Path, path: &str) -> usize {
         .filter(|r| r.op == georep::journal::RecOp::Marker)
         .count()
 }
+
+/// `start --foreground` as systemd runs it; stopped (SIGTERM) when dropped, even when the test
+/// fails.
+pub struct Foreground(pub std::process::Child);
+
+impl Foreground {
+    pub fn start(g: &Georep, args: &[&str]) -> Foreground {
+        let log = std::fs::File::create(g.path("start.log")).unwrap();
+        let child = g
+            .cmd()
+            .env("GEOREP_LOG", "info")
+            .arg("start")
+            .args(args)
+            .arg("--foreground")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Foreground(child)
+    }
+
+    pub fn stop(mut self) {
+        signal(self.0.id() as i32, rustix::process::Signal::TERM);
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            signal(self.0.id() as i32, rustix::process::Signal::TERM);
+            let _ = self.0.wait();
+        }
+    }
+}
