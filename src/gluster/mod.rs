@@ -24,6 +24,13 @@ use std::io;
 
 /// Names at a brick's root that belong to Gluster itself.
 pub const INTERNAL_DIRS: [&[u8]; 2] = [b".glusterfs", b".trashcan"];
+/// Where a replicated volume keeps inodes whose last name is gone while they are still open
+/// (`.glusterfs-anonymous-inode-<volume id>`, at the root of every AFR brick).
+const ANONYMOUS_INODES: &[u8] = b".glusterfs-anonymous-inode-";
+
+fn internal(name: &[u8]) -> bool {
+    INTERNAL_DIRS.contains(&name) || name.starts_with(ANONYMOUS_INODES)
+}
 const VOLUME_ID: &[u8] = b"trusted.glusterfs.volume-id";
 const LINKTO: &[u8] = b"trusted.glusterfs.dht.linkto";
 const MDATA: &[u8] = b"trusted.glusterfs.mdata";
@@ -63,14 +70,14 @@ impl View {
 
     /// Whether `name`, directly beneath the brick root, is Gluster's own.
     pub fn hides_root_name(&self, name: &[u8]) -> bool {
-        self.gluster && INTERNAL_DIRS.contains(&name)
+        self.gluster && internal(name)
     }
 
     /// Whether the brick-relative `path` is Gluster's own or beneath it.
     pub fn hides(&self, path: &crate::protocol::RelPath) -> bool {
         self.gluster && {
             let first = path.as_bytes().split(|&b| b == b'/').next().unwrap_or(b"");
-            INTERNAL_DIRS.contains(&first)
+            internal(first)
         }
     }
 
@@ -103,6 +110,36 @@ impl View {
             1
         }
     }
+}
+
+/// Whether the brick at `path` is served: a `glusterfsd … --brick-name <path>` runs on this
+/// node. A brick whose process is down gets no more writes (its replicas do): its worker must
+/// not stay Active, or the volume's changes would stop reaching the DR site.
+pub fn check_brick_process(path: &std::path::Path) -> anyhow::Result<()> {
+    let want = path.as_os_str().as_encoded_bytes();
+    let running = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                    return false;
+                };
+                let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+                args.first().is_some_and(|a0| a0.ends_with(b"glusterfsd"))
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == b"--brick-name" && w[1] == want)
+            })
+        })
+        .unwrap_or(true);
+    if !running {
+        anyhow::bail!(
+            "the Gluster brick process of {} is not running on {} (no glusterfsd --brick-name {}): its replicas get the volume's writes now, so this worker steps down and another replica's worker takes over; it resumes once the brick is back (`gluster volume start <vol> force`)",
+            path.display(),
+            crate::config::node_name(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Whether `at` carries DHT's link-to attribute.
@@ -159,6 +196,9 @@ mod tests {
         assert!(g.hides(&p(".glusterfs")) && g.hides(&p(".glusterfs/ab/cd")));
         assert!(g.hides(&p(".trashcan/x")));
         assert!(!g.hides(&p("d/.glusterfs")) && !g.hides(&p(".glusterfsx")));
+        assert!(g.hides(&p(
+            ".glusterfs-anonymous-inode-a77840f7-4e7d-4bad-8bb8-32af5bfd7d3b"
+        )));
         assert!(!View::default().hides(&p(".glusterfs")));
     }
 }

@@ -123,6 +123,9 @@ struct CrawlDue {
 const ONE_CHANNEL_FOR: Duration = Duration::from_secs(600);
 
 /// Why `serve` returned without an error.
+/// How often an Active worker of a Gluster brick looks for the brick's process.
+const BRICK_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 enum Exit {
     Stop,
     /// Options that shape the connection changed: reconnect with them.
@@ -290,7 +293,12 @@ impl Worker {
                 self.status.status = "Initializing...".into();
                 self.save();
             }
-            if let Err(e) = crate::brickid::check_running(&self.brick, &index) {
+            if let Err(e) = crate::brickid::check_running(&self.brick, &index).and_then(|()| {
+                if self.excludes.view.gluster {
+                    crate::gluster::check_brick_process(&self.brick.path)?;
+                }
+                Ok(())
+            }) {
                 self.faulty(&e);
                 self.nap(Duration::from_secs(2));
                 continue;
@@ -583,12 +591,20 @@ impl Worker {
         let mut incomplete_first = Instant::now();
         let mut check_position = true;
         let mut idle_wait = IDLE_WAIT;
+        let mut brick_checked = Instant::now();
         loop {
             if self.stopping() {
                 return Ok(Exit::Stop);
             }
             if self.reload_config() {
                 return Ok(Exit::Reconnect);
+            }
+            if self.excludes.view.gluster && brick_checked.elapsed() >= BRICK_CHECK_EVERY {
+                brick_checked = Instant::now();
+                if let Err(e) = crate::gluster::check_brick_process(&self.brick.path) {
+                    tracing::warn!(brick = %self.brick, "{e:#}");
+                    return Ok(Exit::Reconnect);
+                }
             }
             shipper.ignore_deletes = self.opts.ignore_deletes;
             shipper.set_bwlimit(self.opts.bwlimit);

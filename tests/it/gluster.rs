@@ -238,3 +238,141 @@ fn a_continuous_session_keeps_a_distributed_gluster_volume_replicated() {
     fg.stop();
     assert_replica_of(&m, &dr, "at the end");
 }
+
+/// One georep node of a replicated volume's test: its own home and node name.
+struct Node<'a> {
+    g: &'a Georep,
+    home: std::path::PathBuf,
+    name: &'static str,
+}
+
+impl Node<'_> {
+    fn cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(bin());
+        c.env("GEOREP_HOME", &self.home)
+            .env("GEOREP_NODE", self.name)
+            .env_remove("GEOREP_LOG")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd().args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?} on {}: {}",
+            self.name,
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    fn start(&self, vol: &str, dr: &str) -> Foreground {
+        let log = fs::File::create(self.g.path(&format!("start-{}.log", self.name))).unwrap();
+        let child = self
+            .cmd()
+            .env("GEOREP_LOG", "info")
+            .args(["start", vol, dr, "--foreground"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Foreground(child)
+    }
+
+    fn row(&self, vol: &str, dr: &str) -> serde_json::Value {
+        let out = self.ok(&["status", vol, dr, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["master_node"] == self.name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row of {} in {v:#}", self.name))
+    }
+}
+
+/// A replica-2 volume with a brick on each of two nodes: one worker is Active, the other
+/// Passive. When the Active brick's glusterfsd is killed (the volume goes on, on the other
+/// brick), its worker steps down and the other takes over without re-sending what the DR site
+/// has.
+#[test]
+fn a_replicated_gluster_volume_fails_over_to_the_other_brick_when_its_process_dies() {
+    let g = Georep::new();
+    let vol = Volume::create(&g.path("bricks"), "gr", 2, 2);
+    let m = g.path("mnt");
+    let _mount = vol.mount(&m);
+    populate(&m);
+    let dr = g.slave();
+    let ds = dr.to_str().unwrap();
+    let sock = crate::util::gluster::glusterd()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let nodes = crate::util::gluster::NODES;
+    let a = Node {
+        g: &g,
+        home: g.path("home-a"),
+        name: nodes[0],
+    };
+    let b = Node {
+        g: &g,
+        home: g.path("home-b"),
+        name: nodes[1],
+    };
+    for n in [&a, &b] {
+        let out = n.ok(&["volume", "import", &vol.name, "--glusterd-sock", &sock]);
+        assert!(out.contains("replica 2"), "{out}");
+    }
+    a.ok(&["create", &vol.name, ds]);
+    let fa = a.start(&vol.name, ds);
+    assert!(
+        wait_until(Duration::from_secs(60), || a.row(&vol.name, ds)["status"]
+            == "Active"),
+        "{:#}",
+        a.row(&vol.name, ds)
+    );
+    assert_replica_of(&m, &dr, "node a active");
+    b.ok(&["create", &vol.name, ds]);
+    let fb = b.start(&vol.name, ds);
+    assert!(
+        wait_until(Duration::from_secs(30), || b.row(&vol.name, ds)["status"]
+            == "Passive"),
+        "{:#}",
+        b.row(&vol.name, ds)
+    );
+    // The Active brick's process dies; clients go on writing to the other replica.
+    let brick_a = vol.brick_paths()[0].clone();
+    let pids = pids_with_cmdline(&["--brick-name", brick_a.to_str().unwrap()]);
+    assert!(!pids.is_empty(), "no glusterfsd for {}", brick_a.display());
+    for p in pids {
+        signal(p, rustix::process::Signal::KILL);
+    }
+    for i in 0..50 {
+        fs::write(m.join(format!("d16/after-{i}")), format!("after {i}")).unwrap();
+    }
+    fs::remove_file(m.join("d17/f3")).unwrap();
+    wait_trees_equal(&m, &dr, Duration::from_secs(90), &|| true).unwrap_or_else(|d| {
+        panic!(
+            "after the takeover: {d}\n{}",
+            fs::read_to_string(g.path(&format!("start-{}.log", b.name))).unwrap_or_default()
+        )
+    });
+    let rb = b.row(&vol.name, ds);
+    assert_eq!(rb["status"], "Active", "{rb:#}");
+    assert_eq!(rb["takeovers"], 1, "{rb:#}");
+    assert!(
+        n(&rb, "data") <= 60,
+        "the takeover re-sent what the DR site had: {rb:#}"
+    );
+    let ra = a.row(&vol.name, ds);
+    assert!(
+        ra["status"] == "Faulty"
+            && ra["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("glusterfsd")),
+        "{ra:#}"
+    );
+    drop(fb);
+    drop(fa);
+}

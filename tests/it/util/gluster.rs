@@ -181,9 +181,11 @@ impl Drop for Fuse {
 /// What a DR tree must never carry from a brick: Gluster's directories at its root, DHT
 /// link-to files, `trusted.*` attributes. The first such entry, if any.
 pub fn gluster_leftovers(root: &Path) -> Option<String> {
-    for d in [".glusterfs", ".trashcan"] {
-        if root.join(d).exists() {
-            return Some(format!("{d} at the root"));
+    for e in std::fs::read_dir(root).unwrap() {
+        let name = e.unwrap().file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with(".glusterfs") || n == ".trashcan" {
+            return Some(format!("{n} at the root"));
         }
     }
     let mut stack = vec![root.to_path_buf()];
