@@ -134,6 +134,8 @@ pub struct Applier {
     /// Extended attribute namespaces this session replicates here (`crate::xattr` bits,
     /// agreed in the handshake); 0 = attributes are left alone.
     xattr_scope: u8,
+    /// On a FUSE slave: what the current batch changed, fsynced before its ack.
+    fuse: Option<super::fusesync::Pending>,
 }
 
 /// With a trash: keeps the entry at `name` that `tmpname` (in `tmp`) is about to replace. A
@@ -291,7 +293,9 @@ fn mode(meta: &Meta) -> Mode {
 impl Applier {
     /// `root` is the slave root, `tmp` this brick's private temp directory (emptied by the caller).
     pub fn new(root: OwnedFd, tmp: OwnedFd) -> Self {
+        let fuse = super::fusesync::is_fuse(root.as_fd()).then(Default::default);
         Applier {
+            fuse,
             parents: Parents { root, cache: None },
             tmp,
             as_root: rustix::process::geteuid().is_root(),
@@ -486,6 +490,29 @@ impl Applier {
     }
 
     pub fn apply(&mut self, op: &Op) -> ApplyResult {
+        let r = self.apply_op(op);
+        if let (Ok(()), Some(f)) = (&r, self.fuse.as_mut()) {
+            match op {
+                Op::SetAttr { path, .. } => f.attributes(path),
+                Op::Mkdir { path, .. } => {
+                    f.entry(path);
+                    f.attributes(path);
+                }
+                Op::Stash { from, .. } => f.entry(from),
+                op => f.entry(op.target()),
+            }
+        }
+        r
+    }
+
+    /// On a FUSE slave: what the batch applied so far changed, to fsync before its ack (see
+    /// `fusesync`); empty elsewhere.
+    pub fn take_fsyncs(&mut self) -> Vec<OwnedFd> {
+        let root = self.parents.root.as_fd();
+        self.fuse.as_mut().map(|f| f.take(root)).unwrap_or_default()
+    }
+
+    fn apply_op(&mut self, op: &Op) -> ApplyResult {
         let meta = match op {
             Op::Mkdir { meta, .. }
             | Op::Symlink { meta, .. }
@@ -1066,6 +1093,10 @@ impl Applier {
         if let Err(e) = r {
             self.discard(&f.tmpname);
             return Err(Ok(ApplyError::new(&f.path, "setting attributes of", e)));
+        }
+        if let Some(fs) = self.fuse.as_mut() {
+            fs.file(fd.as_fd());
+            fs.entry(&f.path);
         }
         // The version being replaced goes to the trash in `replace_into` (a hard link).
         match &f.tmpname {

@@ -54,6 +54,9 @@ pub struct Applied {
     pub stime_ns: i64,
     /// Whether the batch changed anything (an empty stime beacon needs no sync).
     pub wrote: bool,
+    /// On a FUSE slave: the files and directories the batch changed, fsynced before its ack
+    /// (`syncfs` does not reach a FUSE daemon's storage); empty elsewhere.
+    pub fsync: Vec<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -190,6 +193,10 @@ fn make_durable(t: &Target, w: &SharedWriter, group: &[Applied]) -> Result<()> {
     let Some(last) = group.last() else {
         return Ok(());
     };
+    for b in group {
+        super::fusesync::sync_all(&b.fsync)
+            .with_context(|| format!("syncing what batch {} wrote on {}", b.id, t.describe))?;
+    }
     if group.iter().any(|b| b.wrote) {
         rustix::fs::syncfs(&t.root)
             .map_err(std::io::Error::from)

@@ -9,6 +9,7 @@ pub mod apply;
 mod direct;
 mod dirtimes;
 mod durable;
+mod fusesync;
 mod join;
 pub use join::DID_NOT_JOIN;
 pub mod locks;
@@ -451,6 +452,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     id: b.id,
                     stime_ns: b.stime_ns,
                     wrote: b.seen > 0,
+                    fsync: applier.take_fsyncs(),
                 })?;
             }
             Message::Heartbeat => {
