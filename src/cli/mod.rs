@@ -378,7 +378,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let volume = a.volume.unwrap_or_default();
-            let root = Volume::slave_root_of(&home, &volume)?;
+            // Held until the agent is done: a `gluster:<vol>` slave is mounted for it.
+            let (root, _aux) = crate::gluster::aux::slave_root(&home, &volume)?;
             crate::agent::serve(
                 &root,
                 crate::agent::input_from_stdin()?,

@@ -19,7 +19,7 @@ use crate::config::{Home, SyncOptions};
 use crate::crawl::index::Index;
 use crate::crawl::walk::Excludes;
 use crate::session::{self, SessionConfig};
-use crate::volume::{Brick, Volume};
+use crate::volume::Brick;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ fn local(ns: i64) -> String {
 
 /// `georep failover <SLAVEVOL|PATH> [--planned]` on the DR host. Returns the lines it prints.
 pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Result<Vec<String>> {
-    let root = Volume::slave_root_of(home, vol)?;
+    let (root, _aux) = crate::gluster::aux::slave_root(home, vol)?;
     if !root.join(".georep/agent.db").exists() {
         bail!(
             "{} has never received replication (no .georep/agent.db): nothing to fail over to",

@@ -15,6 +15,7 @@
 //! Invariant: a [`View`] of a plain directory changes nothing; everything here applies only to
 //! a root carrying `trusted.glusterfs.volume-id`.
 
+pub mod aux;
 pub mod import;
 
 use crate::crawl::entry::{Entry, Kind};

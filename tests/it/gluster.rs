@@ -376,3 +376,28 @@ fn a_replicated_gluster_volume_fails_over_to_the_other_brick_when_its_process_di
     drop(fb);
     drop(fa);
 }
+
+/// A slave named `gluster:<vol>`: the agent mounts the DR volume itself (shared by the agents
+/// that use it) and unmounts it when the last one is done.
+#[test]
+fn a_slave_named_gluster_vol_is_mounted_by_the_agent() {
+    let g = Georep::new();
+    let m = g.master();
+    make_varied_tree(&m, 200_000);
+    let dr_vol = Volume::create(&g.path("dr-bricks"), "ga", 1, 2);
+    let slave = format!("gluster:{}", dr_vol.name);
+    g.ok(&["sync", m.to_str().unwrap(), &slave]);
+    let aux = |name: &str| {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&format!("run/gluster/{name} ")))
+    };
+    assert!(!aux(&dr_vol.name), "the agent left its mount behind");
+    let view = g.path("dr-view");
+    let _mount = dr_vol.mount(&view);
+    assert_replica_of(&m, &view, "synced through the agent's own mount");
+    write(&m.join("later/file"), b"a second pass");
+    g.ok(&["sync", m.to_str().unwrap(), &slave]);
+    assert_replica_of(&m, &view, "second pass");
+}
