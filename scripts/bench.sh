@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks georep against the physical limits measured in the same run on the same disk.
-# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|wan-channels|all|scale]
+# Usage: scripts/bench.sh [small|big|latency|scrub|intake|sparse|ssh|ssh-big|ssh-small|ssh-append|ssh-delta|wan|wan-channels|all|scale|gluster]
 #        (scale is not part of all: 10^6 files, minutes and about 10 GB of disk; put BENCH_DIR
 #        on a freshly made filesystem: ext4 without a journal slows creation after mass deletes)
+#        (gluster is not part of all either: a private glusterd on 127.0.0.1:24007, a distributed
+#        master volume and a DR volume, 10,000 x 4 KiB written through the mount; GLUSTER_GEOREP=1
+#        also runs Gluster's own geo-replication in the same run, scripts/gluster-georep.sh)
 #        (BENCH_DIR=/path to choose where data goes; SSH_SYNC_ARGS="--channels 1" adds words to
 #        every sync over ssh; wan-channels: CHANNELS_LIST="1 2 4 8", the channels default)
 # Prints a table: median wall time of RUNS runs, ratio to cp -a, peak memory of both sides.
@@ -538,6 +541,83 @@ PY
     row "scale: rsync -a, nothing changed" "$rs_noop_ms" "1.00x" "-" "-"
     row "scale: georep, nothing changed (vs rsync)" "$g_noop_ms" "$(vs "$g_noop_ms" "$rs_noop_ms")" "$(field "$BASE/scale2.json" master_peak_rss_kb) KiB" "$(field "$BASE/scale2.json" agent_peak_rss_kb) KiB"
     row "scale: georep verify (a scrub pass's compare)" "$v_ms" "$(vs "$v_ms" "$find_ms") find" "${v_rss} KiB" "-"
+fi
+
+# GlusterFS: files written through a distributed volume's mount, replicated from its bricks
+# onto a DR volume's mount; time until every file is on the DR mount with its content, and the
+# mount -> DR latency. Gluster's own geo-replication in the same run with GLUSTER_GEOREP=1.
+if [ "$what" = gluster ]; then
+    gd=$BASE/glusterd gb=$BASE/gbricks
+    scripts/glusterd.sh start "$gd" >/dev/null
+    trap 'for m in "$BASE/gm" "$BASE/gdr"; do umount -l "$m" 2>/dev/null; done; scripts/glusterd.sh stop "$gd"; rm -rf "$BASE"' EXIT
+    G() { gluster --glusterd-sock="$gd/run/glusterd.socket" --mode=script "$@" >/dev/null; }
+    mkdir -p "$gb" "$BASE/gm" "$BASE/gdr"
+    G volume create bench-m 127.1:"$gb/m1" 127.1:"$gb/m2" force
+    G volume create bench-dr 127.1:"$gb/dr1" force
+    G volume start bench-m; G volume start bench-dr
+    mount -t glusterfs -o acl 127.0.0.1:/bench-m "$BASE/gm"
+    mount -t glusterfs -o acl 127.0.0.1:/bench-dr "$BASE/gdr"
+    home=$BASE/gl-home
+    gr() { GEOREP_HOME=$home GEOREP_NODE=127.1 "$BIN" "$@"; }
+    gr volume import bench-m --glusterd-sock "$gd/run/glusterd.socket" >/dev/null
+    # GLUSTER_DR=dir: the DR side a plain directory (what the DR volume's FUSE mount costs).
+    dr=$BASE/gdr
+    if [ "${GLUSTER_DR:-}" = dir ]; then dr=$BASE/gdr-dir; mkdir -p "$dr"; fi
+    gr volume create bench-dr "$dr" >/dev/null
+    gr create bench-m bench-dr >/dev/null
+    gr start bench-m bench-dr >/dev/null
+    for _ in $(seq 1 300); do
+        [ "$(gr status bench-m bench-dr --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(all(x["crawl_status"]=="Changelog Crawl" for x in r))')" = True ] && break
+        sleep 0.1
+    done
+    # Writes 10,000 x 4 KiB in 100 directories, then waits until the DR side has each with
+    # its content (a listing and a checksum of every file on both sides).
+    write_and_wait() { # master-mount dr-mount -> prints ms
+        python3 - "$1" "$2" <<'PY'
+import hashlib, os, sys, time
+m, d = sys.argv[1:3]
+t0 = time.time()
+want = {}
+for i in range(100):
+    os.makedirs(f"{m}/w{i}", exist_ok=True)
+    for j in range(100):
+        b = os.urandom(4096)
+        with open(f"{m}/w{i}/f{j}", "wb") as f:
+            f.write(b)
+        want[f"w{i}/f{j}"] = hashlib.sha256(b).digest()
+t_written = time.time()
+deadline = t0 + 900
+left = dict(want)
+while left and time.time() < deadline:
+    for p in list(left):
+        try:
+            with open(f"{d}/{p}", "rb") as f:
+                if hashlib.sha256(f.read()).digest() == left[p]:
+                    del left[p]
+        except OSError:
+            pass
+    if left:
+        time.sleep(0.2)
+if left:
+    raise SystemExit(f"{len(left)} files never arrived with their content")
+print(int((time.time() - t0) * 1000), int((t_written - t0) * 1000))
+PY
+    }
+    read -r g_ms w_ms < <(write_and_wait "$BASE/gm" "$dr")
+    measure_latency "$BASE/gm" "$dr" "$BASE/gl-lat.txt" glat
+    read -r p50 p99 pmax nlat < "$BASE/gl-lat.txt"
+    gr stop bench-m bench-dr >/dev/null
+    row "gluster: writing 10,000 x 4 KiB through the mount" "$w_ms" "-" "-" "-"
+    row "gluster: georep, written until all on DR${GLUSTER_DR:+ ($GLUSTER_DR)}" "$g_ms" "-" "-" "-"
+    row "gluster: georep mount->DR latency p50/p99" "$p50" "p99 $p99" "($nlat probes)" "-"
+    if [ -n "${GLUSTER_GEOREP:-}" ]; then
+        umount -l "$BASE/gm" "$BASE/gdr"
+        scripts/glusterd.sh stop "$gd"
+        scripts/gluster-georep.sh "$BASE/gluster-georep" > "$BASE/gg.txt"
+        gg() { sed -n "s/^$1=//p" "$BASE/gg.txt"; }
+        row "gluster: geo-replication, 10,000 x 4 KiB" "$(gg gluster_georep_10k_ms)" "$(ratio "$g_ms" "$(gg gluster_georep_10k_ms)") (georep)" "-" "-"
+        row "gluster: geo-replication latency median" "$(gg gluster_latency_median_ms)" "max $(gg gluster_latency_max_ms)" "-" "-"
+    fi
 fi
 
 echo

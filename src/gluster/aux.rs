@@ -114,7 +114,8 @@ fn mount(home: &Home, name: &str, path: &Path) -> Result<()> {
     let source = format!("{}:/{name}", server());
     let out = std::process::Command::new("mount")
         .args(["-t", "glusterfs", "-o"])
-        .arg(format!("log-file={}", log.display()))
+        // POSIX ACLs are replicated: the mount must take them.
+        .arg(format!("log-file={},acl", log.display()))
         .arg(&source)
         .arg(path)
         .output()

@@ -138,7 +138,7 @@ impl Volume {
         let out = Command::new("mount")
             .args(["-t", "glusterfs", "-o"])
             .arg(format!(
-                "log-file={},attribute-timeout=0,entry-timeout=0,negative-timeout=0",
+                "log-file={},acl,attribute-timeout=0,entry-timeout=0,negative-timeout=0",
                 log.display()
             ))
             .arg(format!("127.0.0.1:/{}", self.name))
