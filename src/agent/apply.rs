@@ -666,6 +666,26 @@ impl Applier {
                 })
             }
             Op::SetAttr { path, meta } => self.setattr(path, meta, xattrs),
+            Op::Rmdir { path } => {
+                self.parents.invalidate();
+                let r =
+                    self.parents
+                        .with_parent(path, "removing directory", |parent, name| {
+                            match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+                                // Another brick's entries are still there, or another brick's file
+                                // has the name now: theirs to remove.
+                                Ok(())
+                                | Err(
+                                    Errno::NOENT | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR,
+                                ) => Ok(()),
+                                Err(e) => Err(e.into()),
+                            }
+                        });
+                match r {
+                    Err(e) if e.errno == libc::ENOENT => Ok(()),
+                    r => r,
+                }
+            }
         }
     }
 

@@ -105,7 +105,11 @@ impl DirTimes {
             return Ok(());
         };
         let (lo, hi) = beneath(&from);
-        let tx = self.db.transaction()?;
+        // Writing from the start: a read that turns into a write after another connection
+        // (the durability thread's) wrote would fail at once (SQLITE_BUSY_SNAPSHOT).
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let rows: Vec<(Vec<u8>, i64)> = {
             let mut st = tx.prepare(
                 "SELECT path, mtime_ns FROM dir_times
@@ -162,7 +166,7 @@ pub fn apply(dt: &mut DirTimes, applier: &mut Applier, op: &Op) -> Result<ApplyR
                 })
             })?
         }
-        Op::Delete { path } => {
+        Op::Delete { path } | Op::Rmdir { path } => {
             let r = applier.apply(op);
             if r.is_ok() {
                 dt.forget(path)?;

@@ -194,6 +194,10 @@ pub enum Op {
     Unstash { slot: u64, to: RelPath },
     /// Set owner, mode (not on symlinks) and mtime of an existing entry.
     SetAttr { path: RelPath, meta: Meta },
+    /// Remove the directory `path` if it is empty; absent, not empty, or not a directory is
+    /// fine. A brick of a distributed volume removes its own entries of a directory with
+    /// `Delete`s, then the directory with this: what other bricks still have there stays.
+    Rmdir { path: RelPath },
 }
 
 impl Op {
@@ -205,6 +209,7 @@ impl Op {
             | Op::Link { path, .. }
             | Op::Special { path, .. }
             | Op::Delete { path }
+            | Op::Rmdir { path }
             | Op::SetAttr { path, .. } => path,
             Op::Stash { from, .. } => from,
             Op::Unstash { to, .. } => to,

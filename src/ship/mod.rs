@@ -496,6 +496,7 @@ pub fn connect(
     }
     shipper.channels = channels;
     shipper.previous_active = welcome.previous_active;
+    shipper.shared_tree = opts.shared_tree;
     shipper.replicated_from = welcome.replicated_from;
     shipper.previous_stime_ns = welcome.previous_stime_ns;
     shipper.slave_empty = welcome.empty;

@@ -74,6 +74,9 @@ struct InFlight {
 }
 
 pub struct Shipper {
+    /// The slave tree is shared with other replica sets' bricks (`SyncOptions::shared_tree`):
+    /// a directory's deletion removes only this brick's entries of it (`owned_deletes`).
+    pub shared_tree: bool,
     /// How the brick is read: a Gluster brick's link-to files and internal names are not its.
     pub view: crate::gluster::View,
     w: Option<super::live::LiveWriter>,
@@ -166,6 +169,7 @@ impl Shipper {
         let events = Inbound::start(r, expect.clone());
         let view = crate::gluster::View::of_root(brick.as_fd()).unwrap_or_default();
         Shipper {
+            shared_tree: false,
             view,
             w: Some(super::live::LiveWriter::with_protocol_interval(w, {
                 let e = expect.clone();
@@ -603,6 +607,11 @@ impl Shipper {
             self.without_deletes(ops)
         } else if self.view.gluster {
             self.without_foreign_deletes(ops)
+        } else {
+            ops
+        };
+        let ops = if self.shared_tree {
+            owned_deletes(ops, index)?
         } else {
             ops
         };
@@ -1410,6 +1419,48 @@ impl Shipper {
         self.handle.close()?;
         Ok(rss)
     }
+}
+
+/// On a shared tree (a distributed volume), the deletion of a directory this brick shipped
+/// becomes the deletion of what this brick shipped beneath it, deepest first, each directory
+/// removed only once empty (`Rmdir`): what other bricks have there now (the same name made
+/// again, with their files in it) stays. The original op's index mutations go with the last.
+fn owned_deletes(ops: Vec<PlannedOp>, index: &Index) -> Result<Vec<PlannedOp>> {
+    let mut out = Vec::with_capacity(ops.len());
+    for p in ops {
+        let PlanOp::Op(Op::Delete { path }) = &p.op else {
+            out.push(p);
+            continue;
+        };
+        if !index
+            .get(path)?
+            .is_some_and(|e| e.kind == crate::crawl::entry::Kind::Dir)
+        {
+            out.push(p);
+            continue;
+        }
+        let mut beneath = index.subtree(path)?;
+        // Children before their parents: reverse path order puts `a/b` before `a`.
+        beneath.sort_by(|a, b| b.0.cmp(&a.0));
+        for (q, e) in beneath {
+            let op = if e.kind == crate::crawl::entry::Kind::Dir {
+                Op::Rmdir { path: q }
+            } else {
+                Op::Delete { path: q }
+            };
+            out.push(PlannedOp {
+                op: PlanOp::Op(op),
+                ok: Vec::new(),
+                fail: Vec::new(),
+            });
+        }
+        out.push(PlannedOp {
+            op: PlanOp::Op(Op::Rmdir { path: path.clone() }),
+            ok: p.ok,
+            fail: p.fail,
+        });
+    }
+    Ok(out)
 }
 
 impl Drop for Shipper {

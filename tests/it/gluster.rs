@@ -60,6 +60,19 @@ fn change(m: &Path) {
     fs::create_dir_all(m.join("d13/new/deeper")).unwrap();
     fs::write(m.join("d13/new/deeper/file"), b"new").unwrap();
     set_mtime(&m.join("d14/f0"), 1_000_000_000, 123_456_789);
+    // Removed and made again at once: the new directory's files (on either brick) must not
+    // be taken by the other brick's deletion of the old one.
+    fs::remove_dir_all(m.join("d19")).unwrap();
+    fs::create_dir(m.join("d19")).unwrap();
+    for i in 0..10 {
+        fs::write(m.join(format!("d19/again-{i}")), format!("again {i}")).unwrap();
+    }
+    // A directory become a file (on one brick): the other brick's deletion of the directory
+    // must not take the file.
+    for d in ["d16", "d17", "d18"] {
+        fs::remove_dir_all(m.join(d)).unwrap();
+        fs::write(m.join(d), format!("{d} is a file now")).unwrap();
+    }
 }
 
 fn assert_replica_of(mount: &Path, dr: &Path, what: &str) {
