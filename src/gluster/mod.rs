@@ -46,10 +46,12 @@ pub struct View {
 
 impl View {
     /// The view of the brick whose root is `root`: Gluster when the root carries the volume id
-    /// Gluster sets on every brick.
+    /// Gluster sets on every brick, or (as root, who sees `trusted.*`) holds `.glusterfs/`: a
+    /// brick whose volume id was removed is still one.
     pub fn of_root(root: BorrowedFd<'_>) -> io::Result<View> {
         let mut buf = [0u8; 16];
-        let gluster = xattr::get_one(At::Fd(root), VOLUME_ID, &mut buf)?.is_some();
+        let gluster = xattr::get_one(At::Fd(root), VOLUME_ID, &mut buf)?.is_some()
+            || (rustix::process::geteuid().is_root() && has_gluster_dir(root));
         Ok(View { gluster })
     }
 
@@ -60,6 +62,14 @@ impl View {
             return Ok(View::default());
         };
         let view = View::of_root(rustix::fd::AsFd::as_fd(&root))?;
+        if !view.gluster && has_gluster_dir(rustix::fd::AsFd::as_fd(&root)) {
+            // Not root: trusted.* (the volume id, link-to files, client-set times) is
+            // invisible, and the brick cannot be read as its clients see it.
+            anyhow::bail!(
+                "brick {} holds .glusterfs/ (a Gluster brick) but georep runs as a user that cannot read its trusted.* attributes (link-to files, gfids, client-set times): run georep as root on Gluster bricks",
+                path.display()
+            );
+        }
         if view.gluster && path.join(SHARD_DIR).is_dir() {
             anyhow::bail!(
                 "brick {} belongs to a sharded Gluster volume (features.shard is on: its big files are pieces in {SHARD_DIR}/): georep replicates whole files and cannot put them together from a brick; turn features.shard off for a volume georep replicates",
@@ -141,6 +151,12 @@ pub fn check_brick_process(path: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn has_gluster_dir(root: BorrowedFd<'_>) -> bool {
+    rustix::fs::statat(root, ".glusterfs", rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+    })
 }
 
 /// Whether `at` carries DHT's link-to attribute.

@@ -414,3 +414,66 @@ fn a_slave_named_gluster_vol_is_mounted_by_the_agent() {
     g.ok(&["sync", m.to_str().unwrap(), &slave]);
     assert_replica_of(&m, &view, "second pass");
 }
+
+/// A brick made by hand, no glusterd: `.glusterfs/` with a gfid hard link, a link-to file,
+/// a client-set time in `trusted.glusterfs.mdata`. Recognised by `.glusterfs/` alone (its
+/// volume id removed), it ships as its volume's clients would see it.
+#[test]
+fn a_brick_is_read_as_its_clients_see_it() {
+    let g = Georep::new();
+    let (b, s) = (g.master(), g.slave());
+    write(&b.join("d/file"), b"data");
+    write(&b.join("d/linked"), b"two names");
+    fs::hard_link(b.join("d/linked"), b.join("d/second-name")).unwrap();
+    fs::create_dir_all(b.join(".glusterfs/ab/cd")).unwrap();
+    for (f, gfid) in [("file", "abcd0001"), ("linked", "abcd0002")] {
+        fs::hard_link(b.join("d").join(f), b.join(".glusterfs/ab/cd").join(gfid)).unwrap();
+    }
+    write(&b.join("d/moved-away"), b"");
+    chmod(&b.join("d/moved-away"), 0o1000);
+    setxattr(
+        &b.join("d/moved-away"),
+        "trusted.glusterfs.dht.linkto",
+        b"gv-client-1\0",
+    );
+    // mtime 2001-09-09 01:46:40.123456789 as the client set it; the inode's own is now.
+    let mut mdata = vec![1u8];
+    mdata.extend([0u8; 8]);
+    for (sec, nsec) in [
+        (1_000_000_000u64, 5u64),
+        (1_000_000_000, 123_456_789),
+        (1_000_000_000, 7),
+    ] {
+        mdata.extend(sec.to_be_bytes());
+        mdata.extend(nsec.to_be_bytes());
+    }
+    setxattr(&b.join("d/file"), "trusted.glusterfs.mdata", &mdata);
+    setxattr(&b.join("d/file"), "trusted.gfid", &[0xab; 16]);
+    setxattr(&b.join("d/file"), "user.kept", b"yes");
+    g.sync_args(&[]);
+    assert!(!exists(&s.join(".glusterfs")), ".glusterfs was shipped");
+    assert!(
+        !exists(&s.join("d/moved-away")),
+        "a link-to file was shipped"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(s.join("d/file")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!(md.nlink(), 1, "the gfid link made a false hard link");
+    assert_eq!(
+        fs::metadata(s.join("d/linked")).unwrap().ino(),
+        fs::metadata(s.join("d/second-name")).unwrap().ino(),
+        "a real hard link was split"
+    );
+    let names = crate::util::xattrs(&s.join("d/file"));
+    assert!(
+        names.iter().any(|(n, _)| n == b"user.kept")
+            && !names.iter().any(|(n, _)| n.starts_with(b"trusted.")),
+        "{names:?}"
+    );
+    assert!(
+        gluster_leftovers(&s).is_none(),
+        "{:?}",
+        gluster_leftovers(&s)
+    );
+}
