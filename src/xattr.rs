@@ -48,6 +48,7 @@ fn internal(name: &[u8]) -> bool {
         || name.starts_with(b"trusted.ec.")
         || name.starts_with(b"trusted.gfid2path.")
         || name.starts_with(b"trusted.pgfid.")
+        || name.starts_with(b"trusted.bit-rot.")
 }
 
 /// The scope bit a name belongs to; 0 for names no scope carries.

@@ -767,6 +767,53 @@ impl Applier {
             })
     }
 
+    /// On a shared tree (a distributed volume, where every brick replays a directory's
+    /// rename): the second half of a rename whose stashed entry is a directory while `to` is
+    /// a directory with entries already (another brick renamed it first, then the old name
+    /// was made again, and what this brick stashed is that new directory). `to` is kept, and
+    /// the stashed directory goes back to `from`; `Ok(false)` when that case does not apply.
+    pub fn unstash_onto_moved(
+        &mut self,
+        slot: u64,
+        to: &RelPath,
+        from: Option<&RelPath>,
+    ) -> ApplyResult<bool> {
+        let s = format!("stash-{slot}");
+        let stashed_dir = rfs::statat(self.tmp.as_fd(), s.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory);
+        if !stashed_dir || !self.is_dir(to) {
+            return Ok(false);
+        }
+        let populated = fsutil::open_dir_beneath(self.parents.root.as_fd(), to.as_bytes())
+            .ok()
+            .and_then(|fd| rfs::Dir::read_from(&fd).ok())
+            .is_some_and(|mut d| {
+                std::iter::from_fn(|| d.read())
+                    .flatten()
+                    .any(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+            });
+        if !populated {
+            return Ok(false);
+        }
+        let Some(from) = from else {
+            return Ok(false);
+        };
+        self.parents.invalidate();
+        let tmp = self.tmp.as_fd();
+        self.parents
+            .with_parent(from, "putting back a directory", |parent, name| {
+                Ok(rfs::renameat_with(
+                    tmp,
+                    s.as_str(),
+                    parent,
+                    name,
+                    rfs::RenameFlags::NOREPLACE,
+                )?)
+            })?;
+        tracing::debug!(%from, %to, "{to} was renamed by another brick already: {from} put back");
+        Ok(true)
+    }
+
     /// Whether `path` is a directory on the slave now (not following a symlink).
     pub fn is_dir(&mut self, path: &RelPath) -> bool {
         if path.is_root() {
@@ -1115,7 +1162,12 @@ impl Applier {
             return Err(Ok(ApplyError::new(&f.path, "setting attributes of", e)));
         }
         if let Some(fs) = self.fuse.as_mut() {
-            fs.file(fd.as_fd());
+            // Before it gets its name, so a file is never visible (nor acked) before its
+            // content reached the FUSE daemon's storage; no descriptor is held until the ack.
+            if let Err(e) = rfs::fsync(&fd) {
+                self.discard(&f.tmpname);
+                return Err(Ok(ApplyError::new(&f.path, "syncing file", e.into())));
+            }
             fs.entry(&f.path);
         }
         // The version being replaced goes to the trash in `replace_into` (a hard link).

@@ -181,6 +181,15 @@ pub fn apply(dt: &mut DirTimes, applier: &mut Applier, op: &Op) -> Result<ApplyR
             r
         }
         Op::Unstash { slot, to } => {
+            let from = dt.stashed.get(slot).cloned();
+            match applier.unstash_onto_moved(*slot, to, from.as_ref()) {
+                Ok(true) => {
+                    dt.stashed.remove(slot);
+                    return Ok(Ok(()));
+                }
+                Ok(false) => {}
+                Err(e) => return Ok(Err(e)),
+            }
             let r = applier.apply(op);
             if r.is_ok() {
                 dt.unstash(*slot, to)?;

@@ -2,9 +2,12 @@
 //!
 //! `syncfs` on a FUSE mount writes the kernel's dirty pages back to the FUSE daemon, but a
 //! daemon need not make them durable (glusterfs implements no `SYNCFS`), so the agent's
-//! `syncfs` before each ack would prove nothing there. On FUSE the agent therefore also
-//! `fsync`s, before it acknowledges a batch, every file the batch wrote and every directory
-//! whose entries or attributes it changed: each reaches the bricks as an `FSYNC`/`FSYNCDIR`.
+//! `syncfs` before each ack would prove nothing there. On FUSE the agent therefore `fsync`s
+//! every file it writes before giving it its name (`Applier::end_file`: a Gluster `FSYNC`
+//! reaches the bricks' disks), and before it acknowledges a batch, every directory whose
+//! entries or attributes the batch changed (`FSYNCDIR`; Gluster's posix layer answers it
+//! without syncing, so there directory operations are as durable as the DR bricks'
+//! filesystems make them on their own, docs/glusterfs.md).
 
 use crate::fsutil;
 use crate::protocol::RelPath;
@@ -24,19 +27,11 @@ pub fn is_fuse(root: BorrowedFd<'_>) -> bool {
 /// What one batch changed, to be fsynced before its ack.
 #[derive(Default)]
 pub struct Pending {
-    files: Vec<OwnedFd>,
     /// Directories (root-relative) whose entries changed, and entries whose attributes did.
     paths: BTreeSet<Vec<u8>>,
 }
 
 impl Pending {
-    /// A file written whole: its descriptor, kept until the batch's sync.
-    pub fn file(&mut self, fd: BorrowedFd<'_>) {
-        if let Ok(d) = rustix::io::fcntl_dupfd_cloexec(fd, 0) {
-            self.files.push(d);
-        }
-    }
-
     /// `path`'s name was made, removed or replaced: its directory changed.
     pub fn entry(&mut self, path: &RelPath) {
         if let Some(p) = path.parent() {
@@ -52,7 +47,7 @@ impl Pending {
     /// Opens what is still there of the paths (gone since: nothing to make durable) and hands
     /// everything over, leaving this empty.
     pub fn take(&mut self, root: BorrowedFd<'_>) -> Vec<OwnedFd> {
-        let mut out = std::mem::take(&mut self.files);
+        let mut out = Vec::new();
         for p in std::mem::take(&mut self.paths) {
             // A directory, or a regular file: never a FIFO or a device (opening one blocks or
             // has effects), whose attributes reach the bricks with their parent's entry.

@@ -189,8 +189,15 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     }
     let mut applier = Applier::new(root_fd, tmp_fd);
     applier.set_xattr_scope(xattrs);
+    // Keyed by replica set where there is one: the brick that takes over its set's role
+    // carries on its times, never leaving the previous Active's behind.
     let mut dir_times = if hello.shared_tree {
-        Some(dirtimes::DirTimes::open(&state_fd, &brick_key)?)
+        let key = if hello.replica_set.is_empty() {
+            &brick_key
+        } else {
+            &hello.replica_set
+        };
+        Some(dirtimes::DirTimes::open(&state_fd, key)?)
     } else {
         None
     };

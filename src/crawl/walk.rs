@@ -132,13 +132,17 @@ fn seen_through(
         return Ok(Some(e));
     }
     let path = crate::xattr::proc_at(dir, name);
-    view.adjust(
+    match view.adjust(
         e,
         crate::xattr::At::Proc {
             path: &path,
             follow: false,
         },
-    )
+    ) {
+        // Gone between the stat and its attributes (link-to files come and go): absent.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+        r => r,
+    }
 }
 
 /// The brick root's entry as `view` shows it.

@@ -46,12 +46,10 @@ pub struct View {
 
 impl View {
     /// The view of the brick whose root is `root`: Gluster when the root carries the volume id
-    /// Gluster sets on every brick, or (as root, who sees `trusted.*`) holds `.glusterfs/`: a
-    /// brick whose volume id was removed is still one.
+    /// Gluster sets on every brick.
     pub fn of_root(root: BorrowedFd<'_>) -> io::Result<View> {
         let mut buf = [0u8; 16];
-        let gluster = xattr::get_one(At::Fd(root), VOLUME_ID, &mut buf)?.is_some()
-            || (rustix::process::geteuid().is_root() && has_gluster_dir(root));
+        let gluster = xattr::get_one(At::Fd(root), VOLUME_ID, &mut buf)?.is_some();
         Ok(View { gluster })
     }
 
@@ -63,10 +61,19 @@ impl View {
         };
         let view = View::of_root(rustix::fd::AsFd::as_fd(&root))?;
         if !view.gluster && has_gluster_dir(rustix::fd::AsFd::as_fd(&root)) {
-            // Not root: trusted.* (the volume id, link-to files, client-set times) is
-            // invisible, and the brick cannot be read as its clients see it.
+            // A Gluster brick that cannot be read as one: as another user than root, trusted.*
+            // (the volume id, link-to files, client-set times) is invisible; as root, its
+            // volume id is gone. Shipped as a plain tree, its .glusterfs/ and link-to files
+            // would reach the DR site.
+            if !rustix::process::geteuid().is_root() {
+                anyhow::bail!(
+                    "brick {} holds .glusterfs/ (a Gluster brick) but georep runs as a user that cannot read its trusted.* attributes (link-to files, gfids, client-set times): run georep as root on Gluster bricks",
+                    path.display()
+                );
+            }
             anyhow::bail!(
-                "brick {} holds .glusterfs/ (a Gluster brick) but georep runs as a user that cannot read its trusted.* attributes (link-to files, gfids, client-set times): run georep as root on Gluster bricks",
+                "brick {} holds .glusterfs/ but no trusted.glusterfs.volume-id: if it is a Gluster brick, give it back its volume id (`setfattr -n trusted.glusterfs.volume-id -v 0x<id without dashes> {}`, the id from `gluster volume info`); if it is not, remove its .glusterfs/",
+                path.display(),
                 path.display()
             );
         }
@@ -99,7 +106,12 @@ impl View {
         if !self.gluster {
             return Ok(Some(e));
         }
-        if e.kind == Kind::File && e.mode & libc::S_ISVTX != 0 && is_linkto(at)? {
+        // A link-to file is made `---------T` and empty before its attribute is set: one seen
+        // in between is one too, never an empty file to ship over the real one.
+        if e.kind == Kind::File
+            && e.mode & libc::S_ISVTX != 0
+            && ((e.mode & 0o7777 == libc::S_ISVTX && e.size == 0) || is_linkto(at)?)
+        {
             return Ok(None);
         }
         if e.kind != Kind::Dir {
@@ -126,22 +138,45 @@ impl View {
 /// Whether the brick at `path` is served: a `glusterfsd … --brick-name <path>` runs on this
 /// node. A brick whose process is down gets no more writes (its replicas do): its worker must
 /// not stay Active, or the volume's changes would stop reaching the DR site.
-pub fn check_brick_process(path: &std::path::Path) -> anyhow::Result<()> {
+///
+/// A multiplexed glusterfsd (`cluster.brick-multiplex`) names only its first brick: the pid
+/// file glusterd keeps per brick (`/var/run/gluster/vols/<vol>/<node>-<path>.pid`) is looked at
+/// too, `vol` being the Gluster volume's name (the georep volume's, when imported).
+pub fn check_brick_process(path: &std::path::Path, vol: &str) -> anyhow::Result<()> {
     let want = path.as_os_str().as_encoded_bytes();
-    let running = std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten().any(|e| {
-                let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                    return false;
-                };
-                let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-                args.first().is_some_and(|a0| a0.ends_with(b"glusterfsd"))
-                    && args
-                        .windows(2)
-                        .any(|w| w[0] == b"--brick-name" && w[1] == want)
+    let pid_file = std::path::Path::new("/var/run/gluster/vols")
+        .join(vol)
+        .join(format!(
+            "{}-{}.pid",
+            crate::config::node_name(),
+            path.to_string_lossy()
+                .trim_start_matches('/')
+                .replace('/', "-")
+        ));
+    let by_pid_file = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .is_some_and(|cmd| {
+            cmd.split(|&b| b == 0)
+                .next()
+                .is_some_and(|a0| a0.ends_with(b"glusterfsd"))
+        });
+    let running = by_pid_file
+        || std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                        return false;
+                    };
+                    let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+                    args.first().is_some_and(|a0| a0.ends_with(b"glusterfsd"))
+                        && args
+                            .windows(2)
+                            .any(|w| w[0] == b"--brick-name" && w[1] == want)
+                })
             })
-        })
-        .unwrap_or(true);
+            .unwrap_or(true);
     if !running {
         anyhow::bail!(
             "the Gluster brick process of {} is not running on {} (no glusterfsd --brick-name {}): its replicas get the volume's writes now, so this worker steps down and another replica's worker takes over; it resumes once the brick is back (`gluster volume start <vol> force`)",

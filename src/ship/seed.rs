@@ -45,6 +45,7 @@ impl Shipper {
         let listed_before = std::mem::replace(&mut self.list_xattrs, scope);
         let mut attrs = crate::xattr::Reader::new(rustix::fd::AsFd::as_fd(&brick));
         let view = self.view;
+        let shared_tree = self.shared_tree;
         let r = index.rebuild(|put| {
             self.list_each(index, checksum, None, &mut |listed| {
                 let mut rows = Vec::with_capacity(listed.len());
@@ -54,6 +55,11 @@ impl Shipper {
                         .ok()
                         .flatten();
                     let kind = Kind::from_u8(le.kind);
+                    // On a shared tree the slave holds every brick's files: one this brick
+                    // lacks is another's, never a row of this index (which would delete it).
+                    if shared_tree && local.is_none() && kind != Kind::Dir {
+                        continue;
+                    }
                     let theirs = le.meta.xattrs.clone();
                     let meta = protocol::Meta {
                         xattrs: None,

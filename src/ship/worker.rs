@@ -102,6 +102,8 @@ pub struct Worker {
     scrub: super::scrub::Scheduler,
     /// The volume is one replica set (the scrub compares the whole slave with this brick).
     one_set: bool,
+    /// The master volume's name (a Gluster brick's process is looked for under it).
+    vol_name: String,
     /// The connection's acknowledged content bytes already counted in `status.bytes`.
     bytes_mark: u64,
     /// A stripe's further channels did not join (the DR host refuses more sessions or
@@ -168,6 +170,7 @@ impl Worker {
             full_volume: false,
             scrub: Default::default(),
             one_set: vol.is_one_set(),
+            vol_name: vol.name.clone(),
             bytes_mark: 0,
             one_channel_until: None,
         })
@@ -294,8 +297,11 @@ impl Worker {
                 self.save();
             }
             if let Err(e) = crate::brickid::check_running(&self.brick, &index).and_then(|()| {
+                // Looked at again once the brick is there: a brick mounted after the worker
+                // started is read as what it is.
+                self.excludes.view = crate::gluster::View::of_brick(&self.brick.path)?;
                 if self.excludes.view.gluster {
-                    crate::gluster::check_brick_process(&self.brick.path)?;
+                    crate::gluster::check_brick_process(&self.brick.path, &self.vol_name)?;
                 }
                 Ok(())
             }) {
@@ -601,7 +607,9 @@ impl Worker {
             }
             if self.excludes.view.gluster && brick_checked.elapsed() >= BRICK_CHECK_EVERY {
                 brick_checked = Instant::now();
-                if let Err(e) = crate::gluster::check_brick_process(&self.brick.path) {
+                if let Err(e) =
+                    crate::gluster::check_brick_process(&self.brick.path, &self.vol_name)
+                {
                     tracing::warn!(brick = %self.brick, "{e:#}");
                     return Ok(Exit::Reconnect);
                 }

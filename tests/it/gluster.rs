@@ -67,6 +67,10 @@ fn change(m: &Path) {
     for i in 0..10 {
         fs::write(m.join(format!("d19/again-{i}")), format!("again {i}")).unwrap();
     }
+    // Rotated: renamed, and the name made again at once (every brick replays the rename).
+    fs::rename(m.join("d5"), m.join("d5-rotated")).unwrap();
+    fs::create_dir(m.join("d5")).unwrap();
+    fs::write(m.join("d5/fresh"), b"after the rotation").unwrap();
     // A directory become a file (on one brick): the other brick's deletion of the directory
     // must not take the file.
     for d in ["d16", "d17", "d18"] {
@@ -416,8 +420,8 @@ fn a_slave_named_gluster_vol_is_mounted_by_the_agent() {
 }
 
 /// A brick made by hand, no glusterd: `.glusterfs/` with a gfid hard link, a link-to file,
-/// a client-set time in `trusted.glusterfs.mdata`. Recognised by `.glusterfs/` alone (its
-/// volume id removed), it ships as its volume's clients would see it.
+/// a client-set time in `trusted.glusterfs.mdata`. Without its volume id it is refused (its
+/// `.glusterfs/` would be shipped); with it, it ships as its volume's clients would see it.
 #[test]
 fn a_brick_is_read_as_its_clients_see_it() {
     let g = Georep::new();
@@ -450,6 +454,12 @@ fn a_brick_is_read_as_its_clients_see_it() {
     setxattr(&b.join("d/file"), "trusted.glusterfs.mdata", &mdata);
     setxattr(&b.join("d/file"), "trusted.gfid", &[0xab; 16]);
     setxattr(&b.join("d/file"), "user.kept", b"yes");
+    g.fails(
+        &["sync", b.to_str().unwrap(), s.to_str().unwrap()],
+        2,
+        "no trusted.glusterfs.volume-id",
+    );
+    setxattr(&b, "trusted.glusterfs.volume-id", &[0x5a; 16]);
     g.sync_args(&[]);
     assert!(!exists(&s.join(".glusterfs")), ".glusterfs was shipped");
     assert!(
