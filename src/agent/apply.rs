@@ -826,6 +826,11 @@ impl Applier {
             .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory)
     }
 
+    /// The path of the file being received, if any.
+    pub fn file_path(&self) -> Option<&RelPath> {
+        self.file.as_ref().map(|f| &f.path)
+    }
+
     pub fn file_open(&self) -> bool {
         self.file.is_some()
     }

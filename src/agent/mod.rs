@@ -7,10 +7,10 @@
 
 pub mod apply;
 mod direct;
-mod dirtimes;
 mod durable;
 mod fusesync;
 mod join;
+mod shared;
 pub use join::DID_NOT_JOIN;
 pub mod locks;
 mod sigs;
@@ -191,13 +191,13 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     applier.set_xattr_scope(xattrs);
     // Keyed by replica set where there is one: the brick that takes over its set's role
     // carries on its times, never leaving the previous Active's behind.
-    let mut dir_times = if hello.shared_tree {
+    let mut shared = if hello.shared_tree {
         let key = if hello.replica_set.is_empty() {
             &brick_key
         } else {
             &hello.replica_set
         };
-        Some(dirtimes::DirTimes::open(&state_fd, key)?)
+        Some(shared::SharedTree::open(&state_fd, key)?)
     } else {
         None
     };
@@ -347,8 +347,8 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                     bail!("op inside a file's content");
                 }
                 let idx = next_op(b)?;
-                let r = match dir_times.as_mut() {
-                    Some(dt) => dirtimes::apply(dt, &mut applier, &op)?,
+                let r = match shared.as_mut() {
+                    Some(st) => st.apply(&mut applier, &op)?,
                     None => applier.apply(&op),
                 };
                 if let Err(e) = r {
@@ -426,7 +426,14 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                 let b = batch
                     .as_mut()
                     .ok_or_else(|| anyhow!("FileEnd outside a batch"))?;
-                match applier.end_file(&fe.hash, fe.commit) {
+                let ended = match shared.as_mut() {
+                    Some(st) => {
+                        let path = applier.file_path().cloned();
+                        st.end_file(&mut applier, path, &fe.hash, fe.commit)?
+                    }
+                    None => applier.end_file(&fe.hash, fe.commit),
+                };
+                match ended {
                     Ok(_) => {}
                     Err(Ok(e)) => {
                         if !skipping_file {

@@ -109,7 +109,9 @@ impl AgentState {
                 last_batch INTEGER NOT NULL, updated_ns INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS dir_times(
                 path BLOB NOT NULL, brick TEXT NOT NULL, mtime_ns INTEGER NOT NULL,
-                PRIMARY KEY(path, brick)) WITHOUT ROWID;",
+                PRIMARY KEY(path, brick)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS owners(
+                path BLOB PRIMARY KEY, owner TEXT NOT NULL) WITHOUT ROWID;",
         )?;
         let get = |k: &str| -> Result<Option<String>> {
             Ok(db

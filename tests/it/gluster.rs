@@ -67,6 +67,15 @@ fn change(m: &Path) {
     for i in 0..10 {
         fs::write(m.join(format!("d19/again-{i}")), format!("again {i}")).unwrap();
     }
+    // Renamed over names whose data sits off their hashed brick (they were renamed there in
+    // `populate`): the old data's brick keeps no link-to, it only loses the file.
+    for i in 0..40 {
+        fs::rename(
+            m.join(format!("d11/f{}", i + 10)),
+            m.join(format!("d5/moved-{i}")),
+        )
+        .unwrap();
+    }
     // Rotated: renamed, and the name made again at once (every brick replays the rename).
     fs::rename(m.join("d5"), m.join("d5-rotated")).unwrap();
     fs::create_dir(m.join("d5")).unwrap();
