@@ -325,11 +325,24 @@ impl Node<'_> {
 #[test]
 fn a_replicated_gluster_volume_fails_over_to_the_other_brick_when_its_process_dies() {
     let g = Georep::new();
+    let dr = g.slave();
+    replicated_onto(&g, &dr);
+}
+
+#[test]
+fn a_replicated_gluster_volume_fails_over_onto_a_gluster_dr_volume() {
+    let g = Georep::new();
+    let dr_vol = Volume::create(&g.path("dr-bricks"), "grd", 1, 1);
+    let dr = g.path("dr-mnt");
+    let _dr_mount = dr_vol.mount(&dr);
+    replicated_onto(&g, &dr);
+}
+
+fn replicated_onto(g: &Georep, dr: &Path) {
     let vol = Volume::create(&g.path("bricks"), "gr", 2, 2);
     let m = g.path("mnt");
     let _mount = vol.mount(&m);
     populate(&m);
-    let dr = g.slave();
     let ds = dr.to_str().unwrap();
     let sock = crate::util::gluster::glusterd()
         .to_str()
@@ -337,12 +350,12 @@ fn a_replicated_gluster_volume_fails_over_to_the_other_brick_when_its_process_di
         .to_string();
     let nodes = crate::util::gluster::NODES;
     let a = Node {
-        g: &g,
+        g,
         home: g.path("home-a"),
         name: nodes[0],
     };
     let b = Node {
-        g: &g,
+        g,
         home: g.path("home-b"),
         name: nodes[1],
     };
@@ -358,7 +371,7 @@ fn a_replicated_gluster_volume_fails_over_to_the_other_brick_when_its_process_di
         "{:#}",
         a.row(&vol.name, ds)
     );
-    assert_replica_of(&m, &dr, "node a active");
+    assert_replica_of(&m, dr, "node a active");
     b.ok(&["create", &vol.name, ds]);
     let fb = b.start(&vol.name, ds);
     assert!(
@@ -378,7 +391,7 @@ fn a_replicated_gluster_volume_fails_over_to_the_other_brick_when_its_process_di
         fs::write(m.join(format!("d16/after-{i}")), format!("after {i}")).unwrap();
     }
     fs::remove_file(m.join("d17/f3")).unwrap();
-    wait_trees_equal(&m, &dr, Duration::from_secs(90), &|| true).unwrap_or_else(|d| {
+    wait_trees_equal(&m, dr, Duration::from_secs(90), &|| true).unwrap_or_else(|d| {
         panic!(
             "after the takeover: {d}\n{}",
             fs::read_to_string(g.path(&format!("start-{}.log", b.name))).unwrap_or_default()
