@@ -35,15 +35,6 @@ fn ns(sec: i64, nsec: u32) -> i64 {
         .saturating_add(nsec as i64)
 }
 
-/// Bounds of the paths strictly beneath `p` in byte order: `p/` up to (not including) `p0`.
-fn beneath(p: &RelPath) -> (Vec<u8>, Vec<u8>) {
-    let mut lo = p.as_bytes().to_vec();
-    lo.push(b'/');
-    let mut hi = p.as_bytes().to_vec();
-    hi.push(b'/' + 1);
-    (lo, hi)
-}
-
 fn owner(db: &Connection, p: &RelPath) -> Result<Option<String>> {
     Ok(db
         .query_row(
@@ -65,7 +56,7 @@ fn own(db: &Connection, p: &RelPath, me: &str) -> Result<()> {
 
 /// Drops the owners of `p` and of everything beneath it.
 fn disown(db: &Connection, p: &RelPath) -> Result<()> {
-    let (lo, hi) = beneath(p);
+    let (lo, hi) = p.beneath_range();
     db.execute(
         "DELETE FROM owners WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         params![p.as_bytes(), lo, hi],
@@ -76,7 +67,7 @@ fn disown(db: &Connection, p: &RelPath) -> Result<()> {
 /// Moves the owners at and beneath `from` to `to` (a directory's move takes every brick's
 /// files along), replacing what `to` had.
 fn move_owners(db: &Connection, from: &RelPath, to: &RelPath) -> Result<()> {
-    let (lo, hi) = beneath(from);
+    let (lo, hi) = from.beneath_range();
     let rows: Vec<(Vec<u8>, String)> = db
         .prepare("SELECT path, owner FROM owners WHERE path = ?1 OR (path >= ?2 AND path < ?3)")?
         .query_map(params![from.as_bytes(), lo, hi], |r| {
@@ -98,7 +89,7 @@ fn move_owners(db: &Connection, from: &RelPath, to: &RelPath) -> Result<()> {
 
 /// Moves `me`'s directory times at and beneath `from` to `to`, replacing `me`'s there.
 fn move_times(db: &Connection, me: &str, from: &RelPath, to: &RelPath) -> Result<()> {
-    let (lo, hi) = beneath(from);
+    let (lo, hi) = from.beneath_range();
     let rows: Vec<(Vec<u8>, i64)> = db
         .prepare(
             "SELECT path, mtime_ns FROM dir_times
@@ -263,7 +254,7 @@ fn latest_time(db: &Connection, me: &str, path: &RelPath, meta: &Meta) -> Result
 
 /// `me` no longer has `path` (nor anything beneath it).
 fn forget_times(db: &Connection, me: &str, path: &RelPath) -> Result<()> {
-    let (lo, hi) = beneath(path);
+    let (lo, hi) = path.beneath_range();
     db.execute(
         "DELETE FROM dir_times WHERE brick = ?1 AND (path = ?2 OR (path >= ?3 AND path < ?4))",
         params![me, path.as_bytes(), lo, hi],

@@ -57,15 +57,6 @@ fn key(p: &RelPath) -> (&[u8], &[u8]) {
     p.split().unwrap_or((&[], &[]))
 }
 
-/// Upper bound of the range of paths strictly beneath `p` (`p/` … `p0`).
-fn below(p: &RelPath) -> (Vec<u8>, Vec<u8>) {
-    let mut lo = p.as_bytes().to_vec();
-    lo.push(b'/');
-    let mut hi = p.as_bytes().to_vec();
-    hi.push(b'/' + 1);
-    (lo, hi)
-}
-
 const COLS: &str = "kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev, target, hash, birth";
 
 fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
@@ -214,7 +205,7 @@ impl Index {
     /// Every row strictly beneath `p`.
     pub fn subtree(&self, p: &RelPath) -> Result<Vec<(RelPath, Entry)>> {
         let mut out = Vec::new();
-        let (lo, hi) = below(p);
+        let (lo, hi) = p.beneath_range();
         let mut st = self.db.prepare_cached(&format!(
             "SELECT dir, name, {COLS} FROM entries
              WHERE name <> x'' AND (dir = ?1 OR (dir >= ?2 AND dir < ?3))"
@@ -275,7 +266,7 @@ impl Index {
         self.db
             .prepare_cached("DELETE FROM entries WHERE dir = ?1 AND name = ?2")?
             .execute(params![d, n])?;
-        let (lo, hi) = below(p);
+        let (lo, hi) = p.beneath_range();
         self.db
             .prepare_cached("DELETE FROM entries WHERE dir = ?1 OR (dir >= ?2 AND dir < ?3)")?
             .execute(params![p.as_bytes(), lo, hi])?;
@@ -343,7 +334,7 @@ impl Index {
     /// whose send failed (changed while read, say) and whose directory was renamed since is
     /// retried where it is now, not at a name that no longer holds it.
     fn move_failures(&self, from: &RelPath, to: &RelPath) -> Result<()> {
-        let (lo, hi) = below(from);
+        let (lo, hi) = from.beneath_range();
         let mut st = self.db.prepare_cached(
             "SELECT path FROM failures WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         )?;

@@ -62,6 +62,16 @@ impl RelPath {
         }
     }
 
+    /// The byte range of the paths strictly beneath this one, for range queries on stored
+    /// paths: `p/` up to (not including) `p0` (`0` follows `/`).
+    pub fn beneath_range(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut lo = self.0.clone();
+        lo.push(b'/');
+        let mut hi = self.0.clone();
+        hi.push(b'/' + 1);
+        (lo, hi)
+    }
+
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
