@@ -615,7 +615,7 @@ PY
         scripts/glusterd.sh stop "$gd"
         scripts/gluster-georep.sh "$BASE/gluster-georep" > "$BASE/gg.txt"
         gg() { sed -n "s/^$1=//p" "$BASE/gg.txt"; }
-        row "gluster: geo-replication, 10,000 x 4 KiB" "$(gg gluster_georep_10k_ms)" "$(ratio "$g_ms" "$(gg gluster_georep_10k_ms)") (georep)" "-" "-"
+        row "gluster: geo-replication, 10,000 x 4 KiB" "$(gg gluster_georep_10000_files_ms)" "$(ratio "$g_ms" "$(gg gluster_georep_10000_files_ms)") (georep)" "-" "-"
         row "gluster: geo-replication latency median" "$(gg gluster_latency_median_ms)" "max $(gg gluster_latency_max_ms)" "-" "-"
     fi
 fi
