@@ -46,9 +46,40 @@ fn mounted(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    let want = path.to_string_lossy();
+    // As the kernel writes it: canonical, with space, tab, newline and backslash in octal.
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut want = String::new();
+    for c in canon.to_string_lossy().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => want.push_str(&format!("\\{:03o}", c as u32)),
+            c => want.push(c),
+        }
+    }
     info.lines()
         .any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == want))
+}
+
+/// Takes `op` on `lock`, giving up after a minute: an agent that holds the mount while its
+/// client is gone must not stall every later one for good.
+fn flock_timed(lock: &std::fs::File, exclusive: bool, what: &Path) -> Result<()> {
+    let op = if exclusive {
+        FlockOperation::NonBlockingLockExclusive
+    } else {
+        FlockOperation::NonBlockingLockShared
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match rustix::fs::flock(lock, op) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => bail!(
+                "the aux mount {} stayed locked by other agents for a minute ({e}): is one of them stuck on a dead mount? (`georep` agents using it end when their master reconnects)",
+                what.display()
+            ),
+        }
+    }
 }
 
 impl AuxMount {
@@ -75,11 +106,11 @@ impl AuxMount {
         // Mounted and answering once the shared lock is held: only then is it used (never the
         // bare directory beneath, which would take the DR copy onto the host's own disk).
         for _ in 0..3 {
-            rustix::fs::flock(&lock, FlockOperation::LockShared)?;
+            flock_timed(&lock, false, &path)?;
             if mounted(&path) && rustix::fs::statfs(&path).is_ok() {
                 return Ok(AuxMount { path, lock });
             }
-            rustix::fs::flock(&lock, FlockOperation::LockExclusive)?;
+            flock_timed(&lock, true, &path)?;
             if mounted(&path) && rustix::fs::statfs(&path).is_ok() {
                 continue;
             }
