@@ -136,6 +136,8 @@ pub struct Applier {
     xattr_scope: u8,
     /// On a FUSE slave: what the current batch changed, fsynced before its ack.
     fuse: Option<super::fusesync::Pending>,
+    /// On a Gluster DR volume: one marker file per brick (`fusesync::gluster_markers`).
+    markers: Option<Vec<OwnedFd>>,
 }
 
 /// With a trash: keeps the entry at `name` that `tmpname` (in `tmp`) is about to replace. A
@@ -296,6 +298,7 @@ impl Applier {
         let fuse = super::fusesync::is_fuse(root.as_fd()).then(Default::default);
         Applier {
             fuse,
+            markers: None,
             parents: Parents { root, cache: None },
             tmp,
             as_root: rustix::process::geteuid().is_root(),
@@ -507,9 +510,24 @@ impl Applier {
 
     /// On a FUSE slave: what the batch applied so far changed, to fsync before its ack (see
     /// `fusesync`); empty elsewhere.
-    pub fn take_fsyncs(&mut self) -> Vec<OwnedFd> {
+    pub fn take_fsyncs(&mut self) -> (Vec<OwnedFd>, Vec<OwnedFd>) {
         let root = self.parents.root.as_fd();
-        self.fuse.as_mut().map(|f| f.take(root)).unwrap_or_default()
+        let Some(f) = self.fuse.as_mut() else {
+            return Default::default();
+        };
+        let dirs = f.take(root);
+        if dirs.is_empty() {
+            return (dirs, Vec::new());
+        }
+        // Entries changed: on a Gluster DR volume, every brick's marker too (its own
+        // FSYNCDIR syncs nothing). Made once, on the first batch that needs them.
+        let markers = self
+            .markers
+            .get_or_insert_with(|| super::fusesync::gluster_markers(root))
+            .iter()
+            .filter_map(|m| m.try_clone().ok())
+            .collect();
+        (dirs, markers)
     }
 
     fn apply_op(&mut self, op: &Op) -> ApplyResult {

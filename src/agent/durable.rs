@@ -57,6 +57,9 @@ pub struct Applied {
     /// On a FUSE slave: the files and directories the batch changed, fsynced before its ack
     /// (`syncfs` does not reach a FUSE daemon's storage); empty elsewhere.
     pub fsync: Vec<OwnedFd>,
+    /// On a Gluster DR volume, after a batch that changed entries: a marker file per brick,
+    /// written and fsynced after the rest (`fusesync::sync_markers`).
+    pub markers: Vec<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -196,6 +199,11 @@ fn make_durable(t: &Target, w: &SharedWriter, group: &[Applied]) -> Result<()> {
     for b in group {
         super::fusesync::sync_all(&b.fsync)
             .with_context(|| format!("syncing what batch {} wrote on {}", b.id, t.describe))?;
+    }
+    // Once per group, after everything it changed: the last batch's markers cover the rest.
+    if let Some(b) = group.iter().rev().find(|b| !b.markers.is_empty()) {
+        super::fusesync::sync_markers(&b.markers)
+            .with_context(|| format!("syncing the bricks of {} (markers)", t.describe))?;
     }
     if group.iter().any(|b| b.wrote) {
         rustix::fs::syncfs(&t.root)

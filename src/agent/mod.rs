@@ -462,11 +462,13 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                 }
                 tracing::debug!(batch = b.id, ops = b.seen, "batch applied");
                 // Synced and acknowledged by the durability thread while the next one applies.
+                let (fsync, markers) = applier.take_fsyncs();
                 durability.push(Applied {
                     id: b.id,
                     stime_ns: b.stime_ns,
                     wrote: b.seen > 0,
-                    fsync: applier.take_fsyncs(),
+                    fsync,
+                    markers,
                 })?;
             }
             Message::Heartbeat => {

@@ -162,6 +162,14 @@ fn a_distributed_gluster_volume_replicates_onto_a_gluster_dr_volume() {
     let dr = g.path("dr-mnt");
     let _dr_mount = dr_vol.mount(&dr);
     distributed_onto(&mut g, &dr);
+    // Directory changes reach the DR bricks' disks through a marker file on each (Gluster's
+    // FSYNCDIR syncs nothing): one on every brick of the DR volume.
+    for b in dr_vol.brick_paths() {
+        let n = fs::read_dir(b.join(".georep/markers"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!(n >= 1, "no marker on DR brick {}", b.display());
+    }
 }
 
 /// `volume import` reads the volume's XML (saved, or from the gluster CLI), and a re-import
