@@ -11,8 +11,9 @@
 //!   rename onto the name). A brick's Delete or rename of a name another brick wrote since is
 //!   not its to do, and is skipped (that brick ships what happens to it).
 //!
-//! Every op is applied inside an IMMEDIATE transaction on these tables, so two agents' checks
-//! and changes of one name never interleave. Rows are keyed by replica set where there is one
+//! A Delete, a rename or a directory's time is checked and applied inside an IMMEDIATE
+//! transaction on these tables, so two agents' checks and changes of one name never
+//! interleave; a new file, link or symlink is recorded as the brick's before it is made. Rows are keyed by replica set where there is one
 //! (the brick that takes over carries on), else by brick. Written with `synchronous=NORMAL`:
 //! the agent's syncfs before each ack makes them durable with the batch.
 
@@ -126,7 +127,15 @@ impl SharedTree {
 
     /// Applies `op` from this brick (see the module's doc). An `Err` is the agent's state
     /// failing; the op's own outcome is the inner result.
+    ///
+    /// A new name is recorded as this brick's before it is made, in a short transaction of its
+    /// own: another brick's Delete checking it then leaves it alone, and the agents of two
+    /// bricks make their files at once rather than one after the other under the lock.
     pub fn apply(&mut self, applier: &mut Applier, op: &Op) -> Result<ApplyResult> {
+        if let Op::Symlink { path, .. } | Op::Special { path, .. } | Op::Link { path, .. } = op {
+            own(&self.db, path, &self.me)?;
+            return Ok(applier.apply(op));
+        }
         let tx = self
             .db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -150,13 +159,6 @@ impl SharedTree {
                     path: path.clone(),
                     meta: t,
                 })
-            }
-            Op::Symlink { path, .. } | Op::Special { path, .. } | Op::Link { path, .. } => {
-                let r = applier.apply(op);
-                if r.is_ok() {
-                    own(&tx, path, me)?;
-                }
-                r
             }
             Op::Delete { path } if others(path)? => {
                 tracing::debug!(%path, "written by another brick since: not deleted");
@@ -209,7 +211,8 @@ impl SharedTree {
         Ok(r)
     }
 
-    /// Ends a file (`Applier::end_file`) under the lock, recording this brick as its writer.
+    /// Ends a file (`Applier::end_file`), recording this brick as its writer first (see
+    /// `apply`).
     pub fn end_file(
         &mut self,
         applier: &mut Applier,
@@ -217,15 +220,10 @@ impl SharedTree {
         hash: &[u8; 32],
         commit: bool,
     ) -> Result<Result<bool, Result<super::apply::ApplyError, String>>> {
-        let tx = self
-            .db
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let r = applier.end_file(hash, commit);
-        if let (Ok(true), Some(p)) = (&r, &path) {
-            own(&tx, p, &self.me)?;
+        if let (true, Some(p)) = (commit, &path) {
+            own(&self.db, p, &self.me)?;
         }
-        tx.commit()?;
-        Ok(r)
+        Ok(applier.end_file(hash, commit))
     }
 }
 
