@@ -136,6 +136,11 @@ impl SharedTree {
             own(&self.db, path, &self.me)?;
             return Ok(applier.apply(op));
         }
+        if let Op::SetAttr { path, .. } = op {
+            if !applier.is_dir(path) {
+                return Ok(applier.apply(op));
+            }
+        }
         let tx = self
             .db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -153,7 +158,7 @@ impl SharedTree {
                 }
                 r
             }
-            Op::SetAttr { path, meta } if applier.is_dir(path) => {
+            Op::SetAttr { path, meta } => {
                 let t = latest_time(&tx, me, path, meta)?;
                 applier.apply(&Op::SetAttr {
                     path: path.clone(),
