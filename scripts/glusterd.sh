@@ -26,9 +26,18 @@ start)
         exit 1
     fi
     [ -c /dev/fuse ] || { echo "/dev/fuse is missing: Gluster mounts need FUSE" >&2; exit 1; }
-    if ss -ltn 2>/dev/null | grep -q '127.0.0.1:24007 '; then
-        echo "port 24007 is taken on 127.0.0.1 by another glusterd: stop it first" >&2
-        exit 1
+    # A glusterd the package started (on 0.0.0.0 or 127.0.0.1) holds the port glusterd's
+    # clients and bricks use: on a test machine it is stopped; anything else there is an error.
+    holder=$(ss -ltnpH 2>/dev/null | awk '$4 ~ /:24007$/' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+    if [ -n "$holder" ]; then
+        if [ "$(cat /proc/"$holder"/comm 2>/dev/null)" = glusterd ]; then
+            echo "stopping glusterd (pid $holder) that holds port 24007: the tests run their own" >&2
+            kill "$holder"
+            for _ in $(seq 1 50); do kill -0 "$holder" 2>/dev/null || break; sleep 0.1; done
+        else
+            echo "port 24007 is taken by $(cat /proc/"$holder"/comm 2>/dev/null) (pid $holder): glusterd needs it" >&2
+            exit 1
+        fi
     fi
     cat >"$dir/glusterd.vol" <<EOF
 volume management
