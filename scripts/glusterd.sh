@@ -28,7 +28,7 @@ start)
     [ -c /dev/fuse ] || { echo "/dev/fuse is missing: Gluster mounts need FUSE" >&2; exit 1; }
     # A glusterd the package started (on 0.0.0.0 or 127.0.0.1) holds the port glusterd's
     # clients and bricks use: on a test machine it is stopped; anything else there is an error.
-    holder=$(ss -ltnpH 2>/dev/null | awk '$4 ~ /:24007$/' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+    holder=$(ss -ltnpH 2>/dev/null | awk '$4 ~ /:24007$/' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
     if [ -n "$holder" ]; then
         if [ "$(cat /proc/"$holder"/comm 2>/dev/null)" = glusterd ]; then
             echo "stopping glusterd (pid $holder) that holds port 24007: the tests run their own" >&2
