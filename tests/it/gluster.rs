@@ -96,6 +96,23 @@ fn assert_replica_of(mount: &Path, dr: &Path, what: &str) {
     }
 }
 
+/// Every log file beneath `dir`, for a failure's message.
+fn logs_of(dir: &Path) -> String {
+    let mut out = String::new();
+    for (p, md) in walkdir(dir) {
+        if md.is_file() {
+            let text = fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("==== {}\n", p.display()));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn georep_on_gluster(g: &mut Georep) {
     g.node = crate::util::gluster::NODES[0].into();
 }
@@ -253,9 +270,13 @@ fn a_continuous_session_keeps_a_distributed_gluster_volume_replicated() {
         fs::write(m.join(format!("d15/probe-{i}")), &body).unwrap();
         let target = dr.join(format!("d15/probe-{i}"));
         assert!(
-            wait_until(Duration::from_secs(30), || fs::read(&target)
+            // The figure is the latency; the bound only says "never" (a loaded CI machine once
+            // took over 30 s for the first probe, cause not found: the message has the logs).
+            wait_until(Duration::from_secs(90), || fs::read(&target)
                 .is_ok_and(|b| b == body.as_bytes())),
-            "probe {i} never arrived"
+            "probe {i} never arrived: {}\n{}",
+            g.ok(&["status", &vol.name, ds, "detail"]),
+            logs_of(&g.path("home/log"))
         );
         lat.push(t.elapsed().as_millis());
     }
