@@ -1,6 +1,9 @@
 //! georep on the bricks of real GlusterFS volumes (a private glusterd on 127.0.0.1, FUSE
 //! mounts): the DR tree equals the volume as its clients see it through the mount, and carries
 //! nothing of Gluster's own (`.glusterfs`, link-to files, `trusted.*`).
+//!
+//! Each runs alone (`Georep::alone`): glusterd, the brick processes and the FUSE clients load
+//! the two cores enough to push other tests' timing-sensitive waits past their bounds.
 
 use crate::util::gluster::{gluster_leftovers, Volume};
 use crate::util::*;
@@ -167,14 +170,14 @@ fn walkdir(root: &Path) -> Vec<(std::path::PathBuf, fs::Metadata)> {
 
 #[test]
 fn a_distributed_gluster_volume_replicates_onto_a_plain_directory() {
-    let mut g = Georep::new();
+    let mut g = Georep::alone();
     let dr = g.slave();
     distributed_onto(&mut g, &dr);
 }
 
 #[test]
 fn a_distributed_gluster_volume_replicates_onto_a_gluster_dr_volume() {
-    let mut g = Georep::new();
+    let mut g = Georep::alone();
     let dr_vol = Volume::create(&g.path("dr-bricks"), "gdr", 1, 2);
     let dr = g.path("dr-mnt");
     let _dr_mount = dr_vol.mount(&dr);
@@ -193,7 +196,7 @@ fn a_distributed_gluster_volume_replicates_onto_a_gluster_dr_volume() {
 /// after `add-brick` says what changed; a sharded volume is refused, naming the option.
 #[test]
 fn a_gluster_volume_is_imported_and_reimported_after_add_brick() {
-    let mut g = Georep::new();
+    let mut g = Georep::alone();
     georep_on_gluster(&mut g);
     let vol = Volume::create(&g.path("bricks"), "gi", 1, 2);
     let xml = g.path("info.xml");
@@ -239,7 +242,7 @@ fn a_gluster_volume_is_imported_and_reimported_after_add_brick() {
 /// files written through the mount, and each change is readable on the DR side soon after.
 #[test]
 fn a_continuous_session_keeps_a_distributed_gluster_volume_replicated() {
-    let mut g = Georep::new();
+    let mut g = Georep::alone();
     georep_on_gluster(&mut g);
     let vol = Volume::create(&g.path("bricks"), "gc", 1, 2);
     let m = g.path("mnt");
@@ -353,14 +356,14 @@ impl Node<'_> {
 /// has.
 #[test]
 fn a_replicated_gluster_volume_fails_over_to_the_other_brick_when_its_process_dies() {
-    let g = Georep::new();
+    let g = Georep::alone();
     let dr = g.slave();
     replicated_onto(&g, &dr);
 }
 
 #[test]
 fn a_replicated_gluster_volume_fails_over_onto_a_gluster_dr_volume() {
-    let g = Georep::new();
+    let g = Georep::alone();
     let dr_vol = Volume::create(&g.path("dr-bricks"), "grd", 1, 1);
     let dr = g.path("dr-mnt");
     let _dr_mount = dr_vol.mount(&dr);
@@ -449,7 +452,7 @@ fn replicated_onto(g: &Georep, dr: &Path) {
 /// that use it) and unmounts it when the last one is done.
 #[test]
 fn a_slave_named_gluster_vol_is_mounted_by_the_agent() {
-    let g = Georep::new();
+    let g = Georep::alone();
     let m = g.master();
     make_varied_tree(&m, 200_000);
     let dr_vol = Volume::create(&g.path("dr-bricks"), "ga", 1, 2);
@@ -475,7 +478,7 @@ fn a_slave_named_gluster_vol_is_mounted_by_the_agent() {
 /// `.glusterfs/` would be shipped); with it, it ships as its volume's clients would see it.
 #[test]
 fn a_brick_is_read_as_its_clients_see_it() {
-    let g = Georep::new();
+    let g = Georep::alone();
     let (b, s) = (g.master(), g.slave());
     write(&b.join("d/file"), b"data");
     write(&b.join("d/linked"), b"two names");
