@@ -65,6 +65,12 @@ fn disown(db: &Connection, p: &RelPath) -> Result<()> {
     Ok(())
 }
 
+/// A stored path at or beneath `from`, moved to `to` (`RelPath::rebase`).
+fn rebased(p: Vec<u8>, from: &RelPath, to: &RelPath) -> RelPath {
+    // Stored from a RelPath: it is one.
+    RelPath::new(p).map_or_else(|_| to.clone(), |p| p.rebase(from, to))
+}
+
 /// Moves the owners at and beneath `from` to `to` (a directory's move takes every brick's
 /// files along), replacing what `to` had.
 fn move_owners(db: &Connection, from: &RelPath, to: &RelPath) -> Result<()> {
@@ -78,11 +84,9 @@ fn move_owners(db: &Connection, from: &RelPath, to: &RelPath) -> Result<()> {
     disown(db, from)?;
     disown(db, to)?;
     for (p, o) in rows {
-        let mut moved = to.as_bytes().to_vec();
-        moved.extend_from_slice(&p[from.as_bytes().len()..]);
         db.execute(
             "INSERT OR REPLACE INTO owners(path, owner) VALUES (?1, ?2)",
-            params![moved, o],
+            params![rebased(p, from, to).as_bytes(), o],
         )?;
     }
     Ok(())
@@ -103,11 +107,9 @@ fn move_times(db: &Connection, me: &str, from: &RelPath, to: &RelPath) -> Result
     forget_times(db, me, from)?;
     forget_times(db, me, to)?;
     for (p, t) in rows {
-        let mut moved = to.as_bytes().to_vec();
-        moved.extend_from_slice(&p[from.as_bytes().len()..]);
         db.execute(
             "INSERT OR REPLACE INTO dir_times(path, brick, mtime_ns) VALUES (?1, ?2, ?3)",
-            params![moved, me, t],
+            params![rebased(p, from, to).as_bytes(), me, t],
         )?;
     }
     Ok(())

@@ -613,43 +613,8 @@ fn volume_cmd(home: &Home, cmd: VolumeCmd) -> Result<ExitCode> {
                     .with_context(|| format!("reading Gluster volume info from {}", f.display()))?,
                 None => crate::gluster::import::volume_info_xml(&name, glusterd_sock.as_deref())?,
             };
-            let g = crate::gluster::import::parse(&xml, &name)?;
-            let v = g.to_volume()?;
-            match Volume::load(home, &name) {
-                Ok(old) => {
-                    let changes = crate::gluster::import::changes(&old, &v);
-                    if changes.is_empty() {
-                        println!(
-                            "volume import: {name}: up to date ({} bricks)",
-                            v.bricks.len()
-                        );
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    v.save(home)?;
-                    println!("volume import: {name}: updated");
-                    for c in changes {
-                        println!("  {c}");
-                    }
-                    println!(
-                        "  sessions of {name} pick the bricks up when restarted: `georep stop {name} SLAVE` then `georep start {name} SLAVE`"
-                    );
-                }
-                Err(_) => {
-                    v.save(home)?;
-                    println!(
-                        "volume import: {name}: success ({}, {} bricks{})",
-                        g.type_str,
-                        v.bricks.len(),
-                        if v.replica > 1 {
-                            format!(", replica {}", v.replica)
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-            }
-            for a in &g.arbiters {
-                println!("  arbiter {a} left out: it holds no file data");
+            for line in crate::gluster::import::import(home, &name, &xml)? {
+                println!("{line}");
             }
         }
     }

@@ -168,6 +168,51 @@ pub fn changes(old: &Volume, new: &Volume) -> Vec<String> {
     out
 }
 
+/// Makes (or updates) the georep volume `name` from the Gluster volume info `xml`; returns
+/// what to tell the operator, a line each.
+pub fn import(home: &crate::config::Home, name: &str, xml: &str) -> Result<Vec<String>> {
+    let g = parse(xml, name)?;
+    let v = g.to_volume()?;
+    let mut out = Vec::new();
+    match Volume::load(home, name) {
+        Ok(old) => {
+            let changes = changes(&old, &v);
+            if changes.is_empty() {
+                out.push(format!(
+                    "volume import: {name}: up to date ({} bricks)",
+                    v.bricks.len()
+                ));
+                return Ok(out);
+            }
+            v.save(home)?;
+            out.push(format!("volume import: {name}: updated"));
+            out.extend(changes.into_iter().map(|c| format!("  {c}")));
+            out.push(format!(
+                "  sessions of {name} pick the bricks up when restarted: `georep stop {name} SLAVE` then `georep start {name} SLAVE`"
+            ));
+        }
+        Err(_) => {
+            v.save(home)?;
+            out.push(format!(
+                "volume import: {name}: success ({}, {} bricks{})",
+                g.type_str,
+                v.bricks.len(),
+                if v.replica > 1 {
+                    format!(", replica {}", v.replica)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    out.extend(
+        g.arbiters
+            .iter()
+            .map(|a| format!("  arbiter {a} left out: it holds no file data")),
+    );
+    Ok(out)
+}
+
 /// Runs `gluster volume info <name> --xml`, with `--glusterd-sock` when given.
 pub fn volume_info_xml(name: &str, glusterd_sock: Option<&std::path::Path>) -> Result<String> {
     let mut cmd = std::process::Command::new("gluster");

@@ -106,12 +106,7 @@ impl View {
         if !self.gluster {
             return Ok(Some(e));
         }
-        // A link-to file is made `---------T` and empty before its attribute is set: one seen
-        // in between is one too, never an empty file to ship over the real one.
-        if e.kind == Kind::File
-            && e.mode & libc::S_ISVTX != 0
-            && ((e.mode & 0o7777 == libc::S_ISVTX && e.size == 0) || is_linkto(at)?)
-        {
+        if is_linkto(&e, at)? {
             return Ok(None);
         }
         if e.kind != Kind::Dir {
@@ -194,8 +189,42 @@ fn has_gluster_dir(root: BorrowedFd<'_>) -> bool {
     })
 }
 
-/// Whether `at` carries DHT's link-to attribute.
-pub fn is_linkto(at: At<'_>) -> io::Result<bool> {
+/// Whether `path` beneath the brick `root` is a DHT link-to file now.
+pub fn linkto_at(root: BorrowedFd<'_>, path: &crate::protocol::RelPath) -> bool {
+    let Some((parent, name)) = path.split() else {
+        return false;
+    };
+    let Ok(dir) = crate::fsutil::open_dir_beneath(root, parent) else {
+        return false;
+    };
+    let Some(e) = rustix::fs::statx(
+        &dir,
+        name,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        Entry::STATX_MASK,
+    )
+    .ok()
+    .and_then(|st| Entry::from_statx(&st, None)) else {
+        return false;
+    };
+    let p = xattr::proc_at(rustix::fd::AsFd::as_fd(&dir), name);
+    let at = At::Proc {
+        path: &p,
+        follow: false,
+    };
+    is_linkto(&e, at).unwrap_or(false)
+}
+
+/// Whether `e`, read through `at`, is a DHT link-to file: sticky, and carrying the link-to
+/// attribute. One is made `---------T` and empty before its attribute is set: one seen in
+/// between is one too, never an empty file to ship over the real one.
+pub fn is_linkto(e: &Entry, at: At<'_>) -> io::Result<bool> {
+    if e.kind != Kind::File || e.mode & libc::S_ISVTX == 0 {
+        return Ok(false);
+    }
+    if e.mode & 0o7777 == libc::S_ISVTX && e.size == 0 {
+        return Ok(true);
+    }
     let mut buf = [0u8; 1];
     Ok(xattr::get_one(at, LINKTO, &mut buf)?.is_some())
 }

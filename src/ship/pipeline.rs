@@ -603,10 +603,23 @@ impl Shipper {
         max_ops: u32,
         max_bytes: u64,
     ) -> Result<()> {
+        let brick = self.brick.as_fd();
         let ops = if self.ignore_deletes {
-            self.without_deletes(ops)
+            // Deletions of paths that are gone on the master; a delete that clears the way for
+            // another kind still goes.
+            let view = self.view;
+            index_only_deletes(ops, |p| {
+                matches!(
+                    crate::crawl::walk::lstat_beneath(&self.brick, p, view),
+                    Ok(None)
+                )
+            })
         } else if self.view.gluster {
-            self.without_foreign_deletes(ops)
+            // On a Gluster brick, deletions of names that are link-to files now: such a name
+            // still exists in the volume, its data on another brick, which ships it (a rename
+            // over it from there, say); deleting it here could land after that brick's rename
+            // and lose the file. Looked at as the op goes, so the state is the latest.
+            index_only_deletes(ops, |p| crate::gluster::linkto_at(brick, p))
         } else {
             ops
         };
@@ -651,62 +664,6 @@ impl Shipper {
             self.wait_one(index)?;
         }
         Ok(())
-    }
-
-    /// Turns deletions of paths that are gone on the master into index-only updates (the index
-    /// forgets them as if shipped); a delete that clears the way for another kind still goes.
-    fn without_deletes(&self, ops: Vec<PlannedOp>) -> Vec<PlannedOp> {
-        ops.into_iter()
-            .map(|mut p| {
-                if let PlanOp::Op(Op::Delete { path }) = &p.op {
-                    if matches!(
-                        crate::crawl::walk::lstat_beneath(&self.brick, path, self.view),
-                        Ok(None)
-                    ) {
-                        p.op = PlanOp::IndexOnly;
-                    }
-                }
-                p
-            })
-            .collect()
-    }
-
-    /// On a Gluster brick, turns deletions of names that are link-to files now into index-only
-    /// updates: such a name still exists in the volume, its data on another brick, which ships
-    /// it (a rename over it from there, say); deleting it here could land after that brick's
-    /// rename and lose the file. Looked at as the op goes, so the state is the latest.
-    fn without_foreign_deletes(&self, ops: Vec<PlannedOp>) -> Vec<PlannedOp> {
-        ops.into_iter()
-            .map(|mut p| {
-                if let PlanOp::Op(Op::Delete { path }) = &p.op {
-                    if self.is_linkto(path) {
-                        tracing::debug!(%path, "a link-to file now: the data's brick ships it");
-                        p.op = PlanOp::IndexOnly;
-                    }
-                }
-                p
-            })
-            .collect()
-    }
-
-    fn is_linkto(&self, path: &RelPath) -> bool {
-        let Some((parent, name)) = path.split() else {
-            return false;
-        };
-        let Ok(dir) = fsutil::open_dir_beneath(self.brick.as_fd(), parent) else {
-            return false;
-        };
-        let p = crate::xattr::proc_at(dir.as_fd(), name);
-        let at = crate::xattr::At::Proc {
-            path: &p,
-            follow: false,
-        };
-        let sticky = rustix::fs::statx(&dir, name, AtFlags::SYMLINK_NOFOLLOW, Entry::STATX_MASK)
-            .is_ok_and(|st| {
-                st.stx_mode as u32 & libc::S_IFMT == libc::S_IFREG
-                    && st.stx_mode as u32 & libc::S_ISVTX != 0
-            });
-        sticky && crate::gluster::is_linkto(at).unwrap_or(false)
     }
 
     /// Heartbeats after `every` of quiet on the link (the agent's silence limit allows it).
@@ -1419,6 +1376,22 @@ impl Shipper {
         self.handle.close()?;
         Ok(rss)
     }
+}
+
+/// Turns the deletions `spared` picks into index-only updates: the index forgets them as if
+/// shipped.
+fn index_only_deletes(ops: Vec<PlannedOp>, spared: impl Fn(&RelPath) -> bool) -> Vec<PlannedOp> {
+    ops.into_iter()
+        .map(|mut p| {
+            if let PlanOp::Op(Op::Delete { path }) = &p.op {
+                if spared(path) {
+                    tracing::debug!(%path, "not deleted on the slave: index only");
+                    p.op = PlanOp::IndexOnly;
+                }
+            }
+            p
+        })
+        .collect()
 }
 
 /// On a shared tree (a distributed volume), the deletion of a directory this brick shipped

@@ -99,23 +99,6 @@ fn assert_replica_of(mount: &Path, dr: &Path, what: &str) {
     }
 }
 
-/// Every log file beneath `dir`, for a failure's message.
-fn logs_of(dir: &Path) -> String {
-    let mut out = String::new();
-    for (p, md) in walkdir(dir) {
-        if md.is_file() {
-            let text = fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("==== {}\n", p.display()));
-            for l in tail.iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
 fn georep_on_gluster(g: &mut Georep) {
     g.node = crate::util::gluster::NODES[0].into();
 }
@@ -279,7 +262,7 @@ fn a_continuous_session_keeps_a_distributed_gluster_volume_replicated() {
                 .is_ok_and(|b| b == body.as_bytes())),
             "probe {i} never arrived: {}\n{}",
             g.ok(&["status", &vol.name, ds, "detail"]),
-            logs_of(&g.path("home/log"))
+            Node::main(&g).logs()
         );
         lat.push(t.elapsed().as_millis());
     }
@@ -297,57 +280,30 @@ fn a_continuous_session_keeps_a_distributed_gluster_volume_replicated() {
     assert_replica_of(&m, &dr, "at the end");
 }
 
-/// One georep node of a replicated volume's test: its own home and node name.
-struct Node<'a> {
-    g: &'a Georep,
-    home: std::path::PathBuf,
-    name: &'static str,
+/// `start --foreground` of `vol` → `dr` on node `n`, its output in `start-<node>.log`.
+fn start_on(n: &Node, vol: &str, dr: &str) -> Foreground {
+    let log = fs::File::create(n.g.path(&format!("start-{}.log", n.name))).unwrap();
+    let child = n
+        .cmd()
+        .env("GEOREP_LOG", "info")
+        .args(["start", vol, dr, "--foreground"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Foreground(child)
 }
 
-impl Node<'_> {
-    fn cmd(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(bin());
-        c.env("GEOREP_HOME", &self.home)
-            .env("GEOREP_NODE", self.name)
-            .env_remove("GEOREP_LOG")
-            .stdin(std::process::Stdio::null());
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.cmd().args(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?} on {}: {}",
-            self.name,
-            stderr(&o)
-        );
-        stdout(&o)
-    }
-
-    fn start(&self, vol: &str, dr: &str) -> Foreground {
-        let log = fs::File::create(self.g.path(&format!("start-{}.log", self.name))).unwrap();
-        let child = self
-            .cmd()
-            .env("GEOREP_LOG", "info")
-            .args(["start", vol, dr, "--foreground"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Foreground(child)
-    }
-
-    fn row(&self, vol: &str, dr: &str) -> serde_json::Value {
-        let out = self.ok(&["status", vol, dr, "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["master_node"] == self.name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no row of {} in {v:#}", self.name))
-    }
+/// Node `n`'s row of `status --json`.
+fn row_of(n: &Node, vol: &str, dr: &str) -> serde_json::Value {
+    let out = n.ok(&["status", vol, dr, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["master_node"] == n.name.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no row of {} in {v:#}", n.name))
 }
 
 /// A replica-2 volume with a brick on each of two nodes: one worker is Active, the other
@@ -384,33 +340,35 @@ fn replicated_onto(g: &Georep, dr: &Path) {
     let a = Node {
         g,
         home: g.path("home-a"),
-        name: nodes[0],
+        name: nodes[0].into(),
     };
     let b = Node {
         g,
         home: g.path("home-b"),
-        name: nodes[1],
+        name: nodes[1].into(),
     };
     for n in [&a, &b] {
         let out = n.ok(&["volume", "import", &vol.name, "--glusterd-sock", &sock]);
         assert!(out.contains("replica 2"), "{out}");
     }
     a.ok(&["create", &vol.name, ds]);
-    let fa = a.start(&vol.name, ds);
+    let fa = start_on(&a, &vol.name, ds);
     assert!(
-        wait_until(Duration::from_secs(60), || a.row(&vol.name, ds)["status"]
+        wait_until(Duration::from_secs(60), || row_of(&a, &vol.name, ds)
+            ["status"]
             == "Active"),
         "{:#}",
-        a.row(&vol.name, ds)
+        row_of(&a, &vol.name, ds)
     );
     assert_replica_of(&m, dr, "node a active");
     b.ok(&["create", &vol.name, ds]);
-    let fb = b.start(&vol.name, ds);
+    let fb = start_on(&b, &vol.name, ds);
     assert!(
-        wait_until(Duration::from_secs(30), || b.row(&vol.name, ds)["status"]
+        wait_until(Duration::from_secs(30), || row_of(&b, &vol.name, ds)
+            ["status"]
             == "Passive"),
         "{:#}",
-        b.row(&vol.name, ds)
+        row_of(&b, &vol.name, ds)
     );
     // The Active brick's process dies; clients go on writing to the other replica.
     let brick_a = vol.brick_paths()[0].clone();
@@ -429,14 +387,14 @@ fn replicated_onto(g: &Georep, dr: &Path) {
             fs::read_to_string(g.path(&format!("start-{}.log", b.name))).unwrap_or_default()
         )
     });
-    let rb = b.row(&vol.name, ds);
+    let rb = row_of(&b, &vol.name, ds);
     assert_eq!(rb["status"], "Active", "{rb:#}");
     assert_eq!(rb["takeovers"], 1, "{rb:#}");
     assert!(
         n(&rb, "data") <= 60,
         "the takeover re-sent what the DR site had: {rb:#}"
     );
-    let ra = a.row(&vol.name, ds);
+    let ra = row_of(&a, &vol.name, ds);
     assert!(
         ra["status"] == "Faulty"
             && ra["last_error"]

@@ -4,11 +4,13 @@
 pub mod fsops;
 pub mod gluster;
 pub mod net;
+pub mod node;
 pub mod proxy;
 pub mod session;
 pub mod sshd;
 pub mod tree;
 
+pub use node::*;
 pub use session::*;
 pub use sshd::*;
 pub use tree::*;
