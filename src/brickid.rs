@@ -17,7 +17,7 @@ use std::path::Path;
 fn file() -> String {
     format!(
         ".georep/brick-id-{}",
-        crate::session::slug(&crate::config::node_name())
+        crate::fsutil::slug(&crate::config::node_name())
     )
 }
 

@@ -72,13 +72,6 @@ pub struct SyncOptions {
     pub ignore_deletes: bool,
     /// Days the slave keeps what it deletes or overwrites under `.georep/trash/`; 0 = off.
     pub trash_retention_days: u32,
-    /// `<session>#<n>` on replica volumes: the agent keeps one brick per set Active.
-    pub replica_set: Option<String>,
-    /// `sync --once --rescan-slave [--checksum]`: re-read the slave before planning
-    /// (`Some(checksum)`).
-    pub rescan_slave: Option<bool>,
-    /// Connect in reverse mode (read the slave, never write it): resync --reverse, failback.
-    pub reverse: bool,
     /// `takeover-timeout`: the agent gives up a connection silent for a bit less than this
     /// (`protocol::silence_for_takeover`), so another brick of the set can take over in time.
     pub takeover_timeout: std::time::Duration,
@@ -89,14 +82,11 @@ pub struct SyncOptions {
     /// `None` = 1 MiB over a network, never to a local slave.
     pub delta_min: Option<u64>,
     /// `channels`: how many channels a connection's stream is striped over; `None` = 1 to a
-    /// local slave, `ship::DEFAULT_CHANNELS` over a network.
+    /// local slave, `client::DEFAULT_CHANNELS` over a network.
     pub channels: Option<u8>,
     /// Open the further channels with the first (ready when the handshake is done), or only
     /// once the agent offers a stripe (a round trip later, none started for nothing).
     pub channels_early: bool,
-    /// The slave tree is shared with other replica sets' bricks (a distributed volume): the
-    /// agent gives a directory the latest time any brick shipped for it (`Hello::shared_tree`).
-    pub shared_tree: bool,
 }
 
 impl Default for SyncOptions {
@@ -112,15 +102,11 @@ impl Default for SyncOptions {
             bwlimit: 0,
             ignore_deletes: false,
             trash_retention_days: 0,
-            replica_set: None,
-            rescan_slave: None,
-            reverse: false,
             takeover_timeout: std::time::Duration::from_secs(30),
             xattrs: crate::xattr::wanted(true, true),
             delta_min: None,
             channels: None,
             channels_early: true,
-            shared_tree: false,
         }
     }
 }

@@ -102,84 +102,14 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<rfs::Stat
     }
 }
 
-/// Sets the owner (when given), mode and modification time of `name` in `dir` without ever
-/// following a symlink, whatever `name` is swapped for meanwhile.
-///
-/// Everything goes through one `O_PATH | O_NOFOLLOW` descriptor: its type comes from `fstat` of
-/// that descriptor, not from an earlier `lstat` of the name, so an entry replaced by a symlink
-/// between a check and the change gets the change on the link itself (owner and time) and never
-/// on its target. `fchmodat` always follows a final symlink, so the mode is set through
-/// `/proc/self/fd/N`, which names the descriptor's own inode; a symlink's mode is left alone
-/// (Linux ignores it). Nothing is opened for reading, so a device or FIFO is never opened.
-/// Extended attributes (`xattrs`: the list and the session's scope, see `crate::xattr`) are set
-/// after the mode (an access ACL then matches it) through the same descriptor; a symlink's
-/// through its name. Returns the entry's file type bits (`S_IFMT`).
-pub fn set_attrs_at(
-    dir: BorrowedFd<'_>,
-    name: &[u8],
-    owner: Option<(u32, u32)>,
-    mode: Mode,
-    times: &rfs::Timestamps,
-    xattrs: Option<(&[crate::protocol::Xattr], u8)>,
-) -> io::Result<u32> {
-    use crate::xattr;
-    use rustix::fd::AsRawFd;
-    let fd = rfs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let fmt = rfs::fstat(&fd)?.st_mode & libc::S_IFMT;
-    if let Some((uid, gid)) = owner {
-        rfs::chownat(
-            &fd,
-            "",
-            Some(rfs::Uid::from_raw(uid)),
-            Some(rfs::Gid::from_raw(gid)),
-            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-        )?;
-    }
-    if fmt == libc::S_IFLNK {
-        // The descriptor is the link itself; its name is re-resolved without following, so
-        // the worst a swap can do is set the time of another entry inside the same directory.
-        if let Some((list, scope)) = xattrs {
-            let p = xattr::proc_at(dir, name);
-            xattr::apply(
-                xattr::At::Proc {
-                    path: &p,
-                    follow: false,
-                },
-                list,
-                scope,
-            )
-            .map_err(proc_hint_io)?;
-        }
-        rfs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW)?;
-        return Ok(fmt);
-    }
-    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    // After chown, which clears setuid/setgid bits.
-    rfs::chmodat(rfs::CWD, proc_path.as_str(), mode, AtFlags::empty()).map_err(proc_hint)?;
-    if let Some((list, scope)) = xattrs {
-        let at = xattr::At::Proc {
-            path: proc_path.as_bytes(),
-            follow: true,
-        };
-        xattr::apply(at, list, scope)?;
-    }
-    rfs::utimensat(rfs::CWD, proc_path.as_str(), times, AtFlags::empty()).map_err(proc_hint)?;
-    Ok(fmt)
-}
-
-fn proc_hint_io(e: io::Error) -> io::Error {
+pub(crate) fn proc_hint_io(e: io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(n) => proc_hint(Errno::from_raw_os_error(n)),
         None => e,
     }
 }
 
-fn proc_hint(e: Errno) -> io::Error {
+pub(crate) fn proc_hint(e: Errno) -> io::Error {
     if e == Errno::NOENT {
         io::Error::other("/proc is not mounted; georep needs /proc/self/fd to set attributes without following symlinks (mount proc)")
     } else {
@@ -380,5 +310,35 @@ pub fn lower_priority() {
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
         // ioprio_set(IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_BE << 13 | 7)
         libc::syscall(libc::SYS_ioprio_set, 1, tid, (2 << 13) | 7);
+    }
+}
+
+/// blake3 of the regular file at `path` beneath `root` (never through a symlink).
+pub fn hash_beneath(root: &OwnedFd, path: &crate::protocol::RelPath) -> std::io::Result<[u8; 32]> {
+    let fd = open_regular_beneath(root.as_fd(), path.as_bytes(), rustix::fs::OFlags::empty())?
+        .ok_or_else(|| std::io::Error::other("not a regular file"))?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::from(fd))?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// A file-name-safe form of `s`: readable, plus a short hash when anything had to change.
+pub fn slug(s: &str) -> String {
+    let clean: String = s
+        .trim_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean == s && !clean.is_empty() {
+        clean
+    } else {
+        let h = blake3::hash(s.as_bytes()).to_hex();
+        format!("{}-{}", clean.chars().take(48).collect::<String>(), &h[..8])
     }
 }

@@ -109,26 +109,7 @@ fn split_host_port(s: &str, hostport: &str) -> Result<(String, Option<u16>)> {
     }
 }
 
-/// A file-name-safe form of `s`: readable, plus a short hash when anything had to change.
-pub fn slug(s: &str) -> String {
-    let clean: String = s
-        .trim_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if clean == s && !clean.is_empty() {
-        clean
-    } else {
-        let h = blake3::hash(s.as_bytes()).to_hex();
-        format!("{}-{}", clean.chars().take(48).collect::<String>(), &h[..8])
-    }
-}
+pub use crate::fsutil::slug;
 
 /// `<mastervol>_<slavehost>_<slavevol>`, file-name safe.
 pub fn session_name(master: &Volume, slave: &SlaveSpec) -> String {
@@ -439,6 +420,41 @@ impl SessionConfig {
             host_key,
         })
     }
+}
+
+// The monitor's files: what `status` and the lifecycle commands read of a running session.
+
+/// A session's state directory on this node.
+pub fn session_dir(home: &Home, session: &str) -> PathBuf {
+    home.state.join("sessions").join(session)
+}
+
+/// Present while the session is paused (`georep pause`).
+pub fn paused_flag(home: &Home, session: &str) -> PathBuf {
+    session_dir(home, session).join("paused")
+}
+
+pub fn is_paused(home: &Home, session: &str) -> bool {
+    paused_flag(home, session).exists()
+}
+
+/// Held by the session's monitor while it runs on this node.
+pub fn monitor_lock(home: &Home, session: &str) -> PathBuf {
+    session_dir(home, session).join("monitor.lock")
+}
+
+pub fn is_running(home: &Home, session: &str) -> bool {
+    crate::fsutil::is_locked(&monitor_lock(home, session))
+}
+
+/// The pid of the session's monitor on this node, as it wrote it.
+pub fn monitor_pid(home: &Home, session: &str) -> Option<rustix::process::Pid> {
+    std::fs::read_to_string(session_dir(home, session).join("monitor.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
 }
 
 /// `MASTER` as given on the command line names a session's master volume `stored` (by name or

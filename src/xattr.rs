@@ -23,12 +23,13 @@ pub const SECURITY: u8 = 4;
 /// `system.posix_acl_access` / `system.posix_acl_default`, when `sync-acls` is on.
 pub const ACL: u8 = 8;
 
-/// Linux's limits: `XATTR_NAME_MAX`, `XATTR_SIZE_MAX`, `XATTR_LIST_MAX`.
-pub const NAME_MAX: usize = 255;
-pub const VALUE_MAX: usize = 65536;
+/// Linux's limits (`XATTR_NAME_MAX`, `XATTR_SIZE_MAX`), and the most attribute bytes one
+/// entry may carry on the wire: the protocol checks them as it decodes.
+pub use crate::protocol::{
+    XATTR_ENTRY_MAX as ENTRY_MAX, XATTR_NAME_MAX as NAME_MAX, XATTR_VALUE_MAX as VALUE_MAX,
+};
+/// Linux's `XATTR_LIST_MAX`.
 pub const LIST_MAX: usize = 65536;
-/// The most attribute bytes (names and values) one entry may carry on the wire.
-pub const ENTRY_MAX: usize = 1 << 20;
 
 const ACL_NAMES: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
 
@@ -322,11 +323,11 @@ impl<'r> Reader<'r> {
                         dir.as_fd(),
                         name,
                         rfs::AtFlags::SYMLINK_NOFOLLOW,
-                        crate::crawl::entry::Entry::STATX_MASK,
+                        crate::entry::Entry::STATX_MASK,
                     )
                     .ok()?;
                     let st_birth =
-                        crate::crawl::entry::Entry::from_statx(&st, None).map_or(0, |e| e.birth);
+                        crate::entry::Entry::from_statx(&st, None).map_or(0, |e| e.birth);
                     if st.stx_ino != ino || (birth != 0 && st_birth != 0 && st_birth != birth) {
                         tracing::debug!(
                             "reading extended attributes of {rel}: another entry has the name now"

@@ -593,7 +593,7 @@ impl Applier {
                 (|| -> io::Result<()> {
                     rfs::mknodat(tmp, t.as_str(), ft, mode(meta), *rdev)?;
                     let owner = as_root.then_some((meta.uid, meta.gid));
-                    fsutil::set_attrs_at(
+                    super::attrs::set_attrs_at(
                         tmp,
                         t.as_bytes(),
                         owner,
@@ -780,7 +780,7 @@ impl Applier {
         let owner = self.as_root.then_some((meta.uid, meta.gid));
         self.parents
             .with_parent(path, "setting attributes of", |parent, name| {
-                fsutil::set_attrs_at(parent, name, owner, mode(meta), &times(meta), xattrs)
+                super::attrs::set_attrs_at(parent, name, owner, mode(meta), &times(meta), xattrs)
                     .map(drop)
             })
     }

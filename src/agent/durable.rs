@@ -179,6 +179,7 @@ fn run(s: &Shared, t: &Target, w: &SharedWriter) {
             // tell the master now (the apply thread stops at its next batch with the same error).
             let _ = w.send_flush(&Message::Error(protocol::ErrorMsg {
                 message: message.clone(),
+                permanent: false,
             }));
         }
         let mut q = s.q.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,6 +15,7 @@
 //!   until that agent ends, so sshd never closes a channel that is being read;
 //! - the joins must all come within the silence limit (at most `JOIN_TIMEOUT`).
 
+use crate::protocol::DID_NOT_JOIN;
 use crate::protocol::{JoinOffer, MAX_CHANNELS};
 use crate::transport::conn::BoxRead;
 use crate::transport::silence::Silence;
@@ -34,8 +35,6 @@ use std::time::{Duration, Instant};
 
 /// The longest the serving agent waits for the further channels the master said it opened.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Part of the error when they did not all come: the master then retries with one channel.
-pub const DID_NOT_JOIN: &str = "did not join within";
 const PREFIX: &str = "georep-join-";
 const MAGIC: &[u8; 4] = b"GRJN";
 /// Magic, token, index, the root's length, the leftover's length.

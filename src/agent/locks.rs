@@ -32,7 +32,7 @@ pub(super) fn claim_replica_set(state_dir: &Path, set: &str, brick_key: &str) ->
         return Ok(Claim::Active(None, None));
     }
     let dir = state_dir.join("active");
-    let name = crate::session::slug(set);
+    let name = crate::fsutil::slug(set);
     let holder = dir.join(format!("{name}.holder"));
     let Some(lock) =
         fsutil::lock_exclusive(&dir.join(format!("{name}.lock")), std::time::Duration::ZERO)?

@@ -6,16 +6,17 @@
 //! `Failed`, the filesystem was synced, and `agent.db` recorded the batch.
 
 pub mod apply;
+mod attrs;
 mod direct;
 mod durable;
 mod fusesync;
 mod join;
-mod shared;
-pub use join::DID_NOT_JOIN;
 pub mod locks;
+mod shared;
 mod sigs;
 pub mod state;
 
+use crate::error::Permanent;
 use crate::fsutil;
 use crate::protocol::{self, Message, Welcome, PROTOCOL_VERSION};
 use crate::transport::conn::{
@@ -26,7 +27,7 @@ use apply::{Applier, ApplyError};
 use durable::{Applied, Durability, SharedWriter};
 use locks::{brick_tmp, claim_replica_set, Claim, Fence};
 use rustix::fd::AsFd;
-use state::AgentState;
+use state::{AgentState, Role};
 use std::path::Path;
 
 /// How far the agent decodes ahead of what it has applied (bytes of messages).
@@ -51,8 +52,7 @@ pub fn input_from_stdin() -> Result<BoxRead> {
     Ok(Box::new(std::fs::File::from(raw)))
 }
 
-/// Set by `georep serve` in the environment of the agents it runs.
-pub const SERVED_BY_SERVE: &str = "GEOREP_SERVED_BY_SERVE";
+pub use crate::transport::serve::SERVED_BY_SERVE;
 
 /// How long past its silence limit an agent may take to end on its own before the watchdog
 /// ends the process.
@@ -77,6 +77,9 @@ pub fn serve(root: &Path, input: BoxRead, output: BoxWrite) -> Result<()> {
             // Tell the master why we stop; it prints this instead of "connection closed".
             let _ = w.send(&Message::Error(protocol::ErrorMsg {
                 message: format!("{e:#}"),
+                permanent: e
+                    .chain()
+                    .any(|c| c.downcast_ref::<crate::error::Permanent>().is_some()),
             }));
             let _ = w.flush();
             Err(e)
@@ -103,10 +106,11 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     };
     let host = crate::config::node_name();
     if hello.protocol != PROTOCOL_VERSION {
-        bail!(
+        return Err(Permanent(format!(
             "master speaks protocol version {}, this agent on {host} speaks {PROTOCOL_VERSION}: install the same georep version on both sites",
             hello.protocol
-        );
+        ))
+        .into());
     }
     silence.set_limit(protocol::silence_limit(hello.silence_ms));
     let meta = std::fs::symlink_metadata(root).map_err(|e| {
@@ -136,26 +140,28 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
     // Held for the connection's life: a failover waits for it (ending this process) before it
     // promotes the volume, and once promoted the role check below refuses.
     let _fence = Fence::enter(&state_dir, root)?;
-    let promoted = state.role()? == "primary";
+    let promoted = state.role()? == Role::Primary;
     if hello.epoch < state.epoch && !promoted {
-        bail!(
+        return Err(Permanent(format!(
             "slave volume {} on {host} is at epoch {} after a failover and failback, this master node is at {}: run `georep failback <mastervol> <slave>` on this node too (it brings back the DR changes and takes the new epoch)",
             root.display(),
             state.epoch,
             hello.epoch
-        );
+        ))
+        .into());
     }
     if promoted {
         let when = state
             .failover_ns()?
             .map(|t| format!(" at {} UTC", utc(t)))
             .unwrap_or_default();
-        bail!(
+        return Err(Permanent(format!(
             "slave volume {} on {host} was promoted by `georep failover`{when} (epoch {}, this master is at {}): this master is fenced and nothing it sends is applied. Bring back what changed there with `georep resync --reverse <mastervol> <slave>`, then `georep failback <mastervol> <slave>`",
             root.display(),
             state.epoch,
             hello.epoch
-        );
+        ))
+        .into());
     }
     // The brick's own lock first: a stale connection of this same brick (the master gave up
     // on it and came back) is ended here, which frees the replica set's lock it holds too.
@@ -325,7 +331,7 @@ fn serve_inner(root: &Path, mut r: FrameReader, w: &SharedWriter, silence: &Sile
                         protocol::MAX_BATCH_BYTES
                     );
                 }
-                if state.role()? == "primary" {
+                if state.role()? == Role::Primary {
                     bail!(
                         "slave volume {} on {host} was promoted by `georep failover` while this master was replicating: it is fenced now. Run `georep resync --reverse <mastervol> <slave>`, then `georep failback <mastervol> <slave>`",
                         root.display()
@@ -646,8 +652,8 @@ fn serve_reverse(
             Some(Message::Changes { after }) => send_changes(state, after, w)?,
             Some(Message::Demote) => {
                 // Idempotent: the second master node failing back gets the same epoch.
-                let epoch = if state.role()? == "primary" {
-                    state.set_role("slave")?
+                let epoch = if state.role()? == Role::Primary {
+                    state.set_role(Role::Slave)?
                 } else {
                     state.epoch
                 };
@@ -778,7 +784,7 @@ fn send_file(
 fn open_trash(state_dir: &Path, session: &str, keep_days: u32) -> Result<rustix::fd::OwnedFd> {
     let base = state_dir.join("trash");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    let mine = base.join(format!(".keep-{}", crate::session::slug(session)));
+    let mine = base.join(format!(".keep-{}", crate::fsutil::slug(session)));
     fsutil::atomic_write(&mine, format!("{keep_days}\n").as_bytes())?;
     let longest = std::fs::read_dir(&base)
         .into_iter()
@@ -840,10 +846,10 @@ fn send_listing(
     // Entries with extended attributes weigh more: a Listing is cut by bytes too, far below
     // a frame's limit.
     let mut chunk_bytes = 0usize;
-    let mut add = |path: protocol::RelPath, e: crate::crawl::entry::Entry| -> Result<()> {
-        let hash = if checksum && e.kind == crate::crawl::entry::Kind::File {
+    let mut add = |path: protocol::RelPath, e: crate::entry::Entry| -> Result<()> {
+        let hash = if checksum && e.kind == crate::entry::Kind::File {
             Some(
-                crate::crawl::hash_beneath(&fd, &path)
+                crate::fsutil::hash_beneath(&fd, &path)
                     .with_context(|| format!("reading {path} on the slave for its checksum"))?,
             )
         } else {
@@ -874,8 +880,8 @@ fn send_listing(
     match paths {
         None => {
             // In tree order: the master merges it with its own walk as it arrives.
-            let none = crate::crawl::walk::Excludes::default();
-            for r in crate::crawl::walk::TreeWalk::new(&fd, &none)? {
+            let none = crate::walk::Excludes::default();
+            for r in crate::walk::TreeWalk::new(&fd, &none)? {
                 let (p, e) = r.with_context(|| format!("listing {}", root.display()))?;
                 add(p, e)?;
             }
@@ -889,7 +895,7 @@ fn send_listing(
                 );
             }
             for p in paths {
-                if let Some(e) = crate::crawl::walk::lstat_beneath(&fd, &p, Default::default())? {
+                if let Some(e) = crate::walk::lstat_beneath(&fd, &p, Default::default())? {
                     add(p, e)?;
                 }
             }

@@ -8,6 +8,23 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
+/// What a slave volume is: it applies what a master sends, or it was promoted by failover
+/// (writable, and it refuses replication into it). Stored as `slave`/`primary` in agent.db.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Slave,
+    Primary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Slave => "slave",
+            Role::Primary => "primary",
+        }
+    }
+}
+
 /// Version of the agent.db layout; an unknown version is refused rather than guessed at.
 const FORMAT_VERSION: &str = "1";
 
@@ -155,10 +172,16 @@ impl AgentState {
         Ok(())
     }
 
-    /// `slave` (applies what a master sends) or `primary` (promoted by failover: writable,
-    /// refuses replication into it).
-    pub fn role(&self) -> Result<String> {
-        Ok(self.meta("role")?.unwrap_or_else(|| "slave".into()))
+    /// The volume's role (`slave` unless a failover promoted it).
+    pub fn role(&self) -> Result<Role> {
+        match self.meta("role")?.as_deref() {
+            None | Some("slave") => Ok(Role::Slave),
+            Some("primary") => Ok(Role::Primary),
+            Some(r) => anyhow::bail!(
+                "unknown role {r:?} in {}: written by a newer georep? install the same version on both sites",
+                self.path.display()
+            ),
+        }
     }
 
     /// When the volume was last promoted (ns since the epoch), if it was.
@@ -167,7 +190,7 @@ impl AgentState {
     }
 
     /// Bumps the epoch (fencing every master at the old one) and sets the role.
-    pub fn set_role(&mut self, role: &str) -> Result<u64> {
+    pub fn set_role(&mut self, role: Role) -> Result<u64> {
         let tx = self.db.unchecked_transaction()?;
         let epoch = self
             .meta("epoch")?
@@ -175,8 +198,8 @@ impl AgentState {
             .unwrap_or(0)
             + 1;
         self.set_meta("epoch", &epoch.to_string())?;
-        self.set_meta("role", role)?;
-        if role == "primary" {
+        self.set_meta("role", role.as_str())?;
+        if role == Role::Primary {
             self.set_meta("failover_ns", &crate::journal::record::now_ns().to_string())?;
         }
         tx.commit()?;

@@ -524,6 +524,13 @@ pub struct SyncArgs {
     pub channels: Option<String>,
 }
 
+impl SyncArgs {
+    /// `--rescan-slave [--checksum]`: the slave is re-read first (`Some(checksum)`).
+    pub fn rescan_slave(&self) -> Option<bool> {
+        self.rescan_slave.then_some(self.checksum)
+    }
+}
+
 impl TryFrom<&SyncArgs> for SyncOptions {
     type Error = anyhow::Error;
     fn try_from(a: &SyncArgs) -> Result<SyncOptions> {
@@ -534,10 +541,6 @@ impl TryFrom<&SyncArgs> for SyncOptions {
             batch_ops: a.batch_ops.unwrap_or(d.batch_ops),
             batch_bytes: a.batch_bytes.unwrap_or(d.batch_bytes),
             excludes: a.exclude.clone(),
-            rescan_slave: match (a.rescan_slave, a.checksum) {
-                (false, _) => None,
-                (true, c) => Some(c),
-            },
             delta_min: a
                 .delta_min_size
                 .as_deref()

@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Sync(a) => {
             let opts: SyncOptions = (&a).try_into()?;
             let (m, s) = (local_path(&a.master)?, local_path(&a.slave)?);
-            let report = crate::ship::sync_once(&home, &m, &s, &opts)?;
+            let report = crate::ship::sync_once(&home, &m, &s, &opts, a.rescan_slave())?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -489,7 +489,7 @@ fn print_reverse(r: &crate::failback::ReverseReport, json: bool) -> Result<ExitC
             r.master,
             r.slave,
             r.pulled_files,
-            crate::ship::human_bytes(r.pulled_bytes),
+            crate::status::human_bytes(r.pulled_bytes),
             r.created,
             r.deleted,
             r.conflicts.len(),

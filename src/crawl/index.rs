@@ -123,6 +123,53 @@ impl Index {
         Ok(())
     }
 
+    /// A numeric metadata value (`None`: never set); a value that is not a number names the
+    /// key and the fix.
+    fn meta_num<T: std::str::FromStr>(&self, k: &str) -> Result<Option<T>> {
+        match self.get_meta(k)? {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                anyhow::anyhow!(
+                    "the index's {k} is {v:?}, not a number: the index is damaged; `georep sync <master> <slave> --rescan-slave` makes it again from the slave"
+                )
+            }),
+        }
+    }
+
+    /// The brick's failover epoch (0 before any failback).
+    pub fn epoch(&self) -> Result<u64> {
+        Ok(self.meta_num("epoch")?.unwrap_or(0))
+    }
+
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        self.set_meta("epoch", &epoch.to_string())
+    }
+
+    /// The last batch the slave acknowledged (`None`: nothing was ever shipped).
+    pub fn last_batch(&self) -> Result<Option<u64>> {
+        self.meta_num("last_batch")
+    }
+
+    /// The identity of the slave volume this index describes (`None`: never connected).
+    pub fn slave_volume_id(&self) -> Result<Option<String>> {
+        self.get_meta("slave_volume_id")
+    }
+
+    /// The previous Active brick of a takeover not finished yet.
+    pub fn takeover_from(&self) -> Result<Option<String>> {
+        Ok(self.get_meta("takeover_from")?.filter(|p| !p.is_empty()))
+    }
+
+    /// Sets (or, with `None`, clears) the takeover in progress.
+    pub fn set_takeover_from(&self, previous: Option<&str>) -> Result<()> {
+        self.set_meta("takeover_from", previous.unwrap_or(""))
+    }
+
+    /// The last DR-side journal record a reverse pass consumed.
+    pub fn dr_journal_seq(&self) -> Result<u64> {
+        Ok(self.meta_num("dr_journal_seq")?.unwrap_or(0))
+    }
+
     /// Drops rows left in the stash by a connection that ended between a `Stash` and its
     /// `Unstash`: the agent empties its stash when the next connection starts.
     pub fn clear_stash(&self) -> Result<()> {

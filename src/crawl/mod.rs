@@ -7,11 +7,11 @@
 //! first), hard links after all creations, deletes after that (at their post-rename location),
 //! and directory attributes last, deepest first, so children's changes do not disturb them.
 
-pub mod entry;
+pub use crate::entry;
 mod full;
 pub mod index;
 pub mod links;
-pub mod walk;
+pub use crate::walk;
 
 use crate::fsutil;
 #[cfg(test)]
@@ -1277,20 +1277,6 @@ fn translate(moved_to: &HashMap<&RelPath, &RelPath>, p: &RelPath) -> (RelPath, O
         a = anc.parent();
     }
     (p.clone(), None)
-}
-
-/// blake3 of the regular file at `path` beneath `root` (never through a symlink).
-pub fn hash_beneath(root: &rustix::fd::OwnedFd, path: &RelPath) -> std::io::Result<[u8; 32]> {
-    use rustix::fd::AsFd;
-    let fd = crate::fsutil::open_regular_beneath(
-        root.as_fd(),
-        path.as_bytes(),
-        rustix::fs::OFlags::empty(),
-    )?
-    .ok_or_else(|| std::io::Error::other("not a regular file"))?;
-    let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::from(fd))?;
-    Ok(*h.finalize().as_bytes())
 }
 
 #[cfg(test)]

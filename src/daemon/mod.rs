@@ -297,37 +297,32 @@ fn create_inner(
     }
     if o.verify {
         // A real handshake with the slave agent, so a wrong slave fails now, not at start.
-        let transport = crate::ship::transport_for_config(home, &cfg, &spec)?;
-        let dir = tempdir_in(&home.state)?;
-        let index = crate::crawl::index::Index::open(&dir.join("probe.db"))?;
-        let opts = SyncOptions::default();
-        let probe = crate::ship::connect(
-            transport.as_ref(),
-            &index,
-            &spec,
-            &cfg.name,
+        let target = crate::client::Target::of_session(home, &cfg)?;
+        let probe = crate::client::Client::connect(
+            &target,
             &bricks[0],
-            &opts,
+            0,
+            &SyncOptions::default(),
+            &crate::client::Mode::Replicate {
+                replica_set: None,
+                shared_tree: false,
+            },
         )
+        .map_err(anyhow::Error::new)
         .with_context(|| format!("verifying slave {slave} (use no-verify to skip)"));
         // A slave that holds files no brick of this master volume sent is somebody's data:
         // replicating onto it makes it equal to the master (extras removed), so it takes `force`.
-        let census = match probe {
-            Ok(mut p) if !o.force && !vol.replicated_by(&p.replicated_from) => {
-                let c = p.slave_census(&index);
-                p.close()?;
-                c?
+        let census = match probe? {
+            (mut c, w) if !o.force && !vol.replicated_by(&w.replicated_from) => {
+                let n = c.census();
+                c.close()?;
+                n?
             }
-            Ok(p) => {
-                p.close()?;
+            (c, _) => {
+                c.close()?;
                 (0, None)
             }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
         };
-        let _ = std::fs::remove_dir_all(&dir);
         if let (n, Some(first)) = census {
             bail!(
                 "slave {slave} already holds {n} {} (for example {first}) that no brick of {master} sent: add `force` to replicate onto it (files equal in size, mtime, owner and mode are kept, everything else is made equal to the master and extras are removed, or kept in the slave's trash when `trash-retention` is set), or pick an empty slave",
@@ -356,7 +351,7 @@ pub fn request_scrub(
     checksum: bool,
 ) -> Result<Vec<String>> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    if !monitor::is_running(home, &cfg.name) {
+    if !crate::session::is_running(home, &cfg.name) {
         bail!("session {} is not running on this node: `georep start {}` first (a scrub runs in the session's workers)", cfg.name, cfg.name);
     }
     let vol = cfg.volume(home)?;
@@ -426,7 +421,7 @@ fn push_pem(home: &Home, cfg: &SessionConfig, mastervol: &str, o: &CreateOptions
     let public = key.public_key().to_openssh().map_err(|e| anyhow!("{e}"))?;
     let comment = format!(
         "georep:{}@{}",
-        crate::session::slug(mastervol),
+        crate::fsutil::slug(mastervol),
         crate::config::node_name()
     );
     let key = shellword::quote_any("session key", &public)?;
@@ -485,18 +480,11 @@ fn operator_credentials(identity: Option<&Path>) -> Result<crate::transport::ssh
     Ok(Credentials::Agent)
 }
 
-fn tempdir_in(base: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(base)?;
-    let d = base.join(format!(".probe-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
 /// `georep start MASTER SLAVE [force]`: starts the session's monitor in the background (or, with
 /// `foreground`, runs it here until SIGINT/SIGTERM, for systemd).
 pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bool) -> Result<()> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    if monitor::is_running(home, &cfg.name) {
+    if crate::session::is_running(home, &cfg.name) {
         if force {
             return Ok(());
         }
@@ -507,12 +495,13 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
     // A start clears a pause left from before a stop, and the pid of a monitor that was
     // killed (`stop` must never find that one instead of the new one; a monitor that holds the
     // lock by now, another start's, keeps its own).
-    let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("paused"));
-    let lock = monitor::monitor_lock(home, &cfg.name);
-    if monitor::monitor_pid(home, &cfg.name)
+    let _ = std::fs::remove_file(crate::session::session_dir(home, &cfg.name).join("paused"));
+    let lock = crate::session::monitor_lock(home, &cfg.name);
+    if crate::session::monitor_pid(home, &cfg.name)
         .is_none_or(|p| !crate::fsutil::holds_flock(p.as_raw_pid(), &lock))
     {
-        let _ = std::fs::remove_file(monitor::session_dir(home, &cfg.name).join("monitor.pid"));
+        let _ =
+            std::fs::remove_file(crate::session::session_dir(home, &cfg.name).join("monitor.pid"));
     }
     if foreground {
         return monitor::run(home, &cfg.name);
@@ -533,8 +522,8 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // Started once it holds the lock and wrote its pid (a `stop` right after finds it).
-        if monitor::is_running(home, &cfg.name)
-            && monitor::monitor_pid(home, &cfg.name)
+        if crate::session::is_running(home, &cfg.name)
+            && crate::session::monitor_pid(home, &cfg.name)
                 .is_some_and(|p| p.as_raw_pid() as u32 == child.id())
         {
             break;
@@ -562,7 +551,7 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
 /// batch in flight). Journaling goes on, so a later start resumes with a History Crawl.
 pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    if !monitor::is_running(home, &cfg.name) {
+    if !crate::session::is_running(home, &cfg.name) {
         if force {
             return Ok(());
         }
@@ -573,15 +562,15 @@ pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
     // in the foreground under systemd): the pid it wrote once it is that one (one just started
     // may not have written it yet, one that was killed left its own behind, which another
     // process may have now), else the lock's holder as /proc/locks shows it.
-    let lock = monitor::monitor_lock(home, &cfg.name);
+    let lock = crate::session::monitor_lock(home, &cfg.name);
     let holds = |p: &rustix::process::Pid| crate::fsutil::holds_flock(p.as_raw_pid(), &lock);
     let live = || {
-        monitor::monitor_pid(home, &cfg.name)
+        crate::session::monitor_pid(home, &cfg.name)
             .filter(holds)
             .or_else(|| crate::fsutil::flock_holder(&lock).and_then(rustix::process::Pid::from_raw))
     };
     let mut signalled = None;
-    while monitor::is_running(home, &cfg.name) {
+    while crate::session::is_running(home, &cfg.name) {
         if let Some(pid) = live().filter(|p| Some(*p) != signalled) {
             match rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
                 Ok(()) => signalled = Some(pid),
@@ -602,7 +591,7 @@ pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
                 std::thread::sleep(Duration::from_millis(200));
-                if !monitor::is_running(home, &cfg.name) {
+                if !crate::session::is_running(home, &cfg.name) {
                     return Ok(());
                 }
                 bail!(
@@ -624,16 +613,18 @@ pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
 /// recording. Waits until every local brick reports Paused.
 pub fn pause(home: &Home, master: &str, slave: &str) -> Result<()> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    if !monitor::is_running(home, &cfg.name) {
+    if !crate::session::is_running(home, &cfg.name) {
         bail!("session {master} -> {slave} is not running on this node: start it first");
     }
-    let flag = monitor::session_dir(home, &cfg.name).join("paused");
+    let flag = crate::session::session_dir(home, &cfg.name).join("paused");
     crate::fsutil::atomic_write(&flag, crate::options::show_time(now()).as_bytes())?;
     let vol = cfg.volume(home)?;
     let deadline = Instant::now() + Duration::from_secs(90);
     for b in vol.bricks.iter().filter(|b| b.is_local()) {
         let dir = session::brick_state_dir(home, &cfg.name, b);
-        while crate::status::BrickStatus::load(&dir).is_none_or(|s| s.status != "Paused") {
+        while crate::status::BrickStatus::load(&dir)
+            .is_none_or(|s| s.status != crate::status::WorkerStatus::Paused)
+        {
             if Instant::now() > deadline {
                 bail!(
                     "brick {b} did not pause within 90 s (see {})",
@@ -649,11 +640,11 @@ pub fn pause(home: &Home, master: &str, slave: &str) -> Result<()> {
 /// `georep resume`: workers start again and catch up from the journal (History Crawl).
 pub fn resume(home: &Home, master: &str, slave: &str) -> Result<()> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    let flag = monitor::session_dir(home, &cfg.name).join("paused");
+    let flag = crate::session::session_dir(home, &cfg.name).join("paused");
     if !flag.exists() {
         bail!("session {master} -> {slave} is not paused");
     }
-    if !monitor::is_running(home, &cfg.name) {
+    if !crate::session::is_running(home, &cfg.name) {
         bail!("session {master} -> {slave} is not running on this node: `georep start {master} {slave}` (it starts unpaused)");
     }
     std::fs::remove_file(&flag).with_context(|| format!("removing {}", flag.display()))?;
@@ -669,7 +660,7 @@ fn now() -> i64 {
 /// differences; `reset-sync-time` forgets it too.
 pub fn delete(home: &Home, master: &str, slave: &str, reset_sync_time: bool) -> Result<()> {
     let cfg = SessionConfig::load(home, master, slave)?;
-    if monitor::is_running(home, &cfg.name) {
+    if crate::session::is_running(home, &cfg.name) {
         bail!("session {master} -> {slave} is running: `georep stop {master} {slave}` first");
     }
     let vol = cfg.volume(home)?;

@@ -10,9 +10,9 @@
 
 use super::{ensure_writer, stop_on_signals};
 use crate::config::Home;
-use crate::fsutil::{is_locked, lock_exclusive};
-use crate::session::{self, SessionConfig};
-use crate::status::BrickStatus;
+use crate::fsutil::lock_exclusive;
+use crate::session::{self, is_paused, monitor_lock, monitor_pid, session_dir, SessionConfig};
+use crate::status::{BrickStatus, CrawlStatus, WorkerStatus};
 use crate::volume::Brick;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -31,35 +31,6 @@ const WRITER_CHECK: Duration = Duration::from_millis(500);
 const WRITER_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a stopping worker may take to finish its batch in flight before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(60);
-
-pub fn session_dir(home: &Home, session: &str) -> PathBuf {
-    home.state.join("sessions").join(session)
-}
-
-fn paused_flag(home: &Home, session: &str) -> PathBuf {
-    session_dir(home, session).join("paused")
-}
-
-pub fn is_paused(home: &Home, session: &str) -> bool {
-    paused_flag(home, session).exists()
-}
-
-pub fn monitor_lock(home: &Home, session: &str) -> PathBuf {
-    session_dir(home, session).join("monitor.lock")
-}
-
-pub fn is_running(home: &Home, session: &str) -> bool {
-    is_locked(&monitor_lock(home, session))
-}
-
-pub fn monitor_pid(home: &Home, session: &str) -> Option<rustix::process::Pid> {
-    std::fs::read_to_string(session_dir(home, session).join("monitor.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-}
 
 /// One local brick's worker as the monitor sees it.
 struct Slot {
@@ -176,9 +147,9 @@ pub fn run(home: &Home, session_name: &str) -> Result<()> {
             wait_or_kill(&mut c, STOP_GRACE);
         }
         let mut st = BrickStatus::load(&s.dir).unwrap_or_default();
-        if st.status != "Stopped" {
-            st.status = "Stopped".into();
-            st.crawl = "N/A".into();
+        if st.status != WorkerStatus::Stopped {
+            st.status = WorkerStatus::Stopped;
+            st.crawl = CrawlStatus::None;
             let _ = st.save(&s.dir);
         }
     }
@@ -233,10 +204,10 @@ fn writer_health(dir: &Path, brick: &impl std::fmt::Display, r: Result<()>) {
 }
 
 /// Sets a brick's status as the monitor knows it (the worker is not running).
-fn mark(dir: &Path, status: &str, error: Option<String>) {
+fn mark(dir: &Path, status: WorkerStatus, error: Option<String>) {
     let mut st = BrickStatus::load(dir).unwrap_or_default();
-    st.status = status.into();
-    st.crawl = "N/A".into();
+    st.status = status;
+    st.crawl = CrawlStatus::None;
     if error.is_some() {
         st.last_error = error;
     }
@@ -262,7 +233,15 @@ fn tend(home: &Home, cfg: &SessionConfig, s: &mut Slot, paused: bool) -> Result<
             Ok(Some(st)) => {
                 s.child = None;
                 if s.stopping.take().is_some() {
-                    mark(&s.dir, if paused { "Paused" } else { "Stopped" }, None);
+                    mark(
+                        &s.dir,
+                        if paused {
+                            WorkerStatus::Paused
+                        } else {
+                            WorkerStatus::Stopped
+                        },
+                        None,
+                    );
                     s.next_start = Instant::now();
                     return Ok(());
                 }
@@ -282,7 +261,7 @@ fn tend(home: &Home, cfg: &SessionConfig, s: &mut Slot, paused: bool) -> Result<
                     worker_log(home, &cfg.name, &s.brick).display()
                 );
                 tracing::warn!("{msg}");
-                mark(&s.dir, "Faulty", Some(msg));
+                mark(&s.dir, WorkerStatus::Faulty, Some(msg));
                 s.next_start = Instant::now() + s.backoff;
                 s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
                 return Ok(());
@@ -292,8 +271,8 @@ fn tend(home: &Home, cfg: &SessionConfig, s: &mut Slot, paused: bool) -> Result<
     }
     if paused {
         let st = BrickStatus::load(&s.dir).unwrap_or_default();
-        if st.status != "Paused" {
-            mark(&s.dir, "Paused", None);
+        if st.status != WorkerStatus::Paused {
+            mark(&s.dir, WorkerStatus::Paused, None);
         }
         return Ok(());
     }
@@ -304,7 +283,7 @@ fn tend(home: &Home, cfg: &SessionConfig, s: &mut Slot, paused: bool) -> Result<
                 s.started = Instant::now();
             }
             Err(e) => {
-                mark(&s.dir, "Faulty", Some(format!("{e:#}")));
+                mark(&s.dir, WorkerStatus::Faulty, Some(format!("{e:#}")));
                 s.next_start = Instant::now() + s.backoff;
                 s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
             }

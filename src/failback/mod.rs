@@ -14,12 +14,13 @@
 
 mod reverse;
 
-use crate::agent::state::AgentState;
+use crate::agent::state::{AgentState, Role};
+use crate::client::{Changes, Client, Mode, Target};
 use crate::config::{Home, SyncOptions};
 use crate::crawl::index::Index;
-use crate::crawl::walk::Excludes;
 use crate::session::{self, SessionConfig};
 use crate::volume::Brick;
+use crate::walk::Excludes;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
     let state_fd = crate::agent::state::state_dir_for_operator(&root, &crate::config::node_name())?;
     let state_dir = state_fd.path();
     let mut state = AgentState::open_in(&state_fd)?;
-    if state.role()? == "primary" {
+    if state.role()? == Role::Primary {
         bail!(
             "{} is already primary (failover at {})",
             root.display(),
@@ -117,7 +118,7 @@ pub fn failover(home: &Home, vol: &str, planned: bool, timeout: Duration) -> Res
         .map(|g| g.seq)
         .unwrap_or(before);
     state.set_dr_journal(Some((&journal_path, start)))?;
-    let epoch = state.set_role("primary")?;
+    let epoch = state.set_role(Role::Primary)?;
     let at = state.failover_ns()?.unwrap_or_default();
     out.push(format!(
         "{} is now PRIMARY and writable (epoch {epoch}, failover at {}); old masters are fenced",
@@ -186,14 +187,14 @@ pub fn resync_reverse(
 ) -> Result<ReverseReport> {
     let started = Instant::now();
     let cfg = SessionConfig::load(home, master, slave)?;
-    if crate::daemon::monitor::is_running(home, &cfg.name) {
+    if crate::session::is_running(home, &cfg.name) {
         bail!(
             "session {master} -> {slave} is running here: `georep stop {master} {slave}` first (its workers are fenced anyway)"
         );
     }
     let vol = cfg.volume(home)?;
-    let spec = cfg.slave_spec()?;
-    let transport = crate::ship::transport_for(home, &cfg.name, &spec)?;
+    let target = Target::of_session(home, &cfg)?;
+    let transport = target.transport()?;
     let excludes = Excludes::new(&cfg.excludes)?;
     let mut report = ReverseReport {
         master: master.into(),
@@ -201,16 +202,12 @@ pub fn resync_reverse(
         dry_run,
         ..Default::default()
     };
-    let opts = SyncOptions {
-        reverse: true,
-        ..SyncOptions::default()
-    };
+    let opts = SyncOptions::default();
     for brick in vol.local_bricks_for("resync --reverse")? {
         let dir = session::brick_state_dir(home, &cfg.name, brick);
         let index = Index::open(&dir.join("index.db"))?;
         // A common point: the DR site acknowledged batches of this brick.
-        let shipped =
-            index.get_meta("slave_volume_id")?.is_some() && index.get_meta("last_batch")?.is_some();
+        let shipped = index.slave_volume_id()?.is_some() && index.last_batch()?.is_some();
         let replica = vol
             .replica_sets()
             .any(|set| set.len() > 1 && set.contains(brick));
@@ -229,42 +226,62 @@ pub fn resync_reverse(
                 vol.name
             );
         }
-        let mut shipper =
-            crate::ship::connect(transport.as_ref(), &index, &spec, &cfg.name, brick, &opts)?;
+        let epoch = index.epoch()?;
+        let (mut client, welcome) = Client::connect_over(
+            transport.as_ref(),
+            &target,
+            brick,
+            epoch,
+            &opts,
+            &Mode::Reverse,
+        )?;
+        // The index is the common point compared with: never changed by connecting, and only
+        // good against the slave volume it was made with.
+        if let Some(id) = index.slave_volume_id()? {
+            if id != welcome.volume_id {
+                bail!(
+                    "the slave volume on {} is not the one brick {brick} replicated to (volume id {}, not {id}): it was made again since, so there is no common point to bring changes back from. Copy them back with `georep sync` run from the DR side",
+                    welcome.slave_host,
+                    welcome.volume_id
+                );
+            }
+        }
         if !shipped {
             rejoin(
                 brick,
-                &mut shipper,
+                &mut client,
                 &index,
                 &excludes,
                 demote && !dry_run,
                 &mut report,
             )?;
-            shipper.close()?;
+            client.close()?;
             continue;
         }
         // The DR journal first: demoting stops it.
-        let consumed = index
-            .get_meta("dr_journal_seq")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let (journaled, complete, last) = shipper.dr_changes(&index, consumed)?;
+        let consumed = index.dr_journal_seq()?;
+        let Changes {
+            paths: journaled,
+            complete,
+            last,
+        } = client.changes(consumed)?;
         if !complete {
             tracing::info!("no complete DR-side journal: comparing trees only");
         }
         if demote && !dry_run {
             // Demote first: a write on the DR site from now on is refused as replication
             // and still caught by the pass below.
-            let epoch = shipper.demote(&index)?;
-            index.set_meta("epoch", &epoch.to_string())?;
+            let epoch = client.demote()?;
+            index.set_epoch(epoch)?;
             report.demoted_to_epoch = Some(epoch);
         }
-        let dr = shipper.list_slave(&index, checksum)?;
+        let dr = client.list(checksum, 0)?;
         let failures = report.failures.len();
         reverse::reverse_brick(
             brick,
             &index,
-            &mut shipper,
+            &mut client,
+            welcome.xattrs & crate::xattr::permitted(opts.xattrs),
             dr,
             &journaled,
             &excludes,
@@ -275,7 +292,7 @@ pub fn resync_reverse(
             // The next pass only looks at what the DR journal records after this one.
             index.set_meta("dr_journal_seq", &last.to_string())?;
         }
-        shipper.close()?;
+        client.close()?;
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -289,14 +306,14 @@ pub fn resync_reverse(
 /// were it let in, a takeover from it later would make the DR copy equal to a stale brick.
 fn rejoin(
     brick: &crate::volume::Brick,
-    shipper: &mut crate::ship::pipeline::Shipper,
+    client: &mut Client,
     index: &Index,
     excludes: &Excludes,
     demote: bool,
     report: &mut ReverseReport,
 ) -> Result<()> {
     let mut v = crate::verify::VerifyReport::default();
-    crate::verify::compare_brick(brick, shipper, index, excludes, false, &mut v)?;
+    crate::verify::compare_brick(brick, client, 0, excludes, false, &mut v)?;
     if v.total_differences() > 0 {
         let first: Vec<String> = v
             .differences
@@ -318,8 +335,8 @@ fn rejoin(
     if demote {
         // The volume is a slave again already (the brick that shipped failed back first):
         // demoting is idempotent and hands this brick the same epoch.
-        let epoch = shipper.demote(index)?;
-        index.set_meta("epoch", &epoch.to_string())?;
+        let epoch = client.demote()?;
+        index.set_epoch(epoch)?;
         report.demoted_to_epoch = Some(epoch);
     }
     Ok(())

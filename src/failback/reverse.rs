@@ -6,11 +6,11 @@
 
 use super::{Action, ReverseReport};
 use crate::agent::apply::Applier;
-use crate::crawl::entry::{Change, Entry, Kind};
 use crate::crawl::index::{Index, Mutation};
-use crate::crawl::walk::{self, Excludes};
+use crate::entry::{Change, Entry, Kind};
 use crate::protocol::{ListEntry, Message, Op, RelPath};
 use crate::volume::Brick;
+use crate::walk::{self, Excludes};
 use anyhow::{anyhow, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,7 +55,7 @@ fn master_changed(b: &Entry, l: &Entry, root: &rustix::fd::OwnedFd, p: &RelPath)
     }
     let same_attrs = l.kind == Kind::File && b.size == l.size && b.meta() == l.meta();
     match b.hash.filter(|_| same_attrs) {
-        Some(h) => crate::crawl::hash_beneath(root, p).map_or(true, |now| now != h),
+        Some(h) => crate::fsutil::hash_beneath(root, p).map_or(true, |now| now != h),
         None => true,
     }
 }
@@ -76,7 +76,8 @@ fn conflict_name(path: &RelPath, node: &str, at: &str) -> Result<RelPath> {
 pub(super) fn reverse_brick(
     brick: &Brick,
     index: &Index,
-    shipper: &mut crate::ship::pipeline::Shipper,
+    client: &mut crate::client::Client,
+    xattrs: u8,
     dr: Vec<ListEntry>,
     journaled: &std::collections::HashSet<RelPath>,
     excludes: &Excludes,
@@ -280,7 +281,7 @@ pub(super) fn reverse_brick(
     crate::fsutil::empty_dir(rustix::fd::AsFd::as_fd(&tmp_fd))?;
     let mut ap = Applier::new(brick.open()?, tmp_fd);
     // Files fetched back carry the DR copy's extended attributes (what both sides may read).
-    ap.set_xattr_scope(shipper.xattrs);
+    ap.set_xattr_scope(xattrs);
     let mut touched: Vec<RelPath> = Vec::new();
     let fail = |report: &mut ReverseReport, e: String| {
         tracing::warn!("{e}");
@@ -338,7 +339,7 @@ pub(super) fn reverse_brick(
         let mut current: Option<(RelPath, u64)> = None;
         let mut skip = false;
         let mut errors = Vec::new();
-        shipper.fetch(index, fetch.clone(), |m| {
+        client.fetch(fetch.clone(), |m| {
             match m {
                 Message::FileBegin(fb) => {
                     skip = false;

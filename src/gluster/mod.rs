@@ -18,7 +18,7 @@
 pub mod aux;
 pub mod import;
 
-use crate::crawl::entry::{Entry, Kind};
+use crate::entry::{Entry, Kind};
 use crate::xattr::{self, At};
 use rustix::fd::BorrowedFd;
 use std::io;

@@ -28,7 +28,9 @@ impl Meta {
     /// Linux's limits on extended attributes, and `xattr::ENTRY_MAX` for one entry: what
     /// decodes must not take more memory than its frame suggests.
     pub fn check_limits(&self) -> Result<(), String> {
-        use crate::xattr::{ENTRY_MAX, NAME_MAX, VALUE_MAX};
+        use super::{
+            XATTR_ENTRY_MAX as ENTRY_MAX, XATTR_NAME_MAX as NAME_MAX, XATTR_VALUE_MAX as VALUE_MAX,
+        };
         let Some(v) = &self.xattrs else {
             return Ok(());
         };
@@ -280,6 +282,9 @@ pub struct ListEntry {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ErrorMsg {
     pub message: String,
+    /// Retrying cannot help until an operator acts (the message says what to do): the master
+    /// retries slowly instead of backing off as from a broken link.
+    pub permanent: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -661,6 +666,7 @@ mod tests {
         assert!(link(MAX_SYMLINK_TARGET + 1).check_limits().is_err());
         let err = Message::Error(ErrorMsg {
             message: "e".repeat(MAX_TEXT + 1),
+            permanent: false,
         });
         assert!(err.check_limits().is_err());
     }

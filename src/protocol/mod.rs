@@ -16,8 +16,17 @@ pub use path::RelPath;
 pub const PREAMBLE: &[u8; 8] = b"GEOREP\0\x01";
 /// The protocol version this build speaks (5: the master heartbeats, the agent drops a
 /// silent connection; 7: the master sets the silence limit, `Hello.silence_ms`; 8: `FileAppend`;
-/// 9: `Hole`; 10: deltas, extended attributes; 11: striping over several channels).
-pub const PROTOCOL_VERSION: u32 = 12;
+/// 9: `Hole`; 10: deltas, extended attributes; 11: striping over several channels; 12: shared
+/// trees, `Rmdir`; 13: `ErrorMsg.permanent`).
+pub const PROTOCOL_VERSION: u32 = 13;
+/// Linux's limits on one extended attribute: `XATTR_NAME_MAX`, `XATTR_SIZE_MAX`.
+pub const XATTR_NAME_MAX: usize = 255;
+pub const XATTR_VALUE_MAX: usize = 65536;
+/// The most attribute bytes (names and values) one entry may carry on the wire.
+pub const XATTR_ENTRY_MAX: usize = 1 << 20;
+/// Part of the agent's error when a stripe's further channels did not all join: the master
+/// then retries with one channel.
+pub const DID_NOT_JOIN: &str = "did not join within";
 /// Largest number of bricks `Welcome.replicated_from` names.
 pub const MAX_REPLICATED_FROM: usize = 256;
 /// The master sends `Heartbeat` after this long without writing anything else.

@@ -27,7 +27,7 @@ pub fn cut(ops: &[PlannedOp], max_ops: u32, max_bytes: u64) -> Vec<Range<usize>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crawl::entry::{Entry, Kind};
+    use crate::entry::{Entry, Kind};
     use crate::protocol::RelPath;
 
     fn file(size: u64) -> PlannedOp {

@@ -7,21 +7,20 @@
 
 pub mod batch;
 pub mod changes;
-pub mod inbound;
-pub mod live;
 pub mod pipeline;
 mod position;
 pub mod scrub;
 mod sigs;
+mod throttle;
 pub mod worker;
 
+use crate::client::{self, Client, Mode, Target};
 use crate::config::{Home, SyncOptions};
-use crate::crawl::{self, index::Index, walk::Excludes};
-use crate::protocol::{Hello, Message, PROTOCOL_VERSION};
+use crate::crawl::{self, index::Index};
 use crate::session::{self, SlaveSpec};
-use crate::transport::conn::{FrameReader, FrameWriter};
-use crate::transport::{local::LocalTransport, Transport};
+use crate::transport::Transport;
 use crate::volume::{Brick, Volume};
+use crate::walk::Excludes;
 use anyhow::{anyhow, bail, Context, Result};
 use pipeline::{Failure, Shipper};
 use serde::Serialize;
@@ -59,7 +58,7 @@ impl SyncReport {
             self.master,
             self.slave,
             self.files_sent,
-            human_bytes(self.bytes_sent),
+            crate::status::human_bytes(self.bytes_sent),
             self.entries_applied,
             self.deleted,
             self.renamed,
@@ -70,77 +69,15 @@ impl SyncReport {
     }
 }
 
-pub fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
-pub fn transport_for(home: &Home, session: &str, slave: &SlaveSpec) -> Result<Box<dyn Transport>> {
-    if slave.is_local() {
-        return Ok(Box::new(LocalTransport::new(&slave.volume)?));
-    }
-    let host = slave.host.as_deref().unwrap_or_default();
-    let cfg = crate::session::SessionConfig::load_by_name(home, session).map_err(|_| {
-        anyhow!(
-            "no session for slave {host}::{}: create it first with `georep create <mastervol> {host}::{} push-pem` (it sets up the session key and pins the host key)",
-            slave.volume,
-            slave.volume
-        )
-    })?;
-    transport_for_config(home, &cfg, slave)
-}
-
-/// The transport of a session whose config is at hand (also before it is saved).
-pub fn transport_for_config(
-    home: &Home,
-    cfg: &crate::session::SessionConfig,
-    slave: &SlaveSpec,
-) -> Result<Box<dyn Transport>> {
-    use crate::transport::ssh::HostKeyPolicy;
-    if slave.is_local() {
-        return Ok(Box::new(LocalTransport::new(&slave.volume)?));
-    }
-    let session = &cfg.name;
-    let host = slave.host.as_deref().unwrap_or_default();
-    let fp_file = crate::keys::ssh_dir(home, session).join("host_key.fp");
-    let policy = match crate::keys::pinned_host_key(home, session)? {
-        Some(k) => HostKeyPolicy::Pinned(k),
-        None => match std::fs::read_to_string(&fp_file) {
-            Ok(fp) => HostKeyPolicy::Fingerprint(fp.trim().to_string()),
-            Err(_) => bail!(
-                "session {session} has no pinned host key for {host}: run `georep create ... push-pem` (or no-verify --host-key SHA256:...)"
-            ),
-        },
-    };
-    let target = cfg.ssh_target(policy)?;
-    Ok(Box::new(crate::transport::ssh::SshTransport {
-        target,
-        key: crate::keys::key_path(home, session),
-        command: crate::shellword::command(
-            cfg.remote_georep(),
-            &[
-                Word::Fixed("agent"),
-                Word::Fixed("--volume"),
-                Word::Arg("slave volume", &slave.volume),
-            ],
-        )?,
-    }))
-}
-
-use crate::shellword::Word;
-
 /// `georep sync MASTER SLAVE --once`.
-pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> Result<SyncReport> {
+/// `rescan_slave`: the index is made again from the slave's listing first (`Some(checksum)`).
+pub fn sync_once(
+    home: &Home,
+    master: &str,
+    slave: &str,
+    opts: &SyncOptions,
+    rescan_slave: Option<bool>,
+) -> Result<SyncReport> {
     let started = Instant::now();
     let vol = Volume::resolve(home, master)?;
     let spec = SlaveSpec::parse(slave)?;
@@ -157,7 +94,8 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
         }
     }
     let session = session::SessionConfig::name_for(home, master, slave)?;
-    let transport = transport_for(home, &session, &spec)?;
+    let target = Target::for_slave(home, &session, &spec)?;
+    let transport = target.transport()?;
     let excludes = Excludes::new(&opts.excludes)?;
     let bricks = vol.local_bricks_for("sync")?;
     let mut report = SyncReport {
@@ -176,13 +114,13 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
     for brick in bricks {
         let r = sync_brick(
             home,
-            &spec,
-            &session,
+            &target,
             vol.is_one_set(),
             brick,
             transport.as_ref(),
             &excludes,
             opts,
+            rescan_slave,
             &mut report,
         );
         if let Err(e) = r {
@@ -200,20 +138,21 @@ pub fn sync_once(home: &Home, master: &str, slave: &str, opts: &SyncOptions) -> 
 #[allow(clippy::too_many_arguments)]
 fn sync_brick(
     home: &Home,
-    spec: &SlaveSpec,
-    session: &str,
+    target: &Target,
     one_set: bool,
     brick: &Brick,
     transport: &dyn Transport,
     excludes: &Excludes,
     opts: &SyncOptions,
+    rescan_slave: Option<bool>,
     report: &mut SyncReport,
 ) -> Result<()> {
     let excludes = &excludes.clone().on_brick(&brick.path)?;
-    let opts = &SyncOptions {
+    let mode = Mode::Replicate {
+        replica_set: None,
         shared_tree: !one_set,
-        ..opts.clone()
     };
+    let session = &target.session;
     let state_dir = session::brick_state_dir(home, session, brick);
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| anyhow!("creating {}: {e}", state_dir.display()))?;
@@ -237,21 +176,21 @@ fn sync_brick(
     // equal in size, mtime, owner and mode is kept, extras are removed.
     // (Only on a volume of one replica set: with several, each brick's files are the others'
     // extras.)
-    let first_sync = opts.rescan_slave.is_none() && one_set && index.is_empty()?;
-    let (mut shipper, first) = match opts.rescan_slave {
+    let first_sync = rescan_slave.is_none() && one_set && index.is_empty()?;
+    let (mut shipper, first) = match rescan_slave {
         Some(checksum) => {
-            let mut shipper = connect(transport, &index, spec, session, brick, opts)?;
+            let mut shipper = connect(transport, target, &index, brick, opts, &mode)?;
             shipper.seed_index_from_slave(&index, checksum, None)?;
             (shipper, None)
         }
         None => {
             let c = Connecting {
                 transport,
+                target,
                 index: &index,
-                spec,
-                session,
                 brick,
                 opts,
+                mode: &mode,
             };
             // A first sync lists the slave once connected: the plan made meanwhile against the
             // empty index holds when the slave is empty (a new DR site); otherwise it is
@@ -286,7 +225,7 @@ fn sync_brick(
     )?;
     report.passes = report.passes.max(outcome.passes);
     report.scanned = report.scanned.max(outcome.scanned);
-    report.channels = report.channels.max(shipper.channels);
+    report.channels = report.channels.max(shipper.channels());
     report.wire_bytes += shipper.wire_bytes();
     report.sums_received += shipper.sums_received();
     let stats = shipper.stats.clone();
@@ -328,254 +267,19 @@ pub(crate) fn list_for_first_sync(
 /// identity (a recreated slave empties the index), and returns a shipper ready for batches.
 pub fn connect(
     transport: &dyn Transport,
+    target: &Target,
     index: &Index,
-    spec: &SlaveSpec,
-    session: &str,
     brick: &Brick,
     opts: &SyncOptions,
-) -> Result<Shipper> {
+    mode: &Mode,
+) -> Result<Shipper, client::Error> {
     let brick_fd = brick.open()?;
-    let peer = transport.describe();
-    let wanted = if opts.reverse {
-        1
-    } else {
-        wanted_channels(opts, spec)
-    };
-    let link = transport.connect_with(
-        if opts.channels_early {
-            usize::from(wanted - 1)
-        } else {
-            0
-        },
-        opts.channels.is_none(),
-    )?;
-    let mut w = FrameWriter::new(link.writer);
-    let mut r = FrameReader::new(link.reader);
-    let compression = opts
-        .compression
-        .unwrap_or(if spec.is_local() { 0 } else { 1 });
-    let epoch: u64 = index
-        .get_meta("epoch")?
-        .map(|e| e.parse())
-        .transpose()?
-        .unwrap_or(0);
-    let hello = Hello {
-        protocol: PROTOCOL_VERSION,
-        georep_version: env!("CARGO_PKG_VERSION").to_string(),
-        session: session.to_string(),
-        master_node: brick.node.clone(),
-        brick: brick.path.display().to_string(),
-        slave_volume: spec.volume.clone(),
-        epoch,
-        compression,
-        replica_set: opts.replica_set.clone().unwrap_or_default(),
-        trash_days: opts.trash_retention_days,
-        mode: if opts.reverse {
-            crate::protocol::MODE_REVERSE
-        } else {
-            crate::protocol::MODE_REPLICATE
-        },
-        silence_ms: crate::protocol::silence_for_takeover(opts.takeover_timeout).as_millis() as u32,
-        xattrs: crate::xattr::permitted(opts.xattrs),
-        channels: if link.handle.stripes() { wanted } else { 1 },
-        shared_tree: opts.shared_tree,
-    };
-    let handshake = (|| -> Result<crate::protocol::Welcome> {
-        w.send_preamble()?;
-        w.send(&Message::Hello(hello))?;
-        w.flush()?;
-        r.expect_preamble()?;
-        match r.read()? {
-            Some(Message::Welcome(wl)) => Ok(*wl),
-            Some(Message::Error(e)) => Err(anyhow!("{}", e.message)),
-            Some(m) => Err(anyhow!("expected Welcome, got {}", m.name())),
-            None => Err(anyhow!(
-                "the agent closed the connection during the handshake"
-            )),
-        }
-    })();
-    let welcome = match handshake {
-        Ok(wl) => wl,
-        Err(e) => {
-            // The agent usually said why; make sure it is gone before we report.
-            let mut h = link.handle;
-            h.abort();
-            return Err(e.context(format!("connecting to {peer}")));
-        }
-    };
-    if let Some(active) = welcome.passive_to.clone() {
-        let _ = w.send(&Message::Bye);
-        let _ = w.flush();
-        return Err(Passive { active }.into());
-    }
-    pipeline::check_welcome(&welcome, &peer)?;
-    match index.get_meta("slave_volume_id")? {
-        Some(id) if id == welcome.volume_id => {}
-        // A reverse connection never changes the index: it is the common point that resync
-        // --reverse and failback compare with (a dry run included).
-        Some(id) if opts.reverse => bail!(
-            "the slave volume on {} is not the one brick {brick} replicated to (volume id {}, not {id}): it was made again since, so there is no common point to bring changes back from. Copy them back with `georep sync` run from the DR side",
-            welcome.slave_host,
-            welcome.volume_id
-        ),
-        Some(id) => {
-            tracing::warn!(
-                "slave volume id changed ({id} -> {}): the slave was recreated, sending everything again",
-                welcome.volume_id
-            );
-            index.clear()?;
-            // The journal no longer holds what the old slave got: only a crawl finds it.
-            index.set_meta(
-                position::CRAWL_DUE,
-                &format!("the slave volume on {} was recreated", welcome.slave_host),
-            )?;
-        }
-        None if opts.reverse => {}
-        None => index.clear()?,
-    }
-    if !opts.reverse {
-        index.set_meta("slave_volume_id", &welcome.volume_id)?;
-    }
-    index.clear_stash()?;
-    let mut handle = link.handle;
-    let channels = match &welcome.join {
-        Some(offer) => open_stripe(&mut w, &mut *handle, offer, wanted)
-            .with_context(|| format!("striping the stream to {peer}"))?,
-        None => {
-            // Channels opened along with the first are closed: their agents end quietly.
-            handle.release_channels();
-            1
-        }
-    };
-    w.compress(compression)?;
-    let next_batch = index
-        .get_meta("last_batch")?
-        .map(|b| b.parse::<u64>())
-        .transpose()?
-        .unwrap_or(0)
-        .max(welcome.last_batch)
-        + 1;
-    let mut shipper = Shipper::new(
-        w,
-        r,
-        handle,
-        brick_fd,
-        next_batch,
-        opts.window,
-        opts.chunk_size,
-        format!("{peer} on {}", welcome.slave_host),
-    );
-    shipper.ignore_deletes = opts.ignore_deletes;
-    shipper.delta_min = opts.delta_min.unwrap_or(if spec.is_local() {
-        u64::MAX
-    } else {
-        crate::delta::MIN_SIZE
-    });
-    shipper.set_bwlimit(opts.bwlimit);
-    shipper.set_heartbeat(crate::protocol::heartbeat_every(
-        crate::protocol::silence_for_takeover(opts.takeover_timeout),
-    ));
-    // What both sides can do of what the session asks (trusted.* and security.* need root on
-    // both); the rest is a warning in status, not a fault.
-    shipper.xattrs = welcome.xattrs & crate::xattr::permitted(opts.xattrs);
-    let unreadable = opts.xattrs & !crate::xattr::permitted(opts.xattrs);
-    shipper.xattr_warning = match (welcome.xattr_warning.clone(), unreadable) {
-        (w, 0) => w,
-        (w, bits) => Some(
-            w.into_iter()
-                .chain([format!(
-                    "{} are not replicated: the master does not run as root",
-                    crate::xattr::describe(bits)
-                )])
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    };
-    if let Some(w) = &shipper.xattr_warning {
-        tracing::warn!("brick {brick}: extended attributes: {w}");
-    }
-    shipper.channels = channels;
-    shipper.previous_active = welcome.previous_active;
-    shipper.shared_tree = opts.shared_tree;
-    shipper.replicated_from = welcome.replicated_from;
-    shipper.previous_stime_ns = welcome.previous_stime_ns;
-    shipper.slave_empty = welcome.empty;
-    Ok(shipper)
+    let epoch = index.epoch()?;
+    let (client, welcome) = Client::connect_over(transport, target, brick, epoch, opts, mode)?;
+    Ok(Shipper::start(
+        client, &welcome, brick_fd, index, opts, mode, target,
+    )?)
 }
-
-/// Channels a connection's stream is striped over by default on a long link (the SSH transport
-/// decides: `transport::ssh::LONG_LINK_AUTH`): one SSH channel carries at most its window per round
-/// trip (OpenSSH's 2 MiB: 17 MiB/s at 113 ms). docs/benchmarks.md has the measurement this was
-/// chosen from.
-pub const DEFAULT_CHANNELS: u8 = 4;
-
-/// `channels` as set, or the default: one to a local slave, where there is no window.
-fn wanted_channels(opts: &SyncOptions, spec: &SlaveSpec) -> u8 {
-    opts.channels
-        .unwrap_or(if spec.is_local() { 1 } else { DEFAULT_CHANNELS })
-        .clamp(1, crate::protocol::MAX_CHANNELS)
-}
-
-/// Opens up to `wanted - 1` further channels, joins each to the agent's connection (`offer`),
-/// tells the agent how many came, and stripes the stream over them all. Channels the transport
-/// cannot open are done without (a warning); returns the channels in use.
-fn open_stripe(
-    w: &mut FrameWriter,
-    handle: &mut dyn crate::transport::LinkHandle,
-    offer: &crate::protocol::JoinOffer,
-    wanted: u8,
-) -> Result<u8> {
-    let t = Instant::now();
-    let extra = match wanted {
-        0 | 1 => Vec::new(),
-        n => handle
-            .extra_channels(usize::from(n - 1))
-            .unwrap_or_else(|e| {
-                tracing::warn!("one channel only: {e:#}");
-                Vec::new()
-            }),
-    };
-    let mut joined = Vec::with_capacity(extra.len());
-    for (i, mut ch) in extra.into_iter().enumerate() {
-        let mut buf = crate::protocol::PREAMBLE.to_vec();
-        crate::protocol::frame::encode(
-            &Message::Join {
-                offer: offer.clone(),
-                index: i as u8 + 1,
-            },
-            &mut buf,
-        );
-        ch.send_vec(buf)?;
-        joined.push(ch);
-    }
-    let channels = 1 + joined.len() as u8;
-    w.send(&Message::Stripe { channels })?;
-    w.flush()?;
-    if channels > 1 {
-        w.stripe(joined)?;
-    }
-    tracing::debug!(
-        channels,
-        ms = t.elapsed().as_millis() as u64,
-        "stream striped"
-    );
-    Ok(channels)
-}
-
-/// The agent answered that another brick of this brick's replica set is Active.
-#[derive(Debug)]
-pub struct Passive {
-    /// `node:brick` of the Active one.
-    pub active: String,
-}
-
-impl std::fmt::Display for Passive {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "passive: {} is active for this replica set", self.active)
-    }
-}
-
-impl std::error::Error for Passive {}
 
 /// What a series of crawl passes achieved.
 pub struct CrawlOutcome {
@@ -588,11 +292,11 @@ pub struct CrawlOutcome {
 /// What `connect` needs, kept together so the connection can be made on another thread.
 struct Connecting<'a> {
     transport: &'a dyn Transport,
+    target: &'a Target,
     index: &'a Index,
-    spec: &'a SlaveSpec,
-    session: &'a str,
     brick: &'a Brick,
     opts: &'a SyncOptions,
+    mode: &'a Mode,
 }
 
 impl Connecting<'_> {
@@ -607,11 +311,11 @@ impl Connecting<'_> {
         excludes: &Excludes,
         slot: &mut u64,
         proceed: &mut dyn FnMut(&mut Shipper) -> Result<bool>,
-    ) -> Result<(Shipper, Option<crawl::Plan>)> {
+    ) -> Result<(Shipper, Option<crawl::Plan>), client::Error> {
         // Local state only (the agent empties its stash when a connection starts), and the
         // crawl must not see stash rows.
         self.index.clear_stash()?;
-        let volume_before = self.index.get_meta("slave_volume_id")?;
+        let volume_before = self.index.slave_volume_id()?;
         let was_empty = self.index.is_empty()?;
         let failed = std::sync::atomic::AtomicBool::new(false);
         let brick = self.brick;
@@ -635,11 +339,11 @@ impl Connecting<'_> {
             };
             let mut shipper = match connect(
                 self.transport,
+                self.target,
                 self.index,
-                self.spec,
-                self.session,
                 brick,
                 opts,
+                self.mode,
             ) {
                 Ok(sh) => sh,
                 Err(e) => {
@@ -648,12 +352,12 @@ impl Connecting<'_> {
                     return Err(e);
                 }
             };
-            let volume_now = match self.index.get_meta("slave_volume_id") {
+            let volume_now = match self.index.slave_volume_id() {
                 Ok(v) => v,
                 Err(e) => {
                     give_up(rx);
                     let _ = crawler.join();
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             let kept = was_empty || (volume_before.is_some() && volume_before == volume_now);
@@ -674,7 +378,7 @@ impl Connecting<'_> {
                 Err(e) => {
                     give_up(rx);
                     let _ = crawler.join();
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
             shipper.begin_plan();
@@ -683,7 +387,7 @@ impl Connecting<'_> {
                 if let Err(e) = shipper.feed(ops, self.index, opts.batch_ops, opts.batch_bytes) {
                     give_up(rx);
                     let _ = crawler.join();
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
             let plan = crawler
@@ -730,7 +434,7 @@ fn crawl_pass(
                 pb.set_message(format!(
                     "crawling {}: {n} entries; {ops} ops ({}) sent while crawling",
                     brick.path.display(),
-                    human_bytes(bytes)
+                    crate::status::human_bytes(bytes)
                 ));
             }
             !stop()

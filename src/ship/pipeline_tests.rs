@@ -1,6 +1,12 @@
 //! Tests of the shipping pipeline against fake agents.
 use super::*;
+use crate::crawl::index::Mutation;
+use crate::fsutil;
+use crate::protocol::{FileBegin, FileEnd};
+use crate::transport::conn::{FrameReader, FrameWriter};
+use crate::transport::LinkHandle;
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 struct NoHandle;
 impl LinkHandle for NoHandle {
@@ -50,20 +56,22 @@ fn a_fetch_reply_for_a_path_not_asked_for_is_refused() {
             let _ = w.flush();
         });
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("index.db")).unwrap();
         let mut sh = Shipper::new(
-            FrameWriter::new(Box::new(m.try_clone().unwrap())),
-            FrameReader::new(Box::new(m)),
-            Box::new(NoHandle),
+            Client::over(
+                FrameWriter::new(Box::new(m.try_clone().unwrap())),
+                FrameReader::new(Box::new(m)),
+                Box::new(NoHandle),
+                "a hostile DR side".into(),
+            ),
             fsutil::open_root(dir.path()).unwrap(),
             1,
             4,
             1 << 20,
-            "a hostile DR side".into(),
         );
         let mut got = Vec::new();
         let err = sh
-            .fetch(&index, vec![p("asked")], |m| {
+            .client
+            .fetch(vec![p("asked")], |m| {
                 got.push(m.name());
                 Ok(())
             })
@@ -148,14 +156,16 @@ fn against_with(
     let dir = tempfile::tempdir().unwrap();
     let index = Index::open(&dir.path().join("index.db")).unwrap();
     let sh = Shipper::new(
-        FrameWriter::new(Box::new(m.try_clone().unwrap())),
-        FrameReader::new(Box::new(m)),
-        handle,
+        Client::over(
+            FrameWriter::new(Box::new(m.try_clone().unwrap())),
+            FrameReader::new(Box::new(m)),
+            handle,
+            "a hostile DR side".into(),
+        ),
         fsutil::open_root(dir.path()).unwrap(),
         1,
         4,
         1 << 20,
-        "a hostile DR side".into(),
     );
     (sh, index, dir, t)
 }
@@ -233,7 +243,7 @@ fn a_reply_waits_for_the_master_to_take_it() {
     const PER: usize = 4096;
     let chunk = listing_of(PER);
     let weight = chunk.weight();
-    assert!(weight as u64 * CHUNKS > 3 * super::super::inbound::REPLY_BUDGET as u64);
+    assert!(weight as u64 * CHUNKS > 3 * crate::client::inbound::REPLY_BUDGET as u64);
     let (mut sh, index, _dir, agent) = against(move |mut r, mut w| {
         while !matches!(r.read(), Ok(Some(Message::List { .. })) | Err(_) | Ok(None)) {}
         for _ in 0..CHUNKS {
@@ -245,7 +255,7 @@ fn a_reply_waits_for_the_master_to_take_it() {
         .unwrap();
         w.flush().unwrap();
     });
-    let expect = sh.expect.clone();
+    let expect = sh.client.shared_expect();
     let mut most = 0;
     let n = sh
         .list_each(&index, false, None, &mut |_| {
@@ -255,7 +265,7 @@ fn a_reply_waits_for_the_master_to_take_it() {
         })
         .unwrap();
     assert_eq!(n, CHUNKS * PER as u64);
-    let budget = super::super::inbound::REPLY_BUDGET;
+    let budget = crate::client::inbound::REPLY_BUDGET;
     assert!(most <= budget + weight, "{most} bytes queued");
     assert!(
         most > budget / 2,
@@ -378,7 +388,7 @@ fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
     let root = dir.path();
     std::fs::write(root.join("d"), vec![3u8; 4284]).unwrap();
     let brick = fsutil::open_root(root).unwrap();
-    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("d"), Default::default())
+    let planned = crate::walk::lstat_beneath(&brick, &p("d"), Default::default())
         .unwrap()
         .unwrap();
     assert_eq!(planned.nlink, 1);
@@ -386,14 +396,14 @@ fn a_file_linked_after_the_plan_is_not_recorded_as_linked() {
     std::fs::hard_link(root.join("d"), root.join(".hidden")).unwrap();
     sh.ship(vec![file_op("d", planned)], &index, 100, u64::MAX)
         .unwrap();
-    let now = crate::crawl::walk::lstat_beneath(&brick, &p("d"), Default::default())
+    let now = crate::walk::lstat_beneath(&brick, &p("d"), Default::default())
         .unwrap()
         .unwrap();
     let row = index.get(&p("d")).unwrap().expect("a row for d");
     assert_eq!(row.ino, now.ino, "found among the inode's names");
     assert_eq!(
         row.change_to(&now),
-        crate::crawl::entry::Change::Data,
+        crate::entry::Change::Data,
         "the row vouches for the link the slave does not have: {row:?}"
     );
     assert!(sh.stats.requeued > 0, "a crawl passes again");
@@ -413,13 +423,13 @@ fn a_name_replaced_by_a_hard_link_after_the_plan_is_not_recorded_as_linked() {
     std::fs::write(root.join("x"), vec![1u8; 1568]).unwrap();
     std::fs::write(root.join("a"), vec![2u8; 4450]).unwrap();
     let brick = fsutil::open_root(root).unwrap();
-    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("x"), Default::default())
+    let planned = crate::walk::lstat_beneath(&brick, &p("x"), Default::default())
         .unwrap()
         .unwrap();
     // After the plan, before the shipper reads it: `x` becomes a name of `a`'s inode.
     std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
     std::fs::rename(root.join("b"), root.join("x")).unwrap();
-    let linked = crate::crawl::walk::lstat_beneath(&brick, &p("x"), Default::default())
+    let linked = crate::walk::lstat_beneath(&brick, &p("x"), Default::default())
         .unwrap()
         .unwrap();
     assert_eq!(linked.nlink, 2);
@@ -453,7 +463,7 @@ fn attributes_of_a_directory_moved_since_the_plan_are_not_vouched_for() {
         return;
     }
     let brick = fsutil::open_root(root).unwrap();
-    let planned = crate::crawl::walk::lstat_beneath(&brick, &p("p/b"), Default::default())
+    let planned = crate::walk::lstat_beneath(&brick, &p("p/b"), Default::default())
         .unwrap()
         .unwrap();
     // After the plan, before the send: the parent moves, and a new "p/b" appears.
@@ -477,12 +487,12 @@ fn attributes_of_a_directory_moved_since_the_plan_are_not_vouched_for() {
     // The next window's rename moves the row along.
     index.apply(&[Mutation::Move(p("p"), p("q"))]).unwrap();
     let row = index.get(&p("q/b")).unwrap().expect("a row for q/b");
-    let now = crate::crawl::walk::lstat_beneath(&brick, &p("q/b"), Default::default())
+    let now = crate::walk::lstat_beneath(&brick, &p("q/b"), Default::default())
         .unwrap()
         .unwrap();
     assert_ne!(
         row.change_to(&now),
-        crate::crawl::entry::Change::None,
+        crate::entry::Change::None,
         "the row vouches for attributes the slave did not get: {row:?}"
     );
     drop(sh);

@@ -12,17 +12,13 @@
 //! `sync --rescan-slave` does: the index is rebuilt from the slave, the files found with other
 //! contents are marked unknown, and a hybrid crawl ships the difference.
 
-use super::connect;
+use crate::client::{Client, Mode, Target};
 use crate::config::SyncOptions;
-use crate::crawl::entry::{Entry, Kind};
-use crate::crawl::index::Index;
-use crate::crawl::walk::{self, Excludes};
+use crate::entry::{Entry, Kind};
 use crate::protocol::RelPath;
-use crate::session::SlaveSpec;
-use crate::transport::Transport;
 use crate::volume::Brick;
+use crate::walk::{self, Excludes};
 use anyhow::{Context, Result};
-use std::path::PathBuf;
 
 /// Paths named in the status and the logs' summary: the first few.
 pub const SHOWN_PATHS: usize = 10;
@@ -74,36 +70,23 @@ pub struct Outcome {
 }
 
 /// Where a pass runs: everything a thread needs, owned.
-pub struct Target {
-    pub transport: Box<dyn Transport>,
-    pub spec: SlaveSpec,
-    pub session: String,
+pub struct Job {
+    pub target: Target,
     pub brick: Brick,
     pub excludes: Excludes,
-    /// A scratch index for the connection (the session's own is the worker's).
-    pub scratch: PathBuf,
     /// The extended attribute namespaces the session replicates, compared too.
     pub xattrs: u8,
 }
 
-/// Compares the brick with the slave once.
-pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
-    let _ = std::fs::remove_file(&t.scratch);
-    let index = Index::open(&t.scratch)?;
-    let mut shipper = connect(
-        t.transport.as_ref(),
-        &index,
-        &t.spec,
-        &t.session,
-        &t.brick,
-        &SyncOptions {
-            reverse: true,
-            xattrs: t.xattrs,
-            ..SyncOptions::default()
-        },
-    )?;
+/// Compares the brick with the slave once, over a read-only (reverse) connection of its own.
+pub fn run(t: &Job, pass: &Pass) -> Result<Outcome> {
+    let opts = SyncOptions {
+        xattrs: t.xattrs,
+        ..SyncOptions::default()
+    };
+    let (mut client, welcome) = Client::connect(&t.target, &t.brick, 0, &opts, &Mode::Reverse)?;
     // Attributes both sides may read of what the session replicates come with the listing.
-    shipper.list_xattrs = shipper.xattrs;
+    let xattrs = welcome.xattrs & crate::xattr::permitted(t.xattrs);
     let root = t.brick.open()?;
     // Only what the stime vouches for, less the coarse clock the kernel stamps ctime with.
     let vouched_before = pass.stime_ns - CLOCK_MARGIN.as_nanos() as i64;
@@ -134,10 +117,10 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
         Ok(None)
     })
     .with_context(|| format!("walking brick {}", t.brick.path.display()))?
-    .with_xattrs(shipper.xattrs)
+    .with_xattrs(xattrs)
     // Only what LAST_SYNCED vouches for is a difference (before the cap on what is kept).
     .keeping(|p| vouched(p, master_now, &settled));
-    shipper.list_each(&index, false, None, &mut |listed| {
+    client.list_each(false, None, xattrs, &mut |listed| {
         listed.into_iter().try_for_each(|s| merge.slave(s))
     })?;
     let d = merge
@@ -150,14 +133,14 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
     };
     let mut found = d.found;
     let paths: Vec<RelPath> = wanted.iter().map(|(p, _)| p.clone()).collect();
-    let slave_hashes = shipper.slave_hashes(&index, &paths)?;
+    let slave_hashes = client.hashes(&paths)?;
     drop(paths);
     let mut content = Vec::new();
     for (path, size) in wanted {
         let Some(theirs) = slave_hashes.get(&path) else {
             continue; // gone on the slave since it was listed: in flight
         };
-        let ours = match crate::crawl::hash_beneath(&root, &path) {
+        let ours = match crate::fsutil::hash_beneath(&root, &path) {
             Ok(h) => h,
             // Removed or replaced since the walk: in flight.
             Err(e)
@@ -190,8 +173,8 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
     } else {
         std::thread::sleep(SETTLE);
         confirm(
-            &mut shipper,
-            &index,
+            &mut client,
+            xattrs,
             &root,
             found,
             &content,
@@ -199,8 +182,7 @@ pub fn run(t: &Target, pass: &Pass) -> Result<Outcome> {
             t.excludes.view,
         )?
     };
-    shipper.close()?;
-    let _ = std::fs::remove_file(&t.scratch);
+    client.close()?;
     let still: std::collections::HashSet<&RelPath> = confirmed.iter().map(|(p, _)| p).collect();
     out.content = content.into_iter().filter(|p| still.contains(p)).collect();
     out.found = confirmed
@@ -238,8 +220,8 @@ fn vouched(
 /// still different from the slave's (now). Hard-link group differences are kept when both
 /// names are still there and vouched for.
 fn confirm(
-    shipper: &mut super::pipeline::Shipper,
-    index: &Index,
+    client: &mut Client,
+    xattrs: u8,
     root: &rustix::fd::OwnedFd,
     found: Vec<(RelPath, String)>,
     content: &[RelPath],
@@ -249,8 +231,8 @@ fn confirm(
     let mut paths: Vec<RelPath> = found.iter().map(|(p, _)| p.clone()).collect();
     paths.sort();
     paths.dedup();
-    let slave: std::collections::HashMap<RelPath, crate::protocol::ListEntry> = shipper
-        .list_paths(index, !content.is_empty(), &paths)?
+    let slave: std::collections::HashMap<RelPath, crate::protocol::ListEntry> = client
+        .list_paths(!content.is_empty(), &paths, xattrs)?
         .into_iter()
         .map(|e| (e.path.clone(), e))
         .collect();
@@ -272,13 +254,13 @@ fn confirm(
             }
             (Some(m), Some(s)) => {
                 let h = if content.contains(&path) && m.kind == Kind::File && s.hash.is_some() {
-                    crate::crawl::hash_beneath(root, &path).ok()
+                    crate::fsutil::hash_beneath(root, &path).ok()
                 } else {
                     None
                 };
                 let attrs_differ = s.meta.xattrs.is_some() && {
                     let mut r = crate::xattr::Reader::new(rustix::fd::AsFd::as_fd(root));
-                    r.read(&path, shipper.xattrs).as_deref() != s.meta.xattrs.as_deref()
+                    r.read(&path, xattrs).as_deref() != s.meta.xattrs.as_deref()
                 };
                 attrs_differ || !crate::verify::compare(m, s, h).is_empty()
             }
@@ -302,7 +284,7 @@ impl Scheduler {
     }
 
     /// Starts `pass` on a thread of its own.
-    pub fn start(&mut self, target: Target, pass: Pass, now_ns: i64) -> Result<()> {
+    pub fn start(&mut self, target: Job, pass: Pass, now_ns: i64) -> Result<()> {
         let p = pass.clone();
         let h = std::thread::Builder::new()
             .name("scrub".into())

@@ -2,8 +2,8 @@
 //! the slave's listing is taken as it arrives, into one index transaction.
 
 use super::Shipper;
-use crate::crawl::entry::Entry;
 use crate::crawl::index::{Index, Mutation};
+use crate::entry::Entry;
 use crate::protocol::{self, RelPath};
 use anyhow::{Context, Result};
 
@@ -22,8 +22,8 @@ impl Shipper {
         checksum: bool,
         changed_since_ns: Option<i64>,
     ) -> Result<usize> {
-        use crate::crawl::entry::Kind;
         use crate::crawl::links::{differing_groups, master_group_key, slave_group_key};
+        use crate::entry::Kind;
         let brick = self
             .brick
             .try_clone()
@@ -42,88 +42,89 @@ impl Shipper {
         // but them is not taken as shipped (takeover seeds 1500266 and seven more: a change to
         // attributes alone that the previous Active never shipped stayed missing for good).
         let scope = self.xattrs;
-        let listed_before = std::mem::replace(&mut self.list_xattrs, scope);
         let mut attrs = crate::xattr::Reader::new(rustix::fd::AsFd::as_fd(&brick));
         let view = self.view;
         let shared_tree = self.shared_tree;
         let r = index.rebuild(|put| {
-            self.list_each(index, checksum, None, &mut |listed| {
-                let mut rows = Vec::with_capacity(listed.len());
-                for le in listed {
-                    n += 1;
-                    let local = crate::crawl::walk::lstat_beneath(&brick, &le.path, view)
-                        .ok()
-                        .flatten();
-                    let kind = Kind::from_u8(le.kind);
-                    // On a shared tree the slave holds every brick's files: one this brick
-                    // lacks is another's, never a row of this index (which would delete it).
-                    if shared_tree && local.is_none() && kind != Kind::Dir {
-                        continue;
-                    }
-                    let theirs = le.meta.xattrs.clone();
-                    let meta = protocol::Meta {
-                        xattrs: None,
-                        ..le.meta.clone()
-                    };
-                    // Equal in kind, size, mtime, owner, mode and target.
-                    let same = local.as_ref().is_some_and(|l| {
-                        l.kind == kind
-                            && l.meta() == meta
-                            && l.target == le.target
-                            && (kind == Kind::Dir || l.size == le.size)
-                    });
-                    let attrs_differ = same
-                        && theirs.is_some()
-                        && attrs.read(&le.path, scope).as_deref() != theirs.as_deref();
-                    let keys = (
-                        local.as_ref().and_then(master_group_key),
-                        slave_group_key(&le),
-                    );
-                    if keys.0.is_some() || keys.1.is_some() {
-                        let taken = local.clone().filter(|_| same);
-                        linked.push((le.path.clone(), keys.0, keys.1, taken));
-                    }
-                    let recent = |l: &Entry| {
-                        changed_since_ns.is_some_and(|t| {
-                            l.kind == Kind::File
-                                && l.ctime_sec.saturating_mul(1_000_000_000) + l.ctime_nsec as i64
-                                    >= t
-                        })
-                    };
-                    if let Some(l) = local
-                        .as_ref()
-                        .filter(|l| same && le.hash.is_none() && recent(l))
-                    {
-                        // Its row is written again below once its content is checked: the
-                        // mark that its attributes differ goes with it (takeover seed 1500266).
-                        let mut l = l.clone();
-                        if attrs_differ {
-                            (l.ctime_sec, l.ctime_nsec) = (0, 0);
+            self.client
+                .list_each(checksum, None, scope, &mut |listed| {
+                    let mut rows = Vec::with_capacity(listed.len());
+                    for le in listed {
+                        n += 1;
+                        let local = crate::walk::lstat_beneath(&brick, &le.path, view)
+                            .ok()
+                            .flatten();
+                        let kind = Kind::from_u8(le.kind);
+                        // On a shared tree the slave holds every brick's files: one this brick
+                        // lacks is another's, never a row of this index (which would delete it).
+                        if shared_tree && local.is_none() && kind != Kind::Dir {
+                            continue;
                         }
-                        suspect.push((le.path.clone(), l));
+                        let theirs = le.meta.xattrs.clone();
+                        let meta = protocol::Meta {
+                            xattrs: None,
+                            ..le.meta.clone()
+                        };
+                        // Equal in kind, size, mtime, owner, mode and target.
+                        let same = local.as_ref().is_some_and(|l| {
+                            l.kind == kind
+                                && l.meta() == meta
+                                && l.target == le.target
+                                && (kind == Kind::Dir || l.size == le.size)
+                        });
+                        let attrs_differ = same
+                            && theirs.is_some()
+                            && attrs.read(&le.path, scope).as_deref() != theirs.as_deref();
+                        let keys = (
+                            local.as_ref().and_then(master_group_key),
+                            slave_group_key(&le),
+                        );
+                        if keys.0.is_some() || keys.1.is_some() {
+                            let taken = local.clone().filter(|_| same);
+                            linked.push((le.path.clone(), keys.0, keys.1, taken));
+                        }
+                        let recent = |l: &Entry| {
+                            changed_since_ns.is_some_and(|t| {
+                                l.kind == Kind::File
+                                    && l.ctime_sec.saturating_mul(1_000_000_000)
+                                        + l.ctime_nsec as i64
+                                        >= t
+                            })
+                        };
+                        if let Some(l) = local
+                            .as_ref()
+                            .filter(|l| same && le.hash.is_none() && recent(l))
+                        {
+                            // Its row is written again below once its content is checked: the
+                            // mark that its attributes differ goes with it (takeover seed 1500266).
+                            let mut l = l.clone();
+                            if attrs_differ {
+                                (l.ctime_sec, l.ctime_nsec) = (0, 0);
+                            }
+                            suspect.push((le.path.clone(), l));
+                        }
+                        let differs = same
+                            && le.hash.is_some()
+                            && crate::fsutil::hash_beneath(&brick, &le.path).ok() != le.hash;
+                        let path = le.path.clone();
+                        let mut row = seed_row(le, local, same, differs);
+                        if attrs_differ {
+                            // Compared as changed: attributes sent again (a file's content too
+                            // when its hash is not known).
+                            (row.ctime_sec, row.ctime_nsec) = (0, 0);
+                        }
+                        rows.push(Mutation::Upsert(path, row));
                     }
-                    let differs = same
-                        && le.hash.is_some()
-                        && crate::crawl::hash_beneath(&brick, &le.path).ok() != le.hash;
-                    let path = le.path.clone();
-                    let mut row = seed_row(le, local, same, differs);
-                    if attrs_differ {
-                        // Compared as changed: attributes sent again (a file's content too
-                        // when its hash is not known).
-                        (row.ctime_sec, row.ctime_nsec) = (0, 0);
-                    }
-                    rows.push(Mutation::Upsert(path, row));
-                }
-                put(&rows)
-            })?;
+                    put(&rows)
+                })?;
             // A suspect file the slave no longer has, or with other content, is unknown.
             let paths: Vec<RelPath> = suspect.iter().map(|(p, _)| p.clone()).collect();
-            let hashes = self.slave_hashes(index, &paths)?;
+            let hashes = self.client.hashes(&paths)?;
             let mut fixed = Vec::new();
             for (path, l) in suspect.drain(..) {
                 let theirs = hashes.get(&path).copied();
                 let differs =
-                    theirs.is_none() || crate::crawl::hash_beneath(&brick, &path).ok() != theirs;
+                    theirs.is_none() || crate::fsutil::hash_beneath(&brick, &path).ok() != theirs;
                 let entry = if differs {
                     Entry {
                         kind: Kind::Unknown,
@@ -151,7 +152,6 @@ impl Shipper {
             }
             put(&fixed)
         });
-        self.list_xattrs = listed_before;
         r?;
         Ok(n)
     }
@@ -166,7 +166,7 @@ type LinkedName = (RelPath, Option<u64>, Option<u64>, Option<Entry>);
 /// (with the slave's content hash, when it was read); unknown when the content differs (sent
 /// again); otherwise the slave's version (the next crawl sends the brick's).
 fn seed_row(le: protocol::ListEntry, local: Option<Entry>, same: bool, differs: bool) -> Entry {
-    use crate::crawl::entry::Kind;
+    use crate::entry::Kind;
     match local {
         Some(l) if same && !differs => Entry { hash: le.hash, ..l },
         Some(l) if differs => Entry {

@@ -16,14 +16,16 @@ use super::changes;
 mod worker_scrub;
 use super::pipeline::Shipper;
 use super::position::{journal_seq, position_lost, set_position};
-use super::{connect, crawl_until_converged, transport_for};
+use super::{connect, crawl_until_converged};
+use crate::client::{self, Mode, Target};
 use crate::config::{Home, SyncOptions};
-use crate::crawl::{self, index::Index, walk::Excludes};
+use crate::crawl::{self, index::Index};
 use crate::journal::record::now_ns;
 use crate::journal::{JournalStore, RecOp};
-use crate::session::{self, SessionConfig, SlaveSpec};
-use crate::status::BrickStatus;
+use crate::session::{self, SessionConfig};
+use crate::status::{BrickStatus, CrawlStatus, WorkerStatus};
 use crate::volume::Brick;
+use crate::walk::Excludes;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,12 @@ const INCOMPLETE_WAIT: Duration = Duration::from_secs(1);
 const INCOMPLETE_MAX: Duration = Duration::from_secs(3);
 /// How often a Passive worker asks whether its replica set needs it.
 const PASSIVE_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait between attempts after transient errors (a broken link, a busy DR side).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often a worker tries again after an error retrying cannot help (fenced after a
+/// failover, another protocol version, a refused key): an operator acts, and it resumes
+/// within this without a restart.
+const PERMANENT_RETRY: Duration = Duration::from_secs(60);
 
 fn config_mtime(home: &Home, session: &str) -> Option<std::time::SystemTime> {
     std::fs::metadata(SessionConfig::file(home, session))
@@ -86,9 +94,10 @@ impl JournalWaker {
 pub struct Worker {
     home: Home,
     session: SessionConfig,
-    spec: SlaveSpec,
     brick: Brick,
     opts: SyncOptions,
+    /// The brick's replica set and whether the slave tree is shared (`Mode::Replicate`).
+    mode: Mode,
     excludes: Excludes,
     dir: PathBuf,
     stop: Arc<AtomicBool>,
@@ -148,15 +157,17 @@ impl Worker {
         status.last_error = None;
         status.started_ns = now_ns();
         status.scrub_running = false;
-        let mut opts = crate::options::sync_options(session);
+        let opts = crate::options::sync_options(session);
         // The lock key is the same on every node whatever short name each gave the session.
         let vol = session.volume(home)?;
         let generated = session::session_name(&vol, &session.slave_spec()?);
-        opts.replica_set = replica_set.map(|n| format!("{generated}#{n}"));
-        opts.shared_tree = !vol.is_one_set();
+        let mode = Mode::Replicate {
+            replica_set: replica_set.map(|n| format!("{generated}#{n}")),
+            shared_tree: !vol.is_one_set(),
+        };
         Ok(Worker {
+            mode,
             home: home.clone(),
-            spec: session.slave_spec()?,
             session: session.clone(),
             brick: brick.clone(),
             excludes: Excludes::new(&opts.excludes)?.on_brick(&brick.path)?,
@@ -195,9 +206,7 @@ impl Worker {
                 return false;
             }
         };
-        let mut opts = crate::options::sync_options(&cfg);
-        opts.replica_set = self.opts.replica_set.clone();
-        opts.shared_tree = self.opts.shared_tree;
+        let opts = crate::options::sync_options(&cfg);
         crate::logging::set_level(&crate::options::log_level(&cfg));
         match Excludes::new(&opts.excludes).and_then(|e| e.on_brick(&self.brick.path)) {
             Ok(ex) => self.excludes = ex,
@@ -292,8 +301,11 @@ impl Worker {
                 }
             }
             // A Faulty or Passive worker stays so while it retries: no flapping.
-            if !matches!(self.status.status.as_str(), "Passive" | "Faulty") {
-                self.status.status = "Initializing...".into();
+            if !matches!(
+                self.status.status,
+                WorkerStatus::Passive | WorkerStatus::Faulty
+            ) {
+                self.status.status = WorkerStatus::Initializing;
                 self.save();
             }
             if let Err(e) = crate::brickid::check_running(&self.brick, &index).and_then(|()| {
@@ -311,12 +323,15 @@ impl Worker {
             }
             // This session replicated to a slave here before (a slave found recreated, or with
             // its agent.db lost, is still the session's own to make equal).
-            let had_slave = index.get_meta("slave_volume_id")?.is_some();
+            let had_slave = index.slave_volume_id()?.is_some();
             let opts = self.connection_options();
             // A crawl due at once (the journal position is lost or a gap waits: a first start,
             // a writer restarted) is planned while the connection is made, as `sync` does.
             // Not while Passive or Faulty: each retry would walk the brick again for nothing.
-            let pre = if matches!(self.status.status.as_str(), "Passive" | "Faulty") {
+            let pre = if matches!(
+                self.status.status,
+                WorkerStatus::Passive | WorkerStatus::Faulty
+            ) {
                 None
             } else {
                 self.crawl_due(&index, &journal).unwrap_or_else(|e| {
@@ -325,26 +340,28 @@ impl Worker {
                 })
             };
             let index_path = self.dir.join("index.db");
-            let connected =
-                transport_for(&self.home, &self.session.name, &self.spec).and_then(|t| {
+            let connected = Target::of_session(&self.home, &self.session)
+                .and_then(|t| Ok((t.transport()?, t)))
+                .map_err(client::Error::Permanent)
+                .and_then(|(transport, target)| {
                     if pre.is_none() {
                         return connect(
-                            t.as_ref(),
+                            transport.as_ref(),
+                            &target,
                             &index,
-                            &self.spec,
-                            &self.session.name,
                             &self.brick,
                             &opts,
+                            &self.mode,
                         )
                         .map(|s| (s, None));
                     }
                     let c = super::Connecting {
-                        transport: t.as_ref(),
+                        transport: transport.as_ref(),
+                        target: &target,
                         index: &index,
-                        spec: &self.spec,
-                        session: &self.session.name,
                         brick: &self.brick,
                         opts: &opts,
+                        mode: &self.mode,
                     };
                     // A takeover re-reads the slave first: nothing planned before holds then.
                     let mut proceed = |sh: &mut Shipper| Ok(sh.previous_active.is_none());
@@ -352,32 +369,33 @@ impl Worker {
                 });
             let (mut shipper, first) = match connected {
                 Ok(x) => x,
-                Err(e) => {
-                    if let Some(p) = e.downcast_ref::<super::Passive>() {
-                        if self.status.status != "Passive" {
-                            tracing::info!(brick = %self.brick, "passive: {} is active for this replica set", p.active);
-                        }
-                        self.status.status = "Passive".into();
-                        self.status.crawl = "N/A".into();
-                        self.status.last_error = None;
-                        self.save();
-                        self.nap(PASSIVE_RETRY);
-                        continue;
+                Err(client::Error::Passive { active }) => {
+                    if self.status.status != WorkerStatus::Passive {
+                        tracing::info!(brick = %self.brick, "passive: {active} is active for this replica set");
                     }
+                    self.status.status = WorkerStatus::Passive;
+                    self.status.crawl = CrawlStatus::None;
+                    self.status.last_error = None;
+                    self.save();
+                    self.nap(PASSIVE_RETRY);
+                    continue;
+                }
+                Err(e) => {
+                    let transient = e.is_transient();
+                    let e = anyhow::Error::new(e);
                     self.stripe_failed(&e);
                     self.faulty(&e);
-                    self.nap(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = self.retry_after(transient, backoff);
                     continue;
                 }
             };
             backoff = Duration::from_millis(200);
             self.bytes_mark = 0;
-            self.status.status = "Active".into();
+            self.status.status = WorkerStatus::Active;
             self.status.last_error = None;
             self.status.warning = self.connection_warning(&shipper);
             self.save();
-            let pending = index.get_meta("takeover_from")?.filter(|p| !p.is_empty());
+            let pending = index.takeover_from()?;
             let result = match shipper.previous_active.clone().or(pending) {
                 Some(prev) => self.take_over(&mut shipper, &index, &journal, &prev),
                 None => self
@@ -403,8 +421,8 @@ impl Worker {
                 Ok(Exit::Stop) => {
                     // Asked to stop: everything sent was acknowledged.
                     let r = shipper.close();
-                    self.status.status = "Stopped".into();
-                    self.status.crawl = "N/A".into();
+                    self.status.status = WorkerStatus::Stopped;
+                    self.status.crawl = CrawlStatus::None;
                     self.save();
                     index.set_meta("clean_stop_ns", &now_ns().to_string())?;
                     return r.map(|_| ());
@@ -419,13 +437,12 @@ impl Worker {
                     self.status.last_disconnect =
                         Some(format!("{}: {e:#}", crate::options::show_time(now_ns())));
                     self.faulty(&e);
-                    self.nap(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = self.retry_after(client::is_transient(&e), backoff);
                 }
             }
         }
-        self.status.status = "Stopped".into();
-        self.status.crawl = "N/A".into();
+        self.status.status = WorkerStatus::Stopped;
+        self.status.crawl = CrawlStatus::None;
         self.save();
         Ok(())
     }
@@ -434,11 +451,7 @@ impl Worker {
     /// after it), for the crawl to be planned while the connection is made. Not on a first
     /// sync or a pending takeover: the slave is read before anything is planned there.
     fn crawl_due(&self, index: &Index, journal: &JournalStore) -> Result<Option<CrawlDue>> {
-        if index.is_empty()?
-            || index
-                .get_meta("takeover_from")?
-                .is_some_and(|p| !p.is_empty())
-        {
+        if index.is_empty()? || index.takeover_from()?.is_some() {
             return Ok(None);
         }
         // As `serve`'s first turn would: a lost position resumes after the journal's last
@@ -468,7 +481,7 @@ impl Worker {
         if self.one_channel_until.is_some() {
             opts.channels = Some(1);
         }
-        opts.channels_early = self.status.status != "Passive";
+        opts.channels_early = self.status.status != WorkerStatus::Passive;
         opts
     }
 
@@ -487,15 +500,35 @@ impl Worker {
     /// After a failed connection: a stripe whose channels did not join means one channel for
     /// a while (retrying with the same number would fail the same way).
     fn stripe_failed(&mut self, e: &anyhow::Error) {
-        if format!("{e:#}").contains(crate::agent::DID_NOT_JOIN) {
+        if format!("{e:#}").contains(crate::protocol::DID_NOT_JOIN) {
             tracing::warn!(brick = %self.brick, "the stripe's channels did not join: one channel for {} s", ONE_CHANNEL_FOR.as_secs());
             self.one_channel_until = Some(Instant::now() + ONE_CHANNEL_FOR);
         }
     }
 
+    /// Waits before the next attempt: `backoff` after a transient error (returns the next,
+    /// doubled up to `MAX_BACKOFF`), `PERMANENT_RETRY` after one that needs an operator (the
+    /// error, with its fix, stays in status meanwhile).
+    fn retry_after(&mut self, transient: bool, backoff: Duration) -> Duration {
+        if transient {
+            self.nap(backoff);
+            (backoff * 2).min(MAX_BACKOFF)
+        } else {
+            tracing::warn!(brick = %self.brick, "retrying cannot help until this is fixed: trying again in {} s, or once the session's options change", PERMANENT_RETRY.as_secs());
+            let until = Instant::now() + PERMANENT_RETRY;
+            while !self.stopping()
+                && Instant::now() < until
+                && config_mtime(&self.home, &self.session.name) == self.cfg_mtime
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            backoff
+        }
+    }
+
     fn faulty(&mut self, e: &anyhow::Error) {
         tracing::warn!(brick = %self.brick, "worker error: {e:#}");
-        self.status.status = "Faulty".into();
+        self.status.status = WorkerStatus::Faulty;
         self.status.last_error = Some(format!("{e:#}"));
         self.save();
     }
@@ -512,14 +545,14 @@ impl Worker {
     ) -> Result<()> {
         crate::brickid::check_running(&self.brick, index)?;
         tracing::info!(brick = %self.brick, "taking over from {previous}");
-        self.status.crawl = "Hybrid Crawl".into();
+        self.status.crawl = CrawlStatus::Hybrid;
         self.save();
         // Until the crawl below completes, a reconnect must take over again (and the agent
         // will not name the previous brick again: keep its stime too).
         if shipper.previous_active.is_some() {
             index.set_meta("takeover_stime_ns", &shipper.previous_stime_ns.to_string())?;
         }
-        index.set_meta("takeover_from", previous)?;
+        index.set_takeover_from(Some(previous))?;
         let prev_stime: i64 = index
             .get_meta("takeover_stime_ns")?
             .and_then(|v| v.parse().ok())
@@ -540,7 +573,7 @@ impl Worker {
             seq,
             Some(&format!("taking over from {previous}")),
         )?;
-        index.set_meta("takeover_from", "")?;
+        index.set_takeover_from(None)?;
         self.status.takeovers += 1;
         Ok(())
     }
@@ -557,7 +590,7 @@ impl Worker {
             return Ok(());
         }
         let vol = self.session.volume(&self.home)?;
-        self.status.crawl = "Hybrid Crawl".into();
+        self.status.crawl = CrawlStatus::Hybrid;
         self.save();
         let listed = super::list_for_first_sync(shipper, index, &self.brick)?;
         if listed > 0
@@ -656,7 +689,7 @@ impl Worker {
             if records.is_empty() && retry.is_empty() {
                 if last_status.elapsed() > Duration::from_secs(1) {
                     self.status.backlog = 0;
-                    self.status.crawl = "Changelog Crawl".into();
+                    self.status.crawl = CrawlStatus::Changelog;
                     self.save();
                     last_status = Instant::now();
                 }
@@ -676,9 +709,9 @@ impl Worker {
             let backlog = journal.count_after(seq)?;
             self.status.backlog = backlog;
             self.status.crawl = if backlog as usize > WINDOW_RECORDS {
-                "History Crawl".into()
+                CrawlStatus::History
             } else {
-                "Changelog Crawl".into()
+                CrawlStatus::Changelog
             };
             let mut window = changes::changes(&records);
             for p in &retry {
@@ -842,7 +875,7 @@ impl Worker {
             ""
         };
         tracing::info!(brick = %self.brick, "hybrid crawl{when}: {}", why.unwrap_or("journal gap"));
-        self.status.crawl = "Hybrid Crawl".into();
+        self.status.crawl = CrawlStatus::Hybrid;
         self.status.hybrid_crawls += 1;
         self.save();
         // Everything changed before the crawl starts is seen by it.
@@ -922,14 +955,14 @@ impl Worker {
                 );
                 if self.status.last_error.as_deref() != Some(msg.as_str()) {
                     tracing::error!(brick = %self.brick, "{msg}");
-                    self.status.status = "Faulty".into();
+                    self.status.status = WorkerStatus::Faulty;
                     self.status.last_error = Some(msg);
                     self.save();
                 }
             }
             None if self.full_volume => {
                 tracing::info!(brick = %self.brick, "the DR volume {} has room again", self.session.slave);
-                self.status.status = "Active".into();
+                self.status.status = WorkerStatus::Active;
                 self.status.last_error = None;
                 self.save();
             }

@@ -3,8 +3,8 @@
 //! starts the next pass when it is due.
 
 use super::super::pipeline::Shipper;
-use super::super::transport_for;
 use super::Worker;
+use crate::client::Target;
 use crate::crawl::index::Index;
 use crate::journal::record::now_ns;
 use crate::journal::JournalStore;
@@ -127,20 +127,19 @@ impl Worker {
             },
             stime_ns: self.status.stime_ns,
         };
-        let transport = match transport_for(&self.home, &self.session.name, &self.spec) {
+        let target = match Target::of_session(&self.home, &self.session) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(brick = %self.brick, "scrub pass {} not started: {e:#}", pass.number);
                 return Ok(());
             }
         };
-        let target = scrub::Target {
-            transport,
-            spec: self.spec.clone(),
-            session: self.session.name.clone(),
+        // The scratch index passes used before the client layer.
+        let _ = std::fs::remove_file(self.dir.join("scrub.db"));
+        let target = scrub::Job {
+            target,
             brick: self.brick.clone(),
             excludes: self.excludes.clone(),
-            scratch: self.dir.join("scrub.db"),
             xattrs: self.opts.xattrs,
         };
         tracing::info!(brick = %self.brick, pass = pass.number, "scrub pass starts");

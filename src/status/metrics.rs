@@ -7,16 +7,24 @@ use std::fmt::Write;
 
 /// Every value `georep_worker_status` and `georep_crawl_status` take a series for (0 or 1), so
 /// that an alert on `== 1` never meets a missing series.
-pub const WORKER_STATES: &[&str] = &[
-    "Created",
-    "Initializing...",
-    "Active",
-    "Passive",
-    "Faulty",
-    "Paused",
-    "Stopped",
-];
-pub const CRAWL_STATES: &[&str] = &["Hybrid Crawl", "Changelog Crawl", "History Crawl", "N/A"];
+pub const WORKER_STATES: [&str; 7] = {
+    let mut out = [""; 7];
+    let mut i = 0;
+    while i < 7 {
+        out[i] = super::WorkerStatus::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
+pub const CRAWL_STATES: [&str; 4] = {
+    let mut out = [""; 4];
+    let mut i = 0;
+    while i < 4 {
+        out[i] = super::CrawlStatus::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
 
 /// A label value, escaped as the format asks (backslash, double quote, newline).
 fn label(v: &str) -> String {
@@ -131,14 +139,14 @@ pub fn render(session: &str, up: bool, rows: &[Row], restarts: &dyn Fn(&str) -> 
         (
             "georep_worker_status",
             "The brick worker's STATUS: 1 for the current value, 0 for the others.",
-            WORKER_STATES,
-            (|r: &Row| r.status.clone()) as fn(&Row) -> String,
+            &WORKER_STATES[..],
+            (|r: &Row| r.status.as_str().to_string()) as fn(&Row) -> String,
         ),
         (
             "georep_crawl_status",
             "The brick worker's CRAWL STATUS: 1 for the current value, 0 for the others.",
-            CRAWL_STATES,
-            |r: &Row| r.crawl_status.clone(),
+            &CRAWL_STATES[..],
+            |r: &Row| r.crawl_status.as_str().to_string(),
         ),
     ] {
         head(
@@ -239,7 +247,7 @@ mod tests {
     fn row(status: &str, brick: &str) -> Row {
         let mut r = super::super::table::tests::row(brick, "ssh://root@dr1::gv-dr");
         r.master_node = "n1".into();
-        r.status = status.into();
+        r.status = serde_json::from_value(serde_json::json!(status)).unwrap();
         r.last_synced_utc = Some("2026-12-05T06:00:00Z".into());
         r
     }

@@ -6,15 +6,15 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub mod metrics;
+mod state;
+pub use state::{CrawlStatus, WorkerStatus};
 mod table;
 pub use table::{scrub_line, shorten_middle, table, TABLE_WIDTH};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct BrickStatus {
-    /// Created, Initializing..., Active, Faulty, Stopped
-    pub status: String,
-    /// Hybrid Crawl, History Crawl, Changelog Crawl, N/A
-    pub crawl: String,
+    pub status: WorkerStatus,
+    pub crawl: CrawlStatus,
     /// Every change recorded before this instant (ns since the epoch) is on the slave; 0 = none.
     pub stime_ns: i64,
     /// Last journal sequence number the slave has.
@@ -124,8 +124,8 @@ pub struct Row {
     pub slave_user: String,
     pub slave: String,
     pub slave_node: String,
-    pub status: String,
-    pub crawl_status: String,
+    pub status: WorkerStatus,
+    pub crawl_status: CrawlStatus,
     /// `YYYY-MM-DD HH:MM:SS` local time, or N/A.
     pub last_synced: String,
     /// The same instant in UTC (RFC 3339), absent before the first acknowledged batch.
@@ -182,13 +182,28 @@ fn utc_time(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// `b` bytes for a reader: `512 B`, `1.5 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
 /// Rows for every session on this node (optionally one master volume, one slave).
 pub fn rows(
     home: &crate::config::Home,
     master: Option<&str>,
     slave: Option<&str>,
 ) -> Result<Vec<Row>> {
-    use crate::daemon::monitor;
     use crate::session::SessionConfig;
     let mut out = Vec::new();
     let mut matched = false;
@@ -223,34 +238,36 @@ pub fn rows(
             ),
         };
         let scrub_interval = crate::options::scrub(&cfg).interval.map(|d| d.as_secs());
-        let running = monitor::is_running(home, &name);
-        let paused = monitor::is_paused(home, &name);
+        let running = crate::session::is_running(home, &name);
+        let paused = crate::session::is_paused(home, &name);
         let now = crate::journal::record::now_ns();
         let checkpoint = cfg.options.checkpoint_ns;
         for b in vol.bricks.iter().filter(|b| b.is_local()) {
             let st = BrickStatus::load(&crate::session::brick_state_dir(home, &name, b));
             let (status, crawl) = match &st {
-                _ if running && paused => ("Paused".to_string(), "N/A".to_string()),
+                _ if running && paused => (WorkerStatus::Paused, CrawlStatus::None),
                 Some(s) if running => (
-                    s.status.clone(),
-                    if s.status == "Active" {
-                        s.crawl.clone()
+                    s.status,
+                    if s.status == WorkerStatus::Active {
+                        s.crawl
                     } else {
-                        "N/A".into()
+                        CrawlStatus::None
                     },
                 ),
-                None if running => ("Initializing...".into(), "N/A".into()),
-                Some(s) if s.status != "Created" => ("Stopped".into(), "N/A".into()),
-                _ => ("Created".into(), "N/A".into()),
+                None if running => (WorkerStatus::Initializing, CrawlStatus::None),
+                Some(s) if s.status != WorkerStatus::Created => {
+                    (WorkerStatus::Stopped, CrawlStatus::None)
+                }
+                _ => (WorkerStatus::Created, CrawlStatus::None),
             };
             let mut st = st.unwrap_or_default();
-            let writer_down = running && !paused && status != "Stopped";
+            let writer_down = running && !paused && status != WorkerStatus::Stopped;
             let (status, crawl) = match std::fs::read_to_string(writer_error_file(
                 &crate::session::brick_state_dir(home, &name, b),
             )) {
                 Ok(why) if writer_down => {
                     st.last_error = Some(why);
-                    ("Faulty".to_string(), "N/A".to_string())
+                    (WorkerStatus::Faulty, CrawlStatus::None)
                 }
                 _ => (status, crawl),
             };
@@ -346,20 +363,22 @@ pub fn check(rows: &[Row], max_lag: u64) -> (u8, String) {
     }
     for r in rows {
         let who = format!("{}:{}", r.master_node, r.master_brick);
-        match r.status.as_str() {
-            "Faulty" => crit.push(format!(
+        match r.status {
+            WorkerStatus::Faulty => crit.push(format!(
                 "{who} is Faulty: {}",
                 r.last_error.as_deref().unwrap_or("no error recorded")
             )),
-            "Stopped" | "Created" => crit.push(format!("{who} is {} (not replicating)", r.status)),
-            "Paused" => warn.push(format!("{who} is Paused")),
-            "Initializing..." => warn.push(format!("{who} is initializing")),
-            _ => {}
+            WorkerStatus::Stopped | WorkerStatus::Created => {
+                crit.push(format!("{who} is {} (not replicating)", r.status))
+            }
+            WorkerStatus::Paused => warn.push(format!("{who} is Paused")),
+            WorkerStatus::Initializing => warn.push(format!("{who} is initializing")),
+            WorkerStatus::Active | WorkerStatus::Passive => {}
         }
         if let Some(w) = &r.warning {
             warn.push(format!("{who}: {w}"));
         }
-        if r.status == "Passive" {
+        if r.status == WorkerStatus::Passive {
             continue;
         }
         match r.lag_seconds {
@@ -367,7 +386,9 @@ pub fn check(rows: &[Row], max_lag: u64) -> (u8, String) {
             Some(l) if l > max_lag / 2 => {
                 warn.push(format!("{who} lags {l} s (warning at {} s)", max_lag / 2))
             }
-            None if r.status == "Active" => warn.push(format!("{who} has not synced yet")),
+            None if r.status == WorkerStatus::Active => {
+                warn.push(format!("{who} has not synced yet"))
+            }
             _ => {}
         }
         if r.failures > 0 {
@@ -414,7 +435,7 @@ fn scrub_check(r: &Row, who: &str, now_ns: i64, crit: &mut Vec<String>, warn: &m
             ));
         }
     }
-    if r.status != "Active" {
+    if r.status != WorkerStatus::Active {
         return;
     }
     if let (Some(iv), Some(started)) = (r.scrub_interval_seconds, r.worker_started_ns) {

@@ -48,8 +48,8 @@ pub fn table(rows: &[Row], detail: bool) -> String {
                 c.push(r.slave.clone());
             }
             c.extend([
-                r.status.clone(),
-                r.crawl_status.clone(),
+                r.status.to_string(),
+                r.crawl_status.to_string(),
                 r.last_synced.clone(),
             ]);
             if detail {
@@ -62,7 +62,7 @@ pub fn table(rows: &[Row], detail: bool) -> String {
                     r.checkpoint_completed.clone(),
                     r.checkpoint_completion_time.clone(),
                     r.backlog_records.to_string(),
-                    crate::ship::human_bytes(r.backlog_bytes),
+                    crate::status::human_bytes(r.backlog_bytes),
                     r.lag_seconds
                         .map(|l| format!("{l} s"))
                         .unwrap_or_else(|| "N/A".into()),
@@ -161,7 +161,7 @@ pub fn scrub_line(r: &Row) -> Option<String> {
         r.last_scrub,
         s.pass,
         s.entries,
-        crate::ship::human_bytes(s.bytes_hashed),
+        crate::status::human_bytes(s.bytes_hashed),
         s.checksum,
         s.differences
     );
@@ -221,8 +221,8 @@ pub(crate) mod tests {
             slave_user: "root".into(),
             slave: slave.into(),
             slave_node: "dr1".into(),
-            status: "Active".into(),
-            crawl_status: "Changelog Crawl".into(),
+            status: crate::status::WorkerStatus::Active,
+            crawl_status: crate::status::CrawlStatus::Changelog,
             last_synced: "2026-12-04 06:04:02 UTC".into(),
             last_synced_utc: None,
             lag_seconds: Some(1),

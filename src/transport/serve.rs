@@ -179,6 +179,8 @@ struct Conn {
 
 /// Session channels one connection may open: a master's stripe at most (each one forks an
 /// agent; a client has no use for more).
+/// Set by `georep serve` in the environment of the agents it runs.
+pub const SERVED_BY_SERVE: &str = "GEOREP_SERVED_BY_SERVE";
 const MAX_SESSION_CHANNELS: usize = 1 + crate::protocol::MAX_CHANNELS as usize;
 
 /// One connection counted against `max_startups` until it authenticates or ends.
@@ -334,7 +336,7 @@ fn refuse(session: &mut Session, id: ChannelId) -> Result<(), russh::Error> {
 async fn run_agent(exe: &Path, volume: &str, channel: Channel<Msg>) -> Result<u32> {
     let mut child = tokio::process::Command::new(exe)
         .args(["agent", "--volume", volume])
-        .env(crate::agent::SERVED_BY_SERVE, "1")
+        .env(SERVED_BY_SERVE, "1")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

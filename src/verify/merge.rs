@@ -5,10 +5,10 @@
 //! not grow with the tree, and a slave that lists without end cannot exhaust it.
 
 use super::compare;
-use crate::crawl::entry::Entry;
 use crate::crawl::links::{differing_groups, master_group_key, slave_group_key};
-use crate::crawl::walk::{tree_order, Excludes, TreeWalk};
+use crate::entry::Entry;
 use crate::protocol::{ListEntry, RelPath};
+use crate::walk::{tree_order, Excludes, TreeWalk};
 use anyhow::{bail, Context, Result};
 use std::cmp::Ordering;
 use std::iter::Peekable;
@@ -354,7 +354,7 @@ mod tests {
             }
         }
         let root = fsutil::open_root(dir).unwrap();
-        crate::crawl::walk::list_subtree(&root, &RelPath::root(), &Excludes::default())
+        crate::walk::list_subtree(&root, &RelPath::root(), &Excludes::default())
             .unwrap()
             .into_iter()
             .map(|(p, e)| format!("{p}:{}", e.kind as u8))

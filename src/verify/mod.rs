@@ -5,12 +5,13 @@
 //! Invariant: read-only on both sides; the session's index and the agent's per-brick state are
 //! not touched (a reverse-mode connection, which cannot write, and a throwaway index).
 
+use crate::client::{Client, Mode, Target};
 use crate::config::{Home, SyncOptions};
-use crate::crawl::entry::{Entry, Kind};
-use crate::crawl::walk::Excludes;
+use crate::entry::{Entry, Kind};
 use crate::protocol::{ListEntry, RelPath, Xattr};
-use crate::session::{self, SessionConfig, SlaveSpec};
+use crate::session::{SessionConfig, SlaveSpec};
 use crate::volume::{Brick, Volume};
+use crate::walk::Excludes;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -145,7 +146,8 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
         Err(_) => (Vec::new(), SyncOptions::default().xattrs),
     };
     let excludes = Excludes::new(&excludes)?;
-    let transport = crate::ship::transport_for(home, &name, &spec)?;
+    let target = Target::for_slave(home, &name, &spec)?;
+    let transport = target.transport()?;
     let bricks = vol.local_bricks_for("verify")?;
     let mut report = VerifyReport {
         master: vol.name.clone(),
@@ -153,52 +155,30 @@ pub fn verify(home: &Home, master: &str, slave: &str, checksum: bool) -> Result<
         checksum,
         ..Default::default()
     };
-    let scratch = home.state.join(format!(".verify-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let result = (|| -> Result<()> {
-        for brick in bricks {
-            // A reverse (read-only) connection: no lock on the agent, and it works on a fenced
-            // or promoted volume too.
-            let probe = brick.clone();
-            let index = crate::crawl::index::Index::open(&scratch.join(format!(
-                "{}.db",
-                session::slug(&brick.path.display().to_string())
-            )))?;
-            let mut shipper = crate::ship::connect(
-                transport.as_ref(),
-                &index,
-                &spec,
-                &name,
-                &probe,
-                &SyncOptions {
-                    reverse: true,
-                    xattrs,
-                    ..SyncOptions::default()
-                },
-            )?;
-            compare_brick(
-                brick,
-                &mut shipper,
-                &index,
-                &excludes,
-                checksum,
-                &mut report,
-            )?;
-            shipper.close()?;
-        }
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&scratch);
-    result?;
+    let opts = SyncOptions {
+        xattrs,
+        ..SyncOptions::default()
+    };
+    for brick in bricks {
+        // A reverse (read-only) connection: no lock on the agent, and it works on a fenced
+        // or promoted volume too.
+        let (mut client, welcome) =
+            Client::connect_over(transport.as_ref(), &target, brick, 0, &opts, &Mode::Reverse)?;
+        // The namespaces both sides may read of what the session replicates.
+        let xattrs = welcome.xattrs & crate::xattr::permitted(xattrs);
+        compare_brick(brick, &mut client, xattrs, &excludes, checksum, &mut report)?;
+        client.close()?;
+    }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
 /// Compares `brick` with the slave's listing as it arrives (see `merge`).
+/// `xattrs`: the attribute namespaces compared.
 pub(crate) fn compare_brick(
     brick: &Brick,
-    shipper: &mut crate::ship::pipeline::Shipper,
-    index: &crate::crawl::index::Index,
+    client: &mut Client,
+    xattrs: u8,
     excludes: &Excludes,
     checksum: bool,
     report: &mut VerifyReport,
@@ -207,19 +187,18 @@ pub(crate) fn compare_brick(
     let excludes = &excludes.clone().on_brick(&brick.path)?;
     let hash = |path: &RelPath, m: &Entry, s: &ListEntry| -> Result<Option<[u8; 32]>> {
         if checksum && m.kind == Kind::File && s.hash.is_some() {
-            Ok(Some(crate::crawl::hash_beneath(&root, path).with_context(
-                || format!("reading {path} on the master"),
-            )?))
+            Ok(Some(
+                crate::fsutil::hash_beneath(&root, path)
+                    .with_context(|| format!("reading {path} on the master"))?,
+            ))
         } else {
             Ok(None)
         }
     };
-    // The namespaces both sides may read of what the session replicates.
-    shipper.list_xattrs = shipper.xattrs;
     let mut merge = merge::Merge::new(&root, excludes, hash)
         .with_context(|| format!("walking brick {}", brick.path.display()))?
-        .with_xattrs(shipper.xattrs);
-    shipper.list_each(index, checksum, None, &mut |listed| {
+        .with_xattrs(xattrs);
+    client.list_each(checksum, None, xattrs, &mut |listed| {
         listed.into_iter().try_for_each(|s| merge.slave(s))
     })?;
     let d = merge

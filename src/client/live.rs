@@ -36,6 +36,7 @@ pub struct LiveWriter {
 
 impl LiveWriter {
     /// Takes over `w` and starts heartbeating every `every` of quiet.
+    #[cfg(test)]
     pub fn new(w: FrameWriter, every: Duration) -> LiveWriter {
         LiveWriter::with_hook(w, every, Box::new(|| {}))
     }

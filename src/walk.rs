@@ -4,7 +4,7 @@
 //! without following symlinks, other filesystems are not entered, and `.georep` and excluded
 //! names are never listed.
 
-use super::entry::Entry;
+use crate::entry::Entry;
 use crate::fsutil;
 use crate::gluster::View;
 use crate::protocol::RelPath;
@@ -437,7 +437,7 @@ fn list_dir_in(
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(e) => return Err(e),
             };
-            if entry.kind == super::entry::Kind::Dir {
+            if entry.kind == crate::entry::Kind::Dir {
                 if (st.stx_dev_major, st.stx_dev_minor) == dev {
                     subdirs.push(path);
                 } else {

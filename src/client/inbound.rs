@@ -375,6 +375,7 @@ mod tests {
         assert!(f.message.len() < TEXT_LIMIT + 8);
         let long = Message::Error(ErrorMsg {
             message: "é".repeat(5000),
+            permanent: false,
         });
         let Ok((Message::Error(m), _)) = e.admit(long) else {
             panic!()
