@@ -12,10 +12,12 @@
 //! Their parents' attributes are set again after them, in the same chunk. Everything else,
 //! renames in particular, waits for the whole tree: a rename's source may be listed last.
 
+use super::diff::Diff;
 use super::entry::{Change, Entry, Kind};
 use super::index::Index;
+use super::plan::Builder;
 use super::walk::{self, Excludes};
-use super::{Builder, Cancelled, Diff, Plan, PlanOp, PlannedOp};
+use super::{Cancelled, Plan, PlanOp, PlannedOp};
 use crate::fsutil;
 use crate::protocol::{Op, RelPath};
 use anyhow::{Context, Result};
