@@ -226,7 +226,7 @@ impl SharedTree {
         path: Option<RelPath>,
         hash: &[u8; 32],
         commit: bool,
-    ) -> Result<Result<bool, Result<super::apply::ApplyError, String>>> {
+    ) -> Result<super::apply::ContentResult<bool>> {
         if let (true, Some(p)) = (commit, &path) {
             own(&self.db, p, &self.me)?;
         }

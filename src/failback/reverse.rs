@@ -5,7 +5,7 @@
 //! master wrote in is kept (or kept as a copy), and DR hard links come back as hard links.
 
 use super::{Action, ReverseReport};
-use crate::agent::apply::Applier;
+use crate::agent::apply::{Applier, ContentError};
 use crate::crawl::index::{Index, Mutation};
 use crate::entry::{Change, Entry, Kind};
 use crate::protocol::{ListEntry, Message, Op, RelPath};
@@ -351,11 +351,11 @@ pub(super) fn reverse_brick(
                 }
                 Message::Chunk(data) if !skip => match ap.chunk(&data) {
                     Ok(()) => {}
-                    Err(Ok(e)) => {
+                    Err(ContentError::Failed(e)) => {
                         skip = true;
                         errors.push(e.message);
                     }
-                    Err(Err(msg)) => return Err(anyhow!(msg)),
+                    Err(ContentError::Broken(msg)) => return Err(anyhow!(msg)),
                 },
                 Message::FileEnd(fe) => {
                     let (p, size) = current.take().context("FileEnd without FileBegin")?;
@@ -369,8 +369,8 @@ pub(super) fn reverse_brick(
                             Ok(false) => errors.push(format!(
                                 "{p} changed on the DR side while it was read: run resync --reverse again"
                             )),
-                            Err(Ok(e)) => errors.push(e.message),
-                            Err(Err(msg)) => return Err(anyhow!(msg)),
+                            Err(ContentError::Failed(e)) => errors.push(e.message),
+                            Err(ContentError::Broken(msg)) => return Err(anyhow!(msg)),
                         }
                     }
                 }
