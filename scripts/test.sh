@@ -34,6 +34,9 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo doc"
+# The API docs build without a warning (broken or private links, bad markup).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 echo "== cargo test"
 # Integration tests run the real binary; build it first so every test uses the same one.
 cargo build --locked

@@ -314,9 +314,9 @@ pub fn lower_priority() {
 }
 
 /// blake3 of the regular file at `path` beneath `root` (never through a symlink).
-pub fn hash_beneath(root: &OwnedFd, path: &crate::protocol::RelPath) -> std::io::Result<[u8; 32]> {
-    let fd = open_regular_beneath(root.as_fd(), path.as_bytes(), rustix::fs::OFlags::empty())?
-        .ok_or_else(|| std::io::Error::other("not a regular file"))?;
+pub fn hash_beneath(root: &OwnedFd, path: &crate::protocol::RelPath) -> io::Result<[u8; 32]> {
+    let fd = open_regular_beneath(root.as_fd(), path.as_bytes(), OFlags::empty())?
+        .ok_or_else(|| io::Error::other("not a regular file"))?;
     let mut h = blake3::Hasher::new();
     h.update_reader(std::fs::File::from(fd))?;
     Ok(*h.finalize().as_bytes())

@@ -1,27 +1,40 @@
 //! georep: asynchronous master → slave geo-replication of directory trees, for disaster recovery.
 //!
-//! Code map:
-//! - `cli`       — clap definitions and dispatch; each subcommand calls one domain function.
-//! - `config`    — `$GEOREP_HOME` layout, node name, validated run options.
-//! - `volume`    — named volumes of bricks (`georep volume …`), plain paths as implicit volumes.
-//! - `session`   — slave syntax, session naming, per-brick state directories.
-//! - `options`   — `georep config` keys: defaults, validation, the worker's run options.
-//! - `crawl`     — hybrid crawl: statx walk, index compare, identity (inode + birth time),
-//!   rename detection, hard-link groups, the plan.
-//! - `ship`      — batches, the windowed send/ack pipeline, `sync --once`.
-//! - `protocol`  — wire types and codec, no I/O (spec: docs/protocol.md).
-//! - `transport` — framed connection, the transport seam, the local (child process) transport.
+//! Code map, bottom up (docs/ARCHITECTURE.md has the layering rule and a line per file; a module
+//! imports only modules of its own layer or below, and no two import each other):
+//! - foundation, both sides:
+//!   - `protocol`  — wire types and codec, no I/O (spec: docs/protocol.md).
+//!   - `error`     — `Permanent`: errors retrying cannot help.
+//!   - `db`        — SQLite files opened the same way (WAL, format checks, upgrades).
+//!   - `delta`     — rsync's rolling-checksum delta, streamed.
+//!   - `sparse`    — the holes of sparse files (`SEEK_DATA`/`SEEK_HOLE`), sent as `Hole`s.
+//!   - `shellword` — words that reach a command line on the slave host: checked and quoted.
+//!   - `logging`   — tracing setup.
+//!   - `entry`     — a statx'd entry, its identity (inode + birth time) and change kinds.
+//!   - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
+//!   - `xattr`     — extended attributes and POSIX ACLs: scope, read, check, apply.
+//!   - `gluster`   — Gluster bricks as masters (internal dirs, link-to files, gfid links,
+//!     client-set times), Gluster slaves mounted by the agent, `volume import`.
+//!   - `walk`      — the parallel statx walk and the tree order listings share.
+//!   - `config`    — `$GEOREP_HOME` layout, node name, validated run options.
+//!   - `volume`    — named volumes of bricks (`georep volume …`), plain paths as implicit volumes.
+//! - `transport` — framed connection, the transport seam, local, SSH and `serve` transports.
 //! - `agent`     — slave side: confined idempotent apply, durability before ack, agent.db.
-//! - `failback`  — failover (DR side), resync --reverse with conflict copies, failback.
-//! - `verify`    — `georep verify`: master vs slave listing (and checksums), read-only.
-//! - `shellword` — words that reach a command line on the slave host: checked and quoted.
-//! - `sparse`    — the holes of sparse files (`SEEK_DATA`/`SEEK_HOLE`), sent as `Hole`s.
-//! - `xattr`     — extended attributes and POSIX ACLs: scope, read, check, apply.
-//! - `brickid`   — a master brick's identity file: an unmounted brick is never replicated.
-//! - `gluster`   — Gluster bricks as masters (internal dirs, link-to files, gfid links,
-//!   client-set times) and `volume import`.
-//! - `fsutil`    — open beneath a root without symlinks, tree removal, atomic writes.
-//! - `logging`   — tracing setup.
+//! - master side:
+//!   - `journal`  — inotify journal writer and `journal.db`.
+//!   - `brickid`  — a master brick's identity file: an unmounted brick is never replicated.
+//!   - `crawl`    — the index, the diff (identity, renames, hard-link groups), the plan; the
+//!     full crawl and journal windows' targeted plans.
+//!   - `session`  — slave syntax, session naming, per-brick state directories, monitor paths.
+//!   - `options`  — `georep config` keys: defaults, validation, the worker's run options.
+//!   - `keys`     — session key, pinned host key, confined authorized_keys lines.
+//!   - `status`   — per-brick status, typed worker and crawl states, table, JSON, metrics.
+//!   - `client`   — a connection to an agent: target, handshake, requests; typed errors.
+//!   - `verify`   — `georep verify`: master vs slave listing (and checksums), read-only.
+//!   - `ship`     — the Shipper (a client plus the index), the worker, `sync --once`.
+//!   - `daemon`   — session lifecycle: create, journal writers, monitor, start/stop.
+//!   - `failback` — failover (DR side), resync --reverse with conflict copies, failback.
+//!   - `cli`      — clap definitions and dispatch; each subcommand calls one domain function.
 //!
 //! Global invariants:
 //! - The slave is written only beneath its root, never through a symlink.

@@ -156,7 +156,7 @@ impl Volume {
             bail!(
                 "volume {} has no brick on this node ({}): run {what} on a node that holds one",
                 self.name,
-                crate::config::node_name()
+                node_name()
             );
         }
         Ok(bricks)

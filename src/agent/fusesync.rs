@@ -87,7 +87,7 @@ pub fn gluster_markers(root: BorrowedFd<'_>) -> Vec<OwnedFd> {
             return Vec::new();
         }
     };
-    let mut covered = std::collections::BTreeSet::new();
+    let mut covered = BTreeSet::new();
     let mut out = Vec::new();
     for k in 0..256 {
         let name = format!("m{k}");

@@ -73,7 +73,7 @@ fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
         uid: 0,
         gid: 0,
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid for the call; the kernel writes at most `len` bytes.
     let r = unsafe {
         libc::getsockopt(

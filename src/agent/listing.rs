@@ -32,7 +32,7 @@ pub(super) fn send_listing(
     let mut add = |path: protocol::RelPath, e: crate::entry::Entry| -> Result<()> {
         let hash = if checksum && e.kind == crate::entry::Kind::File {
             Some(
-                crate::fsutil::hash_beneath(&fd, &path)
+                fsutil::hash_beneath(&fd, &path)
                     .with_context(|| format!("reading {path} on the slave for its checksum"))?,
             )
         } else {

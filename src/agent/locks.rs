@@ -32,10 +32,9 @@ pub(super) fn claim_replica_set(state_dir: &Path, set: &str, brick_key: &str) ->
         return Ok(Claim::Active(None, None));
     }
     let dir = state_dir.join("active");
-    let name = crate::fsutil::slug(set);
+    let name = fsutil::slug(set);
     let holder = dir.join(format!("{name}.holder"));
-    let Some(lock) =
-        fsutil::lock_exclusive(&dir.join(format!("{name}.lock")), std::time::Duration::ZERO)?
+    let Some(lock) = fsutil::lock_exclusive(&dir.join(format!("{name}.lock")), Duration::ZERO)?
     else {
         let who = std::fs::read_to_string(&holder).unwrap_or_default();
         return Ok(Claim::Passive(who.trim().to_string()));
@@ -61,7 +60,7 @@ pub(super) fn brick_tmp(state_dir: &Path, brick_key: &str) -> Result<(PathBuf, s
     std::fs::create_dir_all(&base)?;
     let lock_path = base.join(format!("{}.lock", &h[..16]));
     let pid_path = base.join(format!("{}.pid", &h[..16]));
-    let lock = match fsutil::lock_exclusive(&lock_path, std::time::Duration::ZERO)? {
+    let lock = match fsutil::lock_exclusive(&lock_path, Duration::ZERO)? {
         Some(l) => l,
         None => replace_stale_holder(&lock_path, &pid_path, brick_key)?,
     };
@@ -89,14 +88,11 @@ fn replace_stale_holder(
     let pid = std::fs::read_to_string(pid_path)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|&p| {
-            p > 0 && p != std::process::id() as i32 && crate::fsutil::holds_flock(p, lock_path)
-        })
+        .filter(|&p| p > 0 && p != std::process::id() as i32 && fsutil::holds_flock(p, lock_path))
         .and_then(Pid::from_raw);
     let Some(pid) = pid else {
         // Taken between our try and now, by a holder that has not written its pid yet: wait.
-        return fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(2))?
-            .ok_or_else(held);
+        return fsutil::lock_exclusive(lock_path, Duration::from_secs(2))?.ok_or_else(held);
     };
     tracing::warn!(
         brick = %brick_key,
@@ -105,14 +101,11 @@ fn replace_stale_holder(
     );
     for (signal, patience) in [(Signal::TERM, 5), (Signal::KILL, 5)] {
         // Still the holder (not a new process with its pid)?
-        if !crate::fsutil::holds_flock(pid.as_raw_nonzero().get(), lock_path) {
-            return fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(2))?
-                .ok_or_else(held);
+        if !fsutil::holds_flock(pid.as_raw_nonzero().get(), lock_path) {
+            return fsutil::lock_exclusive(lock_path, Duration::from_secs(2))?.ok_or_else(held);
         }
         let _ = kill_process(pid, signal);
-        if let Some(l) =
-            fsutil::lock_exclusive(lock_path, std::time::Duration::from_secs(patience))?
-        {
+        if let Some(l) = fsutil::lock_exclusive(lock_path, Duration::from_secs(patience))? {
             return Ok(l);
         }
     }
@@ -198,7 +191,7 @@ fn live_agents(state_dir: &Path) -> Vec<i32> {
                 .filter(|&p| {
                     p > 0
                         && p != std::process::id() as i32
-                        && crate::fsutil::holds_flock(p, &state_dir.join("fence.lock"))
+                        && fsutil::holds_flock(p, &state_dir.join("fence.lock"))
                 })
             {
                 out.push(pid);

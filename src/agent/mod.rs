@@ -163,9 +163,7 @@ fn welcome(state: &AgentState, host: &str, last_batch: u64) -> Result<Welcome> {
 /// Whether the slave root holds nothing but `.georep` (false when it cannot be read).
 fn holds_nothing(root: &Path) -> bool {
     std::fs::read_dir(root).is_ok_and(|mut d| {
-        d.all(|e| {
-            e.is_ok_and(|e| e.file_name().as_encoded_bytes() == crate::protocol::path::STATE_DIR)
-        })
+        d.all(|e| e.is_ok_and(|e| e.file_name().as_encoded_bytes() == protocol::path::STATE_DIR))
     })
 }
 
@@ -180,7 +178,7 @@ fn utc(ns: i64) -> String {
 fn open_trash(state_dir: &Path, session: &str, keep_days: u32) -> Result<rustix::fd::OwnedFd> {
     let base = state_dir.join("trash");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    let mine = base.join(format!(".keep-{}", crate::fsutil::slug(session)));
+    let mine = base.join(format!(".keep-{}", fsutil::slug(session)));
     fsutil::atomic_write(&mine, format!("{keep_days}\n").as_bytes())?;
     let longest = std::fs::read_dir(&base)
         .into_iter()

@@ -24,7 +24,7 @@ pub(super) fn serve_reverse(
 ) -> Result<()> {
     // Reads for verify, a scrub or a resync: they yield the CPU and the disk to the agent
     // that applies the live stream.
-    crate::fsutil::lower_priority();
+    fsutil::lower_priority();
     // Read-only: what this agent may read of the master's namespaces (verify compares them).
     w.send(&Message::Welcome(Box::new(Welcome {
         xattrs: crate::xattr::permitted(hello.xattrs),

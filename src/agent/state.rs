@@ -45,7 +45,7 @@ const DB_FILES: [&str; 4] = [
 ];
 
 impl AgentState {
-    /// Opens agent.db in the state directory checked by [`check_state_dir`]. SQLite reaches
+    /// Opens agent.db in the state directory checked by `check_state_dir`. SQLite reaches
     /// its files by path, not through the directory's descriptor: they are made through the
     /// descriptor first, SQLite is told to create nothing and to follow no symlink, and the
     /// files it then holds open must be those in the checked directory. So a `.georep`

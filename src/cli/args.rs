@@ -200,8 +200,10 @@ pub struct SessionArgs {
     /// Master volume name or path; alone, the session's name
     #[arg(value_name = "MASTER|SESSION")]
     pub master: String,
-    /// Slave: path, local volume name, or [user@]host[:port]::volume
-    #[arg(value_name = "SLAVE")]
+    #[arg(
+        value_name = "SLAVE",
+        help = "Slave: path, local volume name, or [user@]host[:port]::volume"
+    )]
     pub slave: Option<String>,
 }
 
@@ -209,7 +211,7 @@ pub struct SessionArgs {
 pub struct CreateArgs {
     /// Master volume name or path (a brick must exist: georep never creates one)
     pub master: String,
-    /// Slave: path, local volume name, or [user@]host[:port]::volume
+    #[arg(help = "Slave: path, local volume name, or [user@]host[:port]::volume")]
     pub slave: String,
     /// `push-pem`, `no-verify`, `ssh-port N`, `name NAME`, `force` (see below)
     #[arg(value_name = "WORD")]
@@ -483,7 +485,7 @@ Examples:
 pub struct SyncArgs {
     /// Master volume name or absolute path
     pub master: String,
-    /// Slave: absolute path, local volume name, or [user@]host[:port]::volume
+    #[arg(help = "Slave: absolute path, local volume name, or [user@]host[:port]::volume")]
     pub slave: String,
     /// Accepted for compatibility: sync always makes one pass, until the slave equals the
     /// master, then exits (continuous replication is a session: `georep create` + `start`)

@@ -52,7 +52,7 @@ pub fn crawl(
     excludes: &Excludes,
     slot: &mut u64,
     progress: &dyn Fn(u64) -> bool,
-    emit: Emit,
+    emit: Emit<'_>,
 ) -> Result<Plan> {
     let root_fd = fsutil::open_root(root)
         .with_context(|| format!("opening brick {} on the master", root.display()))?;

@@ -59,7 +59,7 @@ fn key(p: &RelPath) -> (&[u8], &[u8]) {
 
 const COLS: &str = "kind, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, mode, uid, gid, nlink, rdev, target, hash, birth";
 
-fn entry_from(r: &Row, off: usize) -> rusqlite::Result<Entry> {
+fn entry_from(r: &Row<'_>, off: usize) -> rusqlite::Result<Entry> {
     Ok(Entry {
         kind: Kind::from_u8(r.get::<_, i64>(off)? as u8),
         ino: r.get::<_, i64>(off + 1)? as u64,

@@ -187,7 +187,7 @@ pub fn resync_reverse(
 ) -> Result<ReverseReport> {
     let started = Instant::now();
     let cfg = SessionConfig::load(home, master, slave)?;
-    if crate::session::is_running(home, &cfg.name) {
+    if session::is_running(home, &cfg.name) {
         bail!(
             "session {master} -> {slave} is running here: `georep stop {master} {slave}` first (its workers are fenced anyway)"
         );
@@ -305,7 +305,7 @@ pub fn resync_reverse(
 /// from that brick), at the volume's new epoch. Otherwise it is refused, naming what differs:
 /// were it let in, a takeover from it later would make the DR copy equal to a stale brick.
 fn rejoin(
-    brick: &crate::volume::Brick,
+    brick: &Brick,
     client: &mut Client,
     index: &Index,
     excludes: &Excludes,

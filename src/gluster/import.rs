@@ -28,7 +28,7 @@ pub fn parse(xml: &str, name: &str) -> Result<GlusterVolume> {
     let doc = roxmltree::Document::parse(xml)
         .context("reading the output of `gluster volume info --xml`: it is not XML")?;
     let root = doc.root_element();
-    let text = |n: roxmltree::Node, tag: &str| -> Option<String> {
+    let text = |n: roxmltree::Node<'_, '_>, tag: &str| -> Option<String> {
         n.children()
             .find(|c| c.has_tag_name(tag))
             .and_then(|c| c.text())

@@ -4,10 +4,12 @@
 //! or yields a typed error; nothing here panics on input.
 
 pub mod frame;
+pub mod limits;
 pub mod message;
 pub mod path;
 
 pub use frame::{Decoded, FrameError};
+pub use limits::{MAX_SYMLINK_TARGET, MAX_TEXT};
 pub use message::*;
 pub use path::RelPath;
 

@@ -221,7 +221,7 @@ impl<'de> Deserialize<'de> for RelPath {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = RelPath;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a relative path as bytes")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RelPath, E> {

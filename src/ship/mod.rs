@@ -414,7 +414,7 @@ fn crawl_pass(
     excludes: &Excludes,
     slot: &mut u64,
     stop: &dyn Fn() -> bool,
-    emit: crawl::Emit,
+    emit: crawl::Emit<'_>,
 ) -> Result<crawl::Plan> {
     let spinner = std::io::stderr().is_terminal().then(|| {
         let pb = indicatif::ProgressBar::new_spinner();

@@ -502,6 +502,8 @@ fn owned_deletes(ops: Vec<PlannedOp>, index: &Index) -> Result<Vec<PlannedOp>> {
 
 #[path = "ack.rs"]
 mod ack;
+#[path = "read.rs"]
+mod read;
 #[path = "seed.rs"]
 mod seed;
 #[path = "send.rs"]

@@ -50,7 +50,7 @@ struct Family<'a> {
 /// often the monitor restarted its worker; `up` is whether the monitor runs.
 pub fn render(session: &str, up: bool, rows: &[Row], restarts: &dyn Fn(&str) -> u64) -> String {
     let mut out = String::new();
-    let head = |out: &mut String, f: &Family| {
+    let head = |out: &mut String, f: &Family<'_>| {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
     };
@@ -84,7 +84,7 @@ pub fn render(session: &str, up: bool, rows: &[Row], restarts: &dyn Fn(&str) -> 
             label(&r.master_brick)
         )
     };
-    let gauge = |out: &mut String, f: Family, value: &dyn Fn(&Row) -> Option<f64>| {
+    let gauge = |out: &mut String, f: Family<'_>, value: &dyn Fn(&Row) -> Option<f64>| {
         head(out, &f);
         for r in rows {
             if let Some(v) = value(r) {

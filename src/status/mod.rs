@@ -111,7 +111,7 @@ impl BrickStatus {
 }
 
 /// Where the monitor says why a brick's journal writer cannot run (absent while it runs).
-pub fn writer_error_file(brick_state_dir: &Path) -> std::path::PathBuf {
+pub fn writer_error_file(brick_state_dir: &Path) -> PathBuf {
     brick_state_dir.join("writer.error")
 }
 
@@ -207,7 +207,7 @@ pub fn rows(
     use crate::session::SessionConfig;
     let mut out = Vec::new();
     let mut matched = false;
-    for name in crate::session::SessionConfig::names(home) {
+    for name in SessionConfig::names(home) {
         let cfg = SessionConfig::load_by_name(home, &name)?;
         if master.is_some_and(|m| !crate::session::same_volume(home, m, &cfg.master))
             || slave.is_some_and(|s| s != cfg.slave)

@@ -1,11 +1,13 @@
-//! authorized_keys options, read as OpenSSH's sshd reads them (`sshd(8)`, AUTHORIZED_KEYS FILE
-//! FORMAT), for `georep serve`.
+//! authorized_keys, read as OpenSSH's sshd reads it (`sshd(8)`, AUTHORIZED_KEYS FILE FORMAT),
+//! for `georep serve`: the line for a key and a client (`lookup`), and its options.
 //!
 //! Invariant: a line whose options do not parse, or that uses an option `serve` cannot honour,
 //! allows nothing — as in sshd, where a bad option line is skipped.
 
 use chrono::{Local, NaiveDateTime, TimeZone, Utc};
+use russh::keys::ssh_key::PublicKey;
 use std::net::IpAddr;
+use std::path::Path;
 
 /// The options of one authorized_keys line that `serve` acts on.
 #[derive(Debug, Default, PartialEq)]
@@ -192,6 +194,96 @@ pub fn expired(v: &str) -> Result<bool, String> {
     Ok(Utc::now().timestamp() >= at)
 }
 
+/// What the authorized_keys line of a key allows.
+#[derive(Debug, PartialEq)]
+pub enum Lookup {
+    /// Not listed, or listed but not for this client now (the reason is logged).
+    Refused,
+    /// Listed; the forced command, if the line has one.
+    Allowed(Option<String>),
+}
+
+/// The line holding `key` in `file`, checked as OpenSSH's sshd checks it for a client at
+/// `peer`: `from=` must match the address, `expiry-time=` must not have passed, and a line
+/// whose options do not parse allows nothing.
+pub fn lookup(file: &Path, key: &PublicKey, peer: Option<IpAddr>) -> Lookup {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        tracing::warn!("cannot read {}: refusing every key", file.display());
+        return Lookup::Refused;
+    };
+    for (n, line) in text.lines().map(str::trim).enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // Options come first when the line does not start with the key type.
+        let (opts, rest) = if starts_with_key_type(line) {
+            ("", line)
+        } else {
+            split_options(line)
+        };
+        let Ok(k) = PublicKey::from_openssh(rest) else {
+            continue;
+        };
+        if k.key_data() != key.key_data() {
+            continue;
+        }
+        let at = format!("{}:{}", file.display(), n + 1);
+        let opts = match parse_options(opts) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("{at}: {e}: this line allows nothing until it is fixed");
+                continue;
+            }
+        };
+        // As sshd: a line whose options refuse this client does not end the search; a later
+        // line for the same key (another site's from=) may allow it.
+        if let Some(from) = &opts.from {
+            let ok = peer.is_some_and(|ip| from_matches(from, ip));
+            if !ok {
+                tracing::warn!(?peer, "{at}: client address not allowed by from=\"{from}\"");
+                continue;
+            }
+        }
+        if let Some(exp) = &opts.expiry {
+            match expired(exp) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::warn!("{at}: key expired (expiry-time=\"{exp}\")");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("{at}: {e}: the key is refused until the line is fixed");
+                    continue;
+                }
+            }
+        }
+        return Lookup::Allowed(opts.command);
+    }
+    Lookup::Refused
+}
+
+fn starts_with_key_type(line: &str) -> bool {
+    ["ssh-", "ecdsa-", "sk-"]
+        .iter()
+        .any(|p| line.starts_with(p))
+}
+
+/// Splits `opts rest` where opts may contain quoted spaces (and `\"` inside quotes).
+fn split_options(line: &str) -> (&str, &str) {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' | '\t' if !quoted => return (&line[..i], line[i + 1..].trim_start()),
+            _ => {}
+        }
+    }
+    (line, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +346,13 @@ mod tests {
         assert_eq!(expired("20991231235959"), Ok(false));
         assert!(expired("2099").is_err());
         assert!(expired("20991399").is_err());
+    }
+
+    #[test]
+    fn options_with_quoted_spaces() {
+        let (o, r) =
+            split_options("command=\"georep agent --volume v\",restrict ssh-ed25519 AAAA c");
+        assert_eq!(o, "command=\"georep agent --volume v\",restrict");
+        assert_eq!(r, "ssh-ed25519 AAAA c");
     }
 }

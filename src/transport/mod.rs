@@ -2,12 +2,14 @@
 //! streams; nothing above this layer knows which one is in use.
 //!
 //! Invariant: a `Link`'s reader and writer are used from different threads, so a peer that is
-//! slow to read can never stall the acks coming back (the deadlock DEPENDENCIES.md warns of).
+//! slow to read can never stall the acks coming back (russh re-opens a window when data arrives,
+//! not when it is read).
 
 pub mod authkeys;
 pub mod conn;
 pub mod delay;
 pub mod local;
+pub mod readahead;
 pub mod segment;
 pub mod serve;
 pub mod silence;

@@ -324,7 +324,7 @@ mod tests {
             .run(&proptest::collection::vec(any::<u8>(), 0..4096), |bytes| {
                 let mut out = Vec::new();
                 if let Ok(mut r) = SegmentReader::new(&bytes[..]) {
-                    let _ = std::io::Read::read_to_end(&mut r, &mut out);
+                    let _ = Read::read_to_end(&mut r, &mut out);
                 }
                 Ok(())
             })

@@ -8,10 +8,10 @@
 //! client that has not authenticated within the login grace time is closed, and at most
 //! `--max-startups` wait for authentication at once.
 
-use crate::transport::authkeys;
+use crate::transport::authkeys::{lookup, Lookup};
 use crate::transport::ssh::fingerprint;
 use anyhow::{anyhow, bail, Context, Result};
-use russh::keys::ssh_key::{LineEnding, PublicKey};
+use russh::keys::ssh_key::LineEnding;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg};
@@ -58,96 +58,6 @@ fn host_key(path: &Path) -> Result<PrivateKey> {
         .with_context(|| format!("creating host key {}", path.display()))?;
     f.write_all(pem.as_bytes())?;
     Ok(key)
-}
-
-/// What the authorized_keys line of a key allows.
-#[derive(Debug, PartialEq)]
-enum Lookup {
-    /// Not listed, or listed but not for this client now (the reason is logged).
-    Refused,
-    /// Listed; the forced command, if the line has one.
-    Allowed(Option<String>),
-}
-
-/// The line holding `key` in `file`, checked as OpenSSH's sshd checks it for a client at
-/// `peer`: `from=` must match the address, `expiry-time=` must not have passed, and a line
-/// whose options do not parse allows nothing.
-fn lookup(file: &Path, key: &PublicKey, peer: Option<IpAddr>) -> Lookup {
-    let Ok(text) = std::fs::read_to_string(file) else {
-        tracing::warn!("cannot read {}: refusing every key", file.display());
-        return Lookup::Refused;
-    };
-    for (n, line) in text.lines().map(str::trim).enumerate() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        // Options come first when the line does not start with the key type.
-        let (opts, rest) = if starts_with_key_type(line) {
-            ("", line)
-        } else {
-            split_options(line)
-        };
-        let Ok(k) = PublicKey::from_openssh(rest) else {
-            continue;
-        };
-        if k.key_data() != key.key_data() {
-            continue;
-        }
-        let at = format!("{}:{}", file.display(), n + 1);
-        let opts = match authkeys::parse_options(opts) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!("{at}: {e}: this line allows nothing until it is fixed");
-                continue;
-            }
-        };
-        // As sshd: a line whose options refuse this client does not end the search; a later
-        // line for the same key (another site's from=) may allow it.
-        if let Some(from) = &opts.from {
-            let ok = peer.is_some_and(|ip| authkeys::from_matches(from, ip));
-            if !ok {
-                tracing::warn!(?peer, "{at}: client address not allowed by from=\"{from}\"");
-                continue;
-            }
-        }
-        if let Some(exp) = &opts.expiry {
-            match authkeys::expired(exp) {
-                Ok(false) => {}
-                Ok(true) => {
-                    tracing::warn!("{at}: key expired (expiry-time=\"{exp}\")");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!("{at}: {e}: the key is refused until the line is fixed");
-                    continue;
-                }
-            }
-        }
-        return Lookup::Allowed(opts.command);
-    }
-    Lookup::Refused
-}
-
-fn starts_with_key_type(line: &str) -> bool {
-    ["ssh-", "ecdsa-", "sk-"]
-        .iter()
-        .any(|p| line.starts_with(p))
-}
-
-/// Splits `opts rest` where opts may contain quoted spaces (and `\"` inside quotes).
-fn split_options(line: &str) -> (&str, &str) {
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ' ' | '\t' if !quoted => return (&line[..i], line[i + 1..].trim_start()),
-            _ => {}
-        }
-    }
-    (line, "")
 }
 
 /// The volume of `<anything> agent --volume V`, the only command this server runs. The
@@ -601,13 +511,5 @@ mod tests {
             lookup(&f, key.public_key(), lo),
             Lookup::Allowed(Some("georep agent --volume b".into()))
         );
-    }
-
-    #[test]
-    fn options_with_quoted_spaces() {
-        let (o, r) =
-            split_options("command=\"georep agent --volume v\",restrict ssh-ed25519 AAAA c");
-        assert_eq!(o, "command=\"georep agent --volume v\",restrict");
-        assert_eq!(r, "ssh-ed25519 AAAA c");
     }
 }

@@ -8,10 +8,7 @@ use std::sync::Arc;
 /// How long a read of the underlying stream has been waiting for data, shared between the
 /// thread that reads and the one that decides the peer is gone.
 #[derive(Clone)]
-pub struct Silence(
-    Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>,
-    Arc<AtomicU64>,
-);
+pub struct Silence(Arc<(std::time::Instant, AtomicU64)>, Arc<AtomicU64>);
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,10 +18,7 @@ impl Silence {
     /// (or the end) arrives. Time spent not reading (the applier is behind) never counts.
     pub fn watch(inner: BoxRead) -> (BoxRead, Silence) {
         let s = Silence(
-            Arc::new((
-                std::time::Instant::now(),
-                std::sync::atomic::AtomicU64::new(0),
-            )),
+            Arc::new((std::time::Instant::now(), AtomicU64::new(0))),
             Arc::new(AtomicU64::new(
                 crate::protocol::SILENCE_LIMIT.as_millis() as u64
             )),
@@ -77,19 +71,20 @@ impl Silence {
                     );
                     // Not `process::exit`: its cleanup flushes stdout, which may block on the
                     // dead link too.
+                    // SAFETY: `_exit` takes no pointer and never returns.
                     unsafe { libc::_exit(75) };
                 }
             });
     }
 
     /// How long the read in progress has been waiting; zero when none is.
-    pub fn waited(&self) -> std::time::Duration {
-        let since = self.0 .1.load(std::sync::atomic::Ordering::SeqCst);
+    pub fn waited(&self) -> Duration {
+        let since = self.0 .1.load(Ordering::SeqCst);
         if since == 0 {
-            return std::time::Duration::ZERO;
+            return Duration::ZERO;
         }
         let now = self.0 .0.elapsed().as_millis() as u64;
-        std::time::Duration::from_millis(now.saturating_sub(since))
+        Duration::from_millis(now.saturating_sub(since))
     }
 }
 
@@ -103,9 +98,9 @@ impl Read for Watched {
         let mark = &self.s.0 .1;
         // +1: zero means "not waiting".
         let started = self.s.0 .0.elapsed().as_millis() as u64 + 1;
-        mark.store(started, std::sync::atomic::Ordering::SeqCst);
+        mark.store(started, Ordering::SeqCst);
         let r = self.inner.read(buf);
-        mark.store(0, std::sync::atomic::Ordering::SeqCst);
+        mark.store(0, Ordering::SeqCst);
         r
     }
 }

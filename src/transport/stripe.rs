@@ -174,7 +174,7 @@ mod tests {
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Shared {
+    impl io::Write for Shared {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
             Ok(b.len())

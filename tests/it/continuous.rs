@@ -15,7 +15,7 @@ fn each_op_kind_propagates_while_running() {
     s.converge("initial hybrid crawl");
     assert_eq!(s.status()["hybrid_crawls"], 1);
 
-    type Step = (&'static str, Box<dyn Fn(&std::path::Path)>);
+    type Step = (&'static str, Box<dyn Fn(&Path)>);
     let steps: Vec<Step> = vec![
         ("create", Box::new(|m| write(&m.join("new.txt"), b"new"))),
         (
@@ -499,7 +499,7 @@ fn randomized_model_converges() {
     }
 }
 
-fn pick(rng: &mut Rng, m: &std::path::Path, dirs: bool) -> Option<std::path::PathBuf> {
+fn pick(rng: &mut Rng, m: &Path, dirs: bool) -> Option<std::path::PathBuf> {
     let mut all = Vec::new();
     let mut stack = vec![m.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -522,7 +522,7 @@ fn pick(rng: &mut Rng, m: &std::path::Path, dirs: bool) -> Option<std::path::Pat
     (!all.is_empty()).then(|| all[rng.below(all.len() as u64) as usize].clone())
 }
 
-fn random_dir(rng: &mut Rng, m: &std::path::Path) -> std::path::PathBuf {
+fn random_dir(rng: &mut Rng, m: &Path) -> std::path::PathBuf {
     if rng.below(3) == 0 {
         m.to_path_buf()
     } else {
@@ -530,7 +530,7 @@ fn random_dir(rng: &mut Rng, m: &std::path::Path) -> std::path::PathBuf {
     }
 }
 
-fn random_op(m: &std::path::Path, rng: &mut Rng) -> String {
+fn random_op(m: &Path, rng: &mut Rng) -> String {
     let name = format!("n{}", rng.below(40));
     match rng.below(14) {
         0 | 1 => {

@@ -83,7 +83,7 @@ pub trait Replicator {
 type Make<'m> = &'m (dyn for<'x> Fn(&'x Georep) -> Box<dyn Replicator + 'x> + Sync);
 
 /// Runs one sequence; returns its log, and the divergence if there was one.
-pub fn run_sequence(r: &mut dyn Replicator, src: Source) -> (Vec<FsOp>, Result<(), String>) {
+pub fn run_sequence(r: &mut dyn Replicator, src: Source<'_>) -> (Vec<FsOp>, Result<(), String>) {
     let mut log = Vec::new();
     let settle = |r: &mut dyn Replicator, log: &mut Vec<FsOp>| -> Result<(), String> {
         log.push(FsOp::Sync);
@@ -149,7 +149,7 @@ pub fn run_sequence(r: &mut dyn Replicator, src: Source) -> (Vec<FsOp>, Result<(
 /// or per `per` sequences for live sessions), `jobs` replicators at a time (live sequences
 /// mostly wait; `GEOREP_CONVERGE_JOBS` overrides); on a divergence, shrinks it with fresh
 /// replicators and panics with the seed, the log and the minimal log.
-fn harness(mode: &str, count: u64, per: u64, jobs: u64, shrink_budget: Duration, make: Make) {
+fn harness(mode: &str, count: u64, per: u64, jobs: u64, shrink_budget: Duration, make: Make<'_>) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     use std::sync::Mutex;
     let t0 = Instant::now();
@@ -247,7 +247,7 @@ fn harness(mode: &str, count: u64, per: u64, jobs: u64, shrink_budget: Duration,
     }
 }
 
-fn report(mode: &str, seed: u64, log: &[FsOp], diff: &str, budget: Duration, make: Make) -> ! {
+fn report(mode: &str, seed: u64, log: &[FsOp], diff: &str, budget: Duration, make: Make<'_>) -> ! {
     let full = as_code(log);
     let budget = env_num("GEOREP_CONVERGE_SHRINK_SECS")
         .map(Duration::from_secs)

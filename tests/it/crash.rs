@@ -143,7 +143,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// A pid read from a file of the brick's state that names a live process other than `old`.
-fn new_pid(s: &Session, file: &str, old: i32) -> Option<i32> {
+fn new_pid(s: &Session<'_>, file: &str, old: i32) -> Option<i32> {
     let pid: i32 = fs::read_to_string(s.brick_dir().join(file))
         .ok()?
         .trim()

@@ -116,7 +116,7 @@ fn delta(path: &str, base: u64, block: u32, pieces: &[Message], whole: &[u8]) ->
 }
 
 fn agent(root: &Path, input: &[u8]) -> (std::process::Output, Vec<Message>) {
-    let mut cmd = std::process::Command::new(crate::util::bin());
+    let mut cmd = std::process::Command::new(bin());
     cmd.env("GEOREP_HOME", root.parent().unwrap().join("home"));
     let out = feed(agent_command(cmd, root), input);
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));

@@ -178,7 +178,7 @@ fn create_refuses_slave_words_a_remote_shell_would_run() {
     let o = g.run(&["create", m, "h::/dr/x", "no-verify"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let keys = |g: &Georep| {
-        std::fs::read_dir(g.path("home/state/sessions"))
+        fs::read_dir(g.path("home/state/sessions"))
             .into_iter()
             .flatten()
             .flatten()
@@ -289,7 +289,7 @@ fn resync_reverse_against_a_recreated_dr_volume_is_refused_and_changes_nothing()
     g.ok(&["create", ms, ss]);
     g.sync_equal();
     // The DR volume is made again (its state goes, its files stay).
-    std::fs::remove_dir_all(s.join(".georep")).unwrap();
+    fs::remove_dir_all(s.join(".georep")).unwrap();
     for _ in 0..2 {
         g.fails(
             &["resync", "--reverse", ms, ss, "--dry-run"],

@@ -46,7 +46,7 @@ fn agents_for(g: &Georep) -> Vec<i32> {
 
 /// Waits until the slave equals the master; how long that took. Panics with the log after
 /// `limit`.
-fn resumed(s: &Session, limit: Duration, what: &str) -> Duration {
+fn resumed(s: &Session<'_>, limit: Duration, what: &str) -> Duration {
     let t = Instant::now();
     if let Err(msg) = wait_trees_equal(&s.g.master(), &s.g.slave(), limit, &|| s.idle()) {
         let kept = s.keep_log();
@@ -402,7 +402,7 @@ fn agents_of_several_bricks_starting_at_once_on_a_new_volume_all_get_in() {
 }
 
 /// Kills the session and its journal writer, so nothing records what happens next.
-fn kill_all(s: &mut Session) {
+fn kill_all(s: &mut Session<'_>) {
     let writer = s.writer_pid();
     signal(writer, rustix::process::Signal::KILL);
     s.kill9();

@@ -100,7 +100,7 @@ fn assert_replica_of(mount: &Path, dr: &Path, what: &str) {
 }
 
 fn georep_on_gluster(g: &mut Georep) {
-    g.node = crate::util::gluster::NODES[0].into();
+    g.node = gluster::NODES[0].into();
 }
 
 /// A distributed volume of two bricks, imported with the gluster CLI, replicated by
@@ -111,10 +111,7 @@ fn distributed_onto(g: &mut Georep, dr: &Path) {
     let m = g.path("mnt");
     let _mount = vol.mount(&m);
     populate(&m);
-    let sock = crate::util::gluster::glusterd()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let sock = gluster::glusterd().to_str().unwrap().to_string();
     let out = g.ok(&["volume", "import", &vol.name, "--glusterd-sock", &sock]);
     assert!(out.contains("success") && out.contains("2 bricks"), "{out}");
     // The bricks hold link-to files and gfid links: the DR tree must not.
@@ -202,12 +199,9 @@ fn a_gluster_volume_is_imported_and_reimported_after_add_brick() {
     assert!(again.contains("up to date"), "{again}");
     let third = g.path("bricks/extra");
     fs::create_dir_all(&third).unwrap();
-    let spec = format!("{}:{}", crate::util::gluster::NODES[0], third.display());
-    crate::util::gluster::gluster(&["volume", "add-brick", &vol.name, &spec, "force"]).unwrap();
-    let sock = crate::util::gluster::glusterd()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let spec = format!("{}:{}", gluster::NODES[0], third.display());
+    gluster::gluster(&["volume", "add-brick", &vol.name, &spec, "force"]).unwrap();
+    let sock = gluster::glusterd().to_str().unwrap().to_string();
     let out = g.ok(&["volume", "import", &vol.name, "--glusterd-sock", &sock]);
     assert!(out.contains(&format!("brick added: {spec}")), "{out}");
     let info = g.ok(&["volume", "info", &vol.name]);
@@ -215,7 +209,7 @@ fn a_gluster_volume_is_imported_and_reimported_after_add_brick() {
         info.contains(&spec) && info.contains("Number of Bricks: 3"),
         "{info}"
     );
-    crate::util::gluster::gluster(&["volume", "set", &vol.name, "features.shard", "on"]).unwrap();
+    gluster::gluster(&["volume", "set", &vol.name, "features.shard", "on"]).unwrap();
     let o = g.run(&["volume", "import", &vol.name, "--glusterd-sock", &sock]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("features.shard"), "{}", stderr(&o));
@@ -230,10 +224,7 @@ fn a_continuous_session_keeps_a_distributed_gluster_volume_replicated() {
     let vol = Volume::create(&g.path("bricks"), "gc", 1, 2);
     let m = g.path("mnt");
     let _mount = vol.mount(&m);
-    let sock = crate::util::gluster::glusterd()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let sock = gluster::glusterd().to_str().unwrap().to_string();
     g.ok(&["volume", "import", &vol.name, "--glusterd-sock", &sock]);
     let dr = g.slave();
     let ds = dr.to_str().unwrap();
@@ -281,7 +272,7 @@ fn a_continuous_session_keeps_a_distributed_gluster_volume_replicated() {
 }
 
 /// `start --foreground` of `vol` → `dr` on node `n`, its output in `start-<node>.log`.
-fn start_on(n: &Node, vol: &str, dr: &str) -> Foreground {
+fn start_on(n: &Node<'_>, vol: &str, dr: &str) -> Foreground {
     let log = fs::File::create(n.g.path(&format!("start-{}.log", n.name))).unwrap();
     let child = n
         .cmd()
@@ -295,7 +286,7 @@ fn start_on(n: &Node, vol: &str, dr: &str) -> Foreground {
 }
 
 /// Node `n`'s row of `status --json`.
-fn row_of(n: &Node, vol: &str, dr: &str) -> serde_json::Value {
+fn row_of(n: &Node<'_>, vol: &str, dr: &str) -> serde_json::Value {
     let out = n.ok(&["status", vol, dr, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v.as_array()
@@ -332,11 +323,8 @@ fn replicated_onto(g: &Georep, dr: &Path) {
     let _mount = vol.mount(&m);
     populate(&m);
     let ds = dr.to_str().unwrap();
-    let sock = crate::util::gluster::glusterd()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let nodes = crate::util::gluster::NODES;
+    let sock = gluster::glusterd().to_str().unwrap().to_string();
+    let nodes = gluster::NODES;
     let a = Node {
         g,
         home: g.path("home-a"),
@@ -487,7 +475,7 @@ fn a_brick_is_read_as_its_clients_see_it() {
         fs::metadata(s.join("d/second-name")).unwrap().ino(),
         "a real hard link was split"
     );
-    let names = crate::util::xattrs(&s.join("d/file"));
+    let names = xattrs(&s.join("d/file"));
     assert!(
         names.iter().any(|(n, _)| n == b"user.kept")
             && !names.iter().any(|(n, _)| n.starts_with(b"trusted.")),

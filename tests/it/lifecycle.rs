@@ -234,7 +234,7 @@ fn start_pause_resume_stop_show_in_the_table() {
     st.n.ok(&["start", ms, ss, "force"]);
     assert_eq!(pids_with_cmdline(&["monitor", ms]), monitors);
     assert_eq!(st.pid_of(&st.brick_file("worker.pid")), worker);
-    assert!(std::path::Path::new(&format!("/proc/{worker}")).exists());
+    assert!(Path::new(&format!("/proc/{worker}")).exists());
 
     // Paused: nothing ships, the journal keeps recording; resume catches up from it.
     st.op("pause");
@@ -373,7 +373,7 @@ fn killed_worker_is_restarted_and_killed_monitor_resumes_without_a_crawl() {
         .spawn()
         .unwrap();
     fs::write(st.session_file("monitor.pid"), other.id().to_string()).unwrap();
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     st.op("stop");
     assert!(
         t.elapsed() < Duration::from_secs(20),

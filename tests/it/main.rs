@@ -3,6 +3,7 @@
 mod util;
 
 mod agent_hostile;
+mod architecture;
 mod continuous;
 mod converge;
 mod converge_regressions;

@@ -213,7 +213,7 @@ fn clear_errors_for_wrong_key_unreachable_host_and_missing_georep() {
     let _c = Cleanup(&g, sshd.slave(g.slave().to_str().unwrap()));
     let m = g.master();
     let slave = sshd.slave(g.slave().to_str().unwrap());
-    let create = |slave: &str, key: &std::path::Path, extra: &[&str]| {
+    let create = |slave: &str, key: &Path, extra: &[&str]| {
         let mut args = vec![
             "create",
             m.to_str().unwrap(),

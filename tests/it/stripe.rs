@@ -308,6 +308,7 @@ fn a_channel_lost_mid_stream_ends_the_connection_and_the_retry_converges() {
         "three joined channels while data flows"
     );
     let victim = joined_agents()[1];
+    // SAFETY: a plain syscall with no pointer.
     unsafe { libc::kill(victim, libc::SIGKILL) };
     assert!(
         wait_until(Duration::from_secs(30), || s.status()["disconnects"]

@@ -502,7 +502,7 @@ fn a_file_that_grew_ships_only_its_tail() {
     write_random(&m.join("logs/app.log"), 8 << 20, 7);
     g.sync();
     let grow = |tail: &[u8]| {
-        let mut f = std::fs::OpenOptions::new()
+        let mut f = fs::OpenOptions::new()
             .append(true)
             .open(m.join("logs/app.log"))
             .unwrap();
@@ -514,7 +514,7 @@ fn a_file_that_grew_ships_only_its_tail() {
 
     // The beginning changed too: the whole file goes.
     let r = step(&g, "a rewrite then an append", |m| {
-        let mut f = std::fs::OpenOptions::new()
+        let mut f = fs::OpenOptions::new()
             .write(true)
             .open(m.join("logs/app.log"))
             .unwrap();
@@ -527,7 +527,7 @@ fn a_file_that_grew_ships_only_its_tail() {
     // The DR copy changed behind georep's back (same size): the append does not check there,
     // and the file is sent whole in the same run.
     let dr = s.join("logs/app.log");
-    let mut f = std::fs::OpenOptions::new().write(true).open(&dr).unwrap();
+    let mut f = fs::OpenOptions::new().write(true).open(&dr).unwrap();
     f.write_all(b"tampered").unwrap();
     drop(f);
     grow(&[9u8; 100]);
@@ -539,7 +539,7 @@ fn a_file_that_grew_ships_only_its_tail() {
 /// Allocated bytes of `p`.
 fn allocated(p: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).unwrap().blocks() * 512
+    fs::metadata(p).unwrap().blocks() * 512
 }
 
 /// Issue 16, sparse files: holes travel as holes (only the data crosses the wire) and stay
@@ -551,8 +551,8 @@ fn sparse_files_stay_sparse_and_a_punched_hole_follows() {
     let g = Georep::new();
     let (m, s) = (g.master(), g.slave());
     let path = m.join("vm/disk.img");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = std::fs::File::create(&path).unwrap();
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = fs::File::create(&path).unwrap();
     f.set_len(256 << 20).unwrap();
     f.write_all(&[1u8; 1 << 20]).unwrap();
     f.seek(std::io::SeekFrom::Start(100 << 20)).unwrap();
@@ -569,10 +569,10 @@ fn sparse_files_stay_sparse_and_a_punched_hole_follows() {
         "the DR copy allocates {} bytes",
         allocated(&dr)
     );
-    assert_eq!(std::fs::metadata(&dr).unwrap().len(), 256 << 20);
+    assert_eq!(fs::metadata(&dr).unwrap().len(), 256 << 20);
 
     // A hole punched in the first MiB (fallocate): the file changed, and the DR copy frees it.
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     rustix::fs::fallocate(
         &f,
         rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,

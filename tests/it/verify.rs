@@ -160,6 +160,7 @@ fn the_tree_comparison_fails_on_what_it_cannot_read() {
     }
     // setfsuid is per thread: only this thread reads as nobody.
     let diff = std::thread::spawn(move || {
+        // SAFETY: a plain syscall with no pointer, on this thread only.
         unsafe { libc::setfsuid(65534) };
         tree_differences(&a, &b)
     })

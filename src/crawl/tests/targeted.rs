@@ -27,7 +27,7 @@ fn a_directory_renamed_back_while_a_window_is_planned_is_not_made_new() {
         dirty: BTreeSet::from([RelPath::root(), p("L"), p("L/a"), p("N")]),
         touched: BTreeSet::from([p("L"), p("L/a")]),
         rename_targets: BTreeSet::from([p("L")]),
-        renamed_from: std::collections::BTreeMap::from([(p("L"), p("N"))]),
+        renamed_from: BTreeMap::from([(p("L"), p("N"))]),
         written: BTreeSet::from([p("L/a")]),
         ..Window::default()
     };
@@ -192,7 +192,7 @@ fn a_directory_gone_before_it_was_listed_deletes_nothing_beneath_it() {
         dirty: BTreeSet::from([RelPath::root(), p("E"), p("E/w"), p("H")]),
         touched: BTreeSet::from([p("E/w")]),
         rename_targets: BTreeSet::from([p("E")]),
-        renamed_from: std::collections::BTreeMap::from([(p("E"), p("H"))]),
+        renamed_from: BTreeMap::from([(p("E"), p("H"))]),
         removed: BTreeSet::from([p("H")]),
         ..Window::default()
     };

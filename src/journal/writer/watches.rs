@@ -356,7 +356,7 @@ mod tests {
             .unwrap()
         };
         assert!(!changed_since_birth(&open()));
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
         std::fs::write(d.join("l"), b"x").unwrap();
         std::fs::remove_file(d.join("l")).unwrap();
         assert!(changed_since_birth(&open()));

@@ -305,7 +305,7 @@ pub fn joined_agents(slave: &Path) -> Vec<i32> {
 /// Sizes of the files an agent is receiving into `slave` right now: its temp files, which have
 /// no name while they are written (`O_TMPFILE`, found through the agent's open fds) or a name
 /// under `.georep/tmp/` (filesystems without it).
-pub fn files_being_received(slave: &std::path::Path) -> Vec<u64> {
+pub fn files_being_received(slave: &Path) -> Vec<u64> {
     let tmp = slave.join(".georep/tmp");
     let mut out = Vec::new();
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {

@@ -20,14 +20,14 @@ impl<'a> Node<'a> {
         }
     }
 
-    pub fn cmd(&self) -> std::process::Command {
+    pub fn cmd(&self) -> Command {
         let mut c = self.g.cmd();
         c.env("GEOREP_HOME", &self.home)
             .env("GEOREP_NODE", &self.name);
         c
     }
 
-    pub fn run(&self, args: &[&str]) -> std::process::Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
 

@@ -216,7 +216,7 @@ impl Drop for Session<'_> {
 
 /// How many markers the journal at `journal` holds after its first record for `path` (of a
 /// paused session: a running worker trims what it has read).
-pub fn markers_after(journal: &std::path::Path, path: &str) -> usize {
+pub fn markers_after(journal: &Path, path: &str) -> usize {
     let j = georep::journal::JournalStore::open(journal).unwrap();
     let recs = j.read_after(0, 1 << 20).unwrap();
     recs.iter()
@@ -227,7 +227,7 @@ pub fn markers_after(journal: &std::path::Path, path: &str) -> usize {
 
 /// `start --foreground` as systemd runs it; stopped (SIGTERM) when dropped, even when the test
 /// fails.
-pub struct Foreground(pub std::process::Child);
+pub struct Foreground(pub Child);
 
 impl Foreground {
     pub fn start(g: &Georep, args: &[&str]) -> Foreground {
