@@ -172,14 +172,17 @@ pub(super) fn journal(home: &Home, a: JournalArgs) -> Result<ExitCode> {
 
 /// `georep serve`: the DR side's own SSH server.
 pub(super) fn serve(a: ServeArgs) -> Result<ExitCode> {
-    crate::transport::serve::serve(&crate::transport::serve::ServeOptions {
-        listen: a.listen,
-        host_key: a.host_key,
-        authorized_keys: a.authorized_keys,
-        allow_unforced: a.allow_unforced,
-        login_grace: std::time::Duration::from_secs(a.login_grace_time),
-        max_startups: a.max_startups as usize,
-    })?;
+    crate::transport::serve::serve(
+        &crate::transport::serve::ServeOptions {
+            listen: a.listen,
+            host_key: a.host_key,
+            authorized_keys: a.authorized_keys,
+            allow_unforced: a.allow_unforced,
+            login_grace: std::time::Duration::from_secs(a.login_grace_time),
+            max_startups: a.max_startups as usize,
+        },
+        |listen, host_key| println!("georep serve: listening on {listen}, host key {host_key}"),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -189,6 +192,12 @@ pub(super) fn delay_proxy(a: DelayProxyArgs) -> Result<ExitCode> {
         &a.listen,
         &a.connect,
         std::time::Duration::from_millis(a.delay_ms),
+        |at| {
+            eprintln!(
+                "delay-proxy: {at} -> {}, {} ms each way",
+                a.connect, a.delay_ms
+            )
+        },
     )?;
     Ok(ExitCode::SUCCESS)
 }

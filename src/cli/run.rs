@@ -6,6 +6,7 @@ use super::show::print_reverse;
 use super::{admin, show};
 use super::{local_path, session, session_and_words};
 use crate::config::{Home, SyncOptions};
+use crate::session::SessionConfig;
 use anyhow::{bail, Context, Result};
 use std::process::ExitCode;
 
@@ -109,11 +110,11 @@ pub(super) fn start(home: &Home, a: StartArgs) -> Result<ExitCode> {
     let force = !check_words("start", words, &["force"])?.is_empty();
     let (m, sl) = (&m, &sl);
     if !a.foreground {
-        crate::daemon::start(home, m, sl, force, false)?;
+        crate::daemon::start(home, &SessionConfig::load(home, m, sl)?, force, false)?;
         println!("Starting geo-replication session between {m} & {sl} has been successful");
         return Ok(ExitCode::SUCCESS);
     }
-    crate::daemon::start(home, m, sl, force, true)?;
+    crate::daemon::start(home, &SessionConfig::load(home, m, sl)?, force, true)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -122,7 +123,7 @@ pub(super) fn stop(home: &Home, a: WordArgs) -> Result<ExitCode> {
     let (m, sl, words) = session_and_words(home, "stop", &a.master, &a.words, |w| w == "force")?;
     let force = !check_words("stop", words, &["force"])?.is_empty();
     let (m, sl) = (&m, &sl);
-    crate::daemon::stop(home, m, sl, force)?;
+    crate::daemon::stop(home, &SessionConfig::load(home, m, sl)?, force)?;
     println!("Stopping geo-replication session between {m} & {sl} has been successful");
     Ok(ExitCode::SUCCESS)
 }
@@ -130,7 +131,7 @@ pub(super) fn stop(home: &Home, a: WordArgs) -> Result<ExitCode> {
 /// `georep pause`.
 pub(super) fn pause(home: &Home, a: SessionArgs) -> Result<ExitCode> {
     let (m, s) = session(home, "pause", &a)?;
-    crate::daemon::pause(home, &m, &s)?;
+    crate::daemon::pause(home, &SessionConfig::load(home, &m, &s)?)?;
     println!("Pausing geo-replication session between {m} & {s} has been successful");
     Ok(ExitCode::SUCCESS)
 }
@@ -138,7 +139,7 @@ pub(super) fn pause(home: &Home, a: SessionArgs) -> Result<ExitCode> {
 /// `georep resume`.
 pub(super) fn resume(home: &Home, a: SessionArgs) -> Result<ExitCode> {
     let (m, s) = session(home, "resume", &a)?;
-    crate::daemon::resume(home, &m, &s)?;
+    crate::daemon::resume(home, &SessionConfig::load(home, &m, &s)?)?;
     println!("Resuming geo-replication session between {m} & {s} has been successful");
     Ok(ExitCode::SUCCESS)
 }
@@ -150,7 +151,7 @@ pub(super) fn delete(home: &Home, a: WordArgs) -> Result<ExitCode> {
     })?;
     let reset = !check_words("delete", words, &["reset-sync-time"])?.is_empty();
     let (m, sl) = (&m, &sl);
-    crate::daemon::delete(home, m, sl, reset)?;
+    crate::daemon::delete(home, &SessionConfig::load(home, m, sl)?, reset)?;
     println!("Deleting geo-replication session between {m} & {sl} has been successful");
     Ok(ExitCode::SUCCESS)
 }

@@ -124,7 +124,7 @@ pub(super) fn print_reverse(r: &crate::failback::ReverseReport, json: bool) -> R
 /// `georep failures`: the paths that failed and why.
 pub(super) fn failures(home: &Home, a: FailuresArgs) -> Result<ExitCode> {
     let (m, s) = session(home, "failures", &a.session)?;
-    let list = crate::status::failures(home, &m, &s)?;
+    let list = crate::status::failures(home, &SessionConfig::load(home, &m, &s)?)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if list.is_empty() {
@@ -148,7 +148,8 @@ pub(super) fn failures(home: &Home, a: FailuresArgs) -> Result<ExitCode> {
 pub(super) fn scrub(home: &Home, a: ScrubArgs) -> Result<ExitCode> {
     let (m, s) = session(home, "scrub", &a.session)?;
     if a.now {
-        for line in crate::daemon::request_scrub(home, &m, &s, a.checksum)? {
+        let cfg = SessionConfig::load(home, &m, &s)?;
+        for line in crate::daemon::request_scrub(home, &cfg, a.checksum)? {
             println!("{line}");
         }
         return Ok(ExitCode::SUCCESS);

@@ -43,13 +43,7 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 
 /// `georep scrub --now`: asks each local active brick's worker for a pass (read by the worker
 /// within a second; `checksum`: hash every file this pass).
-pub fn request_scrub(
-    home: &Home,
-    master: &str,
-    slave: &str,
-    checksum: bool,
-) -> Result<Vec<String>> {
-    let cfg = SessionConfig::load(home, master, slave)?;
+pub fn request_scrub(home: &Home, cfg: &SessionConfig, checksum: bool) -> Result<Vec<String>> {
     if !session::is_running(home, &cfg.name) {
         bail!("session {} is not running on this node: `georep start {}` first (a scrub runs in the session's workers)", cfg.name, cfg.name);
     }
@@ -75,8 +69,8 @@ pub fn request_scrub(
 
 /// `georep start MASTER SLAVE [force]`: starts the session's monitor in the background (or, with
 /// `foreground`, runs it here until SIGINT/SIGTERM, for systemd).
-pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bool) -> Result<()> {
-    let cfg = SessionConfig::load(home, master, slave)?;
+pub fn start(home: &Home, cfg: &SessionConfig, force: bool, foreground: bool) -> Result<()> {
+    let (master, slave) = (&cfg.master, &cfg.slave);
     if session::is_running(home, &cfg.name) {
         if force {
             return Ok(());
@@ -103,7 +97,7 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
         "monitor",
         &cfg.name,
         None,
-        &crate::options::log_level(&cfg),
+        &crate::options::log_level(cfg),
         &log_path,
     )?;
     // Its own process group: the monitor outlives the terminal that started it.
@@ -141,8 +135,8 @@ pub fn start(home: &Home, master: &str, slave: &str, force: bool, foreground: bo
 
 /// `georep stop MASTER SLAVE [force]`: stops the monitor and its workers (each finishes its
 /// batch in flight). Journaling goes on, so a later start resumes with a History Crawl.
-pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
-    let cfg = SessionConfig::load(home, master, slave)?;
+pub fn stop(home: &Home, cfg: &SessionConfig, force: bool) -> Result<()> {
+    let (master, slave) = (&cfg.master, &cfg.slave);
     if !session::is_running(home, &cfg.name) {
         if force {
             return Ok(());
@@ -203,8 +197,8 @@ pub fn stop(home: &Home, master: &str, slave: &str, force: bool) -> Result<()> {
 
 /// `georep pause`: workers stop shipping (finishing their batch in flight); the journal keeps
 /// recording. Waits until every local brick reports Paused.
-pub fn pause(home: &Home, master: &str, slave: &str) -> Result<()> {
-    let cfg = SessionConfig::load(home, master, slave)?;
+pub fn pause(home: &Home, cfg: &SessionConfig) -> Result<()> {
+    let (master, slave) = (&cfg.master, &cfg.slave);
     if !session::is_running(home, &cfg.name) {
         bail!("session {master} -> {slave} is not running on this node: start it first");
     }
@@ -230,8 +224,8 @@ pub fn pause(home: &Home, master: &str, slave: &str) -> Result<()> {
 }
 
 /// `georep resume`: workers start again and catch up from the journal (History Crawl).
-pub fn resume(home: &Home, master: &str, slave: &str) -> Result<()> {
-    let cfg = SessionConfig::load(home, master, slave)?;
+pub fn resume(home: &Home, cfg: &SessionConfig) -> Result<()> {
+    let (master, slave) = (&cfg.master, &cfg.slave);
     let flag = session::session_dir(home, &cfg.name).join("paused");
     if !flag.exists() {
         bail!("session {master} -> {slave} is not paused");
@@ -250,8 +244,8 @@ fn now() -> i64 {
 /// `georep delete MASTER SLAVE [reset-sync-time]`: stops journaling and removes the session.
 /// What the slave has (index and stime) is kept, so creating the session again sends only the
 /// differences; `reset-sync-time` forgets it too.
-pub fn delete(home: &Home, master: &str, slave: &str, reset_sync_time: bool) -> Result<()> {
-    let cfg = SessionConfig::load(home, master, slave)?;
+pub fn delete(home: &Home, cfg: &SessionConfig, reset_sync_time: bool) -> Result<()> {
+    let (master, slave) = (&cfg.master, &cfg.slave);
     if session::is_running(home, &cfg.name) {
         bail!("session {master} -> {slave} is running: `georep stop {master} {slave}` first");
     }

@@ -347,7 +347,12 @@ fn rejoin(
 pub fn failback(home: &Home, master: &str, slave: &str) -> Result<ReverseReport> {
     let r = resync_reverse(home, master, slave, false, false, true)?;
     if r.failures.is_empty() {
-        crate::daemon::start(home, master, slave, true, false)?;
+        crate::daemon::start(
+            home,
+            &SessionConfig::load(home, master, slave)?,
+            true,
+            false,
+        )?;
     }
     Ok(r)
 }

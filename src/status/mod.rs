@@ -463,8 +463,10 @@ pub struct FailedPath {
     pub attempts: u32,
 }
 
-pub fn failures(home: &crate::config::Home, master: &str, slave: &str) -> Result<Vec<FailedPath>> {
-    let cfg = crate::session::SessionConfig::load(home, master, slave)?;
+pub fn failures(
+    home: &crate::config::Home,
+    cfg: &crate::session::SessionConfig,
+) -> Result<Vec<FailedPath>> {
     let vol = cfg.volume(home)?;
     let mut out = Vec::new();
     for b in vol.bricks.iter().filter(|b| b.is_local()) {

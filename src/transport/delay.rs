@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 /// Chunks queued per direction at most (of up to 256 KiB: 1 GiB in flight at most).
 const QUEUE: usize = 4096;
 
-/// Relays every connection to `listen` on to `connect`, `delay` late each way, until killed.
-pub fn run(listen: &str, connect: &str, delay: Duration) -> Result<()> {
+/// Relays every connection to `listen` on to `connect`, `delay` late each way, until killed;
+/// `listening` is told the address once it is bound.
+pub fn run(
+    listen: &str,
+    connect: &str,
+    delay: Duration,
+    listening: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
     let l = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
-    eprintln!(
-        "delay-proxy: {} -> {connect}, {} ms each way",
-        l.local_addr()?,
-        delay.as_millis()
-    );
+    listening(l.local_addr()?);
     for down in l.incoming() {
         let down = down?;
         let up = TcpStream::connect(connect).with_context(|| format!("connecting to {connect}"))?;

@@ -292,8 +292,9 @@ async fn run_agent(exe: &Path, volume: &str, channel: Channel<Msg>) -> Result<u3
     Ok(status.code().unwrap_or(255) as u32)
 }
 
-/// `georep serve --listen ADDR:PORT --host-key FILE --authorized-keys FILE`, until killed.
-pub fn serve(o: &ServeOptions) -> Result<()> {
+/// `georep serve --listen ADDR:PORT --host-key FILE --authorized-keys FILE`, until killed;
+/// `listening` is told the address and the host key's fingerprint once it listens.
+pub fn serve(o: &ServeOptions, listening: impl FnOnce(&str, &str)) -> Result<()> {
     let key = host_key(&o.host_key)?;
     if !o.authorized_keys.exists() {
         bail!(
@@ -323,11 +324,7 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(o.listen.as_str())
             .await
             .with_context(|| format!("listening on {}", o.listen))?;
-        println!(
-            "georep serve: listening on {}, host key {}",
-            o.listen,
-            fingerprint(key.public_key())
-        );
+        listening(&o.listen, &fingerprint(key.public_key()));
         let waiting = Arc::new(AtomicUsize::new(0));
         loop {
             let (socket, peer) = match listener.accept().await {

@@ -380,7 +380,6 @@ impl Replicator for Live<'_> {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 2,000 (timing-dependent races, each fixed as found: docs/benchmarks.md); 900 sequences in CI would fail about a run in three. Run with --ignored; GEOREP_CONVERGE_LONG=1 for thousands"]
 fn converge_journal_mode() {
     harness(
         "journal",
@@ -399,7 +398,6 @@ fn converge_journal_mode() {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 2,000 (timing-dependent races, each fixed as found: docs/benchmarks.md); 900 sequences in CI would fail about a run in three. Run with --ignored; GEOREP_CONVERGE_LONG=1 for thousands"]
 fn converge_journal_with_gaps() {
     harness(
         "journal with gaps",
@@ -607,7 +605,6 @@ impl Drop for Replica<'_> {
 }
 
 #[test]
-#[ignore = "live modes still diverge in about 1 sequence in 2,000 (timing-dependent races, each fixed as found: docs/benchmarks.md); 900 sequences in CI would fail about a run in three. Run with --ignored; GEOREP_CONVERGE_LONG=1 for thousands"]
 fn converge_replica_takeover() {
     harness(
         "replica takeover",
