@@ -92,10 +92,10 @@ pub(super) fn serve(c: Connection, root: &Path, w: &SharedWriter, silence: &Sile
                     );
                 }
                 if state.role()? == Role::Primary {
-                    bail!(
+                    bail!(crate::error::Permanent(format!(
                         "slave volume {} on {host} was promoted by `georep failover` while this master was replicating: it is fenced now. Run `georep resync --reverse <mastervol> <slave>`, then `georep failback <mastervol> <slave>`",
                         root.display()
-                    );
+                    )));
                 }
                 tracing::debug!(batch = b.id, ops = b.ops, "batch begins");
                 batch = Some(BatchState {

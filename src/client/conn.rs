@@ -69,7 +69,7 @@ impl Client {
         opts: &SyncOptions,
         mode: &Mode,
     ) -> Result<(Client, Welcome), Error> {
-        let transport = target.transport().map_err(Error::Permanent)?;
+        let transport = target.transport().map_err(Error::from_link)?;
         Client::connect_over(transport.as_ref(), target, brick, epoch, opts, mode)
     }
 

@@ -7,7 +7,7 @@ use crate::shellword::Word;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::{HostKeyPolicy, SshTarget, SshTransport};
 use crate::transport::Transport;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
 
 /// The slave end of a session.
@@ -75,9 +75,14 @@ impl Target {
                     Some(k) => HostKeyPolicy::Pinned(k),
                     None => match std::fs::read_to_string(&fp_file) {
                         Ok(fp) => HostKeyPolicy::Fingerprint(fp.trim().to_string()),
-                        Err(_) => bail!(
-                            "session {session} has no pinned host key for {host}: run `georep create ... push-pem` (or no-verify --host-key SHA256:...)"
-                        ),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            bail!(crate::error::Permanent(format!(
+                                "session {session} has no pinned host key for {host}: run `georep create ... push-pem` (or no-verify --host-key SHA256:...)"
+                            )))
+                        }
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("reading {}", fp_file.display()))
+                        }
                     },
                 };
                 let command = crate::shellword::command(

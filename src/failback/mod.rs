@@ -251,6 +251,7 @@ pub fn resync_reverse(
                 brick,
                 &mut client,
                 &index,
+                welcome.xattrs & crate::xattr::permitted(opts.xattrs),
                 &excludes,
                 demote && !dry_run,
                 &mut report,
@@ -308,12 +309,15 @@ fn rejoin(
     brick: &Brick,
     client: &mut Client,
     index: &Index,
+    xattrs: u8,
     excludes: &Excludes,
     demote: bool,
     report: &mut ReverseReport,
 ) -> Result<()> {
     let mut v = crate::verify::VerifyReport::default();
-    crate::verify::compare_brick(brick, client, 0, excludes, false, &mut v)?;
+    // Attributes too, as the brick that failed back compared them: a brick whose xattrs or
+    // ACLs differ from the DR copy is not equal to it.
+    crate::verify::compare_brick(brick, client, xattrs, excludes, false, &mut v)?;
     if v.total_differences() > 0 {
         let first: Vec<String> = v
             .differences

@@ -72,13 +72,14 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, FrameError> {
     let msg = match body[0] {
         KIND_MSG => {
             super::path::take_decode_error();
-            let m: Message =
-                postcard::from_bytes(&body[1..]).map_err(
-                    |e| match super::path::take_decode_error() {
-                        Some(pe) => FrameError::Path(pe),
-                        None => FrameError::Malformed(e.to_string()),
-                    },
-                )?;
+            let m: Message = match postcard::from_bytes(&body[1..]) {
+                Ok(m) => m,
+                Err(e) => match super::path::take_decode_error() {
+                    Some(pe) => return Err(FrameError::Path(pe)),
+                    None => legacy_error(&body[1..])
+                        .ok_or_else(|| FrameError::Malformed(e.to_string()))?,
+                },
+            };
             m.check_limits().map_err(FrameError::Malformed)?;
             m
         }
@@ -86,6 +87,29 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, FrameError> {
         k => return Err(FrameError::UnknownKind(k)),
     };
     Ok(Decoded::Frame(msg, HEADER + len))
+}
+
+/// An `Error` as agents before protocol 13 sent it: its message alone, without `permanent`.
+/// Such an agent answers a newer master's `Hello` with the version mismatch, which reaches the
+/// operator whole this way (not as a malformed message); it needs an operator (the same georep
+/// on both sites), so it is permanent.
+fn legacy_error(body: &[u8]) -> Option<Message> {
+    let probe = Message::Error(super::ErrorMsg {
+        message: String::new(),
+        permanent: false,
+    });
+    let error_tag = postcard::take_from_bytes::<u32>(&postcard::to_allocvec(&probe).ok()?)
+        .ok()?
+        .0;
+    let (tag, rest) = postcard::take_from_bytes::<u32>(body).ok()?;
+    if tag != error_tag {
+        return None;
+    }
+    let (message, rest) = postcard::take_from_bytes::<String>(rest).ok()?;
+    rest.is_empty().then_some(Message::Error(super::ErrorMsg {
+        message,
+        permanent: true,
+    }))
 }
 
 /// Appends one encoded frame to `out`.
@@ -218,6 +242,40 @@ mod tests {
         finish(&mut buf, 0);
         let err = decode(&buf).unwrap_err();
         assert!(err.to_string().contains("'..'"), "{err}");
+    }
+
+    /// An agent of protocol 12 answers with an `Error` that has no `permanent`: its message
+    /// (the version mismatch) reaches the operator, marked permanent; a message that only
+    /// starts like one is still malformed.
+    #[test]
+    fn an_older_agents_error_is_read() {
+        let said = "master speaks protocol version 13, this agent on dr1 speaks 12: install the same georep version on both sites";
+        let full = postcard::to_allocvec(&Message::Error(ErrorMsg {
+            message: said.into(),
+            permanent: false,
+        }))
+        .unwrap();
+        // The same bytes less the trailing flag: what protocol 12 encoded.
+        let legacy = &full[..full.len() - 1];
+        let frame = |body: &[u8]| {
+            let mut buf = vec![0u8; HEADER];
+            buf.push(0);
+            buf.extend_from_slice(body);
+            finish(&mut buf, 0);
+            buf
+        };
+        match decode(&frame(legacy)).unwrap() {
+            Decoded::Frame(Message::Error(e), _) => {
+                assert_eq!(e.message, said);
+                assert!(e.permanent);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cut = &legacy[..legacy.len() - 3];
+        assert!(matches!(decode(&frame(cut)), Err(FrameError::Malformed(_))));
+        let mut hello_tag = legacy.to_vec();
+        hello_tag[0] = 0;
+        assert!(decode(&frame(&hello_tag)).is_err());
     }
 
     /// Fuzzing (issue 13): cases per run from `PROPTEST_CASES` (CI: the default below).

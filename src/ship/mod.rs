@@ -276,9 +276,11 @@ pub fn connect(
     let brick_fd = brick.open()?;
     let epoch = index.epoch()?;
     let (client, welcome) = Client::connect_over(transport, target, brick, epoch, opts, mode)?;
-    Ok(Shipper::start(
-        client, &welcome, brick_fd, index, opts, mode, target,
-    )?)
+    let shipper = Shipper::start(client, &welcome, brick_fd, index, opts, mode, target)?;
+    if let Some(w) = &shipper.xattr_warning {
+        tracing::warn!("brick {brick}: extended attributes: {w}");
+    }
+    Ok(shipper)
 }
 
 /// What a series of crawl passes achieved.

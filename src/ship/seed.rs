@@ -35,9 +35,7 @@ impl Shipper {
         let mut linked: Vec<LinkedName> = Vec::new();
         let mut suspect: Vec<(RelPath, Entry)> = Vec::new();
         // An ack handled inside the rebuild's transaction would write the index in it.
-        while !self.inflight.is_empty() {
-            self.wait_one(index)?;
-        }
+        self.drain(index)?;
         // The slave's extended attributes come with the listing: an entry equal in all else
         // but them is not taken as shipped (takeover seeds 1500266 and seven more: a change to
         // attributes alone that the previous Active never shipped stayed missing for good).

@@ -376,6 +376,22 @@ fn failover_during_a_partition_fences_the_old_masters_and_failback_brings_it_hom
         .unwrap();
     assert!(cp.success());
     std::fs::remove_file(n2.join(".georep/brick-id-n1")).unwrap();
+    // Equal but for an extended attribute: still not the DR copy (attributes are compared as
+    // the brick that failed back compared them).
+    rustix::fs::lsetxattr(
+        n2.join("base/3"),
+        "user.stale",
+        b"only on n2",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let o = site.host("n2").run(&["failback", "gv", &site.slave]);
+    assert!(
+        !o.status.success(),
+        "n2 rejoined with an attribute the DR copy lacks"
+    );
+    assert!(stderr(&o).contains("base/3"), "{}", stderr(&o));
+    rustix::fs::lremovexattr(n2.join("base/3"), "user.stale").unwrap();
     let out = site.host("n2").ok(&["failback", "gv", &site.slave]);
     assert!(
         out.contains("has been successful") && out.contains("rejoin"),

@@ -311,7 +311,7 @@ impl Worker {
             let index_path = self.dir.join("index.db");
             let connected = Target::of_session(&self.home, &self.session)
                 .and_then(|t| Ok((t.transport()?, t)))
-                .map_err(client::Error::Permanent)
+                .map_err(client::Error::from_link)
                 .and_then(|(transport, target)| {
                     if pre.is_none() {
                         return connect(

@@ -102,13 +102,15 @@ impl Worker {
             && !vol.replicated_by(&shipper.replicated_from)
         {
             index.clear()?;
-            anyhow::bail!(
+            // Until an operator says so: `create … force` rewrites the session's options,
+            // which ends the worker's wait at once.
+            anyhow::bail!(crate::error::Permanent(format!(
                 "slave {} holds {listed} entries that no brick of {} sent: georep does not replicate onto it (it would make it equal to the master and remove the rest) until `georep create {} {} force` says to",
                 self.session.slave,
                 vol.name,
                 self.session.master,
                 self.session.slave
-            );
+            )));
         }
         tracing::info!(brick = %self.brick, entries = listed, "first sync: slave listing read");
         Ok(())

@@ -12,7 +12,7 @@ mod login;
 
 use super::conn::{BoxRead, BoxWrite, Sink};
 use super::{Link, LinkHandle, Transport};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 pub use login::{fingerprint, run_command, Credentials, HostKeyPolicy, SshTarget, LONG_LINK_AUTH};
 use login::{login, runtime, Checker};
 use russh::{client, ChannelMsg, Disconnect};
@@ -178,11 +178,11 @@ impl Transport for SshTransport {
     /// on a long link (a round trip of at least `LONG_LINK`), where one channel's window
     /// bounds the throughput; on a short one they would only cost processes on the DR host.
     fn connect_with(&self, extra: usize, auto: bool) -> Result<Link> {
-        let key = russh::keys::load_secret_key(&self.key, None).with_context(|| {
-            format!(
-                "loading the session key {} (recreate it with push-pem)",
+        let key = russh::keys::load_secret_key(&self.key, None).map_err(|e| {
+            crate::error::Permanent(format!(
+                "loading the session key {}: {e} (recreate it with push-pem)",
                 self.key.display()
-            )
+            ))
         })?;
         let creds = Credentials::Key(Arc::new(key));
         let target = self.target.clone();
