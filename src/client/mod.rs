@@ -34,6 +34,9 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
 }
 
 #[cfg(test)]
+mod agent_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use anyhow::Context;
