@@ -228,6 +228,13 @@ pub fn plan_paths(
         if let Some(e) = disk.as_ref().filter(|e| e.kind == Kind::Dir) {
             d.dirs.insert(p.clone(), e.clone());
         }
+        // An indexed name removed, made again as a link that was changed through, and made
+        // once more (or replaced by a rename): the change reached another name no record
+        // names, as when the name stays gone (below).
+        needs_crawl |= disk.is_some()
+            && old.is_some()
+            && changed_unseen.contains(p)
+            && (removed.contains(p) || rename_targets.contains(p));
         match (disk, old) {
             // Made and removed since the last pass: nothing to ship, unless it was a hard link
             // (this pass made one, or the writer could not tell: seed 380059): content written
@@ -258,6 +265,10 @@ pub fn plan_paths(
                 incomplete |= touched.contains(p) || changed_in.contains(p)
             }
             (None, Some(o)) => {
+                // The indexed name was removed, and a link made at it since was changed
+                // through and removed too: the change reached another name no record names
+                // (gaps seed 3000xxx).
+                needs_crawl |= changed_unseen.contains(p);
                 if o.kind == Kind::Dir {
                     d.gone.extend(index.subtree(p)?);
                 }

@@ -809,3 +809,68 @@ fn writer_late_file_beneath_a_directory_renamed_over_another_reaches_the_slave()
         |_| {},
     );
 }
+
+/// Journal-with-gaps seed 3000xxx (the run of 800 that found it; the shrunk log was lost with
+/// its output): a name the slave has is removed, then made again as a hard link to another
+/// file, written through and removed, all before the writer read the link's creation
+/// (`UNSEEN`, then `DATA` and `UNLINK`). The window deleted the indexed name and never looked
+/// for the other name the write had changed: no record names it.
+#[test]
+fn writer_late_write_through_a_link_made_at_an_indexed_name_reaches_the_other_name() {
+    writer_behind(
+        |m| {
+            fs::write(m.join("x y"), b"the other name, as first shipped").unwrap();
+            fs::write(m.join("ete"), b"the name the slave has").unwrap();
+        },
+        |m| {
+            fs::remove_file(m.join("ete")).unwrap();
+            fs::hard_link(m.join("x y"), m.join("ete")).unwrap();
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(m.join("ete"))
+                .unwrap();
+            f.write_all(b"THE OTHER NAME, WRITTEN THROUGH").unwrap();
+            drop(f);
+            fs::remove_file(m.join("ete")).unwrap();
+        },
+        |_| {},
+    );
+}
+
+/// The same, with the name made once more after the writer read the rest but before the
+/// worker planned it: one window holds the link's `UNSEEN`, `DATA` and `UNLINK` and the new
+/// file's `CREATE`. Compared with the old row, the new file was shipped and the other name
+/// the write had changed was never looked at.
+#[test]
+fn write_through_a_link_at_an_indexed_name_made_again_in_one_window_reaches_the_other_name() {
+    let g = Georep::new();
+    let m = g.master();
+    fs::write(m.join("x y"), b"the other name, as first shipped").unwrap();
+    fs::write(m.join("ete"), b"the name the slave has").unwrap();
+    let s = Session::start(&g);
+    s.converge("start");
+    let (worker, writer) = (s.worker_pid(), s.writer_pid());
+    signal(worker, Signal::STOP);
+    signal(writer, Signal::STOP);
+    fs::remove_file(m.join("ete")).unwrap();
+    fs::hard_link(m.join("x y"), m.join("ete")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("ete"))
+        .unwrap();
+    f.write_all(b"THE OTHER NAME, WRITTEN THROUGH").unwrap();
+    drop(f);
+    fs::remove_file(m.join("ete")).unwrap();
+    signal(writer, Signal::CONT);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("UNSEEN", "ete")),
+        "the writer never found the link gone"
+    );
+    fs::write(m.join("ete"), b"a new file at the name").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.journaled("CREATE", "ete")),
+        "the writer never journaled the new file"
+    );
+    signal(worker, Signal::CONT);
+    s.converge("after the worker planned the window");
+}
