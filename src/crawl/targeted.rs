@@ -229,12 +229,12 @@ pub fn plan_paths(
             d.dirs.insert(p.clone(), e.clone());
         }
         // An indexed name removed, made again as a link that was changed through, and made
-        // once more (or replaced by a rename): the change reached another name no record
-        // names, as when the name stays gone (below).
-        needs_crawl |= disk.is_some()
-            && old.is_some()
-            && changed_unseen.contains(p)
-            && (removed.contains(p) || rename_targets.contains(p));
+        // once more: the change reached another name no record names, as when the name stays
+        // gone (below). (Not for a name a rename of the window took over: an atomic save read
+        // late, `x.tmp` made, written and renamed over `x`, is that too, and a link renamed
+        // there is still a link the plan follows.)
+        needs_crawl |=
+            disk.is_some() && old.is_some() && changed_unseen.contains(p) && removed.contains(p);
         match (disk, old) {
             // Made and removed since the last pass: nothing to ship, unless it was a hard link
             // (this pass made one, or the writer could not tell: seed 380059): content written
