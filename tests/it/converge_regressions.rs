@@ -817,24 +817,26 @@ fn writer_late_file_beneath_a_directory_renamed_over_another_reaches_the_slave()
 /// for the other name the write had changed: no record names it.
 #[test]
 fn writer_late_write_through_a_link_made_at_an_indexed_name_reaches_the_other_name() {
-    writer_behind(
-        |m| {
-            fs::write(m.join("x y"), b"the other name, as first shipped").unwrap();
-            fs::write(m.join("ete"), b"the name the slave has").unwrap();
-        },
-        |m| {
-            fs::remove_file(m.join("ete")).unwrap();
-            fs::hard_link(m.join("x y"), m.join("ete")).unwrap();
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .open(m.join("ete"))
-                .unwrap();
-            f.write_all(b"THE OTHER NAME, WRITTEN THROUGH").unwrap();
-            drop(f);
-            fs::remove_file(m.join("ete")).unwrap();
-        },
-        |_| {},
-    );
+    writer_behind(two_names, link_written_through_and_removed, |_| {});
+}
+
+/// "x y", and "ete", the name the link is made at.
+fn two_names(m: &Path) {
+    fs::write(m.join("x y"), b"the other name, as first shipped").unwrap();
+    fs::write(m.join("ete"), b"the name the slave has").unwrap();
+}
+
+/// `ete` removed, made again as a hard link to "x y", written through and removed.
+fn link_written_through_and_removed(m: &Path) {
+    fs::remove_file(m.join("ete")).unwrap();
+    fs::hard_link(m.join("x y"), m.join("ete")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("ete"))
+        .unwrap();
+    f.write_all(b"THE OTHER NAME, WRITTEN THROUGH").unwrap();
+    drop(f);
+    fs::remove_file(m.join("ete")).unwrap();
 }
 
 /// The same, with the name made once more after the writer read the rest but before the
@@ -845,22 +847,13 @@ fn writer_late_write_through_a_link_made_at_an_indexed_name_reaches_the_other_na
 fn write_through_a_link_at_an_indexed_name_made_again_in_one_window_reaches_the_other_name() {
     let g = Georep::new();
     let m = g.master();
-    fs::write(m.join("x y"), b"the other name, as first shipped").unwrap();
-    fs::write(m.join("ete"), b"the name the slave has").unwrap();
+    two_names(&m);
     let s = Session::start(&g);
     s.converge("start");
     let (worker, writer) = (s.worker_pid(), s.writer_pid());
     signal(worker, Signal::STOP);
     signal(writer, Signal::STOP);
-    fs::remove_file(m.join("ete")).unwrap();
-    fs::hard_link(m.join("x y"), m.join("ete")).unwrap();
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(m.join("ete"))
-        .unwrap();
-    f.write_all(b"THE OTHER NAME, WRITTEN THROUGH").unwrap();
-    drop(f);
-    fs::remove_file(m.join("ete")).unwrap();
+    link_written_through_and_removed(&m);
     signal(writer, Signal::CONT);
     assert!(
         wait_until(Duration::from_secs(10), || s.journaled("UNSEEN", "ete")),
