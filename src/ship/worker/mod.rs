@@ -461,11 +461,14 @@ impl Worker {
             (backoff * 2).min(MAX_BACKOFF)
         } else {
             tracing::warn!(brick = %self.brick, "retrying cannot help until this is fixed: trying again in {} s, or once the session's options change", PERMANENT_RETRY.as_secs());
-            let until = Instant::now() + PERMANENT_RETRY;
-            while !self.stopping()
-                && Instant::now() < until
-                && config_mtime(&self.home, &self.session.name) == self.cfg_mtime
-            {
+            // The options are re-read as everywhere else (`reload_config`): the next attempt
+            // runs with what the operator changed, never with the session it failed with.
+            let (until, seen) = (Instant::now() + PERMANENT_RETRY, self.cfg_mtime);
+            while !self.stopping() && Instant::now() < until {
+                self.reload_config();
+                if self.cfg_mtime != seen {
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             backoff
